@@ -1,0 +1,240 @@
+"""orchestrator.toml + ORCH_* variables -> frozen dataclasses. All validation lives here.
+
+A deploy tool that silently reads a typo as "off" is worse than one that refuses to start, so every
+value is checked and every unknown key or variable is an error (exit 2) that names the offender.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import BadInput
+
+CONFIG_FILENAME = "orchestrator.toml"
+DEFAULT_DB_PATH = Path(".orchestrator") / "orchestrator.db"
+ENV_PREFIX = "ORCH_"
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+# App names become image repositories and container names, which Docker only accepts in lowercase.
+_APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    name: str
+    source: Path
+    dockerfile: str = "Dockerfile"
+    health_path: str = "/health"
+    staging_port: int = 8501
+    prod_port: int = 8500
+    # Publish on 127.0.0.1:<env port> -> container_port instead of host networking.
+    container_port: int | None = None
+    # Apps that serve their revision over HTTP name the path; the others are proven by label + image id.
+    version_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    log_format: str = "auto"
+    log_level: str = "info"
+    image_freshness_enabled: bool = True
+    image_freshness_repos: frozenset[str] = frozenset()
+    health_timeout_s: float = 30.0
+    health_interval_s: float = 0.05
+
+    def freshness_applies_to(self, app: str) -> bool:
+        """The kill-switch: off globally, or on but scoped to other apps."""
+        if not self.image_freshness_enabled:
+            return False
+        return not self.image_freshness_repos or app in self.image_freshness_repos
+
+
+@dataclass(frozen=True)
+class Config:
+    settings: Settings
+    apps: Mapping[str, AppConfig] = field(default_factory=dict)
+    path: Path | None = None
+
+    def app(self, name: str) -> AppConfig:
+        try:
+            return self.apps[name]
+        except KeyError:
+            if self.path is None:
+                raise BadInput(
+                    f"unknown app {name!r}: no {CONFIG_FILENAME} in {Path.cwd()} "
+                    f"(pass --config PATH or set ORCH_CONFIG)"
+                ) from None
+            known = ", ".join(sorted(self.apps)) or "none"
+            raise BadInput(f"unknown app {name!r} in {self.path} (known apps: {known})") from None
+
+
+# Every ORCH_* variable the orchestrator reads, with its meaning; .env.example mirrors this table.
+ENV_VARS: dict[str, str] = {
+    "ORCH_CONFIG": "path to orchestrator.toml (default: ./orchestrator.toml)",
+    "ORCH_DATABASE_URL": "SQLAlchemy URL (default: sqlite:///./.orchestrator/orchestrator.db)",
+    "ORCH_LOG_FORMAT": "auto | json | console",
+    "ORCH_LOG_LEVEL": "debug | info | warning | error",
+    "ORCH_IMAGE_FRESHNESS_ENABLED": "kill-switch for check_staging_image_fresh (default true)",
+    "ORCH_IMAGE_FRESHNESS_REPOS": "comma-separated apps the freshness check applies to (empty: all)",
+    "ORCH_HEALTH_TIMEOUT_S": "seconds a health check waits for a green answer (default 30)",
+    "ORCH_HEALTH_INTERVAL_S": "seconds between health polls (default 0.05)",
+}
+
+
+def parse_bool(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise BadInput(f"{name}={raw!r} is not a boolean: use true/false, 1/0 or yes/no")
+
+
+def _parse_float(name: str, raw: Any, *, minimum: float) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise BadInput(f"{name}={raw!r} is not a number") from None
+    if isinstance(raw, bool) or value < minimum:
+        raise BadInput(f"{name}={raw!r} must be a number >= {minimum}")
+    return value
+
+
+def _parse_port(name: str, raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
+        raise BadInput(f"{name}={raw!r} must be a port number between 1 and 65535")
+    return raw
+
+
+def _parse_http_path(name: str, raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.startswith("/"):
+        raise BadInput(f"{name}={raw!r} must be an HTTP path starting with '/'")
+    return raw
+
+
+def _parse_choice(name: str, raw: Any, choices: tuple[str, ...]) -> str:
+    text = str(raw).strip().lower()
+    if text not in choices:
+        raise BadInput(f"{name}={raw!r} must be one of: {', '.join(choices)}")
+    return text
+
+
+def _parse_settings(table: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    known = {f.name for f in fields(Settings)}
+    unknown = set(table) - known
+    if unknown:
+        raise BadInput(f"unknown key(s) in [orchestrator]: {', '.join(sorted(unknown))}")
+    stray = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in ENV_VARS)
+    if stray:
+        raise BadInput(
+            f"unknown variable(s) {', '.join(stray)}: known ORCH_* variables are listed in .env.example"
+        )
+
+    def pick(key: str) -> tuple[str, Any] | None:
+        var = ENV_PREFIX + key.upper()
+        if var in env:
+            return var, env[var]
+        if key in table:
+            return f"[orchestrator].{key}", table[key]
+        return None
+
+    values: dict[str, Any] = {}
+    if got := pick("database_url"):
+        name, raw = got
+        if not isinstance(raw, str) or not raw.strip():
+            raise BadInput(f"{name} must be a non-empty SQLAlchemy URL")
+        values["database_url"] = raw.strip()
+    else:
+        values["database_url"] = f"sqlite:///{(Path.cwd() / DEFAULT_DB_PATH).as_posix()}"
+    if got := pick("log_format"):
+        values["log_format"] = _parse_choice(*got, ("auto", "json", "console"))
+    if got := pick("log_level"):
+        values["log_level"] = _parse_choice(*got, ("debug", "info", "warning", "error"))
+    if got := pick("image_freshness_enabled"):
+        values["image_freshness_enabled"] = parse_bool(*got)
+    if got := pick("image_freshness_repos"):
+        name, raw = got
+        items = raw if isinstance(raw, list) else str(raw).split(",")
+        values["image_freshness_repos"] = frozenset(str(i).strip() for i in items if str(i).strip())
+    if got := pick("health_timeout_s"):
+        values["health_timeout_s"] = _parse_float(*got, minimum=0.1)
+    if got := pick("health_interval_s"):
+        values["health_interval_s"] = _parse_float(*got, minimum=0.01)
+    return Settings(**values)
+
+
+def _parse_app(name: str, table: Any, base: Path) -> AppConfig:
+    where = f"[apps.{name}]"
+    if not _APP_NAME.match(name):
+        raise BadInput(f"{where}: app names must be lowercase letters, digits, '.', '_' or '-'")
+    if not isinstance(table, dict):
+        raise BadInput(f"{where} must be a table")
+    known = {f.name for f in fields(AppConfig)} - {"name"}
+    unknown = set(table) - known
+    if unknown:
+        raise BadInput(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    if "source" not in table or not isinstance(table["source"], str):
+        raise BadInput(f"{where}: 'source' (path to the app's git repository) is required")
+    values: dict[str, Any] = {"name": name, "source": (base / table["source"]).resolve()}
+    if "dockerfile" in table:
+        if not isinstance(table["dockerfile"], str) or not table["dockerfile"]:
+            raise BadInput(f"{where}.dockerfile must be a path relative to the repository root")
+        values["dockerfile"] = table["dockerfile"]
+    for key in ("health_path", "version_path"):
+        if key in table:
+            values[key] = _parse_http_path(f"{where}.{key}", table[key])
+    for key in ("staging_port", "prod_port", "container_port"):
+        if key in table:
+            values[key] = _parse_port(f"{where}.{key}", table[key])
+    app = AppConfig(**values)
+    if app.staging_port == app.prod_port:
+        raise BadInput(f"{where}: staging_port and prod_port are both {app.prod_port}; they must differ")
+    return app
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the config named by --config, ORCH_CONFIG or ./orchestrator.toml (in that order).
+
+    A missing default file is not an error: history commands work without one. A file that was
+    asked for by name and is missing is.
+    """
+    env = os.environ if env is None else env
+    explicit = path if path is not None else env.get("ORCH_CONFIG") or None
+    cfg_path = Path(explicit) if explicit else Path.cwd() / CONFIG_FILENAME
+    data: dict[str, Any] = {}
+    if cfg_path.is_file():
+        try:
+            data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise BadInput(f"{cfg_path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise BadInput(f"cannot read {cfg_path}: {exc.strerror}") from None
+    elif explicit:
+        raise BadInput(f"config file {cfg_path} does not exist")
+    else:
+        return Config(settings=_parse_settings({}, env))
+
+    unknown = set(data) - {"apps", "orchestrator"}
+    if unknown:
+        raise BadInput(f"{cfg_path}: unknown table(s) {', '.join(sorted(unknown))}; expected [apps.*]")
+    settings_table = data.get("orchestrator", {})
+    apps_table = data.get("apps", {})
+    if not isinstance(settings_table, dict) or not isinstance(apps_table, dict):
+        raise BadInput(f"{cfg_path}: [orchestrator] and [apps] must be tables")
+    base = cfg_path.resolve().parent
+    try:
+        apps = {name: _parse_app(name, table, base) for name, table in apps_table.items()}
+        settings = _parse_settings(settings_table, env)
+    except BadInput as exc:
+        raise BadInput(f"{cfg_path}: {exc.message}") from None
+    return Config(settings=settings, apps=apps, path=cfg_path.resolve())

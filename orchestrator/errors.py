@@ -1,0 +1,47 @@
+"""The error vocabulary shared by every layer.
+
+Each error carries the exit code the CLI promises (README, "Exit codes"), so a CI pipeline can tell a
+rejected deploy (1) from a typo (2), a busy environment (3) and a broken runner (4) without parsing text.
+They subclass ``click.ClickException`` only for its ``exit_code``/``message`` shape; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+class OrchestratorError(click.ClickException):
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, *, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
+
+
+class GateFailed(OrchestratorError):
+    """A gate rejected the edge; the run was moved back to development."""
+
+    exit_code = 1
+    kind = "gate_failed"
+
+
+class BadInput(OrchestratorError):
+    """The caller asked for something that cannot exist: fix the command or the config."""
+
+    exit_code = 2
+    kind = "bad_input"
+
+
+class Conflict(OrchestratorError):
+    """The request is well-formed but not allowed now (state, lock, unfinished transition)."""
+
+    exit_code = 3
+    kind = "conflict"
+
+
+class InfraUnavailable(OrchestratorError):
+    """Something the orchestrator depends on did not answer; nothing was decided about the run."""
+
+    exit_code = 4
+    kind = "infrastructure_unavailable"

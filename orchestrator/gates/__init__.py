@@ -1,0 +1,171 @@
+"""Gates: small named checks that guard an edge and return a recorded verdict.
+
+The idea is Prefect's orchestration rules: a gate declares the edge it guards, does one thing, and
+reports. It never moves the run; the service decides from the verdicts. Gates register themselves per
+edge with an explicit ``order`` so later capabilities add gates without touching the machine.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import structlog
+
+from orchestrator.config import AppConfig, Settings
+from orchestrator.errors import InfraUnavailable
+from orchestrator.machine import Edge
+
+
+class GateStatus(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    SKIPPED = "skipped"
+    ERROR = "error"
+
+    @property
+    def blocks(self) -> bool:
+        return self in (GateStatus.FAIL, GateStatus.ERROR)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a gate decided: the status, one line saying why, and the evidence."""
+
+    status: GateStatus
+    reason: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def passed(cls, reason: str, **details: Any) -> Verdict:
+        return cls(GateStatus.PASS, reason, details)
+
+    @classmethod
+    def failed(cls, reason: str, **details: Any) -> Verdict:
+        return cls(GateStatus.FAIL, reason, details)
+
+    @classmethod
+    def skipped(cls, reason: str, **details: Any) -> Verdict:
+        return cls(GateStatus.SKIPPED, reason, details)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    status: GateStatus
+    reason: str
+    details: Mapping[str, Any]
+    duration_s: float
+    started_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "reason": self.reason,
+            "details": dict(self.details),
+            "duration_s": round(self.duration_s, 6),
+        }
+
+
+@dataclass
+class GateContext:
+    """Everything a gate may look at. ``shared`` carries facts between gates of one edge
+    (the image id one gate built is the one the next gate must promote)."""
+
+    run_id: int
+    app: AppConfig
+    sha: str
+    edge: Edge
+    settings: Settings
+    log: Any = field(default_factory=structlog.get_logger)
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+class Gate(ABC):
+    name: ClassVar[str]
+    edge: ClassVar[Edge]
+    order: ClassVar[int]
+
+    @abstractmethod
+    def run(self, ctx: GateContext) -> Verdict: ...
+
+
+_REGISTRY: dict[Edge, list[type[Gate]]] = {}
+
+
+def register(gate: type[Gate]) -> type[Gate]:
+    """Class decorator: add a gate to its edge. Names are unique across all edges so that a
+    recorded result always points at exactly one piece of code."""
+    for gates in _REGISTRY.values():
+        for other in gates:
+            if other.name == gate.name and other is not gate:
+                raise ValueError(f"gate name {gate.name!r} is already registered by {other.__qualname__}")
+    gates = _REGISTRY.setdefault(gate.edge, [])
+    if gate not in gates:
+        gates.append(gate)
+        gates.sort(key=lambda g: g.order)
+    return gate
+
+
+def gates_for(edge: Edge) -> list[type[Gate]]:
+    _load_builtin_gates()
+    return list(_REGISTRY.get(edge, []))
+
+
+def run_gates(
+    gates: list[type[Gate]], ctx: GateContext, record: Callable[[GateResult], None]
+) -> list[GateResult]:
+    """Run gates in order until one blocks. Every result is handed to ``record`` as soon as it exists,
+    so a crash mid-edge still leaves the evidence gathered so far.
+
+    An unreachable dependency (InfraUnavailable) is recorded as ``error`` and re-raised: it says
+    nothing about the commit, so the caller must not treat it as a verdict.
+    """
+    results: list[GateResult] = []
+    for gate_cls in gates:
+        log = ctx.log.bind(gate=gate_cls.name)
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        infra_error: InfraUnavailable | None = None
+        try:
+            verdict = gate_cls().run(ctx)
+        except InfraUnavailable as exc:
+            infra_error = exc
+            verdict = Verdict(GateStatus.ERROR, exc.message, {"infrastructure": True, **exc.details})
+        except Exception as exc:  # a gate bug must block the edge, never wave it through
+            log.exception("gate_crashed")
+            verdict = Verdict(
+                GateStatus.ERROR, f"{type(exc).__name__}: {exc}", {"exception": type(exc).__name__}
+            )
+        result = GateResult(
+            name=gate_cls.name,
+            status=verdict.status,
+            reason=verdict.reason,
+            details=verdict.details,
+            duration_s=time.perf_counter() - t0,
+            started_at=started_at,
+        )
+        log.info(
+            "gate_finished",
+            status=result.status.value,
+            reason=result.reason,
+            duration_s=round(result.duration_s, 4),
+        )
+        record(result)
+        results.append(result)
+        if infra_error is not None:
+            raise infra_error
+        if result.status.blocks:
+            break
+    return results
+
+
+def _load_builtin_gates() -> None:
+    # Imported lazily so that importing the registry never drags in Docker or git plumbing.
+    from orchestrator.gates import git  # noqa: F401

@@ -1,0 +1,114 @@
+"""The run state machine: which moves exist, and where a run lands after an edge.
+
+The machine never runs gates and never touches the database: the service asks it whether a move is
+legal, runs the edge's gates, and then fires ``succeed`` or ``fail`` with the verdict. Keeping it pure
+means the rules can be read (and tested) without Docker or SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from transitions import Machine, MachineError
+
+from orchestrator.errors import BadInput, Conflict
+
+
+class State(StrEnum):
+    DEVELOPMENT = "development"
+    DEPLOY_STAGING = "deploy-staging"
+    DEPLOY = "deploy"
+
+    @classmethod
+    def parse(cls, raw: str) -> State:
+        try:
+            return cls(raw)
+        except ValueError:
+            known = ", ".join(s.value for s in cls)
+            raise BadInput(f"unknown state {raw!r} (states: {known})") from None
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: State
+    dest: State
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}->{self.dest}"
+
+    @property
+    def trigger(self) -> str:
+        return f"promote_to_{self.dest.name.lower()}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+TO_STAGING = Edge(State.DEVELOPMENT, State.DEPLOY_STAGING)
+TO_PROD = Edge(State.DEPLOY_STAGING, State.DEPLOY)
+EDGES: tuple[Edge, ...] = (TO_STAGING, TO_PROD)
+
+# Environments an edge may touch, so two runs never build or swap the same environment at once.
+# The prod edge rebuilds staging before it promotes, so it holds both.
+EDGE_ENVIRONMENTS: dict[Edge, tuple[str, ...]] = {
+    TO_STAGING: ("staging",),
+    TO_PROD: ("staging", "prod"),
+}
+
+_FAIL_TRIGGER = "fall_back"
+
+
+class _Run:
+    """The transitions model: only carries ``state``; the persisted run lives in the store."""
+
+    state: str
+
+
+class RunMachine:
+    def __init__(self, state: State) -> None:
+        self._model = _Run()
+        self._machine = Machine(
+            model=self._model,
+            states=[s.value for s in State],
+            transitions=[
+                *({"trigger": e.trigger, "source": e.source.value, "dest": e.dest.value} for e in EDGES),
+                # A failed edge always lands in development, whichever edge it was.
+                {
+                    "trigger": _FAIL_TRIGGER,
+                    "source": [e.source.value for e in EDGES],
+                    "dest": State.DEVELOPMENT.value,
+                },
+            ],
+            initial=state.value,
+            auto_transitions=False,
+        )
+
+    @property
+    def state(self) -> State:
+        return State(self._model.state)
+
+    def allowed_targets(self) -> list[State]:
+        return [e.dest for e in EDGES if e.source == self.state]
+
+    def edge_to(self, target: State) -> Edge:
+        for edge in EDGES:
+            if edge.source == self.state and edge.dest == target:
+                return edge
+        allowed = ", ".join(s.value for s in self.allowed_targets()) or "none (the run is finished)"
+        raise Conflict(f"cannot move from {self.state} to {target}; allowed from {self.state}: {allowed}")
+
+    def succeed(self, edge: Edge) -> State:
+        self._fire(edge.trigger)
+        return self.state
+
+    def fail(self) -> State:
+        self._fire(_FAIL_TRIGGER)
+        return self.state
+
+    def _fire(self, trigger: str) -> None:
+        try:
+            self._model.trigger(trigger)  # type: ignore[attr-defined]
+        except MachineError as exc:
+            raise Conflict(f"illegal move from {self.state}: {exc.value}") from None

@@ -1,0 +1,126 @@
+"""The service layer: what `run start` and `advance` mean, independent of how they are invoked.
+
+The order inside ``advance`` is the crash-safety contract: validate everything that needs no side
+effect, claim the run and its environments while writing the transition ``in_progress``, run gates
+recording each result as it lands, then close the transition and move the run in one commit.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from orchestrator.config import Config
+from orchestrator.errors import BadInput, InfraUnavailable
+from orchestrator.gates import GateContext, GateResult, gates_for, run_gates
+from orchestrator.logging import get_logger
+from orchestrator.machine import EDGE_ENVIRONMENTS, RunMachine, State
+from orchestrator.store.repository import RunRecord, Store
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+ABORTED = "aborted"
+
+
+def default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def parse_sha(raw: str) -> str:
+    sha = raw.strip().lower()
+    if not _SHA.match(sha):
+        raise BadInput(f"sha {raw!r} is not a full commit sha (40 hex characters); use 'git rev-parse HEAD'")
+    return sha
+
+
+@dataclass(frozen=True)
+class AdvanceResult:
+    run_id: int
+    transition_id: int
+    from_state: State
+    to_state: State
+    state: State
+    outcome: str
+    reason: str | None
+    checks: tuple[GateResult, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "transition_id": self.transition_id,
+            "from": self.from_state.value,
+            "to": self.to_state.value,
+            "state": self.state.value,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "checks": [c.as_dict() for c in self.checks],
+        }
+
+
+class RunService:
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+
+    def start_run(self, app: str, sha: str, actor: str | None = None) -> RunRecord:
+        self.config.app(app)
+        run = self.store.create_run(app, parse_sha(sha), actor or default_actor(), State.DEVELOPMENT.value)
+        get_logger(run_id=run.id, app=run.app, sha=run.sha).info("run_started", actor=run.actor)
+        return run
+
+    def advance(self, run_id: int, to: str, actor: str | None = None) -> AdvanceResult:
+        target = State.parse(to)
+        run = self.store.get_run(run_id)
+        machine = RunMachine(State(run.state))
+        edge = machine.edge_to(target)
+        app = self.config.app(run.app)
+        actor = actor or default_actor()
+
+        with structlog.contextvars.bound_contextvars(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name):
+            log = get_logger()
+            transition_id = self.store.begin_transition(
+                run.id, edge.source.value, edge.dest.value, actor, EDGE_ENVIRONMENTS[edge]
+            )
+            log.info("transition_started", transition_id=transition_id, actor=actor)
+            ctx = GateContext(
+                run_id=run.id, app=app, sha=run.sha, edge=edge, settings=self.config.settings, log=log
+            )
+            position = 0
+
+            def record(result: GateResult) -> None:
+                nonlocal position
+                position += 1
+                self.store.record_gate_result(transition_id, position, result)
+
+            try:
+                checks = run_gates(gates_for(edge), ctx, record)
+            except InfraUnavailable as exc:
+                # Nothing was decided about the commit: the run stays where it was.
+                self.store.finish_transition(
+                    transition_id, outcome=ABORTED, reason=exc.message, result_state=edge.source.value
+                )
+                log.error("transition_aborted", reason=exc.message)
+                exc.details.update(run_id=run.id, transition_id=transition_id, state=edge.source.value)
+                raise
+
+            blocking = next((c for c in checks if c.status.blocks), None)
+            if blocking is None:
+                outcome, reason, state = SUCCEEDED, None, machine.succeed(edge)
+            else:
+                outcome, reason, state = FAILED, f"{blocking.name}: {blocking.reason}", machine.fail()
+            self.store.finish_transition(
+                transition_id, outcome=outcome, reason=reason, result_state=state.value
+            )
+            log.info("transition_finished", outcome=outcome, reason=reason, state=state.value)
+            return AdvanceResult(
+                run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
+            )

@@ -1,0 +1,117 @@
+"""Engine creation and schema upgrades.
+
+The schema is upgraded on first use so a newcomer never has to remember `db upgrade`, and under a
+PostgreSQL advisory lock so that many CI runners starting at once do not race to create tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from orchestrator.errors import BadInput, InfraUnavailable
+
+_MIGRATION_LOCK_KEY = 0x6F726368  # "orch": an arbitrary, fixed pg_advisory_lock key
+
+
+def migrations_dir() -> Path:
+    """The source checkout's migrations/ when running from one, else the copy shipped in the wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "migrations", here / "_migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise RuntimeError("migrations are missing from this installation of orchestrator")
+
+
+def safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable url>"
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise BadInput(f"ORCH_DATABASE_URL {url!r} is not a valid SQLAlchemy URL") from None
+    kwargs: dict = {"future": True}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # Wait for a concurrent writer instead of failing at once with "database is locked".
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+        if parsed.get_backend_name() == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        engine = sa.create_engine(parsed, **kwargs)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise BadInput(
+            f"no driver for {safe_url(url)}: {exc} (for PostgreSQL: pip install 'orchestrator[postgres]')"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _alembic_config(connection: Connection) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def connect(engine: Engine) -> Connection:
+    try:
+        return engine.connect()
+    except OperationalError as exc:
+        raise InfraUnavailable(
+            f"database {safe_url(str(engine.url))} is unreachable: {str(exc.orig).strip().splitlines()[0]} "
+            f"(check ORCH_DATABASE_URL and that the server is running)"
+        ) from None
+
+
+def schema_is_current(connection: Connection) -> bool:
+    head = ScriptDirectory.from_config(_alembic_config(connection)).get_current_head()
+    return MigrationContext.configure(connection).get_current_revision() == head
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str | None]:
+    """Bring the schema to head; returns (revision before, revision after)."""
+    with connect(engine) as conn:
+        is_pg = conn.dialect.name == "postgresql"
+        if is_pg:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            conn.commit()
+        try:
+            before = MigrationContext.configure(conn).get_current_revision()
+            command.upgrade(_alembic_config(conn), "head")
+            conn.commit()
+            after = MigrationContext.configure(conn).get_current_revision()
+        finally:
+            if is_pg:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+                conn.commit()
+    return before, after
+
+
+def ensure_schema(engine: Engine) -> None:
+    with connect(engine) as conn:
+        current = schema_is_current(conn)
+    if not current:
+        upgrade(engine)

@@ -1,0 +1,119 @@
+"""SQLAlchemy models: the persisted history operators read with `runs show` and the dashboard.
+
+Schema changes go through Alembic (migrations/); production code never calls ``create_all``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app: Mapped[str] = mapped_column(String(63), index=True)
+    sha: Mapped[str] = mapped_column(String(40))
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    transitions: Mapped[list[Transition]] = relationship(
+        back_populates="run", order_by="Transition.id", cascade="all, delete-orphan"
+    )
+
+
+class Transition(Base):
+    """One attempt to move a run along an edge. Written ``in_progress`` before any side effect, so a
+    crash leaves a row that says exactly which edge was under way and since when."""
+
+    __tablename__ = "transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    from_state: Mapped[str] = mapped_column(String(32))
+    to_state: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # in_progress | succeeded | failed | aborted
+    outcome: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    # Where the run actually landed: to_state on success, development on failure, from_state if aborted.
+    result_state: Mapped[str | None] = mapped_column(String(32))
+
+    run: Mapped[Run] = relationship(back_populates="transitions")
+    gate_results: Mapped[list[GateResultRow]] = relationship(
+        back_populates="transition", order_by="GateResultRow.position", cascade="all, delete-orphan"
+    )
+
+
+class GateResultRow(Base):
+    __tablename__ = "gate_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    transition_id: Mapped[int] = mapped_column(ForeignKey("transitions.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    duration_s: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    transition: Mapped[Transition] = relationship(back_populates="gate_results")
+
+
+class Release(Base):
+    """What an environment was set to run, and by which run: the anchor for verification, drift
+    and rollback."""
+
+    __tablename__ = "releases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app: Mapped[str] = mapped_column(String(63), index=True)
+    environment: Mapped[str] = mapped_column(String(32))
+    image_id: Mapped[str] = mapped_column(String(100))
+    digest: Mapped[str | None] = mapped_column(String(300))
+    revision: Mapped[str] = mapped_column(String(40))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    transition_id: Mapped[int | None] = mapped_column(ForeignKey("transitions.id", ondelete="SET NULL"))
+    # deploy | rollback
+    kind: Mapped[str] = mapped_column(String(16), default="deploy")
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EnvironmentLock(Base):
+    """At most one transition may touch an (app, environment) at a time; the primary key makes the
+    database, not a race-prone read-then-write, the arbiter between concurrent CI runners."""
+
+    __tablename__ = "environment_locks"
+
+    app: Mapped[str] = mapped_column(String(63), primary_key=True)
+    environment: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    transition_id: Mapped[int | None] = mapped_column(ForeignKey("transitions.id", ondelete="CASCADE"))
+    holder: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
