@@ -38,6 +38,10 @@ class AppConfig:
     container_port: int | None = None
     # Apps that serve their revision over HTTP name the path; the others are proven by label + image id.
     version_path: str | None = None
+    # Extra build args (GIT_SHA is always set by the orchestrator and cannot be overridden here).
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    # Extra environment for the app's containers (PORT and ORCH_ENVIRONMENT are set by the orchestrator).
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,12 @@ def _parse_http_path(name: str, raw: Any) -> str:
     return raw
 
 
+def _parse_str_table(name: str, raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict) or not all(isinstance(v, str | int | float) for v in raw.values()):
+        raise BadInput(f"{name} must be a table of names to string values")
+    return {str(k): str(v) for k, v in raw.items()}
+
+
 def _parse_choice(name: str, raw: Any, choices: tuple[str, ...]) -> str:
     text = str(raw).strip().lower()
     if text not in choices:
@@ -193,6 +203,11 @@ def _parse_app(name: str, table: Any, base: Path) -> AppConfig:
     for key in ("health_path", "version_path"):
         if key in table:
             values[key] = _parse_http_path(f"{where}.{key}", table[key])
+    for key in ("build_args", "env"):
+        if key in table:
+            values[key] = _parse_str_table(f"{where}.{key}", table[key])
+    if "GIT_SHA" in values.get("build_args", {}):
+        raise BadInput(f"{where}.build_args must not set GIT_SHA: the orchestrator stamps the run's sha")
     for key in ("staging_port", "prod_port", "container_port"):
         if key in table:
             values[key] = _parse_port(f"{where}.{key}", table[key])

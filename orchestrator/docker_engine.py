@@ -110,6 +110,8 @@ class DockerEngine:
             return fn(*args, **kwargs)
         except _UNREACHABLE as exc:
             raise InfraUnavailable(f"Docker engine stopped answering during {what}: {exc}") from None
+        except docker.errors.NotFound:
+            raise  # callers that look things up turn "not found" into None
         except docker.errors.APIError as exc:
             raise DockerError(f"{what}: {exc.explanation or exc}") from None
 
@@ -161,12 +163,8 @@ class DockerEngine:
     def image(self, ref: str) -> ImageInfo | None:
         try:
             return _image(self._call(f"inspect image {ref}", self._client.images.get, ref))
-        except docker.errors.ImageNotFound:
+        except docker.errors.NotFound:
             return None
-        except DockerError as exc:
-            if "No such image" in exc.message:
-                return None
-            raise
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         ok = self._call(

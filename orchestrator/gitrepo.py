@@ -7,7 +7,9 @@ orchestrator knows nothing, which is an infrastructure problem (exit 4), not a v
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from pathlib import Path
+from typing import IO
 
 from orchestrator.errors import InfraUnavailable
 
@@ -45,3 +47,31 @@ def commit_exists(repo: Path, sha: str) -> bool:
 
 def commit_subject(repo: Path, sha: str) -> str:
     return _git(repo, "log", "-1", "--format=%s", sha).stdout.decode(errors="replace").strip()
+
+
+def path_in_commit(repo: Path, sha: str, path: str) -> bool:
+    return _git(repo, "cat-file", "-e", f"{sha}:{path}", check=False).returncode == 0
+
+
+def archive(repo: Path, sha: str) -> IO[bytes]:
+    """The committed tree at ``sha`` as a tar stream: exactly what was validated, never the working tree,
+    so an uncommitted file can never leak into an image. Spooled to disk past 64 MiB."""
+    ensure_repository(repo)
+    out = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115 - returned open to the caller
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(repo), "archive", "--format=tar", sha],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        out.close()
+        raise InfraUnavailable(f"git archive of {sha} in {repo} did not finish within 300 s") from None
+    if proc.returncode != 0:
+        out.close()
+        raise InfraUnavailable(
+            f"git archive {sha} failed in {repo}: {proc.stderr.decode(errors='replace').strip()}"
+        )
+    out.seek(0)
+    return out  # type: ignore[return-value]

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import getpass
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from orchestrator.config import Config
+from orchestrator.config import AppConfig, Config
+from orchestrator.deploy import ENVIRONMENTS
+from orchestrator.docker_engine import DockerEngine
 from orchestrator.errors import BadInput, InfraUnavailable
-from orchestrator.gates import GateContext, GateResult, gates_for, run_gates
+from orchestrator.gates import Gate, GateContext, GateResult, gates_for, run_compensations, run_gates
+from orchestrator.gates.image import FAILURE_REASON
 from orchestrator.logging import get_logger
-from orchestrator.machine import EDGE_ENVIRONMENTS, RunMachine, State
+from orchestrator.machine import EDGE_ENVIRONMENTS, Edge, RunMachine, State
 from orchestrator.store.repository import RunRecord, Store
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -67,9 +71,12 @@ class AdvanceResult:
 
 
 class RunService:
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(
+        self, config: Config, store: Store, engine_factory: Callable[[], DockerEngine] = DockerEngine.connect
+    ) -> None:
         self.config = config
         self.store = store
+        self.engine_factory = engine_factory
 
     def start_run(self, app: str, sha: str, actor: str | None = None) -> RunRecord:
         self.config.app(app)
@@ -85,14 +92,41 @@ class RunService:
         app = self.config.app(run.app)
         actor = actor or default_actor()
 
+        gates = gates_for(edge)
+        # Connect before anything is written: an engine that does not answer changes nothing at all.
+        engine = self.engine_factory() if any(g.needs_docker for g in gates) else None
+        try:
+            return self._advance(run, edge, machine, app, actor, gates, engine)
+        finally:
+            if engine is not None:
+                engine.close()
+
+    def _advance(
+        self,
+        run: RunRecord,
+        edge: Edge,
+        machine: RunMachine,
+        app: AppConfig,
+        actor: str,
+        gates: list[type[Gate]],
+        engine: DockerEngine | None,
+    ) -> AdvanceResult:
         with structlog.contextvars.bound_contextvars(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name):
             log = get_logger()
+            previous = {env: self.store.latest_release(run.app, env) for env in ENVIRONMENTS}
             transition_id = self.store.begin_transition(
                 run.id, edge.source.value, edge.dest.value, actor, EDGE_ENVIRONMENTS[edge]
             )
             log.info("transition_started", transition_id=transition_id, actor=actor)
             ctx = GateContext(
-                run_id=run.id, app=app, sha=run.sha, edge=edge, settings=self.config.settings, log=log
+                run_id=run.id,
+                app=app,
+                sha=run.sha,
+                edge=edge,
+                settings=self.config.settings,
+                log=log,
+                engine=engine,
+                previous_releases=previous,
             )
             position = 0
 
@@ -102,9 +136,10 @@ class RunService:
                 self.store.record_gate_result(transition_id, position, result)
 
             try:
-                checks = run_gates(gates_for(edge), ctx, record)
+                checks = run_gates(gates, ctx, record)
             except InfraUnavailable as exc:
                 # Nothing was decided about the commit: the run stays where it was.
+                self._record_releases(ctx, transition_id)
                 self.store.finish_transition(
                     transition_id, outcome=ABORTED, reason=exc.message, result_state=edge.source.value
                 )
@@ -116,7 +151,13 @@ class RunService:
             if blocking is None:
                 outcome, reason, state = SUCCEEDED, None, machine.succeed(edge)
             else:
-                outcome, reason, state = FAILED, f"{blocking.name}: {blocking.reason}", machine.fail()
+                reason = f"{blocking.name}: {blocking.reason}"
+                ctx.shared[FAILURE_REASON] = reason
+                undone = run_compensations(ctx, record)
+                checks += undone
+                reason += "".join(f"; {u.name}: {u.reason}" for u in undone)
+                outcome, state = FAILED, machine.fail()
+            self._record_releases(ctx, transition_id)
             self.store.finish_transition(
                 transition_id, outcome=outcome, reason=reason, result_state=state.value
             )
@@ -124,3 +165,17 @@ class RunService:
             return AdvanceResult(
                 run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
             )
+
+    def _record_releases(self, ctx: GateContext, transition_id: int) -> None:
+        for intent in ctx.releases:
+            self.store.record_release(
+                app=ctx.app.name,
+                environment=intent.environment,
+                image_id=intent.image_id,
+                revision=intent.revision,
+                run_id=ctx.run_id,
+                transition_id=transition_id,
+                kind=intent.kind,
+                reason=intent.reason,
+            )
+        ctx.releases.clear()

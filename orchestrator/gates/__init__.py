@@ -13,13 +13,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
 from orchestrator.config import AppConfig, Settings
 from orchestrator.errors import InfraUnavailable
 from orchestrator.machine import Edge
+
+if TYPE_CHECKING:
+    from orchestrator.deploy import Deployer
+    from orchestrator.docker_engine import DockerEngine
 
 
 class GateStatus(StrEnum):
@@ -73,6 +77,25 @@ class GateResult:
         }
 
 
+@dataclass(frozen=True)
+class ReleaseIntent:
+    """A gate's statement that an environment now runs this image; the service persists it."""
+
+    environment: str
+    image_id: str
+    revision: str
+    kind: str = "deploy"
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Compensation:
+    """Undo for a side effect a gate already made (prod swapped), run only if the edge fails later."""
+
+    name: str
+    undo: Callable[[], Verdict]
+
+
 @dataclass
 class GateContext:
     """Everything a gate may look at. ``shared`` carries facts between gates of one edge
@@ -85,12 +108,29 @@ class GateContext:
     settings: Settings
     log: Any = field(default_factory=structlog.get_logger)
     shared: dict[str, Any] = field(default_factory=dict)
+    engine: DockerEngine | None = None
+    # The latest release per environment before this transition started: what a rollback restores.
+    previous_releases: Mapping[str, Any] = field(default_factory=dict)
+    releases: list[ReleaseIntent] = field(default_factory=list)
+    compensations: list[Compensation] = field(default_factory=list)
+    _deployer: Deployer | None = None
+
+    @property
+    def deployer(self) -> Deployer:
+        if self._deployer is None:
+            if self.engine is None:
+                raise RuntimeError("this gate needs Docker but the edge was started without an engine")
+            from orchestrator.deploy import Deployer
+
+            self._deployer = Deployer(self.engine, self.app, self.settings)
+        return self._deployer
 
 
 class Gate(ABC):
     name: ClassVar[str]
     edge: ClassVar[Edge]
     order: ClassVar[int]
+    needs_docker: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, ctx: GateContext) -> Verdict: ...
@@ -118,6 +158,34 @@ def gates_for(edge: Edge) -> list[type[Gate]]:
     return list(_REGISTRY.get(edge, []))
 
 
+def _run_one(
+    name: str, fn: Callable[[], Verdict], ctx: GateContext
+) -> tuple[GateResult, InfraUnavailable | None]:
+    log = ctx.log.bind(gate=name)
+    started_at = datetime.now(UTC)
+    t0 = time.perf_counter()
+    infra_error: InfraUnavailable | None = None
+    try:
+        verdict = fn()
+    except InfraUnavailable as exc:
+        infra_error = exc
+        verdict = Verdict(GateStatus.ERROR, exc.message, {"infrastructure": True, **exc.details})
+    except Exception as exc:  # a gate bug must block the edge, never wave it through
+        log.exception("gate_crashed")
+        verdict = Verdict(GateStatus.ERROR, f"{type(exc).__name__}: {exc}", {"exception": type(exc).__name__})
+    result = GateResult(
+        name, verdict.status, verdict.reason, verdict.details, time.perf_counter() - t0, started_at
+    )
+    level = log.warning if result.status.blocks else log.info
+    level(
+        "gate_finished",
+        status=result.status.value,
+        reason=result.reason,
+        duration_s=round(result.duration_s, 4),
+    )
+    return result, infra_error
+
+
 def run_gates(
     gates: list[type[Gate]], ctx: GateContext, record: Callable[[GateResult], None]
 ) -> list[GateResult]:
@@ -129,34 +197,7 @@ def run_gates(
     """
     results: list[GateResult] = []
     for gate_cls in gates:
-        log = ctx.log.bind(gate=gate_cls.name)
-        started_at = datetime.now(UTC)
-        t0 = time.perf_counter()
-        infra_error: InfraUnavailable | None = None
-        try:
-            verdict = gate_cls().run(ctx)
-        except InfraUnavailable as exc:
-            infra_error = exc
-            verdict = Verdict(GateStatus.ERROR, exc.message, {"infrastructure": True, **exc.details})
-        except Exception as exc:  # a gate bug must block the edge, never wave it through
-            log.exception("gate_crashed")
-            verdict = Verdict(
-                GateStatus.ERROR, f"{type(exc).__name__}: {exc}", {"exception": type(exc).__name__}
-            )
-        result = GateResult(
-            name=gate_cls.name,
-            status=verdict.status,
-            reason=verdict.reason,
-            details=verdict.details,
-            duration_s=time.perf_counter() - t0,
-            started_at=started_at,
-        )
-        log.info(
-            "gate_finished",
-            status=result.status.value,
-            reason=result.reason,
-            duration_s=round(result.duration_s, 4),
-        )
+        result, infra_error = _run_one(gate_cls.name, lambda g=gate_cls: g().run(ctx), ctx)
         record(result)
         results.append(result)
         if infra_error is not None:
@@ -166,6 +207,17 @@ def run_gates(
     return results
 
 
+def run_compensations(ctx: GateContext, record: Callable[[GateResult], None]) -> list[GateResult]:
+    """Undo side effects newest first. Every undo runs even if an earlier one failed: a half-restored
+    prod is worse than one whose failed restore is on record."""
+    results: list[GateResult] = []
+    for comp in reversed(ctx.compensations):
+        result, _ = _run_one(comp.name, comp.undo, ctx)
+        record(result)
+        results.append(result)
+    return results
+
+
 def _load_builtin_gates() -> None:
     # Imported lazily so that importing the registry never drags in Docker or git plumbing.
-    from orchestrator.gates import git  # noqa: F401
+    from orchestrator.gates import git, image  # noqa: F401

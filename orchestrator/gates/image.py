@@ -1,0 +1,292 @@
+"""Gates that build, check and promote the app's image on the real Docker engine.
+
+Edge development -> deploy-staging: build the committed tree, prove the label, run it as staging,
+check it. Edge deploy-staging -> deploy: ``check_staging_image_fresh`` rebuilds and re-checks staging,
+then the very image it built (by id: build once) is promoted to prod and what runs there is verified;
+if prod was touched and anything fails, the compensation restores the previous release.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.deploy import PROD, STAGING, Build, Deployer
+from orchestrator.docker_engine import DockerError
+from orchestrator.gates import Compensation, Gate, GateContext, ReleaseIntent, Verdict, register
+from orchestrator.machine import TO_PROD, TO_STAGING
+
+PROMOTE_IMAGE = "promote_image_id"
+FAILURE_REASON = "failure_reason"
+
+
+def _build(ctx: GateContext) -> Build | Verdict:
+    try:
+        return ctx.deployer.build(ctx.sha)
+    except DockerError as exc:
+        return Verdict.failed(exc.message, build_log_tail=exc.log[-2000:])
+
+
+def _build_details(build: Build) -> dict[str, Any]:
+    return {
+        "image_id": build.image.id,
+        "tag": build.tag,
+        "build_s": round(build.duration_s, 3),
+        "size_bytes": build.image.size,
+    }
+
+
+def _deploy_and_check_health(ctx: GateContext, env: str, image_id: str) -> Verdict | dict[str, Any]:
+    """Recreate ``env`` from ``image_id`` and wait for health; evidence on success, a verdict on failure."""
+    d = ctx.deployer
+    try:
+        container = d.recreate(env, image_id, run_id=ctx.run_id)
+    except DockerError as exc:
+        return Verdict.failed(f"could not start {d.container(env)}: {exc.message}", image_id=image_id)
+    report = d.wait_healthy(env)
+    if not report.healthy:
+        return Verdict.failed(
+            report.reason, image_id=image_id, health=report.details(), **d.container_evidence(env)
+        )
+    return {"container": container.name, "container_id": container.id, "health": report.details()}
+
+
+def _staging_check(ctx: GateContext) -> Verdict | dict[str, Any]:
+    result = ctx.deployer.staging_check(ctx.sha)
+    evidence = {"staging_check_exit_code": result.exit_code, "staging_check_output": result.output}
+    if not result.ok:
+        last = result.output.splitlines()[-1] if result.output else "no output"
+        return Verdict.failed(f"staging check failed (exit {result.exit_code}): {last}", **evidence)
+    return evidence
+
+
+# development -> deploy-staging ------------------------------------------------------------------
+
+
+@register
+class BuildImage(Gate):
+    """Build <app>:<sha> from exactly the committed tree, stamping GIT_SHA."""
+
+    name = "build_image"
+    edge = TO_STAGING
+    order = 20
+    needs_docker = True
+
+    def run(self, ctx: GateContext) -> Verdict:
+        build = _build(ctx)
+        if isinstance(build, Verdict):
+            return build
+        ctx.shared["build"] = build
+        return Verdict.passed(
+            f"built {build.tag} as {build.image.id[:19]} in {build.duration_s:.1f}s", **_build_details(build)
+        )
+
+
+@register
+class ImageRevision(Gate):
+    """Fail closed before anything runs: an image that cannot prove its commit never reaches staging."""
+
+    name = "image_revision"
+    edge = TO_STAGING
+    order = 30
+    needs_docker = True
+
+    def run(self, ctx: GateContext) -> Verdict:
+        build: Build = ctx.shared["build"]
+        check = ctx.deployer.verify_image(build.image.id, ctx.sha)
+        return (Verdict.passed if check.ok else Verdict.failed)(check.reason, **check.details)
+
+
+@register
+class DeployStaging(Gate):
+    name = "deploy_staging"
+    edge = TO_STAGING
+    order = 40
+    needs_docker = True
+
+    def run(self, ctx: GateContext) -> Verdict:
+        build: Build = ctx.shared["build"]
+        outcome = _deploy_and_check_health(ctx, STAGING, build.image.id)
+        if isinstance(outcome, Verdict):
+            return outcome
+        ctx.releases.append(ReleaseIntent(STAGING, build.image.id, ctx.sha))
+        return Verdict.passed(
+            f"{outcome['container']} healthy on port {ctx.deployer.port(STAGING)}",
+            image_id=build.image.id,
+            **outcome,
+        )
+
+
+@register
+class StagingCheck(Gate):
+    name = "staging_check"
+    edge = TO_STAGING
+    order = 50
+    needs_docker = True
+
+    def run(self, ctx: GateContext) -> Verdict:
+        outcome = _staging_check(ctx)
+        if isinstance(outcome, Verdict):
+            return outcome
+        return Verdict.passed("stub staging check passed against the fresh staging container", **outcome)
+
+
+# deploy-staging -> deploy -------------------------------------------------------------------------
+
+
+@register
+class CheckStagingImageFresh(Gate):
+    """The image promoted to prod must be provably the validated commit, checked on staging moments ago.
+
+    Layer A (liveness): rebuild from the commit, recreate staging, health, stub staging check. It never
+    touches prod. Layer B (safety): the image to promote carries the full sha as its revision label and
+    is the very image id this gate built: labels can be forged with any --build-arg, ids cannot.
+    """
+
+    name = "check_staging_image_fresh"
+    edge = TO_PROD
+    order = 10
+    needs_docker = True
+
+    def run(self, ctx: GateContext) -> Verdict:
+        settings = ctx.settings
+        if not settings.freshness_applies_to(ctx.app.name):
+            return self._disabled(ctx)
+        build = _build(ctx)
+        if isinstance(build, Verdict):
+            return build
+        details: dict[str, Any] = _build_details(build)
+        deployed = _deploy_and_check_health(ctx, STAGING, build.image.id)
+        if isinstance(deployed, Verdict):
+            return Verdict.failed(f"layer A: {deployed.reason}", **details, **deployed.details)
+        details.update(deployed)
+        ctx.releases.append(ReleaseIntent(STAGING, build.image.id, ctx.sha))
+        checked = _staging_check(ctx)
+        if isinstance(checked, Verdict):
+            return Verdict.failed(f"layer A: {checked.reason}", **details, **checked.details)
+        details.update(checked)
+        safety = ctx.deployer.verify_image(build.image.id, ctx.sha)
+        details.update(safety.details)
+        if not safety.ok:
+            return Verdict.failed(f"layer B: {safety.reason}", **details)
+        ctx.shared[PROMOTE_IMAGE] = build.image.id
+        return Verdict.passed(
+            f"fresh staging image {build.image.id[:19]} healthy, checked, {safety.reason}", **details
+        )
+
+    def _disabled(self, ctx: GateContext) -> Verdict:
+        why = (
+            "ORCH_IMAGE_FRESHNESS_ENABLED is off"
+            if not ctx.settings.image_freshness_enabled
+            else f"{ctx.app.name} is not in ORCH_IMAGE_FRESHNESS_REPOS"
+        )
+        ctx.log.warning("image_freshness_check_disabled", reason=why)
+        # Promote what staging was given for this sha; verify_prod still proves what runs.
+        staging = ctx.previous_releases.get(STAGING)
+        if staging is not None and staging.revision == ctx.sha:
+            ctx.shared[PROMOTE_IMAGE] = staging.image_id
+        else:
+            tagged = ctx.deployer.engine.image(ctx.deployer.build_tag(ctx.sha))
+            if tagged is not None:
+                ctx.shared[PROMOTE_IMAGE] = tagged.id
+        return Verdict.skipped(
+            f"{why}: staging image not rebuilt", promote_image_id=ctx.shared.get(PROMOTE_IMAGE)
+        )
+
+
+@register
+class PromoteProd(Gate):
+    """Retag the checked image for prod (no rebuild) and swap prod's container to it."""
+
+    name = "promote_prod"
+    edge = TO_PROD
+    order = 20
+    needs_docker = True
+
+    def run(self, ctx: GateContext) -> Verdict:
+        image_id = ctx.shared.get(PROMOTE_IMAGE)
+        if image_id is None:
+            return Verdict.failed(
+                f"no image of {ctx.sha[:12]} to promote: advance this run to deploy-staging again, "
+                "or enable ORCH_IMAGE_FRESHNESS_ENABLED so the gate rebuilds it"
+            )
+        d = ctx.deployer
+        before = d.engine.container(d.container(PROD))
+        evidence: dict[str, Any] = {
+            "image_id": image_id,
+            "prod_before": {"container_id": before.id, "image_id": before.image_id} if before else None,
+        }
+        # From here prod is touched: whatever fails later must restore it.
+        ctx.compensations.append(Compensation("rollback_prod", lambda: restore_prod(ctx)))
+        evidence["tag"] = d.tag_for(PROD, image_id)
+        outcome = _deploy_and_check_health(ctx, PROD, image_id)
+        if isinstance(outcome, Verdict):
+            return Verdict.failed(f"prod: {outcome.reason}", **evidence, **outcome.details)
+        return Verdict.passed(
+            f"{outcome['container']} healthy on port {d.port(PROD)} with {image_id[:19]}",
+            **evidence,
+            **outcome,
+        )
+
+
+@register
+class VerifyProd(Gate):
+    """Post-deploy verification: catches the deploy that reports success while the old image keeps running."""
+
+    name = "verify_prod"
+    edge = TO_PROD
+    order = 30
+    needs_docker = True
+
+    def run(self, ctx: GateContext) -> Verdict:
+        image_id = ctx.shared[PROMOTE_IMAGE]
+        check = ctx.deployer.verify_running(PROD, image_id, ctx.sha)
+        if not check.ok:
+            return Verdict.failed(f"prod verification: {check.reason}", **check.details)
+        ctx.releases.append(ReleaseIntent(PROD, image_id, ctx.sha))
+        return Verdict.passed(f"prod runs {image_id[:19]} with revision {ctx.sha[:12]}", **check.details)
+
+
+def restore_prod(ctx: GateContext) -> Verdict:
+    """Put prod back on the previous release and verify it; with none, stop prod rather than leave an
+    unverified image serving."""
+    d: Deployer = ctx.deployer
+    reason = ctx.shared.get(FAILURE_REASON, "promotion failed")
+    previous = ctx.previous_releases.get(PROD)
+    if previous is None:
+        stopped = d.stop(PROD)
+        d.engine.remove_image(f"{ctx.app.name}:{PROD}")  # the rollback anchor must not name a failed image
+        return Verdict.passed(
+            f"no previous prod release to restore: prod stopped ({d.container(PROD)} "
+            f"{'removed' if stopped else 'was not running'})",
+            restored_release=None,
+        )
+    if d.engine.image(previous.image_id) is None:
+        d.stop(PROD)
+        return Verdict.failed(
+            f"previous release {previous.id} image {previous.image_id[:19]} is gone (pruned?): prod stopped; "
+            f"redeploy a known-good run",
+            restored_release=previous.id,
+        )
+    d.tag_for(PROD, previous.image_id)
+    outcome = _deploy_and_check_health(ctx, PROD, previous.image_id)
+    if isinstance(outcome, Verdict):
+        return Verdict.failed(
+            f"restoring release {previous.id} failed: {outcome.reason}",
+            restored_release=previous.id,
+            **outcome.details,
+        )
+    check = d.verify_running(PROD, previous.image_id, previous.revision)
+    if not check.ok:
+        return Verdict.failed(
+            f"restored release {previous.id} failed verification: {check.reason}",
+            restored_release=previous.id,
+            **check.details,
+        )
+    ctx.releases.append(
+        ReleaseIntent(PROD, previous.image_id, previous.revision, kind="rollback", reason=reason)
+    )
+    return Verdict.passed(
+        f"prod restored to release {previous.id} ({previous.revision[:12]}) and verified",
+        restored_release=previous.id,
+        **check.details,
+    )
