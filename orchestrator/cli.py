@@ -178,8 +178,15 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
     store = inv.store()
     record = store.get_run(run_id)
     transitions = store.transitions(run_id)
+    releases = store.releases_of_run(run_id)
     if as_json:
-        _print_json({**record.as_dict(), "transitions": [t.as_dict() for t in transitions]})
+        _print_json(
+            {
+                **record.as_dict(),
+                "transitions": [t.as_dict() for t in transitions],
+                "releases": [r.as_dict() for r in releases],
+            }
+        )
         return
     click.echo(f"run {record.id}: {record.app} @ {record.sha}  state={record.state}  actor={record.actor}")
     for t in transitions:
@@ -189,6 +196,43 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
         )
         for c in t.checks:
             click.echo(f"      {c.status:<8} {c.name:<32} {c.duration_s:7.3f}s  {c.reason}")
+    for rel in releases:
+        click.echo(
+            f"  release {rel.id}: {rel.environment:<8} {rel.kind:<8} {rel.image_id[:19]}  "
+            f"revision {rel.revision[:12]}  {rel.created_at:%Y-%m-%d %H:%M:%S}"
+            + (f"  ({rel.reason})" if rel.reason else "")
+        )
+
+
+@cli.command()
+@click.option(
+    "--host",
+    envvar="ORCH_SERVE_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (ORCH_SERVE_HOST).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    envvar="PORT",
+    default=8080,
+    show_default=True,
+    help="Port to bind (PORT, as given by the orchestrator to the containers it runs).",
+)
+def serve(host: str, port: int) -> None:
+    """Serve /health and /version (the revision baked in at build time) over HTTP."""
+    from orchestrator.logging import get_logger
+    from orchestrator.web import make_server, revision
+
+    server = make_server(host, port)
+    get_logger().info("serving", host=host, port=port, revision=revision())
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @cli.group("db")

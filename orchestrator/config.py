@@ -90,6 +90,8 @@ ENV_VARS: dict[str, str] = {
     "ORCH_IMAGE_FRESHNESS_REPOS": "comma-separated apps the freshness check applies to (empty: all)",
     "ORCH_HEALTH_TIMEOUT_S": "seconds a health check waits for a green answer (default 30)",
     "ORCH_HEALTH_INTERVAL_S": "seconds between health polls (default 0.05)",
+    "ORCH_SERVE_HOST": "address `orchestrator serve` binds (default 127.0.0.1)",
+    "ORCH_REVISION": "commit `orchestrator serve` reports on /version (the Dockerfile sets it from GIT_SHA)",
 }
 
 

@@ -371,6 +371,11 @@ class Store:
             )
             return [_release(r) for r in rows]
 
+    def releases_of_run(self, run_id: int) -> list[ReleaseRecord]:
+        with self._session() as s:
+            rows = s.scalars(sa.select(Release).where(Release.run_id == run_id).order_by(Release.id))
+            return [_release(r) for r in rows]
+
     def latest_release(self, app: str, environment: str) -> ReleaseRecord | None:
         found = self.releases(app, environment, limit=1)
         return found[0] if found else None
