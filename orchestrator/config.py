@@ -6,10 +6,11 @@ value is checked and every unknown key or variable is an error (exit 2) that nam
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def _parse_float(name: str, raw: Any, *, minimum: float) -> float:
         value = float(raw)
     except (TypeError, ValueError):
         raise BadInput(f"{name}={raw!r} is not a number") from None
-    if isinstance(raw, bool) or value < minimum:
+    if isinstance(raw, bool) or not math.isfinite(value) or value < minimum:
         raise BadInput(f"{name}={raw!r} must be a number >= {minimum}")
     return value
 
@@ -219,6 +220,19 @@ def _parse_app(name: str, table: Any, base: Path) -> AppConfig:
     return app
 
 
+def _check_ports_unique(apps: Iterable[AppConfig]) -> None:
+    """Two environments on one host port would answer each other's health checks."""
+    owners: dict[int, str] = {}
+    for app in apps:
+        for env, port in (("staging", app.staging_port), ("prod", app.prod_port)):
+            if port in owners:
+                raise BadInput(
+                    f"[apps.{app.name}].{env}_port = {port} is already used by {owners[port]}; "
+                    "every environment needs its own port"
+                )
+            owners[port] = f"[apps.{app.name}].{env}_port"
+
+
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read the config named by --config, ORCH_CONFIG or ./orchestrator.toml (in that order).
 
@@ -234,6 +248,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise BadInput(f"{cfg_path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"{cfg_path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
         except OSError as exc:
             raise BadInput(f"cannot read {cfg_path}: {exc.strerror}") from None
     elif explicit:
@@ -251,7 +267,15 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     base = cfg_path.resolve().parent
     try:
         apps = {name: _parse_app(name, table, base) for name, table in apps_table.items()}
+        _check_ports_unique(apps.values())
         settings = _parse_settings(settings_table, env)
+        unknown_scoped = sorted(settings.image_freshness_repos - set(apps))
+        if unknown_scoped:
+            # A misspelt name would silently switch the freshness check off for the app it meant.
+            raise BadInput(
+                f"image_freshness_repos names unknown app(s) {', '.join(unknown_scoped)} "
+                f"(known apps: {', '.join(sorted(apps)) or 'none'})"
+            )
     except BadInput as exc:
         raise BadInput(f"{cfg_path}: {exc.message}") from None
     return Config(settings=settings, apps=apps, path=cfg_path.resolve())

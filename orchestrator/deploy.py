@@ -6,6 +6,7 @@ Gates call these steps and turn their outcomes into recorded verdicts.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,12 @@ def staging_check_script() -> Path:
         if candidate.is_file():
             return candidate
     raise RuntimeError("scripts/staging_check.py is missing from this installation of orchestrator")
+
+
+def port_answers(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((LOOPBACK, port)) == 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,13 @@ class Deployer:
         name = self.container(env)
         self.engine.remove_container(name)
         port = self.port(env)
+        if port_answers(port):
+            # Otherwise the health check would be answered by whatever holds the port while our
+            # container dies on "address already in use", and a dead deploy would look green.
+            raise DockerError(
+                f"port {port} on {LOOPBACK} is already in use by something other than {name}: "
+                f"stop it or give {self.app.name} another {env}_port"
+            )
         publish = None
         container_port = port
         if self.app.container_port is not None:

@@ -39,6 +39,16 @@ def default_actor() -> str:
         return "unknown"
 
 
+MAX_ACTOR = 200  # the column width; longer would fail in PostgreSQL, not here
+
+
+def parse_actor(raw: str | None) -> str:
+    actor = (raw if raw is not None else default_actor()).strip()
+    if not actor or len(actor) > MAX_ACTOR:
+        raise BadInput(f"--actor must be 1 to {MAX_ACTOR} characters (got {len(actor)})")
+    return actor
+
+
 def parse_sha(raw: str) -> str:
     sha = raw.strip().lower()
     if not _SHA.match(sha):
@@ -80,7 +90,7 @@ class RunService:
 
     def start_run(self, app: str, sha: str, actor: str | None = None) -> RunRecord:
         self.config.app(app)
-        run = self.store.create_run(app, parse_sha(sha), actor or default_actor(), State.DEVELOPMENT.value)
+        run = self.store.create_run(app, parse_sha(sha), parse_actor(actor), State.DEVELOPMENT.value)
         get_logger(run_id=run.id, app=run.app, sha=run.sha).info("run_started", actor=run.actor)
         return run
 
@@ -90,7 +100,7 @@ class RunService:
         machine = RunMachine(State(run.state))
         edge = machine.edge_to(target)
         app = self.config.app(run.app)
-        actor = actor or default_actor()
+        actor = parse_actor(actor)
 
         gates = gates_for(edge)
         # Connect before anything is written: an engine that does not answer changes nothing at all.

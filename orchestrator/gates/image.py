@@ -47,6 +47,15 @@ def _deploy_and_check_health(ctx: GateContext, env: str, image_id: str) -> Verdi
         return Verdict.failed(
             report.reason, image_id=image_id, health=report.details(), **d.container_evidence(env)
         )
+    now = d.engine.container(d.container(env))
+    if now is None or not now.running or now.id != container.id:
+        # The answer came from somewhere else; our container is not what is serving.
+        return Verdict.failed(
+            f"{report.url} answered but {d.container(env)} is not running",
+            image_id=image_id,
+            health=report.details(),
+            **d.container_evidence(env),
+        )
     return {"container": container.name, "container_id": container.id, "health": report.details()}
 
 

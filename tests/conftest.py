@@ -1,0 +1,374 @@
+"""Shared fixtures: a real git repository, an isolated workspace (config + SQLite), the real CLI.
+
+Everything here is real (git, SQLite, click, Alembic); only the machine's environment is fenced off so
+that an ORCH_* variable exported on a developer's shell or a CI runner can never change what a test
+sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from click.testing import CliRunner
+
+from orchestrator import gates
+from orchestrator.cli import cli as orchestrator_cli
+from orchestrator.config import CONFIG_FILENAME, ENV_PREFIX
+from orchestrator.gates import Gate, GateContext, Verdict
+from orchestrator.machine import Edge
+from orchestrator.store.repository import Store
+
+# --------------------------------------------------------------------------------------------------
+# environment hygiene
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config layer rejects unknown ORCH_* variables and honours known ones, so a stray export on
+    the host would either break or silently steer every test. Scrub them all."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog() -> Iterator[None]:
+    """The CLI points structlog at the stderr it was invoked with (CliRunner's capture buffer); without
+    a reset, later tests' logs would vanish into a finished invocation's buffer instead of pytest's."""
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(autouse=True)
+def gate_registry_guard() -> Iterator[None]:
+    """The gate registry is process-global: a test gate left behind would run on every later test's
+    edge. Fail the leaking test (and repair the registry) instead of some innocent later one."""
+    gates._load_builtin_gates()
+    registry = gates._REGISTRY  # the real one, even if a test swaps in a throw-away registry
+    before = {edge: list(registered) for edge, registered in registry.items()}
+    yield
+    after = {edge: list(registered) for edge, registered in registry.items()}
+    if after != before:
+        registry.clear()
+        registry.update(before)
+        pytest.fail(f"test changed the global gate registry: {before} -> {after}")
+
+
+# --------------------------------------------------------------------------------------------------
+# git
+
+
+_GIT_ENV = {
+    # Neither the host's ~/.gitconfig nor /etc/gitconfig (signing, hooks, templates) may shape the repo.
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def _git(repo: Path, *args: str) -> str:
+    proc = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **_GIT_ENV},
+        check=False,
+    )
+    assert proc.returncode == 0, f"git {' '.join(args)} failed: {proc.stderr}"
+    return proc.stdout.strip()
+
+
+@dataclass(frozen=True)
+class GitRepo:
+    """A real repository on disk with at least one commit; ``sha`` is the HEAD at creation time."""
+
+    path: Path
+    sha: str
+
+    def commit(self, message: str, files: Mapping[str, str]) -> str:
+        """Add or overwrite ``files`` (relative path -> text) and commit them; returns the new sha."""
+        for rel, text in files.items():
+            target = self.path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        _git(self.path, "add", "--all")
+        _git(self.path, "commit", "--quiet", "--no-verify", "-m", message)
+        return _git(self.path, "rev-parse", "HEAD")
+
+
+def _init_repo(path: Path, files: Mapping[str, str]) -> GitRepo:
+    path.mkdir(parents=True)
+    _git(path, "init", "--quiet", "--initial-branch=main")
+    _git(path, "config", "user.name", "Orchestrator Tests")
+    _git(path, "config", "user.email", "tests@orchestrator.invalid")
+    _git(path, "config", "commit.gpgsign", "false")
+    sha = GitRepo(path, "").commit("initial commit", files)
+    return GitRepo(path, sha)
+
+
+@pytest.fixture(scope="session")
+def _template_repo(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
+    return _init_repo(tmp_path_factory.mktemp("template") / "repo", {"README.md": "demo app\n"})
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path, _template_repo: GitRepo) -> Callable[..., GitRepo]:
+    """Factory: ``git_repo(name="app-src", files={...})`` -> GitRepo with one commit.
+
+    Without ``files`` it is a private copy of a session-wide template (same sha every time, and a
+    file copy instead of five git processes), so tests may delete or rewrite it freely.
+    """
+
+    def make(name: str = "app-src", files: Mapping[str, str] | None = None) -> GitRepo:
+        path = tmp_path / name
+        if files is not None:
+            return _init_repo(path, files)
+        shutil.copytree(_template_repo.path, path, symlinks=True)
+        return GitRepo(path, _template_repo.sha)
+
+    return make
+
+
+# --------------------------------------------------------------------------------------------------
+# workspace: orchestrator.toml + SQLite, cwd
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A directory the CLI runs in: its orchestrator.toml names app ``demo`` at ``repo``, and
+    ORCH_DATABASE_URL points at ``orch.db`` there (already migrated)."""
+
+    path: Path
+    config_path: Path
+    db_url: str
+    repo: GitRepo
+    app: str = "demo"
+
+    def write_config(self, text: str) -> None:
+        self.config_path.write_text(text, encoding="utf-8")
+
+    def set_apps(self, apps: Mapping[str, Path | str], extra: str = "") -> None:
+        """Rewrite the config with one ``[apps.<name>]`` table per entry (plus raw ``extra`` TOML)."""
+        # Every environment needs its own port (config rejects clashes); these tests never bind them.
+        tables = "".join(
+            f'[apps.{name}]\nsource = "{Path(src).as_posix()}"\n'
+            f"staging_port = {20000 + 2 * i}\nprod_port = {20001 + 2 * i}\n\n"
+            for i, (name, src) in enumerate(apps.items())
+        )
+        self.write_config(extra + tables)
+
+
+@pytest.fixture(scope="session")
+def _template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file already at the head revision; migrating every test's database would cost more
+    than most tests. First-use upgrades are tested on their own (a fresh URL, no copy)."""
+    path = tmp_path_factory.mktemp("template") / "orch.db"
+    Store(f"sqlite:///{path.as_posix()}").close()
+    return path
+
+
+@pytest.fixture
+def workspace(
+    tmp_path: Path,
+    git_repo: Callable[..., GitRepo],
+    _template_db: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    clean_env: None,  # autouse anyway; named so the contract survives a change to autouse
+) -> Workspace:
+    repo = git_repo("demo-src")
+    root = tmp_path / "workspace"
+    root.mkdir()
+    shutil.copyfile(_template_db, root / "orch.db")
+    db_url = f"sqlite:///{(root / 'orch.db').as_posix()}"
+    ws = Workspace(path=root, config_path=root / CONFIG_FILENAME, db_url=db_url, repo=repo)
+    ws.set_apps({"demo": repo.path})
+    monkeypatch.setenv("ORCH_DATABASE_URL", db_url)
+    monkeypatch.chdir(root)
+    return ws
+
+
+@pytest.fixture
+def store(workspace: Workspace) -> Iterator[Store]:
+    """The workspace's store, for arranging state the CLI cannot create and for checking what it wrote."""
+    s = Store(workspace.db_url)
+    yield s
+    s.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+@dataclass(frozen=True)
+class CliResult:
+    args: tuple[str, ...]
+    exit_code: int
+    stdout: str
+    stderr: str
+    payload: Any = None  # the parsed stdout when --json was passed
+
+    @property
+    def as_json(self) -> bool:
+        return "--json" in self.args
+
+    def describe(self) -> str:
+        return (
+            f"orchestrator {' '.join(self.args)} -> exit {self.exit_code}\n"
+            f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+        )
+
+    def ok(self) -> Any:
+        """Assert exit 0; return the JSON payload (or None without --json)."""
+        assert self.exit_code == 0, self.describe()
+        return self.payload
+
+    def error(self, exit_code: int, kind: str) -> str:
+        """Assert an error exit in either output mode and return its message.
+
+        With --json the error must be the one object on stdout; without, stdout stays empty (a script
+        capturing it must not mistake an error for a result) and the message is on stderr.
+        """
+        assert self.exit_code == exit_code, self.describe()
+        if self.as_json:
+            assert isinstance(self.payload, dict), self.describe()
+            assert self.payload.get("error") == kind, self.describe()
+            assert self.payload.get("exit_code") == exit_code, self.describe()
+            message = self.payload.get("message")
+            assert isinstance(message, str) and message, self.describe()
+            return message
+        assert self.stdout == "", self.describe()
+        lines = [line for line in self.stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1, self.describe()
+        return lines[0].removeprefix("error: ")
+
+
+Cli = Callable[..., CliResult]
+
+
+@pytest.fixture
+def cli() -> Cli:
+    """``cli("run", "start", "--app", "demo", ..., as_json=True)`` runs the real click app in-process.
+
+    Exceptions other than SystemExit propagate (catch_exceptions=False): a traceback is never an
+    acceptable answer from the CLI, so it must fail the test loudly rather than look like exit 1.
+    """
+    runner = CliRunner()
+
+    def invoke(*args: str | int, as_json: bool = False) -> CliResult:
+        argv = tuple(str(a) for a in args) + (("--json",) if as_json else ())
+        result = runner.invoke(orchestrator_cli, list(argv), catch_exceptions=False)
+        payload = None
+        if "--json" in argv:
+            payload = parse_single_json_object(result.stdout, context=f"orchestrator {' '.join(argv)}")
+        return CliResult(argv, result.exit_code, result.stdout, result.stderr, payload)
+
+    return invoke
+
+
+def parse_single_json_object(stdout: str, *, context: str) -> dict[str, Any]:
+    """--json promises exactly one JSON object on stdout: no log line, no banner, no second object."""
+    try:
+        payload = json.loads(stdout)
+    except json.JSONDecodeError as exc:
+        pytest.fail(f"{context}: --json stdout is not exactly one JSON object ({exc}):\n{stdout!r}")
+    if not isinstance(payload, dict):
+        pytest.fail(f"{context}: --json stdout is {type(payload).__name__}, not an object:\n{stdout!r}")
+    return payload
+
+
+# --------------------------------------------------------------------------------------------------
+# network
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """Factory for a localhost TCP port that nothing listens on (bound to :0, then released)."""
+
+    def pick() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    return pick
+
+
+# --------------------------------------------------------------------------------------------------
+# gates
+
+
+GateBehaviour = Verdict | BaseException | Callable[[GateContext], Verdict]
+
+
+@pytest.fixture
+def gate_factory() -> Callable[..., type[Gate]]:
+    """Factory for *unregistered* Gate subclasses: ``gate_factory("name", edge, behaviour)``.
+
+    ``behaviour`` is the Verdict to return, an exception to raise, or a callable(ctx) -> Verdict.
+    Every call is appended to the class's ``calls`` list so tests can prove a gate did (not) run.
+    """
+
+    def make(name: str, edge: Edge, behaviour: GateBehaviour, order: int = 1000) -> type[Gate]:
+        calls: list[GateContext] = []
+
+        def run(self: Gate, ctx: GateContext) -> Verdict:
+            calls.append(ctx)
+            if isinstance(behaviour, BaseException):
+                raise behaviour
+            if isinstance(behaviour, Verdict):
+                return behaviour
+            return behaviour(ctx)
+
+        attrs = {"name": name, "edge": edge, "order": order, "calls": calls, "run": run}
+        return type(f"TestGate_{name}", (Gate,), attrs)
+
+    return make
+
+
+@pytest.fixture
+def docker_free_gates(monkeypatch: pytest.MonkeyPatch) -> dict[Edge, list[type[Gate]]]:
+    """Swap in a registry holding only the built-in gates that need no Docker engine (commit_exists).
+
+    For tests of the run contract (CLI, service, store): they must not build images or bind ports,
+    and ``advance`` only connects to Docker when one of the edge's gates needs it. The Docker gates
+    are exercised against the real engine in tests/integration.
+    """
+    gates._load_builtin_gates()
+    subset = {
+        edge: [g for g in registered if not g.needs_docker] for edge, registered in gates._REGISTRY.items()
+    }
+    monkeypatch.setattr(gates, "_REGISTRY", subset)
+    return subset
+
+
+@pytest.fixture
+def register_gate(gate_factory: Callable[..., type[Gate]]) -> Iterator[Callable[..., type[Gate]]]:
+    """Factory that registers a gate on its edge for this test only (in whichever registry is current,
+    so it composes with ``docker_free_gates``).
+
+    The registry is process-global; a test gate left in it would run on every later test's edge.
+    """
+    gates._load_builtin_gates()  # so built-ins never register *after* a test gate and reorder things
+    added: list[tuple[dict[Edge, list[type[Gate]]], type[Gate]]] = []
+
+    def register(name: str, edge: Edge, behaviour: GateBehaviour, order: int = 1000) -> type[Gate]:
+        gate = gates.register(gate_factory(name, edge, behaviour, order))
+        added.append((gates._REGISTRY, gate))
+        return gate
+
+    yield register
+    for registry, gate in reversed(added):
+        registered = registry.get(gate.edge, [])
+        if gate in registered:
+            registered.remove(gate)
+        if not registered:
+            registry.pop(gate.edge, None)
