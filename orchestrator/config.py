@@ -43,6 +43,27 @@ class AppConfig:
     build_args: Mapping[str, str] = field(default_factory=dict)
     # Extra environment for the app's containers (PORT and ORCH_ENVIRONMENT are set by the orchestrator).
     env: Mapping[str, str] = field(default_factory=dict)
+    # Push promoted images here (host[:port][/namespace]) and pin by registry digest.
+    registry: str | None = None
+    # Compose apps: the orchestrator pins these services through an override file and runs
+    # `docker compose up -d <service>` instead of creating containers itself.
+    compose_file: Path | None = None
+    staging_service: str | None = None
+    prod_service: str | None = None
+    override_file: Path | None = None
+    # false = the plain-tag deploy (`image: repo:latest` as written): only for showing the no-op hazard.
+    pin_digests: bool = True
+    # Pinned overrides kept per environment as rollback anchors.
+    keep_releases: int = 5
+
+    @property
+    def is_compose(self) -> bool:
+        return self.compose_file is not None
+
+    def service(self, env: str) -> str:
+        name = self.staging_service if env == "staging" else self.prod_service
+        assert name is not None, "compose apps always name both services"
+        return name
 
 
 @dataclass(frozen=True)
@@ -54,6 +75,8 @@ class Settings:
     image_freshness_repos: frozenset[str] = frozenset()
     health_timeout_s: float = 30.0
     health_interval_s: float = 0.05
+    registry: str | None = None
+    keep_releases: int = 5
 
     def freshness_applies_to(self, app: str) -> bool:
         """The kill-switch: off globally, or on but scoped to other apps."""
@@ -91,6 +114,8 @@ ENV_VARS: dict[str, str] = {
     "ORCH_IMAGE_FRESHNESS_REPOS": "comma-separated apps the freshness check applies to (empty: all)",
     "ORCH_HEALTH_TIMEOUT_S": "seconds a health check waits for a green answer (default 30)",
     "ORCH_HEALTH_INTERVAL_S": "seconds between health polls (default 0.05)",
+    "ORCH_REGISTRY": "registry (host:port[/namespace]) apps push promoted images to (default: none)",
+    "ORCH_KEEP_RELEASES": "pinned overrides kept per environment as rollback anchors (default 5)",
     "ORCH_SERVE_HOST": "address `orchestrator serve` binds (default 127.0.0.1)",
     "ORCH_REVISION": "commit `orchestrator serve` reports on /version (the Dockerfile sets it from GIT_SHA)",
 }
@@ -183,10 +208,39 @@ def _parse_settings(table: Mapping[str, Any], env: Mapping[str, str]) -> Setting
         values["health_timeout_s"] = _parse_float(*got, minimum=0.1)
     if got := pick("health_interval_s"):
         values["health_interval_s"] = _parse_float(*got, minimum=0.01)
+    if got := pick("registry"):
+        values["registry"] = _parse_registry(*got) or None
+    if got := pick("keep_releases"):
+        values["keep_releases"] = _parse_int(*got, minimum=1)
     return Settings(**values)
 
 
-def _parse_app(name: str, table: Any, base: Path) -> AppConfig:
+def _parse_int(name: str, raw: Any, *, minimum: int) -> int:
+    try:
+        value = int(str(raw).strip()) if not isinstance(raw, bool) else None
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise BadInput(f"{name}={raw!r} must be a whole number >= {minimum}")
+    return value
+
+
+_REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._/-][a-z0-9]+)*)?$")
+
+
+def _parse_registry(name: str, raw: Any) -> str:
+    text = str(raw).strip().rstrip("/")
+    if text and not _REGISTRY.match(text):
+        raise BadInput(
+            f"{name}={raw!r} must be host[:port][/namespace] without a scheme, e.g. 127.0.0.1:5000"
+        )
+    return text
+
+
+_SERVICE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConfig:
     where = f"[apps.{name}]"
     if not _APP_NAME.match(name):
         raise BadInput(f"{where}: app names must be lowercase letters, digits, '.', '_' or '-'")
@@ -214,10 +268,49 @@ def _parse_app(name: str, table: Any, base: Path) -> AppConfig:
     for key in ("staging_port", "prod_port", "container_port"):
         if key in table:
             values[key] = _parse_port(f"{where}.{key}", table[key])
+    values["registry"] = (
+        _parse_registry(f"{where}.registry", table["registry"]) if "registry" in table else settings.registry
+    ) or None
+    values["keep_releases"] = (
+        _parse_int(f"{where}.keep_releases", table["keep_releases"], minimum=1)
+        if "keep_releases" in table
+        else settings.keep_releases
+    )
+    if "pin_digests" in table:
+        values["pin_digests"] = parse_bool(f"{where}.pin_digests", table["pin_digests"])
+    values.update(_parse_compose(where, table, base))
     app = AppConfig(**values)
     if app.staging_port == app.prod_port:
         raise BadInput(f"{where}: staging_port and prod_port are both {app.prod_port}; they must differ")
     return app
+
+
+def _parse_compose(where: str, table: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    keys = ("compose_file", "staging_service", "prod_service", "override_file")
+    if not any(k in table for k in keys):
+        if "pin_digests" in table:
+            raise BadInput(f"{where}.pin_digests only applies to compose apps (set compose_file)")
+        return {}
+    if "compose_file" not in table:
+        raise BadInput(f"{where}: staging_service/prod_service need compose_file")
+    values: dict[str, Any] = {}
+    for key in ("compose_file", "override_file"):
+        if key in table:
+            if not isinstance(table[key], str) or not table[key]:
+                raise BadInput(f"{where}.{key} must be a path relative to the config file")
+            values[key] = (base / table[key]).resolve()
+    for key in ("staging_service", "prod_service"):
+        raw = table.get(key)
+        if not isinstance(raw, str) or not _SERVICE.match(raw):
+            raise BadInput(f"{where}.{key} must name the compose service that runs the app's {key[:-8]}")
+        values[key] = raw
+    if values["staging_service"] == values["prod_service"]:
+        raise BadInput(f"{where}: staging_service and prod_service must be different services")
+    if "override_file" not in values:
+        values["override_file"] = (
+            values["compose_file"].parent / ".deploy" / "docker-compose.override.deploy.yml"
+        )
+    return values
 
 
 def _check_ports_unique(apps: Iterable[AppConfig]) -> None:
@@ -266,9 +359,9 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         raise BadInput(f"{cfg_path}: [orchestrator] and [apps] must be tables")
     base = cfg_path.resolve().parent
     try:
-        apps = {name: _parse_app(name, table, base) for name, table in apps_table.items()}
-        _check_ports_unique(apps.values())
         settings = _parse_settings(settings_table, env)
+        apps = {name: _parse_app(name, table, base, settings) for name, table in apps_table.items()}
+        _check_ports_unique(apps.values())
         unknown_scoped = sorted(settings.image_freshness_repos - set(apps))
         if unknown_scoped:
             # A misspelt name would silently switch the freshness check off for the app it meant.

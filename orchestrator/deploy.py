@@ -12,10 +12,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from orchestrator import gitrepo, health, verify
+from orchestrator.compose import Compose, ComposeError
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError, ImageInfo
+from orchestrator.errors import InfraUnavailable
+from orchestrator.registry import Registry, RegistryError
 
 STAGING = "staging"
 PROD = "prod"
@@ -54,15 +58,60 @@ class StagingCheck:
     command: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Published:
+    """Where an image can be found for an environment: ``ref`` is what runs pin (the registry digest
+    reference when there is a registry, else the image id, which is immutable on this engine)."""
+
+    image_id: str
+    ref: str
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """The outcome of deploying an image to an environment: a verdict plus its evidence."""
+
+    ok: bool
+    reason: str
+    details: dict[str, Any]
+    published: Published | None = None
+    override: str | None = None
+
+
+class PreviousRelease(Protocol):
+    id: int
+    image_id: str
+    digest: str | None
+    revision: str
+
+
 class Deployer:
-    def __init__(self, engine: DockerEngine, app: AppConfig, settings: Settings) -> None:
+    """Deploy steps for one app. ``pins`` holds each environment's current immutable reference (from the
+    latest releases) so a compose override written for one environment keeps the other one's pin."""
+
+    def __init__(
+        self,
+        engine: DockerEngine,
+        app: AppConfig,
+        settings: Settings,
+        pins: dict[str, str] | None = None,
+    ) -> None:
         self.engine = engine
         self.app = app
         self.settings = settings
+        self.pins: dict[str, str] = dict(pins or {})
+        self.compose = (
+            Compose(app.compose_file, app.override_file) if app.compose_file and app.override_file else None
+        )
+        self._pushed: dict[str, str] = {}
+        self._registry = Registry(app.registry) if app.registry else None
 
     # naming ---------------------------------------------------------------------------------------
 
     def container(self, env: str) -> str:
+        if self.compose is not None:
+            return f"{self.app.service(env)} (compose)"
         return f"{self.app.name}-{env}"
 
     def port(self, env: str) -> int:
@@ -90,7 +139,69 @@ class Deployer:
             )
         return Build(image, self.build_tag(sha), time.perf_counter() - t0, log[-2000:])
 
-    def recreate(self, env: str, image_id: str, *, run_id: int | None) -> ContainerInfo:
+    def publish(self, env: str, image_id: str, revision: str) -> Published:
+        """Move the human-readable tags operators know (``<app>:<env>``, and ``:latest`` for prod) and,
+        with a registry, push the image and move the same tag there; return the immutable pin."""
+        self.engine.tag(image_id, self.app.name, env)
+        if env == PROD:
+            self.engine.tag(image_id, self.app.name, "latest")
+        if self._registry is None:
+            return Published(image_id, image_id)
+        repo = self._registry.repository(self.app.name)
+        digest = self._pushed.get(image_id)
+        if digest is None:
+            self.engine.tag(image_id, repo, revision)
+            digest = self.engine.push(repo, revision)
+            self._pushed[image_id] = digest
+        moving = "latest" if env == PROD else STAGING
+        try:
+            self._registry.retag(self.app.name, digest, moving)
+        except RegistryError as exc:
+            if exc.status is None:
+                raise InfraUnavailable(exc.message) from None
+            if not exc.needs_credentials:
+                raise DockerError(exc.message) from None
+            self.engine.tag(image_id, repo, moving)  # credentials live with the engine: push the tag
+            self.engine.push(repo, moving)
+        return Published(image_id, f"{repo}@{digest}", f"{repo}@{digest}")
+
+    def ensure_image(self, release: PreviousRelease) -> bool:
+        """The release's image is here, or can be pulled by its digest (pruned here, kept in the registry)."""
+        if self.engine.image(release.image_id) is not None:
+            return True
+        if not release.digest:
+            return False
+        try:
+            return self.engine.pull(release.digest).id == release.image_id
+        except DockerError:
+            return False
+
+    def recreate(self, env: str, published: Published, *, run_id: int | None) -> ContainerInfo:
+        if self.compose is not None:
+            return self._compose_up(env, published)
+        return self._run_direct(env, published.image_id, run_id=run_id)
+
+    def _compose_up(self, env: str, published: Published) -> ContainerInfo:
+        assert self.compose is not None
+        service = self.app.service(env)
+        self.pins[env] = published.ref
+        try:
+            if self.app.pin_digests:
+                self.compose.pin({self.app.service(e): ref for e, ref in self.pins.items()})
+            self.compose.up(service, pinned=self.app.pin_digests)
+            found = self.current(env)
+        except ComposeError as exc:
+            raise DockerError(exc.message) from None
+        if found is None:
+            raise DockerError(f"docker compose up -d {service} left no container for {service}")
+        return found
+
+    def override_text(self) -> str | None:
+        if self.compose is None or not self.app.pin_digests or not self.compose.override_file.is_file():
+            return None
+        return self.compose.override_file.read_text(encoding="utf-8")
+
+    def _run_direct(self, env: str, image_id: str, *, run_id: int | None) -> ContainerInfo:
         """Replace the environment's container with one running ``image_id`` (by id, never by tag, so a
         tag moved by someone else between build and run cannot change what starts)."""
         name = self.container(env)
@@ -123,11 +234,19 @@ class Deployer:
             restart=env == PROD,
         )
 
-    def wait_healthy(self, env: str) -> health.HealthReport:
-        name = self.container(env)
+    def current(self, env: str) -> ContainerInfo | None:
+        """The container that serves ``env`` now, however it got there."""
+        if self.compose is None:
+            return self.engine.container(self.container(env))
+        try:
+            cid = self.compose.container_id(self.app.service(env), pinned=self.app.pin_digests)
+        except ComposeError as exc:
+            raise DockerError(exc.message) from None
+        return self.engine.container(cid) if cid else None
 
+    def wait_healthy(self, env: str, container_id: str | None = None) -> health.HealthReport:
         def alive() -> bool:
-            found = self.engine.container(name)
+            found = self.engine.container(container_id) if container_id else self.current(env)
             return found is not None and found.status in ("running", "created", "restarting")
 
         return health.wait_healthy(
@@ -137,8 +256,74 @@ class Deployer:
             alive=alive,
         )
 
-    def container_evidence(self, env: str) -> dict:
-        found = self.engine.container(self.container(env))
+    def deploy(self, env: str, image_id: str, revision: str, *, run_id: int | None) -> Deployed:
+        """Publish, (re)create and health-check ``env``; the verdict says whether *our* container is what
+        answers, with the evidence either way."""
+        try:
+            published = self.publish(env, image_id, revision)
+            container = self.recreate(env, published, run_id=run_id)
+        except DockerError as exc:
+            return Deployed(
+                False, f"could not start {self.container(env)}: {exc.message}", {"image_id": image_id}
+            )
+        details: dict[str, Any] = {
+            "image_id": image_id,
+            "pinned_ref": published.ref,
+            "digest": published.digest,
+        }
+        report = self.wait_healthy(env, container.id)
+        details["health"] = report.details()
+        if not report.healthy:
+            return Deployed(False, report.reason, {**details, **self.container_evidence(env)}, published)
+        now = self.engine.container(container.id)
+        if now is None or not now.running:
+            # The answer came from somewhere else; our container is not what is serving.
+            return Deployed(
+                False,
+                f"{report.url} answered but {self.container(env)} is not running",
+                {**details, **self.container_evidence(env)},
+                published,
+            )
+        details.update(container=container.name, container_id=container.id)
+        return Deployed(
+            True,
+            f"{container.name} healthy on port {self.port(env)}",
+            details,
+            published,
+            self.override_text(),
+        )
+
+    def redeploy(self, env: str, release: PreviousRelease, *, run_id: int | None) -> Deployed:
+        """Put ``env`` back on a recorded release and verify what runs: the rollback path."""
+        if not self.ensure_image(release):
+            return Deployed(
+                False,
+                f"release {release.id} image {release.image_id[:19]} is gone (pruned"
+                + (", and not pullable from the registry)" if release.digest else ")"),
+                {"release_id": release.id, "image_id": release.image_id, "digest": release.digest},
+            )
+        deployed = self.deploy(env, release.image_id, release.revision, run_id=run_id)
+        if not deployed.ok:
+            return deployed
+        check = self.verify_running(env, release.image_id, release.revision)
+        details = {**deployed.details, **check.details, "release_id": release.id}
+        if not check.ok:
+            return Deployed(
+                False,
+                f"release {release.id} failed verification: {check.reason}",
+                details,
+                deployed.published,
+            )
+        return Deployed(
+            True,
+            f"release {release.id} ({release.revision[:12]}) running and verified",
+            details,
+            deployed.published,
+            deployed.override,
+        )
+
+    def container_evidence(self, env: str) -> dict[str, Any]:
+        found = self.current(env)
         if found is None:
             return {"container": None}
         return {
@@ -146,7 +331,7 @@ class Deployer:
             "container_id": found.id,
             "container_status": found.status,
             "exit_code": found.exit_code,
-            "logs_tail": self.engine.logs(found.name, tail=20)[-1500:],
+            "logs_tail": self.engine.logs(found.id, tail=20)[-1500:],
         }
 
     def staging_check(self, sha: str) -> StagingCheck:
@@ -184,7 +369,7 @@ class Deployer:
     def verify_running(self, env: str, image_id: str, sha: str) -> verify.Check:
         """What really runs, not what we asked for: the environment's container runs ``image_id``, that
         image carries the sha, and (for apps that serve it) the revision it reports is the sha."""
-        found = self.engine.container(self.container(env))
+        found = self.current(env)
         if found is None or not found.running:
             status = found.status if found else "missing"
             return verify.Check(
@@ -209,9 +394,13 @@ class Deployer:
             )
         return verify.all_of(*checks)
 
-    def tag_for(self, env: str, image_id: str) -> str:
-        self.engine.tag(image_id, self.app.name, env)
-        return f"{self.app.name}:{env}"
-
     def stop(self, env: str) -> bool:
-        return self.engine.remove_container(self.container(env))
+        """Take ``env`` down (no release to fall back to); True when something was removed."""
+        if self.compose is None:
+            return self.engine.remove_container(self.container(env))
+        existed = self.current(env) is not None
+        try:
+            self.compose.remove(self.app.service(env), pinned=self.app.pin_digests)
+        except ComposeError as exc:
+            raise DockerError(exc.message) from None
+        return existed

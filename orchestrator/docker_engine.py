@@ -182,6 +182,41 @@ class DockerEngine:
         with contextlib.suppress(docker.errors.ImageNotFound):
             self._call(f"remove image {ref}", self._client.images.remove, ref, force=force, noprune=False)
 
+    def push(self, repository: str, tag: str) -> str:
+        """Push ``repository:tag``; returns the registry's manifest digest ('sha256:...')."""
+        digest: str | None = None
+        try:
+            for chunk in self._client.api.push(repository, tag=tag, stream=True, decode=True):
+                if "error" in chunk:
+                    raise DockerError(f"push of {repository}:{tag} failed: {chunk['error'].strip()}")
+                aux = chunk.get("aux") or {}
+                digest = aux.get("Digest", digest)
+        except _UNREACHABLE as exc:
+            raise InfraUnavailable(
+                f"Docker engine stopped answering during push of {repository}:{tag}: {exc}"
+            ) from None
+        except docker.errors.APIError as exc:
+            raise DockerError(f"push of {repository}:{tag} failed: {exc.explanation or exc}") from None
+        if not digest:
+            raise DockerError(f"push of {repository}:{tag} reported no digest")
+        return digest
+
+    def pull(self, reference: str) -> ImageInfo:
+        """Pull ``repo@sha256:...`` (or repo:tag) and return the local image."""
+        repository, sep, digest = reference.partition("@")
+        try:
+            self._client.api.pull(repository, tag=digest if sep else None, stream=False)
+        except _UNREACHABLE as exc:
+            raise InfraUnavailable(
+                f"Docker engine stopped answering during pull of {reference}: {exc}"
+            ) from None
+        except docker.errors.APIError as exc:
+            raise DockerError(f"pull of {reference} failed: {exc.explanation or exc}") from None
+        found = self.image(reference)
+        if found is None:
+            raise DockerError(f"pull of {reference} reported success but no image is there")
+        return found
+
     # containers -----------------------------------------------------------------------------------
 
     def container(self, name: str) -> ContainerInfo | None:

@@ -15,15 +15,24 @@ from typing import Any
 
 import structlog
 
+from orchestrator.compose import keep_anchor
 from orchestrator.config import AppConfig, Config
 from orchestrator.deploy import ENVIRONMENTS
 from orchestrator.docker_engine import DockerEngine
 from orchestrator.errors import BadInput, InfraUnavailable
-from orchestrator.gates import Gate, GateContext, GateResult, gates_for, run_compensations, run_gates
+from orchestrator.gates import (
+    Gate,
+    GateContext,
+    GateResult,
+    ReleaseIntent,
+    gates_for,
+    run_compensations,
+    run_gates,
+)
 from orchestrator.gates.image import FAILURE_REASON
 from orchestrator.logging import get_logger
 from orchestrator.machine import EDGE_ENVIRONMENTS, Edge, RunMachine, State
-from orchestrator.store.repository import RunRecord, Store
+from orchestrator.store.repository import ReleaseRecord, RunRecord, Store
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -178,14 +187,25 @@ class RunService:
 
     def _record_releases(self, ctx: GateContext, transition_id: int) -> None:
         for intent in ctx.releases:
-            self.store.record_release(
-                app=ctx.app.name,
-                environment=intent.environment,
-                image_id=intent.image_id,
-                revision=intent.revision,
-                run_id=ctx.run_id,
-                transition_id=transition_id,
-                kind=intent.kind,
-                reason=intent.reason,
-            )
+            record_release(self.store, ctx.app, intent, run_id=ctx.run_id, transition_id=transition_id)
         ctx.releases.clear()
+
+
+def record_release(
+    store: Store, app: AppConfig, intent: ReleaseIntent, *, run_id: int | None, transition_id: int | None
+) -> ReleaseRecord:
+    """Persist a release and, for compose apps, keep the override it applied as a rollback anchor."""
+    release = store.record_release(
+        app=app.name,
+        environment=intent.environment,
+        image_id=intent.image_id,
+        revision=intent.revision,
+        run_id=run_id,
+        transition_id=transition_id,
+        kind=intent.kind,
+        reason=intent.reason,
+        digest=intent.digest,
+    )
+    if intent.override is not None and app.override_file is not None:
+        keep_anchor(app.override_file, intent.environment, release.id, intent.override, app.keep_releases)
+    return release

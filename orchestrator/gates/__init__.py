@@ -86,6 +86,9 @@ class ReleaseIntent:
     revision: str
     kind: str = "deploy"
     reason: str | None = None
+    digest: str | None = None
+    # The compose override this release applied, kept as a rollback anchor file.
+    override: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,12 @@ class GateContext:
                 raise RuntimeError("this gate needs Docker but the edge was started without an engine")
             from orchestrator.deploy import Deployer
 
-            self._deployer = Deployer(self.engine, self.app, self.settings)
+            pins = {
+                env: release.digest or release.image_id
+                for env, release in self.previous_releases.items()
+                if release is not None
+            }
+            self._deployer = Deployer(self.engine, self.app, self.settings, pins)
         return self._deployer
 
 

@@ -36,27 +36,15 @@ def _build_details(build: Build) -> dict[str, Any]:
 
 
 def _deploy_and_check_health(ctx: GateContext, env: str, image_id: str) -> Verdict | dict[str, Any]:
-    """Recreate ``env`` from ``image_id`` and wait for health; evidence on success, a verdict on failure."""
-    d = ctx.deployer
-    try:
-        container = d.recreate(env, image_id, run_id=ctx.run_id)
-    except DockerError as exc:
-        return Verdict.failed(f"could not start {d.container(env)}: {exc.message}", image_id=image_id)
-    report = d.wait_healthy(env)
-    if not report.healthy:
-        return Verdict.failed(
-            report.reason, image_id=image_id, health=report.details(), **d.container_evidence(env)
-        )
-    now = d.engine.container(d.container(env))
-    if now is None or not now.running or now.id != container.id:
-        # The answer came from somewhere else; our container is not what is serving.
-        return Verdict.failed(
-            f"{report.url} answered but {d.container(env)} is not running",
-            image_id=image_id,
-            health=report.details(),
-            **d.container_evidence(env),
-        )
-    return {"container": container.name, "container_id": container.id, "health": report.details()}
+    """Deploy ``image_id`` to ``env`` and wait for health; evidence on success, a verdict on failure."""
+    deployed = ctx.deployer.deploy(env, image_id, ctx.sha, run_id=ctx.run_id)
+    if not deployed.ok:
+        return Verdict.failed(deployed.reason, **deployed.details)
+    digest = deployed.published.digest if deployed.published else None
+    ctx.shared[f"intent:{env}"] = ReleaseIntent(
+        env, image_id, ctx.sha, digest=digest, override=deployed.override
+    )
+    return deployed.details
 
 
 def _staging_check(ctx: GateContext) -> Verdict | dict[str, Any]:
@@ -117,10 +105,9 @@ class DeployStaging(Gate):
         outcome = _deploy_and_check_health(ctx, STAGING, build.image.id)
         if isinstance(outcome, Verdict):
             return outcome
-        ctx.releases.append(ReleaseIntent(STAGING, build.image.id, ctx.sha))
+        ctx.releases.append(ctx.shared[f"intent:{STAGING}"])
         return Verdict.passed(
             f"{outcome['container']} healthy on port {ctx.deployer.port(STAGING)}",
-            image_id=build.image.id,
             **outcome,
         )
 
@@ -166,12 +153,12 @@ class CheckStagingImageFresh(Gate):
         details: dict[str, Any] = _build_details(build)
         deployed = _deploy_and_check_health(ctx, STAGING, build.image.id)
         if isinstance(deployed, Verdict):
-            return Verdict.failed(f"layer A: {deployed.reason}", **details, **deployed.details)
+            return Verdict.failed(f"layer A: {deployed.reason}", **{**details, **deployed.details})
         details.update(deployed)
-        ctx.releases.append(ReleaseIntent(STAGING, build.image.id, ctx.sha))
+        ctx.releases.append(ctx.shared[f"intent:{STAGING}"])
         checked = _staging_check(ctx)
         if isinstance(checked, Verdict):
-            return Verdict.failed(f"layer A: {checked.reason}", **details, **checked.details)
+            return Verdict.failed(f"layer A: {checked.reason}", **{**details, **checked.details})
         details.update(checked)
         safety = ctx.deployer.verify_image(build.image.id, ctx.sha)
         details.update(safety.details)
@@ -219,17 +206,15 @@ class PromoteProd(Gate):
                 "or enable ORCH_IMAGE_FRESHNESS_ENABLED so the gate rebuilds it"
             )
         d = ctx.deployer
-        before = d.engine.container(d.container(PROD))
+        before = d.current(PROD)
         evidence: dict[str, Any] = {
-            "image_id": image_id,
             "prod_before": {"container_id": before.id, "image_id": before.image_id} if before else None,
         }
         # From here prod is touched: whatever fails later must restore it.
         ctx.compensations.append(Compensation("rollback_prod", lambda: restore_prod(ctx)))
-        evidence["tag"] = d.tag_for(PROD, image_id)
         outcome = _deploy_and_check_health(ctx, PROD, image_id)
         if isinstance(outcome, Verdict):
-            return Verdict.failed(f"prod: {outcome.reason}", **evidence, **outcome.details)
+            return Verdict.failed(f"prod: {outcome.reason}", **{**evidence, **outcome.details})
         return Verdict.passed(
             f"{outcome['container']} healthy on port {d.port(PROD)} with {image_id[:19]}",
             **evidence,
@@ -251,7 +236,7 @@ class VerifyProd(Gate):
         check = ctx.deployer.verify_running(PROD, image_id, ctx.sha)
         if not check.ok:
             return Verdict.failed(f"prod verification: {check.reason}", **check.details)
-        ctx.releases.append(ReleaseIntent(PROD, image_id, ctx.sha))
+        ctx.releases.append(ctx.shared[f"intent:{PROD}"])
         return Verdict.passed(f"prod runs {image_id[:19]} with revision {ctx.sha[:12]}", **check.details)
 
 
@@ -269,33 +254,25 @@ def restore_prod(ctx: GateContext) -> Verdict:
             f"{'removed' if stopped else 'was not running'})",
             restored_release=None,
         )
-    if d.engine.image(previous.image_id) is None:
-        d.stop(PROD)
-        return Verdict.failed(
-            f"previous release {previous.id} image {previous.image_id[:19]} is gone (pruned?): prod stopped; "
-            f"redeploy a known-good run",
-            restored_release=previous.id,
-        )
-    d.tag_for(PROD, previous.image_id)
-    outcome = _deploy_and_check_health(ctx, PROD, previous.image_id)
-    if isinstance(outcome, Verdict):
-        return Verdict.failed(
-            f"restoring release {previous.id} failed: {outcome.reason}",
-            restored_release=previous.id,
-            **outcome.details,
-        )
-    check = d.verify_running(PROD, previous.image_id, previous.revision)
-    if not check.ok:
-        return Verdict.failed(
-            f"restored release {previous.id} failed verification: {check.reason}",
-            restored_release=previous.id,
-            **check.details,
-        )
+    restored = d.redeploy(PROD, previous, run_id=ctx.run_id)
+    if not restored.ok:
+        if not d.ensure_image(previous):
+            d.stop(PROD)
+            return Verdict.failed(
+                f"{restored.reason}: prod stopped; redeploy a known-good run", **restored.details
+            )
+        return Verdict.failed(f"restoring prod: {restored.reason}", **restored.details)
     ctx.releases.append(
-        ReleaseIntent(PROD, previous.image_id, previous.revision, kind="rollback", reason=reason)
+        ReleaseIntent(
+            PROD,
+            previous.image_id,
+            previous.revision,
+            kind="rollback",
+            reason=reason,
+            digest=previous.digest,
+            override=restored.override,
+        )
     )
     return Verdict.passed(
-        f"prod restored to release {previous.id} ({previous.revision[:12]}) and verified",
-        restored_release=previous.id,
-        **check.details,
+        f"prod restored: {restored.reason}", restored_release=previous.id, **restored.details
     )

@@ -113,7 +113,8 @@ class EnvironmentLock(Base):
 
     app: Mapped[str] = mapped_column(String(63), primary_key=True)
     environment: Mapped[str] = mapped_column(String(32), primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    # None for operator actions that belong to no run (rollback).
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     transition_id: Mapped[int | None] = mapped_column(ForeignKey("transitions.id", ondelete="CASCADE"))
     holder: Mapped[str] = mapped_column(String(200))
     acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
