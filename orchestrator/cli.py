@@ -18,6 +18,7 @@ import click
 
 from orchestrator import logging as orch_logging
 from orchestrator.config import Config, load_config
+from orchestrator.docker_engine import DockerEngine
 from orchestrator.errors import BadInput, OrchestratorError
 from orchestrator.machine import State
 from orchestrator.service import FAILED, AdvanceResult, RunService
@@ -229,6 +230,64 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
             f"revision {rel.revision[:12]}  {rel.created_at:%Y-%m-%d %H:%M:%S}"
             + (f"  ({rel.reason})" if rel.reason else "")
         )
+
+
+@cli.command("rollback")
+@click.argument("app")
+@click.option("--env", "environment", required=True, help="Environment to roll back (staging or prod).")
+@click.option(
+    "--to", "to", type=int, default=None, help="Release id to return to (default: the previous one)."
+)
+@click.option("--reason", default=None, help="Why; recorded with the rollback release.")
+@click.option("--actor", default=None, help="Who rolls back (default: the OS user).")
+@command
+def rollback_cmd(
+    inv: Invocation,
+    app: str,
+    *,
+    environment: str,
+    to: int | None,
+    reason: str | None,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    """Redeploy APP's previous (or --to) release in --env by its pinned reference and verify it."""
+    from orchestrator.releases import rollback
+
+    result = rollback(
+        inv.config, inv.store(), DockerEngine.connect, app, environment, to=to, actor=actor, reason=reason
+    )
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    click.echo(
+        f"{result.app} {result.environment}: rolled back from release {result.from_release.id} "
+        f"({result.from_release.revision[:12]}) to release {result.to_release.id} "
+        f"({result.to_release.revision[:12]}), verified; recorded as release {result.release.id}"
+    )
+
+
+@cli.command("status")
+@click.argument("app", required=False)
+@command
+def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
+    """What runs in each environment, and whether it drifted from the last recorded release."""
+    from orchestrator.releases import status
+
+    found = status(inv.config, inv.store(), DockerEngine.connect, app)
+    if as_json:
+        _print_json({"environments": [e.as_dict() for e in found], "drift": any(e.drift for e in found)})
+        return
+    for e in found:
+        o = e.observed
+        rel = f"release {e.release.id} ({e.release.revision[:12]})" if e.release else "no release"
+        running = f"{o.container} {o.status} {(o.image_id or '')[:19]}" if o.container_id else "no container"
+        health_text = (
+            "" if o.healthy is None else ("healthy" if o.healthy else f"UNHEALTHY ({o.health_detail})")
+        )
+        click.echo(f"{e.app:<20} {e.environment:<8} {running:<50} {rel:<26} {health_text}")
+        for diff in e.differences:
+            click.echo(f"    drift: {diff}")
 
 
 @cli.command()

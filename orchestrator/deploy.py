@@ -36,6 +36,12 @@ def staging_check_script() -> Path:
     raise RuntimeError("scripts/staging_check.py is missing from this installation of orchestrator")
 
 
+def preflight(app: AppConfig) -> None:
+    """A compose app must name services its compose file has: exit 2 before anything runs."""
+    if app.compose_file is not None and app.override_file is not None:
+        Compose(app.compose_file, app.override_file).check_services(app.service(STAGING), app.service(PROD))
+
+
 def port_answers(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
@@ -105,6 +111,8 @@ class Deployer:
             Compose(app.compose_file, app.override_file) if app.compose_file and app.override_file else None
         )
         self._pushed: dict[str, str] = {}
+        # Where each registry tag this deployer moved pointed before, so a failed first deploy can undo it.
+        self._registry_before: dict[str, str | None] = {}
         self._registry = Registry(app.registry) if app.registry else None
 
     # naming ---------------------------------------------------------------------------------------
@@ -155,6 +163,8 @@ class Deployer:
             self._pushed[image_id] = digest
         moving = "latest" if env == PROD else STAGING
         try:
+            if env not in self._registry_before:
+                self._registry_before[env] = self._registry.manifest_digest(self.app.name, moving)
             self._registry.retag(self.app.name, digest, moving)
         except RegistryError as exc:
             if exc.status is None:
@@ -164,6 +174,27 @@ class Deployer:
             self.engine.tag(image_id, repo, moving)  # credentials live with the engine: push the tag
             self.engine.push(repo, moving)
         return Published(image_id, f"{repo}@{digest}", f"{repo}@{digest}")
+
+    def unpublish(self, env: str) -> list[str]:
+        """Undo ``publish`` for an environment left with no release: no human-readable tag may keep
+        naming an image that failed (compose services and people run ``:latest``). Returns what remains
+        that could not be undone."""
+        for tag in (env, "latest") if env == PROD else (env,):
+            self.engine.remove_image(f"{self.app.name}:{tag}")
+        if self._registry is None or env not in self._registry_before:
+            return []
+        moving = "latest" if env == PROD else STAGING
+        before = self._registry_before[env]
+        if before is None:
+            return [
+                f"registry tag {self._registry.repository(self.app.name)}:{moving} still names the failed "
+                "image (the registry API cannot delete a tag; nothing earlier to point it at)"
+            ]
+        try:
+            self._registry.retag(self.app.name, before, moving)
+        except RegistryError as exc:
+            return [f"could not move {moving} back to {before[:19]}: {exc.message}"]
+        return []
 
     def ensure_image(self, release: PreviousRelease) -> bool:
         """The release's image is here, or can be pulled by its digest (pruned here, kept in the registry)."""
@@ -282,6 +313,15 @@ class Deployer:
                 False,
                 f"{report.url} answered but {self.container(env)} is not running",
                 {**details, **self.container_evidence(env)},
+                published,
+            )
+        if now.image_id != image_id:
+            # `docker compose up -d` against an unchanged tag succeeds and keeps the old container.
+            return Deployed(
+                False,
+                f"post-deploy verification: {now.name} still runs image {now.image_id[:19]}, not "
+                f"{image_id[:19]} (an unchanged tag made 'docker compose up -d' a no-op; pin digests)",
+                {**details, "running_image_id": now.image_id, "container_id": now.id},
                 published,
             )
         details.update(container=container.name, container_id=container.id)

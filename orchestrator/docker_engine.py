@@ -9,6 +9,7 @@ turns into a failed gate with evidence.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -88,6 +89,7 @@ class DockerEngine:
     @classmethod
     def connect(cls, base_url: str | None = None, timeout: int = 120) -> DockerEngine:
         """Connect (DOCKER_HOST or the default socket) and prove the engine answers."""
+        where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         try:
             client = (
                 docker.DockerClient(base_url=base_url, timeout=timeout, version="auto")
@@ -97,7 +99,7 @@ class DockerEngine:
             client.ping()
         except (docker.errors.DockerException, *_UNREACHABLE) as exc:
             raise InfraUnavailable(
-                f"Docker engine is unreachable ({base_url or 'DOCKER_HOST or /var/run/docker.sock'}): {exc}. "
+                f"Docker engine is unreachable at {where}: {exc}. "
                 f"Start it (dockerd, or 'bash scripts/bootstrap.sh' as root) and try again"
             ) from None
         return cls(client)

@@ -17,7 +17,7 @@ import structlog
 
 from orchestrator.compose import keep_anchor
 from orchestrator.config import AppConfig, Config
-from orchestrator.deploy import ENVIRONMENTS
+from orchestrator.deploy import ENVIRONMENTS, preflight
 from orchestrator.docker_engine import DockerEngine
 from orchestrator.errors import BadInput, InfraUnavailable
 from orchestrator.gates import (
@@ -112,6 +112,7 @@ class RunService:
         actor = parse_actor(actor)
 
         gates = gates_for(edge)
+        preflight(app)
         # Connect before anything is written: an engine that does not answer changes nothing at all.
         engine = self.engine_factory() if any(g.needs_docker for g in gates) else None
         try:

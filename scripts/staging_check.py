@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: mode {args.mode!r} is not available (modes: {', '.join(MODES)})", file=sys.stderr)
         return 2
     if not re.fullmatch(r"[0-9a-f]{40}", args.expected_revision):
-        print(f"error: --expected-revision {args.expected_revision!r} is not a full 40-hex sha", file=sys.stderr)
+        print(
+            f"error: --expected-revision {args.expected_revision!r} is not a full 40-hex sha", file=sys.stderr
+        )
         return 2
     base = args.base_url.rstrip("/")
     failures = 0
@@ -54,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ok: GET {args.health_path} -> {status}")
     else:
         failures += 1
-        print(f"FAIL: GET {base}{args.health_path} -> {status if status is not None else error} {body[:200]!r}")
+        print(
+            f"FAIL: GET {base}{args.health_path} -> {status if status is not None else error} {body[:200]!r}"
+        )
 
     if args.version_path:
         status, body, error = fetch(base + args.version_path, args.timeout)
@@ -64,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             failures += 1
             seen = f"HTTP {status} {served[:80]!r}" if status is not None else error
-            print(f"FAIL: GET {base}{args.version_path}: expected revision {args.expected_revision}, got {seen}")
+            print(
+                f"FAIL: GET {base}{args.version_path}: expected revision {args.expected_revision}, got {seen}"
+            )
     else:
         print("ok: no version path for this app; revision is proven by image label and image id")
 

@@ -248,11 +248,13 @@ def restore_prod(ctx: GateContext) -> Verdict:
     previous = ctx.previous_releases.get(PROD)
     if previous is None:
         stopped = d.stop(PROD)
-        d.engine.remove_image(f"{ctx.app.name}:{PROD}")  # the rollback anchor must not name a failed image
+        leftovers = d.unpublish(PROD)
         return Verdict.passed(
             f"no previous prod release to restore: prod stopped ({d.container(PROD)} "
-            f"{'removed' if stopped else 'was not running'})",
+            f"{'removed' if stopped else 'was not running'}), its tags removed"
+            + "".join(f"; {note}" for note in leftovers),
             restored_release=None,
+            leftovers=leftovers,
         )
     restored = d.redeploy(PROD, previous, run_id=ctx.run_id)
     if not restored.ok:

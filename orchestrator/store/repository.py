@@ -292,8 +292,9 @@ class Store:
             if not locks:
                 return f"{app}: {', '.join(environments)} was locked by another runner; try again"
             lock = locks[0]
+            by = f"run {lock.run_id} ({lock.holder})" if lock.run_id is not None else f"{lock.holder}"
             return (
-                f"{app} {lock.environment} is locked by run {lock.run_id} ({lock.holder}) since "
+                f"{app} {lock.environment} is locked by {by} since "
                 f"{_iso(lock.acquired_at)}: wait for it to finish"
             )
 
@@ -370,6 +371,41 @@ class Store:
                 .limit(limit)
             )
             return [_release(r) for r in rows]
+
+    def get_release(self, release_id: int) -> ReleaseRecord:
+        with self._session() as s:
+            row = s.get(Release, release_id)
+            if row is None:
+                raise BadInput(f"unknown release {release_id}: 'orchestrator status' lists the current ones")
+            return _release(row)
+
+    @contextmanager
+    def environment_lock(self, app: str, environments: Sequence[str], holder: str) -> Iterator[None]:
+        """Hold (app, environment) locks for an operator action that belongs to no run (rollback), with
+        the same database-arbitrated exclusion runs get."""
+        try:
+            with self._session() as s:
+                for env in environments:
+                    s.add(
+                        EnvironmentLock(
+                            app=app, environment=env, run_id=None, transition_id=None, holder=holder
+                        )
+                    )
+                s.flush()
+        except IntegrityError:
+            raise Conflict(self._lock_message(app, environments)) from None
+        try:
+            yield
+        finally:
+            with self._session() as s:
+                s.execute(
+                    sa.delete(EnvironmentLock).where(
+                        EnvironmentLock.app == app,
+                        EnvironmentLock.environment.in_(list(environments)),
+                        EnvironmentLock.run_id.is_(None),
+                        EnvironmentLock.holder == holder,
+                    )
+                )
 
     def releases_of_run(self, run_id: int) -> list[ReleaseRecord]:
         with self._session() as s:

@@ -166,5 +166,5 @@ def test_unreachable_engine_is_infra_unavailable() -> None:
         DockerEngine.connect(base_url="unix:///nonexistent/docker.sock", timeout=5)
     exc = excinfo.value
     assert exc.exit_code == 4
-    assert exc.message.startswith("Docker engine is unreachable (unix:///nonexistent/docker.sock)")
+    assert exc.message.startswith("Docker engine is unreachable at unix:///nonexistent/docker.sock")
     assert "Start it" in exc.message and "try again" in exc.message

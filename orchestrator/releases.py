@@ -1,0 +1,261 @@
+"""Operator actions on releases that belong to no run: `rollback` and `status` (with drift).
+
+Both answer the question a deploy tool must never get wrong: what is actually running, and is it what
+we recorded? Rollback redeploys a recorded release by its immutable reference and verifies it exactly
+like a promotion; status compares what runs with the last recorded release and names every difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator import health, verify
+from orchestrator.config import AppConfig, Config
+from orchestrator.deploy import ENVIRONMENTS, Deployer, preflight
+from orchestrator.docker_engine import DockerEngine
+from orchestrator.errors import BadInput, Conflict, GateFailed
+from orchestrator.gates import ReleaseIntent
+from orchestrator.logging import get_logger
+from orchestrator.service import parse_actor, record_release
+from orchestrator.store.repository import ReleaseRecord, Store
+
+EngineFactory = Callable[[], DockerEngine]
+
+
+def parse_environment(raw: str) -> str:
+    if raw not in ENVIRONMENTS:
+        raise BadInput(f"unknown environment {raw!r} (environments: {', '.join(ENVIRONMENTS)})")
+    return raw
+
+
+def deployer_for(engine: DockerEngine, app: AppConfig, config: Config, store: Store) -> Deployer:
+    pins = {}
+    for env in ENVIRONMENTS:
+        latest = store.latest_release(app.name, env)
+        if latest is not None:
+            pins[env] = latest.digest or latest.image_id
+    return Deployer(engine, app, config.settings, pins)
+
+
+# rollback -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    app: str
+    environment: str
+    from_release: ReleaseRecord
+    to_release: ReleaseRecord
+    release: ReleaseRecord
+    details: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "environment": self.environment,
+            "outcome": "rolled_back",
+            "from_release": self.from_release.as_dict(),
+            "to_release": self.to_release.as_dict(),
+            "release": self.release.as_dict(),
+            "details": self.details,
+        }
+
+
+def choose_target(history: list[ReleaseRecord], to: int | None, app: str, env: str) -> ReleaseRecord:
+    """The named release, or the newest one that runs a different image than the current release."""
+    if not history:
+        raise Conflict(f"{app} has no release in {env}: nothing to roll back to")
+    current = history[0]
+    if to is None:
+        for release in history[1:]:
+            if release.image_id != current.image_id:
+                return release
+        raise Conflict(f"{app} {env} has no earlier release with a different image: nothing to roll back to")
+    named = next((r for r in history if r.id == to), None)
+    if named is None:
+        raise BadInput(f"release {to} is not a release of {app} in {env}")
+    if named.image_id == current.image_id:
+        raise Conflict(f"release {to} is the image {env} already runs (release {current.id}): nothing to do")
+    return named
+
+
+def rollback(
+    config: Config,
+    store: Store,
+    engine_factory: EngineFactory,
+    app_name: str,
+    env: str,
+    *,
+    to: int | None = None,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> RollbackResult:
+    app = config.app(app_name)
+    env = parse_environment(env)
+    actor = parse_actor(actor)
+    history = store.releases(app.name, env, limit=10_000)
+    target = choose_target(history, to, app.name, env)
+    current = history[0]
+    preflight(app)
+    engine = engine_factory()
+    log = get_logger(app=app.name, environment=env, actor=actor)
+    try:
+        deployer = deployer_for(engine, app, config, store)
+        if not deployer.ensure_image(target):
+            raise Conflict(
+                f"release {target.id}'s image {target.image_id[:19]} is gone (pruned"
+                + (", and the registry does not serve it)" if target.digest else ")")
+                + ": nothing changed"
+            )
+        why = reason or f"rollback to release {target.id} by {actor}"
+        with store.environment_lock(app.name, [env], holder=f"rollback by {actor}"):
+            log.info("rollback_started", from_release=current.id, to_release=target.id)
+            done = deployer.redeploy(env, target, run_id=None)
+            if not done.ok:
+                back = deployer.redeploy(env, current, run_id=None)
+                log.error("rollback_failed", reason=done.reason, restored=back.ok)
+                tail = (
+                    f"{env} restored to release {current.id}"
+                    if back.ok
+                    else f"restoring release {current.id} failed too: {back.reason}"
+                )
+                raise GateFailed(
+                    f"rollback of {app.name} {env} to release {target.id} failed: {done.reason}; {tail}",
+                    details={"rollback": done.details, "restore": back.details},
+                )
+            intent = ReleaseIntent(
+                env,
+                target.image_id,
+                target.revision,
+                kind="rollback",
+                reason=why,
+                digest=target.digest,
+                override=done.override,
+            )
+            release = record_release(store, app, intent, run_id=target.run_id, transition_id=None)
+            log.info("rollback_finished", release=release.id)
+    finally:
+        engine.close()
+    return RollbackResult(app.name, env, current, target, release, done.details)
+
+
+# status and drift ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What runs in an environment right now, as the engine and the app report it."""
+
+    container: str | None = None
+    container_id: str | None = None
+    status: str | None = None
+    image_id: str | None = None
+    revision: str | None = None
+    digests: tuple[str, ...] = ()
+    tag_image_id: str | None = None  # where <app>:<env> points now
+    healthy: bool | None = None
+    health_detail: str | None = None
+
+
+def compute_drift(release: ReleaseRecord | None, seen: Observed, *, app: str, env: str) -> list[str]:
+    """Every way the running environment differs from its last recorded release."""
+    if release is None:
+        if seen.container_id is None:
+            return []
+        return [f"{seen.container} runs but no release of {app} in {env} is recorded (started by hand?)"]
+    if seen.container_id is None:
+        return [f"the container is gone: release {release.id} expects image {release.image_id[:19]} running"]
+    found: list[str] = []
+    if seen.status != "running":
+        found.append(f"{seen.container} is {seen.status}, not running")
+    if seen.image_id != release.image_id:
+        found.append(
+            f"{seen.container} runs image {(seen.image_id or 'none')[:19]}, release {release.id} recorded "
+            f"{release.image_id[:19]} (a container started by hand, or a tag moved under compose)"
+        )
+    label = verify.revision_label(
+        {verify.REVISION_LABEL: seen.revision} if seen.revision else None, release.revision
+    )
+    if not label.ok:
+        found.append(f"revision label: {label.reason}")
+    if seen.tag_image_id is not None and seen.tag_image_id != release.image_id:
+        found.append(f"tag {app}:{env} points at {seen.tag_image_id[:19]}, not release {release.id}'s image")
+    return found
+
+
+@dataclass(frozen=True)
+class EnvStatus:
+    app: str
+    environment: str
+    release: ReleaseRecord | None
+    observed: Observed
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def drift(self) -> bool:
+        return bool(self.differences)
+
+    def as_dict(self) -> dict[str, Any]:
+        o = self.observed
+        return {
+            "app": self.app,
+            "environment": self.environment,
+            "container": o.container,
+            "container_id": o.container_id,
+            "container_status": o.status,
+            "image_id": o.image_id,
+            "digests": list(o.digests),
+            "revision": o.revision,
+            "healthy": o.healthy,
+            "health": o.health_detail,
+            "release": self.release.as_dict() if self.release else None,
+            "drift": self.drift,
+            "differences": self.differences,
+        }
+
+
+def observe(deployer: Deployer, env: str) -> Observed:
+    engine = deployer.engine
+    container = deployer.current(env)
+    tag = engine.image(f"{deployer.app.name}:{env}")
+    if container is None:
+        return Observed(tag_image_id=tag.id if tag else None)
+    image = engine.image(container.image_id)
+    probe = health.get(deployer.base_url(env) + deployer.app.health_path, timeout=2.0)
+    return Observed(
+        container=container.name,
+        container_id=container.id,
+        status=container.status,
+        image_id=container.image_id,
+        revision=image.label(verify.REVISION_LABEL) if image else None,
+        digests=image.repo_digests if image else (),
+        tag_image_id=tag.id if tag else None,
+        healthy=probe.ok,
+        health_detail=f"HTTP {probe.status}" if probe.status is not None else probe.error,
+    )
+
+
+def status(
+    config: Config, store: Store, engine_factory: EngineFactory, app_name: str | None
+) -> list[EnvStatus]:
+    apps = [config.app(app_name)] if app_name else [config.apps[name] for name in sorted(config.apps)]
+    if not apps:
+        raise BadInput("no apps configured: add [apps.NAME] to orchestrator.toml")
+    engine = engine_factory()
+    try:
+        found: list[EnvStatus] = []
+        for app in apps:
+            deployer = deployer_for(engine, app, config, store)
+            for env in ENVIRONMENTS:
+                release = store.latest_release(app.name, env)
+                seen = observe(deployer, env)
+                found.append(
+                    EnvStatus(
+                        app.name, env, release, seen, compute_drift(release, seen, app=app.name, env=env)
+                    )
+                )
+        return found
+    finally:
+        engine.close()
