@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.deploy import PROD, STAGING, Build, Deployer
+from orchestrator.deploy import PROD, STAGING, Build, Deployed, Deployer
 from orchestrator.docker_engine import DockerError
 from orchestrator.gates import Compensation, Gate, GateContext, ReleaseIntent, Verdict, register
 from orchestrator.machine import TO_PROD, TO_STAGING
 
 PROMOTE_IMAGE = "promote_image_id"
+PROD_RELEASE = "prod_release"
 FAILURE_REASON = "failure_reason"
 
 
@@ -35,16 +36,17 @@ def _build_details(build: Build) -> dict[str, Any]:
     }
 
 
-def _deploy_and_check_health(ctx: GateContext, env: str, image_id: str) -> Verdict | dict[str, Any]:
-    """Deploy ``image_id`` to ``env`` and wait for health; evidence on success, a verdict on failure."""
-    deployed = ctx.deployer.deploy(env, image_id, ctx.sha, run_id=ctx.run_id)
-    if not deployed.ok:
-        return Verdict.failed(deployed.reason, **deployed.details)
-    digest = deployed.published.digest if deployed.published else None
-    ctx.shared[f"intent:{env}"] = ReleaseIntent(
-        env, image_id, ctx.sha, digest=digest, override=deployed.override
+def _deploy(ctx: GateContext, env: str, image_id: str) -> Deployed:
+    return ctx.deployer.deploy(env, image_id, ctx.sha, run_id=ctx.run_id)
+
+
+def _release(ctx: GateContext, env: str, deployed: Deployed) -> ReleaseIntent:
+    """What to record once ``env`` is known to run the run's image (after its checks, not before)."""
+    assert deployed.published is not None
+    published = deployed.published
+    return ReleaseIntent(
+        env, published.image_id, ctx.sha, digest=published.digest, override=deployed.override
     )
-    return deployed.details
 
 
 def _staging_check(ctx: GateContext) -> Verdict | dict[str, Any]:
@@ -102,14 +104,11 @@ class DeployStaging(Gate):
 
     def run(self, ctx: GateContext) -> Verdict:
         build: Build = ctx.shared["build"]
-        outcome = _deploy_and_check_health(ctx, STAGING, build.image.id)
-        if isinstance(outcome, Verdict):
-            return outcome
-        ctx.releases.append(ctx.shared[f"intent:{STAGING}"])
-        return Verdict.passed(
-            f"{outcome['container']} healthy on port {ctx.deployer.port(STAGING)}",
-            **outcome,
-        )
+        deployed = _deploy(ctx, STAGING, build.image.id)
+        if not deployed.ok:
+            return Verdict.failed(deployed.reason, **deployed.details)
+        ctx.releases.append(_release(ctx, STAGING, deployed))
+        return Verdict.passed(deployed.reason, **deployed.details)
 
 
 @register
@@ -151,11 +150,11 @@ class CheckStagingImageFresh(Gate):
         if isinstance(build, Verdict):
             return build
         details: dict[str, Any] = _build_details(build)
-        deployed = _deploy_and_check_health(ctx, STAGING, build.image.id)
-        if isinstance(deployed, Verdict):
-            return Verdict.failed(f"layer A: {deployed.reason}", **{**details, **deployed.details})
-        details.update(deployed)
-        ctx.releases.append(ctx.shared[f"intent:{STAGING}"])
+        deployed = _deploy(ctx, STAGING, build.image.id)
+        details.update(deployed.details)
+        if not deployed.ok:
+            return Verdict.failed(f"layer A: {deployed.reason}", **details)
+        ctx.releases.append(_release(ctx, STAGING, deployed))
         checked = _staging_check(ctx)
         if isinstance(checked, Verdict):
             return Verdict.failed(f"layer A: {checked.reason}", **{**details, **checked.details})
@@ -212,14 +211,12 @@ class PromoteProd(Gate):
         }
         # From here prod is touched: whatever fails later must restore it.
         ctx.compensations.append(Compensation("rollback_prod", lambda: restore_prod(ctx)))
-        outcome = _deploy_and_check_health(ctx, PROD, image_id)
-        if isinstance(outcome, Verdict):
-            return Verdict.failed(f"prod: {outcome.reason}", **{**evidence, **outcome.details})
-        return Verdict.passed(
-            f"{outcome['container']} healthy on port {d.port(PROD)} with {image_id[:19]}",
-            **evidence,
-            **outcome,
-        )
+        deployed = _deploy(ctx, PROD, image_id)
+        evidence.update(deployed.details)
+        if not deployed.ok:
+            return Verdict.failed(f"prod: {deployed.reason}", **evidence)
+        ctx.shared[PROD_RELEASE] = _release(ctx, PROD, deployed)
+        return Verdict.passed(f"{deployed.reason} with {image_id[:19]}", **evidence)
 
 
 @register
@@ -236,7 +233,7 @@ class VerifyProd(Gate):
         check = ctx.deployer.verify_running(PROD, image_id, ctx.sha)
         if not check.ok:
             return Verdict.failed(f"prod verification: {check.reason}", **check.details)
-        ctx.releases.append(ctx.shared[f"intent:{PROD}"])
+        ctx.releases.append(ctx.shared[PROD_RELEASE])
         return Verdict.passed(f"prod runs {image_id[:19]} with revision {ctx.sha[:12]}", **check.details)
 
 
