@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -56,6 +57,19 @@ class ContainerInfo:
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """An engine that does not answer is InfraUnavailable (exit 4); one that answers "no" is DockerError."""
+    try:
+        yield
+    except _UNREACHABLE as exc:
+        raise InfraUnavailable(f"Docker engine stopped answering during {what}: {exc}") from None
+    except docker.errors.NotFound:
+        raise  # callers that look things up turn "not found" into None
+    except docker.errors.APIError as exc:
+        raise DockerError(f"{what}: {exc.explanation or exc}") from None
 
 
 def _image(obj: Any) -> ImageInfo:
@@ -108,14 +122,8 @@ class DockerEngine:
         self._client.close()
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with _translated(what):
             return fn(*args, **kwargs)
-        except _UNREACHABLE as exc:
-            raise InfraUnavailable(f"Docker engine stopped answering during {what}: {exc}") from None
-        except docker.errors.NotFound:
-            raise  # callers that look things up turn "not found" into None
-        except docker.errors.APIError as exc:
-            raise DockerError(f"{what}: {exc.explanation or exc}") from None
 
     # images ---------------------------------------------------------------------------------------
 
@@ -187,18 +195,12 @@ class DockerEngine:
     def push(self, repository: str, tag: str) -> str:
         """Push ``repository:tag``; returns the registry's manifest digest ('sha256:...')."""
         digest: str | None = None
-        try:
+        with _translated(f"push of {repository}:{tag}"):
             for chunk in self._client.api.push(repository, tag=tag, stream=True, decode=True):
                 if "error" in chunk:
                     raise DockerError(f"push of {repository}:{tag} failed: {chunk['error'].strip()}")
                 aux = chunk.get("aux") or {}
                 digest = aux.get("Digest", digest)
-        except _UNREACHABLE as exc:
-            raise InfraUnavailable(
-                f"Docker engine stopped answering during push of {repository}:{tag}: {exc}"
-            ) from None
-        except docker.errors.APIError as exc:
-            raise DockerError(f"push of {repository}:{tag} failed: {exc.explanation or exc}") from None
         if not digest:
             raise DockerError(f"push of {repository}:{tag} reported no digest")
         return digest
@@ -206,14 +208,8 @@ class DockerEngine:
     def pull(self, reference: str) -> ImageInfo:
         """Pull ``repo@sha256:...`` (or repo:tag) and return the local image."""
         repository, sep, digest = reference.partition("@")
-        try:
+        with _translated(f"pull of {reference}"):
             self._client.api.pull(repository, tag=digest if sep else None, stream=False)
-        except _UNREACHABLE as exc:
-            raise InfraUnavailable(
-                f"Docker engine stopped answering during pull of {reference}: {exc}"
-            ) from None
-        except docker.errors.APIError as exc:
-            raise DockerError(f"pull of {reference} failed: {exc.explanation or exc}") from None
         found = self.image(reference)
         if found is None:
             raise DockerError(f"pull of {reference} reported success but no image is there")

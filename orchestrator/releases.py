@@ -125,15 +125,7 @@ def rollback(
                     f"rollback of {app.name} {env} to release {target.id} failed: {done.reason}; {tail}",
                     details={"rollback": done.details, "restore": back.details},
                 )
-            intent = ReleaseIntent(
-                env,
-                target.image_id,
-                target.revision,
-                kind="rollback",
-                reason=why,
-                digest=target.digest,
-                override=done.override,
-            )
+            intent = ReleaseIntent.rollback(env, target, reason=why, override=done.override)
             release = record_release(store, app, intent, run_id=target.run_id, transition_id=None)
             log.info("rollback_finished", release=release.id)
     finally:

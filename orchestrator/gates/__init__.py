@@ -90,6 +90,19 @@ class ReleaseIntent:
     # The compose override this release applied, kept as a rollback anchor file.
     override: str | None = None
 
+    @classmethod
+    def rollback(cls, environment: str, to: Any, *, reason: str, override: str | None) -> ReleaseIntent:
+        """``environment`` runs recorded release ``to`` again (a ReleaseRecord)."""
+        return cls(
+            environment,
+            to.image_id,
+            to.revision,
+            kind="rollback",
+            reason=reason,
+            digest=to.digest,
+            override=override,
+        )
+
 
 @dataclass(frozen=True)
 class Compensation:

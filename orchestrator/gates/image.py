@@ -261,17 +261,7 @@ def restore_prod(ctx: GateContext) -> Verdict:
                 f"{restored.reason}: prod stopped; redeploy a known-good run", **restored.details
             )
         return Verdict.failed(f"restoring prod: {restored.reason}", **restored.details)
-    ctx.releases.append(
-        ReleaseIntent(
-            PROD,
-            previous.image_id,
-            previous.revision,
-            kind="rollback",
-            reason=reason,
-            digest=previous.digest,
-            override=restored.override,
-        )
-    )
+    ctx.releases.append(ReleaseIntent.rollback(PROD, previous, reason=reason, override=restored.override))
     return Verdict.passed(
         f"prod restored: {restored.reason}", restored_release=previous.id, **restored.details
     )
