@@ -18,10 +18,9 @@ import click
 
 from orchestrator import logging as orch_logging
 from orchestrator.config import Config, load_config
-from orchestrator.docker_engine import DockerEngine
 from orchestrator.errors import BadInput, OrchestratorError
 from orchestrator.machine import State
-from orchestrator.service import FAILED, AdvanceResult, RunService
+from orchestrator.service import FAILED, AdvanceResult, RunService, connect_engine
 from orchestrator.store import db
 from orchestrator.store.repository import Store
 
@@ -255,7 +254,7 @@ def rollback_cmd(
     from orchestrator.releases import rollback
 
     result = rollback(
-        inv.config, inv.store(), DockerEngine.connect, app, environment, to=to, actor=actor, reason=reason
+        inv.config, inv.store(), connect_engine, app, environment, to=to, actor=actor, reason=reason
     )
     if as_json:
         _print_json(result.as_dict())
@@ -274,7 +273,7 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
     """What runs in each environment, and whether it drifted from the last recorded release."""
     from orchestrator.releases import status
 
-    found = status(inv.config, inv.store(), DockerEngine.connect, app)
+    found = status(inv.config, inv.store(), connect_engine, app)
     if as_json:
         _print_json({"environments": [e.as_dict() for e in found], "drift": any(e.drift for e in found)})
         return

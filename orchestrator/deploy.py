@@ -19,11 +19,9 @@ from orchestrator.compose import Compose, ComposeError
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError, ImageInfo
 from orchestrator.errors import InfraUnavailable
+from orchestrator.machine import PROD, STAGING
 from orchestrator.registry import Registry, RegistryError
 
-STAGING = "staging"
-PROD = "prod"
-ENVIRONMENTS = (STAGING, PROD)
 LOOPBACK = "127.0.0.1"
 
 

@@ -50,11 +50,15 @@ TO_STAGING = Edge(State.DEVELOPMENT, State.DEPLOY_STAGING)
 TO_PROD = Edge(State.DEPLOY_STAGING, State.DEPLOY)
 EDGES: tuple[Edge, ...] = (TO_STAGING, TO_PROD)
 
+STAGING = "staging"
+PROD = "prod"
+ENVIRONMENTS = (STAGING, PROD)
+
 # Environments an edge may touch, so two runs never build or swap the same environment at once.
 # The prod edge rebuilds staging before it promotes, so it holds both.
 EDGE_ENVIRONMENTS: dict[Edge, tuple[str, ...]] = {
-    TO_STAGING: ("staging",),
-    TO_PROD: ("staging", "prod"),
+    TO_STAGING: (STAGING,),
+    TO_PROD: (STAGING, PROD),
 }
 
 _FAIL_TRIGGER = "fall_back"

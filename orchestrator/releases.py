@@ -13,11 +13,12 @@ from typing import Any
 
 from orchestrator import health, verify
 from orchestrator.config import AppConfig, Config
-from orchestrator.deploy import ENVIRONMENTS, Deployer, preflight
+from orchestrator.deploy import Deployer, preflight
 from orchestrator.docker_engine import DockerEngine
 from orchestrator.errors import BadInput, Conflict, GateFailed
 from orchestrator.gates import ReleaseIntent
 from orchestrator.logging import get_logger
+from orchestrator.machine import ENVIRONMENTS
 from orchestrator.service import parse_actor, record_release
 from orchestrator.store.repository import ReleaseRecord, Store
 

@@ -11,16 +11,15 @@ import getpass
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from orchestrator.compose import keep_anchor
 from orchestrator.config import AppConfig, Config
-from orchestrator.deploy import ENVIRONMENTS, preflight
-from orchestrator.docker_engine import DockerEngine
 from orchestrator.errors import BadInput, InfraUnavailable
 from orchestrator.gates import (
+    FAILURE_REASON,
     Gate,
     GateContext,
     GateResult,
@@ -29,10 +28,20 @@ from orchestrator.gates import (
     run_compensations,
     run_gates,
 )
-from orchestrator.gates.image import FAILURE_REASON
 from orchestrator.logging import get_logger
-from orchestrator.machine import EDGE_ENVIRONMENTS, Edge, RunMachine, State
+from orchestrator.machine import EDGE_ENVIRONMENTS, ENVIRONMENTS, Edge, RunMachine, State
 from orchestrator.store.repository import ReleaseRecord, RunRecord, Store
+
+if TYPE_CHECKING:
+    from orchestrator.docker_engine import DockerEngine
+
+
+def connect_engine() -> DockerEngine:
+    # Imported here so that commands that never touch Docker (run start, runs list) do not pay for the SDK.
+    from orchestrator.docker_engine import DockerEngine
+
+    return DockerEngine.connect()
+
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -91,7 +100,7 @@ class AdvanceResult:
 
 class RunService:
     def __init__(
-        self, config: Config, store: Store, engine_factory: Callable[[], DockerEngine] = DockerEngine.connect
+        self, config: Config, store: Store, engine_factory: Callable[[], DockerEngine] = connect_engine
     ) -> None:
         self.config = config
         self.store = store
@@ -112,6 +121,8 @@ class RunService:
         actor = parse_actor(actor)
 
         gates = gates_for(edge)
+        from orchestrator.deploy import preflight
+
         preflight(app)
         # Connect before anything is written: an engine that does not answer changes nothing at all.
         engine = self.engine_factory() if any(g.needs_docker for g in gates) else None

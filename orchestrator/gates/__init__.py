@@ -77,6 +77,10 @@ class GateResult:
         }
 
 
+# ctx.shared key: why the edge failed, for compensations that record it with what they restore.
+FAILURE_REASON = "failure_reason"
+
+
 @dataclass(frozen=True)
 class ReleaseIntent:
     """A gate's statement that an environment now runs this image; the service persists it."""

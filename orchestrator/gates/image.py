@@ -10,14 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.deploy import PROD, STAGING, Build, Deployed, Deployer
+from orchestrator.deploy import Build, Deployed, Deployer
 from orchestrator.docker_engine import DockerError
-from orchestrator.gates import Compensation, Gate, GateContext, ReleaseIntent, Verdict, register
-from orchestrator.machine import TO_PROD, TO_STAGING
+from orchestrator.gates import (
+    FAILURE_REASON,
+    Compensation,
+    Gate,
+    GateContext,
+    ReleaseIntent,
+    Verdict,
+    register,
+)
+from orchestrator.machine import PROD, STAGING, TO_PROD, TO_STAGING
 
 PROMOTE_IMAGE = "promote_image_id"
 PROD_RELEASE = "prod_release"
-FAILURE_REASON = "failure_reason"
 
 
 def _build(ctx: GateContext) -> Build | Verdict:

@@ -7,18 +7,22 @@ PostgreSQL advisory lock so that many CI runners starting at once do not race to
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from orchestrator.errors import BadInput, InfraUnavailable
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
 _MIGRATION_LOCK_KEY = 0x6F726368  # "orch": an arbitrary, fixed pg_advisory_lock key
+
+# The newest migration. Checking the stored revision against it is one query and no Alembic import,
+# which keeps every CLI call fast; tests/unit/test_store.py fails if a migration is added without it.
+HEAD_REVISION = "0002"
 
 
 def migrations_dir() -> Path:
@@ -70,6 +74,8 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["connection"] = connection
@@ -86,23 +92,42 @@ def connect(engine: Engine) -> Connection:
         ) from None
 
 
+def script_head() -> str | None:
+    """The head revision as Alembic computes it from migrations/ (slow: imports and parses scripts)."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def current_revision(connection: Connection) -> str | None:
+    try:
+        return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    except sa.exc.DBAPIError:
+        connection.rollback()  # no table yet: an empty database
+        return None
+
+
 def schema_is_current(connection: Connection) -> bool:
-    head = ScriptDirectory.from_config(_alembic_config(connection)).get_current_head()
-    return MigrationContext.configure(connection).get_current_revision() == head
+    return current_revision(connection) == HEAD_REVISION
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str | None]:
     """Bring the schema to head; returns (revision before, revision after)."""
+    from alembic import command
+
     with connect(engine) as conn:
         is_pg = conn.dialect.name == "postgresql"
         if is_pg:
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             conn.commit()
         try:
-            before = MigrationContext.configure(conn).get_current_revision()
+            before = current_revision(conn)
             command.upgrade(_alembic_config(conn), "head")
             conn.commit()
-            after = MigrationContext.configure(conn).get_current_revision()
+            after = current_revision(conn)
         finally:
             if is_pg:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})

@@ -176,3 +176,10 @@ def test_unknown_run(store: Store) -> None:
     with pytest.raises(BadInput, match="unknown run 12345"):
         store.get_run(12345)
     assert store.transitions(12345) == []
+
+
+def test_head_revision_constant_matches_the_migrations() -> None:
+    """The fast schema check compares against HEAD_REVISION; a new migration must move it too."""
+    from orchestrator.store import db
+
+    assert db.script_head() == db.HEAD_REVISION
