@@ -7,6 +7,7 @@ the user reads, and what the database now says.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -280,3 +281,21 @@ def test_actor_longer_than_the_column_is_bad_input(cli: Cli, workspace: Workspac
     ).error(2, "bad_input")
     assert "--actor must be 1 to 200 characters" in message
     assert store.list_runs() == []
+
+
+def test_every_advance_log_line_carries_run_app_sha_and_edge(
+    cli: Cli, workspace: Workspace, monkeypatch: pytest.MonkeyPatch, register_gate: RegisterGate
+) -> None:
+    """Operators grep one run's story out of a shared CI log; a line without its run is lost evidence."""
+    monkeypatch.setenv("ORCH_LOG_FORMAT", "json")
+    register_gate("always_fails", TO_PROD, Verdict.failed("nope"))
+    run_id = start(cli, workspace)["run_id"]
+    for target, code in (("deploy-staging", 0), ("deploy", 1)):
+        result = cli("advance", run_id, "--to", target)
+        assert result.exit_code == code, result.describe()
+        lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+        events = {line["event"] for line in lines}
+        assert {"transition_started", "gate_finished", "transition_finished"} <= events, lines
+        for line in lines:
+            assert line["run_id"] == run_id and line["app"] == "demo", line
+            assert line["sha"] == workspace.repo.sha and line["edge"].endswith(f"->{target}"), line
