@@ -208,8 +208,11 @@ class DockerEngine:
     def pull(self, reference: str) -> ImageInfo:
         """Pull ``repo@sha256:...`` (or repo:tag) and return the local image."""
         repository, sep, digest = reference.partition("@")
-        with _translated(f"pull of {reference}"):
-            self._client.api.pull(repository, tag=digest if sep else None, stream=False)
+        try:
+            with _translated(f"pull of {reference}"):
+                self._client.api.pull(repository, tag=digest if sep else None, stream=False)
+        except docker.errors.NotFound as exc:  # for a pull, "not found" is a refusal, not a lookup miss
+            raise DockerError(f"pull of {reference} failed: {exc.explanation or exc}") from None
         found = self.image(reference)
         if found is None:
             raise DockerError(f"pull of {reference} reported success but no image is there")

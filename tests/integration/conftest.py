@@ -1,17 +1,24 @@
 """Fixtures for tests against the real Docker engine.
 
-There is no registry here: every image is built FROM scratch around the static busybox binary, from a
-build context assembled in memory. Everything a test creates is removed in a finalizer, pass or fail.
+There is no Docker Hub here: every image is built FROM scratch around the static busybox binary, from a
+build context assembled in memory; the only registry is the suite's own (Debian's docker-registry on a
+loopback port, see ``registry``). Everything a test creates is removed in a finalizer, pass or fail.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
+import socket
+import subprocess
 import tarfile
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -428,5 +435,362 @@ def busybox_app(
         errors = sweep_app(docker_client, name)
         for other in app.other_apps:
             errors += sweep_app(docker_client, other)
+        if errors:
+            pytest.fail("cleanup failed: " + "; ".join(errors))
+
+
+# --------------------------------------------------------------------------------------------------
+# a real registry, and busybox apps deployed through docker compose (issue 4: digest pinning,
+# rollback anchors, status and drift)
+
+STAGING_SERVICE = "web-staging"
+PROD_SERVICE = "web-prod"
+CACHE_SERVICE = "cache"  # stands for postgres/redis: a service the orchestrator must never pin or touch
+COMPOSE = ("docker", "compose")
+_MANIFEST_TYPES = ", ".join(
+    ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json")
+)
+
+
+def _free_loopback_port() -> int:
+    """A loopback port nothing listens on, for session fixtures (``free_port`` is per test)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LocalRegistry:
+    """A Registry HTTP API v2 on 127.0.0.1:<port> (the engine speaks plain HTTP to loopback registries).
+
+    The helpers talk to the registry directly, never through the orchestrator's client, so assertions
+    about what a registry tag names are independent of the code under test."""
+
+    address: str  # host:port, the form ORCH_REGISTRY and an app's ``registry`` take
+
+    def repository(self, app: str) -> str:
+        return f"{self.address}/{app}"
+
+    def _request(self, method: str, app: str, ref: str) -> tuple[int, Any, bytes]:
+        req = urllib.request.Request(
+            f"http://{self.address}/v2/{app}/manifests/{ref}",
+            method=method,
+            headers={"Accept": _MANIFEST_TYPES},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, resp.headers, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, exc.read()
+
+    def digest(self, app: str, ref: str) -> str | None:
+        """The manifest digest ``<app>:<ref>`` names in the registry now; None if it is not there."""
+        status, headers, body = self._request("HEAD", app, ref)
+        if status == 404:
+            return None
+        assert status == 200, f"HEAD {app}:{ref} -> HTTP {status} {body[:200]!r}"
+        return str(headers["Docker-Content-Digest"])
+
+    def delete(self, app: str, digest: str) -> None:
+        status, _, body = self._request("DELETE", app, digest)
+        assert status == 202, f"DELETE {app}@{digest} -> HTTP {status} {body[:200]!r}"
+
+
+def _wait_for_registry(proc: subprocess.Popen[bytes], address: str, log: Path) -> None:
+    """Until GET /v2/ answers 200; a registry that exits (bad config, port taken) fails at once."""
+    deadline = time.monotonic() + 30
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"docker-registry exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            with urllib.request.urlopen(f"http://{address}/v2/", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+                last = resp.status
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.05)
+    pytest.fail(f"docker-registry on {address} did not answer GET /v2/ (last: {last}):\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+    """Debian's docker-registry serving 127.0.0.1:<free port> for the whole session: storage in a
+    temporary directory, deletes enabled (a test removes a manifest to prove a rollback refuses an image
+    nobody serves any more), no auth. Terminated at the end of the session."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        _unavailable("docker-registry is not installed (apt-get install -y docker-registry)")
+        raise AssertionError("unreachable")
+    root = tmp_path_factory.mktemp("registry")
+    address = f"127.0.0.1:{_free_loopback_port()}"
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        "storage:\n"
+        f"  filesystem:\n    rootdirectory: {json.dumps(str(root / 'data'))}\n"
+        "  delete:\n    enabled: true\n"
+        f"http:\n  addr: {address}\n",
+        encoding="utf-8",
+    )
+    log = root / "registry.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([binary, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_registry(proc, address, log)
+        yield LocalRegistry(address)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def remove_registry_tags(client: docker.DockerClient, registry: LocalRegistry, app: str) -> list[str]:
+    """Untag every local ``<registry>/<app>:*`` (pushes and pulls leave them; ``sweep_app`` only knows
+    ``<app>:*``). Returns what could not be removed."""
+    repo = registry.repository(app)
+    errors: list[str] = []
+    for image in client.images.list(name=repo):
+        for tag in image.tags:
+            if not tag.startswith(f"{repo}:"):
+                continue
+            try:
+                client.images.remove(tag, force=True, noprune=False)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                errors.append(f"tag {tag}: {exc}")
+    return errors
+
+
+@pytest.fixture
+def registry_app(
+    busybox_app: BusyboxApp,
+    registry: LocalRegistry,
+    docker_client: docker.DockerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[BusyboxApp]:
+    """``busybox_app`` deployed directly (no compose), pushing to the suite's registry via ORCH_REGISTRY.
+    Its local ``<registry>/<app>:*`` tags are removed afterwards (before busybox_app's sweep)."""
+    monkeypatch.setenv("ORCH_REGISTRY", registry.address)
+    yield busybox_app
+    errors = remove_registry_tags(docker_client, registry, busybox_app.name)
+    if errors:
+        pytest.fail("cleanup failed: " + "; ".join(errors))
+
+
+@dataclass
+class ComposeApp:
+    """A busybox app whose environments are two services of a compose file (``web-staging`` and
+    ``web-prod``, host networking on the app's ports), optionally next to ``cache``, a service the
+    orchestrator must never pin. The compose file sits at the root of the app's repository, a directory
+    named after the unique app, so every test has its own compose project."""
+
+    app: BusyboxApp
+    client: docker.DockerClient
+    registry: LocalRegistry | None = None
+    # For test modules (which cannot import conftest at run time).
+    staging_service: ClassVar[str] = STAGING_SERVICE
+    prod_service: ClassVar[str] = PROD_SERVICE
+    cache_service: ClassVar[str] = CACHE_SERVICE
+
+    @property
+    def name(self) -> str:
+        return self.app.name
+
+    @property
+    def compose_file(self) -> Path:
+        return Path(self.app.repo.path) / "docker-compose.yml"
+
+    @property
+    def override_file(self) -> Path:
+        """Where the orchestrator writes its pins by default: beside the compose file."""
+        return self.compose_file.parent / ".deploy" / "docker-compose.override.deploy.yml"
+
+    @property
+    def project(self) -> str:
+        return self.compose_file.parent.name
+
+    @property
+    def image_repository(self) -> str:
+        return self.registry.repository(self.name) if self.registry else self.name
+
+    def write_compose(
+        self,
+        *,
+        registry: LocalRegistry | None,
+        cache_image: str | None = None,
+        staging_pull_always: bool = False,
+    ) -> bytes:
+        """Write and commit the compose file; returns its bytes (the file must never be edited).
+
+        The app services name plain tags, as people write them (``:staging``, ``:latest``). Committed,
+        so that a dirty git tree after a deploy can only be the orchestrator's doing."""
+        self.registry = registry
+        repo = self.image_repository
+
+        def web(service: str, env: str, tag: str, port: int, pull_always: bool) -> str:
+            return (
+                f"  {service}:\n"
+                f"    image: {json.dumps(f'{repo}:{tag}')}\n"
+                "    network_mode: host\n"
+                "    environment:\n"
+                f'      PORT: "{port}"\n'
+                f"      ORCH_ENVIRONMENT: {env}\n"
+                # busybox httpd as PID 1 ignores SIGTERM: do not wait the default 10 s for it.
+                "    stop_grace_period: 1s\n" + ("    pull_policy: always\n" if pull_always else "")
+            )
+
+        text = (
+            "# Written by the test suite: the app's two environments"
+            + (" and a cache the orchestrator must leave alone.\n" if cache_image else ".\n")
+            + "services:\n"
+            + web(STAGING_SERVICE, "staging", "staging", self.app.staging_port, staging_pull_always)
+            + web(PROD_SERVICE, "prod", "latest", self.app.prod_port, False)
+        )
+        if cache_image is not None:
+            text += (
+                f"  {CACHE_SERVICE}:\n"
+                f"    image: {json.dumps(cache_image)}\n"
+                "    network_mode: host\n"
+                "    stop_grace_period: 1s\n"
+            )
+        self.app.repo.commit("compose file", {"docker-compose.yml": text})
+        return self.compose_file.read_bytes()
+
+    def configure(
+        self,
+        *,
+        pin_digests: bool | None = None,
+        keep_releases: int | None = None,
+        prod_service: str = PROD_SERVICE,
+    ) -> None:
+        """Rewrite orchestrator.toml for the compose app (``None``: leave the key out, i.e. the default)."""
+        lines = [
+            "[orchestrator]",
+            f"health_timeout_s = {self.app.health_timeout_s}",
+            "",
+            f"[apps.{self.name}]",
+            f"source = {json.dumps(Path(self.app.repo.path).as_posix())}",
+            'health_path = "/health"',
+            'version_path = "/version"',
+            f"staging_port = {self.app.staging_port}",
+            f"prod_port = {self.app.prod_port}",
+            f"compose_file = {json.dumps(self.compose_file.as_posix())}",
+            f'staging_service = "{STAGING_SERVICE}"',
+            f"prod_service = {json.dumps(prod_service)}",
+        ]
+        if self.registry is not None:
+            lines.append(f'registry = "{self.registry.address}"')
+        if pin_digests is not None:
+            lines.append(f"pin_digests = {str(pin_digests).lower()}")
+        if keep_releases is not None:
+            lines.append(f"keep_releases = {keep_releases}")
+        self.app.workspace.write_config("\n".join(lines) + "\n")
+
+    def compose(self, *args: str, overrides: Sequence[Path] = ()) -> str:
+        """``docker compose -f <compose file> [-f <override>...] ARGS`` in the project directory, as an
+        operator would type it; asserts success and returns stdout."""
+        argv = [*COMPOSE, "-f", str(self.compose_file)]
+        for extra in overrides:
+            argv += ["-f", str(extra)]
+        argv += args
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, cwd=self.compose_file.parent, timeout=300, check=False
+        )
+        assert proc.returncode == 0, f"{' '.join(argv)} failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
+    def images(self, *overrides: Path) -> dict[str, str]:
+        """Each service's image as compose itself merges the compose file with ``overrides``."""
+        config = json.loads(self.compose("config", "--format", "json", overrides=overrides))
+        return {name: service["image"] for name, service in config["services"].items()}
+
+    def override_pins(self) -> dict[str, str]:
+        """The services the override file names, with their images, as compose reads that file alone."""
+        argv = [*COMPOSE, "-p", self.project, "-f", str(self.override_file), "config", "--format", "json"]
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, cwd=self.compose_file.parent, timeout=60, check=False
+        )
+        assert proc.returncode == 0, f"{' '.join(argv)} failed:\n{proc.stdout}\n{proc.stderr}"
+        return {name: s["image"] for name, s in json.loads(proc.stdout)["services"].items()}
+
+    def container(self, service: str) -> Deployed | None:
+        """What the engine says runs for ``service`` of this project (by compose's labels, not by asking
+        the orchestrator or compose)."""
+        found = self.client.containers.list(
+            all=True,
+            filters={
+                "label": [
+                    f"com.docker.compose.project={self.project}",
+                    f"com.docker.compose.service={service}",
+                ]
+            },
+        )
+        if not found:
+            return None
+        assert len(found) == 1, f"{len(found)} containers for {service}: {[c.name for c in found]}"
+        info = self.app.engine.container(found[0].id)
+        assert info is not None
+        image = self.app.engine.image(info.image_id)
+        return Deployed(info.id, info.image_id, image.label(REVISION_LABEL) if image else None, info.status)
+
+    def running(self, env: str) -> Deployed | None:
+        return self.container(STAGING_SERVICE if env == "staging" else PROD_SERVICE)
+
+    def anchors(self, env: str) -> list[Path]:
+        """The rollback anchors kept for ``env``, oldest first."""
+        return sorted((self.override_file.parent / "history").glob(f"{env}-release-*.yml"))
+
+    def git_status(self) -> str:
+        proc = subprocess.run(
+            ["git", "-C", str(self.app.repo.path), "status", "--porcelain", "--untracked-files=all"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"},
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def teardown(self) -> list[str]:
+        errors: list[str] = []
+        if self.compose_file.is_file():
+            argv = [*COMPOSE, "-f", str(self.compose_file), "down", "-t", "0", "--remove-orphans"]
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, cwd=self.compose_file.parent, timeout=300, check=False
+            )
+            if proc.returncode != 0:
+                errors.append(f"{' '.join(argv)}: {proc.stderr.strip()[-500:]}")
+        if self.registry is not None:
+            errors += remove_registry_tags(self.client, self.registry, self.name)
+        return errors
+
+
+@pytest.fixture
+def compose_app(
+    busybox_app: BusyboxApp,
+    docker_client: docker.DockerClient,
+    docker_cleanup: Callable[..., None],  # set up first so it is torn down last: images outlive containers
+) -> Iterator[ComposeApp]:
+    """``busybox_app`` as a compose app: call ``write_compose`` then ``configure`` first. Its compose
+    project is taken down (``down -t 0``) and its ``<registry>/<app>:*`` tags removed afterwards, pass or
+    fail, before busybox_app's sweep and before images from ``busybox_image`` (say, the cache's) go."""
+    try:
+        answers = subprocess.run([*COMPOSE, "version"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        answers = False
+    if not answers:
+        _unavailable("Docker Compose v2 does not answer as 'docker compose' (run scripts/bootstrap.sh)")
+    app = ComposeApp(busybox_app, docker_client)
+    try:
+        yield app
+    finally:
+        errors = app.teardown()
         if errors:
             pytest.fail("cleanup failed: " + "; ".join(errors))
