@@ -169,10 +169,16 @@ class RunService:
             try:
                 checks = run_gates(gates, ctx, record)
             except InfraUnavailable as exc:
-                # Nothing was decided about the commit: the run stays where it was.
+                # Nothing was decided about the commit: the run stays where it was. Side effects already
+                # made (tags moved, prod swapped) are still undone where the engine lets us.
+                reason = exc.message
+                if ctx.compensations:
+                    ctx.shared[FAILURE_REASON] = reason
+                    undone = run_compensations(ctx, record)
+                    reason += "".join(f"; {u.name}: {u.reason}" for u in undone)
                 self._record_releases(ctx, transition_id)
                 self.store.finish_transition(
-                    transition_id, outcome=ABORTED, reason=exc.message, result_state=edge.source.value
+                    transition_id, outcome=ABORTED, reason=reason, result_state=edge.source.value
                 )
                 log.error("transition_aborted", reason=exc.message)
                 exc.details.update(run_id=run.id, transition_id=transition_id, state=edge.source.value)

@@ -299,3 +299,35 @@ def test_every_advance_log_line_carries_run_app_sha_and_edge(
         for line in lines:
             assert line["run_id"] == run_id and line["app"] == "demo", line
             assert line["sha"] == workspace.repo.sha and line["edge"].endswith(f"->{target}"), line
+
+
+def test_infrastructure_lost_mid_edge_still_undoes_side_effects(
+    cli: Cli, workspace: Workspace, store: Store, register_gate: RegisterGate
+) -> None:
+    """A registry or engine that stops answering after a gate changed something must not leave that change
+    behind: the run stays where it was (exit 4), and the undo runs and is on record."""
+    from orchestrator.errors import InfraUnavailable
+    from orchestrator.gates import Compensation, GateContext
+
+    undone: list[str] = []
+
+    def touch_then_lose_infra(ctx: GateContext) -> Verdict:
+        ctx.compensations.append(
+            Compensation("undo_touch", lambda: (undone.append("x"), Verdict.passed("undone"))[1])
+        )
+        raise InfraUnavailable("registry 127.0.0.1:1 unreachable")
+
+    register_gate("touches_then_fails", TO_STAGING, touch_then_lose_infra)
+    run_id = start(cli, workspace)["run_id"]
+    message = cli("advance", run_id, "--to", "deploy-staging", as_json=True).error(
+        4, "infrastructure_unavailable"
+    )
+    assert message == "registry 127.0.0.1:1 unreachable"
+    assert undone == ["x"]
+    (transition,) = store.transitions(run_id)
+    assert transition.outcome == "aborted" and transition.result_state == "development"
+    assert transition.reason == "registry 127.0.0.1:1 unreachable; undo_touch: undone"
+    assert [(c.name, c.status) for c in transition.checks][-2:] == [
+        ("touches_then_fails", "error"),
+        ("undo_touch", "pass"),
+    ]
