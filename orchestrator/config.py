@@ -58,7 +58,8 @@ class AppConfig:
 
     @property
     def is_compose(self) -> bool:
-        return self.compose_file is not None
+        # Config parsing always derives override_file for compose apps; both are checked for the type checker.
+        return self.compose_file is not None and self.override_file is not None
 
     def service(self, env: str) -> str:
         name = self.staging_service if env == "staging" else self.prod_service

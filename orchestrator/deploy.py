@@ -36,7 +36,7 @@ def staging_check_script() -> Path:
 
 def preflight(app: AppConfig) -> None:
     """A compose app must name services its compose file has: exit 2 before anything runs."""
-    if app.compose_file is not None and app.override_file is not None:
+    if app.is_compose:
         Compose(app.compose_file, app.override_file).check_services(app.service(STAGING), app.service(PROD))
 
 
@@ -51,7 +51,6 @@ class Build:
     image: ImageInfo
     tag: str
     duration_s: float
-    log_tail: str
 
 
 @dataclass(frozen=True)
@@ -105,9 +104,7 @@ class Deployer:
         self.app = app
         self.settings = settings
         self.pins: dict[str, str] = dict(pins or {})
-        self.compose = (
-            Compose(app.compose_file, app.override_file) if app.compose_file and app.override_file else None
-        )
+        self.compose = Compose(app.compose_file, app.override_file) if app.is_compose else None
         self._pushed: dict[str, str] = {}
         # Where each registry tag this deployer moved pointed before, so a failed first deploy can undo it.
         self._registry_before: dict[str, str | None] = {}
@@ -137,13 +134,13 @@ class Deployer:
             raise DockerError(f"{self.app.dockerfile} is not in commit {sha[:12]} of {self.app.source}")
         t0 = time.perf_counter()
         with gitrepo.archive(self.app.source, sha) as context:
-            image, log = self.engine.build(
+            image = self.engine.build(
                 context,
                 tag=self.build_tag(sha),
                 dockerfile=self.app.dockerfile,
                 buildargs={**self.app.build_args, "GIT_SHA": sha},
             )
-        return Build(image, self.build_tag(sha), time.perf_counter() - t0, log[-2000:])
+        return Build(image, self.build_tag(sha), time.perf_counter() - t0)
 
     def publish(self, env: str, image_id: str, revision: str) -> Published:
         """Move the human-readable tags operators know (``<app>:<env>``, and ``:latest`` for prod) and,

@@ -135,9 +135,9 @@ class DockerEngine:
         dockerfile: str = "Dockerfile",
         buildargs: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
-    ) -> tuple[ImageInfo, str]:
+    ) -> ImageInfo:
         """Build from a tar stream (never a directory on disk: the caller decides exactly what goes in).
-        Returns the image and the build log, which failing callers keep as evidence."""
+        A failed build raises DockerError carrying the build log as evidence."""
         log: list[str] = []
         image_id: str | None = None
         try:
@@ -168,7 +168,7 @@ class DockerEngine:
         found = self.image(image_id or tag)
         if found is None:
             raise DockerError(f"build of {tag} reported success but produced no image", log="".join(log))
-        return found, "".join(log)
+        return found
 
     def image(self, ref: str) -> ImageInfo | None:
         try:

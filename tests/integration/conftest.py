@@ -162,7 +162,7 @@ def busybox_image(
         context = build_context(dockerfile, {"busybox": BUSYBOX, **(files or {})})
         docker_cleanup(image=tag)
         try:
-            image, _log = engine.build(context, tag=tag, buildargs=args, labels=labels)
+            image = engine.build(context, tag=tag, buildargs=args, labels=labels)
         except DockerError as exc:
             # The steps that succeeded before the failing one stay behind as untagged layers.
             for layer in _LAYER_ID.findall(exc.log):
