@@ -39,6 +39,18 @@ ensure_tools() {
 
 docker_answers() { timeout 10 docker info >/dev/null 2>&1; }
 
+# A process killed with -9 can linger as a zombie that pgrep still lists; only a live one counts.
+is_live_dockerd() {
+  grep -q dockerd "/proc/$1/cmdline" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+live_dockerd_exists() {
+  local pid
+  for pid in $(pgrep -x dockerd 2>/dev/null); do
+    is_live_dockerd "$pid" && return 0
+  done
+  return 1
+}
+
 ensure_docker() {
   if docker_answers; then return 0; fi
   if ! command -v dockerd >/dev/null; then
@@ -51,21 +63,35 @@ ensure_docker() {
   local pidfile=/var/run/docker.pid
   if [ -f "$pidfile" ]; then
     local pid; pid="$(cat "$pidfile" 2>/dev/null || true)"
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && grep -q dockerd "/proc/$pid/cmdline" 2>/dev/null; then
+    if [ -n "$pid" ] && is_live_dockerd "$pid"; then
       say "dockerd (pid $pid) is running but not answering yet; waiting"
     else
       say "removing stale $pidfile (pid ${pid:-none} is not a running dockerd)"
       rm -f "$pidfile"
     fi
   fi
-  if ! pgrep -x dockerd >/dev/null; then
-    say "starting dockerd (log: $DOCKERD_LOG)"
-    mkdir -p "$(dirname "$DOCKERD_LOG")"
-    nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+  # dockerd's own containerd can outlive a killed dockerd (or linger as a zombie): a new dockerd then
+  # waits on its pid file and gives up. Clear both when no live dockerd owns them.
+  local cpid cpidfile=/var/run/docker/containerd/containerd.pid
+  if ! live_dockerd_exists && [ -f "$cpidfile" ]; then
+    cpid="$(cat "$cpidfile" 2>/dev/null || true)"
+    if [ -n "$cpid" ] && grep -q containerd "/proc/$cpid/cmdline" 2>/dev/null; then
+      kill "$cpid" 2>/dev/null || true
+      sleep 1
+    fi
+    say "removing stale $cpidfile"
+    rm -f "$cpidfile"
   fi
+  mkdir -p "$(dirname "$DOCKERD_LOG")"
   local i
   for i in $(seq 1 120); do
     if docker_answers; then say "Docker engine is up"; return 0; fi
+    # (Re)start when no live daemon exists: at first, and again if one died while starting.
+    if [ $((i % 20)) = 1 ] && ! live_dockerd_exists; then
+      rm -f "$pidfile"
+      say "starting dockerd (log: $DOCKERD_LOG)"
+      nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+    fi
     sleep 0.5
   done
   tail -n 20 "$DOCKERD_LOG" >&2 || true
