@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -109,6 +110,18 @@ class Deployer:
         # Where each registry tag this deployer moved pointed before, so a failed first deploy can undo it.
         self._registry_before: dict[str, str | None] = {}
         self._registry = Registry(app.registry) if app.registry else None
+
+    @classmethod
+    def from_releases(
+        cls,
+        engine: DockerEngine,
+        app: AppConfig,
+        settings: Settings,
+        latest: Mapping[str, PreviousRelease | None],
+    ) -> Deployer:
+        """A deployer whose pins are what each environment's latest release runs."""
+        pins = {env: r.digest or r.image_id for env, r in latest.items() if r is not None}
+        return cls(engine, app, settings, pins)
 
     # naming ---------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import health, verify
-from orchestrator.config import AppConfig, Config
+from orchestrator.config import Config
 from orchestrator.deploy import Deployer, preflight
 from orchestrator.docker_engine import DockerEngine
 from orchestrator.errors import BadInput, Conflict, GateFailed
@@ -31,13 +31,8 @@ def parse_environment(raw: str) -> str:
     return raw
 
 
-def deployer_for(engine: DockerEngine, app: AppConfig, config: Config, store: Store) -> Deployer:
-    pins = {}
-    for env in ENVIRONMENTS:
-        latest = store.latest_release(app.name, env)
-        if latest is not None:
-            pins[env] = latest.digest or latest.image_id
-    return Deployer(engine, app, config.settings, pins)
+def latest_releases(store: Store, app: str) -> dict[str, ReleaseRecord | None]:
+    return {env: store.latest_release(app, env) for env in ENVIRONMENTS}
 
 
 # rollback -----------------------------------------------------------------------------------------
@@ -103,7 +98,7 @@ def rollback(
     engine = engine_factory()
     log = get_logger(app=app.name, environment=env, actor=actor)
     try:
-        deployer = deployer_for(engine, app, config, store)
+        deployer = Deployer.from_releases(engine, app, config.settings, latest_releases(store, app.name))
         if not deployer.ensure_image(target):
             raise Conflict(
                 f"release {target.id}'s image {target.image_id[:19]} is gone (pruned"
@@ -240,9 +235,9 @@ def status(
     try:
         found: list[EnvStatus] = []
         for app in apps:
-            deployer = deployer_for(engine, app, config, store)
-            for env in ENVIRONMENTS:
-                release = store.latest_release(app.name, env)
+            latest = latest_releases(store, app.name)
+            deployer = Deployer.from_releases(engine, app, config.settings, latest)
+            for env, release in latest.items():
                 seen = observe(deployer, env)
                 found.append(
                     EnvStatus(

@@ -142,12 +142,9 @@ class GateContext:
                 raise RuntimeError("this gate needs Docker but the edge was started without an engine")
             from orchestrator.deploy import Deployer
 
-            pins = {
-                env: release.digest or release.image_id
-                for env, release in self.previous_releases.items()
-                if release is not None
-            }
-            self._deployer = Deployer(self.engine, self.app, self.settings, pins)
+            self._deployer = Deployer.from_releases(
+                self.engine, self.app, self.settings, self.previous_releases
+            )
         return self._deployer
 
 
