@@ -57,16 +57,24 @@ class Transition(Base):
     actor: Mapped[str] = mapped_column(String(200))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # in_progress | succeeded | failed | aborted
+    # in_progress | succeeded | failed | aborted | interrupted | superseded
+    # (interrupted: stopped mid-edge with side effects that `orchestrator recover` must reconcile)
     outcome: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     # Where the run actually landed: to_state on success, development on failure, from_state if aborted.
     result_state: Mapped[str | None] = mapped_column(String(32))
+    # Who is doing the work, so another process can tell a live holder from a dead one: the host and
+    # pid (with the pid's start time, since pids are reused) and a lease the holder renews while alive.
+    holder_host: Mapped[str | None] = mapped_column(String(255))
+    holder_pid: Mapped[int | None] = mapped_column(Integer)
+    holder_start: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     run: Mapped[Run] = relationship(back_populates="transitions")
     gate_results: Mapped[list[GateResultRow]] = relationship(
         back_populates="transition", order_by="GateResultRow.position", cascade="all, delete-orphan"
     )
+    steps: Mapped[list[StepRow]] = relationship(order_by="StepRow.position", cascade="all, delete-orphan")
 
 
 class GateResultRow(Base):
@@ -83,6 +91,25 @@ class GateResultRow(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     transition: Mapped[Transition] = relationship(back_populates="gate_results")
+
+
+class StepRow(Base):
+    """One recorded promotion step (Kargo's promotion steps): written when it starts and again when it
+    ends, with what it changed. Recovery reads these to know how far a dead process got."""
+
+    __tablename__ = "transition_steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    transition_id: Mapped[int] = mapped_column(ForeignKey("transitions.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(64))
+    environment: Mapped[str | None] = mapped_column(String(32))
+    # started | done | failed | undone
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    changes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Release(Base):
@@ -118,3 +145,54 @@ class EnvironmentLock(Base):
     transition_id: Mapped[int | None] = mapped_column(ForeignKey("transitions.id", ondelete="CASCADE"))
     holder: Mapped[str] = mapped_column(String(200))
     acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # run (a transition holds it) | operator (rollback, recover) | manual (`orchestrator lock`)
+    kind: Mapped[str] = mapped_column(String(16), default="run")
+    reason: Mapped[str | None] = mapped_column(Text)
+    holder_host: Mapped[str | None] = mapped_column(String(255))
+    holder_pid: Mapped[int | None] = mapped_column(Integer)
+    holder_start: Mapped[str | None] = mapped_column(String(32))
+    # None: never expires (a hand-held lock stays until `orchestrator unlock`).
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Freeze(Base):
+    """Stop the line: while a row exists for an app (or ``*`` for all), no run of it may advance."""
+
+    __tablename__ = "freezes"
+
+    app: Mapped[str] = mapped_column(String(63), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LockWaiter(Base):
+    """A run waiting (``advance --wait``) for an environment: lets a newer waiting run supersede an
+    older one, so a CI backlog never deploys stale commits one after another."""
+
+    __tablename__ = "lock_waiters"
+
+    app: Mapped[str] = mapped_column(String(63), primary_key=True)
+    environment: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # A waiter that died stops renewing this and is ignored once it passes.
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Event(Base):
+    """The audit trail of everything that is not a gate: locks taken over or forced, freezes,
+    interruptions and recoveries."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    app: Mapped[str | None] = mapped_column(String(63), index=True)
+    environment: Mapped[str | None] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    transition_id: Mapped[int | None] = mapped_column(ForeignKey("transitions.id", ondelete="SET NULL"))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
