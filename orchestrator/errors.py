@@ -45,3 +45,10 @@ class InfraUnavailable(OrchestratorError):
 
     exit_code = 4
     kind = "infrastructure_unavailable"
+
+
+class StepTimeout(InfraUnavailable):
+    """A step (build, push, pull, staging check, compose) ran past its configured limit. It says nothing
+    about the commit, so the edge ends as ``error`` (exit 4), told apart from a gate's ``fail``."""
+
+    kind = "timeout"
