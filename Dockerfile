@@ -8,6 +8,15 @@
 ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE}
 
+# The server runs as this unprivileged user, never as root: whoever breaks into the process gets no
+# root inside the container (and no root-owned files on a mounted volume). A fixed uid/gid lets
+# operators chown volumes and lets `runAsNonRoot`-style policies check it from USER below.
+ARG APP_UID=10001
+RUN groupadd --system --gid "${APP_UID}" orchestrator \
+ && useradd --system --uid "${APP_UID}" --gid "${APP_UID}" --home-dir /data --no-create-home \
+      --shell /usr/sbin/nologin orchestrator \
+ && mkdir -p /data && chown "${APP_UID}:${APP_UID}" /data && chmod 0700 /data
+
 WORKDIR /src
 COPY pyproject.toml README.md alembic.ini ./
 COPY orchestrator ./orchestrator
@@ -27,6 +36,8 @@ ENV ORCH_REVISION=$GIT_SHA \
     PORT=8080 \
     PYTHONUNBUFFERED=1
 
+# Installed as root above (read-only to the server); from here on nothing runs as root.
+USER ${APP_UID}:${APP_UID}
 WORKDIR /data
 EXPOSE 8080
 # Loopback by default (host networking must not expose it); set ORCH_SERVE_HOST=0.0.0.0 when publishing.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import click
 from orchestrator import logging as orch_logging
 from orchestrator.config import Config, load_config
 from orchestrator.errors import BadInput, OrchestratorError
+from orchestrator.lifecycle import Interrupted
 from orchestrator.machine import State
 from orchestrator.service import FAILED, AdvanceResult, RunService, connect_engine
 from orchestrator.store import db
@@ -38,6 +40,8 @@ class Invocation:
         if self._config is None:
             self._config = load_config(self.config_path)
             orch_logging.configure(self._config.settings.log_format, self._config.settings.log_level)
+            for warning in self._config.warnings:
+                orch_logging.get_logger().warning("config_warning", message=warning)
         return self._config
 
     def store(self, *, upgrade: bool = True) -> Store:
@@ -51,6 +55,21 @@ class Invocation:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+# C0 and C1 control characters other than newline and tab: an actor name or a reason carrying an
+# escape sequence (OSC, CSI) could rewrite an operator's terminal, title or clipboard when printed.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text from users and apps as it may reach a terminal: control characters shown escaped."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _echo(text: str = "", *, err: bool = False) -> None:
+    """Every human-readable line goes through here; JSON output is escaped by json.dumps instead."""
+    click.echo(printable(text), err=err)
 
 
 def _print_json(payload: dict[str, Any]) -> None:
@@ -72,7 +91,16 @@ def command(fn: F) -> F:
                     {"error": exc.kind, "message": exc.message, "exit_code": exc.exit_code, **exc.details}
                 )
             else:
-                click.echo(f"error: {exc.message}", err=True)
+                _echo(f"error: {exc.message}", err=True)
+            sys.exit(exc.exit_code)
+        except Interrupted as exc:
+            # The edge undid its work and closed its transition before this reached us; exit as a shell
+            # reports a process ended by that signal (143 for SIGTERM, 130 for SIGINT).
+            message = str(exc)
+            if as_json:
+                _print_json({"error": "interrupted", "message": message, "exit_code": exc.exit_code})
+            else:
+                _echo(f"error: {message}", err=True)
             sys.exit(exc.exit_code)
         finally:
             inv.close()
@@ -103,7 +131,7 @@ class _Cli(click.Group):
             )
             sys.exit(BadInput.exit_code)
         except click.Abort:
-            click.echo("Aborted!", err=True)
+            _echo("Aborted!", err=True)
             sys.exit(1)
 
 
@@ -139,17 +167,27 @@ def run_start(inv: Invocation, *, app: str, sha: str, actor: str | None, as_json
     if as_json:
         _print_json(record.as_dict())
     else:
-        click.echo(f"run {record.id} started: {record.app} @ {record.sha} in {record.state}")
+        _echo(f"run {record.id} started: {record.app} @ {record.sha} in {record.state}")
 
 
 @cli.command()
 @click.argument("run_id", type=int)
 @click.option("--to", "to", required=True, help="Target state (deploy-staging or deploy).")
 @click.option("--actor", default=None, help="Who asked for the move (default: the OS user).")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seconds to wait for a locked environment instead of exiting 3 at once.",
+)
 @command
-def advance(inv: Invocation, run_id: int, *, to: str, actor: str | None, as_json: bool) -> None:
+def advance(
+    inv: Invocation, run_id: int, *, to: str, actor: str | None, wait_s: float, as_json: bool
+) -> None:
     """Run the gates of RUN_ID's edge to --to; move the run, or roll it back to development."""
-    result = inv.service().advance(run_id, to, actor)
+    result = inv.service().advance(run_id, to, actor, wait_s=wait_s)
     if as_json:
         _print_json(result.as_dict())
     else:
@@ -160,14 +198,14 @@ def advance(inv: Invocation, run_id: int, *, to: str, actor: str | None, as_json
 
 def _print_advance(result: AdvanceResult) -> None:
     for check in result.checks:
-        click.echo(f"  {check.status.value:<8} {check.name:<32} {check.duration_s:7.3f}s  {check.reason}")
+        _echo(f"  {check.status.value:<8} {check.name:<32} {check.duration_s:7.3f}s  {check.reason}")
     if result.outcome == FAILED:
-        click.echo(
+        _echo(
             f"run {result.run_id}: {result.from_state} -> {result.to_state} FAILED, back in "
             f"{result.state}: {result.reason}"
         )
     else:
-        click.echo(f"run {result.run_id}: {result.from_state} -> {result.to_state} ok, now in {result.state}")
+        _echo(f"run {result.run_id}: {result.from_state} -> {result.to_state} ok, now in {result.state}")
 
 
 @cli.group()
@@ -189,9 +227,9 @@ def runs_list(inv: Invocation, *, app: str | None, state: str | None, limit: int
         _print_json({"runs": [r.as_dict() for r in records]})
         return
     if not records:
-        click.echo("no runs")
+        _echo("no runs")
     for r in records:
-        click.echo(
+        _echo(
             f"{r.id:>6}  {r.app:<20} {r.sha[:12]}  {r.state:<15} {r.actor:<16} "
             f"{r.created_at:%Y-%m-%d %H:%M:%S}"
         )
@@ -215,20 +253,135 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
             }
         )
         return
-    click.echo(f"run {record.id}: {record.app} @ {record.sha}  state={record.state}  actor={record.actor}")
+    _echo(f"run {record.id}: {record.app} @ {record.sha}  state={record.state}  actor={record.actor}")
     for t in transitions:
-        click.echo(
+        _echo(
             f"  #{t.id} {t.from_state} -> {t.to_state}  {t.outcome}  by {t.actor}  "
             f"{t.started_at:%Y-%m-%d %H:%M:%S}" + (f"  ({t.reason})" if t.reason else "")
         )
         for c in t.checks:
-            click.echo(f"      {c.status:<8} {c.name:<32} {c.duration_s:7.3f}s  {c.reason}")
+            _echo(f"      {c.status:<8} {c.name:<32} {c.duration_s:7.3f}s  {c.reason}")
+        if t.steps:
+            _echo("      steps: " + ", ".join(_step_text(st) for st in t.steps))
     for rel in releases:
-        click.echo(
+        _echo(
             f"  release {rel.id}: {rel.environment:<8} {rel.kind:<8} {rel.image_id[:19]}  "
             f"revision {rel.revision[:12]}  {rel.created_at:%Y-%m-%d %H:%M:%S}"
             + (f"  ({rel.reason})" if rel.reason else "")
         )
+
+
+def _step_text(step: Any) -> str:
+    return step.name if step.status == "done" else f"{step.name} ({step.status})"
+
+
+@cli.command("recover")
+@click.argument("app", required=False)
+@click.option("--actor", default=None, help="Who recovers (default: the OS user).")
+@command
+def recover_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json: bool) -> None:
+    """Reconcile transitions and locks left by dead runners with what really runs, and free them."""
+    reports = inv.service().recover(app, actor)
+    if as_json:
+        _print_json({"recovered": [r.as_dict() for r in reports]})
+        return
+    if not reports:
+        _echo("nothing to recover: no transition or lock was left by a dead runner")
+    for r in reports:
+        what = f"transition {r.transition_id} (run {r.run_id})" if r.transition_id else "environment"
+        _echo(f"{r.app}: {what} -> {r.outcome}: {r.reason}")
+
+
+@cli.command("locks")
+@click.argument("app", required=False)
+@command
+def locks_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
+    """List environment locks and freezes, with whether each holder is still alive."""
+    store = inv.store()
+    if app is not None:
+        inv.config.app(app)
+    held = store.locks(app)
+    freezes = [f for f in store.freezes() if app is None or f.app in (app, "*")]
+    if as_json:
+        _print_json({"locks": [lk.as_dict() for lk in held], "freezes": [f.as_dict() for f in freezes]})
+        return
+    if not held and not freezes:
+        _echo("no locks, no freezes")
+    for lk in held:
+        _echo(f"{lk.describe()}  [{lk.kind}, holder {lk.liveness()}]")
+    for f in freezes:
+        _echo(f.describe())
+
+
+@cli.command("lock")
+@click.argument("app")
+@click.option("--env", "environment", required=True, help="Environment to hold (staging or prod).")
+@click.option("--reason", required=True, help="Why; shown to everyone the lock stops.")
+@click.option("--actor", default=None, help="Who holds it (default: the OS user).")
+@command
+def lock_cmd(
+    inv: Invocation, app: str, *, environment: str, reason: str, actor: str | None, as_json: bool
+) -> None:
+    """Hold APP's --env by hand: promotions and rollbacks of it exit 3 until 'orchestrator unlock'."""
+    from orchestrator import operator
+
+    held = operator.lock(inv.config, inv.store(), app, environment, reason=reason, actor=actor)
+    if as_json:
+        _print_json({"lock": held.as_dict()})
+    else:
+        _echo(held.describe())
+
+
+@cli.command("unlock")
+@click.argument("app")
+@click.option("--env", "environment", required=True, help="Environment to release (staging or prod).")
+@click.option("--force", is_flag=True, help="Take the lock even from a live holder (recorded).")
+@click.option("--actor", default=None, help="Who unlocks (default: the OS user).")
+@command
+def unlock_cmd(
+    inv: Invocation, app: str, *, environment: str, force: bool, actor: str | None, as_json: bool
+) -> None:
+    """Release APP's --env lock: a hand-held one, one whose holder died (recovering first), or --force."""
+    from orchestrator import operator
+
+    done = operator.unlock(
+        inv.config, inv.store(), connect_engine, app, environment, force=force, actor=actor
+    )
+    if as_json:
+        _print_json(done.as_dict())
+    else:
+        _echo(f"unlocked {app} {environment} ({done.how}); it was: {done.lock.describe()}")
+
+
+@cli.command("freeze")
+@click.argument("app", required=False)
+@click.option("--reason", required=True, help="Why the line stops; shown to every blocked advance.")
+@click.option("--actor", default=None, help="Who freezes (default: the OS user).")
+@command
+def freeze_cmd(inv: Invocation, app: str | None, *, reason: str, actor: str | None, as_json: bool) -> None:
+    """Stop the line: no run of APP (or of any app) may advance until unfrozen. Rollback still works."""
+    from orchestrator import operator
+
+    frozen = operator.freeze(inv.config, inv.store(), app, reason=reason, actor=actor)
+    if as_json:
+        _print_json({"freeze": frozen.as_dict()})
+    else:
+        _echo(frozen.describe())
+
+
+@cli.command("unfreeze")
+@click.argument("app", required=False)
+@click.option("--actor", default=None, help="Who unfreezes (default: the OS user).")
+@command
+def unfreeze_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json: bool) -> None:
+    """Let runs of APP (or, without APP, of every app) advance again."""
+    from orchestrator import operator
+
+    was = operator.unfreeze(inv.config, inv.store(), app, actor=actor)
+    if as_json:
+        _print_json({"unfrozen": was.as_dict()})
+    else:
+        _echo(f"unfrozen; it was: {was.describe()}")
 
 
 @cli.command("rollback")
@@ -259,7 +412,7 @@ def rollback_cmd(
     if as_json:
         _print_json(result.as_dict())
         return
-    click.echo(
+    _echo(
         f"{result.app} {result.environment}: rolled back from release {result.from_release.id} "
         f"({result.from_release.revision[:12]}) to release {result.to_release.id} "
         f"({result.to_release.revision[:12]}), verified; recorded as release {result.release.id}"
@@ -284,9 +437,9 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
         health_text = (
             "" if o.healthy is None else ("healthy" if o.healthy else f"UNHEALTHY ({o.health_detail})")
         )
-        click.echo(f"{e.app:<20} {e.environment:<8} {running:<50} {rel:<26} {health_text}")
+        _echo(f"{e.app:<20} {e.environment:<8} {running:<50} {rel:<26} {health_text}")
         for diff in e.differences:
-            click.echo(f"    drift: {diff}")
+            _echo(f"    drift: {diff}")
 
 
 @cli.command()
@@ -335,14 +488,14 @@ def db_upgrade(inv: Invocation, *, as_json: bool) -> None:
     if as_json:
         _print_json({"database": url, "from_revision": before, "to_revision": after})
     elif before == after:
-        click.echo(f"{url} is at {after}: nothing to do")
+        _echo(f"{url} is at {after}: nothing to do")
     else:
-        click.echo(f"{url} upgraded from {before or 'empty'} to {after}")
+        _echo(f"{url} upgraded from {before or 'empty'} to {after}")
 
 
 def main() -> None:
     try:
         cli(prog_name="orchestrator")
     except BadInput as exc:  # raised outside any command (should not happen, but never a traceback)
-        click.echo(f"error: {exc.message}", err=True)
+        _echo(f"error: {exc.message}", err=True)
         sys.exit(exc.exit_code)

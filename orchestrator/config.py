@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -78,6 +79,16 @@ class Settings:
     health_interval_s: float = 0.05
     registry: str | None = None
     keep_releases: int = 5
+    # How long a step may take before it is ended as a timeout (StepTimeout, exit 4): a hung registry or
+    # a build waiting on the network must not hold the environment's lock forever.
+    build_timeout_s: float = 1800.0
+    push_timeout_s: float = 600.0
+    pull_timeout_s: float = 600.0
+    staging_check_timeout_s: float = 120.0
+    compose_timeout_s: float = 600.0
+    # A lock holder's lease: it renews every third of this while alive, so a runner that died frees
+    # the environment after at most one lease instead of leaving it locked until someone notices.
+    lock_lease_s: float = 30.0
 
     def freshness_applies_to(self, app: str) -> bool:
         """The kill-switch: off globally, or on but scoped to other apps."""
@@ -91,6 +102,8 @@ class Config:
     settings: Settings
     apps: Mapping[str, AppConfig] = field(default_factory=dict)
     path: Path | None = None
+    # Non-fatal findings the CLI logs as warnings (e.g. a freshness scope naming apps defined elsewhere).
+    warnings: tuple[str, ...] = ()
 
     def app(self, name: str) -> AppConfig:
         try:
@@ -117,9 +130,33 @@ ENV_VARS: dict[str, str] = {
     "ORCH_HEALTH_INTERVAL_S": "seconds between health polls (default 0.05)",
     "ORCH_REGISTRY": "registry (host:port[/namespace]) apps push promoted images to (default: none)",
     "ORCH_KEEP_RELEASES": "pinned overrides kept per environment as rollback anchors (default 5)",
+    "ORCH_BUILD_TIMEOUT_S": "seconds a build may take before it is ended as a timeout (default 1800)",
+    "ORCH_PUSH_TIMEOUT_S": "seconds a push may take before it is ended as a timeout (default 600)",
+    "ORCH_PULL_TIMEOUT_S": "seconds a pull may take before it is ended as a timeout (default 600)",
+    "ORCH_STAGING_CHECK_TIMEOUT_S": "seconds the staging check may take before it is ended as a timeout "
+    "(default 120)",
+    "ORCH_COMPOSE_TIMEOUT_S": "seconds a `docker compose` command may take before it is ended as a timeout "
+    "(default 600)",
+    "ORCH_LOCK_LEASE_S": "seconds a lock holder's lease lasts without renewal; it renews every third of "
+    "that (default 30)",
     "ORCH_SERVE_HOST": "address `orchestrator serve` binds (default 127.0.0.1)",
     "ORCH_REVISION": "commit `orchestrator serve` reports on /version (the Dockerfile sets it from GIT_SHA)",
+    # Not settings: read by orchestrator.steps for the crash tests, listed so they are not refused.
+    "ORCH_TEST_CRASH_AT": (
+        "test-only: <before|after>:<step name>: the process signals itself at that step boundary"
+    ),
+    "ORCH_TEST_CRASH_SIGNAL": "test-only: KILL (default), TERM or STOP",
 }
+
+# Seconds, at least 1: a shorter limit would end healthy steps (and leases) on scheduling noise.
+_LIMIT_KEYS = (
+    "build_timeout_s",
+    "push_timeout_s",
+    "pull_timeout_s",
+    "staging_check_timeout_s",
+    "compose_timeout_s",
+    "lock_lease_s",
+)
 
 
 def parse_bool(name: str, raw: Any) -> bool:
@@ -202,9 +239,7 @@ def _parse_settings(table: Mapping[str, Any], env: Mapping[str, str]) -> Setting
     if got := pick("image_freshness_enabled"):
         values["image_freshness_enabled"] = parse_bool(*got)
     if got := pick("image_freshness_repos"):
-        name, raw = got
-        items = raw if isinstance(raw, list) else str(raw).split(",")
-        values["image_freshness_repos"] = frozenset(str(i).strip() for i in items if str(i).strip())
+        values["image_freshness_repos"] = _parse_app_names(*got)
     if got := pick("health_timeout_s"):
         values["health_timeout_s"] = _parse_float(*got, minimum=0.1)
     if got := pick("health_interval_s"):
@@ -213,7 +248,25 @@ def _parse_settings(table: Mapping[str, Any], env: Mapping[str, str]) -> Setting
         values["registry"] = _parse_registry(*got) or None
     if got := pick("keep_releases"):
         values["keep_releases"] = _parse_int(*got, minimum=1)
+    for key in _LIMIT_KEYS:
+        if got := pick(key):
+            values[key] = _parse_float(*got, minimum=1)
     return Settings(**values)
+
+
+def _parse_app_names(name: str, raw: Any) -> frozenset[str]:
+    """A comma-separated string or a TOML list of app names. Whether each names an app of *this* config
+    is checked later, and only warned about: one CI-wide variable serves many repositories. Something
+    that cannot be an app name at all is a typo, and an error."""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    names = [str(i).strip() for i in items if str(i).strip()]
+    malformed = [n for n in names if not _APP_NAME.match(n)]
+    if malformed:
+        raise BadInput(
+            f"{name}={raw!r}: {', '.join(repr(n) for n in malformed)} cannot be app name(s) "
+            "(lowercase letters, digits, '.', '_' or '-'): use a comma-separated list of app names"
+        )
+    return frozenset(names)
 
 
 def _parse_int(name: str, raw: Any, *, minimum: int) -> int:
@@ -253,11 +306,16 @@ def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConf
         raise BadInput(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     if "source" not in table or not isinstance(table["source"], str):
         raise BadInput(f"{where}: 'source' (path to the app's git repository) is required")
-    values: dict[str, Any] = {"name": name, "source": (base / table["source"]).resolve()}
+    source = (base / table["source"]).resolve()
+    if source == Path(source.anchor):
+        # Compose files "inside the source" would then be anywhere, and the repository is never "/".
+        raise BadInput(
+            f"{where}.source = {table['source']!r} resolves to the filesystem root {source}: "
+            "point it at the app's git repository"
+        )
+    values: dict[str, Any] = {"name": name, "source": source}
     if "dockerfile" in table:
-        if not isinstance(table["dockerfile"], str) or not table["dockerfile"]:
-            raise BadInput(f"{where}.dockerfile must be a path relative to the repository root")
-        values["dockerfile"] = table["dockerfile"]
+        values["dockerfile"] = _parse_dockerfile(f"{where}.dockerfile", table["dockerfile"])
     for key in ("health_path", "version_path"):
         if key in table:
             values[key] = _parse_http_path(f"{where}.{key}", table[key])
@@ -279,14 +337,30 @@ def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConf
     )
     if "pin_digests" in table:
         values["pin_digests"] = parse_bool(f"{where}.pin_digests", table["pin_digests"])
-    values.update(_parse_compose(where, table, base))
+    values.update(_parse_compose(where, table, base, source))
     app = AppConfig(**values)
     if app.staging_port == app.prod_port:
         raise BadInput(f"{where}: staging_port and prod_port are both {app.prod_port}; they must differ")
     return app
 
 
-def _parse_compose(where: str, table: Mapping[str, Any], base: Path) -> dict[str, Any]:
+def _parse_dockerfile(name: str, raw: Any) -> str:
+    """The Dockerfile is read from the commit's tree: a path leaving the repository would build from
+    a file no commit vouches for (or fail obscurely inside the engine)."""
+    if not isinstance(raw, str) or not raw:
+        raise BadInput(f"{name} must be a path relative to the repository root")
+    normalized = posixpath.normpath(raw)
+    if posixpath.isabs(raw) or normalized == ".." or normalized.startswith("../"):
+        raise BadInput(
+            f"{name} = {raw!r} leaves the app's repository: give the Dockerfile's path relative to the "
+            "repository root, e.g. 'Dockerfile' or 'docker/Dockerfile.prod'"
+        )
+    if normalized == ".":
+        raise BadInput(f"{name} = {raw!r} names the repository itself: give the Dockerfile's path")
+    return raw
+
+
+def _parse_compose(where: str, table: Mapping[str, Any], base: Path, source: Path) -> dict[str, Any]:
     keys = ("compose_file", "staging_service", "prod_service", "override_file")
     if not any(k in table for k in keys):
         if "pin_digests" in table:
@@ -311,7 +385,61 @@ def _parse_compose(where: str, table: Mapping[str, Any], base: Path) -> dict[str
         values["override_file"] = (
             values["compose_file"].parent / ".deploy" / "docker-compose.override.deploy.yml"
         )
+    for key in ("compose_file", "override_file"):
+        # The orchestrator writes the override and its history beside it, and compose resolves what the
+        # compose file names relative to it: neither may reach outside what this config and app own.
+        # (The default override sits beside the compose file, so only a given one can stray.)
+        path = values[key]
+        if key in table and not (path.is_relative_to(base) or path.is_relative_to(source)):
+            raise BadInput(
+                f"{where}.{key} = {table[key]!r} resolves to {path}, outside both "
+                f"the config file's directory ({base}) and the app's source ({source}): keep it inside "
+                "one of them"
+            )
+    compose, override = values["compose_file"], values["override_file"]
+    if override == compose or (override.parent == compose.parent and override.name in _COMPOSE_DEFAULTS):
+        raise BadInput(
+            f"{where}.override_file = {table['override_file']!r} would overwrite "
+            f"{'the compose file' if override == compose else 'a compose file compose reads by default'} "
+            f"({override}): the orchestrator rewrites the override on every deploy; leave override_file "
+            "out (default: .deploy/docker-compose.override.deploy.yml beside the compose file) or name "
+            "a file of its own"
+        )
     return values
+
+
+# The files `docker compose` loads by default from a folder: an override written under one of these
+# names would replace the user's own compose file.
+_COMPOSE_DEFAULTS = frozenset({"compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"})
+
+
+def check_app_paths(app: AppConfig) -> None:
+    """Before a run is recorded or advanced: the app's repository (and compose file) must be there.
+
+    Not done at load time, so history commands work on a machine without the repository; done before
+    any work, so a missing checkout is a clear exit 2 instead of a git or compose error halfway through.
+    """
+    where = f"[apps.{app.name}]"
+    if not app.source.exists():
+        raise BadInput(
+            f"app {app.name!r}: source {app.source} does not exist: clone the app's repository there "
+            f"or fix {where}.source"
+        )
+    if not app.source.is_dir():
+        raise BadInput(
+            f"app {app.name!r}: source {app.source} is not a directory: point {where}.source at the "
+            "app's git repository"
+        )
+    if app.compose_file is not None:
+        if not app.compose_file.exists():
+            raise BadInput(
+                f"app {app.name!r}: compose file {app.compose_file} does not exist: commit it to the "
+                f"app's repository or fix {where}.compose_file"
+            )
+        if not app.compose_file.is_file():
+            raise BadInput(
+                f"app {app.name!r}: compose file {app.compose_file} is not a file: fix {where}.compose_file"
+            )
 
 
 def _check_ports_unique(apps: Iterable[AppConfig]) -> None:
@@ -363,13 +491,30 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         settings = _parse_settings(settings_table, env)
         apps = {name: _parse_app(name, table, base, settings) for name, table in apps_table.items()}
         _check_ports_unique(apps.values())
-        unknown_scoped = sorted(settings.image_freshness_repos - set(apps))
-        if unknown_scoped:
-            # A misspelt name would silently switch the freshness check off for the app it meant.
-            raise BadInput(
-                f"image_freshness_repos names unknown app(s) {', '.join(unknown_scoped)} "
-                f"(known apps: {', '.join(sorted(apps)) or 'none'})"
-            )
     except BadInput as exc:
         raise BadInput(f"{cfg_path}: {exc.message}") from None
-    return Config(settings=settings, apps=apps, path=cfg_path.resolve())
+    warnings = _freshness_scope_warnings(settings, apps, cfg_path, env)
+    return Config(settings=settings, apps=apps, path=cfg_path.resolve(), warnings=warnings)
+
+
+def _freshness_scope_warnings(
+    settings: Settings, apps: Mapping[str, AppConfig], cfg_path: Path, env: Mapping[str, str]
+) -> tuple[str, ...]:
+    """CI sets ORCH_IMAGE_FRESHNESS_REPOS once for many repositories, so naming apps this config does
+    not define is normal. It is still said out loud: a misspelt name leaves the app it meant outside
+    the scope, and that app's freshness check is then skipped."""
+    unknown = sorted(settings.image_freshness_repos - set(apps))
+    if not unknown:
+        return ()
+    var = ENV_PREFIX + "IMAGE_FRESHNESS_REPOS"
+    source = var if var in env else "[orchestrator].image_freshness_repos"
+    left_out = sorted(set(apps) - settings.image_freshness_repos)
+    skipped = (
+        f"; check_staging_image_fresh is skipped for {', '.join(left_out)}"
+        if left_out and settings.image_freshness_enabled
+        else ""
+    )
+    return (
+        f"{source} names app(s) {cfg_path} does not define: {', '.join(unknown)} "
+        f"(known apps: {', '.join(sorted(apps)) or 'none'}){skipped}",
+    )

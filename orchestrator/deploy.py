@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orchestrator import gitrepo, health, verify
-from orchestrator.compose import Compose, ComposeError
+from orchestrator.compose import Compose, ComposeError, project_name
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError, ImageInfo
-from orchestrator.errors import InfraUnavailable
+from orchestrator.errors import InfraUnavailable, StepTimeout
 from orchestrator.machine import PROD, STAGING
 from orchestrator.registry import Registry, RegistryError
+from orchestrator.steps import StepLog
 
 LOOPBACK = "127.0.0.1"
 
@@ -38,7 +39,8 @@ def staging_check_script() -> Path:
 def preflight(app: AppConfig) -> None:
     """A compose app must name services its compose file has: exit 2 before anything runs."""
     if app.is_compose:
-        Compose(app.compose_file, app.override_file).check_services(app.service(STAGING), app.service(PROD))
+        compose = Compose(app.compose_file, app.override_file, project=project_name(app.name))
+        compose.check_services(app.service(STAGING), app.service(PROD))
 
 
 def port_answers(port: int) -> bool:
@@ -100,12 +102,24 @@ class Deployer:
         app: AppConfig,
         settings: Settings,
         pins: dict[str, str] | None = None,
+        steps: StepLog | None = None,
     ) -> None:
         self.engine = engine
         self.app = app
         self.settings = settings
+        # Every action on an environment is a recorded step; without a transition nothing is recorded.
+        self.steps = steps or StepLog()
         self.pins: dict[str, str] = dict(pins or {})
-        self.compose = Compose(app.compose_file, app.override_file) if app.is_compose else None
+        self.compose = (
+            Compose(
+                app.compose_file,
+                app.override_file,
+                project=project_name(app.name),
+                timeout_s=settings.compose_timeout_s,
+            )
+            if app.is_compose
+            else None
+        )
         self._pushed: dict[str, str] = {}
         # Where each registry tag this deployer moved pointed before, so a failed first deploy can undo it.
         self._registry_before: dict[str, str | None] = {}
@@ -118,10 +132,11 @@ class Deployer:
         app: AppConfig,
         settings: Settings,
         latest: Mapping[str, PreviousRelease | None],
+        steps: StepLog | None = None,
     ) -> Deployer:
         """A deployer whose pins are what each environment's latest release runs."""
         pins = {env: r.digest or r.image_id for env, r in latest.items() if r is not None}
-        return cls(engine, app, settings, pins)
+        return cls(engine, app, settings, pins, steps)
 
     # naming ---------------------------------------------------------------------------------------
 
@@ -143,31 +158,46 @@ class Deployer:
 
     def build(self, sha: str) -> Build:
         """Build from the committed tree with GIT_SHA, tagged <app>:<sha>."""
-        if not gitrepo.path_in_commit(self.app.source, sha, self.app.dockerfile):
-            raise DockerError(f"{self.app.dockerfile} is not in commit {sha[:12]} of {self.app.source}")
-        t0 = time.perf_counter()
-        with gitrepo.archive(self.app.source, sha) as context:
-            image = self.engine.build(
-                context,
-                tag=self.build_tag(sha),
-                dockerfile=self.app.dockerfile,
-                buildargs={**self.app.build_args, "GIT_SHA": sha},
-            )
+        with self.steps.step("build") as step:
+            if not gitrepo.path_in_commit(self.app.source, sha, self.app.dockerfile):
+                raise DockerError(f"{self.app.dockerfile} is not in commit {sha[:12]} of {self.app.source}")
+            t0 = time.perf_counter()
+            with gitrepo.archive(self.app.source, sha) as context:
+                image = self.engine.build(
+                    context,
+                    tag=self.build_tag(sha),
+                    dockerfile=self.app.dockerfile,
+                    buildargs={**self.app.build_args, "GIT_SHA": sha},
+                    timeout_s=self.settings.build_timeout_s,
+                )
+            step.changed(image_id=image.id, tag=self.build_tag(sha))
         return Build(image, self.build_tag(sha), time.perf_counter() - t0)
 
     def publish(self, env: str, image_id: str, revision: str) -> Published:
         """Move the human-readable tags operators know (``<app>:<env>``, and ``:latest`` for prod) and,
         with a registry, push the image and move the same tag there; return the immutable pin."""
-        self.engine.tag(image_id, self.app.name, env)
-        if env == PROD:
-            self.engine.tag(image_id, self.app.name, "latest")
+        with self.steps.step(f"{env}_tag", env) as step:
+            tags = [env, "latest"] if env == PROD else [env]
+            before = {}
+            for tag in tags:
+                found = self.engine.image(f"{self.app.name}:{tag}")
+                before[f"{self.app.name}:{tag}"] = found.id if found else None
+                self.engine.tag(image_id, self.app.name, tag)
+            step.changed(image_id=image_id, tags_before=before)
         if self._registry is None:
             return Published(image_id, image_id)
+        with self.steps.step(f"{env}_push", env) as step:
+            published = self._push(env, image_id, revision)
+            step.changed(image_id=image_id, digest=published.digest)
+        return published
+
+    def _push(self, env: str, image_id: str, revision: str) -> Published:
+        assert self._registry is not None
         repo = self._registry.repository(self.app.name)
         digest = self._pushed.get(image_id)
         if digest is None:
             self.engine.tag(image_id, repo, revision)
-            digest = self.engine.push(repo, revision)
+            digest = self.engine.push(repo, revision, timeout_s=self.settings.push_timeout_s)
             self._pushed[image_id] = digest
         moving = "latest" if env == PROD else STAGING
         try:
@@ -180,15 +210,18 @@ class Deployer:
             if not exc.needs_credentials:
                 raise DockerError(exc.message) from None
             self.engine.tag(image_id, repo, moving)  # credentials live with the engine: push the tag
-            self.engine.push(repo, moving)
+            self.engine.push(repo, moving, timeout_s=self.settings.push_timeout_s)
         return Published(image_id, f"{repo}@{digest}", f"{repo}@{digest}")
 
     def unpublish(self, env: str) -> list[str]:
         """Undo ``publish`` for an environment left with no release: no human-readable tag may keep
         naming an image that failed (compose services and people run ``:latest``). Returns what remains
         that could not be undone."""
-        for tag in (env, "latest") if env == PROD else (env,):
-            self.engine.remove_image(f"{self.app.name}:{tag}")
+        with self.steps.step(f"{env}_untag", env) as step:
+            removed = [f"{self.app.name}:{tag}" for tag in ((env, "latest") if env == PROD else (env,))]
+            for ref in removed:
+                self.engine.remove_image(ref)
+            step.changed(removed=removed)
         if self._registry is None or env not in self._registry_before:
             return []
         moving = "latest" if env == PROD else STAGING
@@ -211,7 +244,10 @@ class Deployer:
         if not release.digest:
             return False
         try:
-            return self.engine.pull(release.digest).id == release.image_id
+            return (
+                self.engine.pull(release.digest, timeout_s=self.settings.pull_timeout_s).id
+                == release.image_id
+            )
         except DockerError:
             return False
 
@@ -226,9 +262,18 @@ class Deployer:
         self.pins[env] = published.ref
         try:
             if self.app.pin_digests:
-                self.compose.pin({self.app.service(e): ref for e, ref in self.pins.items()})
-            self.compose.up(service, pinned=self.app.pin_digests)
-            found = self.current(env)
+                with self.steps.step(f"{env}_pin", env) as step:
+                    pins = {self.app.service(e): ref for e, ref in self.pins.items()}
+                    self.compose.pin(pins)
+                    step.changed(override_file=str(self.compose.override_file), pins=pins)
+            with self.steps.step(f"{env}_up", env) as step:
+                before = self.current(env)
+                step.changed(container_before=before.id if before else None)
+                self.compose.up(service, pinned=self.app.pin_digests)
+                found = self.current(env)
+                step.changed(
+                    container_id=found.id if found else None, image_id=found.image_id if found else None
+                )
         except ComposeError as exc:
             raise DockerError(exc.message) from None
         if found is None:
@@ -244,7 +289,11 @@ class Deployer:
         """Replace the environment's container with one running ``image_id`` (by id, never by tag, so a
         tag moved by someone else between build and run cannot change what starts)."""
         name = self.container(env)
-        self.engine.remove_container(name)
+        with self.steps.step(f"{env}_stop", env) as step:
+            old = self.engine.container(name)
+            if old is not None:
+                step.changed(container_id=old.id, image_id=old.image_id, status=old.status)
+            self.engine.remove_container(name)
         port = self.port(env)
         if port_answers(port):
             # Otherwise the health check would be answered by whatever holds the port while our
@@ -253,6 +302,13 @@ class Deployer:
                 f"port {port} on {LOOPBACK} is already in use by something other than {name}: "
                 f"stop it or give {self.app.name} another {env}_port"
             )
+        with self.steps.step(f"{env}_start", env) as step:
+            started = self._start(env, name, image_id, run_id=run_id)
+            step.changed(container_id=started.id, image_id=started.image_id)
+        return started
+
+    def _start(self, env: str, name: str, image_id: str, *, run_id: int | None) -> ContainerInfo:
+        port = self.port(env)
         publish = None
         container_port = port
         if self.app.container_port is not None:
@@ -310,6 +366,25 @@ class Deployer:
             "pinned_ref": published.ref,
             "digest": published.digest,
         }
+        with self.steps.step(f"{env}_health", env) as step:
+            failure = self._check_started(env, container, image_id, details, published)
+            step.changed(healthy=failure is None, container_id=container.id)
+            if failure is not None:
+                step.fail(failure.reason)
+                return failure
+        details.update(container=container.name, container_id=container.id)
+        return Deployed(
+            True,
+            f"{container.name} healthy on port {self.port(env)}",
+            details,
+            published,
+            self.override_text(),
+        )
+
+    def _check_started(
+        self, env: str, container: ContainerInfo, image_id: str, details: dict[str, Any], published: Published
+    ) -> Deployed | None:
+        """None when our container, running ``image_id``, is what answers the health check."""
         report = self.wait_healthy(env, container.id)
         details["health"] = report.details()
         if not report.healthy:
@@ -332,14 +407,7 @@ class Deployer:
                 {**details, "running_image_id": now.image_id, "container_id": now.id},
                 published,
             )
-        details.update(container=container.name, container_id=container.id)
-        return Deployed(
-            True,
-            f"{container.name} healthy on port {self.port(env)}",
-            details,
-            published,
-            self.override_text(),
-        )
+        return None
 
     def redeploy(self, env: str, release: PreviousRelease, *, run_id: int | None) -> Deployed:
         """Put ``env`` back on a recorded release and verify what runs: the rollback path."""
@@ -397,26 +465,45 @@ class Deployer:
         ]
         if self.app.version_path:
             cmd += ["--version-path", self.app.version_path]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        except subprocess.TimeoutExpired as exc:
-            return StagingCheck(
-                False, -1, f"staging check timed out after 120 s: {exc.output or ''}", tuple(cmd)
-            )
-        output = (proc.stdout + proc.stderr).strip()
+        limit = self.settings.staging_check_timeout_s
+        with self.steps.step("staging_check", STAGING) as step:
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+            except subprocess.TimeoutExpired:
+                # A check that never answers says nothing about the commit: infrastructure, exit 4.
+                raise StepTimeout(
+                    f"staging check did not finish within {limit:g} s (ORCH_STAGING_CHECK_TIMEOUT_S)"
+                ) from None
+            output = (proc.stdout + proc.stderr).strip()
+            step.changed(exit_code=proc.returncode)
+            if proc.returncode != 0:
+                step.fail(f"exit {proc.returncode}")
         return StagingCheck(proc.returncode == 0, proc.returncode, output[-2000:], tuple(cmd))
 
     def verify_image(self, image_id: str, sha: str) -> verify.Check:
         """Safety layer: the image tagged <app>:<sha> is the one just built and carries the full sha."""
-        tagged = self.engine.image(self.build_tag(sha))
-        return verify.all_of(
-            verify.same_image(image_id, tagged.id if tagged else None, self.build_tag(sha)),
-            verify.revision_label(tagged.labels if tagged else None, sha),
-        )
+        with self.steps.step("image_guard") as step:
+            tagged = self.engine.image(self.build_tag(sha))
+            check = verify.all_of(
+                verify.same_image(image_id, tagged.id if tagged else None, self.build_tag(sha)),
+                verify.revision_label(tagged.labels if tagged else None, sha),
+            )
+            step.changed(image_id=image_id, ok=check.ok)
+            if not check.ok:
+                step.fail(check.reason)
+        return check
 
     def verify_running(self, env: str, image_id: str, sha: str) -> verify.Check:
         """What really runs, not what we asked for: the environment's container runs ``image_id``, that
         image carries the sha, and (for apps that serve it) the revision it reports is the sha."""
+        with self.steps.step(f"{env}_verify", env) as step:
+            check = self._verify_running(env, image_id, sha)
+            step.changed(image_id=image_id, ok=check.ok)
+            if not check.ok:
+                step.fail(check.reason)
+        return check
+
+    def _verify_running(self, env: str, image_id: str, sha: str) -> verify.Check:
         found = self.current(env)
         if found is None or not found.running:
             status = found.status if found else "missing"
@@ -444,11 +531,14 @@ class Deployer:
 
     def stop(self, env: str) -> bool:
         """Take ``env`` down (no release to fall back to); True when something was removed."""
-        if self.compose is None:
-            return self.engine.remove_container(self.container(env))
-        existed = self.current(env) is not None
-        try:
-            self.compose.remove(self.app.service(env), pinned=self.app.pin_digests)
-        except ComposeError as exc:
-            raise DockerError(exc.message) from None
-        return existed
+        with self.steps.step(f"{env}_stop", env) as step:
+            found = self.current(env)
+            if found is not None:
+                step.changed(container_id=found.id, image_id=found.image_id, status=found.status)
+            if self.compose is None:
+                return self.engine.remove_container(self.container(env))
+            try:
+                self.compose.remove(self.app.service(env), pinned=self.app.pin_digests)
+            except ComposeError as exc:
+                raise DockerError(exc.message) from None
+            return found is not None

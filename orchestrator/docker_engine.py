@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -18,10 +19,19 @@ from typing import IO, Any
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
-from orchestrator.errors import InfraUnavailable
+from orchestrator.errors import InfraUnavailable, StepTimeout
 
-_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)
+# A streamed answer (build, push, pull) is read through urllib3 directly, so its read timeouts and broken
+# connections arrive as urllib3's exceptions, not requests' wrappers.
+_TIMEOUTS = (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
+_UNREACHABLE = (
+    requests.exceptions.ConnectionError,
+    urllib3.exceptions.ProtocolError,
+    ConnectionError,
+    *_TIMEOUTS,
+)
 
 
 class DockerError(Exception):
@@ -70,6 +80,98 @@ def _translated(what: str) -> Iterator[None]:
         raise  # callers that look things up turn "not found" into None
     except docker.errors.APIError as exc:
         raise DockerError(f"{what}: {exc.explanation or exc}") from None
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """One step's time limit, e.g. the build of shop:abc may take ORCH_BUILD_TIMEOUT_S seconds."""
+
+    what: str
+    timeout_s: float
+    setting: str
+    started: float = field(default_factory=time.monotonic)
+
+    def remaining(self) -> float:
+        return self.timeout_s - (time.monotonic() - self.started)
+
+    def exceeded(self, **details: Any) -> StepTimeout:
+        return StepTimeout(
+            f"{self.what} did not finish within {self.timeout_s:g} s ({self.setting})",
+            details={"timeout_s": self.timeout_s, "setting": self.setting, **details},
+        )
+
+
+class _OneRequest:
+    """A view of the SDK's APIClient for one streamed call (build, push or pull) under a deadline.
+
+    Everything is the shared client's (connection pool, API version, auth), except the one HTTP request
+    the call makes: it gets this call's read timeout (the step's remaining time, or the SDK's own timeout
+    when that is shorter), and its response is kept, to tighten the socket's timeout to what is left after
+    every chunk and to close it at the end. Closing matters: the engine cancels a build or pull when its
+    client goes away (the build container is killed and removed, the registry request aborted).
+
+    Why a view and not the obvious alternatives: setting ``client.api.timeout`` would change the limit for
+    every other thread using the same engine; a fresh APIClient would have to rebuild the transport
+    (DOCKER_HOST, TLS, ssh) from scratch; and the SDK's ``pull`` passes ``timeout=None`` explicitly, so
+    only the request itself can carry a limit. The view is private to one call and the timeouts it sets
+    are on the one pooled connection that call has checked out (urllib3 resets them when the connection
+    is reused), so concurrent steps on one engine never see each other's limits.
+    """
+
+    def __init__(self, api: Any, deadline: _Deadline | None) -> None:
+        self._api = api
+        self._deadline = deadline
+        self._sockets: list[Any] = []
+        self._default: float | None = None
+        self.response: Any = None
+        # Whether the timeout armed last is the step's deadline (a read timeout then means "too slow",
+        # StepTimeout) rather than the SDK's usual one (the engine stopped answering, InfraUnavailable).
+        self.deadline_armed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def _post(self, url: str, **kwargs: Any) -> Any:
+        self._default = kwargs.get("timeout", self._api.timeout)
+        kwargs["timeout"] = self._read_timeout()
+        self.response = self._api._post(url, **kwargs)
+        if self.response.ok and kwargs.get("stream"):
+            with contextlib.suppress(AttributeError, TypeError):  # a transport without a plain socket
+                raw = self._api._get_raw_response_socket(self.response)
+                self._sockets = [s for s in (raw, getattr(raw, "_sock", None)) if hasattr(s, "settimeout")]
+        return self.response
+
+    def _post_json(self, url: str, data: Any, **kwargs: Any) -> Any:
+        return docker.APIClient._post_json(self, url, data, **kwargs)  # so that it posts through _post
+
+    def _read_timeout(self) -> float | None:
+        if self._deadline is None:
+            return self._default
+        remaining = self._deadline.remaining()
+        if remaining <= 0:
+            raise self._deadline.exceeded()
+        self.deadline_armed = self._default is None or remaining <= self._default
+        return remaining if self.deadline_armed else self._default
+
+    def rearm(self) -> None:
+        """Between chunks: past the deadline is StepTimeout; otherwise the next wait may last only what
+        is left, so a step that goes silent just before its deadline does not get a second allowance."""
+        if self._deadline is None:
+            return
+        timeout = self._read_timeout()
+        for sock in self._sockets:
+            sock.settimeout(timeout)
+
+    def close(self) -> None:
+        if self.response is not None:
+            self.response.close()
+
+
+def _log_tail(log: list[str] | None, lines: int = 20) -> dict[str, str]:
+    """The end of a build log for a StepTimeout's details: which step was running when time ran out."""
+    if not log:
+        return {}
+    return {"log_tail": "".join("".join(log).splitlines(keepends=True)[-lines:])}
 
 
 def _image(obj: Any) -> ImageInfo:
@@ -135,13 +237,33 @@ class DockerEngine:
         dockerfile: str = "Dockerfile",
         buildargs: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
     ) -> ImageInfo:
         """Build from a tar stream (never a directory on disk: the caller decides exactly what goes in).
-        A failed build raises DockerError carrying the build log as evidence."""
+        A failed build raises DockerError carrying the build log as evidence.
+
+        ``timeout_s`` bounds the whole build, output or not (a ``RUN`` that sleeps prints nothing):
+        past it, the build is cancelled (the engine kills and removes the step's container; no image is
+        tagged) and StepTimeout is raised, with the end of the log in its details."""
         log: list[str] = []
         image_id: str | None = None
-        try:
-            stream: Iterable[dict[str, Any]] = self._client.api.build(
+        deadline = (
+            None if timeout_s is None else _Deadline(f"build of {tag}", timeout_s, "ORCH_BUILD_TIMEOUT_S")
+        )
+
+        def read(chunk: dict[str, Any]) -> None:
+            nonlocal image_id
+            if "stream" in chunk:
+                log.append(chunk["stream"])
+            if "error" in chunk:
+                raise DockerError(f"build of {tag} failed: {chunk['error'].strip()}", log="".join(log))
+            aux = chunk.get("aux") or {}
+            if "ID" in aux:
+                image_id = aux["ID"]
+
+        def request(api: Any) -> Iterable[dict[str, Any]]:
+            return docker.APIClient.build(
+                api,
                 fileobj=context,
                 custom_context=True,
                 tag=tag,
@@ -153,14 +275,9 @@ class DockerEngine:
                 decode=True,
                 pull=False,
             )
-            for chunk in stream:
-                if "stream" in chunk:
-                    log.append(chunk["stream"])
-                if "error" in chunk:
-                    raise DockerError(f"build of {tag} failed: {chunk['error'].strip()}", log="".join(log))
-                aux = chunk.get("aux") or {}
-                if "ID" in aux:
-                    image_id = aux["ID"]
+
+        try:
+            self._stream(deadline, request, read, log=log)
         except _UNREACHABLE as exc:
             raise InfraUnavailable(f"Docker engine stopped answering during build of {tag}: {exc}") from None
         except docker.errors.APIError as exc:
@@ -169,6 +286,32 @@ class DockerEngine:
         if found is None:
             raise DockerError(f"build of {tag} reported success but produced no image", log="".join(log))
         return found
+
+    def _stream(
+        self,
+        deadline: _Deadline | None,
+        request: Callable[[Any], Iterable[dict[str, Any]]],
+        read: Callable[[dict[str, Any]], None],
+        *,
+        log: list[str] | None = None,
+    ) -> None:
+        """Run one streamed SDK call (``request`` gets the APIClient to call it on) and hand each decoded
+        chunk to ``read``, under ``deadline``. The response is always closed: on a timeout that is what
+        makes the engine stop the work."""
+        call = _OneRequest(self._client.api, deadline)
+        try:
+            for chunk in request(call):
+                read(chunk)
+                call.rearm()
+        except _TIMEOUTS:
+            if deadline is not None and call.deadline_armed:
+                raise deadline.exceeded(**_log_tail(log)) from None
+            raise
+        except StepTimeout as exc:
+            exc.details.update(_log_tail(log))
+            raise
+        finally:
+            call.close()
 
     def image(self, ref: str) -> ImageInfo | None:
         try:
@@ -192,30 +335,59 @@ class DockerEngine:
         with contextlib.suppress(docker.errors.ImageNotFound):
             self._call(f"remove image {ref}", self._client.images.remove, ref, force=force, noprune=False)
 
-    def push(self, repository: str, tag: str) -> str:
-        """Push ``repository:tag``; returns the registry's manifest digest ('sha256:...')."""
+    def push(self, repository: str, tag: str, *, timeout_s: float | None = None) -> str:
+        """Push ``repository:tag``; returns the registry's manifest digest ('sha256:...').
+
+        Past ``timeout_s`` the push is abandoned (its connection closed) and StepTimeout is raised."""
         digest: str | None = None
-        with _translated(f"push of {repository}:{tag}"):
-            for chunk in self._client.api.push(repository, tag=tag, stream=True, decode=True):
-                if "error" in chunk:
-                    raise DockerError(f"push of {repository}:{tag} failed: {chunk['error'].strip()}")
-                aux = chunk.get("aux") or {}
-                digest = aux.get("Digest", digest)
+        what = f"push of {repository}:{tag}"
+        deadline = None if timeout_s is None else _Deadline(what, timeout_s, "ORCH_PUSH_TIMEOUT_S")
+
+        def read(chunk: dict[str, Any]) -> None:
+            nonlocal digest
+            if "error" in chunk:
+                raise DockerError(f"{what} failed: {chunk['error'].strip()}")
+            aux = chunk.get("aux") or {}
+            digest = aux.get("Digest", digest)
+
+        with _translated(what):
+            self._stream(
+                deadline,
+                lambda api: docker.APIClient.push(api, repository, tag=tag, stream=True, decode=True),
+                read,
+            )
         if not digest:
-            raise DockerError(f"push of {repository}:{tag} reported no digest")
+            raise DockerError(f"{what} reported no digest")
         return digest
 
-    def pull(self, reference: str) -> ImageInfo:
-        """Pull ``repo@sha256:...`` (or repo:tag) and return the local image."""
+    def pull(self, reference: str, *, timeout_s: float | None = None) -> ImageInfo:
+        """Pull ``repo@sha256:...`` (or repo:tag) and return the local image.
+
+        Past ``timeout_s`` the pull is abandoned (the engine cancels it when the connection closes) and
+        StepTimeout is raised. The engine answers nothing until the registry does, so the limit covers
+        the wait for the first byte too."""
         repository, sep, digest = reference.partition("@")
+        what = f"pull of {reference}"
+        deadline = None if timeout_s is None else _Deadline(what, timeout_s, "ORCH_PULL_TIMEOUT_S")
+
+        def read(chunk: dict[str, Any]) -> None:
+            if "error" in chunk:
+                raise DockerError(f"{what} failed: {chunk['error'].strip()}")
+
         try:
-            with _translated(f"pull of {reference}"):
-                self._client.api.pull(repository, tag=digest if sep else None, stream=False)
+            with _translated(what):
+                self._stream(
+                    deadline,
+                    lambda api: docker.APIClient.pull(
+                        api, repository, tag=digest if sep else None, stream=True, decode=True
+                    ),
+                    read,
+                )
         except docker.errors.NotFound as exc:  # for a pull, "not found" is a refusal, not a lookup miss
-            raise DockerError(f"pull of {reference} failed: {exc.explanation or exc}") from None
+            raise DockerError(f"{what} failed: {exc.explanation or exc}") from None
         found = self.image(reference)
         if found is None:
-            raise DockerError(f"pull of {reference} reported success but no image is there")
+            raise DockerError(f"{what} reported success but no image is there")
         return found
 
     # containers -----------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ class State(StrEnum):
     DEVELOPMENT = "development"
     DEPLOY_STAGING = "deploy-staging"
     DEPLOY = "deploy"
+    # Terminal: a newer run of the same app overtook this one while it waited for an environment.
+    SUPERSEDED = "superseded"
 
     @classmethod
     def parse(cls, raw: str) -> State:
@@ -53,6 +55,13 @@ EDGES: tuple[Edge, ...] = (TO_STAGING, TO_PROD)
 STAGING = "staging"
 PROD = "prod"
 ENVIRONMENTS = (STAGING, PROD)
+
+
+def parse_environment(raw: str) -> str:
+    if raw not in ENVIRONMENTS:
+        raise BadInput(f"unknown environment {raw!r} (environments: {', '.join(ENVIRONMENTS)})")
+    return raw
+
 
 # Environments an edge may touch, so two runs never build or swap the same environment at once.
 # The prod edge rebuilds staging before it promotes, so it holds both.

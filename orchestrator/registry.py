@@ -5,26 +5,45 @@ for a fleet: the deploy side only learns of it by pulling. That is exactly why a
 ``docker compose up -d`` can be a silent no-op, and why pinned deploys use the digest instead.
 Loopback registries are spoken to over HTTP (Docker trusts them without TLS), all others over HTTPS.
 Registries that want credentials answer 401/403 here; callers then fall back to tag-and-push.
+
+A tag move reads a manifest and writes it back under another name, so whatever the read returns is
+what every later ``pull <repo>:latest`` runs. Two rules keep that the manifest we pushed:
+
+- **No redirects, at all.** A registry serves manifests itself (only blobs are handed off to storage
+  backends), so a redirect on a manifest request is a misconfiguration or an attack: followed, it
+  could fetch the manifest from another host, or downgrade https to http so anyone on the path
+  chooses it. Allowing "same-host only" would still let a proxy bounce us to another repository's
+  manifest on that host; refusing every redirect is simpler to reason about and loses nothing a
+  registry needs.
+- **The bytes must hash to the digest asked for.** The digest is content addressing: before the
+  manifest is written under a tag its sha256 (or sha512) is checked against the requested digest, so
+  a registry or proxy that answers with other bytes cannot move the tag to an image nobody built.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-_MANIFEST_TYPES = ", ".join(
-    (
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-    )
+_MANIFEST_TYPE_LIST = (
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
 )
+_MANIFEST_TYPES = ", ".join(_MANIFEST_TYPE_LIST)
+# The algorithms a registry addresses content with; the hex length is fixed by the algorithm.
+_DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 
 
 class RegistryError(Exception):
+    """``status`` is the HTTP status of the answer that was refused (a 3xx redirect, a 200 whose
+    manifest failed its digest check, a 4xx/5xx); None only when the registry could not be reached."""
+
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -33,6 +52,16 @@ class RegistryError(Exception):
     @property
     def needs_credentials(self) -> bool:
         return self.status in (401, 403)
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Returning None makes urllib raise the 3xx as an HTTPError instead of following it."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        return None
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 
 def split(registry: str) -> tuple[str, str]:
@@ -52,6 +81,14 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def manifest_matches(digest: str, body: bytes) -> bool:
+    """Whether ``body`` is the content ``digest`` addresses (``sha256:<hex>`` or ``sha512:<hex>``)."""
+    if not _DIGEST.match(digest):
+        return False
+    algorithm, _, expected = digest.partition(":")
+    return hashlib.new(algorithm, body).hexdigest() == expected
 
 
 @dataclass(frozen=True)
@@ -75,9 +112,17 @@ class Registry:
 
     def _open(self, req: urllib.request.Request, what: str) -> tuple[int, dict[str, str], bytes]:
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with _OPENER.open(req, timeout=30) as resp:
                 return resp.status, dict(resp.headers.items()), resp.read()
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                location = exc.headers.get("Location", "?") if exc.headers else "?"
+                raise RegistryError(
+                    f"{what}: registry {self.host} answered HTTP {exc.code} redirecting to {location}; "
+                    "refused: a registry serves manifests itself, and following a redirect could fetch "
+                    "them from another host or over plain http. Check the registry address",
+                    status=exc.code,
+                ) from None
             body = exc.read(300).decode(errors="replace") if exc.fp else ""
             raise RegistryError(f"{what}: HTTP {exc.code} {body.strip()}", status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
@@ -95,12 +140,32 @@ class Registry:
         return headers.get("Docker-Content-Digest")
 
     def retag(self, app: str, digest: str, tag: str) -> None:
-        """Point ``tag`` at the manifest ``digest`` inside the registry, without any local image."""
+        """Point ``tag`` at the manifest ``digest`` inside the registry, without any local image.
+
+        Nothing is written unless the manifest read back is exactly the content ``digest`` names."""
         what = f"move {self._path(app)}:{tag} to {digest[:19]}"
-        _, headers, body = self._open(
+        if not _DIGEST.match(digest):
+            # Also keeps the digest from reshaping the URL ('../', '?').
+            raise RegistryError(f"{what}: {digest!r} is not a sha256/sha512 content digest")
+        status, headers, body = self._open(
             urllib.request.Request(self._url(app, digest), headers={"Accept": _MANIFEST_TYPES}), what
         )
-        content_type = headers.get("Content-Type", "application/vnd.docker.distribution.manifest.v2+json")
+        if not manifest_matches(digest, body):
+            algorithm = digest.partition(":")[0]
+            got = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
+            raise RegistryError(
+                f"{what}: registry {self.host} answered {self._path(app)}@{digest} with a manifest whose "
+                f"content is {got}; refused to write it under {tag!r} (the registry, or something "
+                "between us and it, serves content other than what was pushed)",
+                status=status,
+            )
+        content_type = headers.get("Content-Type", _MANIFEST_TYPE_LIST[0]).split(";", 1)[0].strip()
+        if content_type not in _MANIFEST_TYPE_LIST:
+            raise RegistryError(
+                f"{what}: registry {self.host} answered with Content-Type {content_type!r}, not an image "
+                "manifest; refused",
+                status=status,
+            )
         put = urllib.request.Request(
             self._url(app, tag), data=body, method="PUT", headers={"Content-Type": content_type}
         )

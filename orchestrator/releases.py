@@ -7,6 +7,7 @@ like a promotion; status compares what runs with the last recorded release and n
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,18 +18,15 @@ from orchestrator.deploy import Deployer, preflight
 from orchestrator.docker_engine import DockerEngine
 from orchestrator.errors import BadInput, Conflict, GateFailed
 from orchestrator.gates import ReleaseIntent
+from orchestrator.holder import Holder
+from orchestrator.lifecycle import Heartbeat
 from orchestrator.logging import get_logger
-from orchestrator.machine import ENVIRONMENTS
-from orchestrator.service import parse_actor, record_release
-from orchestrator.store.repository import ReleaseRecord, Store
+from orchestrator.machine import ENVIRONMENTS, parse_environment
+from orchestrator.records import record_release
+from orchestrator.service import RunService, parse_actor
+from orchestrator.store.repository import OPERATOR_LOCK, ReleaseRecord, Store
 
 EngineFactory = Callable[[], DockerEngine]
-
-
-def parse_environment(raw: str) -> str:
-    if raw not in ENVIRONMENTS:
-        raise BadInput(f"unknown environment {raw!r} (environments: {', '.join(ENVIRONMENTS)})")
-    return raw
 
 
 def latest_releases(store: Store, app: str) -> dict[str, ReleaseRecord | None]:
@@ -59,8 +57,31 @@ class RollbackResult:
         }
 
 
-def choose_target(history: list[ReleaseRecord], to: int | None, app: str, env: str) -> ReleaseRecord:
-    """The named release, or the newest one that runs a different image than the current release."""
+def _runs(deployer: Deployer, env: str, history: list[ReleaseRecord]) -> bool:
+    """Whether ``env`` really runs its latest recorded release (running, that image, verified)."""
+    if not history:
+        return False
+    found = deployer.current(env)
+    current = history[0]
+    return (
+        found is not None
+        and found.running
+        and found.image_id == current.image_id
+        and deployer.verify_running(env, current.image_id, current.revision).ok
+    )
+
+
+def choose_target(
+    history: list[ReleaseRecord],
+    to: int | None,
+    app: str,
+    env: str,
+    *,
+    runs_current: Callable[[], bool] = lambda: True,
+) -> ReleaseRecord:
+    """The named release, or the newest one that runs a different image than the current release.
+    Naming the current release is allowed when the environment does not actually run it: that is a
+    repair, not a no-op."""
     if not history:
         raise Conflict(f"{app} has no release in {env}: nothing to roll back to")
     current = history[0]
@@ -72,7 +93,7 @@ def choose_target(history: list[ReleaseRecord], to: int | None, app: str, env: s
     named = next((r for r in history if r.id == to), None)
     if named is None:
         raise BadInput(f"release {to} is not a release of {app} in {env}")
-    if named.image_id == current.image_id:
+    if named.image_id == current.image_id and runs_current():
         raise Conflict(f"release {to} is the image {env} already runs (release {current.id}): nothing to do")
     return named
 
@@ -91,41 +112,53 @@ def rollback(
     app = config.app(app_name)
     env = parse_environment(env)
     actor = parse_actor(actor)
-    history = store.releases(app.name, env, limit=10_000)
-    target = choose_target(history, to, app.name, env)
-    current = history[0]
     preflight(app)
-    engine = engine_factory()
+    service = RunService(config, store, engine_factory)
     log = get_logger(app=app.name, environment=env, actor=actor)
-    try:
-        deployer = Deployer.from_releases(engine, app, config.settings, latest_releases(store, app.name))
-        if not deployer.ensure_image(target):
+    lease = config.settings.lock_lease_s
+    holder = f"rollback by {actor}"
+    me = Holder.me()
+    with service.engine() as engine:
+        # A runner that died mid-swap left this environment for recovery: reconcile it first, so the
+        # rollback starts from what really runs (rollback stays allowed while the line is frozen).
+        service.recover_environments(app.name, [env], actor, engine)
+        history = store.releases(app.name, env, limit=10_000)
+        latest = latest_releases(store, app.name)
+        # Connected only past the checks that need no engine (nothing to roll back to: exit 3).
+        deployer = functools.cache(lambda: Deployer.from_releases(engine.get(), app, config.settings, latest))
+        target = choose_target(
+            history, to, app.name, env, runs_current=lambda: _runs(deployer(), env, history)
+        )
+        current = history[0]
+        if not deployer().ensure_image(target):
             raise Conflict(
                 f"release {target.id}'s image {target.image_id[:19]} is gone (pruned"
                 + (", and the registry does not serve it)" if target.digest else ")")
                 + ": nothing changed"
             )
         why = reason or f"rollback to release {target.id} by {actor}"
-        with store.environment_lock(app.name, [env], holder=f"rollback by {actor}"):
-            log.info("rollback_started", from_release=current.id, to_release=target.id)
-            done = deployer.redeploy(env, target, run_id=None)
-            if not done.ok:
-                back = deployer.redeploy(env, current, run_id=None)
-                log.error("rollback_failed", reason=done.reason, restored=back.ok)
-                tail = (
-                    f"{env} restored to release {current.id}"
-                    if back.ok
-                    else f"restoring release {current.id} failed too: {back.reason}"
-                )
-                raise GateFailed(
-                    f"rollback of {app.name} {env} to release {target.id} failed: {done.reason}; {tail}",
-                    details={"rollback": done.details, "restore": back.details},
-                )
-            intent = ReleaseIntent.rollback(env, target, reason=why, override=done.override)
-            release = record_release(store, app, intent, run_id=target.run_id, transition_id=None)
-            log.info("rollback_finished", release=release.id)
-    finally:
-        engine.close()
+        store.acquire_locks(app.name, [env], holder=holder, kind=OPERATOR_LOCK, process=me, lease_s=lease)
+        try:
+            with Heartbeat(lambda: store.renew_locks(app.name, [env], me, lease), lease / 3, holder):
+                log.info("rollback_started", from_release=current.id, to_release=target.id)
+                done = deployer().redeploy(env, target, run_id=None)
+                if not done.ok:
+                    back = deployer().redeploy(env, current, run_id=None)
+                    log.error("rollback_failed", reason=done.reason, restored=back.ok)
+                    tail = (
+                        f"{env} restored to release {current.id}"
+                        if back.ok
+                        else f"restoring release {current.id} failed too: {back.reason}"
+                    )
+                    raise GateFailed(
+                        f"rollback of {app.name} {env} to release {target.id} failed: {done.reason}; {tail}",
+                        details={"rollback": done.details, "restore": back.details},
+                    )
+                intent = ReleaseIntent.rollback(env, target, reason=why, override=done.override)
+                release = record_release(store, app, intent, run_id=target.run_id, transition_id=None)
+                log.info("rollback_finished", release=release.id)
+        finally:
+            store.release_locks(app.name, [env], me)
     return RollbackResult(app.name, env, current, target, release, done.details)
 
 
@@ -225,6 +258,22 @@ def observe(deployer: Deployer, env: str) -> Observed:
     )
 
 
+def unfinished_notes(store: Store, app: str) -> dict[str, str]:
+    """Per environment, a note about an edge that stopped half-way there and awaits recovery."""
+    notes: dict[str, str] = {}
+    for t in store.unfinished_transitions(app):
+        how = "was interrupted" if t.outcome == "interrupted" else "is unfinished"
+        last = f" at step {t.steps[-1].name}" if t.steps else ""
+        note = (
+            f"transition {t.id} of run {t.run_id} ({t.from_state}->{t.to_state}) {how}{last}: "
+            f"'orchestrator recover {app}' reconciles it"
+        )
+        for lock in store.locks(app):
+            if lock.transition_id == t.id:
+                notes.setdefault(lock.environment, note)
+    return notes
+
+
 def status(
     config: Config, store: Store, engine_factory: EngineFactory, app_name: str | None
 ) -> list[EnvStatus]:
@@ -237,13 +286,15 @@ def status(
         for app in apps:
             latest = latest_releases(store, app.name)
             deployer = Deployer.from_releases(engine, app, config.settings, latest)
+            unfinished = unfinished_notes(store, app.name)
             for env, release in latest.items():
                 seen = observe(deployer, env)
-                found.append(
-                    EnvStatus(
-                        app.name, env, release, seen, compute_drift(release, seen, app=app.name, env=env)
-                    )
-                )
+                differences = compute_drift(release, seen, app=app.name, env=env)
+                if differences and env in unfinished:
+                    # The usual cause of drift right after a crash is the orchestrator itself, not a
+                    # person: say so before guessing "started by hand".
+                    differences.insert(0, unfinished[env])
+                found.append(EnvStatus(app.name, env, release, seen, differences))
         return found
     finally:
         engine.close()

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import getpass
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from orchestrator.compose import keep_anchor
-from orchestrator.config import AppConfig, Config
-from orchestrator.errors import BadInput, InfraUnavailable
+from orchestrator.config import AppConfig, Config, check_app_paths
+from orchestrator.errors import BadInput, Conflict, InfraUnavailable
 from orchestrator.gates import (
     FAILURE_REASON,
     Gate,
@@ -28,9 +29,21 @@ from orchestrator.gates import (
     run_compensations,
     run_gates,
 )
+from orchestrator.holder import Holder
+from orchestrator.lifecycle import Heartbeat, Interrupted, interruptible, signals_deferred
 from orchestrator.logging import get_logger
-from orchestrator.machine import EDGE_ENVIRONMENTS, ENVIRONMENTS, Edge, RunMachine, State
-from orchestrator.store.repository import ReleaseRecord, RunRecord, Store
+from orchestrator.machine import EDGE_ENVIRONMENTS, ENVIRONMENTS, PROD, STAGING, Edge, RunMachine, State
+from orchestrator.records import record_release
+from orchestrator.steps import StepLog, StepStatus
+from orchestrator.store.repository import (
+    LockHeld,
+    LockRecord,
+    RunRecord,
+    Store,
+    Superseded,
+    TransitionRecord,
+    UnfinishedTransition,
+)
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
@@ -48,6 +61,11 @@ _SHA = re.compile(r"^[0-9a-f]{40}$")
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 ABORTED = "aborted"
+# How often a waiting advance retries the lock: well under a second, so a freed environment is taken
+# at once rather than after a long back-off.
+LOCK_POLL_S = 0.2
+
+__all__ = ["ABORTED", "FAILED", "SUCCEEDED", "AdvanceResult", "RunService", "record_release"]
 
 
 def default_actor() -> str:
@@ -98,6 +116,60 @@ class AdvanceResult:
         }
 
 
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What `recover` found about one abandoned transition (or run-less lock) and what it did."""
+
+    app: str
+    transition_id: int | None
+    run_id: int | None
+    found: str
+    outcome: str
+    reason: str
+    actions: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "transition_id": self.transition_id,
+            "run_id": self.run_id,
+            "found": self.found,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "actions": self.actions,
+        }
+
+
+class _Engine:
+    """The engine, connected on first use: recovery of a transition that never reached Docker needs none."""
+
+    def __init__(self, factory: Callable[[], DockerEngine]) -> None:
+        self._factory = factory
+        self._engine: DockerEngine | None = None
+
+    def get(self) -> DockerEngine:
+        if self._engine is None:
+            self._engine = self._factory()
+        return self._engine
+
+    @property
+    def connected(self) -> DockerEngine | None:
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+
+def _target_environment(edge: Edge) -> str:
+    return PROD if edge.dest == State.DEPLOY else STAGING
+
+
+def _edge_of(transition: TransitionRecord) -> Edge:
+    machine = RunMachine(State(transition.from_state))
+    return machine.edge_to(State(transition.to_state))
+
+
 class RunService:
     def __init__(
         self, config: Config, store: Store, engine_factory: Callable[[], DockerEngine] = connect_engine
@@ -106,31 +178,135 @@ class RunService:
         self.store = store
         self.engine_factory = engine_factory
 
+    @property
+    def lease_s(self) -> float:
+        return self.config.settings.lock_lease_s
+
+    @contextmanager
+    def engine(self) -> Iterator[_Engine]:
+        """An engine connected on first use and closed at the end, for operator actions."""
+        engine = _Engine(self.engine_factory)
+        try:
+            yield engine
+        finally:
+            engine.close()
+
     def start_run(self, app: str, sha: str, actor: str | None = None) -> RunRecord:
-        self.config.app(app)
-        run = self.store.create_run(app, parse_sha(sha), parse_actor(actor), State.DEVELOPMENT.value)
+        config = self.config.app(app)
+        sha, actor = parse_sha(sha), parse_actor(actor)
+        check_app_paths(config)
+        run = self.store.create_run(app, sha, actor, State.DEVELOPMENT.value)
         get_logger(run_id=run.id, app=run.app, sha=run.sha).info("run_started", actor=run.actor)
         return run
 
-    def advance(self, run_id: int, to: str, actor: str | None = None) -> AdvanceResult:
+    def refuse_if_frozen(self, app: str) -> None:
+        frozen = self.store.frozen(app)
+        if frozen is not None:
+            what = "" if frozen.app == "*" else f" {app}"
+            raise Conflict(
+                f"{frozen.describe()}: no run of {app} may advance until 'orchestrator unfreeze{what}'",
+                details={"freeze": frozen.as_dict()},
+            )
+
+    def advance(
+        self, run_id: int, to: str, actor: str | None = None, *, wait_s: float = 0.0
+    ) -> AdvanceResult:
         target = State.parse(to)
+        if wait_s < 0:
+            raise BadInput(f"--wait must be 0 or more seconds (got {wait_s:g})")
         run = self.store.get_run(run_id)
         machine = RunMachine(State(run.state))
         edge = machine.edge_to(target)
         app = self.config.app(run.app)
         actor = parse_actor(actor)
+        self.refuse_if_frozen(app.name)
 
         gates = gates_for(edge)
         from orchestrator.deploy import preflight
 
         preflight(app)
+        engine = _Engine(self.engine_factory)
         # Connect before anything is written: an engine that does not answer changes nothing at all.
-        engine = self.engine_factory() if any(g.needs_docker for g in gates) else None
+        if any(g.needs_docker for g in gates):
+            engine.get()
         try:
-            return self._advance(run, edge, machine, app, actor, gates, engine)
+            with (
+                structlog.contextvars.bound_contextvars(
+                    run_id=run.id, app=run.app, sha=run.sha, edge=edge.name
+                ),
+                interruptible(),
+            ):
+                transition_id = self._claim(run, edge, actor, engine, wait_s)
+                return self._advance(run, edge, machine, app, actor, gates, engine, transition_id)
         finally:
-            if engine is not None:
-                engine.close()
+            engine.close()
+
+    # claiming -------------------------------------------------------------------------------------
+
+    def _claim(self, run: RunRecord, edge: Edge, actor: str, engine: _Engine, wait_s: float) -> int:
+        """Take the run and its environments; recover whatever a dead holder left on the way; with
+        ``wait_s`` wait for a live holder, saying so, so that a newer waiting run supersedes us."""
+        log = get_logger()
+        target_env = _target_environment(edge)
+        deadline = time.monotonic() + wait_s
+        waiting_since: float | None = None
+        renewed = 0.0
+        try:
+            while True:
+                try:
+                    return self.store.begin_transition(
+                        run.id,
+                        edge.source.value,
+                        edge.dest.value,
+                        actor,
+                        EDGE_ENVIRONMENTS[edge],
+                        target_environment=target_env,
+                        holder=Holder.me(),
+                        lease_s=self.lease_s,
+                    )
+                except Superseded as exc:
+                    self.store.supersede(run.id, edge.source.value, edge.dest.value, actor, exc.message)
+                    log.warning("run_superseded", newer_run_id=exc.newer_run_id, reason=exc.message)
+                    raise
+                except (UnfinishedTransition, LockHeld) as exc:
+                    if isinstance(exc, UnfinishedTransition):
+                        if self._recover_if_abandoned(exc.transition, engine, actor):
+                            continue
+                    elif self._free_abandoned(exc.locks, engine, actor):
+                        continue
+                    now = time.monotonic()
+                    if now >= deadline:
+                        if waiting_since is not None:
+                            raise Conflict(
+                                f"{exc.message} (waited {now - waiting_since:.0f} s)", details=exc.details
+                            ) from None
+                        raise
+                    if waiting_since is None:
+                        waiting_since = now
+                        log.info("waiting_for_lock", holder=exc.message, wait_s=wait_s)
+                    if now - renewed > self.lease_s / 3:
+                        self.store.wait_for(run.app, target_env, run.id, self.lease_s)
+                        renewed = now
+                    time.sleep(min(LOCK_POLL_S, max(deadline - now, 0.01)))
+        finally:
+            if waiting_since is not None:
+                self.store.stop_waiting(run.app, target_env, run.id)
+
+    def _free_abandoned(self, locks: Sequence[LockRecord], engine: _Engine, actor: str) -> bool:
+        freed = False
+        for lock in locks:
+            if not lock.abandoned:
+                continue
+            if lock.transition_id is not None:
+                freed |= self._recover_if_abandoned(
+                    self.store.get_transition(lock.transition_id), engine, actor
+                )
+            else:
+                self._repair_after_operator(lock, engine, actor)
+                freed = True
+        return freed
+
+    # the edge -------------------------------------------------------------------------------------
 
     def _advance(
         self,
@@ -140,90 +316,332 @@ class RunService:
         app: AppConfig,
         actor: str,
         gates: list[type[Gate]],
-        engine: DockerEngine | None,
+        engine: _Engine,
+        transition_id: int,
     ) -> AdvanceResult:
-        with structlog.contextvars.bound_contextvars(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name):
-            log = get_logger()
-            previous = {env: self.store.latest_release(run.app, env) for env in ENVIRONMENTS}
-            transition_id = self.store.begin_transition(
-                run.id, edge.source.value, edge.dest.value, actor, EDGE_ENVIRONMENTS[edge]
-            )
-            log.info("transition_started", transition_id=transition_id, actor=actor)
-            ctx = GateContext(
-                run_id=run.id,
-                app=app,
-                sha=run.sha,
-                edge=edge,
-                settings=self.config.settings,
-                log=log,
-                engine=engine,
-                previous_releases=previous,
-            )
-            position = 0
+        log = get_logger()
+        log.info("transition_started", transition_id=transition_id, actor=actor)
+        previous = {env: self.store.latest_release(run.app, env) for env in ENVIRONMENTS}
+        position = 0
 
-            def record(result: GateResult) -> None:
-                nonlocal position
-                position += 1
-                self.store.record_gate_result(transition_id, position, result)
+        def record(result: GateResult) -> None:
+            nonlocal position
+            position += 1
+            self.store.record_gate_result(transition_id, position, result)
 
+        steps = self._step_log(transition_id)
+
+        def release_now(intent: ReleaseIntent) -> None:
+            with steps.step("record_release", intent.environment) as step:
+                release = record_release(self.store, app, intent, run_id=run.id, transition_id=transition_id)
+                step.changed(release_id=release.id, image_id=intent.image_id, kind=intent.kind)
+
+        ctx = GateContext(
+            run_id=run.id,
+            app=app,
+            sha=run.sha,
+            edge=edge,
+            settings=self.config.settings,
+            log=log,
+            engine=engine.connected,
+            previous_releases=previous,
+            steps=steps,
+            on_release=release_now,
+        )
+        heartbeat = Heartbeat(
+            lambda: self.store.renew_lease(transition_id, Holder.me(), self.lease_s),
+            self.lease_s / 3,
+            f"transition {transition_id}",
+        )
+        with heartbeat:
             try:
                 checks = run_gates(gates, ctx, record)
             except InfraUnavailable as exc:
-                # Nothing was decided about the commit: the run stays where it was. Side effects already
-                # made (tags moved, prod swapped) are still undone where the engine lets us.
-                reason = exc.message
-                if ctx.compensations:
-                    ctx.shared[FAILURE_REASON] = reason
-                    undone = run_compensations(ctx, record)
-                    reason += "".join(f"; {u.name}: {u.reason}" for u in undone)
-                self._record_releases(ctx, transition_id)
-                self.store.finish_transition(
-                    transition_id, outcome=ABORTED, reason=reason, result_state=edge.source.value
-                )
-                log.error("transition_aborted", reason=exc.message)
-                exc.details.update(run_id=run.id, transition_id=transition_id, state=edge.source.value)
+                message = self._abort(run, edge, app, engine, transition_id, exc.message, record, ctx)
+                log.error("transition_aborted", reason=message)
+                raise type(exc)(
+                    message,
+                    details={
+                        **exc.details,
+                        "run_id": run.id,
+                        "transition_id": transition_id,
+                        "state": edge.source.value,
+                    },
+                ) from None
+            except Interrupted as exc:
+                with signals_deferred():
+                    why = f"interrupted by {exc.signal_name}"
+                    message = self._abort(run, edge, app, engine, transition_id, why, record, ctx)
+                    log.error("transition_interrupted", reason=message, signal=exc.signal_name)
+                exc.args = (message,)
                 raise
 
-            blocking = next((c for c in checks if c.status.blocks), None)
-            if blocking is None:
-                outcome, reason, state = SUCCEEDED, None, machine.succeed(edge)
-            else:
-                reason = f"{blocking.name}: {blocking.reason}"
-                ctx.shared[FAILURE_REASON] = reason
+            # From here the verdict is in: a signal now must not leave it half-written.
+            with signals_deferred():
+                blocking = next((c for c in checks if c.status.blocks), None)
+                if blocking is None:
+                    outcome, reason, state = SUCCEEDED, None, machine.succeed(edge)
+                else:
+                    reason = f"{blocking.name}: {blocking.reason}"
+                    ctx.shared[FAILURE_REASON] = reason
+                    undone = run_compensations(ctx, record)
+                    checks += undone
+                    reason += "".join(f"; {u.name}: {u.reason}" for u in undone)
+                    outcome, state = FAILED, machine.fail()
+                    lost = next((u for u in undone if u.details.get("infrastructure")), None)
+                    if lost is not None:
+                        # The undo never reached the engine: prod may be down or half-restored. Closing
+                        # the transition would free its locks with nobody left to put prod back.
+                        message = self._leave_for_recovery(transition_id, edge, app, reason, lost.reason)
+                        log.error("transition_interrupted", reason=message)
+                        raise InfraUnavailable(
+                            message,
+                            details={
+                                "run_id": run.id,
+                                "transition_id": transition_id,
+                                "state": edge.source.value,
+                            },
+                        )
+                self.store.finish_transition(
+                    transition_id, outcome=outcome, reason=reason, result_state=state.value
+                )
+        log.info("transition_finished", outcome=outcome, reason=reason, state=state.value)
+        return AdvanceResult(
+            run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
+        )
+
+    def _step_log(self, transition_id: int, position: int = 0) -> StepLog:
+        def begin(pos: int, name: str, env: str | None) -> int:
+            return self.store.begin_step(transition_id, pos, name, env)
+
+        def finish(step_id: int, status: StepStatus, changes: dict[str, Any], error: str | None) -> None:
+            self.store.finish_step(step_id, status=status.value, changes=changes, error=error)
+
+        return StepLog(begin, finish, position=position)
+
+    def _abort(
+        self,
+        run: RunRecord,
+        edge: Edge,
+        app: AppConfig,
+        engine: _Engine,
+        transition_id: int,
+        why: str,
+        record: Callable[[GateResult], None],
+        ctx: GateContext,
+    ) -> str:
+        """The edge stopped without a verdict (engine gone, step timed out, signal): nothing is decided
+        about the commit, so put every environment it touched back as it was, then close the transition
+        with the run where it started. If the engine cannot be reached to do that, leave the transition
+        ``interrupted`` with its locks for `recover`, and say so."""
+        from orchestrator.recovery import Mode, Reconciler, touched
+
+        if ctx.compensations:
+            # The undos gates registered for their own side effects run first, as on a failed gate.
+            ctx.shared[FAILURE_REASON] = why
+            with signals_deferred():
                 undone = run_compensations(ctx, record)
-                checks += undone
-                reason += "".join(f"; {u.name}: {u.reason}" for u in undone)
-                outcome, state = FAILED, machine.fail()
-            self._record_releases(ctx, transition_id)
+            why += "".join(f"; {u.name}: {u.reason}" for u in undone)
+        transition = self.store.get_transition(transition_id)
+        envs = [env for env in EDGE_ENVIRONMENTS[edge] if touched(transition.steps, env)]
+        if not envs or engine.connected is None:
             self.store.finish_transition(
-                transition_id, outcome=outcome, reason=reason, result_state=state.value
+                transition_id, outcome=ABORTED, reason=why, result_state=edge.source.value
             )
-            log.info("transition_finished", outcome=outcome, reason=reason, state=state.value)
-            return AdvanceResult(
-                run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
+            return why
+        try:
+            outcome = Reconciler(
+                self.store,
+                engine.connected,
+                app,
+                self.config.settings,
+                transition,
+                run.sha,
+                ctx.steps,
+                record,
+            ).reconcile(Mode.UNDO, envs, reason=f"undo of transition {transition_id}: {why}")
+        except InfraUnavailable as exc:
+            return self._leave_for_recovery(transition_id, edge, app, why, exc.message)
+        reason = f"{why}; undone: {outcome.summary()}"
+        self.store.finish_transition(
+            transition_id, outcome=ABORTED, reason=reason, result_state=edge.source.value
+        )
+        return reason
+
+    def _leave_for_recovery(
+        self, transition_id: int, edge: Edge, app: AppConfig, why: str, cause: str
+    ) -> str:
+        """The engine went away before the edge's work could be undone: keep the transition (as
+        ``interrupted``) and its locks for `recover`, and say so."""
+        from orchestrator.recovery import touched
+
+        steps = self.store.get_transition(transition_id).steps
+        where = " and ".join(env for env in EDGE_ENVIRONMENTS[edge] if touched(steps, env))
+        message = (
+            f"{why}; {where or 'the environment'} may be down or half-changed: it stays locked for "
+            f"recovery, and 'orchestrator recover' (or the next advance or rollback of {app.name}) "
+            f"restores it once the engine answers ({cause})"
+        )
+        self.store.interrupt_transition(transition_id, message)
+        return message
+
+    # recovery -------------------------------------------------------------------------------------
+
+    def recover(self, app: str | None = None, actor: str | None = None) -> list[RecoveryReport]:
+        """Reconcile every abandoned transition and run-less lock (of ``app``) with the engine."""
+        if app is not None:
+            self.config.app(app)
+        actor = parse_actor(actor)
+        engine = _Engine(self.engine_factory)
+        reports: list[RecoveryReport] = []
+        try:
+            for transition in self.store.unfinished_transitions(app):
+                report = self._recover(transition, engine, actor)
+                if report is not None:
+                    reports.append(report)
+            for lock in self.store.locks(app):
+                if lock.run_id is None and lock.kind != "manual" and lock.abandoned:
+                    reports.append(self._repair_after_operator(lock, engine, actor))
+            for name in [app] if app is not None else sorted(self.config.apps):
+                try:
+                    reports.extend(self._restart_stopped(self.config.apps[name], engine, actor))
+                except InfraUnavailable as exc:
+                    if not reports:
+                        raise  # nothing was done at all: exit 4 says so
+                    # What was recovered above is recorded and must be reported, not lost to exit 4.
+                    note = f"stopped environments not checked: {exc.message}"
+                    reports.append(RecoveryReport(name, None, None, "engine unreachable", "skipped", note))
+        finally:
+            engine.close()
+        return reports
+
+    def _restart_stopped(self, app: AppConfig, engine: _Engine, actor: str) -> list[RecoveryReport]:
+        """An engine killed and restarted can leave even an ``unless-stopped`` container exited: an
+        environment whose latest release is not running at all is redeployed from that release (never
+        while someone holds its lock: that holder is changing it)."""
+        from orchestrator.deploy import Deployer
+        from orchestrator.recovery import repair_environment
+
+        latest = {env: self.store.latest_release(app.name, env) for env in ENVIRONMENTS}
+        if all(r is None for r in latest.values()):
+            return []
+        deployer = Deployer.from_releases(engine.get(), app, self.config.settings, latest)
+        locked = {lock.environment for lock in self.store.locks(app.name)}
+        reports: list[RecoveryReport] = []
+        for env, release in latest.items():
+            if release is None or env in locked:
+                continue
+            found = deployer.current(env)
+            if found is not None and found.running:
+                continue
+            seen = f"{app.name} {env} is {found.status if found else 'gone'}; release {release.id} should run"
+            note = repair_environment(self.store, engine.get(), app, self.config.settings, env)
+            self.store.record_event("repaired", actor, f"{seen}; {note}", app=app.name, environment=env)
+            reports.append(RecoveryReport(app.name, None, None, seen, "repaired", note))
+        return reports
+
+    def recover_environments(
+        self, app: str, environments: Sequence[str], actor: str, engine: _Engine
+    ) -> None:
+        """Before an operator action on ``environments``: recover what a dead holder left there."""
+        for lock in self.store.locks(app, environments):
+            if lock.abandoned:
+                self._free_abandoned([lock], engine, actor)
+
+    def _recover_if_abandoned(self, transition: TransitionRecord, engine: _Engine, actor: str) -> bool:
+        return self._recover(transition, engine, actor) is not None
+
+    def _recover(self, transition: TransitionRecord, engine: _Engine, actor: str) -> RecoveryReport | None:
+        from orchestrator.recovery import Mode, Reconciler, abandoned
+
+        if not abandoned(transition):
+            return None
+        run = self.store.get_run(transition.run_id)
+        if not self.store.claim_transition(
+            transition.id, transition.holder, Holder.me(), self.lease_s, actor
+        ):
+            return None  # another process is recovering it right now
+        found = self._what_happened(transition)
+        edge = _edge_of(transition)
+        log = get_logger(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name, transition_id=transition.id)
+        log.warning("recovering_transition", found=found)
+        transition = self.store.get_transition(transition.id)
+        position = len(transition.checks)
+
+        def record(result: GateResult) -> None:
+            nonlocal position
+            position += 1
+            self.store.record_gate_result(transition.id, position, result)
+
+        actions: dict[str, str] = {}
+        if not transition.steps:
+            outcome, state, summary = ABORTED, edge.source, "no step had started: nothing to undo"
+        else:
+            try:
+                app = self.config.app(run.app)
+                steps = self._step_log(transition.id, position=len(transition.steps))
+                with Heartbeat(
+                    lambda: self.store.renew_lease(transition.id, Holder.me(), self.lease_s),
+                    self.lease_s / 3,
+                    f"recovery of transition {transition.id}",
+                ):
+                    result = Reconciler(
+                        self.store,
+                        engine.get(),
+                        app,
+                        self.config.settings,
+                        transition,
+                        run.sha,
+                        steps,
+                        record,
+                    ).reconcile(
+                        Mode.RECOVER,
+                        EDGE_ENVIRONMENTS[edge],
+                        reason=f"recovery of transition {transition.id}",
+                    )
+            except (InfraUnavailable, BadInput) as exc:
+                self.store.interrupt_transition(transition.id, f"{found}; recovery failed: {exc.message}")
+                raise type(exc)(
+                    f"transition {transition.id} of run {run.id} ({found}) could not be recovered: "
+                    f"{exc.message}"
+                ) from None
+            actions = {env: a.value for env, a in result.actions.items()}
+            summary = result.summary()
+            outcome, state = (SUCCEEDED, edge.dest) if result.finished else (ABORTED, edge.source)
+        reason = f"{found}; recovered by {actor}: {summary}"
+        self.store.finish_transition(transition.id, outcome=outcome, reason=reason, result_state=state.value)
+        self.store.record_event(
+            "recovered",
+            actor,
+            reason,
+            app=run.app,
+            run_id=run.id,
+            transition_id=transition.id,
+            details=actions,
+        )
+        log.warning("transition_recovered", outcome=outcome, reason=reason)
+        return RecoveryReport(run.app, transition.id, run.id, found, outcome, reason, actions)
+
+    @staticmethod
+    def _what_happened(transition: TransitionRecord) -> str:
+        if transition.outcome == "interrupted":
+            return f"transition {transition.id} was interrupted ({transition.reason})"
+        last = transition.steps[-1] if transition.steps else None
+        where = f" during step {last.name} ({last.status})" if last else " before its first step"
+        who = transition.holder.describe() if transition.holder else "its runner"
+        return f"transition {transition.id}: {who} died{where}"
+
+    def _repair_after_operator(self, lock: LockRecord, engine: _Engine, actor: str) -> RecoveryReport:
+        """An operator action (rollback) died holding ``lock``: put the environment back on its latest
+        recorded release if it does not run it, then free the lock."""
+        from orchestrator.recovery import repair_environment
+
+        who = lock.process.describe() if lock.process else "its holder"
+        found = f"{lock.holder} ({who}) left {lock.app} {lock.environment} locked"
+        note = "app no longer configured: environment not checked"
+        if lock.app in self.config.apps:
+            note = repair_environment(
+                self.store, engine.get(), self.config.apps[lock.app], self.config.settings, lock.environment
             )
-
-    def _record_releases(self, ctx: GateContext, transition_id: int) -> None:
-        for intent in ctx.releases:
-            record_release(self.store, ctx.app, intent, run_id=ctx.run_id, transition_id=transition_id)
-        ctx.releases.clear()
-
-
-def record_release(
-    store: Store, app: AppConfig, intent: ReleaseIntent, *, run_id: int | None, transition_id: int | None
-) -> ReleaseRecord:
-    """Persist a release and, for compose apps, keep the override it applied as a rollback anchor."""
-    release = store.record_release(
-        app=app.name,
-        environment=intent.environment,
-        image_id=intent.image_id,
-        revision=intent.revision,
-        run_id=run_id,
-        transition_id=transition_id,
-        kind=intent.kind,
-        reason=intent.reason,
-        digest=intent.digest,
-    )
-    if intent.override is not None and app.override_file is not None:
-        keep_anchor(app.override_file, intent.environment, release.id, intent.override, app.keep_releases)
-    return release
+        self.store.delete_lock(lock.app, lock.environment, actor=actor, why=f"{found}; recovered: {note}")
+        return RecoveryReport(lock.app, None, None, found, "repaired", note)

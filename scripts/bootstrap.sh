@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Make this machine ready to run orchestrator and its tests: a Docker engine that answers, static
-# busybox for FROM-scratch test images, git, and the project installed in .venv.
+# busybox for FROM-scratch test images, git, the project installed in .venv, and (run directly, or
+# ensure_postgres from scripts/test.sh) a throwaway PostgreSQL 15 cluster for the suite's second pass.
 #
 # Idempotent and safe to run every time: each step checks before it acts. As root on Debian it installs
 # what is missing; otherwise it says exactly what is missing and how to get it, and exits non-zero.
 #
-# Usage: bash scripts/bootstrap.sh            (sourcing it also works: it defines no globals but ROOT)
+# Usage: bash scripts/bootstrap.sh            (sourcing it also works: it defines its settings and
+#                                              functions; `main` is what the demo needs, `ensure_postgres`
+#                                              what the tests add)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${ORCH_VENV:-$ROOT/.venv}"
 DOCKERD_LOG="${DOCKERD_LOG:-/var/log/orchestrator-dockerd.log}"
+# The tests' own PostgreSQL cluster: never the distribution's main cluster (5432, which something else
+# may own), loopback only, fsync off. Its data is disposable: the suite makes a database per test.
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_HOME="${ORCHESTRATOR_TEST_PG_HOME:-/var/lib/orchestrator-pg}"
+PG_PORT="${ORCHESTRATOR_TEST_PG_PORT:-55432}"
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 die() { printf '[bootstrap] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -90,7 +98,7 @@ ensure_docker() {
     if [ $((i % 20)) = 1 ] && ! live_dockerd_exists; then
       rm -f "$pidfile"
       say "starting dockerd (log: $DOCKERD_LOG)"
-      nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+      setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
     fi
     sleep 0.5
   done
@@ -134,6 +142,108 @@ ensure_registry() {
   command -v docker-registry >/dev/null || apt_install docker-registry
 }
 
+pg_answers() {
+  PGPASSWORD=orch PGCONNECT_TIMEOUT=5 "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U orch -d orch \
+    -XAtqc 'SELECT 1' >/dev/null 2>&1
+}
+
+# As the postgres user, from / (its home may not be ours to enter), over the cluster's private socket.
+as_postgres() { (cd / && runuser -u postgres -- "$@"); }
+pg_admin_sql() {
+  as_postgres "$PG_BIN/psql" -h "$PG_HOME/run" -p "$PG_PORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 "$@"
+}
+
+pg_init_cluster() {
+  local data="$PG_HOME/data"
+  say "creating the tests' PostgreSQL cluster in $data"
+  rm -rf "$data"
+  install -d -m 0700 -o postgres -g postgres "$PG_HOME" "$data" "$PG_HOME/run" "$PG_HOME/log"
+  as_postgres "$PG_BIN/initdb" -D "$data" -U postgres -E UTF8 --locale=C.UTF-8 \
+    --auth-local=peer --auth-host=scram-sha-256 >/dev/null
+  # Only the superuser over the private socket, and password logins over IPv4 loopback.
+  printf '%s\n' \
+    'local all postgres peer' \
+    'host  all all 127.0.0.1/32 scram-sha-256' >"$data/pg_hba.conf"
+  echo "include 'orchestrator.conf'" >>"$data/postgresql.conf"
+  chown postgres:postgres "$data/pg_hba.conf"
+}
+
+# The settings the tests rely on, rewritten on every start so that a change here reaches old clusters.
+pg_write_settings() {
+  cat >"$PG_HOME/data/orchestrator.conf" <<CONF
+# Written by scripts/bootstrap.sh: a throwaway cluster for the test suite, never for real data.
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_HOME/run'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+CONF
+  chown postgres:postgres "$PG_HOME/data/orchestrator.conf"
+}
+
+# A postmaster killed with the session leaves postmaster.pid (and its socket's lock file) behind; after
+# a restart the pid may belong to another process, and postgres refuses to start over it.
+pg_running() {
+  local pid
+  pid="$(head -n 1 "$PG_HOME/data/postmaster.pid" 2>/dev/null || true)"
+  [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$PG_HOME/data" \
+    && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
+
+pg_start() {
+  install -d -m 0700 -o postgres -g postgres "$PG_HOME/run" "$PG_HOME/log"
+  pg_write_settings
+  if pg_running; then
+    say "the tests' PostgreSQL is running but not answering yet; waiting"
+    "$PG_BIN/pg_isready" -q -h "$PG_HOME/run" -p "$PG_PORT" -t 60
+    return
+  fi
+  if [ -f "$PG_HOME/data/postmaster.pid" ]; then
+    say "removing stale $PG_HOME/data/postmaster.pid (no postgres of this cluster is running)"
+    rm -f "$PG_HOME/data/postmaster.pid" "$PG_HOME/run/.s.PGSQL.$PG_PORT.lock"
+  fi
+  # pg_ctl detaches the server (setsid), so it outlives this script; -w waits until it accepts connections.
+  as_postgres "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -l "$PG_HOME/log/postgresql.log" -w -t 60 start >/dev/null
+}
+
+pg_ensure_role() {
+  pg_admin_sql <<'SQL'
+SELECT 'CREATE ROLE orch' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'orch') \gexec
+ALTER ROLE orch LOGIN CREATEDB PASSWORD 'orch';
+SELECT 'CREATE DATABASE orch OWNER orch' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'orch') \gexec
+SQL
+}
+
+# The suite runs a second time against a real PostgreSQL 15 server: this one. Exports its URL as
+# ORCHESTRATOR_TEST_PG_URL (not ORCH_*: orchestrator itself rejects unknown ORCH_* variables).
+ensure_postgres() {
+  export ORCHESTRATOR_TEST_PG_URL="postgresql+psycopg://orch:orch@127.0.0.1:$PG_PORT/orch"
+  if [ -x "$PG_BIN/psql" ] && pg_answers; then
+    say "PostgreSQL for the tests: $ORCHESTRATOR_TEST_PG_URL"
+    return 0
+  fi
+  if [ ! -x "$PG_BIN/pg_ctl" ]; then
+    apt_install postgresql
+    [ -x "$PG_BIN/pg_ctl" ] || die "Debian's postgresql package did not bring PostgreSQL 15 ($PG_BIN/pg_ctl is missing)"
+  fi
+  is_root || die "the tests' PostgreSQL on 127.0.0.1:$PG_PORT is not running: run 'sudo bash scripts/bootstrap.sh'"
+  [ -f "$PG_HOME/data/PG_VERSION" ] || pg_init_cluster
+  if ! pg_start; then
+    # fsync is off: a machine that went down mid-write may leave a cluster that cannot start. Its data is
+    # disposable, so start over once rather than leave CI red.
+    tail -n 20 "$PG_HOME/log/postgresql.log" >&2 || true
+    say "the tests' PostgreSQL did not start (log above); recreating its cluster"
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -m immediate stop >/dev/null 2>&1 || true
+    pg_init_cluster
+    pg_start || die "PostgreSQL did not start on a new cluster (log: $PG_HOME/log/postgresql.log)"
+  fi
+  pg_ensure_role
+  pg_answers || die "PostgreSQL on 127.0.0.1:$PG_PORT started but refuses orch:orch (log: $PG_HOME/log/postgresql.log)"
+  say "PostgreSQL for the tests: $ORCHESTRATOR_TEST_PG_URL"
+}
+
 main() {
   ensure_tools
   ensure_docker
@@ -144,4 +254,5 @@ main() {
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   main "$@"
+  ensure_postgres
 fi

@@ -1,12 +1,31 @@
 #!/usr/bin/env bash
-# The test command: prepares the machine (scripts/bootstrap.sh), checks style, runs the whole suite
-# against the real Docker engine. Extra arguments go to pytest (e.g. -k, -x, tests/unit).
+# The test command: prepares the machine (scripts/bootstrap.sh, including the tests' PostgreSQL), checks
+# style, then runs the whole suite twice against the real Docker engine: on SQLite, then on PostgreSQL.
+# Both must pass. Extra arguments go to both pytest runs (e.g. -k, -x, tests/unit).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=bootstrap.sh
 source "$ROOT/scripts/bootstrap.sh"
 main
+ensure_postgres
 cd "$ROOT"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
-exec "$VENV/bin/pytest" "$@"
+
+header() { printf '\n======== %s ========\n' "$*"; }
+
+# Each database gets the whole suite even if the other failed: a red PostgreSQL run says nothing about
+# SQLite, and the reader should see both verdicts.
+declare -A verdict
+for db in sqlite postgresql; do
+  header "pytest on ${db} ($([ "$db" = sqlite ] && echo "a file per test" || echo "$ORCHESTRATOR_TEST_PG_URL"))"
+  started=$SECONDS
+  rc=0
+  "$VENV/bin/pytest" --db="$db" "$@" || rc=$?
+  verdict[$db]="exit $rc in $((SECONDS - started)) s"
+  [ "$rc" = 0 ] || failed=1
+done
+
+header "summary"
+printf 'sqlite:     %s\npostgresql: %s\n' "${verdict[sqlite]}" "${verdict[postgresql]}"
+exit "${failed:-0}"

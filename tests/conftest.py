@@ -1,8 +1,12 @@
-"""Shared fixtures: a real git repository, an isolated workspace (config + SQLite), the real CLI.
+"""Shared fixtures: a real git repository, an isolated workspace (config + database), the real CLI.
 
-Everything here is real (git, SQLite, click, Alembic); only the machine's environment is fenced off so
-that an ORCH_* variable exported on a developer's shell or a CI runner can never change what a test
-sees.
+Everything here is real (git, SQLite or PostgreSQL, click, Alembic); only the machine's environment is
+fenced off so that an ORCH_* variable exported on a developer's shell or a CI runner can never change
+what a test sees.
+
+``--db=postgresql`` runs the suite against a real PostgreSQL server (ORCHESTRATOR_TEST_PG_URL, default
+the cluster scripts/bootstrap.sh starts): every ``workspace`` then gets a database of its own, created
+from a template migrated once per session. Tests that build their own ``sqlite:///`` URLs stay on SQLite.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import os
 import shutil
 import socket
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import structlog
 from click.testing import CliRunner
 
@@ -26,6 +32,7 @@ from orchestrator.cli import cli as orchestrator_cli
 from orchestrator.config import CONFIG_FILENAME, ENV_PREFIX
 from orchestrator.gates import Gate, GateContext, Verdict
 from orchestrator.machine import Edge
+from orchestrator.store import db
 from orchestrator.store.repository import Store
 
 # --------------------------------------------------------------------------------------------------
@@ -140,13 +147,146 @@ def git_repo(tmp_path: Path, _template_repo: GitRepo) -> Callable[..., GitRepo]:
 
 
 # --------------------------------------------------------------------------------------------------
-# workspace: orchestrator.toml + SQLite, cwd
+# databases: SQLite files, or databases of their own on a real PostgreSQL server
+
+BACKENDS = ("sqlite", "postgresql")
+# Not ORCH_*: orchestrator refuses unknown ORCH_* variables, so a developer exporting this would break it.
+PG_URL_VARIABLE = "ORCHESTRATOR_TEST_PG_URL"
+DEFAULT_PG_URL = "postgresql+psycopg://orch:orch@127.0.0.1:55432/orch"  # scripts/bootstrap.sh's cluster
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db",
+        choices=BACKENDS,
+        default="sqlite",
+        help=f"database backend for workspaces and fresh_db_url (postgresql: ${PG_URL_VARIABLE}, "
+        f"default {DEFAULT_PG_URL})",
+    )
+
+
+def _unavailable(reason: str) -> None:
+    """A PostgreSQL pass that silently skips proves nothing: fail under CI, skip on a developer machine."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclass
+class Databases:
+    """Hands out databases on the session's backend: ``empty()`` (no tables) and ``migrated()`` (at
+    head, copied from a template migrated once per session, because migrating every test's database
+    would cost more than most tests). ``drop(url)`` removes one; the session drops whatever is left."""
+
+    backend: str
+    scratch: pytest.TempPathFactory
+    server_url: str | None = None  # PostgreSQL: a database the role can connect to, to create others
+    _admin: sa.Engine | None = None
+    _template: str | None = None  # SQLite: a file path; PostgreSQL: a database name
+    _created: list[str] = field(default_factory=list)
+
+    @classmethod
+    def connect(cls, backend: str, scratch: pytest.TempPathFactory) -> Databases:
+        if backend == "sqlite":
+            return cls(backend, scratch)
+        server_url = os.environ.get(PG_URL_VARIABLE) or DEFAULT_PG_URL
+        try:
+            # AUTOCOMMIT: CREATE/DROP DATABASE cannot run inside a transaction.
+            admin = sa.create_engine(
+                server_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+            )
+            with admin.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except (ImportError, sa.exc.SQLAlchemyError) as exc:
+            why = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            _unavailable(
+                f"PostgreSQL at {db.safe_url(server_url)} does not answer ({why}): run "
+                f"scripts/bootstrap.sh, or set {PG_URL_VARIABLE}"
+            )
+            raise AssertionError("unreachable") from None
+        return cls(backend, scratch, server_url, admin)
+
+    def _pg_url(self, name: str) -> str:
+        assert self.server_url is not None
+        return sa.make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
+
+    def _pg_create(self, template: str) -> str:
+        assert self._admin is not None
+        name = f"orch_test_{uuid.uuid4().hex}"
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        self._created.append(name)
+        return name
+
+    def empty(self) -> str:
+        if self.backend == "sqlite":
+            return f"sqlite:///{(self.scratch.mktemp('db') / 'orch.db').as_posix()}"
+        return self._pg_url(self._pg_create("template0"))
+
+    def migrated(self, sqlite_path: Path | None = None) -> str:
+        """A database at head; on SQLite at ``sqlite_path`` if given (a workspace keeps its file)."""
+        if self.backend == "sqlite":
+            if self._template is None:
+                self._template = sa.make_url(self.empty()).database
+                Store(f"sqlite:///{self._template}").close()
+            path = sqlite_path or self.scratch.mktemp("db") / "orch.db"
+            shutil.copyfile(self._template, path)
+            return f"sqlite:///{path.as_posix()}"
+        if self._template is None:
+            template_url = self.empty()
+            Store(template_url).close()  # closes its connections: a template must have none
+            self._template = sa.make_url(template_url).database
+        return self._pg_url(self._pg_create(self._template))
+
+    def drop(self, url: str) -> None:
+        """Drop a PostgreSQL database this session created (connections a test left open included);
+        SQLite files go with pytest's temporary directories."""
+        name = sa.make_url(url).database
+        if self._admin is None or name not in self._created:
+            return
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self._created.remove(name)
+
+    def close(self) -> None:
+        if self._admin is None:
+            return
+        for name in reversed(list(self._created)):
+            self.drop(self._pg_url(name))
+        self._admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """The backend this session runs on: ``sqlite`` or ``postgresql`` (``--db``)."""
+    return str(request.config.getoption("--db"))
+
+
+@pytest.fixture(scope="session")
+def _databases(db_backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databases]:
+    databases = Databases.connect(db_backend, tmp_path_factory)
+    yield databases
+    databases.close()
+
+
+@pytest.fixture
+def fresh_db_url(_databases: Databases) -> Iterator[str]:
+    """The URL of a new, empty database (no tables, not even alembic_version) on the session's backend;
+    dropped afterwards."""
+    url = _databases.empty()
+    yield url
+    _databases.drop(url)
+
+
+# --------------------------------------------------------------------------------------------------
+# workspace: orchestrator.toml + database, cwd
 
 
 @dataclass(frozen=True)
 class Workspace:
     """A directory the CLI runs in: its orchestrator.toml names app ``demo`` at ``repo``, and
-    ORCH_DATABASE_URL points at ``orch.db`` there (already migrated)."""
+    ORCH_DATABASE_URL points at ``db_url``, already migrated: ``orch.db`` there on SQLite, a database
+    of the test's own on PostgreSQL."""
 
     path: Path
     config_path: Path
@@ -170,8 +310,7 @@ class Workspace:
 
 @pytest.fixture(scope="session")
 def _template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An SQLite file already at the head revision; migrating every test's database would cost more
-    than most tests. First-use upgrades are tested on their own (a fresh URL, no copy)."""
+    """An SQLite file already at the head revision (for tests that want one whatever the backend)."""
     path = tmp_path_factory.mktemp("template") / "orch.db"
     Store(f"sqlite:///{path.as_posix()}").close()
     return path
@@ -181,20 +320,20 @@ def _template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def workspace(
     tmp_path: Path,
     git_repo: Callable[..., GitRepo],
-    _template_db: Path,
+    _databases: Databases,
     monkeypatch: pytest.MonkeyPatch,
     clean_env: None,  # autouse anyway; named so the contract survives a change to autouse
-) -> Workspace:
+) -> Iterator[Workspace]:
     repo = git_repo("demo-src")
     root = tmp_path / "workspace"
     root.mkdir()
-    shutil.copyfile(_template_db, root / "orch.db")
-    db_url = f"sqlite:///{(root / 'orch.db').as_posix()}"
+    db_url = _databases.migrated(sqlite_path=root / "orch.db")
     ws = Workspace(path=root, config_path=root / CONFIG_FILENAME, db_url=db_url, repo=repo)
     ws.set_apps({"demo": repo.path})
     monkeypatch.setenv("ORCH_DATABASE_URL", db_url)
     monkeypatch.chdir(root)
-    return ws
+    yield ws
+    _databases.drop(db_url)
 
 
 @pytest.fixture

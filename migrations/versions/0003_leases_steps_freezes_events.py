@@ -127,6 +127,9 @@ def downgrade() -> None:
     with op.batch_alter_table("environment_locks", schema=None) as batch_op:
         for name in (*_HOLDER, "reason", "kind"):
             batch_op.drop_column(name)
-    with op.batch_alter_table("transitions", schema=None) as batch_op:
+    # Not a copy-and-swap on SQLite: dropping the old `transitions` there, with foreign keys on as
+    # orchestrator connects, deletes every gate result and lock that points at it (and unlinks its
+    # releases). Plain columns can be dropped in place (SQLite >= 3.35), which keeps the history.
+    with op.batch_alter_table("transitions", schema=None, recreate="never") as batch_op:
         for name in _HOLDER:
             batch_op.drop_column(name)

@@ -20,6 +20,7 @@ import structlog
 from orchestrator.config import AppConfig, Settings
 from orchestrator.errors import InfraUnavailable
 from orchestrator.machine import Edge
+from orchestrator.steps import StepLog
 
 if TYPE_CHECKING:
     from orchestrator.deploy import Deployer
@@ -133,7 +134,19 @@ class GateContext:
     previous_releases: Mapping[str, Any] = field(default_factory=dict)
     releases: list[ReleaseIntent] = field(default_factory=list)
     compensations: list[Compensation] = field(default_factory=list)
+    # The transition's recorded steps (a StepLog that records nothing when there is no transition).
+    steps: StepLog = field(default_factory=StepLog)
+    # Persists a release the moment it is true (the service sets it); without it, releases are only
+    # collected in ``releases``. Recording at once keeps the database agreeing with the engine even if
+    # the process dies before the transition closes.
+    on_release: Callable[[ReleaseIntent], None] | None = None
     _deployer: Deployer | None = None
+
+    def add_release(self, intent: ReleaseIntent) -> None:
+        if self.on_release is not None:
+            self.on_release(intent)
+        else:
+            self.releases.append(intent)
 
     @property
     def deployer(self) -> Deployer:
@@ -143,7 +156,7 @@ class GateContext:
             from orchestrator.deploy import Deployer
 
             self._deployer = Deployer.from_releases(
-                self.engine, self.app, self.settings, self.previous_releases
+                self.engine, self.app, self.settings, self.previous_releases, self.steps
             )
         return self._deployer
 

@@ -114,7 +114,7 @@ class DeployStaging(Gate):
         deployed = _deploy(ctx, STAGING, build.image.id)
         if not deployed.ok:
             return Verdict.failed(deployed.reason, **deployed.details)
-        ctx.releases.append(_release(ctx, STAGING, deployed))
+        ctx.add_release(_release(ctx, STAGING, deployed))
         return Verdict.passed(deployed.reason, **deployed.details)
 
 
@@ -161,7 +161,7 @@ class CheckStagingImageFresh(Gate):
         details.update(deployed.details)
         if not deployed.ok:
             return Verdict.failed(f"layer A: {deployed.reason}", **details)
-        ctx.releases.append(_release(ctx, STAGING, deployed))
+        ctx.add_release(_release(ctx, STAGING, deployed))
         checked = _staging_check(ctx)
         if isinstance(checked, Verdict):
             return Verdict.failed(f"layer A: {checked.reason}", **{**details, **checked.details})
@@ -240,13 +240,18 @@ class VerifyProd(Gate):
         check = ctx.deployer.verify_running(PROD, image_id, ctx.sha)
         if not check.ok:
             return Verdict.failed(f"prod verification: {check.reason}", **check.details)
-        ctx.releases.append(ctx.shared[PROD_RELEASE])
+        ctx.add_release(ctx.shared[PROD_RELEASE])
         return Verdict.passed(f"prod runs {image_id[:19]} with revision {ctx.sha[:12]}", **check.details)
 
 
 def restore_prod(ctx: GateContext) -> Verdict:
     """Put prod back on the previous release and verify it; with none, stop prod rather than leave an
     unverified image serving."""
+    with ctx.steps.phase("restore"):
+        return _restore_prod(ctx)
+
+
+def _restore_prod(ctx: GateContext) -> Verdict:
     d: Deployer = ctx.deployer
     reason = ctx.shared.get(FAILURE_REASON, "promotion failed")
     previous = ctx.previous_releases.get(PROD)
@@ -268,7 +273,7 @@ def restore_prod(ctx: GateContext) -> Verdict:
                 f"{restored.reason}: prod stopped; redeploy a known-good run", **restored.details
             )
         return Verdict.failed(f"restoring prod: {restored.reason}", **restored.details)
-    ctx.releases.append(ReleaseIntent.rollback(PROD, previous, reason=reason, override=restored.override))
+    ctx.add_release(ReleaseIntent.rollback(PROD, previous, reason=reason, override=restored.override))
     return Verdict.passed(
         f"prod restored: {restored.reason}", restored_release=previous.id, **restored.details
     )

@@ -2,21 +2,29 @@
 
 The schema is upgraded on first use so a newcomer never has to remember `db upgrade`, and under a
 PostgreSQL advisory lock so that many CI runners starting at once do not race to create tables.
+
+SQLite is set up for many CLI processes on one machine (WAL, a busy timeout) and as a private file: run
+history names commits, images and operators, which other local users have no business reading.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
+from orchestrator.config import DEFAULT_DB_PATH
 from orchestrator.errors import BadInput, InfraUnavailable
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
 
 _MIGRATION_LOCK_KEY = 0x6F726368  # "orch": an arbitrary, fixed pg_advisory_lock key
 
@@ -34,41 +42,120 @@ def migrations_dir() -> Path:
     raise RuntimeError("migrations are missing from this installation of orchestrator")
 
 
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|sslpassword)=)[^&]*", re.IGNORECASE)
+
+
 def safe_url(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable url>"
+    """``url`` with its password masked, for messages and output.
+
+    Worked out from the raw text, never from SQLAlchemy's parse: a URL it cannot parse (a port that is
+    not a number) or parses wrongly (an unescaped '@' in the password) must not show the password
+    either. Everything between the first ':' after the user name and the last '@' is masked.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if not scheme.startswith("sqlite"):  # a file path may hold ':' and '@'; there is no password
+        userinfo, at, hostpart = rest.rpartition("@")
+        if at and ":" in userinfo:
+            rest = f"{userinfo.split(':', 1)[0]}:***@{hostpart}"
+    return _QUERY_SECRET.sub(r"\1***", scheme + sep + rest)
+
+
+SQLITE_TIMEOUT_S = 30
 
 
 def make_engine(url: str) -> Engine:
+    masked = safe_url(url)
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise BadInput(f"ORCH_DATABASE_URL {url!r} is not a valid SQLAlchemy URL") from None
-    kwargs: dict = {"future": True}
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        raise BadInput(f"ORCH_DATABASE_URL {masked!r} is not a valid SQLAlchemy URL") from None
+    except ValueError:  # SQLAlchemy's int(port)
+        raise BadInput(
+            f"ORCH_DATABASE_URL {masked!r} is not a valid SQLAlchemy URL: its port is not a number"
+        ) from None
+    backend = parsed.get_backend_name()
+    kwargs: dict[str, Any] = {"future": True}
+    if backend == "sqlite":
+        _prepare_sqlite_file(parsed.database, masked)
         # Wait for a concurrent writer instead of failing at once with "database is locked".
-        kwargs["connect_args"] = {"timeout": 30}
+        kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     else:
+        _refuse_ambiguous_at(url, masked)
         kwargs["pool_pre_ping"] = True
-        if parsed.get_backend_name() == "postgresql":
+        if backend == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 10}
     try:
         engine = sa.create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise BadInput(
-            f"no driver for {safe_url(url)}: {exc} (for PostgreSQL: pip install 'orchestrator[postgres]')"
+            f"no driver for {masked}: {exc} (for PostgreSQL: pip install 'orchestrator[postgres]')"
         ) from None
-    if parsed.get_backend_name() == "sqlite":
+    except (ArgumentError, ValueError, TypeError) as exc:  # a query argument the dialect rejects
+        raise BadInput(f"ORCH_DATABASE_URL {masked!r} is not usable: {exc}") from None
+    if backend == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def _refuse_ambiguous_at(url: str, masked: str) -> None:
+    """An unescaped '@' in a password makes SQLAlchemy read the rest as the host name, which the
+    driver's error would then print: refuse before connecting."""
+    rest = url.partition("://")[2] or url
+    if rest.split("?", 1)[0].count("@") > 1:
+        raise BadInput(
+            f"ORCH_DATABASE_URL {masked!r} has more than one '@': write '@' in the user name or password "
+            "as %40"
+        )
+
+
+def _is_default_location(path: Path) -> bool:
+    """The one SQLite location orchestrator creates a directory for: ./.orchestrator/ (config's
+    DEFAULT_DB_PATH). Anywhere else a missing directory is a typo or an unmounted volume, and creating
+    it would scatter history where nobody will look for it."""
+    return path.parent.name == DEFAULT_DB_PATH.parent.name
+
+
+def _prepare_sqlite_file(database: str | None, masked: str) -> None:
+    """Create the database file 0600 (and the default directory 0700) before SQLite opens it: SQLite
+    would create it with the process umask, usually world-readable. An existing file keeps its mode
+    (a group-shared database is a choice; its -wal and -shm files follow it)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    parent = path.parent
+    try:
+        if not parent.is_dir():
+            if parent.exists():
+                raise BadInput(f"database {masked}: {parent} is not a directory")
+            if not _is_default_location(path):
+                raise BadInput(
+                    f"database directory {parent} does not exist (ORCH_DATABASE_URL {masked}): create it "
+                    f"('mkdir -p -m 700 {parent}'), or point ORCH_DATABASE_URL at a file in an existing "
+                    "directory"
+                )
+            parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass  # an existing database (or another process won the race): leave its mode alone
+    except OSError as exc:
+        raise BadInput(
+            f"cannot create database {masked}: {exc.strerror} ({exc.filename}); fix the permissions or "
+            "point ORCH_DATABASE_URL elsewhere"
+        ) from None
+
+
+def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     cur = dbapi_conn.cursor()
+    # The connect timeout already installs a busy handler; say it explicitly so that a pragma below, or
+    # a later change of driver arguments, cannot lose it.
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_TIMEOUT_S * 1000}")
+    # WAL: readers never block the writer and the writer never blocks readers, so concurrent CLI
+    # processes wait on each other only writer against writer (the busy timeout above). SQLite gives
+    # the -wal and -shm files the database file's mode (whatever the umask), so they are 0600 too.
+    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -87,19 +174,37 @@ def connect(engine: Engine) -> Connection:
         return engine.connect()
     except OperationalError as exc:
         raise InfraUnavailable(
-            f"database {safe_url(str(engine.url))} is unreachable: {str(exc.orig).strip().splitlines()[0]} "
+            f"database {safe_url(str(engine.url))} is unreachable: {_first_line(exc)} "
             f"(check ORCH_DATABASE_URL and that the server is running)"
+        ) from None
+    except DBAPIError as exc:  # the driver refused the URL itself (an unknown connection option)
+        raise BadInput(
+            f"ORCH_DATABASE_URL {safe_url(str(engine.url))!r} is not usable: {_first_line(exc)}"
         ) from None
 
 
-def script_head() -> str | None:
-    """The head revision as Alembic computes it from migrations/ (slow: imports and parses scripts)."""
+def _first_line(exc: DBAPIError) -> str:
+    lines = str(exc.orig).strip().splitlines()
+    return lines[0] if lines else type(exc.orig).__name__
+
+
+def _scripts() -> ScriptDirectory:
     from alembic.config import Config as AlembicConfig
     from alembic.script import ScriptDirectory
 
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
-    return ScriptDirectory.from_config(cfg).get_current_head()
+    return ScriptDirectory.from_config(cfg)
+
+
+def script_head() -> str | None:
+    """The head revision as Alembic computes it from migrations/ (slow: imports and parses scripts)."""
+    return _scripts().get_current_head()
+
+
+def known_revisions() -> set[str]:
+    """Every revision in migrations/ (slow like ``script_head``: only on the way to an upgrade)."""
+    return {script.revision for script in _scripts().walk_revisions()}
 
 
 def current_revision(connection: Connection) -> str | None:
@@ -114,25 +219,58 @@ def schema_is_current(connection: Connection) -> bool:
     return current_revision(connection) == HEAD_REVISION
 
 
+def _refuse_unknown_revision(engine: Engine, current: str | None) -> None:
+    """A database migrated by a newer orchestrator: Alembic would fail with a traceback, and anything
+    we wrote to it could contradict the newer schema. Refuse before touching it."""
+    if current is None or current in known_revisions():
+        return
+    where = f"database {safe_url(str(engine.url))} is at schema revision {current}"
+    if current.isdigit() and HEAD_REVISION.isdigit() and int(current) > int(HEAD_REVISION):
+        raise InfraUnavailable(
+            f"{where}, newer than this orchestrator knows ({HEAD_REVISION}): upgrade orchestrator"
+        )
+    raise InfraUnavailable(
+        f"{where}, which this orchestrator does not know (its newest is {HEAD_REVISION}): upgrade "
+        "orchestrator, or check that ORCH_DATABASE_URL names orchestrator's database"
+    )
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str | None]:
-    """Bring the schema to head; returns (revision before, revision after)."""
+    """Bring the schema to head; returns (revision before, revision after).
+
+    One process migrates at a time, and the others then find the schema at head: on PostgreSQL under an
+    advisory lock, on SQLite inside one write transaction (BEGIN IMMEDIATE waits out the busy timeout).
+    Without that, twenty CI jobs starting on a fresh database race to create the same tables.
+    """
     from alembic import command
 
     with connect(engine) as conn:
-        is_pg = conn.dialect.name == "postgresql"
-        if is_pg:
+        dialect = conn.dialect.name
+        if dialect == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             conn.commit()
+        elif dialect == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         try:
-            before = current_revision(conn)
+            before = _revision_under_lock(conn)
+            _refuse_unknown_revision(engine, before)
             command.upgrade(_alembic_config(conn), "head")
             conn.commit()
             after = current_revision(conn)
         finally:
-            if is_pg:
+            conn.rollback()  # a refused or failed upgrade must not keep its transaction (or SQLite's lock)
+            if dialect == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
                 conn.commit()
     return before, after
+
+
+def _revision_under_lock(connection: Connection) -> str | None:
+    """Like ``current_revision``, but without a failing query, whose rollback would end SQLite's write
+    transaction and with it the lock that keeps other processes out."""
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def ensure_schema(engine: Engine) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,10 +17,31 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.errors import BadInput, Conflict, InfraUnavailable
+from orchestrator.holder import Holder, Liveness, holder_of
 from orchestrator.store import db
-from orchestrator.store.models import EnvironmentLock, GateResultRow, Release, Run, Transition, utcnow
+from orchestrator.store.models import (
+    EnvironmentLock,
+    Event,
+    Freeze,
+    GateResultRow,
+    LockWaiter,
+    Release,
+    Run,
+    StepRow,
+    Transition,
+    utcnow,
+)
 
 IN_PROGRESS = "in_progress"
+INTERRUPTED = "interrupted"
+SUPERSEDED = "superseded"
+# Transitions whose side effects nobody has reconciled yet; a run has at most one.
+UNFINISHED = (IN_PROGRESS, INTERRUPTED)
+ALL_APPS = "*"
+
+RUN_LOCK = "run"
+OPERATOR_LOCK = "operator"
+MANUAL_LOCK = "manual"
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -33,6 +54,13 @@ def _aware(value: datetime | None) -> datetime | None:
 def _iso(value: datetime | None) -> str | None:
     value = _aware(value)
     return value.isoformat() if value else None
+
+
+def _held_by(model: type[Transition] | type[EnvironmentLock], holder: Holder) -> sa.ColumnElement[bool]:
+    """Rows of exactly this process: host, pid and the pid's start time. The pid alone would let a
+    process that inherited a dead holder's pid renew or drop what that holder left for recovery."""
+    start = model.holder_start == holder.start if holder.start is not None else model.holder_start.is_(None)
+    return sa.and_(model.holder_host == holder.host, model.holder_pid == holder.pid, start)
 
 
 @dataclass(frozen=True)
@@ -84,6 +112,45 @@ class GateRecord:
 
 
 @dataclass(frozen=True)
+class StepRecord:
+    id: int
+    position: int
+    name: str
+    environment: str | None
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    changes: dict[str, Any]
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "name": self.name,
+            "environment": self.environment,
+            "status": self.status,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "changes": self.changes,
+            "error": self.error,
+        }
+
+
+def _step(row: StepRow) -> StepRecord:
+    return StepRecord(
+        row.id,
+        row.position,
+        row.name,
+        row.environment,
+        row.status,
+        _aware(row.started_at),
+        _aware(row.finished_at),
+        dict(row.changes or {}),
+        row.error,
+    )
+
+
+@dataclass(frozen=True)
 class TransitionRecord:
     id: int
     run_id: int
@@ -96,6 +163,9 @@ class TransitionRecord:
     reason: str | None
     result_state: str | None
     checks: tuple[GateRecord, ...]
+    steps: tuple[StepRecord, ...] = ()
+    holder: Holder | None = None
+    lease_expires_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +179,7 @@ class TransitionRecord:
             "reason": self.reason,
             "result_state": self.result_state,
             "checks": [c.as_dict() for c in self.checks],
+            "steps": [st.as_dict() for st in self.steps],
         }
 
 
@@ -124,6 +195,7 @@ class ReleaseRecord:
     kind: str
     reason: str | None
     created_at: datetime
+    transition_id: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -152,6 +224,7 @@ def _release(row: Release) -> ReleaseRecord:
         row.kind,
         row.reason,
         _aware(row.created_at),
+        row.transition_id,
     )
 
 
@@ -172,7 +245,193 @@ def _transition(row: Transition) -> TransitionRecord:
         row.reason,
         row.result_state,
         checks,
+        tuple(_step(st) for st in row.steps),
+        holder_of(row.holder_host, row.holder_pid, row.holder_start),
+        _aware(row.lease_expires_at),
     )
+
+
+class UnfinishedTransition(Conflict):
+    """The run already has a transition nobody closed (maybe its runner died): recover it first."""
+
+    def __init__(self, transition: TransitionRecord) -> None:
+        self.transition = transition
+        who = transition.actor + (f", {transition.holder.describe()}" if transition.holder else "")
+        # Most often a live runner is mid-edge (a second CI job on the same run): say who, and only
+        # send the reader to `recover` for what nobody is finishing.
+        advice = (
+            "'orchestrator recover' reconciles it"
+            if transition.outcome == INTERRUPTED
+            else "wait for it to finish; if its runner died, 'orchestrator recover' reconciles it"
+        )
+        super().__init__(
+            f"run {transition.run_id} has an unfinished transition {transition.id} "
+            f"({transition.from_state}->{transition.to_state}, {transition.outcome}, "
+            f"started {_iso(transition.started_at)}) by {who}: {advice}"
+        )
+
+
+class Superseded(Conflict):
+    """A newer run of the same app owns, moves into or waits for the environment."""
+
+    def __init__(self, run_id: int, newer_run_id: int, why: str) -> None:
+        self.run_id = run_id
+        self.newer_run_id = newer_run_id
+        super().__init__(f"run {run_id} is superseded by newer run {newer_run_id}: {why}")
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    app: str
+    environment: str
+    kind: str
+    holder: str
+    run_id: int | None
+    transition_id: int | None
+    acquired_at: datetime
+    reason: str | None
+    process: Holder | None
+    lease_expires_at: datetime | None
+
+    @classmethod
+    def of(cls, row: EnvironmentLock) -> LockRecord:
+        return cls(
+            row.app,
+            row.environment,
+            row.kind,
+            row.holder,
+            row.run_id,
+            row.transition_id,
+            _aware(row.acquired_at),
+            row.reason,
+            holder_of(row.holder_host, row.holder_pid, row.holder_start),
+            _aware(row.lease_expires_at),
+        )
+
+    def liveness(self, now: datetime | None = None) -> str:
+        """alive | dead | expired | held (a hand-held lock: only `unlock` ends it)."""
+        if self.kind == MANUAL_LOCK:
+            return "held"
+        if self.process is not None:
+            seen = self.process.liveness()
+            if seen == Liveness.DEAD:
+                return "dead"
+            if seen == Liveness.ALIVE:
+                return "alive"
+        if self.lease_expires_at is None or self.lease_expires_at <= (now or utcnow()):
+            return "expired"
+        return "alive"
+
+    @property
+    def abandoned(self) -> bool:
+        """Its holder is gone: on this host the process is dead, elsewhere its lease ran out."""
+        return self.liveness() in ("dead", "expired")
+
+    def describe(self) -> str:
+        if self.kind == MANUAL_LOCK:
+            who = f"{self.holder} by hand" + (f" ({self.reason})" if self.reason else "")
+        elif self.run_id is not None:
+            who = f"run {self.run_id} ({self.holder})"
+        else:
+            who = self.holder
+        return f"{self.app} {self.environment} is locked by {who} since {_iso(self.acquired_at)}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "environment": self.environment,
+            "kind": self.kind,
+            "holder": self.holder,
+            "run_id": self.run_id,
+            "transition_id": self.transition_id,
+            "acquired_at": _iso(self.acquired_at),
+            "reason": self.reason,
+            "process": self.process.describe() if self.process else None,
+            "lease_expires_at": _iso(self.lease_expires_at),
+            "liveness": self.liveness(),
+        }
+
+
+class LockHeld(Conflict):
+    """Someone else holds an environment this action needs."""
+
+    def __init__(self, app: str, locks: Sequence[LockRecord]) -> None:
+        self.app = app
+        self.locks = list(locks)
+        if not self.locks:
+            message = f"{app} was locked by another runner a moment ago; try again"
+        else:
+            lock = self.locks[0]
+            message = lock.describe()
+            if lock.kind == MANUAL_LOCK:
+                message += f": 'orchestrator unlock {app} --env {lock.environment}' releases it"
+            elif lock.abandoned:
+                message += ": its holder is gone; 'orchestrator recover' frees it"
+            else:
+                message += ": wait for it to finish, or pass --wait SECONDS"
+        super().__init__(message, details={"locks": [lk.as_dict() for lk in self.locks]})
+
+
+@dataclass(frozen=True)
+class FreezeRecord:
+    app: str
+    actor: str
+    reason: str
+    since: datetime
+
+    @classmethod
+    def of(cls, row: Freeze) -> FreezeRecord:
+        return cls(row.app, row.actor, row.reason, _aware(row.since))
+
+    def describe(self) -> str:
+        scope = "every app" if self.app == ALL_APPS else self.app
+        return f"{scope} frozen by {self.actor} since {_iso(self.since)}: {self.reason}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"app": self.app, "actor": self.actor, "reason": self.reason, "since": _iso(self.since)}
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    at: datetime
+    app: str | None
+    environment: str | None
+    kind: str
+    actor: str
+    message: str
+    run_id: int | None
+    transition_id: int | None
+    details: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: Event) -> EventRecord:
+        return cls(
+            row.id,
+            _aware(row.at),
+            row.app,
+            row.environment,
+            row.kind,
+            row.actor,
+            row.message,
+            row.run_id,
+            row.transition_id,
+            dict(row.details or {}),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.id,
+            "at": _iso(self.at),
+            "app": self.app,
+            "environment": self.environment,
+            "kind": self.kind,
+            "actor": self.actor,
+            "message": self.message,
+            "run_id": self.run_id,
+            "transition_id": self.transition_id,
+            "details": self.details,
+        }
 
 
 class Store:
@@ -231,13 +490,23 @@ class Store:
     # transitions ----------------------------------------------------------------------------------
 
     def begin_transition(
-        self, run_id: int, from_state: str, to_state: str, actor: str, environments: Sequence[str]
+        self,
+        run_id: int,
+        from_state: str,
+        to_state: str,
+        actor: str,
+        environments: Sequence[str],
+        *,
+        target_environment: str,
+        holder: Holder,
+        lease_s: float,
     ) -> int:
         """Claim the run and its environments and write the transition ``in_progress``, atomically.
 
         The compare-and-set on the run's state is the first write, so it takes the row (PostgreSQL) or
         database (SQLite) lock before anything is read: two runners advancing the same run cannot both
-        see it idle.
+        see it idle. The supersede rule is checked inside the same transaction, so an older run can
+        never slip in between a newer run's release and its own lock.
         """
         try:
             with self._session() as s:
@@ -250,19 +519,27 @@ class Store:
                     raise Conflict(f"run {run_id} is no longer in {from_state}: another runner moved it")
                 unfinished = s.scalars(
                     sa.select(Transition).where(
-                        Transition.run_id == run_id, Transition.outcome == IN_PROGRESS
+                        Transition.run_id == run_id, Transition.outcome.in_(UNFINISHED)
                     )
                 ).first()
                 if unfinished is not None:
-                    raise Conflict(
-                        f"run {run_id} has an unfinished transition {unfinished.id} "
-                        f"({unfinished.from_state}->{unfinished.to_state}, "
-                        f"started {_iso(unfinished.started_at)})"
-                    )
+                    raise UnfinishedTransition(_transition(unfinished))
                 run = s.get(Run, run_id)
                 assert run is not None
+                newer = self._newer_contender(s, run, to_state, target_environment)
+                if newer is not None:
+                    raise Superseded(run_id, *newer)
+                expires = utcnow() + timedelta(seconds=lease_s)
                 transition = Transition(
-                    run_id=run_id, from_state=from_state, to_state=to_state, actor=actor, outcome=IN_PROGRESS
+                    run_id=run_id,
+                    from_state=from_state,
+                    to_state=to_state,
+                    actor=actor,
+                    outcome=IN_PROGRESS,
+                    holder_host=holder.host,
+                    holder_pid=holder.pid,
+                    holder_start=holder.start,
+                    lease_expires_at=expires,
                 )
                 s.add(transition)
                 s.flush()
@@ -274,28 +551,198 @@ class Store:
                             run_id=run_id,
                             transition_id=transition.id,
                             holder=actor,
+                            kind=RUN_LOCK,
+                            holder_host=holder.host,
+                            holder_pid=holder.pid,
+                            holder_start=holder.start,
+                            lease_expires_at=expires,
                         )
                     )
                 s.flush()
                 return transition.id
         except IntegrityError:
             run = self.get_run(run_id)
-            raise Conflict(self._lock_message(run.app, environments)) from None
+            raise LockHeld(run.app, self.locks(run.app, environments)) from None
 
-    def _lock_message(self, app: str, environments: Sequence[str]) -> str:
+    @staticmethod
+    def _newer_contender(s: Session, run: Run, to_state: str, env: str) -> tuple[int, str] | None:
+        """A newer run of the same app that already owns, is moving into, or waits for ``env``."""
+        latest = s.scalars(
+            sa.select(Release)
+            .where(Release.app == run.app, Release.environment == env)
+            .order_by(Release.id.desc())
+            .limit(1)
+        ).first()
+        if latest is not None and latest.kind == "deploy" and (latest.run_id or 0) > run.id:
+            return latest.run_id or 0, f"its release {latest.id} already runs in {env}"
+        moving = s.scalars(
+            sa.select(Transition.run_id)
+            .join(Run, Run.id == Transition.run_id)
+            .where(
+                Run.app == run.app,
+                Transition.run_id > run.id,
+                Transition.to_state == to_state,
+                Transition.outcome.in_(UNFINISHED),
+            )
+            .limit(1)
+        ).first()
+        if moving is not None:
+            return moving, f"it is moving to {to_state} now"
+        waiting = s.scalars(
+            sa.select(LockWaiter.run_id).where(
+                LockWaiter.app == run.app,
+                LockWaiter.environment == env,
+                LockWaiter.run_id > run.id,
+                LockWaiter.expires_at > utcnow(),
+            )
+        ).first()
+        if waiting is not None:
+            return waiting, f"it is waiting for {env} too"
+        return None
+
+    def supersede(self, run_id: int, from_state: str, to_state: str, actor: str, reason: str) -> int:
+        """End a run that a newer one overtook: recorded as a transition, the run leaves the line.
+
+        Like ``begin_transition`` the compare-and-set on the run comes first and the check for an
+        unfinished transition after it, in one commit: another runner may have moved the run, or begun
+        an edge of it, since the claim that found the newer run, and a ``superseded`` row written anyway
+        would leave a run whose state its history does not explain.
+        """
         with self._session() as s:
-            locks = s.scalars(
-                sa.select(EnvironmentLock).where(
-                    EnvironmentLock.app == app, EnvironmentLock.environment.in_(list(environments))
+            now = utcnow()
+            claimed = s.execute(
+                sa.update(Run)
+                .where(Run.id == run_id, Run.state == from_state)
+                .values(state=SUPERSEDED, updated_at=now)
+            ).rowcount
+            if claimed != 1:
+                raise Conflict(f"run {run_id} is no longer in {from_state}: another runner moved it")
+            unfinished = s.scalars(
+                sa.select(Transition).where(Transition.run_id == run_id, Transition.outcome.in_(UNFINISHED))
+            ).first()
+            if unfinished is not None:
+                raise UnfinishedTransition(_transition(unfinished))
+            transition = Transition(
+                run_id=run_id,
+                from_state=from_state,
+                to_state=to_state,
+                actor=actor,
+                outcome=SUPERSEDED,
+                reason=reason,
+                result_state=SUPERSEDED,
+                # One instant: left to the column default, started_at would come after finished_at.
+                started_at=now,
+                finished_at=now,
+            )
+            s.add(transition)
+            s.flush()
+            return transition.id
+
+    def renew_lease(self, transition_id: int, holder: Holder, lease_s: float) -> bool:
+        """The heartbeat: push the lease of the transition and its locks forward. False when the
+        transition is no longer ours (an operator forced its locks away, or it was closed)."""
+        expires = utcnow() + timedelta(seconds=lease_s)
+        with self._session() as s:
+            mine = s.execute(
+                sa.update(Transition)
+                .where(
+                    Transition.id == transition_id,
+                    Transition.outcome == IN_PROGRESS,
+                    _held_by(Transition, holder),
                 )
-            ).all()
-            if not locks:
-                return f"{app}: {', '.join(environments)} was locked by another runner; try again"
-            lock = locks[0]
-            by = f"run {lock.run_id} ({lock.holder})" if lock.run_id is not None else f"{lock.holder}"
-            return (
-                f"{app} {lock.environment} is locked by {by} since "
-                f"{_iso(lock.acquired_at)}: wait for it to finish"
+                .values(lease_expires_at=expires)
+            ).rowcount
+            if not mine:
+                # Closed, interrupted (its locks' lease was run out on purpose, for `recover`) or taken
+                # over: pushing its locks' lease forward would make them look held by a live runner.
+                return False
+            locks = s.execute(
+                sa.update(EnvironmentLock)
+                .where(EnvironmentLock.transition_id == transition_id)
+                .values(lease_expires_at=expires)
+            ).rowcount
+        return bool(locks)
+
+    def locks(self, app: str | None = None, environments: Sequence[str] | None = None) -> list[LockRecord]:
+        q = sa.select(EnvironmentLock).order_by(EnvironmentLock.app, EnvironmentLock.environment)
+        if app is not None:
+            q = q.where(EnvironmentLock.app == app)
+        if environments is not None:
+            q = q.where(EnvironmentLock.environment.in_(list(environments)))
+        with self._session() as s:
+            return [LockRecord.of(row) for row in s.scalars(q)]
+
+    def unfinished_transitions(self, app: str | None = None) -> list[TransitionRecord]:
+        """Transitions nobody has closed: in progress (maybe with a dead holder) or interrupted."""
+        q = sa.select(Transition).where(Transition.outcome.in_(UNFINISHED)).order_by(Transition.id)
+        if app is not None:
+            q = q.join(Run, Run.id == Transition.run_id).where(Run.app == app)
+        with self._session() as s:
+            return [_transition(row) for row in s.scalars(q)]
+
+    def claim_transition(
+        self, transition_id: int, expected: Holder | None, me: Holder, lease_s: float, actor: str
+    ) -> bool:
+        """Take over an abandoned transition for recovery: a compare-and-set on its recorded holder,
+        so two recovering processes never both act on it. The takeover is recorded as an event."""
+        expires = utcnow() + timedelta(seconds=lease_s)
+        with self._session() as s:
+            row = s.get(Transition, transition_id)
+            if row is None or row.outcome not in UNFINISHED:
+                return False
+            q = sa.update(Transition).where(
+                Transition.id == transition_id, Transition.outcome.in_(UNFINISHED)
+            )
+            if expected is None:
+                q = q.where(Transition.holder_pid.is_(None))
+            else:
+                q = q.where(
+                    _held_by(Transition, expected),
+                )
+            values = {
+                "holder_host": me.host,
+                "holder_pid": me.pid,
+                "holder_start": me.start,
+                "lease_expires_at": expires,
+            }
+            if s.execute(q.values(**values)).rowcount != 1:
+                return False
+            s.execute(
+                sa.update(EnvironmentLock)
+                .where(EnvironmentLock.transition_id == transition_id)
+                .values(**values)
+            )
+            run = s.get(Run, row.run_id)
+            was = expected.describe() if expected else "an unknown holder"
+            s.add(
+                Event(
+                    app=run.app if run else None,
+                    kind="lock_taken_over",
+                    actor=actor,
+                    message=f"transition {transition_id} taken over for recovery from {was}",
+                    run_id=row.run_id,
+                    transition_id=transition_id,
+                    details={"from": was, "to": me.describe()},
+                )
+            )
+            return True
+
+    def interrupt_transition(self, transition_id: int, reason: str) -> None:
+        """Leave the transition for `recover`: its side effects could not be undone now (the engine is
+        gone), so its locks stay, with a lease that has already run out, until recovery reconciles."""
+        now = utcnow()
+        with self._session() as s:
+            # Never reopen a transition someone already closed (recovery took it over meanwhile).
+            if not s.execute(
+                sa.update(Transition)
+                .where(Transition.id == transition_id, Transition.outcome.in_(UNFINISHED))
+                .values(outcome=INTERRUPTED, reason=reason, lease_expires_at=now)
+            ).rowcount:
+                return
+            s.execute(
+                sa.update(EnvironmentLock)
+                .where(EnvironmentLock.transition_id == transition_id)
+                .values(lease_expires_at=now)
             )
 
     def record_gate_result(self, transition_id: int, position: int, result: Any) -> None:
@@ -317,18 +764,31 @@ class Store:
         self, transition_id: int, *, outcome: str, reason: str | None, result_state: str
     ) -> None:
         """Close the transition, move the run, and release its locks in one commit, so history never
-        shows a run in a state its last transition does not explain."""
+        shows a run in a state its last transition does not explain.
+
+        A compare-and-set on the transition being unfinished: a runner whose lease ran out (another
+        host, cut off from the database) may come back after `recover` closed its transition and
+        reconciled the environments; its verdict must not overwrite what recovery recorded, nor move
+        the run again.
+        """
+        now = utcnow()
         with self._session() as s:
+            closed = s.execute(
+                sa.update(Transition)
+                .where(Transition.id == transition_id, Transition.outcome.in_(UNFINISHED))
+                .values(finished_at=now, outcome=outcome, reason=reason, result_state=result_state)
+            ).rowcount
             transition = s.get(Transition, transition_id)
-            assert transition is not None
-            transition.finished_at = utcnow()
-            transition.outcome = outcome
-            transition.reason = reason
-            transition.result_state = result_state
-            run = s.get(Run, transition.run_id)
-            assert run is not None
-            run.state = result_state
-            run.updated_at = utcnow()
+            if transition is None:
+                raise BadInput(f"unknown transition {transition_id}")
+            if closed != 1:
+                raise Conflict(
+                    f"transition {transition_id} of run {transition.run_id} was already closed "
+                    f"({transition.outcome}: {transition.reason}); its verdict stands, nothing changed"
+                )
+            s.execute(
+                sa.update(Run).where(Run.id == transition.run_id).values(state=result_state, updated_at=now)
+            )
             s.execute(sa.delete(EnvironmentLock).where(EnvironmentLock.transition_id == transition_id))
 
     # releases -------------------------------------------------------------------------------------
@@ -379,37 +839,249 @@ class Store:
                 raise BadInput(f"unknown release {release_id}: 'orchestrator status' lists the current ones")
             return _release(row)
 
-    @contextmanager
-    def environment_lock(self, app: str, environments: Sequence[str], holder: str) -> Iterator[None]:
-        """Hold (app, environment) locks for an operator action that belongs to no run (rollback), with
-        the same database-arbitrated exclusion runs get."""
+    def acquire_locks(
+        self,
+        app: str,
+        environments: Sequence[str],
+        *,
+        holder: str,
+        kind: str,
+        reason: str | None = None,
+        process: Holder | None = None,
+        lease_s: float | None = None,
+    ) -> None:
+        """Locks that belong to no run: an operator action (rollback, recover; leased) or a hand-held
+        lock (no process, no lease: it stays until `orchestrator unlock`)."""
+        expires = utcnow() + timedelta(seconds=lease_s) if lease_s is not None else None
         try:
             with self._session() as s:
                 for env in environments:
                     s.add(
                         EnvironmentLock(
-                            app=app, environment=env, run_id=None, transition_id=None, holder=holder
+                            app=app,
+                            environment=env,
+                            run_id=None,
+                            transition_id=None,
+                            holder=holder,
+                            kind=kind,
+                            reason=reason,
+                            holder_host=process.host if process else None,
+                            holder_pid=process.pid if process else None,
+                            holder_start=process.start if process else None,
+                            lease_expires_at=expires,
                         )
                     )
                 s.flush()
         except IntegrityError:
-            raise Conflict(self._lock_message(app, environments)) from None
-        try:
-            yield
-        finally:
-            with self._session() as s:
-                s.execute(
-                    sa.delete(EnvironmentLock).where(
-                        EnvironmentLock.app == app,
-                        EnvironmentLock.environment.in_(list(environments)),
-                        EnvironmentLock.run_id.is_(None),
-                        EnvironmentLock.holder == holder,
-                    )
+            raise LockHeld(app, self.locks(app, environments)) from None
+
+    def renew_locks(self, app: str, environments: Sequence[str], process: Holder, lease_s: float) -> bool:
+        with self._session() as s:
+            renewed = s.execute(
+                sa.update(EnvironmentLock)
+                .where(
+                    EnvironmentLock.app == app,
+                    EnvironmentLock.environment.in_(list(environments)),
+                    _held_by(EnvironmentLock, process),
                 )
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+            ).rowcount
+        return renewed == len(environments)
+
+    def release_locks(self, app: str, environments: Sequence[str], process: Holder) -> None:
+        """Drop the run-less locks this process holds (never a lock someone else took over since)."""
+        with self._session() as s:
+            s.execute(
+                sa.delete(EnvironmentLock).where(
+                    EnvironmentLock.app == app,
+                    EnvironmentLock.environment.in_(list(environments)),
+                    EnvironmentLock.run_id.is_(None),
+                    _held_by(EnvironmentLock, process),
+                )
+            )
+
+    def delete_lock(self, app: str, environment: str, *, actor: str, why: str) -> LockRecord | None:
+        """Remove one lock whoever holds it (unlock, or a stale operator lock), and record it."""
+        with self._session() as s:
+            row = s.get(EnvironmentLock, (app, environment))
+            if row is None:
+                return None
+            found = LockRecord.of(row)
+            s.delete(row)
+            s.add(
+                Event(
+                    app=app,
+                    environment=environment,
+                    kind="unlock",
+                    actor=actor,
+                    message=why,
+                    run_id=found.run_id,
+                    transition_id=found.transition_id,
+                    details={"lock": found.as_dict()},
+                )
+            )
+            return found
+
+    # waiters --------------------------------------------------------------------------------------
+
+    def wait_for(self, app: str, environment: str, run_id: int, lease_s: float) -> None:
+        """Say (and keep saying, while waiting) that this run wants ``environment``."""
+        expires = utcnow() + timedelta(seconds=lease_s)
+        with self._session() as s:
+            row = s.get(LockWaiter, (app, environment, run_id))
+            if row is None:
+                s.add(LockWaiter(app=app, environment=environment, run_id=run_id, expires_at=expires))
+            else:
+                row.expires_at = expires
+
+    def stop_waiting(self, app: str, environment: str, run_id: int) -> None:
+        with self._session() as s:
+            s.execute(
+                sa.delete(LockWaiter).where(
+                    LockWaiter.app == app, LockWaiter.environment == environment, LockWaiter.run_id == run_id
+                )
+            )
+
+    # freezes and events ---------------------------------------------------------------------------
+
+    def freeze(self, app: str | None, actor: str, reason: str) -> FreezeRecord:
+        key = app or ALL_APPS
+        with self._session() as s:
+            row = s.get(Freeze, key)
+            if row is None:
+                row = Freeze(app=key, actor=actor, reason=reason, since=utcnow())
+                s.add(row)
+            else:
+                row.actor, row.reason, row.since = actor, reason, utcnow()
+            s.flush()
+            s.add(Event(app=app, kind="freeze", actor=actor, message=reason, details={}))
+            return FreezeRecord.of(row)
+
+    def unfreeze(self, app: str | None, actor: str) -> FreezeRecord | None:
+        key = app or ALL_APPS
+        with self._session() as s:
+            row = s.get(Freeze, key)
+            if row is None:
+                return None
+            found = FreezeRecord.of(row)
+            s.delete(row)
+            s.add(
+                Event(
+                    app=app, kind="unfreeze", actor=actor, message=f"unfroze (was: {row.reason})", details={}
+                )
+            )
+            return found
+
+    def freezes(self) -> list[FreezeRecord]:
+        with self._session() as s:
+            return [FreezeRecord.of(r) for r in s.scalars(sa.select(Freeze).order_by(Freeze.app))]
+
+    def frozen(self, app: str) -> FreezeRecord | None:
+        """The freeze that stops ``app``: its own, else the one for every app."""
+        with self._session() as s:
+            for key in (app, ALL_APPS):
+                row = s.get(Freeze, key)
+                if row is not None:
+                    return FreezeRecord.of(row)
+        return None
+
+    def record_event(
+        self,
+        kind: str,
+        actor: str,
+        message: str,
+        *,
+        app: str | None = None,
+        environment: str | None = None,
+        run_id: int | None = None,
+        transition_id: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        with self._session() as s:
+            s.add(
+                Event(
+                    app=app,
+                    environment=environment,
+                    kind=kind,
+                    actor=actor,
+                    message=message,
+                    run_id=run_id,
+                    transition_id=transition_id,
+                    details=details or {},
+                )
+            )
+
+    def events(
+        self, *, app: str | None = None, run_id: int | None = None, limit: int = 50
+    ) -> list[EventRecord]:
+        q = sa.select(Event).order_by(Event.id.desc()).limit(limit)
+        if app is not None:
+            q = q.where(Event.app == app)
+        if run_id is not None:
+            q = q.where(Event.run_id == run_id)
+        with self._session() as s:
+            return [EventRecord.of(r) for r in s.scalars(q)]
+
+    # steps ----------------------------------------------------------------------------------------
+
+    def begin_step(self, transition_id: int, position: int, name: str, environment: str | None) -> int:
+        with self._session() as s:
+            row = StepRow(
+                transition_id=transition_id,
+                position=position,
+                name=name,
+                environment=environment,
+                status="started",
+                started_at=utcnow(),
+                changes={},
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def finish_step(
+        self, step_id: int, *, status: str, changes: dict[str, Any], error: str | None = None
+    ) -> None:
+        with self._session() as s:
+            row = s.get(StepRow, step_id)
+            assert row is not None
+            row.status = status
+            row.changes = dict(changes)
+            row.error = error
+            row.finished_at = utcnow()
+
+    def get_transition(self, transition_id: int) -> TransitionRecord:
+        with self._session() as s:
+            row = s.get(Transition, transition_id)
+            if row is None:
+                raise BadInput(f"unknown transition {transition_id}")
+            return _transition(row)
 
     def releases_of_run(self, run_id: int) -> list[ReleaseRecord]:
         with self._session() as s:
             rows = s.scalars(sa.select(Release).where(Release.run_id == run_id).order_by(Release.id))
+            return [_release(r) for r in rows]
+
+    def latest_release_outside(self, app: str, environment: str, transition_id: int) -> ReleaseRecord | None:
+        """The environment's latest release not made by ``transition_id``: what it ran before."""
+        with self._session() as s:
+            row = s.scalars(
+                sa.select(Release)
+                .where(
+                    Release.app == app,
+                    Release.environment == environment,
+                    sa.or_(Release.transition_id.is_(None), Release.transition_id != transition_id),
+                )
+                .order_by(Release.id.desc())
+                .limit(1)
+            ).first()
+            return _release(row) if row else None
+
+    def releases_of_transition(self, transition_id: int) -> list[ReleaseRecord]:
+        with self._session() as s:
+            rows = s.scalars(
+                sa.select(Release).where(Release.transition_id == transition_id).order_by(Release.id)
+            )
             return [_release(r) for r in rows]
 
     def latest_release(self, app: str, environment: str) -> ReleaseRecord | None:

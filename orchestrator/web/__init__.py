@@ -3,6 +3,11 @@
 Minimal on purpose: ``/health`` and ``/version`` are what the orchestrator's own gates need to deploy
 the orchestrator itself (health path, served revision). Standard library only, so the image needs
 nothing beyond the package.
+
+Hardened like any listener: every response says ``X-Content-Type-Options: nosniff`` (a browser must
+not guess a script out of a JSON or text body); ``Server`` names the product only (the standard
+library would add ``Python/3.x.y``, telling a scanner which CVEs to try); and a connection that sends
+nothing is dropped after ``IDLE_TIMEOUT_S``, so idle sockets cannot hold the server's threads forever.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import json
 import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from orchestrator import __version__
+# Each read on a connection (the request line, a header line) must arrive within this many seconds.
+IDLE_TIMEOUT_S = 5.0
 
 
 def revision() -> str:
@@ -20,7 +26,19 @@ def revision() -> str:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server_version = f"orchestrator/{__version__}"
+    # StreamRequestHandler applies it to the socket; a read that times out closes the connection.
+    timeout = IDLE_TIMEOUT_S
+    # A request line too malformed to name a version would otherwise be answered HTTP/0.9 style: a
+    # bare body without status line or headers (nosniff included). No client speaks 0.9 any more.
+    default_request_version = "HTTP/1.0"
+
+    def version_string(self) -> str:
+        return "orchestrator"
+
+    def end_headers(self) -> None:
+        # Here rather than in _send so that the standard library's own error pages carry it too.
+        self.send_header("X-Content-Type-Options", "nosniff")
+        super().end_headers()
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -43,5 +61,6 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
-def make_server(host: str, port: int) -> ThreadingHTTPServer:
-    return ThreadingHTTPServer((host, port), _Handler)
+def make_server(host: str, port: int, *, idle_timeout_s: float = IDLE_TIMEOUT_S) -> ThreadingHTTPServer:
+    handler = type("_Handler", (_Handler,), {"timeout": idle_timeout_s})
+    return ThreadingHTTPServer((host, port), handler)

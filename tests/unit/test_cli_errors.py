@@ -15,6 +15,7 @@ import pytest
 
 from orchestrator.errors import InfraUnavailable
 from orchestrator.gates import Gate, Verdict
+from orchestrator.holder import Holder
 from orchestrator.machine import TO_PROD
 from orchestrator.store.repository import Store
 
@@ -28,6 +29,11 @@ pytestmark = [
 
 RegisterGate = Callable[..., type[Gate]]
 UNKNOWN_SHA = "deadbeef" * 5
+
+
+def live(target: str) -> dict[str, Any]:
+    """begin_transition's holder arguments for a live holder: this very process."""
+    return {"target_environment": target, "holder": Holder.me(), "lease_s": 30.0}
 
 
 def start(cli: Cli, workspace: Workspace, sha: str | None = None) -> int:
@@ -168,7 +174,7 @@ def test_unknown_run(cli: Cli, workspace: Workspace, args: tuple[Any, ...], as_j
 def test_advance_to_an_unknown_state(cli: Cli, workspace: Workspace, store: Store, as_json: bool) -> None:
     run_id = start(cli, workspace)
     message = cli("advance", run_id, "--to", "bogus", as_json=as_json).error(2, "bad_input")
-    assert message == "unknown state 'bogus' (states: development, deploy-staging, deploy)"
+    assert message == "unknown state 'bogus' (states: development, deploy-staging, deploy, superseded)"
     assert snapshot(store, run_id) == ("development", [])
 
 
@@ -276,7 +282,9 @@ def test_environment_lock_held_by_another_run(
     """Two runs must never build or swap the same environment at once; the second is told who holds it."""
     run_a = start(cli, workspace)
     run_b = start(cli, workspace)
-    store.begin_transition(run_a, "development", "deploy-staging", "ci: pipeline 41", ("staging",))
+    store.begin_transition(
+        run_a, "development", "deploy-staging", "ci: pipeline 41", ("staging",), **live("staging")
+    )
     before_b = snapshot(store, run_b)
 
     message = cli("advance", run_b, "--to", "deploy-staging", as_json=as_json).error(3, "conflict")
@@ -291,7 +299,7 @@ def test_locks_are_per_app(cli: Cli, workspace: Workspace, store: Store, as_json
     workspace.set_apps({"demo": workspace.repo.path, "other": workspace.repo.path})
     run_a = start(cli, workspace)
     other = cli("run", "start", "--app", "other", "--sha", workspace.repo.sha, as_json=True).ok()["run_id"]
-    store.begin_transition(run_a, "development", "deploy-staging", "ci", ("staging",))
+    store.begin_transition(run_a, "development", "deploy-staging", "ci", ("staging",), **live("staging"))
     cli("advance", other, "--to", "deploy-staging", as_json=as_json).ok()
     assert store.get_run(other).state == "deploy-staging"
 
@@ -302,10 +310,12 @@ def test_run_with_an_unfinished_transition_cannot_advance(
     """An in_progress row means a runner is mid-edge (or crashed there): a second runner must not start
     the same edge on top of it."""
     run_id = start(cli, workspace)
-    transition_id = store.begin_transition(run_id, "development", "deploy-staging", "runner-1", ("staging",))
+    transition_id = store.begin_transition(
+        run_id, "development", "deploy-staging", "runner-1", ("staging",), **live("staging")
+    )
     message = cli("advance", run_id, "--to", "deploy-staging", as_json=as_json).error(3, "conflict")
     assert f"run {run_id} has an unfinished transition {transition_id}" in message
-    assert "(development->deploy-staging, started " in message
+    assert "(development->deploy-staging, in_progress, started " in message
     state, transitions = snapshot(store, run_id)
     assert state == "development"
     assert [(t.id, t.outcome) for t in transitions] == [(transition_id, "in_progress")]
@@ -333,9 +343,10 @@ def test_app_repository_gone(cli: Cli, workspace: Workspace, store: Store, as_js
     (check,) = t.checks
     assert (check.name, check.status, check.details) == ("commit_exists", "error", {"infrastructure": True})
 
-    # The aborted edge released its lock: another run reaches the same (missing) repo, not a conflict.
-    other = start(cli, workspace)
-    cli("advance", other, "--to", "deploy-staging", as_json=as_json).error(4, "infrastructure_unavailable")
+    # The aborted edge released its lock, and no new run of an app without its repository is recorded.
+    assert store.locks() == []
+    refused = cli("run", "start", "--app", "demo", "--sha", workspace.repo.sha, as_json=as_json)
+    assert "source" in refused.error(2, "bad_input") and len(store.list_runs()) == 1
 
 
 def test_prod_edge_abort_keeps_the_run_in_deploy_staging(

@@ -77,9 +77,9 @@ def test_run_start_defaults_the_actor_to_the_os_user(
 def test_store_is_created_and_upgraded_on_first_use(
     cli: Cli, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A newcomer never has to remember 'db upgrade', nor create the database's directory."""
-    db_file = workspace.path / "fresh" / "orch.db"
-    monkeypatch.setenv("ORCH_DATABASE_URL", f"sqlite:///{db_file.as_posix()}")
+    """A newcomer never has to remember 'db upgrade', nor create the default database's directory."""
+    db_file = workspace.path / ".orchestrator" / "orchestrator.db"
+    monkeypatch.delenv("ORCH_DATABASE_URL")
     start(cli, workspace)
     assert db_file.is_file()
     upgrade = cli("db", "upgrade", as_json=True).ok()
@@ -322,7 +322,7 @@ def test_infrastructure_lost_mid_edge_still_undoes_side_effects(
     message = cli("advance", run_id, "--to", "deploy-staging", as_json=True).error(
         4, "infrastructure_unavailable"
     )
-    assert message == "registry 127.0.0.1:1 unreachable"
+    assert message == "registry 127.0.0.1:1 unreachable; undo_touch: undone"
     assert undone == ["x"]
     (transition,) = store.transitions(run_id)
     assert transition.outcome == "aborted" and transition.result_state == "development"

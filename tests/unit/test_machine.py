@@ -10,12 +10,14 @@ from orchestrator.machine import EDGE_ENVIRONMENTS, EDGES, TO_PROD, TO_STAGING, 
 
 def test_states_and_edges_form_one_straight_line() -> None:
     """A new edge (or a shortcut from development to deploy) must be a deliberate change to this test."""
-    assert [s.value for s in State] == ["development", "deploy-staging", "deploy"]
+    assert [s.value for s in State] == ["development", "deploy-staging", "deploy", "superseded"]
     assert EDGES == (TO_STAGING, TO_PROD)
     assert (TO_STAGING.source, TO_STAGING.dest) == (State.DEVELOPMENT, State.DEPLOY_STAGING)
     assert (TO_PROD.source, TO_PROD.dest) == (State.DEPLOY_STAGING, State.DEPLOY)
     assert TO_STAGING.name == str(TO_STAGING) == "development->deploy-staging"
     assert TO_PROD.name == "deploy-staging->deploy"
+    # superseded is where a run overtaken by a newer one ends: no edge leads out of it, or into it.
+    assert all(State.SUPERSEDED not in (e.source, e.dest) for e in EDGES)
 
 
 def test_prod_edge_locks_staging_too() -> None:

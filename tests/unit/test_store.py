@@ -4,7 +4,7 @@ compare-and-set refuses stale moves."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
@@ -14,12 +14,18 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from orchestrator.errors import BadInput, Conflict
+from orchestrator.holder import Holder
 from orchestrator.store import db
 from orchestrator.store.models import Base
 from orchestrator.store.repository import Store
 
 if TYPE_CHECKING:
     from conftest import Cli, Workspace
+
+
+def live(target: str) -> dict[str, Any]:
+    """begin_transition's holder arguments for a live holder: this very process."""
+    return {"target_environment": target, "holder": Holder.me(), "lease_s": 30.0}
 
 
 def head_revision() -> str:
@@ -69,7 +75,7 @@ def test_model_comparison_would_notice_a_missing_migration(tmp_path: Path) -> No
 
 
 def test_store_upgrades_a_fresh_database_on_first_use(tmp_path: Path) -> None:
-    path = tmp_path / "nested" / "dir" / "orch.db"
+    path = tmp_path / ".orchestrator" / "orch.db"
     store = Store(sqlite_url(path))
     try:
         with store.engine.connect() as conn:
@@ -146,30 +152,30 @@ def test_begin_transition_refuses_a_run_that_moved(store: Store) -> None:
     with pytest.raises(
         Conflict, match=f"run {run.id} is no longer in deploy-staging: another runner moved it"
     ):
-        store.begin_transition(run.id, "deploy-staging", "deploy", "ci", ("staging", "prod"))
+        store.begin_transition(run.id, "deploy-staging", "deploy", "ci", ("staging", "prod"), **live("prod"))
     assert store.transitions(run.id) == []
 
 
 def test_finish_transition_moves_the_run_and_releases_the_locks(store: Store) -> None:
     a = store.create_run("demo", "a" * 40, "ci", "development")
     b = store.create_run("demo", "b" * 40, "ci", "development")
-    t = store.begin_transition(a.id, "development", "deploy-staging", "ci", ("staging",))
+    t = store.begin_transition(a.id, "development", "deploy-staging", "ci", ("staging",), **live("staging"))
     with pytest.raises(Conflict, match=f"locked by run {a.id}"):
-        store.begin_transition(b.id, "development", "deploy-staging", "ci", ("staging",))
+        store.begin_transition(b.id, "development", "deploy-staging", "ci", ("staging",), **live("staging"))
     store.finish_transition(t, outcome="succeeded", reason=None, result_state="deploy-staging")
     assert store.get_run(a.id).state == "deploy-staging"
     (record,) = store.transitions(a.id)
     assert (record.outcome, record.result_state) == ("succeeded", "deploy-staging")
     assert record.finished_at is not None and record.finished_at.tzinfo is not None
-    store.begin_transition(b.id, "development", "deploy-staging", "ci", ("staging",))
+    store.begin_transition(b.id, "development", "deploy-staging", "ci", ("staging",), **live("staging"))
 
 
 def test_prod_edge_holds_staging_as_well(store: Store) -> None:
     a = store.create_run("demo", "a" * 40, "ci", "deploy-staging")
     b = store.create_run("demo", "b" * 40, "ci", "development")
-    store.begin_transition(a.id, "deploy-staging", "deploy", "ci", ("staging", "prod"))
+    store.begin_transition(a.id, "deploy-staging", "deploy", "ci", ("staging", "prod"), **live("prod"))
     with pytest.raises(Conflict, match=f"demo staging is locked by run {a.id}"):
-        store.begin_transition(b.id, "development", "deploy-staging", "ci", ("staging",))
+        store.begin_transition(b.id, "development", "deploy-staging", "ci", ("staging",), **live("staging"))
 
 
 def test_unknown_run(store: Store) -> None:

@@ -1,0 +1,113 @@
+"""Process lifecycle for long operations: signals become exceptions, leases are renewed while alive.
+
+A cancelled CI job sends SIGTERM (then SIGKILL after a grace period). Python's default for SIGTERM is
+to die on the spot, which leaves prod half-swapped and the locks held; so while an edge runs, SIGTERM
+and SIGINT raise ``Interrupted`` in the main thread, the edge undoes its work and closes its
+transition, and only then does the process exit (128 + signal number, as shells report it).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from orchestrator.logging import get_logger
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(BaseException):
+    """Raised by SIGTERM/SIGINT during an edge. A BaseException, so that the ``except Exception`` that
+    turns a crashing gate into a recorded error never swallows a cancellation."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.signal_name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT raise Interrupted (main thread only: elsewhere Python cannot
+    install handlers, and there is nothing to do)."""
+    if not _in_main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """While undoing, a second SIGTERM must not cut the undo short: note it and carry on. The list
+    of signals received is yielded so the caller can report them."""
+    received: list[int] = []
+    if not _in_main_thread():
+        yield received
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        get_logger().warning("signal_deferred", signal=signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class Heartbeat:
+    """Renews a lease every ``interval`` seconds from a daemon thread while the work goes on.
+
+    ``renew`` returns False when the lease is no longer ours (an operator forced the lock away): that
+    is logged loudly once, since the work may now race someone else's.
+    """
+
+    def __init__(self, renew: Callable[[], bool], interval: float, what: str) -> None:
+        self._renew = renew
+        self._interval = interval
+        self._what = what
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat {what}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        log = get_logger()
+        warned = False
+        while not self._stop.wait(self._interval):
+            try:
+                ours = self._renew()
+            except Exception as exc:  # a database hiccup must not kill the heartbeat for good
+                log.warning("lease_renewal_failed", what=self._what, error=str(exc))
+                continue
+            if not ours and not warned:
+                warned = True
+                log.error("lease_lost", what=self._what)
