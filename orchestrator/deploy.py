@@ -529,6 +529,18 @@ class Deployer:
             )
         return verify.all_of(*checks)
 
+    def serves(self, env: str, image_id: str, revision: str) -> bool:
+        """Whether ``env`` really serves ``image_id``: its container runs that image, is healthy, and
+        verifies (label, and /version where served). Health comes first: a container the engine has
+        just restarted answers /version only once the app is up, and judging it earlier would replace
+        a good release."""
+        found = self.current(env)
+        if found is None or not found.running or found.image_id != image_id:
+            return False
+        if not self.wait_healthy(env, found.id).healthy:
+            return False
+        return self.verify_running(env, image_id, revision).ok
+
     def stop(self, env: str) -> bool:
         """Take ``env`` down (no release to fall back to); True when something was removed."""
         with self.steps.step(f"{env}_stop", env) as step:

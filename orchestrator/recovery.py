@@ -162,11 +162,11 @@ class Reconciler:
         previous = self.store.latest_release_outside(self.app.name, env, self.transition.id)
         image = new_image(steps, env)
         own = [r for r in self.store.releases_of_transition(self.transition.id) if r.environment == env]
-        runs_new = image is not None and self._runs(env, image, self.sha)
+        runs_new = image is not None and self.deployer.serves(env, image, self.sha)
         runs_previous = (
             previous is not None
             and previous.image_id != image
-            and self._runs(env, previous.image_id, previous.revision)
+            and self.deployer.serves(env, previous.image_id, previous.revision)
         )
         if previous is not None and previous.image_id == image:
             runs_previous = runs_new
@@ -184,17 +184,6 @@ class Reconciler:
             ),
             previous,
         )
-
-    def _runs(self, env: str, image_id: str, revision: str) -> bool:
-        found = self.deployer.current(env)
-        if found is None or not found.running or found.image_id != image_id:
-            return False
-        # Healthy first: a container the engine has just restarted (restart policy, after an engine
-        # restart) answers /version only once the app is up, and verifying it earlier would replace a
-        # good release with the previous one.
-        if not self.deployer.wait_healthy(env, found.id).healthy:
-            return False
-        return self.deployer.verify_running(env, image_id, revision).ok
 
     def reconcile(self, mode: Mode, environments: Sequence[str], reason: str) -> Outcome:
         steps = self.transition.steps
@@ -311,14 +300,7 @@ def repair_environment(
     if release is None:
         return f"{env} has no recorded release: left as it is"
     deployer = Deployer.from_releases(engine, app, settings, latest)
-    found = deployer.current(env)
-    if (
-        found is not None
-        and found.running
-        and found.image_id == release.image_id
-        and deployer.wait_healthy(env, found.id).healthy
-        and deployer.verify_running(env, release.image_id, release.revision).ok
-    ):
+    if deployer.serves(env, release.image_id, release.revision):
         return f"{env} runs release {release.id}, verified"
     done = deployer.redeploy(env, release, run_id=release.run_id)
     if not done.ok:

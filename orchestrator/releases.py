@@ -57,20 +57,6 @@ class RollbackResult:
         }
 
 
-def _runs(deployer: Deployer, env: str, history: list[ReleaseRecord]) -> bool:
-    """Whether ``env`` really runs its latest recorded release (running, that image, verified)."""
-    if not history:
-        return False
-    found = deployer.current(env)
-    current = history[0]
-    return (
-        found is not None
-        and found.running
-        and found.image_id == current.image_id
-        and deployer.verify_running(env, current.image_id, current.revision).ok
-    )
-
-
 def choose_target(
     history: list[ReleaseRecord],
     to: int | None,
@@ -127,7 +113,11 @@ def rollback(
         # Connected only past the checks that need no engine (nothing to roll back to: exit 3).
         deployer = functools.cache(lambda: Deployer.from_releases(engine.get(), app, config.settings, latest))
         target = choose_target(
-            history, to, app.name, env, runs_current=lambda: _runs(deployer(), env, history)
+            history,
+            to,
+            app.name,
+            env,
+            runs_current=lambda: deployer().serves(env, history[0].image_id, history[0].revision),
         )
         current = history[0]
         if not deployer().ensure_image(target):

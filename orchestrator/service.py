@@ -165,6 +165,11 @@ def _target_environment(edge: Edge) -> str:
     return PROD if edge.dest == State.DEPLOY else STAGING
 
 
+def machine_fail_state() -> State:
+    """Where the machine sends a run whose edge a gate rejected (the same place from every edge)."""
+    return RunMachine(State.DEPLOY_STAGING).fail()
+
+
 def _edge_of(transition: TransitionRecord) -> Edge:
     machine = RunMachine(State(transition.from_state))
     return machine.edge_to(State(transition.to_state))
@@ -574,8 +579,14 @@ class RunService:
             self.store.record_gate_result(transition.id, position, result)
 
         actions: dict[str, str] = {}
+        # A gate had already said no before the runner was lost: that verdict stands. The edge is
+        # undone (never finished, whatever now runs) and the run goes back to development.
+        rejected = next((c for c in transition.checks if c.status == "fail"), None)
+        undone_state, undone_outcome = (
+            (machine_fail_state(), FAILED) if rejected is not None else (edge.source, ABORTED)
+        )
         if not transition.steps:
-            outcome, state, summary = ABORTED, edge.source, "no step had started: nothing to undo"
+            outcome, state, summary = undone_outcome, undone_state, "no step had started: nothing to undo"
         else:
             try:
                 app = self.config.app(run.app)
@@ -595,7 +606,7 @@ class RunService:
                         steps,
                         record,
                     ).reconcile(
-                        Mode.RECOVER,
+                        Mode.UNDO if rejected is not None else Mode.RECOVER,
                         EDGE_ENVIRONMENTS[edge],
                         reason=f"recovery of transition {transition.id}",
                     )
@@ -607,7 +618,7 @@ class RunService:
                 ) from None
             actions = {env: a.value for env, a in result.actions.items()}
             summary = result.summary()
-            outcome, state = (SUCCEEDED, edge.dest) if result.finished else (ABORTED, edge.source)
+            outcome, state = (SUCCEEDED, edge.dest) if result.finished else (undone_outcome, undone_state)
         reason = f"{found}; recovered by {actor}: {summary}"
         self.store.finish_transition(transition.id, outcome=outcome, reason=reason, result_state=state.value)
         self.store.record_event(

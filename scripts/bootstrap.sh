@@ -179,6 +179,8 @@ max_connections = 200
 fsync = off
 synchronous_commit = off
 full_page_writes = off
+# Autovacuum workers in a test database make DROP DATABASE ... WITH (FORCE) fail for a non-superuser.
+autovacuum = off
 CONF
   chown postgres:postgres "$PG_HOME/data/orchestrator.conf"
 }
@@ -212,6 +214,7 @@ pg_ensure_role() {
   pg_admin_sql <<'SQL'
 SELECT 'CREATE ROLE orch' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'orch') \gexec
 ALTER ROLE orch LOGIN CREATEDB PASSWORD 'orch';
+GRANT pg_signal_backend TO orch;
 SELECT 'CREATE DATABASE orch OWNER orch' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'orch') \gexec
 SQL
 }
@@ -221,6 +224,7 @@ SQL
 ensure_postgres() {
   export ORCHESTRATOR_TEST_PG_URL="postgresql+psycopg://orch:orch@127.0.0.1:$PG_PORT/orch"
   if [ -x "$PG_BIN/psql" ] && pg_answers; then
+    is_root && pg_ensure_role  # a grant added here must reach a cluster made by an older bootstrap
     say "PostgreSQL for the tests: $ORCHESTRATOR_TEST_PG_URL"
     return 0
   fi

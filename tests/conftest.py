@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -244,8 +245,17 @@ class Databases:
         name = sa.make_url(url).database
         if self._admin is None or name not in self._created:
             return
-        with self._admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for attempt in range(50):
+            try:
+                with self._admin.connect() as conn:
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                break
+            except sa.exc.DBAPIError:
+                # PostgreSQL 15 refuses FORCE while an autovacuum worker is in the database (a
+                # non-superuser may not signal it); the worker is gone a moment later.
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
         self._created.remove(name)
 
     def close(self) -> None:

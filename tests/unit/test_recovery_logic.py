@@ -12,14 +12,23 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import pytest
 
+from orchestrator.config import load_config
+from orchestrator.gates import GateResult, GateStatus
 from orchestrator.holder import Holder, Liveness
 from orchestrator.machine import PROD, STAGING, TO_PROD, TO_STAGING
 from orchestrator.recovery import Action, EnvFacts, Mode, abandoned, decide, edge_finished, new_image, touched
+from orchestrator.service import RunService
 from orchestrator.steps import CRASH_AT_VAR, CRASH_SIGNAL_VAR, StepLog, StepStatus
-from orchestrator.store.repository import StepRecord, TransitionRecord
+from orchestrator.store.repository import StepRecord, Store, TransitionRecord
+
+if TYPE_CHECKING:
+    from conftest import Workspace
+
+    from orchestrator.docker_engine import DockerEngine
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -201,3 +210,36 @@ def test_step_log_without_a_store_never_arms_the_hook(monkeypatch: pytest.Monkey
     monkeypatch.setenv(CRASH_AT_VAR, "before:prod_stop")
     with StepLog().step("prod_stop", PROD) as s:  # would have killed this very test process
         s.changed(ok=True)
+
+
+def test_an_edge_a_gate_rejected_stays_rejected_when_its_runner_is_lost(
+    workspace: Workspace, store: Store
+) -> None:
+    """Hazard: the runner dies after a gate said no (say, while undoing); recovery must not read the
+    interruption as 'nothing decided' and leave the run where it could be promoted again."""
+    run = store.create_run("demo", workspace.repo.sha, "ci", "deploy-staging")
+    lost = Holder(Holder.me().host, _dead_pid(), None)
+    tid = store.begin_transition(
+        run.id,
+        "deploy-staging",
+        "deploy",
+        "ci",
+        (STAGING, PROD),
+        target_environment=PROD,
+        holder=lost,
+        lease_s=30,
+    )
+    verdict = GateResult(
+        "check_staging_image_fresh", GateStatus.FAIL, "layer B: label mismatch", {}, 0.1, NOW
+    )
+    store.record_gate_result(tid, 1, verdict)
+
+    def no_engine() -> DockerEngine:
+        raise AssertionError("nothing had touched an environment: recovery needs no engine")
+
+    (report,) = RunService(load_config(workspace.config_path), store, no_engine).recover()
+    assert (report.transition_id, report.outcome) == (tid, "failed")
+    assert store.get_run(run.id).state == "development"
+    (transition,) = store.transitions(run.id)
+    assert (transition.outcome, transition.result_state) == ("failed", "development")
+    assert store.locks() == []
