@@ -267,6 +267,7 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
         _echo(
             f"  release {rel.id}: {rel.environment:<8} {rel.kind:<8} {rel.image_id[:19]}  "
             f"revision {rel.revision[:12]}  {rel.created_at:%Y-%m-%d %H:%M:%S}"
+            + (f"  compose {rel.compose_sha256[7:19]}" if rel.compose_sha256 else "")
             + (f"  ({rel.reason})" if rel.reason else "")
         )
 

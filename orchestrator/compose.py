@@ -60,6 +60,13 @@ def compose_command() -> list[str]:
     )
 
 
+def file_digest(path: Path | None) -> str | None:
+    """sha256 of the compose file a release ran with, so history says which file each release used."""
+    if path is None or not path.is_file():
+        return None
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def render_override(pins: Mapping[str, str]) -> str:
     """YAML for ``services: {name: {image: ref}}``; JSON strings are valid YAML scalars, so quoting
     is exact without a YAML library."""

@@ -493,8 +493,22 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         _check_ports_unique(apps.values())
     except BadInput as exc:
         raise BadInput(f"{cfg_path}: {exc.message}") from None
-    warnings = _freshness_scope_warnings(settings, apps, cfg_path, env)
+    warnings = _freshness_scope_warnings(settings, apps, cfg_path, env) + _secret_build_arg_warnings(apps)
     return Config(settings=settings, apps=apps, path=cfg_path.resolve(), warnings=warnings)
+
+
+def _secret_build_arg_warnings(apps: Mapping[str, AppConfig]) -> tuple[str, ...]:
+    """Build args are baked into the image's history and pushed with it (``docker history --no-trunc``
+    shows them to anyone who can pull): a credential passed that way leaks for the image's lifetime."""
+    from orchestrator.redact import looks_secret
+
+    return tuple(
+        f"[apps.{app.name}].build_args.{name} looks like a secret: build args are stored in the image "
+        "history and pushed with it; keep credentials out of build args"
+        for app in apps.values()
+        for name in sorted(app.build_args)
+        if looks_secret(name)
+    )
 
 
 def _freshness_scope_warnings(

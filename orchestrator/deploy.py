@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from orchestrator import gitrepo, health, verify
+from orchestrator import gitrepo, health, redact, verify
 from orchestrator.compose import Compose, ComposeError, project_name
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError, ImageInfo
-from orchestrator.errors import InfraUnavailable, StepTimeout
+from orchestrator.errors import BadInput, InfraUnavailable, StepTimeout
 from orchestrator.machine import PROD, STAGING
 from orchestrator.registry import Registry, RegistryError
 from orchestrator.steps import StepLog
@@ -41,6 +41,30 @@ def preflight(app: AppConfig) -> None:
     if app.is_compose:
         compose = Compose(app.compose_file, app.override_file, project=project_name(app.name))
         compose.check_services(app.service(STAGING), app.service(PROD))
+
+
+def check_compose_committed(app: AppConfig, sha: str) -> None:
+    """A compose file inside the app's repository must be the one committed at the run's sha: an
+    uncommitted edit (an extra variable, a host mount) would otherwise reach prod with no trace. A compose
+    file kept elsewhere is not the commit's to judge; its hash is recorded with every release instead."""
+    if app.compose_file is None:
+        return
+    try:
+        rel = app.compose_file.resolve().relative_to(app.source.resolve())
+    except ValueError:
+        return
+    committed = gitrepo.file_at(app.source, sha, rel.as_posix())
+    if committed is None:
+        raise BadInput(
+            f"compose file {rel} is not in commit {sha[:12]} of {app.source}: commit it, or keep it outside "
+            "the app's repository"
+        )
+    if committed != app.compose_file.read_bytes():
+        raise BadInput(
+            f"compose file {app.compose_file} differs from its version in commit {sha[:12]}: commit the "
+            "change (and start a run of that commit) or restore the file ('git checkout -- "
+            f"{rel}'); nothing was deployed"
+        )
 
 
 def port_answers(port: int) -> bool:
@@ -163,13 +187,18 @@ class Deployer:
                 raise DockerError(f"{self.app.dockerfile} is not in commit {sha[:12]} of {self.app.source}")
             t0 = time.perf_counter()
             with gitrepo.archive(self.app.source, sha) as context:
-                image = self.engine.build(
-                    context,
-                    tag=self.build_tag(sha),
-                    dockerfile=self.app.dockerfile,
-                    buildargs={**self.app.build_args, "GIT_SHA": sha},
-                    timeout_s=self.settings.build_timeout_s,
-                )
+                try:
+                    image = self.engine.build(
+                        context,
+                        tag=self.build_tag(sha),
+                        dockerfile=self.app.dockerfile,
+                        buildargs={**self.app.build_args, "GIT_SHA": sha},
+                        timeout_s=self.settings.build_timeout_s,
+                    )
+                except StepTimeout as exc:
+                    if "log_tail" in exc.details:
+                        exc.details["log_tail"] = self.redact(str(exc.details["log_tail"]))
+                    raise
             step.changed(image_id=image.id, tag=self.build_tag(sha))
         return Build(image, self.build_tag(sha), time.perf_counter() - t0)
 
@@ -447,7 +476,7 @@ class Deployer:
             "container_id": found.id,
             "container_status": found.status,
             "exit_code": found.exit_code,
-            "logs_tail": self.engine.logs(found.id, tail=20)[-1500:],
+            "logs_tail": self.redact(self.engine.logs(found.id, tail=20))[-1500:],
         }
 
     def staging_check(self, sha: str) -> StagingCheck:
@@ -478,7 +507,7 @@ class Deployer:
             step.changed(exit_code=proc.returncode)
             if proc.returncode != 0:
                 step.fail(f"exit {proc.returncode}")
-        return StagingCheck(proc.returncode == 0, proc.returncode, output[-2000:], tuple(cmd))
+        return StagingCheck(proc.returncode == 0, proc.returncode, self.redact(output)[-2000:], tuple(cmd))
 
     def verify_image(self, image_id: str, sha: str) -> verify.Check:
         """Safety layer: the image tagged <app>:<sha> is the one just built and carries the full sha."""
@@ -528,6 +557,10 @@ class Deployer:
                 )
             )
         return verify.all_of(*checks)
+
+    def redact(self, text: str) -> str:
+        """Evidence from the app (logs, check output) without the secrets we gave it."""
+        return redact.redact(text, [*self.app.env.values(), *self.app.build_args.values()])
 
     def serves(self, env: str, image_id: str, revision: str) -> bool:
         """Whether ``env`` really serves ``image_id``: its container runs that image, is healthy, and

@@ -53,6 +53,12 @@ def path_in_commit(repo: Path, sha: str, path: str) -> bool:
     return _git(repo, "cat-file", "-e", f"{sha}:{path}", check=False).returncode == 0
 
 
+def file_at(repo: Path, sha: str, path: str) -> bytes | None:
+    """The bytes ``path`` (relative to the repository root) has in commit ``sha``; None if it has none."""
+    proc = _git(repo, "cat-file", "blob", f"{sha}:{path}", check=False)
+    return proc.stdout if proc.returncode == 0 else None
+
+
 def archive(repo: Path, sha: str) -> IO[bytes]:
     """The committed tree at ``sha`` as a tar stream: exactly what was validated, never the working tree,
     so an uncommitted file can never leak into an image. Spooled to disk past 64 MiB."""

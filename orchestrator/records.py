@@ -6,7 +6,7 @@ record.
 
 from __future__ import annotations
 
-from orchestrator.compose import keep_anchor
+from orchestrator.compose import file_digest, keep_anchor
 from orchestrator.config import AppConfig
 from orchestrator.gates import ReleaseIntent
 from orchestrator.store.repository import ReleaseRecord, Store
@@ -26,6 +26,7 @@ def record_release(
         kind=intent.kind,
         reason=intent.reason,
         digest=intent.digest,
+        compose_sha256=file_digest(app.compose_file),
     )
     if intent.override is not None and app.override_file is not None:
         keep_anchor(app.override_file, intent.environment, release.id, intent.override, app.keep_releases)

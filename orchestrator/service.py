@@ -227,9 +227,10 @@ class RunService:
         self.refuse_if_frozen(app.name)
 
         gates = gates_for(edge)
-        from orchestrator.deploy import preflight
+        from orchestrator.deploy import check_compose_committed, preflight
 
         preflight(app)
+        check_compose_committed(app, run.sha)
         engine = _Engine(self.engine_factory)
         # Connect before anything is written: an engine that does not answer changes nothing at all.
         if any(g.needs_docker for g in gates):
@@ -350,6 +351,7 @@ class RunService:
             log=log,
             engine=engine.connected,
             previous_releases=previous,
+            run_releases=self.store.releases_of_run(run.id),
             steps=steps,
             on_release=release_now,
         )

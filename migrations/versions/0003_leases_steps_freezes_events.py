@@ -1,4 +1,5 @@
-"""leased locks with live holders, recorded promotion steps, freezes, lock waiters, events
+"""leased locks with live holders, recorded promotion steps, freezes, lock waiters, events, the compose
+file each release ran with
 
 Revision ID: 0003
 Revises: 0002
@@ -38,6 +39,9 @@ def upgrade() -> None:
             batch_op.add_column(column)
     with op.batch_alter_table("environment_locks", schema=None) as batch_op:
         batch_op.alter_column("kind", server_default=None)
+
+    with op.batch_alter_table("releases", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("compose_sha256", sa.String(length=80), nullable=True))
 
     op.create_table(
         "transition_steps",
@@ -122,6 +126,8 @@ def downgrade() -> None:
     with op.batch_alter_table("transition_steps", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_transition_steps_transition_id"))
     op.drop_table("transition_steps")
+    with op.batch_alter_table("releases", schema=None, recreate="never") as batch_op:
+        batch_op.drop_column("compose_sha256")
     # Hand-held and operator locks did not exist before this revision.
     op.execute("DELETE FROM environment_locks WHERE kind <> 'run'")
     with op.batch_alter_table("environment_locks", schema=None) as batch_op:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -132,6 +132,8 @@ class GateContext:
     engine: DockerEngine | None = None
     # The latest release per environment before this transition started: what a rollback restores.
     previous_releases: Mapping[str, Any] = field(default_factory=dict)
+    # Every release this run made so far (ReleaseRecords): what the run's own edges put where.
+    run_releases: Sequence[Any] = ()
     releases: list[ReleaseIntent] = field(default_factory=list)
     compensations: list[Compensation] = field(default_factory=list)
     # The transition's recorded steps (a StepLog that records nothing when there is no transition).

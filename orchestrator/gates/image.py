@@ -31,7 +31,9 @@ def _build(ctx: GateContext) -> Build | Verdict:
     try:
         return ctx.deployer.build(ctx.sha)
     except DockerError as exc:
-        return Verdict.failed(exc.message, build_log_tail=exc.log[-2000:])
+        return Verdict.failed(
+            ctx.deployer.redact(exc.message), build_log_tail=ctx.deployer.redact(exc.log)[-2000:]
+        )
 
 
 def _build_details(build: Build) -> dict[str, Any]:
@@ -182,16 +184,26 @@ class CheckStagingImageFresh(Gate):
             else f"{ctx.app.name} is not in ORCH_IMAGE_FRESHNESS_REPOS"
         )
         ctx.log.warning("image_freshness_check_disabled", reason=why)
-        # Promote what staging was given for this sha; verify_prod still proves what runs.
-        staging = ctx.previous_releases.get(STAGING)
-        if staging is not None and staging.revision == ctx.sha:
-            ctx.shared[PROMOTE_IMAGE] = staging.image_id
-        else:
-            tagged = ctx.deployer.engine.image(ctx.deployer.build_tag(ctx.sha))
-            if tagged is not None:
-                ctx.shared[PROMOTE_IMAGE] = tagged.id
+        # Promote the image id this run's own staging edge built, checked and recorded, never what a
+        # tag names now: anyone with access to the engine can tag an image `<app>:<sha>` and forge its
+        # revision label, and verify_prod proves only the label. No recorded image: fail closed.
+        staged = [r for r in ctx.run_releases if r.environment == STAGING and r.revision == ctx.sha]
+        if not staged:
+            return Verdict.failed(
+                f"{why}, and run {ctx.run_id} has no recorded staging image to promote: advance it to "
+                "deploy-staging again, or enable the freshness check so it rebuilds"
+            )
+        image_id = staged[-1].image_id
+        if ctx.deployer.engine.image(image_id) is None:
+            return Verdict.failed(
+                f"{why}, and run {ctx.run_id}'s staging image {image_id[:19]} is gone from the engine: "
+                "advance a new run, or enable the freshness check so it rebuilds"
+            )
+        ctx.shared[PROMOTE_IMAGE] = image_id
         return Verdict.skipped(
-            f"{why}: staging image not rebuilt", promote_image_id=ctx.shared.get(PROMOTE_IMAGE)
+            f"{why}: staging image not rebuilt; promoting run {ctx.run_id}'s recorded staging image",
+            promote_image_id=image_id,
+            staging_release=staged[-1].id,
         )
 
 

@@ -128,6 +128,8 @@ class Release(Base):
     transition_id: Mapped[int | None] = mapped_column(ForeignKey("transitions.id", ondelete="SET NULL"))
     # deploy | rollback
     kind: Mapped[str] = mapped_column(String(16), default="deploy")
+    # sha256 of the compose file the release ran with (compose apps): which file, not just which image.
+    compose_sha256: Mapped[str | None] = mapped_column(String(80))
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

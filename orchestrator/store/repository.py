@@ -196,6 +196,7 @@ class ReleaseRecord:
     reason: str | None
     created_at: datetime
     transition_id: int | None = None
+    compose_sha256: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -209,6 +210,7 @@ class ReleaseRecord:
             "kind": self.kind,
             "reason": self.reason,
             "created_at": _iso(self.created_at),
+            "compose_sha256": self.compose_sha256,
         }
 
 
@@ -225,6 +227,7 @@ def _release(row: Release) -> ReleaseRecord:
         row.reason,
         _aware(row.created_at),
         row.transition_id,
+        row.compose_sha256,
     )
 
 
@@ -805,6 +808,7 @@ class Store:
         digest: str | None = None,
         kind: str = "deploy",
         reason: str | None = None,
+        compose_sha256: str | None = None,
     ) -> ReleaseRecord:
         with self._session() as s:
             row = Release(
@@ -817,6 +821,7 @@ class Store:
                 transition_id=transition_id,
                 kind=kind,
                 reason=reason,
+                compose_sha256=compose_sha256,
             )
             s.add(row)
             s.flush()

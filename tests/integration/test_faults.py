@@ -426,6 +426,7 @@ def test_engine_restart_mid_prod_swap_is_recovered_by_one_command(
         "rollback",
     ), other_prod
     run, closed = shown(orch, failed_run)
-    assert (run["state"], closed["outcome"]) == ("deploy-staging", "aborted"), closed
+    # verify_prod had rejected it before the engine went: that verdict stands (undone, back to development).
+    assert (run["state"], closed["outcome"]) == ("development", "failed"), closed
     assert "recovered by" in closed["reason"] and "verify_prod" in closed["reason"], closed
     assert_next_run_promotes(app, orch, store)
