@@ -1,15 +1,14 @@
 """Every query the CLI and the service need. No SQL lives anywhere else.
 
-Values leave this module as frozen dataclasses, never as ORM objects, so no caller can lazily load or
-accidentally write through a detached session.
+Values leave this module as the frozen dataclasses of store/records.py, never as ORM objects, so no
+caller can lazily load or accidentally write through a detached session.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.errors import BadInput, Conflict, InfraUnavailable
-from orchestrator.holder import Holder, Liveness, holder_of
+from orchestrator.holder import Holder
 from orchestrator.store import db
 from orchestrator.store.models import (
     EnvironmentLock,
@@ -31,29 +30,32 @@ from orchestrator.store.models import (
     Transition,
     utcnow,
 )
-
-IN_PROGRESS = "in_progress"
-INTERRUPTED = "interrupted"
-SUPERSEDED = "superseded"
-# Transitions whose side effects nobody has reconciled yet; a run has at most one.
-UNFINISHED = (IN_PROGRESS, INTERRUPTED)
-ALL_APPS = "*"
-
-RUN_LOCK = "run"
-OPERATOR_LOCK = "operator"
-MANUAL_LOCK = "manual"
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything we store is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _iso(value: datetime | None) -> str | None:
-    value = _aware(value)
-    return value.isoformat() if value else None
+from orchestrator.store.records import (  # noqa: F401 - re-exported: callers import them from here
+    ALL_APPS,
+    IN_PROGRESS,
+    INTERRUPTED,
+    MANUAL_LOCK,
+    OPERATOR_LOCK,
+    RUN_LOCK,
+    SUPERSEDED,
+    UNFINISHED,
+    EventRecord,
+    FreezeRecord,
+    GateRecord,
+    LockHeld,
+    LockRecord,
+    ReleaseRecord,
+    RunRecord,
+    StepRecord,
+    Superseded,
+    TransitionRecord,
+    UnfinishedTransition,
+    _aware,
+    _iso,
+    _release,
+    _step,
+    _transition,
+)
 
 
 def _held_by(model: type[Transition] | type[EnvironmentLock], holder: Holder) -> sa.ColumnElement[bool]:
@@ -61,380 +63,6 @@ def _held_by(model: type[Transition] | type[EnvironmentLock], holder: Holder) ->
     process that inherited a dead holder's pid renew or drop what that holder left for recovery."""
     start = model.holder_start == holder.start if holder.start is not None else model.holder_start.is_(None)
     return sa.and_(model.holder_host == holder.host, model.holder_pid == holder.pid, start)
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    id: int
-    app: str
-    sha: str
-    state: str
-    actor: str
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, row: Run) -> RunRecord:
-        return cls(
-            row.id, row.app, row.sha, row.state, row.actor, _aware(row.created_at), _aware(row.updated_at)
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.id,
-            "app": self.app,
-            "sha": self.sha,
-            "state": self.state,
-            "actor": self.actor,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-        }
-
-
-@dataclass(frozen=True)
-class GateRecord:
-    name: str
-    status: str
-    reason: str
-    details: dict[str, Any]
-    duration_s: float
-    started_at: datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "reason": self.reason,
-            "details": self.details,
-            "duration_s": self.duration_s,
-            "started_at": _iso(self.started_at),
-        }
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    id: int
-    position: int
-    name: str
-    environment: str | None
-    status: str
-    started_at: datetime
-    finished_at: datetime | None
-    changes: dict[str, Any]
-    error: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "position": self.position,
-            "name": self.name,
-            "environment": self.environment,
-            "status": self.status,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "changes": self.changes,
-            "error": self.error,
-        }
-
-
-def _step(row: StepRow) -> StepRecord:
-    return StepRecord(
-        row.id,
-        row.position,
-        row.name,
-        row.environment,
-        row.status,
-        _aware(row.started_at),
-        _aware(row.finished_at),
-        dict(row.changes or {}),
-        row.error,
-    )
-
-
-@dataclass(frozen=True)
-class TransitionRecord:
-    id: int
-    run_id: int
-    from_state: str
-    to_state: str
-    actor: str
-    started_at: datetime
-    finished_at: datetime | None
-    outcome: str
-    reason: str | None
-    result_state: str | None
-    checks: tuple[GateRecord, ...]
-    steps: tuple[StepRecord, ...] = ()
-    holder: Holder | None = None
-    lease_expires_at: datetime | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "transition_id": self.id,
-            "from": self.from_state,
-            "to": self.to_state,
-            "actor": self.actor,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "outcome": self.outcome,
-            "reason": self.reason,
-            "result_state": self.result_state,
-            "checks": [c.as_dict() for c in self.checks],
-            "steps": [st.as_dict() for st in self.steps],
-        }
-
-
-@dataclass(frozen=True)
-class ReleaseRecord:
-    id: int
-    app: str
-    environment: str
-    image_id: str
-    digest: str | None
-    revision: str
-    run_id: int | None
-    kind: str
-    reason: str | None
-    created_at: datetime
-    transition_id: int | None = None
-    compose_sha256: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "release_id": self.id,
-            "app": self.app,
-            "environment": self.environment,
-            "image_id": self.image_id,
-            "digest": self.digest,
-            "revision": self.revision,
-            "run_id": self.run_id,
-            "kind": self.kind,
-            "reason": self.reason,
-            "created_at": _iso(self.created_at),
-            "compose_sha256": self.compose_sha256,
-        }
-
-
-def _release(row: Release) -> ReleaseRecord:
-    return ReleaseRecord(
-        row.id,
-        row.app,
-        row.environment,
-        row.image_id,
-        row.digest,
-        row.revision,
-        row.run_id,
-        row.kind,
-        row.reason,
-        _aware(row.created_at),
-        row.transition_id,
-        row.compose_sha256,
-    )
-
-
-def _transition(row: Transition) -> TransitionRecord:
-    checks = tuple(
-        GateRecord(g.name, g.status, g.reason, dict(g.details or {}), g.duration_s, _aware(g.started_at))
-        for g in row.gate_results
-    )
-    return TransitionRecord(
-        row.id,
-        row.run_id,
-        row.from_state,
-        row.to_state,
-        row.actor,
-        _aware(row.started_at),
-        _aware(row.finished_at),
-        row.outcome,
-        row.reason,
-        row.result_state,
-        checks,
-        tuple(_step(st) for st in row.steps),
-        holder_of(row.holder_host, row.holder_pid, row.holder_start),
-        _aware(row.lease_expires_at),
-    )
-
-
-class UnfinishedTransition(Conflict):
-    """The run already has a transition nobody closed (maybe its runner died): recover it first."""
-
-    def __init__(self, transition: TransitionRecord) -> None:
-        self.transition = transition
-        who = transition.actor + (f", {transition.holder.describe()}" if transition.holder else "")
-        # Most often a live runner is mid-edge (a second CI job on the same run): say who, and only
-        # send the reader to `recover` for what nobody is finishing.
-        advice = (
-            "'orchestrator recover' reconciles it"
-            if transition.outcome == INTERRUPTED
-            else "wait for it to finish; if its runner died, 'orchestrator recover' reconciles it"
-        )
-        super().__init__(
-            f"run {transition.run_id} has an unfinished transition {transition.id} "
-            f"({transition.from_state}->{transition.to_state}, {transition.outcome}, "
-            f"started {_iso(transition.started_at)}) by {who}: {advice}"
-        )
-
-
-class Superseded(Conflict):
-    """A newer run of the same app owns, moves into or waits for the environment."""
-
-    def __init__(self, run_id: int, newer_run_id: int, why: str) -> None:
-        self.run_id = run_id
-        self.newer_run_id = newer_run_id
-        super().__init__(f"run {run_id} is superseded by newer run {newer_run_id}: {why}")
-
-
-@dataclass(frozen=True)
-class LockRecord:
-    app: str
-    environment: str
-    kind: str
-    holder: str
-    run_id: int | None
-    transition_id: int | None
-    acquired_at: datetime
-    reason: str | None
-    process: Holder | None
-    lease_expires_at: datetime | None
-
-    @classmethod
-    def of(cls, row: EnvironmentLock) -> LockRecord:
-        return cls(
-            row.app,
-            row.environment,
-            row.kind,
-            row.holder,
-            row.run_id,
-            row.transition_id,
-            _aware(row.acquired_at),
-            row.reason,
-            holder_of(row.holder_host, row.holder_pid, row.holder_start),
-            _aware(row.lease_expires_at),
-        )
-
-    def liveness(self, now: datetime | None = None) -> str:
-        """alive | dead | expired | held (a hand-held lock: only `unlock` ends it)."""
-        if self.kind == MANUAL_LOCK:
-            return "held"
-        if self.process is not None:
-            seen = self.process.liveness()
-            if seen == Liveness.DEAD:
-                return "dead"
-            if seen == Liveness.ALIVE:
-                return "alive"
-        if self.lease_expires_at is None or self.lease_expires_at <= (now or utcnow()):
-            return "expired"
-        return "alive"
-
-    @property
-    def abandoned(self) -> bool:
-        """Its holder is gone: on this host the process is dead, elsewhere its lease ran out."""
-        return self.liveness() in ("dead", "expired")
-
-    def describe(self) -> str:
-        if self.kind == MANUAL_LOCK:
-            who = f"{self.holder} by hand" + (f" ({self.reason})" if self.reason else "")
-        elif self.run_id is not None:
-            who = f"run {self.run_id} ({self.holder})"
-        else:
-            who = self.holder
-        return f"{self.app} {self.environment} is locked by {who} since {_iso(self.acquired_at)}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "app": self.app,
-            "environment": self.environment,
-            "kind": self.kind,
-            "holder": self.holder,
-            "run_id": self.run_id,
-            "transition_id": self.transition_id,
-            "acquired_at": _iso(self.acquired_at),
-            "reason": self.reason,
-            "process": self.process.describe() if self.process else None,
-            "lease_expires_at": _iso(self.lease_expires_at),
-            "liveness": self.liveness(),
-        }
-
-
-class LockHeld(Conflict):
-    """Someone else holds an environment this action needs."""
-
-    def __init__(self, app: str, locks: Sequence[LockRecord]) -> None:
-        self.app = app
-        self.locks = list(locks)
-        if not self.locks:
-            message = f"{app} was locked by another runner a moment ago; try again"
-        else:
-            lock = self.locks[0]
-            message = lock.describe()
-            if lock.kind == MANUAL_LOCK:
-                message += f": 'orchestrator unlock {app} --env {lock.environment}' releases it"
-            elif lock.abandoned:
-                message += ": its holder is gone; 'orchestrator recover' frees it"
-            else:
-                message += ": wait for it to finish, or pass --wait SECONDS"
-        super().__init__(message, details={"locks": [lk.as_dict() for lk in self.locks]})
-
-
-@dataclass(frozen=True)
-class FreezeRecord:
-    app: str
-    actor: str
-    reason: str
-    since: datetime
-
-    @classmethod
-    def of(cls, row: Freeze) -> FreezeRecord:
-        return cls(row.app, row.actor, row.reason, _aware(row.since))
-
-    def describe(self) -> str:
-        scope = "every app" if self.app == ALL_APPS else self.app
-        return f"{scope} frozen by {self.actor} since {_iso(self.since)}: {self.reason}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"app": self.app, "actor": self.actor, "reason": self.reason, "since": _iso(self.since)}
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    id: int
-    at: datetime
-    app: str | None
-    environment: str | None
-    kind: str
-    actor: str
-    message: str
-    run_id: int | None
-    transition_id: int | None
-    details: dict[str, Any]
-
-    @classmethod
-    def of(cls, row: Event) -> EventRecord:
-        return cls(
-            row.id,
-            _aware(row.at),
-            row.app,
-            row.environment,
-            row.kind,
-            row.actor,
-            row.message,
-            row.run_id,
-            row.transition_id,
-            dict(row.details or {}),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "event_id": self.id,
-            "at": _iso(self.at),
-            "app": self.app,
-            "environment": self.environment,
-            "kind": self.kind,
-            "actor": self.actor,
-            "message": self.message,
-            "run_id": self.run_id,
-            "transition_id": self.transition_id,
-            "details": self.details,
-        }
 
 
 class Store:
