@@ -38,16 +38,12 @@ def _in_main_thread() -> bool:
 
 
 @contextmanager
-def interruptible() -> Iterator[None]:
-    """While inside, SIGTERM and SIGINT raise Interrupted (main thread only: elsewhere Python cannot
-    install handlers, and there is nothing to do)."""
+def _handling(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT go to ``handler`` while inside (main thread only: elsewhere Python cannot
+    install handlers, and there is nothing to do); the previous handlers come back after."""
     if not _in_main_thread():
         yield
         return
-
-    def handler(signum: int, _frame: Any) -> None:
-        raise Interrupted(signum)
-
     previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
     try:
         yield
@@ -57,24 +53,28 @@ def interruptible() -> Iterator[None]:
 
 
 @contextmanager
+def interruptible() -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT raise Interrupted."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
+
+    with _handling(handler):
+        yield
+
+
+@contextmanager
 def signals_deferred() -> Iterator[list[int]]:
     """While undoing, a second SIGTERM must not cut the undo short: note it and carry on. The list
     of signals received is yielded so the caller can report them."""
     received: list[int] = []
-    if not _in_main_thread():
-        yield received
-        return
 
     def handler(signum: int, _frame: Any) -> None:
         received.append(signum)
         get_logger().warning("signal_deferred", signal=signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
-    try:
+    with _handling(handler):
         yield received
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class Heartbeat:

@@ -52,6 +52,15 @@ TO_STAGING = Edge(State.DEVELOPMENT, State.DEPLOY_STAGING)
 TO_PROD = Edge(State.DEPLOY_STAGING, State.DEPLOY)
 EDGES: tuple[Edge, ...] = (TO_STAGING, TO_PROD)
 
+
+def edge_between(source: str, dest: str) -> Edge:
+    """The edge a recorded transition moved along (its from/to states as stored)."""
+    for edge in EDGES:
+        if edge.source == State(source) and edge.dest == State(dest):
+            return edge
+    raise ValueError(f"no edge from {source} to {dest}")
+
+
 STAGING = "staging"
 PROD = "prod"
 ENVIRONMENTS = (STAGING, PROD)

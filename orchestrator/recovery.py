@@ -22,7 +22,7 @@ from orchestrator.config import AppConfig, Settings
 from orchestrator.deploy import Deployer
 from orchestrator.docker_engine import DockerEngine, DockerError
 from orchestrator.gates import GateResult, GateStatus, ReleaseIntent
-from orchestrator.machine import PROD, STAGING, TO_PROD, TO_STAGING, Edge, State
+from orchestrator.machine import PROD, STAGING, TO_PROD, TO_STAGING, Edge, edge_between
 from orchestrator.records import record_release
 from orchestrator.steps import StepLog
 from orchestrator.store.repository import ReleaseRecord, StepRecord, Store, TransitionRecord
@@ -150,14 +150,6 @@ class Reconciler:
         self.deployer = Deployer.from_releases(engine, app, settings, latest, steps)
         self._mode = Mode.RECOVER.value
 
-    def edge(self) -> Edge:
-        for edge in (TO_STAGING, TO_PROD):
-            if edge.source == State(self.transition.from_state) and edge.dest == State(
-                self.transition.to_state
-            ):
-                return edge
-        raise ValueError(f"transition {self.transition.id} is not on a known edge")
-
     def facts(self, env: str, steps: Sequence[StepRecord]) -> tuple[EnvFacts, ReleaseRecord | None]:
         previous = self.store.latest_release_outside(self.app.name, env, self.transition.id)
         image = new_image(steps, env)
@@ -197,8 +189,9 @@ class Reconciler:
                 action = decide(found, mode)
                 outcome.actions[env] = action
                 self._carry_out(env, action, found, previous, reason, outcome)
+        edge = edge_between(self.transition.from_state, self.transition.to_state)
         outcome.finished = (
-            mode == Mode.RECOVER and outcome.ok and edge_finished(self.edge(), outcome.actions, facts, steps)
+            mode == Mode.RECOVER and outcome.ok and edge_finished(edge, outcome.actions, facts, steps)
         )
         return outcome
 

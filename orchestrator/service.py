@@ -32,7 +32,16 @@ from orchestrator.gates import (
 from orchestrator.holder import Holder
 from orchestrator.lifecycle import Heartbeat, Interrupted, interruptible, signals_deferred
 from orchestrator.logging import get_logger
-from orchestrator.machine import EDGE_ENVIRONMENTS, ENVIRONMENTS, PROD, STAGING, Edge, RunMachine, State
+from orchestrator.machine import (
+    EDGE_ENVIRONMENTS,
+    ENVIRONMENTS,
+    PROD,
+    STAGING,
+    Edge,
+    RunMachine,
+    State,
+    edge_between,
+)
 from orchestrator.records import record_release
 from orchestrator.steps import StepLog, StepStatus
 from orchestrator.store.repository import (
@@ -64,8 +73,6 @@ ABORTED = "aborted"
 # How often a waiting advance retries the lock: well under a second, so a freed environment is taken
 # at once rather than after a long back-off.
 LOCK_POLL_S = 0.2
-
-__all__ = ["ABORTED", "FAILED", "SUCCEEDED", "AdvanceResult", "RunService", "record_release"]
 
 
 def default_actor() -> str:
@@ -163,16 +170,6 @@ class _Engine:
 
 def _target_environment(edge: Edge) -> str:
     return PROD if edge.dest == State.DEPLOY else STAGING
-
-
-def machine_fail_state() -> State:
-    """Where the machine sends a run whose edge a gate rejected (the same place from every edge)."""
-    return RunMachine(State.DEPLOY_STAGING).fail()
-
-
-def _edge_of(transition: TransitionRecord) -> Edge:
-    machine = RunMachine(State(transition.from_state))
-    return machine.edge_to(State(transition.to_state))
 
 
 class RunService:
@@ -355,11 +352,7 @@ class RunService:
             steps=steps,
             on_release=release_now,
         )
-        heartbeat = Heartbeat(
-            lambda: self.store.renew_lease(transition_id, Holder.me(), self.lease_s),
-            self.lease_s / 3,
-            f"transition {transition_id}",
-        )
+        heartbeat = self._heartbeat(transition_id, f"transition {transition_id}")
         with heartbeat:
             try:
                 checks = run_gates(gates, ctx, record)
@@ -415,6 +408,12 @@ class RunService:
         log.info("transition_finished", outcome=outcome, reason=reason, state=state.value)
         return AdvanceResult(
             run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
+        )
+
+    def _heartbeat(self, transition_id: int, what: str) -> Heartbeat:
+        """Renews this process's lease on the transition (and its locks) every third of a lease."""
+        return Heartbeat(
+            lambda: self.store.renew_lease(transition_id, Holder.me(), self.lease_s), self.lease_s / 3, what
         )
 
     def _step_log(self, transition_id: int, position: int = 0) -> StepLog:
@@ -569,7 +568,7 @@ class RunService:
         ):
             return None  # another process is recovering it right now
         found = self._what_happened(transition)
-        edge = _edge_of(transition)
+        edge = edge_between(transition.from_state, transition.to_state)
         log = get_logger(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name, transition_id=transition.id)
         log.warning("recovering_transition", found=found)
         transition = self.store.get_transition(transition.id)
@@ -585,7 +584,7 @@ class RunService:
         # undone (never finished, whatever now runs) and the run goes back to development.
         rejected = next((c for c in transition.checks if c.status == "fail"), None)
         undone_state, undone_outcome = (
-            (machine_fail_state(), FAILED) if rejected is not None else (edge.source, ABORTED)
+            (RunMachine(edge.source).fail(), FAILED) if rejected is not None else (edge.source, ABORTED)
         )
         if not transition.steps:
             outcome, state, summary = undone_outcome, undone_state, "no step had started: nothing to undo"
@@ -593,11 +592,7 @@ class RunService:
             try:
                 app = self.config.app(run.app)
                 steps = self._step_log(transition.id, position=len(transition.steps))
-                with Heartbeat(
-                    lambda: self.store.renew_lease(transition.id, Holder.me(), self.lease_s),
-                    self.lease_s / 3,
-                    f"recovery of transition {transition.id}",
-                ):
+                with self._heartbeat(transition.id, f"recovery of transition {transition.id}"):
                     result = Reconciler(
                         self.store,
                         engine.get(),
