@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 
 from orchestrator.config import DEFAULT_DB_PATH
 from orchestrator.errors import BadInput, InfraUnavailable
+from orchestrator.logging import get_logger
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -120,7 +122,8 @@ def _is_default_location(path: Path) -> bool:
 def _prepare_sqlite_file(database: str | None, masked: str) -> None:
     """Create the database file 0600 (and the default directory 0700) before SQLite opens it: SQLite
     would create it with the process umask, usually world-readable. An existing file keeps its mode
-    (a group-shared database is a choice; its -wal and -shm files follow it)."""
+    (a group-shared database is a choice; its -wal and -shm files follow it), except that no other user
+    may read it (see _close_to_others)."""
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     path = Path(database)
@@ -139,12 +142,37 @@ def _prepare_sqlite_file(database: str | None, masked: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
     except FileExistsError:
-        pass  # an existing database (or another process won the race): leave its mode alone
+        _close_to_others(path, masked)
     except OSError as exc:
         raise BadInput(
             f"cannot create database {masked}: {exc.strerror} ({exc.filename}); fix the permissions or "
             "point ORCH_DATABASE_URL elsewhere"
         ) from None
+
+
+def _close_to_others(path: Path, masked: str) -> None:
+    """Databases created by orchestrator before 0600 was the rule (and their -wal/-shm files, which
+    SQLite created with the database's mode) are usually world-readable: take the bits for other users
+    away, keeping the owner's and the group's (sharing with a group is a choice; with everyone is not)."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            current = stat.S_IMODE(file.stat().st_mode)
+            if current & 0o007:
+                file.chmod(current & ~0o007)
+                get_logger().warning(
+                    "database_permissions_tightened",
+                    path=str(file),
+                    mode_before=oct(current),
+                    mode=oct(current & ~0o007),
+                    why="run history was readable by every local user",
+                )
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise BadInput(
+                f"database {masked}: {file} is readable by every local user and cannot be changed "
+                f"({exc.strerror}): 'chmod o-rwx {file}'"
+            ) from None
 
 
 def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:

@@ -280,3 +280,24 @@ def test_safe_url_masks_what_it_cannot_parse() -> None:
     assert db.safe_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert db.safe_url("not a url") == "not a url"
     assert db.safe_url("sqlite:////srv/a:b@c/o.db") == "sqlite:////srv/a:b@c/o.db"
+
+
+def test_a_world_readable_database_from_an_older_version_is_closed_to_other_users(
+    cli: Cli, workspace: Workspace, monkeypatch: pytest.MonkeyPatch, umask_022: None
+) -> None:
+    """Earlier versions created the database (and SQLite its -wal/-shm files) with the umask: 0644.
+    Upgrading must not leave run history readable by every local user; a group bit is kept."""
+    directory = workspace.path / "shared"
+    directory.mkdir(mode=0o755)
+    path = directory / "orch.db"
+    monkeypatch.setenv("ORCH_DATABASE_URL", sqlite_url(path))
+    cli("runs", "list", as_json=True).ok()
+    sidecars = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    for file, old in zip([path, *sidecars], (0o644, 0o664, 0o604), strict=True):
+        file.touch()
+        file.chmod(old)
+    cli("runs", "list", as_json=True).ok()
+    assert {p.name: mode(p) for p in [path, *sidecars] if p.exists()} == {
+        p.name: m for p, m in zip([path, *sidecars], (0o640, 0o660, 0o600), strict=True) if p.exists()
+    }
+    assert mode(path) == 0o640
