@@ -1,101 +1,29 @@
-"""The promotion steps (build, recreate, health, verify, retag, restore), composed from the adapter.
+"""The promotion of an image to an environment: publish, start, health-check, verify, restore.
 
-This module decides *what* the engine should do for an app and an environment; docker_engine does it.
-Gates call these steps and turn their outcomes into recorded verdicts.
+This module decides *what* should happen to an environment and judges what answers afterwards; the
+steps (steps/: build, guard, tag and push, staging check) and the runtime (runtimes/: direct containers
+or compose services) do the work, and docker_engine alone talks to Docker. Gates call the Deployer and
+turn its outcomes into recorded verdicts.
 """
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-from orchestrator import gitrepo, health, redact, verify
-from orchestrator.compose import Compose, ComposeError, project_name
+from orchestrator import health, redact, verify
 from orchestrator.config import AppConfig, Settings
-from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError, ImageInfo
-from orchestrator.errors import BadInput, InfraUnavailable, StepTimeout
-from orchestrator.machine import PROD, STAGING
-from orchestrator.registry import Registry, RegistryError
+from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
+from orchestrator.machine import STAGING
+from orchestrator.runtimes import LOOPBACK, Published, Runtime, env_port, runtime_for
 from orchestrator.steps import StepLog
+from orchestrator.steps import build as build_steps
+from orchestrator.steps.build import Build
+from orchestrator.steps.publish import Publisher
+from orchestrator.steps.staging_check import StagingCheck, run_staging_check
 
-LOOPBACK = "127.0.0.1"
-
-
-def staging_check_script() -> Path:
-    """scripts/staging_check.py from a source checkout, else the copy shipped in the wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "scripts" / "staging_check.py", here / "_scripts" / "staging_check.py"):
-        if candidate.is_file():
-            return candidate
-    raise RuntimeError("scripts/staging_check.py is missing from this installation of orchestrator")
-
-
-def preflight(app: AppConfig) -> None:
-    """A compose app must name services its compose file has: exit 2 before anything runs."""
-    if app.is_compose:
-        compose = Compose(app.compose_file, app.override_file, project=project_name(app.name))
-        compose.check_services(app.service(STAGING), app.service(PROD))
-
-
-def check_compose_committed(app: AppConfig, sha: str) -> None:
-    """A compose file inside the app's repository must be the one committed at the run's sha: an
-    uncommitted edit (an extra variable, a host mount) would otherwise reach prod with no trace. A compose
-    file kept elsewhere is not the commit's to judge; its hash is recorded with every release instead."""
-    if app.compose_file is None:
-        return
-    try:
-        rel = app.compose_file.resolve().relative_to(app.source.resolve())
-    except ValueError:
-        return
-    committed = gitrepo.file_at(app.source, sha, rel.as_posix())
-    if committed is None:
-        raise BadInput(
-            f"compose file {rel} is not in commit {sha[:12]} of {app.source}: commit it, or keep it outside "
-            "the app's repository"
-        )
-    if committed != app.compose_file.read_bytes():
-        raise BadInput(
-            f"compose file {app.compose_file} differs from its version in commit {sha[:12]}: commit the "
-            "change (and start a run of that commit) or restore the file ('git checkout -- "
-            f"{rel}'); nothing was deployed"
-        )
-
-
-def port_answers(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((LOOPBACK, port)) == 0
-
-
-@dataclass(frozen=True)
-class Build:
-    image: ImageInfo
-    tag: str
-    duration_s: float
-
-
-@dataclass(frozen=True)
-class StagingCheck:
-    ok: bool
-    exit_code: int
-    output: str
-    command: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Published:
-    """Where an image can be found for an environment: ``ref`` is what runs pin (the registry digest
-    reference when there is a registry, else the image id, which is immutable on this engine)."""
-
-    image_id: str
-    ref: str
-    digest: str | None = None
+__all__ = ["Build", "Deployed", "Deployer", "Published", "StagingCheck"]
 
 
 @dataclass(frozen=True)
@@ -117,8 +45,9 @@ class PreviousRelease(Protocol):
 
 
 class Deployer:
-    """Deploy steps for one app. ``pins`` holds each environment's current immutable reference (from the
-    latest releases) so a compose override written for one environment keeps the other one's pin."""
+    """Deploy steps for one app: composes the build and publish steps with the app's runtime. ``pins``
+    holds each environment's current immutable reference (from the latest releases) so a compose
+    override written for one environment keeps the other one's pin."""
 
     def __init__(
         self,
@@ -133,21 +62,8 @@ class Deployer:
         self.settings = settings
         # Every action on an environment is a recorded step; without a transition nothing is recorded.
         self.steps = steps or StepLog()
-        self.pins: dict[str, str] = dict(pins or {})
-        self.compose = (
-            Compose(
-                app.compose_file,
-                app.override_file,
-                project=project_name(app.name),
-                timeout_s=settings.compose_timeout_s,
-            )
-            if app.is_compose
-            else None
-        )
-        self._pushed: dict[str, str] = {}
-        # Where each registry tag this deployer moved pointed before, so a failed first deploy can undo it.
-        self._registry_before: dict[str, str | None] = {}
-        self._registry = Registry(app.registry) if app.registry else None
+        self.runtime: Runtime = runtime_for(engine, app, settings, self.steps, dict(pins or {}))
+        self.publisher = Publisher(engine, app, settings, self.steps)
 
     @classmethod
     def from_releases(
@@ -165,106 +81,32 @@ class Deployer:
     # naming ---------------------------------------------------------------------------------------
 
     def container(self, env: str) -> str:
-        if self.compose is not None:
-            return f"{self.app.service(env)} (compose)"
-        return f"{self.app.name}-{env}"
+        return self.runtime.label(env)
 
     def port(self, env: str) -> int:
-        return self.app.staging_port if env == STAGING else self.app.prod_port
+        return env_port(self.app, env)
 
     def base_url(self, env: str) -> str:
         return f"http://{LOOPBACK}:{self.port(env)}"
 
-    def build_tag(self, sha: str) -> str:
-        return f"{self.app.name}:{sha}"
-
     # steps ----------------------------------------------------------------------------------------
 
     def build(self, sha: str) -> Build:
-        """Build from the committed tree with GIT_SHA, tagged <app>:<sha>."""
-        with self.steps.step("build") as step:
-            if not gitrepo.path_in_commit(self.app.source, sha, self.app.dockerfile):
-                raise DockerError(f"{self.app.dockerfile} is not in commit {sha[:12]} of {self.app.source}")
-            t0 = time.perf_counter()
-            with gitrepo.archive(self.app.source, sha) as context:
-                try:
-                    image = self.engine.build(
-                        context,
-                        tag=self.build_tag(sha),
-                        dockerfile=self.app.dockerfile,
-                        buildargs={**self.app.build_args, "GIT_SHA": sha},
-                        timeout_s=self.settings.build_timeout_s,
-                    )
-                except StepTimeout as exc:
-                    if "log_tail" in exc.details:
-                        exc.details["log_tail"] = self.redact(str(exc.details["log_tail"]))
-                    raise
-            step.changed(image_id=image.id, tag=self.build_tag(sha))
-        return Build(image, self.build_tag(sha), time.perf_counter() - t0)
+        return build_steps.build(self.engine, self.app, self.settings, self.steps, sha, self.redact)
+
+    def verify_image(self, image_id: str, sha: str) -> verify.Check:
+        return build_steps.guard(self.engine, self.app, self.steps, image_id, sha)
 
     def publish(self, env: str, image_id: str, revision: str) -> Published:
-        """Move the human-readable tags operators know (``<app>:<env>``, and ``:latest`` for prod) and,
-        with a registry, push the image and move the same tag there; return the immutable pin."""
-        with self.steps.step(f"{env}_tag", env) as step:
-            tags = [env, "latest"] if env == PROD else [env]
-            before = {}
-            for tag in tags:
-                found = self.engine.image(f"{self.app.name}:{tag}")
-                before[f"{self.app.name}:{tag}"] = found.id if found else None
-                self.engine.tag(image_id, self.app.name, tag)
-            step.changed(image_id=image_id, tags_before=before)
-        if self._registry is None:
-            return Published(image_id, image_id)
-        with self.steps.step(f"{env}_push", env) as step:
-            published = self._push(env, image_id, revision)
-            step.changed(image_id=image_id, digest=published.digest)
-        return published
-
-    def _push(self, env: str, image_id: str, revision: str) -> Published:
-        assert self._registry is not None
-        repo = self._registry.repository(self.app.name)
-        digest = self._pushed.get(image_id)
-        if digest is None:
-            self.engine.tag(image_id, repo, revision)
-            digest = self.engine.push(repo, revision, timeout_s=self.settings.push_timeout_s)
-            self._pushed[image_id] = digest
-        moving = "latest" if env == PROD else STAGING
-        try:
-            if env not in self._registry_before:
-                self._registry_before[env] = self._registry.manifest_digest(self.app.name, moving)
-            self._registry.retag(self.app.name, digest, moving)
-        except RegistryError as exc:
-            if exc.status is None:
-                raise InfraUnavailable(exc.message) from None
-            if not exc.needs_credentials:
-                raise DockerError(exc.message) from None
-            self.engine.tag(image_id, repo, moving)  # credentials live with the engine: push the tag
-            self.engine.push(repo, moving, timeout_s=self.settings.push_timeout_s)
-        return Published(image_id, f"{repo}@{digest}", f"{repo}@{digest}")
+        return self.publisher.publish(env, image_id, revision)
 
     def unpublish(self, env: str) -> list[str]:
-        """Undo ``publish`` for an environment left with no release: no human-readable tag may keep
-        naming an image that failed (compose services and people run ``:latest``). Returns what remains
-        that could not be undone."""
-        with self.steps.step(f"{env}_untag", env) as step:
-            removed = [f"{self.app.name}:{tag}" for tag in ((env, "latest") if env == PROD else (env,))]
-            for ref in removed:
-                self.engine.remove_image(ref)
-            step.changed(removed=removed)
-        if self._registry is None or env not in self._registry_before:
-            return []
-        moving = "latest" if env == PROD else STAGING
-        before = self._registry_before[env]
-        if before is None:
-            return [
-                f"registry tag {self._registry.repository(self.app.name)}:{moving} still names the failed "
-                "image (the registry API cannot delete a tag; nothing earlier to point it at)"
-            ]
-        try:
-            self._registry.retag(self.app.name, before, moving)
-        except RegistryError as exc:
-            return [f"could not move {moving} back to {before[:19]}: {exc.message}"]
-        return []
+        return self.publisher.unpublish(env)
+
+    def republish(self, env: str, image_id: str, revision: str, ref: str) -> None:
+        """Point ``env``'s tags and pin back at a release that, recovery found, still runs there."""
+        self.publisher.publish(env, image_id, revision)
+        self.runtime.repin(env, ref)
 
     def ensure_image(self, release: PreviousRelease) -> bool:
         """The release's image is here, or can be pulled by its digest (pruned here, kept in the registry)."""
@@ -280,93 +122,15 @@ class Deployer:
         except DockerError:
             return False
 
-    def recreate(self, env: str, published: Published, *, run_id: int | None) -> ContainerInfo:
-        if self.compose is not None:
-            return self._compose_up(env, published)
-        return self._run_direct(env, published.image_id, run_id=run_id)
+    def current(self, env: str) -> ContainerInfo | None:
+        return self.runtime.current(env)
 
-    def _compose_up(self, env: str, published: Published) -> ContainerInfo:
-        assert self.compose is not None
-        service = self.app.service(env)
-        self.pins[env] = published.ref
-        try:
-            if self.app.pin_digests:
-                with self.steps.step(f"{env}_pin", env) as step:
-                    pins = {self.app.service(e): ref for e, ref in self.pins.items()}
-                    self.compose.pin(pins)
-                    step.changed(override_file=str(self.compose.override_file), pins=pins)
-            with self.steps.step(f"{env}_up", env) as step:
-                before = self.current(env)
-                step.changed(container_before=before.id if before else None)
-                self.compose.up(service, pinned=self.app.pin_digests)
-                found = self.current(env)
-                step.changed(
-                    container_id=found.id if found else None, image_id=found.image_id if found else None
-                )
-        except ComposeError as exc:
-            raise DockerError(exc.message) from None
-        if found is None:
-            raise DockerError(f"docker compose up -d {service} left no container for {service}")
-        return found
+    def stop(self, env: str) -> bool:
+        """Take ``env`` down (no release to fall back to); True when something was removed."""
+        return self.runtime.stop(env)
 
     def override_text(self) -> str | None:
-        if self.compose is None or not self.app.pin_digests or not self.compose.override_file.is_file():
-            return None
-        return self.compose.override_file.read_text(encoding="utf-8")
-
-    def _run_direct(self, env: str, image_id: str, *, run_id: int | None) -> ContainerInfo:
-        """Replace the environment's container with one running ``image_id`` (by id, never by tag, so a
-        tag moved by someone else between build and run cannot change what starts)."""
-        name = self.container(env)
-        with self.steps.step(f"{env}_stop", env) as step:
-            old = self.engine.container(name)
-            if old is not None:
-                step.changed(container_id=old.id, image_id=old.image_id, status=old.status)
-            self.engine.remove_container(name)
-        port = self.port(env)
-        if port_answers(port):
-            # Otherwise the health check would be answered by whatever holds the port while our
-            # container dies on "address already in use", and a dead deploy would look green.
-            raise DockerError(
-                f"port {port} on {LOOPBACK} is already in use by something other than {name}: "
-                f"stop it or give {self.app.name} another {env}_port"
-            )
-        with self.steps.step(f"{env}_start", env) as step:
-            started = self._start(env, name, image_id, run_id=run_id)
-            step.changed(container_id=started.id, image_id=started.image_id)
-        return started
-
-    def _start(self, env: str, name: str, image_id: str, *, run_id: int | None) -> ContainerInfo:
-        port = self.port(env)
-        publish = None
-        container_port = port
-        if self.app.container_port is not None:
-            # Published mode: the app listens on its own port inside its network namespace.
-            container_port = self.app.container_port
-            publish = {container_port: (LOOPBACK, port)}
-        return self.engine.run(
-            name,
-            image_id,
-            environment={"PORT": str(container_port), "ORCH_ENVIRONMENT": env, **self.app.env},
-            host_network=publish is None,
-            publish=publish,
-            labels={
-                "orchestrator.app": self.app.name,
-                "orchestrator.environment": env,
-                "orchestrator.run": str(run_id or ""),
-            },
-            restart=env == PROD,
-        )
-
-    def current(self, env: str) -> ContainerInfo | None:
-        """The container that serves ``env`` now, however it got there."""
-        if self.compose is None:
-            return self.engine.container(self.container(env))
-        try:
-            cid = self.compose.container_id(self.app.service(env), pinned=self.app.pin_digests)
-        except ComposeError as exc:
-            raise DockerError(exc.message) from None
-        return self.engine.container(cid) if cid else None
+        return self.runtime.override_text()
 
     def wait_healthy(self, env: str, container_id: str | None = None) -> health.HealthReport:
         def alive() -> bool:
@@ -385,7 +149,7 @@ class Deployer:
         answers, with the evidence either way."""
         try:
             published = self.publish(env, image_id, revision)
-            container = self.recreate(env, published, run_id=run_id)
+            container = self.runtime.start(env, published, run_id=run_id)
         except DockerError as exc:
             return Deployed(
                 False, f"could not start {self.container(env)}: {exc.message}", {"image_id": image_id}
@@ -480,47 +244,8 @@ class Deployer:
         }
 
     def staging_check(self, sha: str) -> StagingCheck:
-        cmd = [
-            sys.executable,
-            str(staging_check_script()),
-            "--mode",
-            "stub",
-            "--base-url",
-            self.base_url(STAGING),
-            "--expected-revision",
-            sha,
-            "--health-path",
-            self.app.health_path,
-        ]
-        if self.app.version_path:
-            cmd += ["--version-path", self.app.version_path]
-        limit = self.settings.staging_check_timeout_s
-        with self.steps.step("staging_check", STAGING) as step:
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-            except subprocess.TimeoutExpired:
-                # A check that never answers says nothing about the commit: infrastructure, exit 4.
-                raise StepTimeout(
-                    f"staging check did not finish within {limit:g} s (ORCH_STAGING_CHECK_TIMEOUT_S)"
-                ) from None
-            output = (proc.stdout + proc.stderr).strip()
-            step.changed(exit_code=proc.returncode)
-            if proc.returncode != 0:
-                step.fail(f"exit {proc.returncode}")
-        return StagingCheck(proc.returncode == 0, proc.returncode, self.redact(output)[-2000:], tuple(cmd))
-
-    def verify_image(self, image_id: str, sha: str) -> verify.Check:
-        """Safety layer: the image tagged <app>:<sha> is the one just built and carries the full sha."""
-        with self.steps.step("image_guard") as step:
-            tagged = self.engine.image(self.build_tag(sha))
-            check = verify.all_of(
-                verify.same_image(image_id, tagged.id if tagged else None, self.build_tag(sha)),
-                verify.revision_label(tagged.labels if tagged else None, sha),
-            )
-            step.changed(image_id=image_id, ok=check.ok)
-            if not check.ok:
-                step.fail(check.reason)
-        return check
+        check = run_staging_check(self.app, self.settings, self.steps, self.base_url(STAGING), sha)
+        return StagingCheck(check.ok, check.exit_code, self.redact(check.output)[-2000:], check.command)
 
     def verify_running(self, env: str, image_id: str, sha: str) -> verify.Check:
         """What really runs, not what we asked for: the environment's container runs ``image_id``, that
@@ -573,17 +298,3 @@ class Deployer:
         if not self.wait_healthy(env, found.id).healthy:
             return False
         return self.verify_running(env, image_id, revision).ok
-
-    def stop(self, env: str) -> bool:
-        """Take ``env`` down (no release to fall back to); True when something was removed."""
-        with self.steps.step(f"{env}_stop", env) as step:
-            found = self.current(env)
-            if found is not None:
-                step.changed(container_id=found.id, image_id=found.image_id, status=found.status)
-            if self.compose is None:
-                return self.engine.remove_container(self.container(env))
-            try:
-                self.compose.remove(self.app.service(env), pinned=self.app.pin_digests)
-            except ComposeError as exc:
-                raise DockerError(exc.message) from None
-            return found is not None

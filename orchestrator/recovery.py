@@ -219,10 +219,7 @@ class Reconciler:
                 note = f"{env} runs {facts.new_image[:19]} ({self.sha[:12]}), verified: recorded"
             elif action == Action.RETAG:
                 assert previous is not None
-                d.publish(env, previous.image_id, previous.revision)
-                if d.compose is not None and self.app.pin_digests:
-                    d.pins[env] = previous.digest or previous.image_id
-                    d.compose.pin({self.app.service(e): ref for e, ref in d.pins.items()})
+                d.republish(env, previous.image_id, previous.revision, previous.digest or previous.image_id)
                 note = f"{env} still ran release {previous.id}: its tags point at it again"
             elif action in (Action.RESTORE, Action.REPAIR):
                 assert previous is not None

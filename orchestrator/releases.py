@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator import health, verify
 from orchestrator.config import Config
-from orchestrator.deploy import Deployer, preflight
+from orchestrator.deploy import Deployer
 from orchestrator.docker_engine import DockerEngine
 from orchestrator.errors import BadInput, Conflict, GateFailed
 from orchestrator.gates import ReleaseIntent
@@ -23,6 +23,7 @@ from orchestrator.lifecycle import Heartbeat
 from orchestrator.logging import get_logger
 from orchestrator.machine import ENVIRONMENTS, parse_environment
 from orchestrator.records import record_release
+from orchestrator.runtimes import preflight
 from orchestrator.service import RunService, parse_actor
 from orchestrator.store.repository import OPERATOR_LOCK, ReleaseRecord, Store
 

@@ -224,10 +224,9 @@ class RunService:
         self.refuse_if_frozen(app.name)
 
         gates = gates_for(edge)
-        from orchestrator.deploy import check_compose_committed, preflight
+        from orchestrator.runtimes import preflight
 
-        preflight(app)
-        check_compose_committed(app, run.sha)
+        preflight(app, run.sha)
         engine = _Engine(self.engine_factory)
         # Connect before anything is written: an engine that does not answer changes nothing at all.
         if any(g.needs_docker for g in gates):

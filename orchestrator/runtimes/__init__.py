@@ -1,0 +1,92 @@
+"""How an environment runs: one interface over direct containers and compose services.
+
+The promotion (deploy.py) decides what an environment should run and checks what answers; a runtime
+knows only how to put an image in place for one environment, find what serves it now, and take it
+down, recording each of those as steps. Adding a runtime (swarm services, a remote host) means adding
+a module here, not another branch in every deploy step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from orchestrator.config import AppConfig, Settings
+from orchestrator.docker_engine import ContainerInfo, DockerEngine
+from orchestrator.machine import STAGING
+from orchestrator.steps import StepLog
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Published:
+    """Where an image can be found for an environment: ``ref`` is what runs pin (the registry digest
+    reference when there is a registry, else the image id, which is immutable on this engine)."""
+
+    image_id: str
+    ref: str
+    digest: str | None = None
+
+
+def env_port(app: AppConfig, env: str) -> int:
+    """The host port an environment answers on (health checks and the staging check go there)."""
+    return app.staging_port if env == STAGING else app.prod_port
+
+
+class Runtime(Protocol):
+    """One way of running an app's environments. Every method that changes the engine records itself
+    as a step in the transition's StepLog, so recovery can read how far it got."""
+
+    def label(self, env: str) -> str:
+        """What an operator would look for: the container name, or the compose service."""
+        ...
+
+    def current(self, env: str) -> ContainerInfo | None:
+        """The container that serves ``env`` now, however it got there."""
+        ...
+
+    def start(self, env: str, published: Published, *, run_id: int | None) -> ContainerInfo:
+        """Replace what serves ``env`` with ``published`` and return the new container (not yet
+        health-checked); raises DockerError when the engine refuses."""
+        ...
+
+    def stop(self, env: str) -> bool:
+        """Take ``env`` down; True when something was removed."""
+        ...
+
+    def repin(self, env: str, ref: str) -> None:
+        """Make ``env``'s recorded pin ``ref`` again without touching what runs (recovery found the old
+        release still serving after a crash between writing the new pin and starting it)."""
+        ...
+
+    def override_text(self) -> str | None:
+        """The pin file the environments run with now, kept with each release for rollback."""
+        ...
+
+
+def preflight(app: AppConfig, sha: str | None = None) -> None:
+    """What the runtime can refuse before anything runs (exit 2): a compose app's services exist in its
+    compose file and, for a run's ``sha``, that file is the committed one."""
+    if app.is_compose:
+        from orchestrator.runtimes import compose
+
+        compose.check_services(app)
+        if sha is not None:
+            compose.check_committed(app, sha)
+
+
+def runtime_for(
+    engine: DockerEngine,
+    app: AppConfig,
+    settings: Settings,
+    steps: StepLog,
+    pins: dict[str, str],
+) -> Runtime:
+    if app.is_compose:
+        from orchestrator.runtimes.compose import ComposeRuntime
+
+        return ComposeRuntime(engine, app, settings, steps, pins)
+    from orchestrator.runtimes.direct import DirectRuntime
+
+    return DirectRuntime(engine, app, steps)
