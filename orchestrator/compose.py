@@ -185,6 +185,7 @@ class Compose:
         *,
         project: str | None = None,
         timeout_s: float = 600,
+        adopt: bool = True,
     ) -> None:
         if project is not None and not _PROJECT.match(project):
             raise ValueError(f"{project!r} is not a compose project name (see project_name)")
@@ -192,6 +193,9 @@ class Compose:
         self.override_file = override_file
         self.project = project
         self.timeout_s = timeout_s
+        # False for a project that never existed under compose's default name (staging's own project):
+        # the containers found there belong to another project, which must not be taken over.
+        self.adopt = adopt
         self._cmd: list[str] | None = None
         self._in_use: str | None = None
 
@@ -275,7 +279,7 @@ class Compose:
                 f"not only of {self.compose_file}: deploying there would replace them. Take that project "
                 f"down ('docker compose -p {wanted} down') or give the app another name"
             )
-        if ours in found:
+        if ours in found or not self.adopt:
             return wanted
         legacy = self._default_project()
         if legacy == wanted:

@@ -54,6 +54,10 @@ class AppConfig:
     override_file: Path | None = None
     # false = the plain-tag deploy (`image: repo:latest` as written): only for showing the no-op hazard.
     pin_digests: bool = True
+    # Compose apps: "own" runs staging in a compose project of its own (<project>-staging: its own
+    # networks, named volumes and dependent services, so staging never writes prod's database);
+    # "prod" shares prod's project and everything in it, on purpose.
+    staging_project: str = "own"
     # Pinned overrides kept per environment as rollback anchors.
     keep_releases: int = 5
 
@@ -360,15 +364,37 @@ def _parse_dockerfile(name: str, raw: Any) -> str:
     return raw
 
 
+# Keys of a direct-container app that a compose app's own compose file decides instead: accepting them
+# silently would leave the user believing a variable or a port mapping is in effect when it is not.
+_DIRECT_ONLY = {
+    "container_port": "publish the port in the compose file ('ports:' or 'network_mode: host')",
+    "env": "set the service's 'environment:' in the compose file",
+}
+_COMPOSE_ONLY = ("pin_digests", "staging_project")
+STAGING_PROJECTS = ("own", "prod")
+
+
 def _parse_compose(where: str, table: Mapping[str, Any], base: Path, source: Path) -> dict[str, Any]:
     keys = ("compose_file", "staging_service", "prod_service", "override_file")
     if not any(k in table for k in keys):
-        if "pin_digests" in table:
-            raise BadInput(f"{where}.pin_digests only applies to compose apps (set compose_file)")
+        for key in _COMPOSE_ONLY:
+            if key in table:
+                raise BadInput(f"{where}.{key} only applies to compose apps (set compose_file)")
         return {}
     if "compose_file" not in table:
         raise BadInput(f"{where}: staging_service/prod_service need compose_file")
+    for key, instead in _DIRECT_ONLY.items():
+        if key in table:
+            raise BadInput(f"{where}.{key} does not apply to a compose app (compose_file is set): {instead}")
     values: dict[str, Any] = {}
+    if "staging_project" in table:
+        if table["staging_project"] not in STAGING_PROJECTS:
+            raise BadInput(
+                f'{where}.staging_project must be "own" (staging gets its own compose project: its own '
+                'networks, volumes and databases; the default) or "prod" (staging shares prod\'s project '
+                f"and its data), not {table['staging_project']!r}"
+            )
+        values["staging_project"] = table["staging_project"]
     for key in ("compose_file", "override_file"):
         if key in table:
             if not isinstance(table[key], str) or not table[key]:

@@ -28,7 +28,7 @@ from orchestrator.steps import StepLog
 from orchestrator.store.repository import ReleaseRecord, StepRecord, Store, TransitionRecord
 
 # Steps that change what an environment runs or which image its tags name.
-_TOUCHING = ("tag", "push", "stop", "start", "pin", "up", "untag")
+_TOUCHING = ("tag", "push", "stop", "start", "pin", "up", "untag", "move")
 
 
 class Mode(StrEnum):

@@ -446,6 +446,7 @@ def busybox_app(
 STAGING_SERVICE = "web-staging"
 PROD_SERVICE = "web-prod"
 CACHE_SERVICE = "cache"  # stands for postgres/redis: a service the orchestrator must never pin or touch
+DB_SERVICE = "db"  # a service both environments depend on, with a named volume
 COMPOSE = ("docker", "compose")
 _MANIFEST_TYPES = ", ".join(
     ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json")
@@ -598,6 +599,7 @@ class ComposeApp:
     staging_service: ClassVar[str] = STAGING_SERVICE
     prod_service: ClassVar[str] = PROD_SERVICE
     cache_service: ClassVar[str] = CACHE_SERVICE
+    db_service: ClassVar[str] = DB_SERVICE
 
     @property
     def name(self) -> str:
@@ -614,7 +616,13 @@ class ComposeApp:
 
     @property
     def project(self) -> str:
+        """Prod's compose project (the app's)."""
         return self.compose_file.parent.name
+
+    @property
+    def staging_project(self) -> str:
+        """Staging's own compose project (the default, ``staging_project = "own"``)."""
+        return f"{self.project}-staging"
 
     @property
     def image_repository(self) -> str:
@@ -626,11 +634,14 @@ class ComposeApp:
         registry: LocalRegistry | None,
         cache_image: str | None = None,
         staging_pull_always: bool = False,
+        db_image: str | None = None,
     ) -> bytes:
         """Write and commit the compose file; returns its bytes (the file must never be edited).
 
         The app services name plain tags, as people write them (``:staging``, ``:latest``). Committed,
-        so that a dirty git tree after a deploy can only be the orchestrator's doing."""
+        so that a dirty git tree after a deploy can only be the orchestrator's doing. ``db_image``: both
+        app services depend on ``db``, which keeps its data in the named volume ``data`` (a database as
+        far as compose projects are concerned)."""
         self.registry = registry
         repo = self.image_repository
 
@@ -643,7 +654,9 @@ class ComposeApp:
                 f'      PORT: "{port}"\n'
                 f"      ORCH_ENVIRONMENT: {env}\n"
                 # busybox httpd as PID 1 ignores SIGTERM: do not wait the default 10 s for it.
-                "    stop_grace_period: 1s\n" + ("    pull_policy: always\n" if pull_always else "")
+                "    stop_grace_period: 1s\n"
+                + ("    pull_policy: always\n" if pull_always else "")
+                + ("    depends_on: [db]\n" if db_image else "")
             )
 
         text = (
@@ -660,6 +673,16 @@ class ComposeApp:
                 "    network_mode: host\n"
                 "    stop_grace_period: 1s\n"
             )
+        if db_image is not None:
+            text += (
+                f"  {DB_SERVICE}:\n"
+                f"    image: {json.dumps(db_image)}\n"
+                '    command: ["/bin/busybox", "sleep", "3600"]\n'
+                "    network_mode: none\n"
+                "    stop_grace_period: 1s\n"
+                "    volumes: [data:/data]\n"
+                "volumes:\n  data: {}\n"
+            )
         self.app.repo.commit("compose file", {"docker-compose.yml": text})
         return self.compose_file.read_bytes()
 
@@ -669,6 +692,7 @@ class ComposeApp:
         pin_digests: bool | None = None,
         keep_releases: int | None = None,
         prod_service: str = PROD_SERVICE,
+        staging_project: str | None = None,
     ) -> None:
         """Rewrite orchestrator.toml for the compose app (``None``: leave the key out, i.e. the default)."""
         lines = [
@@ -691,6 +715,8 @@ class ComposeApp:
             lines.append(f"pin_digests = {str(pin_digests).lower()}")
         if keep_releases is not None:
             lines.append(f"keep_releases = {keep_releases}")
+        if staging_project is not None:
+            lines.append(f"staging_project = {json.dumps(staging_project)}")
         self.app.workspace.write_config("\n".join(lines) + "\n")
 
     def compose(self, *args: str, overrides: Sequence[Path] = ()) -> str:
@@ -720,14 +746,14 @@ class ComposeApp:
         assert proc.returncode == 0, f"{' '.join(argv)} failed:\n{proc.stdout}\n{proc.stderr}"
         return {name: s["image"] for name, s in json.loads(proc.stdout)["services"].items()}
 
-    def container(self, service: str) -> Deployed | None:
-        """What the engine says runs for ``service`` of this project (by compose's labels, not by asking
-        the orchestrator or compose)."""
+    def container(self, service: str, project: str | None = None) -> Deployed | None:
+        """What the engine says runs for ``service`` of ``project`` (prod's by default), by compose's
+        labels, not by asking the orchestrator or compose."""
         found = self.client.containers.list(
             all=True,
             filters={
                 "label": [
-                    f"com.docker.compose.project={self.project}",
+                    f"com.docker.compose.project={project or self.project}",
                     f"com.docker.compose.service={service}",
                 ]
             },
@@ -741,7 +767,9 @@ class ComposeApp:
         return Deployed(info.id, info.image_id, image.label(REVISION_LABEL) if image else None, info.status)
 
     def running(self, env: str) -> Deployed | None:
-        return self.container(STAGING_SERVICE if env == "staging" else PROD_SERVICE)
+        if env == "staging":
+            return self.container(STAGING_SERVICE, self.staging_project)
+        return self.container(PROD_SERVICE)
 
     def anchors(self, env: str) -> list[Path]:
         """The rollback anchors kept for ``env``, oldest first."""
@@ -761,12 +789,19 @@ class ComposeApp:
     def teardown(self) -> list[str]:
         errors: list[str] = []
         if self.compose_file.is_file():
-            argv = [*COMPOSE, "-f", str(self.compose_file), "down", "-t", "0", "--remove-orphans"]
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, cwd=self.compose_file.parent, timeout=300, check=False
-            )
-            if proc.returncode != 0:
-                errors.append(f"{' '.join(argv)}: {proc.stderr.strip()[-500:]}")
+            for project in (self.project, self.staging_project):
+                argv = [*COMPOSE, "-p", project, "-f", str(self.compose_file), "down", "-t", "0"]
+                argv += ["--remove-orphans", "--volumes"]
+                proc = subprocess.run(
+                    argv,
+                    capture_output=True,
+                    text=True,
+                    cwd=self.compose_file.parent,
+                    timeout=300,
+                    check=False,
+                )
+                if proc.returncode != 0:
+                    errors.append(f"{' '.join(argv)}: {proc.stderr.strip()[-500:]}")
         if self.registry is not None:
             errors += remove_registry_tags(self.client, self.registry, self.name)
         return errors

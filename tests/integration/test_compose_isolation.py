@@ -271,7 +271,7 @@ def second_app(
     yield app
     errors: list[str] = []
     compose_file = Path(repo.path) / "deploy" / "docker-compose.yml"
-    for project in (project_name(name), None):
+    for project in (project_name(name), project_name(name) + "-staging", None):
         argv = [*COMPOSE, *(["-p", project] if project else []), "-f", str(compose_file), "down", "-t", "0"]
         proc = subprocess.run(argv, capture_output=True, text=True, cwd=compose_file.parent, timeout=300)
         if proc.returncode != 0:
@@ -296,8 +296,8 @@ def test_two_apps_with_compose_files_in_folders_named_deploy_keep_their_own_cont
     """The attack through the CLI: apps alpha and beta, each with ``deploy/docker-compose.yml`` naming
     ``web-staging`` and ``web-prod``, deployed one after the other through both edges. Before each app
     had its own project, beta's deploy recreated alpha's containers as beta's: alpha vanished from
-    staging and prod while every gate passed. Now both keep theirs, each in the project named after
-    the app."""
+    staging and prod while every gate passed. Now both keep theirs, prod in the project named after
+    the app and staging in its own ``<project>-staging``."""
     alpha, beta = busybox_app, second_app
     for app in (alpha, beta):
         app.repo.commit("compose file", {"deploy/docker-compose.yml": compose_text(app)})
@@ -321,7 +321,8 @@ def test_two_apps_with_compose_files_in_folders_named_deploy_keep_their_own_cont
         assert set(found) == {"web-staging", "web-prod"}, f"{app.name} lost containers: {found}"
         for service, container in found.items():
             assert container.status == "running", (app.name, service, container.status)
-            assert container.labels["com.docker.compose.project"] == project_name(app.name)
+            own = project_name(app.name) + ("-staging" if service == "web-staging" else "")
+            assert container.labels["com.docker.compose.project"] == own
             image = app.engine.image(container.image.id)
             assert image is not None
             assert image.label("org.opencontainers.image.revision") == shas[app.name]

@@ -71,3 +71,29 @@ def test_bad_compose_and_registry_keys_are_bad_input(tmp_path: Path, extra: str,
 def test_bad_registry_variable_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="ORCH_REGISTRY='https://x' must be host"):
         load_config(write(tmp_path, COMPOSE_APP), env={"ORCH_REGISTRY": "https://x"})
+
+
+def test_staging_gets_its_own_project_unless_told_to_share(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, COMPOSE_APP), env={}).app("shop").staging_project == "own"
+    shared = load_config(write(tmp_path, COMPOSE_APP + 'staging_project = "prod"\n'), env={})
+    assert shared.app("shop").staging_project == "prod"
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ("container_port = 8080\n", "container_port does not apply to a compose app"),
+        ('env = { TOKEN = "x" }\n', "env does not apply to a compose app"),
+        ('staging_project = "shared"\n', 'staging_project must be "own"'),
+    ],
+)
+def test_keys_a_compose_app_cannot_honour_are_refused(tmp_path: Path, extra: str, fragment: str) -> None:
+    """A key the compose file decides instead (a port mapping, an environment variable) would be
+    silently ignored: the user would believe it is in effect."""
+    with pytest.raises(BadInput, match=fragment):
+        load_config(write(tmp_path, COMPOSE_APP + extra), env={})
+
+
+def test_staging_project_needs_a_compose_app(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="staging_project only applies to compose apps"):
+        load_config(write(tmp_path, '[apps.x]\nsource = "."\nstaging_project = "own"\n'), env={})
