@@ -138,7 +138,7 @@ class Side:
 
     label: str
     tree: Path
-    commit: str
+    revision: str  # of the orchestrator code this side runs
     app: str
     dir: Path
     staging_port: int
@@ -176,6 +176,17 @@ class Side:
             encoding="utf-8",
         )
 
+    def check_code(self) -> None:
+        """Prove that this side's CLI imports this side's tree, not another one on the path."""
+        where = checked(
+            [sys.executable, "-c", "import orchestrator; print(orchestrator.__file__)"],
+            what=f"{self.label}: import orchestrator",
+            env=self.env(),
+            cwd=self.dir,
+        ).strip()
+        if not Path(where).resolve().is_relative_to(self.tree.resolve()):
+            raise BenchmarkError(f"{self.label}: orchestrator imports from {where}, not from {self.tree}")
+
     def git(self, *args: str) -> str:
         return checked(["git", "-C", str(self.repo), *GIT_IDENTITY, *args], what=f"git {args[0]}").strip()
 
@@ -197,7 +208,14 @@ class Side:
 
     def cli(self, *args: str, expect: int = 0) -> dict[str, Any]:
         argv = [sys.executable, "-m", "orchestrator", "--config", str(self.dir / "orchestrator.toml"), *args]
-        proc = run_cmd([*argv, "--json"], what=f"{self.label}: orchestrator {' '.join(args)}", env=self.env())
+        # cwd is this side's own directory: ``python -m`` puts the cwd first on sys.path, and a cwd holding
+        # another orchestrator tree would silently run that code instead of this side's.
+        proc = run_cmd(
+            [*argv, "--json"],
+            what=f"{self.label}: orchestrator {' '.join(args)}",
+            env=self.env(),
+            cwd=self.dir,
+        )
         out = proc.stdout.decode(errors="replace")
         if proc.returncode != expect:
             raise BenchmarkError(
@@ -289,7 +307,7 @@ def summary(sides: Sequence[Side], before_label: str, after_label: str) -> dict[
         "scenario": SCENARIO,
         "sides": {
             s.label: {
-                "commit": s.commit,
+                "commit": s.revision,
                 "tree": str(s.tree),
                 "health_timeout_s": s.health_timeout_s,
                 "seconds": [round(x, 3) for x in s.seconds],
@@ -356,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 side.dir.mkdir()
                 side.setup()
+                side.check_code()
                 sides.append(side)
             for rep in range(args.repeat):
                 for side in sides if rep % 2 == 0 else reversed(sides):

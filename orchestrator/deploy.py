@@ -218,7 +218,7 @@ class Deployer:
         (redacted) in the reason itself, so the cause is in the first thing an operator reads. A failed
         staging container is then stopped, not removed: nothing half-broken keeps running or restarting
         as staging, and ``docker logs`` still has the whole story."""
-        evidence = self.container_evidence(env, container.id)
+        evidence = self.container_evidence(container.id)
         reason = headline + self._log_block(evidence)
         if env == STAGING and evidence.get("container_id"):
             evidence["stopped"] = self._halt(env, str(evidence["container_id"]))
@@ -320,10 +320,10 @@ class Deployer:
             deployed.override,
         )
 
-    def container_evidence(self, env: str, container_id: str | None = None) -> dict[str, Any]:
-        """What the engine says of ``env``'s container (``container_id``, else whatever serves ``env``):
-        status, exit code, restarts and the last 20 lines of its log, redacted."""
-        found = self.engine.container(container_id) if container_id else self.current(env)
+    def container_evidence(self, container_id: str) -> dict[str, Any]:
+        """What the engine says of a container: status, exit code, restarts and the last 20 lines of its
+        log, redacted."""
+        found = self.engine.container(container_id)
         if found is None:
             return {"container": None}
         return {
