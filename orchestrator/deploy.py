@@ -226,7 +226,7 @@ class Deployer:
 
     def _unhealthy(self, env: str, container: ContainerInfo, report: health.HealthReport) -> str:
         """The first line of an unhealthy verdict: what the container did, or what answered."""
-        where = f"({report.elapsed_s:.1f}s, {report.attempts} tries)"
+        where = f"({report.elapsed_s:.1f}s, {report.attempts} {'try' if report.attempts == 1 else 'tries'})"
         if report.container_failure is not None:
             settled = self._settled(container.id)
             failure = health.container_failure(container, settled) or report.container_failure
