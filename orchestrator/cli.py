@@ -20,6 +20,7 @@ import click
 from orchestrator import logging as orch_logging
 from orchestrator.config import Config, load_config
 from orchestrator.errors import BadInput, OrchestratorError
+from orchestrator.gates import first_line
 from orchestrator.lifecycle import Interrupted
 from orchestrator.machine import State
 from orchestrator.service import FAILED, AdvanceResult, RunService, connect_engine
@@ -198,14 +199,28 @@ def advance(
 
 def _print_advance(result: AdvanceResult) -> None:
     for check in result.checks:
-        _echo(f"  {check.status.value:<8} {check.name:<32} {check.duration_s:7.3f}s  {check.reason}")
-    if result.outcome == FAILED:
-        _echo(
-            f"run {result.run_id}: {result.from_state} -> {result.to_state} FAILED, back in "
-            f"{result.state}: {result.reason}"
-        )
-    else:
+        # One line per check; the evidence a reason carries (a container's log) is printed once, below.
+        summary = first_line(check.reason)
+        _echo(f"  {check.status.value:<8} {check.name:<32} {check.duration_s:7.3f}s  {summary}")
+    if result.outcome != FAILED:
         _echo(f"run {result.run_id}: {result.from_state} -> {result.to_state} ok, now in {result.state}")
+        return
+    _echo(
+        f"run {result.run_id}: {result.from_state} -> {result.to_state} FAILED, back in "
+        f"{result.state}: {first_line(result.reason or '')}"
+    )
+    failure = result.failure
+    if failure is None:
+        return
+    # Plain lines an operator (or a CI log) reads first: which gate, why, and what became of prod.
+    _echo(f"  gate:   {failure.gate}")
+    _echo(_hanging("  reason: ", failure.reason))
+    _echo(f"  prod:   {failure.prod.summary}")
+
+
+def _hanging(label: str, text: str, indent: int | None = None) -> str:
+    """``label`` then ``text``, its further lines indented (under the first, by default)."""
+    return label + text.replace("\n", "\n" + " " * (len(label) if indent is None else indent))
 
 
 @cli.group()
@@ -257,10 +272,11 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
     for t in transitions:
         _echo(
             f"  #{t.id} {t.from_state} -> {t.to_state}  {t.outcome}  by {t.actor}  "
-            f"{t.started_at:%Y-%m-%d %H:%M:%S}" + (f"  ({t.reason})" if t.reason else "")
+            f"{t.started_at:%Y-%m-%d %H:%M:%S}" + (f"  ({first_line(t.reason)})" if t.reason else "")
         )
         for c in t.checks:
-            _echo(f"      {c.status:<8} {c.name:<32} {c.duration_s:7.3f}s  {c.reason}")
+            # The whole reason, evidence included, under its check (the transition line has its summary).
+            _echo(_hanging(f"      {c.status:<8} {c.name:<32} {c.duration_s:7.3f}s  ", c.reason, indent=10))
         if t.steps:
             _echo("      steps: " + ", ".join(_step_text(st) for st in t.steps))
     for rel in releases:
