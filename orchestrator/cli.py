@@ -32,6 +32,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @dataclass
 class Invocation:
     config_path: str | None
+    verbose: bool = False
     _config: Config | None = None
     _store: Store | None = None
 
@@ -42,10 +43,14 @@ class Invocation:
             orch_logging.configure(self._config.settings.log_format, self._config.settings.log_level)
             for warning in self._config.warnings:
                 orch_logging.get_logger().warning("config_warning", message=warning)
+            if self.verbose:
+                _echo(f"config: {describe_config(self._config)}", err=True)
         return self._config
 
     def store(self, *, upgrade: bool = True) -> Store:
         if self._store is None:
+            if self.verbose:
+                _echo(f"database: {describe_database(self.config)}", err=True)
             self._store = Store(self.config.settings.database_url, upgrade=upgrade)
         return self._store
 
@@ -55,6 +60,24 @@ class Invocation:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+def describe_config(config: Config) -> str:
+    return f"{config.path or 'none'} ({config.config_source})"
+
+
+def describe_database(config: Config) -> str:
+    return f"{db.safe_url(config.settings.database_url)} ({config.database_source})"
+
+
+def sources(config: Config) -> dict[str, Any]:
+    """Which config and database a command used, for --json output (status)."""
+    return {
+        "config": str(config.path) if config.path else None,
+        "config_source": config.config_source,
+        "database": db.safe_url(config.settings.database_url),
+        "database_source": config.database_source,
+    }
 
 
 # C0 and C1 control characters other than newline and tab: an actor name or a reason carrying an
@@ -141,14 +164,22 @@ class _Cli(click.Group):
     "config_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="orchestrator.toml to use (default: ORCH_CONFIG, then ./orchestrator.toml).",
+    help="orchestrator.toml to use (default: ORCH_CONFIG, then orchestrator.toml in the current "
+    "directory or its nearest parent that has one). The default database lives beside it, in "
+    ".orchestrator/orchestrator.db.",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Say on stderr which config file and which database are used, and how each was chosen.",
 )
 @click.version_option(package_name="orchestrator")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """Move validated commits through development -> deploy-staging -> deploy, behind gates."""
     orch_logging.configure()
-    ctx.obj = Invocation(config_path)
+    ctx.obj = Invocation(config_path, verbose)
 
 
 @cli.group()
