@@ -1,8 +1,8 @@
 """click commands: parse, call the service layer, print (human or --json), exit with the promised code.
 
 Exit codes (also in README): 0 ok, 1 a gate failed and the run was rolled back, 2 bad input,
-3 conflict, 4 infrastructure unavailable. With --json, stdout carries exactly one JSON object, errors
-included; logs always go to stderr.
+3 conflict, 4 infrastructure unavailable, 5 (`status` only) an environment drifted or is unhealthy.
+With --json, stdout carries exactly one JSON object, errors included; logs always go to stderr.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ from orchestrator.store import db
 from orchestrator.store.repository import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# `status` found an environment that drifted from its recorded release or fails its health check. Not
+# an error (the report is printed, --json as usual) and not 1, which says a gate failed and a run moved
+# back: CI runs `orchestrator status` as a check and must tell "checked: wrong" from 4, "could not check".
+STATUS_NOT_OK = 5
 
 
 @dataclass
@@ -455,23 +460,45 @@ def rollback_cmd(
 @click.argument("app", required=False)
 @command
 def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
-    """What runs in each environment, and whether it drifted from the last recorded release."""
+    """What runs in each environment, and whether it drifted from the last recorded release.
+
+    Exits 0 when every environment runs its recorded release and answers its health check, and 5 when
+    any drifted or is unhealthy (each names its cause: container gone, another image, not running,
+    unhealthy, ...), so CI can use it as a check. Errors keep their codes (4: engine or database
+    unreachable).
+    """
     from orchestrator.releases import status
 
     found = status(inv.config, inv.store(), connect_engine, app)
+    ok = all(e.ok for e in found)
     if as_json:
-        _print_json({"environments": [e.as_dict() for e in found], "drift": any(e.drift for e in found)})
-        return
-    for e in found:
-        o = e.observed
-        rel = f"release {e.release.id} ({e.release.revision[:12]})" if e.release else "no release"
-        running = f"{o.container} {o.status} {(o.image_id or '')[:19]}" if o.container_id else "no container"
-        health_text = (
-            "" if o.healthy is None else ("healthy" if o.healthy else f"UNHEALTHY ({o.health_detail})")
+        _print_json(
+            {
+                **sources(inv.config),
+                "ok": ok,
+                "drift": any(e.drift for e in found),
+                "environments": [e.as_dict() for e in found],
+            }
         )
-        _echo(f"{e.app:<20} {e.environment:<8} {running:<50} {rel:<26} {health_text}")
-        for diff in e.differences:
-            _echo(f"    drift: {diff}")
+    else:
+        _echo(f"config:   {describe_config(inv.config)}")
+        _echo(f"database: {describe_database(inv.config)}")
+        for e in found:
+            o = e.observed
+            rel = f"release {e.release.id} ({e.release.revision[:12]})" if e.release else "no release"
+            running = (
+                f"{o.container} {o.status} {(o.image_id or '')[:19]}" if o.container_id else "no container"
+            )
+            health_text = (
+                "" if o.healthy is None else ("healthy" if o.healthy else f"UNHEALTHY ({o.health_detail})")
+            )
+            _echo(f"{e.app:<20} {e.environment:<8} {running:<50} {rel:<26} {health_text}")
+            if e.problem:
+                _echo(f"    problem: {e.problem}")
+            for diff in e.differences:
+                _echo(f"    drift: {diff}")
+    if not ok:
+        sys.exit(STATUS_NOT_OK)
 
 
 @cli.command()

@@ -267,6 +267,20 @@ def compute_drift(release: ReleaseRecord | None, seen: Observed, *, app: str, en
     return found
 
 
+# What is wrong with an environment, one word each, most basic first: each calls for a different fix
+# (redeploy, find who ran what, read the app's logs), so status names the first that applies.
+CAUSES: dict[str, str] = {
+    "container_gone": "container gone",
+    "untracked": "a container runs without any recorded release",
+    "not_running": "container not running",
+    "another_image": "another image runs than the release recorded",
+    "unhealthy": "unhealthy",
+    "revision_label": "the running image's revision label differs from the release",
+    "tag_moved": "the environment's tag points at another image",
+    "drift": "drifted from the recorded release",
+}
+
+
 @dataclass(frozen=True)
 class EnvStatus:
     app: str
@@ -278,6 +292,42 @@ class EnvStatus:
     @property
     def drift(self) -> bool:
         return bool(self.differences)
+
+    @property
+    def cause(self) -> str | None:
+        """The first of CAUSES that applies, None when the environment runs its release, healthy (or
+        has neither release nor container)."""
+        o, release = self.observed, self.release
+        if o.container_id is None:
+            return "container_gone" if release is not None else None
+        if release is None:
+            return "untracked"
+        if o.status != "running":
+            return "not_running"
+        if o.image_id != release.image_id:
+            return "another_image"
+        if o.healthy is False:
+            return "unhealthy"
+        if any(d.startswith("revision label:") for d in self.differences):
+            return "revision_label"
+        if o.tag_image_id is not None and o.tag_image_id != release.image_id:
+            return "tag_moved"
+        return "drift" if self.differences else None
+
+    @property
+    def ok(self) -> bool:
+        return self.cause is None
+
+    @property
+    def problem(self) -> str | None:
+        """The cause in words, for people."""
+        cause = self.cause
+        if cause is None:
+            return None
+        text = CAUSES.get(cause, "drifted from the recorded release")
+        if cause == "unhealthy" and self.observed.health_detail:
+            text += f": {self.observed.health_detail}"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         o = self.observed
@@ -293,6 +343,9 @@ class EnvStatus:
             "healthy": o.healthy,
             "health": o.health_detail,
             "release": self.release.as_dict() if self.release else None,
+            "ok": self.ok,
+            "cause": self.cause,
+            "problem": self.problem,
             "drift": self.drift,
             "differences": self.differences,
         }

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from orchestrator.errors import BadInput, Conflict
-from orchestrator.releases import Observed, choose_target, compute_drift
+from orchestrator.releases import EnvStatus, Observed, choose_target, compute_drift
 from orchestrator.store.repository import ReleaseRecord
 
 SHA_A = "a" * 40
@@ -216,3 +216,40 @@ def test_every_plain_rollback_lands_strictly_before_the_release_it_left(seed: in
         history = [release(len(history) + 1, target.image_id, target.revision, "rollback"), *history]
         steps += 1
         assert steps <= limit, "rollbacks must run out: each goes further back"
+
+
+# --------------------------------------------------------------------------------------------------
+# status names the real cause, and says when something is wrong
+
+
+@pytest.mark.parametrize(
+    ("recorded", "seen", "cause"),
+    [
+        (True, running(), None),
+        (False, Observed(), None),
+        (True, Observed(), "container_gone"),
+        (False, running(), "untracked"),
+        (True, running(status="exited", healthy=False), "not_running"),
+        (True, running(image=IMG_X, revision=SHA_B, tag_image_id=IMG_A, healthy=False), "another_image"),
+        (True, running(healthy=False), "unhealthy"),
+        (True, running(revision=None), "revision_label"),
+        (True, running(tag_image_id=IMG_B), "tag_moved"),
+    ],
+)
+def test_status_names_one_cause(recorded: bool, seen: Observed, cause: str | None) -> None:
+    """Container gone, another image and unhealthy call for different fixes; an operator (or CI) must
+    not have to read the differences to tell which it is."""
+    rel = release(3, IMG_A, SHA_A) if recorded else None
+    found = EnvStatus("shop", "prod", rel, seen, compute_drift(rel, seen, app="shop", env="prod"))
+    assert found.cause == cause
+    assert found.ok is (cause is None)
+    assert found.as_dict()["cause"] == cause
+    assert (found.problem is None) is (cause is None)
+
+
+def test_an_unhealthy_environment_is_not_ok_without_being_drift() -> None:
+    found = EnvStatus(
+        "shop", "prod", release(3, IMG_A, SHA_A), running(healthy=False, health_detail="HTTP 500")
+    )
+    assert (found.drift, found.ok, found.cause) == (False, False, "unhealthy")
+    assert found.problem == "unhealthy: HTTP 500"
