@@ -6,6 +6,7 @@ value is checked and every unknown key or variable is an error (exit 2) that nam
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import posixpath
@@ -228,9 +229,7 @@ def _parse_settings(
         raise BadInput(f"unknown key(s) in [orchestrator]: {', '.join(sorted(unknown))}")
     stray = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in ENV_VARS)
     if stray:
-        raise BadInput(
-            f"unknown variable(s) {', '.join(stray)}: known ORCH_* variables are listed in .env.example"
-        )
+        raise BadInput(_unknown_variables(stray))
 
     def pick(key: str) -> tuple[str, Any] | None:
         var = ENV_PREFIX + key.upper()
@@ -337,6 +336,22 @@ def _legacy_database(default: Path, cfg_path: Path | None) -> tuple[str, ...]:
         f"{legacy} (the default database of earlier versions, in the current directory) is not used: "
         f"the history of {cfg_path} is {default}. Merge or remove the old file once you no longer "
         "need it",
+    )
+
+
+def _unknown_variables(stray: list[str]) -> str:
+    """The message names the variable each typo most resembles and lists the real ones in full: the
+    reference file of the source repository (.env.example) is not installed with the package."""
+    hints = [
+        f"{name}: did you mean {close[0]}?"
+        for name in stray
+        if (close := difflib.get_close_matches(name, ENV_VARS, n=1, cutoff=0.75))
+    ]
+    known = ", ".join(sorted(k for k in ENV_VARS if not ENV_VARS[k].startswith("test-only")))
+    return (
+        f"unknown variable(s) {', '.join(stray)}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+        + f": the ORCH_* variables orchestrator reads are {known}"
     )
 
 

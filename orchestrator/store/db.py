@@ -41,7 +41,10 @@ def migrations_dir() -> Path:
     for candidate in (here.parent / "migrations", here / "_migrations"):
         if (candidate / "env.py").is_file():
             return candidate
-    raise RuntimeError("migrations are missing from this installation of orchestrator")
+    raise InfraUnavailable(
+        f"the database migrations are missing from this installation of orchestrator ({here}): "
+        "reinstall it ('pip install --force-reinstall orchestrator')"
+    )
 
 
 _QUERY_SECRET = re.compile(r"([?&](?:password|passwd|sslpassword)=)[^&]*", re.IGNORECASE)
