@@ -71,7 +71,7 @@ def test_defaults_for_a_minimal_app(write_config: WriteConfig, tmp_path: Path) -
     assert cfg.path == (tmp_path / "conf" / CONFIG_FILENAME).resolve()
 
 
-def test_default_database_is_under_the_working_directory(
+def test_without_a_config_the_default_database_is_under_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
