@@ -222,7 +222,8 @@ class DockerEngine:
         except (docker.errors.DockerException, *_UNREACHABLE) as exc:
             raise InfraUnavailable(
                 f"Docker engine is unreachable at {where}: {exc}. "
-                f"Start it (dockerd, or 'bash scripts/bootstrap.sh' as root) and try again"
+                "Start it ('systemctl start docker'; not installed: 'apt-get install docker.io', or Docker "
+                "Engine from docs.docker.com), or point DOCKER_HOST at a running engine, and try again"
             ) from None
         return cls(client)
 
