@@ -8,7 +8,7 @@ turn its outcomes into recorded verdicts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,8 +56,11 @@ class Deployer:
         settings: Settings,
         pins: dict[str, str] | None = None,
         steps: StepLog | None = None,
+        recorded_images: Sequence[str] = (),
     ) -> None:
         self.engine = engine
+        # Image ids this orchestrator built and recorded for the app: the only layers a build may reuse.
+        self.recorded_images = tuple(recorded_images)
         self.app = app
         self.settings = settings
         # Every action on an environment is a recorded step; without a transition nothing is recorded.
@@ -73,10 +76,11 @@ class Deployer:
         settings: Settings,
         latest: Mapping[str, PreviousRelease | None],
         steps: StepLog | None = None,
+        recorded_images: Sequence[str] = (),
     ) -> Deployer:
         """A deployer whose pins are what each environment's latest release runs."""
         pins = {env: r.digest or r.image_id for env, r in latest.items() if r is not None}
-        return cls(engine, app, settings, pins, steps)
+        return cls(engine, app, settings, pins, steps, recorded_images)
 
     # naming ---------------------------------------------------------------------------------------
 
@@ -92,7 +96,9 @@ class Deployer:
     # steps ----------------------------------------------------------------------------------------
 
     def build(self, sha: str) -> Build:
-        return build_steps.build(self.engine, self.app, self.settings, self.steps, sha, self.redact)
+        return build_steps.build(
+            self.engine, self.app, self.settings, self.steps, sha, self.redact, self.recorded_images
+        )
 
     def verify_image(self, image_id: str, sha: str) -> verify.Check:
         return build_steps.guard(self.engine, self.app, self.steps, image_id, sha)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -238,9 +238,16 @@ class DockerEngine:
         buildargs: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        target: str | None = None,
+        cache_from: Sequence[str] = (),
+        nocache: bool = False,
     ) -> ImageInfo:
-        """Build from a tar stream (never a directory on disk: the caller decides exactly what goes in).
-        A failed build raises DockerError carrying the build log as evidence.
+        """Build from a tar stream (never a directory on disk: the caller decides exactly what goes in)
+        with the legacy builder. A failed build raises DockerError carrying the build log as evidence.
+
+        ``cache_from`` / ``nocache`` are the caller's cache policy (see steps/build.py): with
+        ``cache_from`` the engine takes a local cached step only if it is an ancestor of one of those
+        images, so a layer someone made with ``docker commit`` is never reused.
 
         ``timeout_s`` bounds the whole build, output or not (a ``RUN`` that sleeps prints nothing):
         past it, the build is cancelled (the engine kills and removes the step's container; no image is
@@ -274,6 +281,9 @@ class DockerEngine:
                 forcerm=True,
                 decode=True,
                 pull=False,
+                target=target,
+                cache_from=list(cache_from) or None,
+                nocache=nocache,
             )
 
         try:

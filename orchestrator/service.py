@@ -348,6 +348,7 @@ class RunService:
             engine=engine.connected,
             previous_releases=previous,
             run_releases=self.store.releases_of_run(run.id),
+            recorded_images=self._recorded_images(app),
             steps=steps,
             on_release=release_now,
         )
@@ -408,6 +409,16 @@ class RunService:
         return AdvanceResult(
             run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
         )
+
+    def _recorded_images(self, app: AppConfig) -> list[str]:
+        """The images this orchestrator built and released for ``app``, newest first: the builds' cache
+        may reuse their layers and nothing else (steps/build.py, CachePolicy)."""
+        found = [
+            release
+            for env in ENVIRONMENTS
+            for release in self.store.releases(app.name, env, limit=app.keep_releases)
+        ]
+        return [r.image_id for r in sorted(found, key=lambda r: r.id, reverse=True)]
 
     def _heartbeat(self, transition_id: int, what: str) -> Heartbeat:
         """Renews this process's lease on the transition (and its locks) every third of a lease."""
