@@ -291,7 +291,10 @@ class Deployer:
 
     def redact(self, text: str) -> str:
         """Evidence from the app (logs, check output) without the secrets we gave it."""
-        return redact.redact(text, [*self.app.env.values(), *self.app.build_args.values()])
+        return redact.redact(
+            text,
+            [*self.app.env.values(), *self.app.build_args.values(), *build_steps.secret_values(self.app)],
+        )
 
     def serves(self, env: str, image_id: str, revision: str) -> bool:
         """Whether ``env`` really serves ``image_id``: its container runs that image, is healthy, and
