@@ -16,6 +16,7 @@ broken build.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import re
@@ -402,7 +403,10 @@ def _run_streaming(
             if on_line is not None:
                 on_line(line.rstrip("\n"))
 
-    reader = threading.Thread(target=pump, name=f"build-output-{tag}", daemon=True)
+    # In the caller's context: the log lines ``on_line`` writes carry the run, app, sha and edge.
+    reader = threading.Thread(
+        target=contextvars.copy_context().run, args=(pump,), name=f"build-output-{tag}", daemon=True
+    )
     reader.start()
     started = time.monotonic()
     try:

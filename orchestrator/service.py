@@ -227,6 +227,10 @@ class RunService:
         from orchestrator.runtimes import preflight
 
         preflight(app, run.sha)
+        if any(g.needs_docker for g in gates):
+            from orchestrator.steps.build import preflight as build_preflight
+
+            build_preflight(app, self.config.settings, run.sha)
         engine = _Engine(self.engine_factory)
         # Connect before anything is written: an engine that does not answer changes nothing at all.
         if any(g.needs_docker for g in gates):

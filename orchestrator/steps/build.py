@@ -149,6 +149,26 @@ def _refuse_on_legacy(
     raise InfraUnavailable(f"{what}, and this machine has only the {choice.why}: {builders.INSTALL_BUILDKIT}")
 
 
+def preflight(app: AppConfig, settings: Settings, sha: str) -> None:
+    """Before an edge that builds starts (nothing recorded yet): what the build would refuse anyway.
+    Build secrets the builder cannot take or whose source is missing are the config's or the caller's
+    to fix (exit 2); a Dockerfile only BuildKit builds, on a machine with only the legacy builder, is
+    the runner's (exit 4). Whether the engine itself runs BuildKit is known only once it is connected:
+    the build step checks again."""
+    choice: BuilderChoice | None = None
+    if settings.builder == BuilderKind.LEGACY or builders.find_buildkit_cli(settings.docker_cli) is None:
+        # Without a CLI: ``buildkit`` raises (exit 4, saying what to install); ``auto`` falls back.
+        choice = builders.choose(settings.builder, settings.docker_cli, lambda: False)
+    if choice is not None:
+        try:
+            dockerfile = resolve_dockerfile(app, sha)
+        except DockerError:
+            dockerfile = None  # the build gate fails on it, with the evidence
+        text = b"" if dockerfile is None else gitrepo.file_at(app.source, sha, dockerfile) or b""
+        _refuse_on_legacy(app, settings, choice, dockerfile or app.dockerfile, text.decode(errors="replace"))
+    _secrets(app)
+
+
 def _explain_failure(
     engine: DockerEngine, choice: BuilderChoice, exc: DockerError, text: str, build_args: dict[str, str]
 ) -> None:
