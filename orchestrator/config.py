@@ -31,10 +31,30 @@ _APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
 @dataclass(frozen=True)
+class BuildSecret:
+    """A build secret: BuildKit mounts it for ``RUN --mount=type=secret,id=<id>`` and it never enters the
+    image, its history, the database or the logs. The config names where the value comes from (an
+    environment variable of the orchestrator's process, or a file), never the value itself."""
+
+    id: str
+    env: str | None = None
+    file: Path | None = None
+
+    def describe(self) -> str:
+        return f"env:{self.env}" if self.env else f"file:{self.file}"
+
+
+@dataclass(frozen=True)
 class AppConfig:
     name: str
     source: Path
+    # The build context: a directory of the repository (``app`` in a monorepo); "." is the whole tree.
+    context: str = "."
+    # Relative to the context, as Docker reads it; a path relative to the repository root is accepted
+    # where no such file exists in the context (what ``dockerfile`` meant before ``context`` existed).
     dockerfile: str = "Dockerfile"
+    # The Dockerfile stage to build (``docker build --target``); None: the last one.
+    target: str | None = None
     health_path: str = "/health"
     staging_port: int = 8501
     prod_port: int = 8500
@@ -44,6 +64,9 @@ class AppConfig:
     version_path: str | None = None
     # Extra build args (GIT_SHA is always set by the orchestrator and cannot be overridden here).
     build_args: Mapping[str, str] = field(default_factory=dict)
+    # BuildKit build secrets by id (``secrets = { npm = "env:NPM_TOKEN" }``): for credentials a build
+    # needs, which as build args would be stored in the image history and pushed with it.
+    secrets: Mapping[str, BuildSecret] = field(default_factory=dict)
     # Extra environment for the app's containers (PORT and ORCH_ENVIRONMENT are set by the orchestrator).
     env: Mapping[str, str] = field(default_factory=dict)
     # Push promoted images here (host[:port][/namespace]) and pin by registry digest.
@@ -95,6 +118,10 @@ class Settings:
     # A lock holder's lease: it renews every third of this while alive, so a runner that died frees
     # the environment after at most one lease instead of leaving it locked until someone notices.
     lock_lease_s: float = 30.0
+    # auto: BuildKit when a docker CLI here can drive it, else the legacy builder (builders.py).
+    builder: str = "auto"
+    # The docker CLI BuildKit builds run with; None: the first `docker` on PATH that can.
+    docker_cli: str | None = None
 
     def freshness_applies_to(self, app: str) -> bool:
         """The kill-switch: off globally, or on but scoped to other apps."""
@@ -151,6 +178,10 @@ ENV_VARS: dict[str, str] = {
     "(default 600)",
     "ORCH_LOCK_LEASE_S": "seconds a lock holder's lease lasts without renewal; it renews every third of "
     "that (default 30)",
+    "ORCH_BUILDER": "auto | buildkit | legacy: which builder builds images (default auto: BuildKit when a "
+    "docker CLI here can drive it, else the legacy builder)",
+    "ORCH_DOCKER_CLI": "the docker CLI BuildKit builds run with (default: the first `docker` on PATH with "
+    "buildx or embeds BuildKit)",
     "ORCH_SERVE_HOST": "address `orchestrator serve` binds (default 127.0.0.1)",
     "ORCH_REVISION": "commit `orchestrator serve` reports on /version (the Dockerfile sets it from GIT_SHA)",
     # Not settings: read by orchestrator.steps for the crash tests, listed so they are not refused.
@@ -265,6 +296,13 @@ def _parse_settings(
     for key in _LIMIT_KEYS:
         if got := pick(key):
             values[key] = _parse_float(*got, minimum=1)
+    if got := pick("builder"):
+        values["builder"] = _parse_choice(*got, ("auto", "buildkit", "legacy"))
+    if got := pick("docker_cli"):
+        name, raw = got
+        if not isinstance(raw, str) or not raw.strip():
+            raise BadInput(f"{name} must be the path (or name on PATH) of a docker CLI")
+        values["docker_cli"] = raw.strip()
     return Settings(**values), database
 
 
@@ -419,8 +457,18 @@ def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConf
             "point it at the app's git repository"
         )
     values: dict[str, Any] = {"name": name, "source": source}
+    if "context" in table:
+        values["context"] = _parse_context(f"{where}.context", table["context"])
     if "dockerfile" in table:
-        values["dockerfile"] = _parse_dockerfile(f"{where}.dockerfile", table["dockerfile"])
+        values["dockerfile"] = _parse_dockerfile(
+            f"{where}.dockerfile", table["dockerfile"], values.get("context", ".")
+        )
+    if "target" in table:
+        if not isinstance(table["target"], str) or not _STAGE.match(table["target"]):
+            raise BadInput(f"{where}.target = {table['target']!r} must name a stage of the Dockerfile")
+        values["target"] = table["target"]
+    if "secrets" in table:
+        values["secrets"] = _parse_secrets(f"{where}.secrets", table["secrets"], base)
     for key in ("health_path", "version_path"):
         if key in table:
             values[key] = _parse_http_path(f"{where}.{key}", table[key])
@@ -449,18 +497,19 @@ def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConf
     return app
 
 
-def _parse_dockerfile(name: str, raw: Any) -> str:
+def _parse_dockerfile(name: str, raw: Any, context: str = ".") -> str:
     """The Dockerfile is read from the commit's tree: a path leaving the repository would build from
-    a file no commit vouches for (or fail obscurely inside the engine)."""
+    a file no commit vouches for (or fail obscurely inside the engine). Relative to the context, as
+    Docker reads it, it may leave the context (``../Dockerfile``) but not the repository."""
     if not isinstance(raw, str) or not raw:
-        raise BadInput(f"{name} must be a path relative to the repository root")
-    normalized = posixpath.normpath(raw)
+        raise BadInput(f"{name} must be a path relative to the build context or the repository root")
+    normalized = posixpath.normpath(posixpath.join(context, raw))
     if posixpath.isabs(raw) or normalized == ".." or normalized.startswith("../"):
         raise BadInput(
             f"{name} = {raw!r} leaves the app's repository: give the Dockerfile's path relative to the "
-            "repository root, e.g. 'Dockerfile' or 'docker/Dockerfile.prod'"
+            "repository root (or to the build context), e.g. 'Dockerfile' or 'docker/Dockerfile.prod'"
         )
-    if normalized == ".":
+    if normalized == "." or normalized == posixpath.normpath(context):
         raise BadInput(f"{name} = {raw!r} names the repository itself: give the Dockerfile's path")
     return raw
 
@@ -473,6 +522,48 @@ _DIRECT_ONLY = {
 }
 _COMPOSE_ONLY = ("pin_digests", "staging_project")
 STAGING_PROJECTS = ("own", "prod")
+
+
+_STAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SECRET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _parse_context(name: str, raw: Any) -> str:
+    """A directory of the committed tree: the build sees that directory of ``git archive`` and nothing
+    else (never the working tree, never a path outside the repository)."""
+    if not isinstance(raw, str) or not raw:
+        raise BadInput(f"{name} must be a directory of the repository, relative to its root ('.' for all)")
+    normalized = posixpath.normpath(raw)
+    if posixpath.isabs(raw) or normalized == ".." or normalized.startswith("../"):
+        raise BadInput(
+            f"{name} = {raw!r} leaves the app's repository: give a directory relative to the repository "
+            "root, e.g. 'app' or 'services/web'"
+        )
+    return normalized
+
+
+def _parse_secrets(name: str, raw: Any, base: Path) -> dict[str, BuildSecret]:
+    """``{ id = "env:NAME" }`` or ``{ id = "file:PATH" }`` (PATH relative to the config file). Only where
+    the value comes from is configured, so the value is never in the config, the database or a log."""
+    if not isinstance(raw, dict):
+        raise BadInput(f'{name} must be a table of secret ids to sources, e.g. {{ npm = "env:NPM_TOKEN" }}')
+    found: dict[str, BuildSecret] = {}
+    for key, source in raw.items():
+        where = f"{name}.{key}"
+        if not _SECRET_ID.match(str(key)):
+            raise BadInput(f"{where}: secret ids are letters, digits, '.', '_' or '-'")
+        kind, _, ref = str(source).partition(":") if isinstance(source, str) else ("", "", "")
+        if kind == "env" and _ENV_NAME.match(ref):
+            found[str(key)] = BuildSecret(str(key), env=ref)
+        elif kind == "file" and ref:
+            found[str(key)] = BuildSecret(str(key), file=(base / ref).resolve())
+        else:
+            raise BadInput(
+                f"{where} = {source!r} must be 'env:VARIABLE' (an environment variable of the orchestrator) "
+                "or 'file:PATH' (relative to the config file)"
+            )
+    return found
 
 
 def _parse_compose(where: str, table: Mapping[str, Any], base: Path, source: Path) -> dict[str, Any]:
@@ -682,7 +773,9 @@ def _secret_build_arg_warnings(apps: Mapping[str, AppConfig]) -> tuple[str, ...]
 
     return tuple(
         f"[apps.{app.name}].build_args.{name} looks like a secret: build args are stored in the image "
-        "history and pushed with it; keep credentials out of build args"
+        f"history and pushed with it; pass it as a build secret instead "
+        f'([apps.{app.name}].secrets, e.g. {{ {name.lower()} = "env:{name}" }}, read with '
+        f"RUN --mount=type=secret,id={name.lower()})"
         for app in apps.values()
         for name in sorted(app.build_args)
         if looks_secret(name)

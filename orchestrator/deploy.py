@@ -9,7 +9,7 @@ turn its outcomes into recorded verdicts.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,8 +64,11 @@ class Deployer:
         settings: Settings,
         pins: dict[str, str] | None = None,
         steps: StepLog | None = None,
+        recorded_images: Sequence[str] = (),
     ) -> None:
         self.engine = engine
+        # Image ids this orchestrator built and recorded for the app: the only layers a build may reuse.
+        self.recorded_images = tuple(recorded_images)
         self.app = app
         self.settings = settings
         # Every action on an environment is a recorded step; without a transition nothing is recorded.
@@ -81,10 +84,11 @@ class Deployer:
         settings: Settings,
         latest: Mapping[str, PreviousRelease | None],
         steps: StepLog | None = None,
+        recorded_images: Sequence[str] = (),
     ) -> Deployer:
         """A deployer whose pins are what each environment's latest release runs."""
         pins = {env: r.digest or r.image_id for env, r in latest.items() if r is not None}
-        return cls(engine, app, settings, pins, steps)
+        return cls(engine, app, settings, pins, steps, recorded_images)
 
     # naming ---------------------------------------------------------------------------------------
 
@@ -100,7 +104,9 @@ class Deployer:
     # steps ----------------------------------------------------------------------------------------
 
     def build(self, sha: str) -> Build:
-        return build_steps.build(self.engine, self.app, self.settings, self.steps, sha, self.redact)
+        return build_steps.build(
+            self.engine, self.app, self.settings, self.steps, sha, self.redact, self.recorded_images
+        )
 
     def verify_image(self, image_id: str, sha: str) -> verify.Check:
         return build_steps.guard(self.engine, self.app, self.steps, image_id, sha)
@@ -377,7 +383,10 @@ class Deployer:
 
     def redact(self, text: str) -> str:
         """Evidence from the app (logs, check output) without the secrets we gave it."""
-        return redact.redact(text, [*self.app.env.values(), *self.app.build_args.values()])
+        return redact.redact(
+            text,
+            [*self.app.env.values(), *self.app.build_args.values(), *build_steps.secret_values(self.app)],
+        )
 
     def serves(self, env: str, image_id: str, revision: str) -> bool:
         """Whether ``env`` really serves ``image_id``: its container runs that image, is healthy, and

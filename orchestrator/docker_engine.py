@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import docker
@@ -238,16 +239,25 @@ class DockerEngine:
 
     def build(
         self,
-        context: IO[bytes],
+        context: IO[bytes] | Path,
         *,
         tag: str,
         dockerfile: str = "Dockerfile",
         buildargs: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        target: str | None = None,
+        cache_from: Sequence[str] = (),
+        nocache: bool = False,
     ) -> ImageInfo:
-        """Build from a tar stream (never a directory on disk: the caller decides exactly what goes in).
-        A failed build raises DockerError carrying the build log as evidence.
+        """Build with the legacy builder from a tar stream, or from a directory the caller filled with
+        exactly what may go in (``git archive`` of the sha; the SDK tars it, honouring .dockerignore, and
+        adds a ``dockerfile`` outside it as Docker's CLI does). A failed build raises DockerError
+        carrying the build log as evidence.
+
+        ``cache_from`` / ``nocache`` are the caller's cache policy (see steps/build.py): with
+        ``cache_from`` the engine takes a local cached step only if it is an ancestor of one of those
+        images, so a layer someone made with ``docker commit`` is never reused.
 
         ``timeout_s`` bounds the whole build, output or not (a ``RUN`` that sleeps prints nothing):
         past it, the build is cancelled (the engine kills and removes the step's container; no image is
@@ -268,11 +278,16 @@ class DockerEngine:
             if "ID" in aux:
                 image_id = aux["ID"]
 
+        source: dict[str, Any] = (
+            {"path": str(context)}
+            if isinstance(context, Path)
+            else {"fileobj": context, "custom_context": True}
+        )
+
         def request(api: Any) -> Iterable[dict[str, Any]]:
             return docker.APIClient.build(
                 api,
-                fileobj=context,
-                custom_context=True,
+                **source,
                 tag=tag,
                 dockerfile=dockerfile,
                 buildargs=dict(buildargs or {}),
@@ -281,6 +296,9 @@ class DockerEngine:
                 forcerm=True,
                 decode=True,
                 pull=False,
+                target=target,
+                cache_from=list(cache_from) or None,
+                nocache=nocache,
             )
 
         try:
@@ -319,6 +337,12 @@ class DockerEngine:
             raise
         finally:
             call.close()
+
+    def supports_buildkit(self) -> bool:
+        """Whether the engine can run BuildKit builds a docker CLI starts (Linux, API 1.39 / 18.09+)."""
+        version = self._call("engine version", self._client.version)
+        api = tuple(int(p) for p in str(version.get("ApiVersion", "0.0")).split(".")[:2] if p.isdigit())
+        return str(version.get("Os", "")).lower() == "linux" and api >= (1, 39)
 
     def image(self, ref: str) -> ImageInfo | None:
         try:

@@ -7,7 +7,10 @@ orchestrator knows nothing, which is an infrastructure problem (exit 4), not a v
 from __future__ import annotations
 
 import subprocess
+import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -49,13 +52,22 @@ def commit_subject(repo: Path, sha: str) -> str:
     return _git(repo, "log", "-1", "--format=%s", sha).stdout.decode(errors="replace").strip()
 
 
+def _in_tree(sha: str, path: str) -> str:
+    """``<sha>:./<path>``: the path relative to ``repo`` (git reads ``./`` against the directory it runs
+    in). Plain ``<sha>:<path>`` is relative to the repository's root, which for an app whose ``source`` is
+    a subdirectory of a repository (a monorepo) names the wrong file; ``git archive`` run there archives
+    that subdirectory, so the paths checked must be read the same way."""
+    return f"{sha}:./{path.removeprefix('./')}"
+
+
 def path_in_commit(repo: Path, sha: str, path: str) -> bool:
-    return _git(repo, "cat-file", "-e", f"{sha}:{path}", check=False).returncode == 0
+    """Whether ``path`` (relative to ``repo``; a file or a directory) is in commit ``sha``."""
+    return _git(repo, "cat-file", "-e", _in_tree(sha, path), check=False).returncode == 0
 
 
 def file_at(repo: Path, sha: str, path: str) -> bytes | None:
-    """The bytes ``path`` (relative to the repository root) has in commit ``sha``; None if it has none."""
-    proc = _git(repo, "cat-file", "blob", f"{sha}:{path}", check=False)
+    """The bytes ``path`` (relative to ``repo``) has in commit ``sha``; None if it has none."""
+    proc = _git(repo, "cat-file", "blob", _in_tree(sha, path), check=False)
     return proc.stdout if proc.returncode == 0 else None
 
 
@@ -81,3 +93,19 @@ def archive(repo: Path, sha: str) -> IO[bytes]:
         )
     out.seek(0)
     return out  # type: ignore[return-value]
+
+
+@contextmanager
+def extracted(repo: Path, sha: str) -> Iterator[Path]:
+    """``git archive`` of ``sha`` unpacked into a private temporary directory, removed afterwards: a
+    build context on disk that holds exactly the committed tree (for the docker CLI, which reads a
+    directory). The ``tar`` filter keeps every path inside the directory whatever the tree holds."""
+    with tempfile.TemporaryDirectory(prefix="orchestrator-context-") as folder, archive(repo, sha) as stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r:") as tar:
+                tar.extractall(folder, filter="tar")
+        except (tarfile.TarError, OSError) as exc:
+            raise InfraUnavailable(
+                f"could not unpack git archive {sha} of {repo} into {folder}: {exc}"
+            ) from None
+        yield Path(folder)

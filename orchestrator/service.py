@@ -280,6 +280,10 @@ class RunService:
         from orchestrator.runtimes import preflight
 
         preflight(app, run.sha)
+        if any(g.needs_docker for g in gates):
+            from orchestrator.steps.build import preflight as build_preflight
+
+            build_preflight(app, self.config.settings, run.sha)
         engine = _Engine(self.engine_factory)
         # Connect before anything is written: an engine that does not answer changes nothing at all.
         if any(g.needs_docker for g in gates):
@@ -401,6 +405,7 @@ class RunService:
             engine=engine.connected,
             previous_releases=previous,
             run_releases=self.store.releases_of_run(run.id),
+            recorded_images=self._recorded_images(app),
             steps=steps,
             on_release=release_now,
         )
@@ -460,6 +465,16 @@ class RunService:
         return AdvanceResult(
             run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
         )
+
+    def _recorded_images(self, app: AppConfig) -> list[str]:
+        """The images this orchestrator built and released for ``app``, newest first: the builds' cache
+        may reuse their layers and nothing else (steps/build.py, CachePolicy)."""
+        found = [
+            release
+            for env in ENVIRONMENTS
+            for release in self.store.releases(app.name, env, limit=app.keep_releases)
+        ]
+        return [r.image_id for r in sorted(found, key=lambda r: r.id, reverse=True)]
 
     def _heartbeat(self, transition_id: int, what: str) -> Heartbeat:
         """Renews this process's lease on the transition (and its locks) every third of a lease."""

@@ -180,6 +180,9 @@ class GateContext:
     previous_releases: Mapping[str, Any] = field(default_factory=dict)
     # Every release this run made so far (ReleaseRecords): what the run's own edges put where.
     run_releases: Sequence[Any] = ()
+    # Image ids this orchestrator built and recorded for the app (its releases): the only images whose
+    # layers a build may reuse from the engine's cache (steps/build.py, CachePolicy).
+    recorded_images: Sequence[str] = ()
     releases: list[ReleaseIntent] = field(default_factory=list)
     compensations: list[Compensation] = field(default_factory=list)
     # The transition's recorded steps (a StepLog that records nothing when there is no transition).
@@ -204,7 +207,12 @@ class GateContext:
             from orchestrator.deploy import Deployer
 
             self._deployer = Deployer.from_releases(
-                self.engine, self.app, self.settings, self.previous_releases, self.steps
+                self.engine,
+                self.app,
+                self.settings,
+                self.previous_releases,
+                self.steps,
+                [*(r.image_id for r in reversed(self.run_releases)), *self.recorded_images],
             )
         return self._deployer
 

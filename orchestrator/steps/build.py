@@ -1,17 +1,29 @@
 """The build step and the image guard: the image an edge promotes is built from ``git archive`` of
 the run's sha (never the working tree) and is, by id, the one tagged ``<app>:<sha>`` with that sha in
-its revision label."""
+its revision label.
+
+Two builders (builders.py chooses): BuildKit through the docker CLI, which builds what today's
+Dockerfiles say and takes build secrets, and the legacy builder through the SDK, whose layer cache is
+constrained to our own recorded images (CachePolicy). What the legacy builder cannot build is refused
+before it starts, naming the feature; a base image whose registry does not answer is infrastructure
+(exit 4), not a verdict on the commit.
+"""
 
 from __future__ import annotations
 
+import os
+import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from orchestrator import gitrepo, verify
+from orchestrator import builders, gitrepo, verify
+from orchestrator.builders import BuilderChoice, BuilderKind
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import DockerEngine, DockerError, ImageInfo
-from orchestrator.errors import StepTimeout
+from orchestrator.errors import BadInput, InfraUnavailable, StepTimeout
+from orchestrator.logging import get_logger
 from orchestrator.steps import StepLog
 
 
@@ -20,10 +32,167 @@ class Build:
     image: ImageInfo
     tag: str
     duration_s: float
+    builder: str = BuilderKind.LEGACY.value
 
 
 def build_tag(app: AppConfig, sha: str) -> str:
     return f"{app.name}:{sha}"
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """Which cached steps the legacy builder may reuse.
+
+    Why not its default: the legacy builder takes, for each step, the newest local image whose parent is
+    the current step's image and whose recorded container config matches the step. ``docker commit`` of
+    a container run from one of the app's intermediate layers makes exactly such an image, with any file
+    added, and the next build ships it: the revision label, the image-id guard and the staging check then
+    all vouch for a tree no commit contains (issue 10, tests/integration/test_build_cache.py).
+
+    With ``cache_from`` the engine accepts a local cached step only if it is an ancestor of one of the
+    listed images (moby image/cache: ``ImageCache.GetCache``), otherwise it rebuilds the step or restores
+    it from those images' own layers. Listing only images this orchestrator built and recorded as
+    releases of the app (the service passes them in; a step never queries the store) keeps the cache
+    for honest rebuilds, the freshness check's above all, while nothing another hand committed can
+    enter. With no recorded image yet there is nothing to trust: build without the cache.
+
+    BuildKit needs none of this: its cache lives in BuildKit's own store, keyed by the content of each
+    step's inputs, and ``docker commit`` never writes to it.
+    """
+
+    cache_from: tuple[str, ...]
+
+    @property
+    def nocache(self) -> bool:
+        return not self.cache_from
+
+    @classmethod
+    def trusting(cls, recorded_images: Sequence[str]) -> CachePolicy:
+        return cls(tuple(dict.fromkeys(i for i in recorded_images if i)))
+
+
+def resolve_dockerfile(app: AppConfig, sha: str) -> str:
+    """The Dockerfile's path in the commit (relative to the app's source): ``dockerfile`` read against the
+    context as Docker does; failing that, against the repository root (what it meant before ``context``
+    existed). A context or Dockerfile missing from the commit fails the build as not buildable."""
+    context = posixpath.normpath(app.context)
+    if context != "." and not gitrepo.path_in_commit(app.source, sha, context):
+        raise DockerError(f"build context {context}/ is not in commit {sha[:12]} of {app.source}")
+    in_context = posixpath.normpath(posixpath.join(context, app.dockerfile))
+    if gitrepo.path_in_commit(app.source, sha, in_context):
+        return in_context
+    from_root = posixpath.normpath(app.dockerfile)
+    inside = from_root != ".." and not from_root.startswith("../")
+    if from_root != in_context and inside and gitrepo.path_in_commit(app.source, sha, from_root):
+        return from_root
+    looked = in_context if from_root == in_context else f"{in_context} (nor {from_root})"
+    raise DockerError(f"{looked} is not in commit {sha[:12]} of {app.source}")
+
+
+def secret_values(app: AppConfig) -> list[str]:
+    """The values of the app's build secrets as this process can read them now, for redaction only:
+    they are never stored, logged or returned anywhere else."""
+    values: list[str] = []
+    for secret in app.secrets.values():
+        if secret.env:
+            values.append(os.environ.get(secret.env, ""))
+        elif secret.file is not None:
+            try:
+                text = secret.file.read_text(errors="replace") if secret.file.stat().st_size < 65536 else ""
+            except OSError:
+                continue
+            values += [text.strip(), *(line.strip() for line in text.splitlines() if len(line.strip()) >= 8)]
+    return [v for v in values if v]
+
+
+def _secrets(app: AppConfig) -> list[builders.Secret]:
+    """The app's secrets as BuildKit flags; a source that is not there is the caller's to fix (exit 2)."""
+    found: list[builders.Secret] = []
+    for secret in app.secrets.values():
+        where = f"[apps.{app.name}].secrets.{secret.id}"
+        if secret.env:
+            if secret.env not in os.environ:
+                raise BadInput(
+                    f"{where}: environment variable {secret.env} is not set in the orchestrator's "
+                    "environment: export it (CI: from the secret store) and advance again"
+                )
+            found.append(builders.Secret(secret.id, env=secret.env))
+        else:
+            assert secret.file is not None
+            if not secret.file.is_file() or not os.access(secret.file, os.R_OK):
+                raise BadInput(f"{where}: {secret.file} is not a readable file")
+            found.append(builders.Secret(secret.id, file=str(secret.file)))
+    return found
+
+
+def _refuse_on_legacy(
+    app: AppConfig, settings: Settings, choice: BuilderChoice, dockerfile: str, text: str
+) -> None:
+    """What the legacy builder cannot do is said before it starts, naming the feature: the engine's own
+    errors for these range from a usage line to "failed to parse platform"."""
+    if app.secrets:
+        ids = ", ".join(sorted(app.secrets))
+        raise BadInput(
+            f"[apps.{app.name}].secrets ({ids}) need BuildKit, and this build would use the {choice.why}: "
+            + (
+                "set ORCH_BUILDER=auto or buildkit"
+                if settings.builder == BuilderKind.LEGACY
+                else builders.INSTALL_BUILDKIT
+            )
+        )
+    features = builders.buildkit_features(text)
+    if not features:
+        return
+    what = f"{dockerfile} uses {', '.join(features)}, which only BuildKit builds"
+    if settings.builder == BuilderKind.LEGACY:
+        raise BadInput(f"{what}, but ORCH_BUILDER=legacy: set it to auto or buildkit")
+    raise InfraUnavailable(f"{what}, and this machine has only the {choice.why}: {builders.INSTALL_BUILDKIT}")
+
+
+def preflight(app: AppConfig, settings: Settings, sha: str) -> None:
+    """Before an edge that builds starts (nothing recorded yet): what the build would refuse anyway.
+    Build secrets the builder cannot take or whose source is missing are the config's or the caller's
+    to fix (exit 2); a Dockerfile only BuildKit builds, on a machine with only the legacy builder, is
+    the runner's (exit 4). Whether the engine itself runs BuildKit is known only once it is connected:
+    the build step checks again."""
+    choice: BuilderChoice | None = None
+    if settings.builder == BuilderKind.LEGACY or builders.find_buildkit_cli(settings.docker_cli) is None:
+        # Without a CLI: ``buildkit`` raises (exit 4, saying what to install); ``auto`` falls back.
+        choice = builders.choose(settings.builder, settings.docker_cli, lambda: False)
+    if choice is not None:
+        try:
+            dockerfile = resolve_dockerfile(app, sha)
+        except DockerError:
+            dockerfile = None  # the build gate fails on it, with the evidence
+        text = b"" if dockerfile is None else gitrepo.file_at(app.source, sha, dockerfile) or b""
+        _refuse_on_legacy(app, settings, choice, dockerfile or app.dockerfile, text.decode(errors="replace"))
+    _secrets(app)
+
+
+def _explain_failure(
+    engine: DockerEngine, choice: BuilderChoice, exc: DockerError, text: str, build_args: dict[str, str]
+) -> None:
+    """Raise the infrastructure error a failed build really was, if it was one (else return)."""
+    said = f"{exc.message}\n{exc.log[-4000:]}"
+    candidates = builders.base_images(text, build_args)
+    if choice.kind is BuilderKind.LEGACY:
+        candidates = [c for c in candidates if c != builders.directives(text).get("syntax")]
+    found = builders.unreachable_base_image(said, candidates, lambda ref: engine.image(ref) is not None)
+    if found is not None:
+        raise builders.unreachable_error(*found, message=said)
+    newer = builders.newer_frontend_features(text)
+    if (
+        choice.kind is BuilderKind.BUILDKIT
+        and newer
+        and "syntax" not in builders.directives(text)
+        and ("Unknown flag" in said or "unknown instruction" in said)
+    ):
+        raise InfraUnavailable(
+            f"the Docker engine's BuildKit cannot parse {', '.join(newer)}: its built-in Dockerfile "
+            "frontend predates 1.4. Upgrade the engine to Docker 23.0 or later, or add "
+            "'# syntax=docker/dockerfile:1.4' as the Dockerfile's first line (the engine then pulls that "
+            "frontend from Docker Hub)"
+        )
 
 
 def build(
@@ -33,28 +202,94 @@ def build(
     steps: StepLog,
     sha: str,
     redact: Callable[[str], str],
+    recorded_images: Sequence[str] = (),
 ) -> Build:
-    """Build from the committed tree with GIT_SHA, tagged <app>:<sha>."""
+    """Build from the committed tree with GIT_SHA, tagged <app>:<sha>. ``recorded_images``: the image ids
+    this orchestrator built and recorded for the app, the only ones whose layers the legacy builder's
+    cache may reuse."""
     tag = build_tag(app, sha)
+    log = get_logger()
     with steps.step("build") as step:
-        if not gitrepo.path_in_commit(app.source, sha, app.dockerfile):
-            raise DockerError(f"{app.dockerfile} is not in commit {sha[:12]} of {app.source}")
+        dockerfile = resolve_dockerfile(app, sha)
+        text = (gitrepo.file_at(app.source, sha, dockerfile) or b"").decode(errors="replace")
+        choice = builders.choose(settings.builder, settings.docker_cli, engine.supports_buildkit)
+        step.changed(
+            builder=choice.kind.value, builder_why=choice.why, dockerfile=dockerfile, context=app.context
+        )
+        if choice.kind is BuilderKind.LEGACY:
+            _refuse_on_legacy(app, settings, choice, dockerfile, text)
+        secrets = _secrets(app)
+        build_args = {**app.build_args, "GIT_SHA": sha}
+        cache = CachePolicy.trusting(recorded_images)
         t0 = time.perf_counter()
-        with gitrepo.archive(app.source, sha) as context:
+        log.info("build_started", tag=tag, builder=choice.why, dockerfile=dockerfile, context=app.context)
+        with gitrepo.extracted(app.source, sha) as tree:
+            context_dir = tree / app.context
             try:
-                image = engine.build(
-                    context,
-                    tag=tag,
-                    dockerfile=app.dockerfile,
-                    buildargs={**app.build_args, "GIT_SHA": sha},
-                    timeout_s=settings.build_timeout_s,
-                )
+                if choice.cli is not None:
+                    image = _buildkit(
+                        engine,
+                        choice,
+                        context_dir,
+                        tree / dockerfile,
+                        tag,
+                        build_args,
+                        app,
+                        secrets,
+                        settings,
+                        lambda line: log.info("build_output", line=redact(line)),
+                    )
+                else:
+                    image = engine.build(
+                        context_dir,
+                        tag=tag,
+                        dockerfile=str(tree / dockerfile),
+                        buildargs=build_args,
+                        target=app.target,
+                        timeout_s=settings.build_timeout_s,
+                        cache_from=cache.cache_from,
+                        nocache=cache.nocache,
+                    )
+                    step.changed(cache_from=len(cache.cache_from))
             except StepTimeout as exc:
                 if "log_tail" in exc.details:
                     exc.details["log_tail"] = redact(str(exc.details["log_tail"]))
                 raise
+            except DockerError as exc:
+                _explain_failure(engine, choice, exc, text, build_args)
+                raise
         step.changed(image_id=image.id, tag=tag)
-    return Build(image, tag, time.perf_counter() - t0)
+    return Build(image, tag, time.perf_counter() - t0, choice.kind.value)
+
+
+def _buildkit(
+    engine: DockerEngine,
+    choice: BuilderChoice,
+    context_dir: Path,
+    dockerfile: Path,
+    tag: str,
+    build_args: dict[str, str],
+    app: AppConfig,
+    secrets: list[builders.Secret],
+    settings: Settings,
+    on_line: Callable[[str], None],
+) -> ImageInfo:
+    assert choice.cli is not None
+    image_id = builders.buildkit_build(
+        choice.cli,
+        context_dir=context_dir,
+        dockerfile=dockerfile,
+        tag=tag,
+        build_args=build_args,
+        target=app.target,
+        secrets=secrets,
+        timeout_s=settings.build_timeout_s,
+        on_line=on_line,
+    )
+    image = engine.image(image_id)
+    if image is None:
+        raise DockerError(f"build of {tag} wrote image id {image_id}, but the engine has no such image")
+    return image
 
 
 def guard(engine: DockerEngine, app: AppConfig, steps: StepLog, image_id: str, sha: str) -> verify.Check:

@@ -130,7 +130,7 @@ def test_dockerfile_copying_an_uncommitted_file_fails_the_build(busybox_app: Bus
     assert app.verdicts(result.payload) == [("commit_exists", "pass"), ("build_image", "fail")]
     build = result.payload["checks"][1]
     assert "secret.txt" in build["reason"], build
-    assert "Step" in build["details"]["build_log_tail"], "the build log is kept as evidence"
+    assert "COPY secret.txt" in build["details"]["build_log_tail"], "the build log is kept as evidence"
     assert result.payload["state"] == "development"
     assert app.tagged(sha) is None, "no image of the commit exists"
     assert app.running("staging") == staging_before
