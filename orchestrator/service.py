@@ -405,7 +405,12 @@ class RunService:
                     transition_id, outcome=outcome, reason=reason, result_state=state.value
                 )
         log.info("transition_finished", outcome=outcome, reason=reason, state=state.value)
-        if outcome == SUCCEEDED and state == State.DEPLOY and self.config.settings.prune_after_deploy:
+        if (
+            outcome == SUCCEEDED
+            and state == State.DEPLOY
+            and self.config.settings.prune_after_deploy
+            and engine.connected is not None  # an edge that never reached the engine built nothing
+        ):
             self._prune_after_deploy(run, actor, engine)
         return AdvanceResult(
             run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
