@@ -16,7 +16,7 @@ import pytest
 from orchestrator.docker_engine import DockerEngine, ImageInfo
 
 if TYPE_CHECKING:
-    from conftest import BusyboxApp
+    from conftest import BusyboxApp, ComposeApp
 
     from orchestrator.store.repository import Store
 
@@ -199,3 +199,42 @@ def test_a_locked_app_is_not_pruned(
     assert engine.image(old) is not None
     assert [e for e in store.events(app=app.name) if e.kind == "pruned"] == []
     assert [(lk.environment, lk.holder) for lk in store.locks(app.name)] == [("staging", "alice")]
+
+
+def test_prune_removes_the_anchors_of_releases_no_longer_kept(
+    compose_app: ComposeApp, engine: DockerEngine, store: Store
+) -> None:
+    """A compose app deployed three times with keep_releases = 3, then lowered to 1: prune removes every
+    anchor but the newest release's per environment (and the two older images), leaves files that are
+    not anchors of known releases alone, and prod and staging keep running the newest release."""
+    app = compose_app
+    app.write_compose(registry=None)
+    app.configure(keep_releases=3)
+    shas = [app.app.commit(f"release {n}") for n in "ABC"]
+    for sha in shas:
+        app.app.deploy(sha)
+    history = releases_by_env(store, app.name)
+    assert all(len(app.anchors(env)) == 3 for env in ("staging", "prod"))
+    history_dir = app.override_file.parent / "history"
+    present = {(env, int(a.stem.rsplit("-", 1)[1])) for env in ("staging", "prod") for a in app.anchors(env)}
+    newest = {(env, history[env][0].id) for env in ("staging", "prod")}
+    assert newest <= present and len(present) == 6, present
+    stray = history_dir / "notes.txt"
+    stray.write_text("kept by hand\n", encoding="utf-8")
+    unknown = history_dir / "prod-release-999999.yml"  # no such release in this history
+    unknown.write_text("services: {}\n", encoding="utf-8")
+    old_images = {r.image_id for r in history["prod"][1:]}
+
+    app.configure(keep_releases=1)
+    (result,) = app.app.cli("prune", app.name, as_json=True).ok()["apps"]
+    removed = {(a["environment"], a["release_id"]) for a in result["removed"]["anchors"]}
+    assert removed == present - newest, result
+    for env in ("staging", "prod"):
+        left = [a.name for a in app.anchors(env) if a != unknown]
+        assert left == [f"{env}-release-{history[env][0].id:06d}.yml"], left
+    assert stray.is_file() and unknown.is_file()
+    assert {i["image_id"] for i in result["removed"]["images"]} == old_images
+    assert all(engine.image(i) is None for i in old_images)
+    for env in ("staging", "prod"):
+        running = app.running(env)
+        assert running is not None and running.status == "running" and running.revision == shas[2]
