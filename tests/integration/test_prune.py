@@ -100,12 +100,18 @@ def test_prune_keeps_every_kept_release_and_rollback_to_each_still_works(
     for image_id in old_images:
         assert f"would remove image {image_id[:19]}" in human.stdout, human.stdout
 
+    started = time.perf_counter()
     done = app.cli("prune", app.name, as_json=True).ok()
+    took = time.perf_counter() - started
     (result,) = done["apps"]
     removed = result["removed"]
     assert {i["image_id"] for i in removed["images"]} == old_images
     assert [c["name"] for c in removed["containers"]] == [c["name"] for c in would["containers"]]
     assert result["bytes_reclaimed"] == sum(sizes.values()) and result["skipped"] == []
+    print(  # a figure for the report, not an assertion
+        f"prune: {len(removed['images'])} images, {len(removed['containers'])} containers, "
+        f"{result['bytes_reclaimed']} bytes reclaimed in {took:.2f} s"
+    )
     assert all(engine.image(i) is None for i in old_images)
     assert all(engine.image(i) is not None for i in kept_images)
     for image in (unrelated, lookalike, helper):
@@ -238,3 +244,23 @@ def test_prune_removes_the_anchors_of_releases_no_longer_kept(
     for env in ("staging", "prod"):
         running = app.running(env)
         assert running is not None and running.status == "running" and running.revision == shas[2]
+
+
+def test_prune_without_an_app_prunes_every_app_but_the_locked_ones(
+    busybox_app: BusyboxApp, engine: DockerEngine, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One busy app must not stop the housekeeping of the others, nor pass unnoticed: exit 3 naming it."""
+    app = busybox_app
+    monkeypatch.setenv("ORCH_KEEP_RELEASES", "1")
+    monkeypatch.setenv("ORCH_PRUNE_AFTER_DEPLOY", "false")
+    app.configure(other_apps=1)
+    (other,) = app.other_apps
+    app.deploy(app.commit("one"))
+    old = app.running("prod").image_id  # type: ignore[union-attr]
+    app.deploy(app.commit("two"))
+    app.cli("lock", other, "--env", "prod", "--reason", "maintenance", "--actor", "bob").ok()
+    result = app.cli("prune", as_json=True)
+    assert result.exit_code == 3, result.describe()
+    assert [a["app"] for a in result.payload["apps"]] == [app.name]
+    assert "bob" in result.payload["locked"][other]
+    assert engine.image(old) is None
