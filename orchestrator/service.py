@@ -436,12 +436,17 @@ class RunService:
             )
         except (Exception, Interrupted) as exc:
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            log.warning("prune_failed", error=message, why="the deploy stands; 'orchestrator prune' retries")
+            # Another run (or an operator) took the environments first: not a failure, the next
+            # successful promotion prunes instead.
+            kind, what = (
+                ("prune_skipped", "skipped") if isinstance(exc, Conflict) else ("prune_failed", "failed")
+            )
+            log.warning(kind, error=message, why="the deploy stands; 'orchestrator prune' retries")
             try:
                 self.store.record_event(
-                    "prune_failed",
+                    kind,
                     actor,
-                    f"prune after run {run.id} failed (the deploy stands): {message}",
+                    f"prune after run {run.id} {what} (the deploy stands): {message}",
                     app=run.app,
                     run_id=run.id,
                     details={"error": type(exc).__name__},

@@ -156,20 +156,26 @@ def test_prune_runs_after_each_successful_promotion(
     assert store.locks(app.name) == [], "the prune's own lock is released"
 
 
-@pytest.mark.parametrize("failure", ["error", "signal"])
+@pytest.mark.parametrize(
+    ("failure", "kind"), [("error", "prune_failed"), ("signal", "prune_failed"), ("locked", "prune_skipped")]
+)
 def test_a_failed_prune_never_fails_the_deploy(
-    busybox_app: BusyboxApp, store: Store, monkeypatch: pytest.MonkeyPatch, failure: str
+    busybox_app: BusyboxApp, store: Store, monkeypatch: pytest.MonkeyPatch, failure: str, kind: str
 ) -> None:
-    """The prune after a promotion fails (or is interrupted by SIGTERM): the promotion stands (exit 0,
-    run in deploy, prod on the new release), and the failure is logged and recorded as an event."""
+    """The prune after a promotion fails, is interrupted by SIGTERM, or finds the environments taken by
+    another run: the promotion stands (exit 0, run in deploy, prod on the new release), and what happened
+    is logged and recorded as an event."""
     import signal
 
     from orchestrator import prune as prune_module
+    from orchestrator.errors import Conflict
     from orchestrator.lifecycle import Interrupted
 
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         if failure == "signal":
             raise Interrupted(signal.SIGTERM)
+        if failure == "locked":
+            raise Conflict(f"{busybox_app.name} staging is locked by run 99 (ci)")
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(prune_module, "prune", broken)
@@ -177,8 +183,9 @@ def test_a_failed_prune_never_fails_the_deploy(
     sha = app.commit("one")
     run_id = app.deploy(sha)  # asserts exit 0 and state deploy for both edges
     assert app.running("prod").revision == sha  # type: ignore[union-attr]
-    (event,) = [e for e in store.events(app=app.name) if e.kind == "prune_failed"]
-    assert event.run_id == run_id and "the deploy stands" in event.message
+    (event,) = [e for e in store.events(app=app.name) if e.kind.startswith("prune")]
+    assert (event.kind, event.run_id) == (kind, run_id)
+    assert "the deploy stands" in event.message
     assert store.get_run(run_id).state == "deploy"
 
 
