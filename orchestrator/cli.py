@@ -1,8 +1,8 @@
 """click commands: parse, call the service layer, print (human or --json), exit with the promised code.
 
 Exit codes (also in README): 0 ok, 1 a gate failed and the run was rolled back, 2 bad input,
-3 conflict, 4 infrastructure unavailable. With --json, stdout carries exactly one JSON object, errors
-included; logs always go to stderr.
+3 conflict, 4 infrastructure unavailable, 5 (`status` only) an environment drifted or is unhealthy.
+With --json, stdout carries exactly one JSON object, errors included; logs always go to stderr.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import click
 from orchestrator import logging as orch_logging
 from orchestrator.config import Config, load_config
 from orchestrator.errors import BadInput, Conflict, OrchestratorError
+from orchestrator.gates import first_line
 from orchestrator.lifecycle import Interrupted
 from orchestrator.machine import State
 from orchestrator.service import FAILED, AdvanceResult, RunService, connect_engine
@@ -31,10 +32,16 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# `status` found an environment that drifted from its recorded release or fails its health check. Not
+# an error (the report is printed, --json as usual) and not 1, which says a gate failed and a run moved
+# back: CI runs `orchestrator status` as a check and must tell "checked: wrong" from 4, "could not check".
+STATUS_NOT_OK = 5
+
 
 @dataclass
 class Invocation:
     config_path: str | None
+    verbose: bool = False
     _config: Config | None = None
     _store: Store | None = None
 
@@ -45,10 +52,14 @@ class Invocation:
             orch_logging.configure(self._config.settings.log_format, self._config.settings.log_level)
             for warning in self._config.warnings:
                 orch_logging.get_logger().warning("config_warning", message=warning)
+            if self.verbose:
+                _echo(f"config: {describe_config(self._config)}", err=True)
         return self._config
 
     def store(self, *, upgrade: bool = True) -> Store:
         if self._store is None:
+            if self.verbose:
+                _echo(f"database: {describe_database(self.config)}", err=True)
             self._store = Store(self.config.settings.database_url, upgrade=upgrade)
         return self._store
 
@@ -58,6 +69,24 @@ class Invocation:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+def describe_config(config: Config) -> str:
+    return f"{config.path or 'none'} ({config.config_source})"
+
+
+def describe_database(config: Config) -> str:
+    return f"{db.safe_url(config.settings.database_url)} ({config.database_source})"
+
+
+def sources(config: Config) -> dict[str, Any]:
+    """Which config and database a command used, for --json output (status)."""
+    return {
+        "config": str(config.path) if config.path else None,
+        "config_source": config.config_source,
+        "database": db.safe_url(config.settings.database_url),
+        "database_source": config.database_source,
+    }
 
 
 # C0 and C1 control characters other than newline and tab: an actor name or a reason carrying an
@@ -144,14 +173,22 @@ class _Cli(click.Group):
     "config_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="orchestrator.toml to use (default: ORCH_CONFIG, then ./orchestrator.toml).",
+    help="orchestrator.toml to use (default: ORCH_CONFIG, then orchestrator.toml in the current "
+    "directory or its nearest parent that has one). The default database lives beside it, in "
+    ".orchestrator/orchestrator.db.",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Say on stderr which config file and which database are used, and how each was chosen.",
 )
 @click.version_option(package_name="orchestrator")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """Move validated commits through development -> deploy-staging -> deploy, behind gates."""
     orch_logging.configure()
-    ctx.obj = Invocation(config_path)
+    ctx.obj = Invocation(config_path, verbose)
 
 
 @cli.group()
@@ -201,14 +238,28 @@ def advance(
 
 def _print_advance(result: AdvanceResult) -> None:
     for check in result.checks:
-        _echo(f"  {check.status.value:<8} {check.name:<32} {check.duration_s:7.3f}s  {check.reason}")
-    if result.outcome == FAILED:
-        _echo(
-            f"run {result.run_id}: {result.from_state} -> {result.to_state} FAILED, back in "
-            f"{result.state}: {result.reason}"
-        )
-    else:
+        # One line per check; the evidence a reason carries (a container's log) is printed once, below.
+        summary = first_line(check.reason)
+        _echo(f"  {check.status.value:<8} {check.name:<32} {check.duration_s:7.3f}s  {summary}")
+    if result.outcome != FAILED:
         _echo(f"run {result.run_id}: {result.from_state} -> {result.to_state} ok, now in {result.state}")
+        return
+    _echo(
+        f"run {result.run_id}: {result.from_state} -> {result.to_state} FAILED, back in "
+        f"{result.state}: {first_line(result.reason or '')}"
+    )
+    failure = result.failure
+    if failure is None:
+        return
+    # Plain lines an operator (or a CI log) reads first: which gate, why, and what became of prod.
+    _echo(f"  gate:   {failure.gate}")
+    _echo(_hanging("  reason: ", failure.reason))
+    _echo(f"  prod:   {failure.prod.summary}")
+
+
+def _hanging(label: str, text: str, indent: int | None = None) -> str:
+    """``label`` then ``text``, its further lines indented (under the first, by default)."""
+    return label + text.replace("\n", "\n" + " " * (len(label) if indent is None else indent))
 
 
 @cli.group()
@@ -260,10 +311,11 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
     for t in transitions:
         _echo(
             f"  #{t.id} {t.from_state} -> {t.to_state}  {t.outcome}  by {t.actor}  "
-            f"{t.started_at:%Y-%m-%d %H:%M:%S}" + (f"  ({t.reason})" if t.reason else "")
+            f"{t.started_at:%Y-%m-%d %H:%M:%S}" + (f"  ({first_line(t.reason)})" if t.reason else "")
         )
         for c in t.checks:
-            _echo(f"      {c.status:<8} {c.name:<32} {c.duration_s:7.3f}s  {c.reason}")
+            # The whole reason, evidence included, under its check (the transition line has its summary).
+            _echo(_hanging(f"      {c.status:<8} {c.name:<32} {c.duration_s:7.3f}s  ", c.reason, indent=10))
         if t.steps:
             _echo("      steps: " + ", ".join(_step_text(st) for st in t.steps))
     for rel in releases:
@@ -427,23 +479,45 @@ def rollback_cmd(
 @click.argument("app", required=False)
 @command
 def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
-    """What runs in each environment, and whether it drifted from the last recorded release."""
+    """What runs in each environment, and whether it drifted from the last recorded release.
+
+    Exits 0 when every environment runs its recorded release and answers its health check, and 5 when
+    any drifted or is unhealthy (each names its cause: container gone, another image, not running,
+    unhealthy, ...), so CI can use it as a check. Errors keep their codes (4: engine or database
+    unreachable).
+    """
     from orchestrator.releases import status
 
     found = status(inv.config, inv.store(), connect_engine, app)
+    ok = all(e.ok for e in found)
     if as_json:
-        _print_json({"environments": [e.as_dict() for e in found], "drift": any(e.drift for e in found)})
-        return
-    for e in found:
-        o = e.observed
-        rel = f"release {e.release.id} ({e.release.revision[:12]})" if e.release else "no release"
-        running = f"{o.container} {o.status} {(o.image_id or '')[:19]}" if o.container_id else "no container"
-        health_text = (
-            "" if o.healthy is None else ("healthy" if o.healthy else f"UNHEALTHY ({o.health_detail})")
+        _print_json(
+            {
+                **sources(inv.config),
+                "ok": ok,
+                "drift": any(e.drift for e in found),
+                "environments": [e.as_dict() for e in found],
+            }
         )
-        _echo(f"{e.app:<20} {e.environment:<8} {running:<50} {rel:<26} {health_text}")
-        for diff in e.differences:
-            _echo(f"    drift: {diff}")
+    else:
+        _echo(f"config:   {describe_config(inv.config)}")
+        _echo(f"database: {describe_database(inv.config)}")
+        for e in found:
+            o = e.observed
+            rel = f"release {e.release.id} ({e.release.revision[:12]})" if e.release else "no release"
+            running = (
+                f"{o.container} {o.status} {(o.image_id or '')[:19]}" if o.container_id else "no container"
+            )
+            health_text = (
+                "" if o.healthy is None else ("healthy" if o.healthy else f"UNHEALTHY ({o.health_detail})")
+            )
+            _echo(f"{e.app:<20} {e.environment:<8} {running:<50} {rel:<26} {health_text}")
+            if e.problem:
+                _echo(f"    problem: {e.problem}")
+            for diff in e.differences:
+                _echo(f"    drift: {diff}")
+    if not ok:
+        sys.exit(STATUS_NOT_OK)
 
 
 @cli.command("prune")

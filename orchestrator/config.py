@@ -6,10 +6,12 @@ value is checked and every unknown key or variable is an error (exit 2) that nam
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import posixpath
 import re
+import shlex
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -112,6 +114,10 @@ class Config:
     path: Path | None = None
     # Non-fatal findings the CLI logs as warnings (e.g. a freshness scope naming apps defined elsewhere).
     warnings: tuple[str, ...] = ()
+    # How the config file and the database were chosen, for `--verbose` and `status`: an operator looking
+    # at an empty history must be able to see at once that it is the wrong file, not a lost one.
+    config_source: str = "none found"
+    database_source: str = "default"
 
     def app(self, name: str) -> AppConfig:
         try:
@@ -119,7 +125,7 @@ class Config:
         except KeyError:
             if self.path is None:
                 raise BadInput(
-                    f"unknown app {name!r}: no {CONFIG_FILENAME} in {Path.cwd()} "
+                    f"unknown app {name!r}: no {CONFIG_FILENAME} in {Path.cwd()} or its parent directories "
                     f"(pass --config PATH or set ORCH_CONFIG)"
                 ) from None
             known = ", ".join(sorted(self.apps)) or "none"
@@ -128,8 +134,10 @@ class Config:
 
 # Every ORCH_* variable the orchestrator reads, with its meaning; .env.example mirrors this table.
 ENV_VARS: dict[str, str] = {
-    "ORCH_CONFIG": "path to orchestrator.toml (default: ./orchestrator.toml)",
-    "ORCH_DATABASE_URL": "SQLAlchemy URL (default: sqlite:///./.orchestrator/orchestrator.db)",
+    "ORCH_CONFIG": "path to orchestrator.toml (default: orchestrator.toml in the current directory or its "
+    "nearest parent that has one)",
+    "ORCH_DATABASE_URL": "SQLAlchemy URL (default: SQLite in .orchestrator/orchestrator.db beside the config "
+    "file)",
     "ORCH_LOG_FORMAT": "auto | json | console",
     "ORCH_LOG_LEVEL": "debug | info | warning | error",
     "ORCH_IMAGE_FRESHNESS_ENABLED": "kill-switch for check_staging_image_fresh (default true)",
@@ -216,16 +224,23 @@ def _parse_choice(name: str, raw: Any, choices: tuple[str, ...]) -> str:
     return text
 
 
-def _parse_settings(table: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+@dataclass(frozen=True)
+class _Database:
+    url: str
+    source: str
+    warnings: tuple[str, ...] = ()
+
+
+def _parse_settings(
+    table: Mapping[str, Any], env: Mapping[str, str], cfg_path: Path | None = None
+) -> tuple[Settings, _Database]:
     known = {f.name for f in fields(Settings)}
     unknown = set(table) - known
     if unknown:
         raise BadInput(f"unknown key(s) in [orchestrator]: {', '.join(sorted(unknown))}")
     stray = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in ENV_VARS)
     if stray:
-        raise BadInput(
-            f"unknown variable(s) {', '.join(stray)}: known ORCH_* variables are listed in .env.example"
-        )
+        raise BadInput(_unknown_variables(stray))
 
     def pick(key: str) -> tuple[str, Any] | None:
         var = ENV_PREFIX + key.upper()
@@ -236,13 +251,8 @@ def _parse_settings(table: Mapping[str, Any], env: Mapping[str, str]) -> Setting
         return None
 
     values: dict[str, Any] = {}
-    if got := pick("database_url"):
-        name, raw = got
-        if not isinstance(raw, str) or not raw.strip():
-            raise BadInput(f"{name} must be a non-empty SQLAlchemy URL")
-        values["database_url"] = raw.strip()
-    else:
-        values["database_url"] = f"sqlite:///{(Path.cwd() / DEFAULT_DB_PATH).as_posix()}"
+    database = _database(pick("database_url"), cfg_path)
+    values["database_url"] = database.url
     if got := pick("log_format"):
         values["log_format"] = _parse_choice(*got, ("auto", "json", "console"))
     if got := pick("log_level"):
@@ -264,7 +274,98 @@ def _parse_settings(table: Mapping[str, Any], env: Mapping[str, str]) -> Setting
     for key in _LIMIT_KEYS:
         if got := pick(key):
             values[key] = _parse_float(*got, minimum=1)
-    return Settings(**values)
+    return Settings(**values), database
+
+
+def _sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path.as_posix()}"
+
+
+def _database(got: tuple[str, Any] | None, cfg_path: Path | None) -> _Database:
+    """The database URL and how it was chosen.
+
+    The history belongs to the config file, not to wherever the command happens to run: with the
+    default beside the current directory, ``--config ../deploy/orchestrator.toml`` run from elsewhere
+    showed an empty history and would have started a second one (with its own locks, so two runners
+    could promote the same app at once). So the default is ``<config dir>/.orchestrator/orchestrator.db``,
+    and a relative SQLite path in ``[orchestrator].database_url`` is read relative to the config file like
+    every other path in it. ``ORCH_DATABASE_URL`` is taken as given (a relative SQLite path in it is
+    relative to the current directory, as for any shell variable naming a file).
+    """
+    base = cfg_path.resolve().parent if cfg_path is not None else None
+    if got is not None:
+        name, raw = got
+        if not isinstance(raw, str) or not raw.strip():
+            raise BadInput(f"{name} must be a non-empty SQLAlchemy URL")
+        url = raw.strip()
+        if name.startswith("[") and base is not None:
+            url = _relative_sqlite_to(url, base)
+            return _Database(url, f"{name} in {cfg_path}")
+        return _Database(url, name)
+    if base is None:
+        where = Path.cwd()
+        return _Database(
+            _sqlite_url(where / DEFAULT_DB_PATH),
+            f"default: no {CONFIG_FILENAME} found, so in the current directory",
+        )
+    default = base / DEFAULT_DB_PATH
+    return _Database(
+        _sqlite_url(default), "default: beside the config file", _legacy_database(default, cfg_path)
+    )
+
+
+def _relative_sqlite_to(url: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    rest = url[len(prefix) :]
+    path, sep, query = rest.partition("?")
+    if not path or path == ":memory:" or path.startswith("/") or path.startswith("file:"):
+        return url
+    return _sqlite_url(base / path) + sep + query
+
+
+def _legacy_database(default: Path, cfg_path: Path | None) -> tuple[str, ...]:
+    """Earlier versions kept the default database in ``./.orchestrator/`` of the current directory.
+    An upgrading user whose history sits there (because they ran with --config or ORCH_CONFIG from
+    another directory) must not silently get a fresh, empty history beside the config file: that loses
+    the rollback anchors and splits the locks between two databases. While the new default does not
+    exist yet this refuses, saying exactly how to move the history (or keep it where it is); once it
+    exists, the old file is only named in a warning, so it is never forgotten without a word."""
+    legacy = Path.cwd() / DEFAULT_DB_PATH
+    if not legacy.is_file() or legacy.resolve() == default.resolve():
+        return ()
+    if not default.exists():
+        quoted_dir = shlex.quote(str(default.parent))
+        raise BadInput(
+            f"run history found at {legacy}, where earlier versions kept the default database (the "
+            f"current directory), but the default database now lives beside the config file {cfg_path}: "
+            f"{default}. Move the history there (with no orchestrator command running): "
+            f"'mkdir -p -m 700 {quoted_dir} && mv {shlex.quote(str(legacy))}* {quoted_dir}/' "
+            f"(the * takes its -wal and -shm files along), or keep using it where it is with "
+            f"ORCH_DATABASE_URL={_sqlite_url(legacy.resolve())}"
+        )
+    return (
+        f"{legacy} (the default database of earlier versions, in the current directory) is not used: "
+        f"the history of {cfg_path} is {default}. Merge or remove the old file once you no longer "
+        "need it",
+    )
+
+
+def _unknown_variables(stray: list[str]) -> str:
+    """The message names the variable each typo most resembles and lists the real ones in full: the
+    reference file of the source repository (.env.example) is not installed with the package."""
+    hints = [
+        f"{name}: did you mean {close[0]}?"
+        for name in stray
+        if (close := difflib.get_close_matches(name, ENV_VARS, n=1, cutoff=0.75))
+    ]
+    known = ", ".join(sorted(k for k in ENV_VARS if not ENV_VARS[k].startswith("test-only")))
+    return (
+        f"unknown variable(s) {', '.join(stray)}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+        + f": the ORCH_* variables orchestrator reads are {known}"
+    )
 
 
 def _parse_app_names(name: str, raw: Any) -> frozenset[str]:
@@ -490,16 +591,58 @@ def _check_ports_unique(apps: Iterable[AppConfig]) -> None:
             owners[port] = f"[apps.{app.name}].{env}_port"
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read the config named by --config, ORCH_CONFIG or ./orchestrator.toml (in that order).
+def find_config(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> tuple[Path | None, str]:
+    """(config file, how it was found): --config, then ORCH_CONFIG,
+    then orchestrator.toml in the current directory or the nearest parent that has one (as git and
+    compose find theirs, so a command run from a subfolder of the deployment uses its config and its
+    history). None when there is none anywhere."""
+    if path is not None:
+        return Path(path), "--config"
+    if env.get("ORCH_CONFIG"):
+        return Path(env["ORCH_CONFIG"]), "ORCH_CONFIG"
+    cwd = Path.cwd()
+    for folder in (cwd, *cwd.parents):
+        candidate = folder / CONFIG_FILENAME
+        if candidate.is_file():
+            if folder == cwd:
+                return candidate, "found in the current directory"
+            _refuse_foreign(candidate)
+            return candidate, "found in a parent of the current directory"
+    return None, "none found"
 
-    A missing default file is not an error: history commands work without one. A file that was
-    asked for by name and is missing is.
+
+def _refuse_foreign(candidate: Path) -> None:
+    """A config found above the current directory was not chosen by anyone: in a shared folder such as
+    /tmp, another user could have put it there to make our next command build and run their app. Use
+    one found that way only if we (or root) own it; naming it explicitly still works."""
+    owner = candidate.stat().st_uid
+    if owner not in (os.getuid(), 0):
+        raise BadInput(
+            f"{candidate} (found in a parent of the current directory) belongs to another user "
+            f"(uid {owner}): not using a config someone else could have put there; pass "
+            f"--config {candidate} (or set ORCH_CONFIG) if it is the one you mean"
+        )
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the config named by --config or ORCH_CONFIG, else orchestrator.toml found in the current
+    directory or its parents (see ``find_config``).
+
+    No config anywhere is not an error: history commands work without one. A file that was asked for by
+    name and is missing is.
     """
     env = os.environ if env is None else env
-    explicit = path if path is not None else env.get("ORCH_CONFIG") or None
-    cfg_path = Path(explicit) if explicit else Path.cwd() / CONFIG_FILENAME
+    found, config_source = find_config(path, env)
     data: dict[str, Any] = {}
+    if found is None:
+        settings, database = _parse_settings({}, env)
+        return Config(
+            settings=settings,
+            warnings=database.warnings,
+            config_source=config_source,
+            database_source=database.source,
+        )
+    cfg_path = found
     if cfg_path.is_file():
         try:
             data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
@@ -509,10 +652,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             raise BadInput(f"{cfg_path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
         except OSError as exc:
             raise BadInput(f"cannot read {cfg_path}: {exc.strerror}") from None
-    elif explicit:
-        raise BadInput(f"config file {cfg_path} does not exist")
     else:
-        return Config(settings=_parse_settings({}, env))
+        raise BadInput(f"config file {cfg_path} does not exist")
 
     unknown = set(data) - {"apps", "orchestrator"}
     if unknown:
@@ -523,13 +664,24 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         raise BadInput(f"{cfg_path}: [orchestrator] and [apps] must be tables")
     base = cfg_path.resolve().parent
     try:
-        settings = _parse_settings(settings_table, env)
+        settings, database = _parse_settings(settings_table, env, cfg_path)
         apps = {name: _parse_app(name, table, base, settings) for name, table in apps_table.items()}
         _check_ports_unique(apps.values())
     except BadInput as exc:
         raise BadInput(f"{cfg_path}: {exc.message}") from None
-    warnings = _freshness_scope_warnings(settings, apps, cfg_path, env) + _secret_build_arg_warnings(apps)
-    return Config(settings=settings, apps=apps, path=cfg_path.resolve(), warnings=warnings)
+    warnings = (
+        database.warnings
+        + _freshness_scope_warnings(settings, apps, cfg_path, env)
+        + _secret_build_arg_warnings(apps)
+    )
+    return Config(
+        settings=settings,
+        apps=apps,
+        path=cfg_path.resolve(),
+        warnings=warnings,
+        config_source=config_source,
+        database_source=database.source,
+    )
 
 
 def _secret_build_arg_warnings(apps: Mapping[str, AppConfig]) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ turn its outcomes into recorded verdicts.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,6 +25,13 @@ from orchestrator.steps.publish import Publisher
 from orchestrator.steps.staging_check import StagingCheck, run_staging_check
 
 __all__ = ["Build", "Deployed", "Deployer", "Published", "StagingCheck"]
+
+# The end of a failed container's log that goes into the gate's reason (and `runs show`).
+_LOG_LINES = 20
+_LOG_LINE_MAX = 300
+_LOG_CHARS = 8000
+# How long to wait for a restarted container's current run to end, to learn its exit code.
+_SETTLE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -132,16 +140,14 @@ class Deployer:
     def override_text(self) -> str | None:
         return self.runtime.override_text()
 
-    def wait_healthy(self, env: str, container_id: str | None = None) -> health.HealthReport:
-        def alive() -> bool:
-            found = self.engine.container(container_id) if container_id else self.current(env)
-            return found is not None and found.status in ("running", "created", "restarting")
-
+    def wait_healthy(self, env: str, container: ContainerInfo) -> health.HealthReport:
+        """Poll ``env``'s health path while watching ``container`` as it is now: an exit or a restart by
+        the engine from here on ends the wait at once (see health.container_failure)."""
         return health.wait_healthy(
             self.base_url(env) + self.app.health_path,
             timeout=self.settings.health_timeout_s,
             interval=self.settings.health_interval_s,
-            alive=alive,
+            watch=lambda: health.container_failure(container, self.engine.container(container.id)),
         )
 
     def deploy(self, env: str, image_id: str, revision: str, *, run_id: int | None) -> Deployed:
@@ -178,18 +184,16 @@ class Deployer:
         self, env: str, container: ContainerInfo, image_id: str, details: dict[str, Any], published: Published
     ) -> Deployed | None:
         """None when our container, running ``image_id``, is what answers the health check."""
-        report = self.wait_healthy(env, container.id)
+        report = self.wait_healthy(env, container)
         details["health"] = report.details()
         if not report.healthy:
-            return Deployed(False, report.reason, {**details, **self.container_evidence(env)}, published)
+            return self._failed(env, container, self._unhealthy(env, container, report), details, published)
         now = self.engine.container(container.id)
         if now is None or not now.running:
             # The answer came from somewhere else; our container is not what is serving.
-            return Deployed(
-                False,
-                f"{report.url} answered but {self.container(env)} is not running",
-                {**details, **self.container_evidence(env)},
-                published,
+            why = health.container_failure(container, now) or "is not running"
+            return self._failed(
+                env, container, f"{report.url} answered but {self.container(env)} {why}", details, published
             )
         if now.image_id != image_id:
             # `docker compose up -d` against an unchanged tag succeeds and keeps the old container.
@@ -201,6 +205,91 @@ class Deployer:
                 published,
             )
         return None
+
+    def _failed(
+        self,
+        env: str,
+        container: ContainerInfo,
+        headline: str,
+        details: dict[str, Any],
+        published: Published,
+    ) -> Deployed:
+        """The verdict on a container that started but failed: the headline, then the end of its log
+        (redacted) in the reason itself, so the cause is in the first thing an operator reads. A failed
+        staging container is then stopped, not removed: nothing half-broken keeps running or restarting
+        as staging, and ``docker logs`` still has the whole story."""
+        evidence = self.container_evidence(container.id)
+        reason = headline + self._log_block(evidence)
+        if env == STAGING and evidence.get("container_id"):
+            evidence["stopped"] = self._halt(env, str(evidence["container_id"]))
+        return Deployed(False, reason, {**details, **evidence}, published)
+
+    def _unhealthy(self, env: str, container: ContainerInfo, report: health.HealthReport) -> str:
+        """The first line of an unhealthy verdict: what the container did, or what answered."""
+        where = f"({report.elapsed_s:.1f}s, {report.attempts} {'try' if report.attempts == 1 else 'tries'})"
+        if report.container_failure is not None:
+            settled = self._settled(container.id)
+            failure = health.container_failure(container, settled) or report.container_failure
+            return f"{container.name} {failure} before {report.url} answered {where}"
+        now = self.engine.container(container.id)
+        if not report.answered and now is not None and now.running:
+            last = report.last.error if report.last else "no answer"
+            return (
+                f"nothing answered on {LOOPBACK}:{self.port(env)} for {report.elapsed_s:.1f}s while "
+                f"{container.name} kept running ({report.attempts} tries, last: {last}): "
+                + self._port_hint(env)
+            )
+        return report.reason
+
+    def _port_hint(self, env: str) -> str:
+        """What to change when nothing listens on the health port: almost always the app's port."""
+        port = self.port(env)
+        if self.app.is_compose:
+            return (
+                f"{self.app.service(env)} must listen on {LOOPBACK}:{port} (the app's {env}_port): give "
+                "it that port as PORT in the compose file and make the app listen on it, or publish the "
+                "port it listens on there"
+            )
+        if self.app.container_port is not None:
+            return (
+                f"the app must listen on the PORT it is given (PORT={self.app.container_port}) on "
+                "0.0.0.0 inside its container, as container_port says; set container_port to the port "
+                "it really listens on"
+            )
+        return (
+            f"the app must listen on the PORT it is given (PORT={port}) on 127.0.0.1 or 0.0.0.0, or set "
+            "container_port to the port it listens on"
+        )
+
+    def _settled(self, container_id: str) -> ContainerInfo | None:
+        """The container once its current run has ended, if that happens within moments. The engine
+        resets the exit code of a container it restarted to 0 while the new run lasts; a crash-looping
+        one ends that run almost at once, and then its exit code is there to report."""
+        deadline = time.monotonic() + _SETTLE_S
+        found = self.engine.container(container_id)
+        while found is not None and found.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+            found = self.engine.container(container_id)
+        return found
+
+    def _halt(self, env: str, container_id: str) -> bool:
+        with self.steps.step(f"{env}_halt", env) as step:
+            stopped = self.engine.stop_container(container_id)
+            step.changed(container_id=container_id, stopped=stopped)
+        return stopped
+
+    @staticmethod
+    def _log_block(evidence: dict[str, Any]) -> str:
+        name = evidence.get("container")
+        if not name:
+            return ""
+        lines = [
+            line if len(line) <= _LOG_LINE_MAX else line[:_LOG_LINE_MAX] + "..."
+            for line in str(evidence.get("logs_tail") or "").splitlines()
+        ]
+        if not lines:
+            return f"\n--- {name} wrote nothing to its log ---"
+        return f"\n--- last {len(lines)} log lines of {name} ---\n" + "\n".join(lines)
 
     def redeploy(self, env: str, release: PreviousRelease, *, run_id: int | None) -> Deployed:
         """Put ``env`` back on a recorded release and verify what runs: the rollback path."""
@@ -231,8 +320,10 @@ class Deployer:
             deployed.override,
         )
 
-    def container_evidence(self, env: str) -> dict[str, Any]:
-        found = self.current(env)
+    def container_evidence(self, container_id: str) -> dict[str, Any]:
+        """What the engine says of a container: status, exit code, restarts and the last 20 lines of its
+        log, redacted."""
+        found = self.engine.container(container_id)
         if found is None:
             return {"container": None}
         return {
@@ -240,7 +331,8 @@ class Deployer:
             "container_id": found.id,
             "container_status": found.status,
             "exit_code": found.exit_code,
-            "logs_tail": self.redact(self.engine.logs(found.id, tail=20))[-1500:],
+            "restart_count": found.restart_count,
+            "logs_tail": self.redact(self.engine.logs(found.id, tail=_LOG_LINES))[-_LOG_CHARS:],
         }
 
     def staging_check(self, sha: str) -> StagingCheck:
@@ -295,6 +387,6 @@ class Deployer:
         found = self.current(env)
         if found is None or not found.running or found.image_id != image_id:
             return False
-        if not self.wait_healthy(env, found.id).healthy:
+        if not self.wait_healthy(env, found).healthy:
             return False
         return self.verify_running(env, image_id, revision).ok

@@ -63,6 +63,10 @@ class ContainerInfo:
     status: str
     labels: Mapping[str, str] = field(default_factory=dict)
     exit_code: int | None = None
+    # How often the engine restarted it (restart policy) and when its current run started: a restart
+    # between two looks at a container is how a crash-looping one shows while we wait for health.
+    restart_count: int = 0
+    started_at: str | None = None
 
     @property
     def running(self) -> bool:
@@ -195,6 +199,8 @@ def _container(obj: Any) -> ContainerInfo:
         status=state.get("Status", "unknown"),
         labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
         exit_code=state.get("ExitCode"),
+        restart_count=int(attrs.get("RestartCount") or 0),
+        started_at=state.get("StartedAt") or None,
     )
 
 
@@ -216,7 +222,8 @@ class DockerEngine:
         except (docker.errors.DockerException, *_UNREACHABLE) as exc:
             raise InfraUnavailable(
                 f"Docker engine is unreachable at {where}: {exc}. "
-                f"Start it (dockerd, or 'bash scripts/bootstrap.sh' as root) and try again"
+                "Start it ('systemctl start docker'; not installed: 'apt-get install docker.io', or Docker "
+                "Engine from docs.docker.com), or point DOCKER_HOST at a running engine, and try again"
             ) from None
         return cls(client)
 
@@ -440,6 +447,18 @@ class DockerEngine:
             return False
         except _UNREACHABLE as exc:
             raise InfraUnavailable(f"Docker engine stopped answering while removing {name}: {exc}") from None
+
+    def stop_container(self, name: str, *, timeout_s: int = 1) -> bool:
+        """Stop without removing (the container and its log stay for ``docker logs``); a stopped
+        container is not restarted by its restart policy. True when something was stopped."""
+        try:
+            obj = self._client.containers.get(name)
+            self._call(f"stop container {name}", obj.stop, timeout=timeout_s)
+            return True
+        except docker.errors.NotFound:
+            return False
+        except _UNREACHABLE as exc:
+            raise InfraUnavailable(f"Docker engine stopped answering while stopping {name}: {exc}") from None
 
     def logs(self, name: str, *, tail: int = 50) -> str:
         try:

@@ -2,7 +2,8 @@
 
 The design this replaces slept 6 s between 10 tries, so a healthy container waited up to 6 s to be
 noticed and a dead one cost a minute. We poll every ``interval`` (50 ms by default) until ``timeout``,
-stop at once when the container has exited, and on failure report what we actually saw.
+stop at once when the container has exited or been restarted, and on failure report what we actually
+saw.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.docker_engine import ContainerInfo
 
 _BODY_LIMIT = 512
 
@@ -37,6 +41,14 @@ class HealthReport:
     last: Probe | None
     reason: str
     seen: dict[str, int] = field(default_factory=dict)
+    # Why the container cannot become healthy (it exited, or the engine restarted it), when that is
+    # what ended the wait; None when the wait ended on an answer or on the timeout.
+    container_failure: str | None = None
+
+    @property
+    def answered(self) -> bool:
+        """Whether anything answered HTTP at all (any status): if not, nothing listens on the port."""
+        return any(key.isdigit() for key in self.seen)
 
     def details(self) -> dict[str, Any]:
         return {
@@ -49,6 +61,7 @@ class HealthReport:
             "last_error": self.last.error if self.last else None,
             # How many polls ended each way ("200", "503", "ConnectionRefusedError"): the shape of a failure.
             "seen": self.seen,
+            "container_failure": self.container_failure,
         }
 
 
@@ -65,21 +78,55 @@ def get(url: str, *, timeout: float = 2.0) -> Probe:
         return Probe(None, error=f"{type(reason).__name__}: {reason}")
 
 
+def container_failure(before: ContainerInfo, now: ContainerInfo | None) -> str | None:
+    """Why a container seen as ``before`` when the wait began can no longer become healthy, or None.
+
+    An exit is the obvious case. The one that cost prod its health timeout is a restart: prod runs
+    with restart policy ``unless-stopped``, so a release that crashes at start is brought back by the
+    engine again and again and reads "restarting" or "running" depending on the moment we look. Any
+    restart since ``before`` (RestartCount grew, the current run started at another time, or the engine
+    says it is restarting) is that crash, seen late.
+    """
+    if now is None:
+        return "was removed"
+    if now.status in ("exited", "dead"):
+        return f"exited with code {now.exit_code}" if now.exit_code is not None else "exited"
+    if now.status == "removing":
+        return "is being removed"
+    restarts = now.restart_count - before.restart_count
+    if now.status == "restarting":
+        code = f" with code {now.exit_code}" if now.exit_code is not None else ""
+        return f"exited{code} and is being restarted by the engine (restart {now.restart_count})"
+    if restarts > 0:
+        return f"was restarted by the engine {restarts} time{'s' if restarts > 1 else ''}"
+    # The engine's zero time ("0001-01-01T00:00:00Z") means "never started yet", not a first run.
+    if _started(before) and _started(now) and now.started_at != before.started_at:
+        return f"was restarted (started again at {now.started_at})"
+    return None
+
+
+def _started(container: ContainerInfo) -> bool:
+    return bool(container.started_at) and not str(container.started_at).startswith("0001-")
+
+
 def wait_healthy(
     url: str,
     *,
     timeout: float,
     interval: float,
-    alive: Callable[[], bool] | None = None,
-    alive_every: int = 10,
+    watch: Callable[[], str | None] | None = None,
+    watch_every_s: float = 0.1,
 ) -> HealthReport:
-    """Poll ``url`` until it answers 2xx. ``alive`` (checked every ``alive_every`` polls) lets a crashed
-    container fail the check at once instead of after the whole timeout."""
+    """Poll ``url`` until it answers 2xx. ``watch`` says why the container cannot become healthy any
+    more (it exited or was restarted; see container_failure) or None; it is asked at the first failed
+    poll and then at most every ``watch_every_s``, so a dead container ends the wait within a fraction
+    of a second instead of after the whole timeout."""
     start = time.monotonic()
     deadline = start + timeout
     attempts = 0
     seen: dict[str, int] = {}
     last: Probe | None = None
+    watched = float("-inf")
     while True:
         attempts += 1
         last = get(url, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
@@ -88,10 +135,20 @@ def wait_healthy(
         elapsed = time.monotonic() - start
         if last.ok:
             return HealthReport(url, True, attempts, elapsed, last, f"healthy after {elapsed:.3f}s", seen)
-        if alive is not None and attempts % alive_every == 0 and not alive():
-            return HealthReport(
-                url, False, attempts, elapsed, last, f"container exited before {url} became healthy", seen
-            )
+        if watch is not None and time.monotonic() - watched >= watch_every_s:
+            watched = time.monotonic()
+            failure = watch()
+            if failure is not None:
+                return HealthReport(
+                    url,
+                    False,
+                    attempts,
+                    elapsed,
+                    last,
+                    f"container {failure} before {url} became healthy ({elapsed:.1f}s, {attempts} tries)",
+                    seen,
+                    container_failure=failure,
+                )
         if time.monotonic() + interval > deadline:
             what = f"HTTP {last.status}" if last.status is not None else last.error
             return HealthReport(

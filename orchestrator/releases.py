@@ -58,6 +58,66 @@ class RollbackResult:
         }
 
 
+ROLLBACK_KIND = "rollback"
+
+
+@dataclass(frozen=True)
+class RollbackHistory:
+    """An environment's releases read as what ran when, for choosing where a plain rollback goes.
+
+    A rollback release is a copy of an older release, recorded when it ran again; for "go back" what
+    counts is the *position* of the release it copied, and which images someone rolled away from.
+    ``position[i]`` is the index (oldest first) of the release record ``i`` runs again: its own for a
+    deploy, the newest earlier record of the same image and revision for a rollback (what a plain
+    rollback picks; a ``--to`` of an older duplicate of that image is read the same way, a difference
+    the skipped images below make harmless). ``rolled_back_from`` holds the images a rollback left that
+    no later deploy or rollback put back on purpose. A restore after a failed promotion (a rollback
+    release of the image that was already recorded as running) leaves nothing.
+    """
+
+    oldest_first: tuple[ReleaseRecord, ...]
+    position: tuple[int, ...]
+    rolled_back_from: frozenset[str]
+
+    @classmethod
+    def read(cls, newest_first: list[ReleaseRecord]) -> RollbackHistory:
+        records = tuple(reversed(newest_first))
+        position: list[int] = []
+        left: set[str] = set()
+        for i, record in enumerate(records):
+            left.discard(record.image_id)  # running it again (deploy or rollback) was a choice
+            if record.kind != ROLLBACK_KIND or i == 0:
+                position.append(i)
+                continue
+            before = records[i - 1]
+            if before.image_id != record.image_id:
+                left.add(before.image_id)
+            copied = next(
+                (
+                    j
+                    for j in range(i - 1, -1, -1)
+                    if (records[j].image_id, records[j].revision) == (record.image_id, record.revision)
+                ),
+                None,
+            )
+            position.append(i if copied is None else position[copied])
+        return cls(records, tuple(position), frozenset(left))
+
+    def previous(self) -> tuple[ReleaseRecord | None, list[ReleaseRecord]]:
+        """(where a plain rollback goes, the records skipped on the way as rolled back from): the newest
+        release older than the one now running that runs another image and is not rolled back from."""
+        current = self.oldest_first[-1]
+        skipped: list[ReleaseRecord] = []
+        for record in reversed(self.oldest_first[: self.position[-1]]):
+            if record.image_id == current.image_id:
+                continue
+            if record.image_id in self.rolled_back_from:
+                skipped.append(record)
+                continue
+            return record, skipped
+        return None, skipped
+
+
 def choose_target(
     history: list[ReleaseRecord],
     to: int | None,
@@ -66,17 +126,27 @@ def choose_target(
     *,
     runs_current: Callable[[], bool] = lambda: True,
 ) -> ReleaseRecord:
-    """The named release, or the newest one that runs a different image than the current release.
-    Naming the current release is allowed when the environment does not actually run it: that is a
-    repair, not a no-op."""
+    """The named release, or the newest one before the release now running that runs another image and
+    was not itself rolled back from (see RollbackHistory): two rollbacks in a row go further back
+    instead of flip-flopping between the last two releases. Naming the current release is allowed when
+    the environment does not actually run it: that is a repair, not a no-op."""
     if not history:
         raise Conflict(f"{app} has no release in {env}: nothing to roll back to")
     current = history[0]
     if to is None:
-        for release in history[1:]:
-            if release.image_id != current.image_id:
-                return release
-        raise Conflict(f"{app} {env} has no earlier release with a different image: nothing to roll back to")
+        target, skipped = RollbackHistory.read(history).previous()
+        if target is not None:
+            return target
+        note = (
+            f" (release(s) {', '.join(str(r.id) for r in skipped)} ran image(s) that were rolled back "
+            "from; name one with --to to return to it anyway)"
+            if skipped
+            else ""
+        )
+        raise Conflict(
+            f"{app} {env} has no earlier release with a different image before release {current.id}"
+            f"{note}: nothing to roll back to"
+        )
     named = next((r for r in history if r.id == to), None)
     if named is None:
         raise BadInput(f"release {to} is not a release of {app} in {env}")
@@ -197,6 +267,20 @@ def compute_drift(release: ReleaseRecord | None, seen: Observed, *, app: str, en
     return found
 
 
+# What is wrong with an environment, one word each, most basic first: each calls for a different fix
+# (redeploy, find who ran what, read the app's logs), so status names the first that applies.
+CAUSES: dict[str, str] = {
+    "container_gone": "container gone",
+    "untracked": "a container runs without any recorded release",
+    "not_running": "container not running",
+    "another_image": "another image runs than the release recorded",
+    "unhealthy": "unhealthy",
+    "revision_label": "the running image's revision label differs from the release",
+    "tag_moved": "the environment's tag points at another image",
+    "drift": "drifted from the recorded release",
+}
+
+
 @dataclass(frozen=True)
 class EnvStatus:
     app: str
@@ -208,6 +292,42 @@ class EnvStatus:
     @property
     def drift(self) -> bool:
         return bool(self.differences)
+
+    @property
+    def cause(self) -> str | None:
+        """The first of CAUSES that applies, None when the environment runs its release, healthy (or
+        has neither release nor container)."""
+        o, release = self.observed, self.release
+        if o.container_id is None:
+            return "container_gone" if release is not None else None
+        if release is None:
+            return "untracked"
+        if o.status != "running":
+            return "not_running"
+        if o.image_id != release.image_id:
+            return "another_image"
+        if o.healthy is False:
+            return "unhealthy"
+        if any(d.startswith("revision label:") for d in self.differences):
+            return "revision_label"
+        if o.tag_image_id is not None and o.tag_image_id != release.image_id:
+            return "tag_moved"
+        return "drift" if self.differences else None
+
+    @property
+    def ok(self) -> bool:
+        return self.cause is None
+
+    @property
+    def problem(self) -> str | None:
+        """The cause in words, for people."""
+        cause = self.cause
+        if cause is None:
+            return None
+        text = CAUSES.get(cause, "drifted from the recorded release")
+        if cause == "unhealthy" and self.observed.health_detail:
+            text += f": {self.observed.health_detail}"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         o = self.observed
@@ -223,6 +343,9 @@ class EnvStatus:
             "healthy": o.healthy,
             "health": o.health_detail,
             "release": self.release.as_dict() if self.release else None,
+            "ok": self.ok,
+            "cause": self.cause,
+            "problem": self.problem,
             "drift": self.drift,
             "differences": self.differences,
         }

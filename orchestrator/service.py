@@ -24,8 +24,11 @@ from orchestrator.gates import (
     Gate,
     GateContext,
     GateResult,
+    ProdOutcome,
     ReleaseIntent,
+    first_line,
     gates_for,
+    prod_outcome,
     run_compensations,
     run_gates,
 )
@@ -100,6 +103,39 @@ def parse_sha(raw: str) -> str:
 
 
 @dataclass(frozen=True)
+class FailureSummary:
+    """Why a failed edge failed and what was done about prod, as `advance` prints it."""
+
+    gate: str
+    reason: str
+    prod: ProdOutcome
+    container: str | None = None
+    exit_code: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gate": self.gate,
+            "reason": self.reason,
+            "container": self.container,
+            "exit_code": self.exit_code,
+            "prod": self.prod.as_dict(),
+        }
+
+
+def edge_reason(parts: Sequence[tuple[str, str]]) -> str:
+    """One transition reason from ``(gate, reason)`` pairs: the first line of each, joined, is the
+    summary; the evidence some reasons carry on further lines (a container's log) follows it."""
+    heads: list[str] = []
+    evidence: list[str] = []
+    for name, reason in parts:
+        head, _, rest = reason.partition("\n")
+        heads.append(f"{name}: {head}")
+        if rest:
+            evidence.append(rest)
+    return "\n".join(["; ".join(heads), *evidence])
+
+
+@dataclass(frozen=True)
 class AdvanceResult:
     run_id: int
     transition_id: int
@@ -110,7 +146,23 @@ class AdvanceResult:
     reason: str | None
     checks: tuple[GateResult, ...]
 
+    @property
+    def failure(self) -> FailureSummary | None:
+        """The gate that blocked the edge, its reason, its container, and what became of prod."""
+        blocking = next((c for c in self.checks if c.status.blocks), None)
+        if self.outcome != FAILED or blocking is None:
+            return None
+        exit_code = blocking.details.get("exit_code")
+        return FailureSummary(
+            blocking.name,
+            blocking.reason,
+            prod_outcome(self.checks),
+            blocking.details.get("container"),
+            exit_code if isinstance(exit_code, int) else None,
+        )
+
     def as_dict(self) -> dict[str, Any]:
+        failure = self.failure
         return {
             "run_id": self.run_id,
             "transition_id": self.transition_id,
@@ -119,6 +171,7 @@ class AdvanceResult:
             "state": self.state.value,
             "outcome": self.outcome,
             "reason": self.reason,
+            "failure": failure.as_dict() if failure else None,
             "checks": [c.as_dict() for c in self.checks],
         }
 
@@ -381,11 +434,10 @@ class RunService:
                 if blocking is None:
                     outcome, reason, state = SUCCEEDED, None, machine.succeed(edge)
                 else:
-                    reason = f"{blocking.name}: {blocking.reason}"
-                    ctx.shared[FAILURE_REASON] = reason
+                    ctx.shared[FAILURE_REASON] = f"{blocking.name}: {first_line(blocking.reason)}"
                     undone = run_compensations(ctx, record)
                     checks += undone
-                    reason += "".join(f"; {u.name}: {u.reason}" for u in undone)
+                    reason = edge_reason([(c.name, c.reason) for c in (blocking, *undone)])
                     outcome, state = FAILED, machine.fail()
                     lost = next((u for u in undone if u.details.get("infrastructure")), None)
                     if lost is not None:

@@ -78,8 +78,54 @@ class GateResult:
         }
 
 
-# ctx.shared key: why the edge failed, for compensations that record it with what they restore.
+# ctx.shared key: why the edge failed (one line), for compensations that record it with what they restore.
 FAILURE_REASON = "failure_reason"
+
+# The compensation that puts prod back after a failed promotion (gates/image.py), and the key of its
+# details that says what it did, so that `advance` can tell the operator in plain words.
+ROLLBACK_PROD = "rollback_prod"
+PROD_OUTCOME = "prod_outcome"
+
+
+class ProdAction(StrEnum):
+    UNTOUCHED = "untouched"  # the edge never changed prod
+    RESTORED = "restored"  # back on the previous release, verified
+    STOPPED = "stopped"  # no release to go back to (or its image is gone): prod taken down
+    NOT_RESTORED = "not_restored"  # the restore itself failed: prod may be down or broken
+    UNKNOWN = "unknown"  # the restore crashed before it could say
+
+
+@dataclass(frozen=True)
+class ProdOutcome:
+    """What a failed edge did about prod: the first thing an operator asks after "why"."""
+
+    action: ProdAction
+    release_id: int | None = None
+    summary: str = ProdAction.UNTOUCHED.value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action.value, "release_id": self.release_id, "summary": self.summary}
+
+
+def prod_outcome(checks: Sequence[GateResult]) -> ProdOutcome:
+    """Read from an edge's results: prod was touched only if its restore was registered and ran."""
+    undo = next((c for c in checks if c.name == ROLLBACK_PROD), None)
+    if undo is None:
+        return ProdOutcome(ProdAction.UNTOUCHED)
+    said = undo.details.get(PROD_OUTCOME)
+    if isinstance(said, Mapping):
+        return ProdOutcome(ProdAction(said["action"]), said.get("release_id"), str(said["summary"]))
+    return ProdOutcome(
+        ProdAction.UNKNOWN,
+        None,
+        f"unknown: the restore ended {undo.status.value} ({first_line(undo.reason)}); "
+        "check 'orchestrator status'",
+    )
+
+
+def first_line(text: str) -> str:
+    """A reason's summary: evidence (a container's log) may follow it on further lines."""
+    return text.partition("\n")[0]
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,16 @@ from orchestrator.deploy import Build, Deployed, Deployer
 from orchestrator.docker_engine import DockerError
 from orchestrator.gates import (
     FAILURE_REASON,
+    PROD_OUTCOME,
+    ROLLBACK_PROD,
     Compensation,
     Gate,
     GateContext,
+    ProdAction,
+    ProdOutcome,
     ReleaseIntent,
     Verdict,
+    first_line,
     register,
 )
 from orchestrator.machine import PROD, STAGING, TO_PROD, TO_STAGING
@@ -229,7 +234,7 @@ class PromoteProd(Gate):
             "prod_before": {"container_id": before.id, "image_id": before.image_id} if before else None,
         }
         # From here prod is touched: whatever fails later must restore it.
-        ctx.compensations.append(Compensation("rollback_prod", lambda: restore_prod(ctx)))
+        ctx.compensations.append(Compensation(ROLLBACK_PROD, lambda: restore_prod(ctx)))
         deployed = _deploy(ctx, PROD, image_id)
         evidence.update(deployed.details)
         if not deployed.ok:
@@ -265,27 +270,52 @@ def restore_prod(ctx: GateContext) -> Verdict:
 
 def _restore_prod(ctx: GateContext) -> Verdict:
     d: Deployer = ctx.deployer
-    reason = ctx.shared.get(FAILURE_REASON, "promotion failed")
+    reason = first_line(ctx.shared.get(FAILURE_REASON, "promotion failed"))
     previous = ctx.previous_releases.get(PROD)
     if previous is None:
         stopped = d.stop(PROD)
         leftovers = d.unpublish(PROD)
+        outcome = ProdOutcome(ProdAction.STOPPED, None, "stopped: no previous release to restore")
         return Verdict.passed(
             f"no previous prod release to restore: prod stopped ({d.container(PROD)} "
             f"{'removed' if stopped else 'was not running'}), its tags removed"
             + "".join(f"; {note}" for note in leftovers),
             restored_release=None,
             leftovers=leftovers,
+            **{PROD_OUTCOME: outcome.as_dict()},
         )
     restored = d.redeploy(PROD, previous, run_id=ctx.run_id)
     if not restored.ok:
+        why = first_line(restored.reason)
         if not d.ensure_image(previous):
             d.stop(PROD)
-            return Verdict.failed(
-                f"{restored.reason}: prod stopped; redeploy a known-good run", **restored.details
+            outcome = ProdOutcome(
+                ProdAction.STOPPED, None, f"stopped: release {previous.id} could not be restored ({why})"
             )
-        return Verdict.failed(f"restoring prod: {restored.reason}", **restored.details)
+            head, sep, evidence = restored.reason.partition("\n")
+            return Verdict.failed(
+                f"{head}: prod stopped; redeploy a known-good run{sep}{evidence}",
+                **restored.details,
+                **{PROD_OUTCOME: outcome.as_dict()},
+            )
+        outcome = ProdOutcome(
+            ProdAction.NOT_RESTORED,
+            None,
+            f"NOT restored to release {previous.id}: {why}; see 'orchestrator status {ctx.app.name}', "
+            f"then 'orchestrator rollback {ctx.app.name} --env prod'",
+        )
+        return Verdict.failed(
+            f"restoring prod: {restored.reason}", **restored.details, **{PROD_OUTCOME: outcome.as_dict()}
+        )
     ctx.add_release(ReleaseIntent.rollback(PROD, previous, reason=reason, override=restored.override))
+    outcome = ProdOutcome(
+        ProdAction.RESTORED,
+        previous.id,
+        f"restored to release {previous.id} ({previous.revision[:12]}), verified",
+    )
     return Verdict.passed(
-        f"prod restored: {restored.reason}", restored_release=previous.id, **restored.details
+        f"prod restored: {restored.reason}",
+        restored_release=previous.id,
+        **restored.details,
+        **{PROD_OUTCOME: outcome.as_dict()},
     )

@@ -74,7 +74,9 @@ def test_staging_gets_its_own_database_by_default(
 
     assert exec_ok(prod_db, "/bin/busybox", "sh", "-c", "echo prod-row > /data/rows")[0] == 0
     assert exec_ok(staging_db, "/bin/busybox", "sh", "-c", "echo staging-row > /data/rows")[0] == 0
-    assert exec_ok(prod_db, "/bin/busybox", "cat", "/data/rows") == (0, "prod-row"), "staging never wrote prod's data"
+    assert exec_ok(prod_db, "/bin/busybox", "cat", "/data/rows") == (0, "prod-row"), (
+        "staging never wrote prod's data"
+    )
     assert app.app.get("prod", "/version").body.strip() == sha
 
 

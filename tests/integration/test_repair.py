@@ -64,9 +64,11 @@ def test_status_names_an_unfinished_transition_as_the_cause_of_drift(
         lease_s=30,
     )
     app.engine.remove_container(f"{app.name}-prod")
-    status = app.cli("status", app.name, as_json=True).ok()
+    result = app.cli("status", app.name, as_json=True)
+    assert result.exit_code == 5, result.describe()  # drift: status is a failing check
+    status = result.payload
     (prod,) = [e for e in status["environments"] if e["environment"] == PROD]
-    assert prod["drift"] is True
+    assert (prod["drift"], prod["cause"]) == (True, "container_gone")
     assert prod["differences"][0].startswith(
         f"transition {transition} of run {run_b} (deploy-staging->deploy)"
     )

@@ -64,10 +64,20 @@ def test_connection_refused_and_dead_container_stop_early() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    asked: list[int] = []
+
+    def watch() -> str | None:
+        asked.append(1)
+        return "exited with code 3" if len(asked) >= 3 else None
+
     report = wait_healthy(
-        f"http://127.0.0.1:{port}/health", timeout=30, interval=0.01, alive=lambda: False, alive_every=3
+        f"http://127.0.0.1:{port}/health", timeout=30, interval=0.01, watch=watch, watch_every_s=0
     )
     assert not report.healthy
-    assert "exited" in report.reason
-    assert report.attempts == 3  # checked liveness on the 3rd poll and stopped, long before the 30 s timeout
+    assert report.container_failure == "exited with code 3"
+    assert report.reason.startswith("container exited with code 3 before"), report.reason
+    # Watched on every failed poll (watch_every_s=0) and stopped at the third: long before the 30 s.
+    assert report.attempts == 3 and len(asked) == 3
     assert report.last is not None and report.last.error and "Refused" in report.last.error
+    assert not report.answered, "nothing answered HTTP on the port"
+    assert report.details()["container_failure"] == "exited with code 3"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 from datetime import UTC, datetime
 
 import pytest
 
 from orchestrator.errors import BadInput, Conflict
-from orchestrator.releases import Observed, choose_target, compute_drift
+from orchestrator.releases import EnvStatus, Observed, choose_target, compute_drift
 from orchestrator.store.repository import ReleaseRecord
 
 SHA_A = "a" * 40
@@ -103,3 +105,151 @@ def test_stopped_container_and_missing_label_are_drift() -> None:
     )
     assert "shop-prod is exited, not running" in diffs
     assert any("no org.opencontainers.image.revision label" in d for d in diffs)
+
+
+# --------------------------------------------------------------------------------------------------
+# a plain rollback walks back through history, never forth
+
+
+def chain(*steps: tuple[str, str]) -> list[ReleaseRecord]:
+    """Releases from ``(kind, image letter)`` steps, oldest first; returned newest first, as stored."""
+    records = [
+        release(i + 1, "sha256:" + letter * 64, letter * 40, kind) for i, (kind, letter) in enumerate(steps)
+    ]
+    return list(reversed(records))
+
+
+def roll(history: list[ReleaseRecord]) -> list[ReleaseRecord]:
+    """``history`` after one plain rollback (recorded as the store records it: a new rollback release)."""
+    target = choose_target(history, None, "shop", "prod")
+    new = release(history[0].id + 1, target.image_id, target.revision, "rollback")
+    return [new, *history]
+
+
+def letters(history: list[ReleaseRecord]) -> str:
+    return history[0].revision[0]
+
+
+def test_two_rollbacks_in_a_row_go_further_back_and_never_flip_flop() -> None:
+    """Hazard (issue 11): the second rollback returned to the release the first one had just left (C, B,
+    C, B, ...), so an operator pressing rollback twice to escape two bad releases got a bad one back."""
+    history = chain(("deploy", "a"), ("deploy", "b"), ("deploy", "c"), ("deploy", "d"))
+    seen = []
+    for _ in range(3):
+        history = roll(history)
+        seen.append(letters(history))
+    assert seen == ["c", "b", "a"]
+    with pytest.raises(Conflict) as exc:
+        roll(history)
+    assert "no earlier release" in str(exc.value) and "nothing to roll back to" in str(exc.value)
+
+
+def test_a_release_deployed_after_rollbacks_rolls_back_to_what_ran_before_it() -> None:
+    history = chain(("deploy", "a"), ("deploy", "b"), ("deploy", "c"), ("rollback", "b"), ("deploy", "d"))
+    history = roll(history)
+    assert letters(history) == "b", "what ran before d; c was rolled back from"
+    history = roll(history)
+    assert letters(history) == "a"
+
+
+def test_after_an_explicit_rollback_a_plain_one_goes_before_the_release_it_returned_to() -> None:
+    """``--to`` a; then a plain rollback must not go *forward* to b, which the operator skipped."""
+    history = chain(("deploy", "a"), ("deploy", "b"), ("deploy", "c"), ("rollback", "a"))
+    with pytest.raises(Conflict):
+        choose_target(history, None, "shop", "prod")
+    history = [release(5, "sha256:" + "d" * 64, "d" * 40), *history]
+    assert letters(roll(history)) == "a", "from a new release: back to what ran before it"
+
+
+def test_a_restore_after_a_failed_promotion_is_not_a_rollback_away_from_anything() -> None:
+    """A failed promotion records its restore as a rollback release of the image prod kept running."""
+    history = chain(("deploy", "a"), ("deploy", "b"), ("rollback", "b"))
+    assert letters(roll(history)) == "a"
+
+
+def test_an_image_rolled_back_from_is_skipped_even_under_an_older_release() -> None:
+    """a, b, a again, c: back to a (c left), then to b (a left): a's older release is the image that was
+    just rolled back from, so there is nothing further back."""
+    history = chain(("deploy", "a"), ("deploy", "b"), ("deploy", "a"), ("deploy", "c"))
+    history = roll(history)
+    history = roll(history)
+    assert letters(history) == "b"
+    with pytest.raises(Conflict) as exc:
+        roll(history)
+    assert "rolled back from" in str(exc.value), "the message says why older releases do not count"
+
+
+def test_a_release_promoted_again_after_being_rolled_back_from_counts_again() -> None:
+    history = chain(("deploy", "a"), ("deploy", "b"), ("rollback", "a"), ("deploy", "b"), ("deploy", "c"))
+    assert letters(roll(history)) == "b"
+
+
+def test_a_named_release_may_be_one_that_was_rolled_back_from() -> None:
+    history = chain(("deploy", "a"), ("deploy", "b"), ("rollback", "a"))
+    assert choose_target(history, 2, "shop", "prod").id == 2
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_every_plain_rollback_lands_strictly_before_the_release_it_left(seed: int) -> None:
+    """Property over random histories of deploys, plain rollbacks and restores: each plain rollback's
+    target is older than the (original) release the environment ran, so repeated rollbacks end."""
+    rng = random.Random(seed)
+    history: list[ReleaseRecord] = []
+    for _ in range(rng.randint(1, 12)):
+        action = rng.choice(["deploy", "deploy", "rollback", "restore"])
+        if action == "deploy" or not history:
+            letter = rng.choice("abcdefgh")
+            history = [release(len(history) + 1, "sha256:" + letter * 64, letter * 40), *history]
+        elif action == "restore":
+            current = history[0]
+            history = [release(len(history) + 1, current.image_id, current.revision, "rollback"), *history]
+        else:
+            with contextlib.suppress(Conflict):
+                history = roll(history)
+    steps, limit = 0, len(history)
+    while True:
+        try:
+            target = choose_target(history, None, "shop", "prod")
+        except Conflict:
+            break
+        assert target.image_id != history[0].image_id
+        history = [release(len(history) + 1, target.image_id, target.revision, "rollback"), *history]
+        steps += 1
+        assert steps <= limit, "rollbacks must run out: each goes further back"
+
+
+# --------------------------------------------------------------------------------------------------
+# status names the real cause, and says when something is wrong
+
+
+@pytest.mark.parametrize(
+    ("recorded", "seen", "cause"),
+    [
+        (True, running(), None),
+        (False, Observed(), None),
+        (True, Observed(), "container_gone"),
+        (False, running(), "untracked"),
+        (True, running(status="exited", healthy=False), "not_running"),
+        (True, running(image=IMG_X, revision=SHA_B, tag_image_id=IMG_A, healthy=False), "another_image"),
+        (True, running(healthy=False), "unhealthy"),
+        (True, running(revision=None), "revision_label"),
+        (True, running(tag_image_id=IMG_B), "tag_moved"),
+    ],
+)
+def test_status_names_one_cause(recorded: bool, seen: Observed, cause: str | None) -> None:
+    """Container gone, another image and unhealthy call for different fixes; an operator (or CI) must
+    not have to read the differences to tell which it is."""
+    rel = release(3, IMG_A, SHA_A) if recorded else None
+    found = EnvStatus("shop", "prod", rel, seen, compute_drift(rel, seen, app="shop", env="prod"))
+    assert found.cause == cause
+    assert found.ok is (cause is None)
+    assert found.as_dict()["cause"] == cause
+    assert (found.problem is None) is (cause is None)
+
+
+def test_an_unhealthy_environment_is_not_ok_without_being_drift() -> None:
+    found = EnvStatus(
+        "shop", "prod", release(3, IMG_A, SHA_A), running(healthy=False, health_detail="HTTP 500")
+    )
+    assert (found.drift, found.ok, found.cause) == (False, False, "unhealthy")
+    assert found.problem == "unhealthy: HTTP 500"
