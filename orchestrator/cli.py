@@ -13,19 +13,22 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from orchestrator import logging as orch_logging
 from orchestrator.config import Config, load_config
-from orchestrator.errors import BadInput, OrchestratorError
+from orchestrator.errors import BadInput, Conflict, OrchestratorError
 from orchestrator.gates import first_line
 from orchestrator.lifecycle import Interrupted
 from orchestrator.machine import State
 from orchestrator.service import FAILED, AdvanceResult, RunService, connect_engine
 from orchestrator.store import db
 from orchestrator.store.repository import Store
+
+if TYPE_CHECKING:
+    from orchestrator.prune import PruneResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -515,6 +518,75 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
                 _echo(f"    drift: {diff}")
     if not ok:
         sys.exit(STATUS_NOT_OK)
+
+
+@cli.command("prune")
+@click.argument("app", required=False)
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
+@click.option("--actor", default=None, help="Who prunes (default: the OS user).")
+@command
+def prune_cmd(inv: Invocation, app: str | None, *, dry_run: bool, actor: str | None, as_json: bool) -> None:
+    """Remove APP's (or every app's) images, stopped containers and override anchors that no kept
+    release (keep_releases per environment) references."""
+    from orchestrator.prune import prune
+    from orchestrator.service import parse_actor
+
+    config = inv.config
+    names = [config.app(app).name] if app else sorted(config.apps)
+    if not names:
+        raise BadInput("no apps configured: add [apps.NAME] to orchestrator.toml")
+    who = parse_actor(actor)
+    results: list[PruneResult] = []
+    locked: dict[str, Conflict] = {}
+    with inv.service().engine() as engine:
+        for name in names:
+            try:
+                results.append(prune(config, inv.store(), engine.get, name, dry_run=dry_run, actor=who))
+            except Conflict as exc:
+                if app:
+                    raise
+                locked[name] = exc  # one busy app must not stop the housekeeping of the others
+    if as_json:
+        _print_json(
+            {
+                "dry_run": dry_run,
+                "apps": [r.as_dict() for r in results],
+                "locked": {name: exc.message for name, exc in locked.items()},
+            }
+        )
+    else:
+        for result in results:
+            _print_prune(result)
+        for name, exc in locked.items():
+            _echo(f"{name}: not pruned: {exc.message}")
+    if locked:
+        sys.exit(Conflict.exit_code)
+
+
+def _print_prune(result: PruneResult) -> None:
+    plan = result.plan
+    kept = ", ".join(f"{env} {list(ids)}" for env, ids in plan.kept_releases.items())
+    _echo(f"{plan.app}: keeping the newest {plan.keep_releases} release(s) per environment ({kept})")
+    if result.dry_run:
+        images, containers, anchors, size = plan.images, plan.containers, plan.anchors, plan.bytes
+        verb = "would remove"
+    else:
+        images, containers, anchors = result.images, result.containers, result.anchors
+        size, verb = result.bytes_reclaimed, "removed"
+    for c in containers:
+        _echo(f"  {verb} container {c.name} ({c.environment}, {c.status}) {c.id[:12]}")
+    for i in images:
+        _echo(f"  {verb} image {i.image_id[:19]} {' '.join(i.refs)} ({i.size} bytes)")
+    for a in anchors:
+        _echo(f"  {verb} anchor {a.path}")
+    for skip in result.skipped:
+        _echo(f"  skipped {skip.what}: {skip.reason}")
+    if not (images or containers or anchors):
+        _echo(f"  nothing to prune ({len(plan.kept)} image(s) kept)")
+    elif result.dry_run:
+        _echo(f"  {size} bytes would be reclaimed (the images' sizes on the engine)")
+    else:
+        _echo(f"  {size} bytes reclaimed (the removed images' sizes on the engine)")
 
 
 @cli.command()

@@ -122,6 +122,10 @@ class Settings:
     builder: str = "auto"
     # The docker CLI BuildKit builds run with; None: the first `docker` on PATH that can.
     docker_cli: str | None = None
+    # After every successful promotion to prod, prune the app's images, stopped containers and override
+    # anchors that no kept release (keep_releases per environment) references: a host deploying many
+    # times a day otherwise fills its disk with images nothing will ever run again.
+    prune_after_deploy: bool = True
 
     def freshness_applies_to(self, app: str) -> bool:
         """The kill-switch: off globally, or on but scoped to other apps."""
@@ -168,7 +172,10 @@ ENV_VARS: dict[str, str] = {
     "ORCH_HEALTH_TIMEOUT_S": "seconds a health check waits for a green answer (default 30)",
     "ORCH_HEALTH_INTERVAL_S": "seconds between health polls (default 0.05)",
     "ORCH_REGISTRY": "registry (host:port[/namespace]) apps push promoted images to (default: none)",
-    "ORCH_KEEP_RELEASES": "pinned overrides kept per environment as rollback anchors (default 5)",
+    "ORCH_KEEP_RELEASES": "releases kept per environment: their images and override anchors are never pruned "
+    "(default 5)",
+    "ORCH_PRUNE_AFTER_DEPLOY": "prune what no kept release needs after each successful promotion to prod "
+    "(default true)",
     "ORCH_BUILD_TIMEOUT_S": "seconds a build may take before it is ended as a timeout (default 1800)",
     "ORCH_PUSH_TIMEOUT_S": "seconds a push may take before it is ended as a timeout (default 600)",
     "ORCH_PULL_TIMEOUT_S": "seconds a pull may take before it is ended as a timeout (default 600)",
@@ -293,6 +300,8 @@ def _parse_settings(
         values["registry"] = _parse_registry(*got) or None
     if got := pick("keep_releases"):
         values["keep_releases"] = _parse_int(*got, minimum=1)
+    if got := pick("prune_after_deploy"):
+        values["prune_after_deploy"] = parse_bool(*got)
     for key in _LIMIT_KEYS:
         if got := pick(key):
             values[key] = _parse_float(*got, minimum=1)

@@ -496,3 +496,62 @@ class DockerEngine:
         obj = self._call(f"inspect container {name}", self._client.containers.get, name)
         result = self._call(f"wait for {name}", obj.wait, timeout=timeout)
         return int(result.get("StatusCode", -1))
+
+    # housekeeping (orchestrator.prune) ------------------------------------------------------------
+
+    def images(self) -> list[ImageInfo]:
+        """Every image ``docker images`` shows (tagged or digested, and dangling ones; never the
+        intermediate layers of a build), from one list call: inspecting each would cost one round trip
+        per image on a busy engine. ``prune`` picks the app's own images out of these by name."""
+        rows = self._call("list images", self._client.api.images, all=False)
+        return [_listed_image(row) for row in rows]
+
+    def containers(self) -> list[ListedContainer]:
+        """Every container, running or not, from one list call: an image any of them uses is in use,
+        whichever app (or person) started it."""
+        rows = self._call("list containers", self._client.api.containers, all=True)
+        return [_listed_container(row) for row in rows]
+
+    def remove_stopped_container(self, container_id: str) -> bool:
+        """Remove a container only if it is not running: without force the engine itself refuses a
+        running one (DockerError), so a container someone restarted since it was listed stays.
+        Its anonymous volumes go with it. True when something was removed."""
+        try:
+            obj = self._call(f"inspect container {container_id}", self._client.containers.get, container_id)
+            self._call(f"remove container {obj.name}", obj.remove, force=False, v=True)
+            return True
+        except docker.errors.NotFound:
+            return False
+
+
+@dataclass(frozen=True)
+class ListedContainer:
+    """A container as ``docker ps -a`` lists it, with when it was created (housekeeping keeps the
+    newest stopped one per environment)."""
+
+    info: ContainerInfo
+    created: float  # seconds since the epoch
+
+
+def _listed_image(row: Mapping[str, Any]) -> ImageInfo:
+    """An image from the list endpoint, whose shape differs from inspect's (labels at the top level,
+    ``<none>`` placeholders for a missing tag or digest)."""
+    return ImageInfo(
+        id=row["Id"],
+        tags=tuple(t for t in row.get("RepoTags") or () if t != "<none>:<none>"),
+        labels=dict(row.get("Labels") or {}),
+        repo_digests=tuple(d for d in row.get("RepoDigests") or () if d != "<none>@<none>"),
+        size=int(row.get("Size") or 0),
+    )
+
+
+def _listed_container(row: Mapping[str, Any]) -> ListedContainer:
+    names = row.get("Names") or []
+    info = ContainerInfo(
+        id=row["Id"],
+        name=names[0].lstrip("/") if names else row["Id"][:12],
+        image_id=row.get("ImageID") or "",
+        status=row.get("State") or "unknown",
+        labels=dict(row.get("Labels") or {}),
+    )
+    return ListedContainer(info, float(row.get("Created") or 0))

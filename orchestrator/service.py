@@ -462,6 +462,13 @@ class RunService:
                     transition_id, outcome=outcome, reason=reason, result_state=state.value
                 )
         log.info("transition_finished", outcome=outcome, reason=reason, state=state.value)
+        if (
+            outcome == SUCCEEDED
+            and state == State.DEPLOY
+            and self.config.settings.prune_after_deploy
+            and engine.connected is not None  # an edge that never reached the engine built nothing
+        ):
+            self._prune_after_deploy(run, actor, engine)
         return AdvanceResult(
             run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
         )
@@ -475,6 +482,46 @@ class RunService:
             for release in self.store.releases(app.name, env, limit=app.keep_releases)
         ]
         return [r.image_id for r in sorted(found, key=lambda r: r.id, reverse=True)]
+
+    def _prune_after_deploy(self, run: RunRecord, actor: str, engine: _Engine) -> None:
+        """Housekeeping once the promotion is recorded as succeeded (so nothing here can change its
+        verdict), under a lock of its own: a run that took the environments in between wins, and this
+        prune is skipped (the next one catches up). Whatever goes wrong, including a signal, is logged
+        and recorded as a ``prune_failed`` event; the deploy stands and `advance` exits 0."""
+        from orchestrator.prune import prune
+
+        log = get_logger()
+        try:
+            pruned = prune(
+                self.config,
+                self.store,
+                engine.get,
+                run.app,
+                actor=actor,
+                holder=f"prune after run {run.id} by {actor}",
+                run_id=run.id,
+            )
+        except (Exception, Interrupted) as exc:
+            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            # Another run (or an operator) took the environments first: not a failure, the next
+            # successful promotion prunes instead.
+            kind, what = (
+                ("prune_skipped", "skipped") if isinstance(exc, Conflict) else ("prune_failed", "failed")
+            )
+            log.warning(kind, error=message, why="the deploy stands; 'orchestrator prune' retries")
+            try:
+                self.store.record_event(
+                    kind,
+                    actor,
+                    f"prune after run {run.id} {what} (the deploy stands): {message}",
+                    app=run.app,
+                    run_id=run.id,
+                    details={"error": type(exc).__name__},
+                )
+            except Exception as record_exc:  # the database may be what failed
+                log.warning("prune_failure_not_recorded", error=str(record_exc))
+            return
+        log.info("pruned_after_deploy", bytes_reclaimed=pruned.bytes_reclaimed, images=len(pruned.images))
 
     def _heartbeat(self, transition_id: int, what: str) -> Heartbeat:
         """Renews this process's lease on the transition (and its locks) every third of a lease."""

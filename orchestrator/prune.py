@@ -1,0 +1,516 @@
+"""Housekeeping: `orchestrator prune` removes what no kept release of an app needs any more.
+
+Every promotion builds an image (`<app>:<sha>`, and `<registry>/<app>:<sha>` with a registry), and a host
+deploying many times a day fills its disk with images nothing will ever run again. What may go is decided
+here from three sources, never guessed from the engine alone:
+
+- the store: the newest ``keep_releases`` releases per environment are *kept*; their images (by id, or
+  by registry digest) and their override anchors stay, so `rollback` to any of them keeps working;
+- the engine: an image any container uses (running or not, whichever app or person started it) stays,
+  and the engine refuses the removal itself if one appears meanwhile; a running container is never
+  removed;
+- unfinished transitions: an image a run in flight built or touched stays (normally the app's lock
+  already stops prune; this covers a run whose lock an operator forced away while it goes on).
+
+Images are the app's by name (`<app>:*`, `<registry>/<app>:*`, the repositories its releases were pushed
+to) or by the orchestrator's ``orchestrator.app`` label, never because they are dangling: other apps'
+images and everything else on the engine are never touched. Only the app's own references are removed
+(never ``docker rmi -f``), so an image someone also tagged under another name loses our tag and stays.
+
+``decide`` is the pure decision (unit-tested without Docker); ``prune`` gathers its inputs, holds the
+app's environments while it works (a run starting meanwhile would build an image the decision never saw),
+does the removal through the adapter and records everything removed as one ``pruned`` event.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from orchestrator.config import AppConfig, Config
+from orchestrator.errors import Conflict
+from orchestrator.holder import Holder
+from orchestrator.lifecycle import Heartbeat
+from orchestrator.logging import get_logger
+from orchestrator.machine import ENVIRONMENTS
+from orchestrator.registry import Registry
+from orchestrator.store.repository import (
+    OPERATOR_LOCK,
+    LockHeld,
+    LockRecord,
+    Store,
+    TransitionRecord,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.docker_engine import DockerEngine, ImageInfo, ListedContainer
+
+APP_LABEL = "orchestrator.app"  # what the direct runtime stamps on the containers it runs
+ENV_LABEL = "orchestrator.environment"
+# Tags the environments and compose files name (`image: app:latest`); status compares them with the
+# releases. They normally sit on the kept releases' images anyway; an image still carrying one stays.
+MOVING_TAGS = frozenset({"staging", "prod", "latest"})
+# Only containers that cannot be serving anything: never running, restarting or paused ones.
+STOPPED = frozenset({"exited", "dead", "created"})
+_ANCHOR = re.compile(r"^(?P<env>[a-z]+)-release-(?P<id>[0-9]+)\.yml$")
+
+
+class KeptRelease(Protocol):
+    id: int
+    image_id: str
+    digest: str | None
+
+
+def repository_of(ref: str) -> str:
+    """``host:5000/shop:abc`` -> ``host:5000/shop``; ``shop@sha256:...`` -> ``shop`` (a registry's
+    port is not a tag: the tag is after the last ':' only when no '/' follows it)."""
+    if "@" in ref:
+        return ref.split("@", 1)[0]
+    head, sep, tail = ref.rpartition(":")
+    return head if sep and "/" not in tail else ref
+
+
+# the decision ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRemoval:
+    """``refs`` are the app's own tags and digests on the image; removing them deletes the image only
+    when it carries no other name (``deletes``), and only then are its bytes reclaimed."""
+
+    image_id: str
+    refs: tuple[str, ...]
+    size: int
+    deletes: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "image_id": self.image_id,
+            "refs": list(self.refs),
+            "size": self.size,
+            "deletes": self.deletes,
+        }
+
+
+@dataclass(frozen=True)
+class ContainerRemoval:
+    id: str
+    name: str
+    environment: str
+    status: str
+    image_id: str
+    created: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "container_id": self.id,
+            "name": self.name,
+            "environment": self.environment,
+            "status": self.status,
+            "image_id": self.image_id,
+        }
+
+
+@dataclass(frozen=True)
+class AnchorRemoval:
+    path: Path
+    environment: str
+    release_id: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "environment": self.environment, "release_id": self.release_id}
+
+
+@dataclass(frozen=True)
+class Kept:
+    """An image of the app that stays, and every reason it does."""
+
+    image_id: str
+    refs: tuple[str, ...]
+    why: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, "refs": list(self.refs), "why": list(self.why)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    app: str
+    keep_releases: int
+    kept_releases: Mapping[str, tuple[int, ...]]
+    images: tuple[ImageRemoval, ...] = ()
+    containers: tuple[ContainerRemoval, ...] = ()
+    anchors: tuple[AnchorRemoval, ...] = ()
+    kept: tuple[Kept, ...] = ()
+
+    @property
+    def bytes(self) -> int:
+        return sum(i.size for i in self.images if i.deletes)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.images or self.containers or self.anchors)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "keep_releases": self.keep_releases,
+            "kept_releases": {env: list(ids) for env, ids in self.kept_releases.items()},
+            "images": [i.as_dict() for i in self.images],
+            "containers": [c.as_dict() for c in self.containers],
+            "anchors": [a.as_dict() for a in self.anchors],
+            "bytes": self.bytes,
+            "kept": [k.as_dict() for k in self.kept],
+        }
+
+
+def decide(
+    app: str,
+    *,
+    repositories: Iterable[str],
+    keep_releases: int,
+    kept_releases: Mapping[str, Sequence[KeptRelease]],
+    images: Sequence[ImageInfo],
+    containers: Sequence[ListedContainer],
+    anchors: Sequence[Path] = (),
+    in_flight: Mapping[str, str] | None = None,
+) -> Plan:
+    """What may go, as a function of the kept releases (newest ``keep_releases`` per environment, newest
+    first), every image and container on the engine, the app's anchor files and the image ids of
+    unfinished transitions (id -> which transition)."""
+    repos = frozenset(repositories)
+    removed_containers = _containers_to_remove(app, containers)
+    going = {c.id for c in removed_containers}
+
+    protect: dict[str, list[str]] = {}
+    protected_digests: dict[str, list[str]] = {}
+    for env, releases in kept_releases.items():
+        for release in releases:
+            why = f"release {release.id} ({env})"
+            protect.setdefault(release.image_id, []).append(why)
+            if release.digest:
+                protected_digests.setdefault(release.digest, []).append(why)
+    for listed in containers:
+        if listed.info.id not in going and listed.info.image_id:
+            state = "running" if listed.info.running else listed.info.status
+            protect.setdefault(listed.info.image_id, []).append(f"container {listed.info.name} ({state})")
+    for image_id, what in (in_flight or {}).items():
+        protect.setdefault(image_id, []).append(f"{what} in flight")
+
+    removals: list[ImageRemoval] = []
+    kept: list[Kept] = []
+    for image in images:
+        refs = tuple(r for r in (*image.tags, *image.repo_digests) if repository_of(r) in repos)
+        if not refs and image.labels.get(APP_LABEL) != app:
+            continue  # not this app's: never touched
+        why = list(protect.get(image.id, ()))
+        why += [w for digest in image.repo_digests for w in protected_digests.get(digest, ())]
+        why += [
+            f"tag {t}" for t in image.tags if repository_of(t) in repos and t.rsplit(":", 1)[1] in MOVING_TAGS
+        ]
+        if why:
+            kept.append(Kept(image.id, refs, tuple(dict.fromkeys(why))))
+            continue
+        foreign = [r for r in (*image.tags, *image.repo_digests) if repository_of(r) not in repos]
+        if not refs and foreign:
+            continue  # labelled ours but named only by others: removing it would take their name away
+        # Removing every one of our names deletes the image only when no other name is left on it; an
+        # untagged image of ours (labelled, never named) goes by its id.
+        removals.append(ImageRemoval(image.id, refs or (image.id,), image.size, deletes=not foreign))
+
+    return Plan(
+        app,
+        keep_releases,
+        {env: tuple(r.id for r in releases) for env, releases in kept_releases.items()},
+        tuple(sorted(removals, key=lambda r: r.refs)),
+        removed_containers,
+        _anchors_to_remove(anchors, kept_releases),
+        tuple(kept),
+    )
+
+
+def _containers_to_remove(app: str, containers: Sequence[ListedContainer]) -> tuple[ContainerRemoval, ...]:
+    """Stopped containers the app's runtime left (labelled ``orchestrator.app``), except the newest
+    stopped one per environment (the latest failure, kept for `docker logs`) and the environment's
+    own container ``<app>-<env>`` (status and recovery look for it by name). Compose services' containers
+    belong to compose and are left to it."""
+    stopped: dict[str, list[ListedContainer]] = {}
+    for listed in containers:
+        info = listed.info
+        if info.labels.get(APP_LABEL) != app or info.status not in STOPPED:
+            continue
+        stopped.setdefault(info.labels.get(ENV_LABEL, ""), []).append(listed)
+    going: list[ContainerRemoval] = []
+    for env, found in stopped.items():
+        found.sort(key=lambda c: c.created, reverse=True)
+        for listed in found[1:]:
+            info = listed.info
+            if info.name == f"{app}-{env}":
+                continue
+            going.append(
+                ContainerRemoval(info.id, info.name, env, info.status, info.image_id, listed.created)
+            )
+    return tuple(sorted(going, key=lambda c: (c.environment, c.created)))
+
+
+def _anchors_to_remove(
+    anchors: Sequence[Path], kept_releases: Mapping[str, Sequence[KeptRelease]]
+) -> tuple[AnchorRemoval, ...]:
+    """Anchors (``<env>-release-<id>.yml``) of releases older than the oldest kept one of their
+    environment. An anchor with a newer id than any release the store knows is left alone (a release
+    being recorded right now, or another database's), as is every file that is not an anchor."""
+    going: list[AnchorRemoval] = []
+    for path in anchors:
+        match = _ANCHOR.match(path.name)
+        if match is None:
+            continue
+        env, release_id = match["env"], int(match["id"])
+        kept = {r.id for r in kept_releases.get(env, ())}
+        if kept and release_id not in kept and release_id < max(kept):
+            going.append(AnchorRemoval(path, env, release_id))
+    return tuple(sorted(going, key=lambda a: (a.environment, a.release_id)))
+
+
+def in_flight_images(transitions: Iterable[TransitionRecord]) -> dict[str, str]:
+    """Every image id an unfinished transition's steps recorded (built, tagged, started, replaced):
+    recovery may still need any of them."""
+    found: dict[str, str] = {}
+    for t in transitions:
+        what = f"transition {t.id} of run {t.run_id}"
+        for step in t.steps:
+            changes = step.changes or {}
+            ids = [changes.get("image_id"), *(changes.get("tags_before") or {}).values()]
+            for image_id in ids:
+                if isinstance(image_id, str) and image_id:
+                    found.setdefault(image_id, what)
+    return found
+
+
+def app_repositories(app: AppConfig, releases: Iterable[KeptRelease]) -> set[str]:
+    """The names the app's images go by: ``<app>``, ``<registry>/<app>`` and every repository its
+    releases were pushed to (the registry setting may have changed since)."""
+    repos = {app.name}
+    if app.registry:
+        repos.add(Registry(app.registry).repository(app.name))
+    repos.update(repository_of(r.digest) for r in releases if r.digest)
+    return repos
+
+
+def anchor_files(app: AppConfig) -> list[Path]:
+    if app.override_file is None:
+        return []
+    history = app.override_file.parent / "history"
+    return sorted(history.glob("*-release-*.yml")) if history.is_dir() else []
+
+
+# the doing ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Skipped:
+    what: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"what": self.what, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    plan: Plan
+    dry_run: bool
+    images: tuple[ImageRemoval, ...] = ()
+    containers: tuple[ContainerRemoval, ...] = ()
+    anchors: tuple[AnchorRemoval, ...] = ()
+    bytes_reclaimed: int = 0
+    skipped: tuple[Skipped, ...] = ()
+
+    @property
+    def removed(self) -> dict[str, Any]:
+        return {
+            "images": [i.as_dict() for i in self.images],
+            "containers": [c.as_dict() for c in self.containers],
+            "anchors": [a.as_dict() for a in self.anchors],
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"app": self.plan.app, "dry_run": self.dry_run}
+        if self.dry_run:
+            out["would_remove"] = {k: v for k, v in self.plan.as_dict().items() if k in _REMOVABLE}
+            out["bytes"] = self.plan.bytes
+        else:
+            out["removed"] = self.removed
+            out["bytes_reclaimed"] = self.bytes_reclaimed
+            out["skipped"] = [s.as_dict() for s in self.skipped]
+        out["kept_releases"] = {env: list(ids) for env, ids in self.plan.kept_releases.items()}
+        out["kept_images"] = [k.as_dict() for k in self.plan.kept]
+        return out
+
+
+_REMOVABLE = ("images", "containers", "anchors")
+
+
+@dataclass
+class _Progress:
+    images: list[ImageRemoval] = field(default_factory=list)
+    containers: list[ContainerRemoval] = field(default_factory=list)
+    anchors: list[AnchorRemoval] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    bytes_reclaimed: int = 0
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.images or self.containers or self.anchors)
+
+
+def plan_for(store: Store, engine: DockerEngine, app: AppConfig) -> Plan:
+    """Read the store and the engine and decide (nothing is changed)."""
+    history = {env: store.releases(app.name, env, limit=10_000) for env in ENVIRONMENTS}
+    return decide(
+        app.name,
+        repositories=app_repositories(app, [r for releases in history.values() for r in releases]),
+        keep_releases=app.keep_releases,
+        kept_releases={env: releases[: app.keep_releases] for env, releases in history.items()},
+        images=engine.images(),
+        containers=engine.containers(),
+        anchors=anchor_files(app),
+        in_flight=in_flight_images(store.unfinished_transitions(app.name)),
+    )
+
+
+def prune(
+    config: Config,
+    store: Store,
+    engine: Callable[[], DockerEngine],
+    app_name: str,
+    *,
+    dry_run: bool = False,
+    actor: str,
+    holder: str | None = None,
+    run_id: int | None = None,
+) -> PruneResult:
+    """Prune ``app_name`` (see the module docstring). A locked app is refused (Conflict, exit 3, naming
+    the holder); otherwise its environments are held for the duration, so no run starts in between.
+    ``engine`` connects on first use and is not closed here."""
+    app = config.app(app_name)
+    log = get_logger(app=app.name, actor=actor, dry_run=dry_run)
+    if dry_run:
+        held = store.locks(app.name)
+        if held:
+            raise _locked(app.name, held)
+        plan = plan_for(store, engine(), app)
+        log.info("prune_planned", **_counts(plan))
+        return PruneResult(plan, dry_run=True)
+    me = Holder.me()
+    lease = config.settings.lock_lease_s
+    try:
+        store.acquire_locks(
+            app.name,
+            ENVIRONMENTS,
+            holder=holder or f"prune by {actor}",
+            kind=OPERATOR_LOCK,
+            process=me,
+            lease_s=lease,
+        )
+    except LockHeld as exc:
+        raise _locked(app.name, exc.locks) from None
+    done = _Progress()
+    plan: Plan | None = None
+    try:
+        with Heartbeat(lambda: store.renew_locks(app.name, ENVIRONMENTS, me, lease), lease / 3, "prune"):
+            plan = plan_for(store, engine(), app)
+            _execute(plan, engine(), done)
+    finally:
+        store.release_locks(app.name, ENVIRONMENTS, me)
+        if done.anything or done.skipped:
+            # Recorded even when the engine went away half-way: what is gone is gone.
+            store.record_event(
+                "pruned",
+                actor,
+                _summary(app.name, done),
+                app=app.name,
+                run_id=run_id,
+                details={
+                    "images": [i.as_dict() for i in done.images],
+                    "containers": [c.as_dict() for c in done.containers],
+                    "anchors": [a.as_dict() for a in done.anchors],
+                    "bytes_reclaimed": done.bytes_reclaimed,
+                    "skipped": [s.as_dict() for s in done.skipped],
+                    "keep_releases": app.keep_releases,
+                },
+            )
+    assert plan is not None
+    log.info("pruned", bytes_reclaimed=done.bytes_reclaimed, skipped=len(done.skipped), **_counts(plan))
+    return PruneResult(
+        plan,
+        dry_run=False,
+        images=tuple(done.images),
+        containers=tuple(done.containers),
+        anchors=tuple(done.anchors),
+        bytes_reclaimed=done.bytes_reclaimed,
+        skipped=tuple(done.skipped),
+    )
+
+
+def _execute(plan: Plan, engine: DockerEngine, done: _Progress) -> None:
+    """Containers first (an image a removed container used becomes free), then images, then anchors.
+    The engine refusing one item (someone started a container on the image meanwhile) skips that item,
+    with its reason; an engine that stops answering ends the prune (InfraUnavailable, exit 4)."""
+    from orchestrator.docker_engine import DockerError
+
+    for c in plan.containers:
+        try:
+            if engine.remove_stopped_container(c.id):
+                done.containers.append(c)
+        except DockerError as exc:
+            done.skipped.append(Skipped(f"container {c.name}", exc.message))
+    for image in plan.images:
+        untagged: list[str] = []
+        refused: str | None = None
+        for ref in image.refs:
+            try:
+                engine.remove_image(ref)
+                untagged.append(ref)
+            except DockerError as exc:
+                refused = exc.message
+                break
+        if refused is not None:
+            done.skipped.append(Skipped(f"image {image.image_id[:19]} ({', '.join(image.refs)})", refused))
+        if not untagged:
+            continue
+        gone = engine.image(image.image_id) is None
+        done.images.append(ImageRemoval(image.image_id, tuple(untagged), image.size, deletes=gone))
+        if gone:
+            done.bytes_reclaimed += image.size
+    for anchor in plan.anchors:
+        try:
+            anchor.path.unlink()
+            done.anchors.append(anchor)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            done.skipped.append(Skipped(f"anchor {anchor.path}", exc.strerror or str(exc)))
+
+
+def _locked(app: str, locks: Sequence[LockRecord]) -> Conflict:
+    """A run in flight may be building an image no decision has seen: nothing is pruned under a lock."""
+    first = locks[0].describe() if locks else f"{app} was locked a moment ago"
+    return Conflict(
+        f"{first}: nothing pruned; prune {app} once that is finished ('orchestrator locks {app}')",
+        details={"locks": [lk.as_dict() for lk in locks]},
+    )
+
+
+def _counts(plan: Plan) -> dict[str, int]:
+    return {"images": len(plan.images), "containers": len(plan.containers), "anchors": len(plan.anchors)}
+
+
+def _summary(app: str, done: _Progress) -> str:
+    text = (
+        f"pruned {app}: {len(done.images)} image(s), {len(done.containers)} container(s), "
+        f"{len(done.anchors)} anchor(s); {done.bytes_reclaimed} bytes reclaimed"
+    )
+    return text + (f"; {len(done.skipped)} skipped" if done.skipped else "")
