@@ -17,18 +17,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from orchestrator import logging as orch_logging
-from orchestrator.config import Config, load_config
 from orchestrator.errors import BadInput, Conflict, OrchestratorError
-from orchestrator.gates import first_line
-from orchestrator.lifecycle import Interrupted
-from orchestrator.machine import State
-from orchestrator.service import FAILED, AdvanceResult, RunService, connect_engine
-from orchestrator.store import db
-from orchestrator.store.repository import Store
 
+# Everything else is imported inside the commands that need it: `--help`, `--version` and a usage error
+# must not pay for SQLAlchemy, the docker SDK, transitions or Alembic (tests/unit/test_startup_imports.py).
+# CI calls the orchestrator in every pipeline, so start-up is paid thousands of times a day.
 if TYPE_CHECKING:
+    from orchestrator.config import Config
     from orchestrator.prune import PruneResult
+    from orchestrator.service import AdvanceResult, RunService
+    from orchestrator.store.repository import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,6 +46,9 @@ class Invocation:
     @property
     def config(self) -> Config:
         if self._config is None:
+            from orchestrator import logging as orch_logging
+            from orchestrator.config import load_config
+
             self._config = load_config(self.config_path)
             orch_logging.configure(self._config.settings.log_format, self._config.settings.log_level)
             for warning in self._config.warnings:
@@ -58,12 +59,16 @@ class Invocation:
 
     def store(self, *, upgrade: bool = True) -> Store:
         if self._store is None:
+            from orchestrator.store.repository import Store
+
             if self.verbose:
                 _echo(f"database: {describe_database(self.config)}", err=True)
             self._store = Store(self.config.settings.database_url, upgrade=upgrade)
         return self._store
 
     def service(self) -> RunService:
+        from orchestrator.service import RunService
+
         return RunService(self.config, self.store())
 
     def close(self) -> None:
@@ -76,11 +81,15 @@ def describe_config(config: Config) -> str:
 
 
 def describe_database(config: Config) -> str:
+    from orchestrator.store import db
+
     return f"{db.safe_url(config.settings.database_url)} ({config.database_source})"
 
 
 def sources(config: Config) -> dict[str, Any]:
     """Which config and database a command used, for --json output (status)."""
+    from orchestrator.store import db
+
     return {
         "config": str(config.path) if config.path else None,
         "config_source": config.config_source,
@@ -115,6 +124,8 @@ def command(fn: F) -> F:
     @click.pass_obj
     @functools.wraps(fn)
     def wrapper(inv: Invocation, *args: Any, as_json: bool, **kwargs: Any) -> None:
+        from orchestrator.lifecycle import Interrupted
+
         try:
             fn(inv, *args, as_json=as_json, **kwargs)
         except OrchestratorError as exc:
@@ -187,6 +198,8 @@ class _Cli(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """Move validated commits through development -> deploy-staging -> deploy, behind gates."""
+    from orchestrator import logging as orch_logging
+
     orch_logging.configure()
     ctx.obj = Invocation(config_path, verbose)
 
@@ -227,6 +240,8 @@ def advance(
     inv: Invocation, run_id: int, *, to: str, actor: str | None, wait_s: float, as_json: bool
 ) -> None:
     """Run the gates of RUN_ID's edge to --to; move the run, or roll it back to development."""
+    from orchestrator.service import FAILED
+
     result = inv.service().advance(run_id, to, actor, wait_s=wait_s)
     if as_json:
         _print_json(result.as_dict())
@@ -236,7 +251,44 @@ def advance(
         sys.exit(1)
 
 
+@cli.command("deploy")
+@click.option("--app", required=True, help="App name from orchestrator.toml.")
+@click.option("--sha", required=True, help="Full 40-character commit sha that CI validated.")
+@click.option("--actor", default=None, help="Who deploys (default: the OS user).")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seconds to wait for a locked environment (at each edge) instead of exiting 3 at once.",
+)
+@command
+def deploy_cmd(
+    inv: Invocation, *, app: str, sha: str, actor: str | None, wait_s: float, as_json: bool
+) -> None:
+    """Start a run for APP at SHA and advance it to deploy-staging, then to deploy, in one process.
+
+    The same gates, records and exit codes as 'run start' followed by the two 'advance' calls: 1 when
+    an edge failed (a failed staging edge stops there, prod untouched), 3 when an environment is locked,
+    4 when the engine or database does not answer. With --json: the run id and each edge's result."""
+    from orchestrator.service import FAILED
+
+    result = inv.service().deploy(app, sha, actor, wait_s=wait_s)
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        _echo(f"run {result.run.id} started: {result.run.app} @ {result.run.sha}")
+        for edge in result.edges:
+            _print_advance(edge)
+    if result.outcome == FAILED:
+        sys.exit(1)
+
+
 def _print_advance(result: AdvanceResult) -> None:
+    from orchestrator.gates import first_line
+    from orchestrator.service import FAILED
+
     for check in result.checks:
         # One line per check; the evidence a reason carries (a container's log) is printed once, below.
         summary = first_line(check.reason)
@@ -274,6 +326,8 @@ def runs() -> None:
 @command
 def runs_list(inv: Invocation, *, app: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first."""
+    from orchestrator.machine import State
+
     if state is not None:
         state = State.parse(state).value
     records = inv.store().list_runs(app=app, state=state, limit=limit)
@@ -294,6 +348,8 @@ def runs_list(inv: Invocation, *, app: str | None, state: str | None, limit: int
 @command
 def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
     """Show RUN_ID with every transition and gate result."""
+    from orchestrator.gates import first_line
+
     store = inv.store()
     record = store.get_run(run_id)
     transitions = store.transitions(run_id)
@@ -399,6 +455,7 @@ def unlock_cmd(
 ) -> None:
     """Release APP's --env lock: a hand-held one, one whose holder died (recovering first), or --force."""
     from orchestrator import operator
+    from orchestrator.service import connect_engine
 
     done = operator.unlock(
         inv.config, inv.store(), connect_engine, app, environment, force=force, actor=actor
@@ -461,6 +518,7 @@ def rollback_cmd(
 ) -> None:
     """Redeploy APP's previous (or --to) release in --env by its pinned reference and verify it."""
     from orchestrator.releases import rollback
+    from orchestrator.service import connect_engine
 
     result = rollback(
         inv.config, inv.store(), connect_engine, app, environment, to=to, actor=actor, reason=reason
@@ -487,6 +545,7 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
     unreachable).
     """
     from orchestrator.releases import status
+    from orchestrator.service import connect_engine
 
     found = status(inv.config, inv.store(), connect_engine, app)
     ok = all(e.ok for e in found)
@@ -629,6 +688,8 @@ def db_group() -> None:
 @command
 def db_upgrade(inv: Invocation, *, as_json: bool) -> None:
     """Apply pending migrations explicitly (they also run automatically on first use)."""
+    from orchestrator.store import db
+
     store = inv.store(upgrade=False)
     before, after = db.upgrade(store.engine)
     url = db.safe_url(store.url)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from orchestrator.config import AppConfig, Config, check_app_paths
-from orchestrator.errors import BadInput, Conflict, InfraUnavailable
+from orchestrator.errors import BadInput, Conflict, InfraUnavailable, OrchestratorError
 from orchestrator.gates import (
     FAILURE_REASON,
     Gate,
@@ -40,6 +40,7 @@ from orchestrator.machine import (
     ENVIRONMENTS,
     PROD,
     STAGING,
+    TO_STAGING,
     Edge,
     RunMachine,
     State,
@@ -177,6 +178,35 @@ class AdvanceResult:
 
 
 @dataclass(frozen=True)
+class DeployResult:
+    """`deploy`: the run it started and the result of each edge it ran (the staging edge, and the prod
+    edge unless staging failed). Its outcome is the last edge's."""
+
+    run: RunRecord
+    edges: tuple[AdvanceResult, ...]
+
+    @property
+    def outcome(self) -> str:
+        return self.edges[-1].outcome
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run.id,
+            "app": self.run.app,
+            "sha": self.run.sha,
+            "actor": self.run.actor,
+            "state": self.run.state,
+            "outcome": self.outcome,
+            "edges": [e.as_dict() for e in self.edges],
+        }
+
+
+def _check_wait(wait_s: float) -> None:
+    if wait_s < 0:
+        raise BadInput(f"--wait must be 0 or more seconds (got {wait_s:g})")
+
+
+@dataclass(frozen=True)
 class RecoveryReport:
     """What `recover` found about one abandoned transition (or run-less lock) and what it did."""
 
@@ -267,9 +297,71 @@ class RunService:
         self, run_id: int, to: str, actor: str | None = None, *, wait_s: float = 0.0
     ) -> AdvanceResult:
         target = State.parse(to)
-        if wait_s < 0:
-            raise BadInput(f"--wait must be 0 or more seconds (got {wait_s:g})")
+        _check_wait(wait_s)
         run = self.store.get_run(run_id)
+        engine = _Engine(self.engine_factory)
+        try:
+            return self._advance_run(run, target, actor, wait_s, engine)
+        finally:
+            engine.close()
+
+    def deploy(self, app: str, sha: str, actor: str | None = None, *, wait_s: float = 0.0) -> DeployResult:
+        """`run start` and both edges in one process: the natural CI call. Same gates, same records and
+        the same verdicts as the three calls; a failed staging edge stops there. What three processes
+        paid three times (imports, config, database, engine connection, builder detection) is paid once.
+
+        Everything that can be refused without a side effect is refused before the run is created
+        (bad input, a freeze, an engine that does not answer), so a deploy that could never start
+        leaves no run behind. An error after that carries the run id and the edges done so far."""
+        config = self.config.app(app)
+        sha, who = parse_sha(sha), parse_actor(actor)
+        _check_wait(wait_s)
+        check_app_paths(config)
+        self.refuse_if_frozen(config.name)
+        self._preflight(config, sha, TO_STAGING)
+        engine = _Engine(self.engine_factory)
+        try:
+            engine.get()
+            run = self.start_run(config.name, sha, who)
+            done: list[AdvanceResult] = []
+            try:
+                for target in (State.DEPLOY_STAGING, State.DEPLOY):
+                    result = self._advance_run(
+                        self.store.get_run(run.id), target, who, wait_s, engine, preflighted=True
+                    )
+                    done.append(result)
+                    if result.outcome == FAILED:
+                        break
+            except OrchestratorError as exc:
+                exc.details = {**exc.details, "run_id": run.id, "edges": [r.as_dict() for r in done]}
+                raise
+            return DeployResult(self.store.get_run(run.id), tuple(done))
+        finally:
+            engine.close()
+
+    def _preflight(self, app: AppConfig, sha: str, edge: Edge) -> None:
+        """What the edge's runtime and build would refuse anyway (exit 2 or 4), before anything is
+        recorded. The builder is looked for (a docker CLI probed per process) only on the edge that
+        always builds: the deploy edge rebuilds only when staging went stale, and its build step then
+        refuses what it cannot build as a failed gate."""
+        from orchestrator.runtimes import preflight
+
+        preflight(app, sha)
+        if any(g.needs_docker for g in gates_for(edge)):
+            from orchestrator.steps.build import preflight as build_preflight
+
+            build_preflight(app, self.config.settings, sha, detect_builder=edge == TO_STAGING)
+
+    def _advance_run(
+        self,
+        run: RunRecord,
+        target: State,
+        actor: str | None,
+        wait_s: float,
+        engine: _Engine,
+        *,
+        preflighted: bool = False,
+    ) -> AdvanceResult:
         machine = RunMachine(State(run.state))
         edge = machine.edge_to(target)
         app = self.config.app(run.app)
@@ -277,28 +369,17 @@ class RunService:
         self.refuse_if_frozen(app.name)
 
         gates = gates_for(edge)
-        from orchestrator.runtimes import preflight
-
-        preflight(app, run.sha)
-        if any(g.needs_docker for g in gates):
-            from orchestrator.steps.build import preflight as build_preflight
-
-            build_preflight(app, self.config.settings, run.sha)
-        engine = _Engine(self.engine_factory)
+        if not preflighted:
+            self._preflight(app, run.sha, edge)
         # Connect before anything is written: an engine that does not answer changes nothing at all.
         if any(g.needs_docker for g in gates):
             engine.get()
-        try:
-            with (
-                structlog.contextvars.bound_contextvars(
-                    run_id=run.id, app=run.app, sha=run.sha, edge=edge.name
-                ),
-                interruptible(),
-            ):
-                transition_id = self._claim(run, edge, actor, engine, wait_s)
-                return self._advance(run, edge, machine, app, actor, gates, engine, transition_id)
-        finally:
-            engine.close()
+        with (
+            structlog.contextvars.bound_contextvars(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name),
+            interruptible(),
+        ):
+            transition_id = self._claim(run, edge, actor, engine, wait_s)
+            return self._advance(run, edge, machine, app, actor, gates, engine, transition_id)
 
     # claiming -------------------------------------------------------------------------------------
 

@@ -149,14 +149,20 @@ def _refuse_on_legacy(
     raise InfraUnavailable(f"{what}, and this machine has only the {choice.why}: {builders.INSTALL_BUILDKIT}")
 
 
-def preflight(app: AppConfig, settings: Settings, sha: str) -> None:
+def preflight(app: AppConfig, settings: Settings, sha: str, *, detect_builder: bool = True) -> None:
     """Before an edge that builds starts (nothing recorded yet): what the build would refuse anyway.
     Build secrets the builder cannot take or whose source is missing are the config's or the caller's
     to fix (exit 2); a Dockerfile only BuildKit builds, on a machine with only the legacy builder, is
     the runner's (exit 4). Whether the engine itself runs BuildKit is known only once it is connected:
-    the build step checks again."""
+    the build step checks again.
+
+    Without ``detect_builder`` (an edge that builds only sometimes) the docker CLIs are not probed: that
+    costs tens of milliseconds of subprocesses, and the build step, if one runs, refuses the same
+    things as a failed gate."""
     choice: BuilderChoice | None = None
-    if settings.builder == BuilderKind.LEGACY or builders.find_buildkit_cli(settings.docker_cli) is None:
+    if settings.builder == BuilderKind.LEGACY or (
+        detect_builder and builders.find_buildkit_cli(settings.docker_cli) is None
+    ):
         # Without a CLI: ``buildkit`` raises (exit 4, saying what to install); ``auto`` falls back.
         choice = builders.choose(settings.builder, settings.docker_cli, lambda: False)
     if choice is not None:

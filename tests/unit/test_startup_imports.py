@@ -1,0 +1,76 @@
+"""Start-up stays light: CI runs the orchestrator in every pipeline of every commit, and `--help`,
+`--version` or a mistyped option must not pay for SQLAlchemy's ORM, the docker SDK, transitions or Alembic
+(issue 12). Each case runs the real entry point in a fresh interpreter and reads ``sys.modules`` as the
+process ends, so an import added anywhere on the way (cli.py, or a module it pulls in) fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("sqlalchemy", "docker", "transitions", "alembic")
+
+# The console script's own import, then the command line, then what was loaded by the time it exited.
+_PROBE = """
+import json, sys
+HEAVY = {heavy}
+from orchestrator.cli import main
+sys.argv = ["orchestrator", *json.loads(sys.argv[1])]
+try:
+    main()
+except SystemExit:
+    pass
+heavy = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
+print("\\nLOADED=" + json.dumps(heavy), file=sys.stderr)
+"""
+
+
+def loaded_heavy_modules(args: list[str], cwd: Path) -> tuple[list[str], subprocess.CompletedProcess[str]]:
+    code = _PROBE.replace("{heavy}", repr(HEAVY))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)],
+        cwd=cwd,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    marker = proc.stderr.rpartition("LOADED=")[2].strip()
+    assert marker, f"the probe did not finish: {proc.stderr[-2000:]}"
+    return json.loads(marker), proc
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["--help"], id="help"),
+        pytest.param(["--version"], id="version"),
+        pytest.param(["-h"], id="h"),
+        pytest.param(["advance", "--help"], id="advance-help"),
+        pytest.param(["deploy", "--help"], id="deploy-help"),
+        pytest.param(["run", "start", "--help"], id="run-start-help"),
+        pytest.param(["no-such-command"], id="usage-error"),
+    ],
+)
+def test_help_and_version_import_nothing_heavy(args: list[str], tmp_path: Path) -> None:
+    heavy, proc = loaded_heavy_modules(args, tmp_path)
+    assert heavy == [], f"orchestrator {' '.join(args)} imported {heavy}"
+    if args[-1] in ("--help", "-h"):
+        assert "Usage:" in proc.stdout, proc.stdout + proc.stderr
+    if args == ["--version"]:
+        assert "version" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_the_probe_sees_heavy_imports(tmp_path: Path) -> None:
+    """The check above cannot pass vacuously: a command that opens the database is seen importing
+    SQLAlchemy by the very same probe."""
+    (tmp_path / "orchestrator.toml").write_text("")
+    heavy, proc = loaded_heavy_modules(["runs", "list", "--json"], tmp_path)
+    assert "sqlalchemy" in heavy, proc.stderr[-2000:]
