@@ -1,8 +1,9 @@
 """Gates that build, check and promote the app's image on the real Docker engine.
 
 Edge development -> deploy-staging: build the committed tree, prove the label, run it as staging,
-check it. Edge deploy-staging -> deploy: ``check_staging_image_fresh`` rebuilds and re-checks staging,
-then the very image it built (by id: build once) is promoted to prod and what runs there is verified;
+check it. Edge deploy-staging -> deploy: ``check_staging_image_fresh`` proves staging still runs the
+image this run's staging edge built and checked (else it rebuilds and re-checks staging), then that very
+image (by id: build once) is promoted to prod and what runs there is verified;
 if prod was touched and anything fails, the compensation restores the previous release.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator import health
 from orchestrator.deploy import Build, Deployed, Deployer
 from orchestrator.docker_engine import DockerError
 from orchestrator.gates import (
@@ -146,9 +148,11 @@ class StagingCheck(Gate):
 class CheckStagingImageFresh(Gate):
     """The image promoted to prod must be provably the validated commit, checked on staging moments ago.
 
-    Layer A (liveness): rebuild from the commit, recreate staging, health, stub staging check. It never
-    touches prod. Layer B (safety): the image to promote carries the full sha as its revision label and
-    is the very image id this gate built: labels can be forged with any --build-arg, ids cannot.
+    When staging still runs this run's own recorded staging image, healthy (``_live_staging``), that
+    image is promoted as it is. Otherwise, layer A (liveness): rebuild from the commit, recreate
+    staging, health, stub staging check. It never touches prod. Layer B (safety): the image to promote
+    carries the full sha as its revision label and is the very image id this gate built: labels can be
+    forged with any --build-arg, ids cannot.
     """
 
     name = "check_staging_image_fresh"
@@ -160,10 +164,14 @@ class CheckStagingImageFresh(Gate):
         settings = ctx.settings
         if not settings.freshness_applies_to(ctx.app.name):
             return self._disabled(ctx)
+        live = _live_staging(ctx)
+        if isinstance(live, Verdict):
+            return live
+        ctx.log.info("staging_stale_rebuilding", reason=live)
         build = _build(ctx)
         if isinstance(build, Verdict):
             return build
-        details: dict[str, Any] = _build_details(build)
+        details: dict[str, Any] = {**_build_details(build), "rebuilt_because": live}
         deployed = _deploy(ctx, STAGING, build.image.id)
         details.update(deployed.details)
         if not deployed.ok:
@@ -210,6 +218,43 @@ class CheckStagingImageFresh(Gate):
             promote_image_id=image_id,
             staging_release=staged[-1].id,
         )
+
+
+def _live_staging(ctx: GateContext) -> Verdict | str:
+    """The fast path of the freshness check: staging still runs, healthy, the very image this run's
+    staging edge built, guarded, checked and recorded, so that image is promoted without a rebuild.
+
+    Every fact is read now, not trusted from the record: staging's latest release is this run's own
+    (nobody deployed staging since), its container runs that image id (ids cannot be forged, labels
+    can), the image carries the full sha in its revision label, /version serves the sha where the app
+    has one, and the health path answers. Anything else, an error included, returns why staging is
+    stale, and the gate rebuilds and re-checks staging from the commit as before (fail closed)."""
+    staged = [r for r in ctx.run_releases if r.environment == STAGING and r.revision == ctx.sha]
+    if not staged:
+        return f"run {ctx.run_id} has no recorded staging release"
+    release = staged[-1]
+    latest = ctx.previous_releases.get(STAGING)
+    if latest is None or latest.id != release.id:
+        return f"staging was deployed again after run {ctx.run_id}'s release {release.id}"
+    d = ctx.deployer
+    try:
+        check = d.verify_running(STAGING, release.image_id, ctx.sha)
+    except DockerError as exc:
+        return f"staging could not be inspected: {exc.message}"
+    if not check.ok:
+        return f"staging no longer runs release {release.id}: {check.reason}"
+    probe = health.get(d.base_url(STAGING) + ctx.app.health_path)
+    if not probe.ok:
+        return f"staging's {ctx.app.health_path} answers {probe.status or probe.error}"
+    ctx.shared[PROMOTE_IMAGE] = release.image_id
+    return Verdict.passed(
+        f"staging still runs run {ctx.run_id}'s checked image {release.image_id[:19]}, healthy, "
+        f"revision {ctx.sha[:12]}: promoted without a rebuild",
+        **check.details,
+        image_id=release.image_id,
+        staging_release=release.id,
+        rebuilt=False,
+    )
 
 
 @register

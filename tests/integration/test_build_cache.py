@@ -139,7 +139,11 @@ def test_a_poisoned_build_cache_never_reaches_prod(
     _poison(docker_client, layer, docker_cleanup)
 
     sha = _commit(app, "release two")
-    second = app.deploy(sha)
+    second = app.start(sha)
+    app.advance(second, "deploy-staging").ok()
+    # Staging gone: the prod edge cannot promote from the record and rebuilds, the cache poisoned too.
+    app.engine.remove_container(f"{app.name}-staging")
+    app.advance(second, "deploy").ok()
     assert app.get("prod", "/index.html").body == "release two\n"
     assert app.get("prod", "/artifact").body == "compiled\n"
     served = app.get("prod", f"/{BACKDOOR}")
@@ -164,7 +168,11 @@ def test_the_freshness_rebuild_reuses_only_the_runs_own_layers(
     app = busybox_app
     app.configure()
     sha = _commit(app, "release one")
-    run_id = app.deploy(sha)
+    run_id = app.start(sha)
+    app.advance(run_id, "deploy-staging").ok()
+    # Staging stopped: the prod edge rebuilds from the commit instead of promoting from the record.
+    assert app.engine.stop_container(f"{app.name}-staging")
+    app.advance(run_id, "deploy").ok()
     shown = app.show(run_id)
     staged, rebuilt, promoted = (r["image_id"] for r in shown["releases"])
     assert staged == rebuilt == promoted

@@ -19,8 +19,9 @@ TO_PROD_GATES = ["check_staging_image_fresh", "promote_prod", "verify_prod"]
 
 def test_both_edges_promote_the_image_built_once(busybox_app: BusyboxApp) -> None:
     """Hazard: prod runs something other than what was just checked on staging (a rebuild, a tag moved
-    under our feet, a stale container). Prod must run the very image id check_staging_image_fresh built
-    and staging ran, labelled and serving the full sha, and the releases must say so."""
+    under our feet, a stale container). Prod must run the very image id the staging edge built and
+    staging still runs (check_staging_image_fresh proves it), labelled and serving the full sha, and
+    the releases must say so."""
     app = busybox_app
     sha = app.commit("release")
     run_id = app.start(sha)
@@ -40,8 +41,9 @@ def test_both_edges_promote_the_image_built_once(busybox_app: BusyboxApp) -> Non
     staging, prod = app.running("staging"), app.running("prod")
     assert staging is not None and prod is not None
     assert staging.status == prod.status == "running"
-    assert staging.container_id == fresh["details"]["container_id"], "staging was recreated by the gate"
-    assert staging.image_id == built, "staging runs the image the freshness gate built"
+    assert staging.container_id == fresh["details"]["container_id"], "the gate checked live staging"
+    assert fresh["details"]["rebuilt"] is False, "staging still ran the run's image: no rebuild"
+    assert staging.image_id == built == staged_id, "staging runs the image the staging edge built"
     assert prod.image_id == built, "prod runs that same image id: no rebuild between staging and prod"
     assert prod.container_id == promote["details"]["container_id"]
     assert promote["details"]["image_id"] == built
@@ -58,8 +60,7 @@ def test_both_edges_promote_the_image_built_once(busybox_app: BusyboxApp) -> Non
     assert [t["outcome"] for t in shown["transitions"]] == ["succeeded", "succeeded"]
     releases = [(r["environment"], r["kind"], r["image_id"], r["revision"]) for r in shown["releases"]]
     assert releases == [
-        ("staging", "deploy", staged_id, sha),  # edge 1
-        ("staging", "deploy", built, sha),  # check_staging_image_fresh's rebuild
+        ("staging", "deploy", staged_id, sha),  # edge 1 (the prod edge found staging still on it)
         ("prod", "deploy", built, sha),
     ], shown["releases"]
 
