@@ -16,6 +16,7 @@ import re
 import sys
 import urllib.error
 import urllib.request
+from typing import TextIO
 
 MODES = ("stub",)
 
@@ -30,7 +31,11 @@ def fetch(url: str, timeout: float) -> tuple[int | None, str, str | None]:
         return None, "", f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, out: TextIO | None = None) -> int:
+    """``out``: where the report goes (stdout and stderr when run as a script; the orchestrator runs the
+    stub in its own process and passes a buffer)."""
+    stdout = out or sys.stdout
+    stderr = out or sys.stderr
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", default="stub", help=f"check mode ({', '.join(MODES)})")
     parser.add_argument("--base-url", required=True, help="staging base URL, e.g. http://127.0.0.1:8501")
@@ -41,43 +46,41 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.mode not in MODES:
-        print(f"error: mode {args.mode!r} is not available (modes: {', '.join(MODES)})", file=sys.stderr)
+        print(f"error: mode {args.mode!r} is not available (modes: {', '.join(MODES)})", file=stderr)
         return 2
     if not re.fullmatch(r"[0-9a-f]{40}", args.expected_revision):
-        print(
-            f"error: --expected-revision {args.expected_revision!r} is not a full 40-hex sha", file=sys.stderr
-        )
+        print(f"error: --expected-revision {args.expected_revision!r} is not a full 40-hex sha", file=stderr)
         return 2
     base = args.base_url.rstrip("/")
     failures = 0
 
     status, body, error = fetch(base + args.health_path, args.timeout)
     if status is not None and 200 <= status < 300:
-        print(f"ok: GET {args.health_path} -> {status}")
+        print(f"ok: GET {args.health_path} -> {status}", file=stdout)
     else:
         failures += 1
         print(
-            f"FAIL: GET {base}{args.health_path} -> {status if status is not None else error} {body[:200]!r}"
+            f"FAIL: GET {base}{args.health_path} -> {status if status is not None else error} {body[:200]!r}",
+            file=stdout,
         )
 
     if args.version_path:
         status, body, error = fetch(base + args.version_path, args.timeout)
         served = body.strip()
         if status == 200 and served == args.expected_revision:
-            print(f"ok: GET {args.version_path} serves {served}")
+            print(f"ok: GET {args.version_path} serves {served}", file=stdout)
         else:
             failures += 1
             seen = f"HTTP {status} {served[:80]!r}" if status is not None else error
-            print(
-                f"FAIL: GET {base}{args.version_path}: expected revision {args.expected_revision}, got {seen}"
-            )
+            url, expected = base + args.version_path, args.expected_revision
+            print(f"FAIL: GET {url}: expected revision {expected}, got {seen}", file=stdout)
     else:
-        print("ok: no version path for this app; revision is proven by image label and image id")
+        print("ok: no version path for this app; revision is proven by image label and image id", file=stdout)
 
     if failures:
-        print(f"staging check failed: {failures} check(s) failed")
+        print(f"staging check failed: {failures} check(s) failed", file=stdout)
         return 1
-    print("staging check passed")
+    print("staging check passed", file=stdout)
     return 0
 
 

@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""The ratios issue 12 sets targets for, measured side by side in one run (not a timed test).
+
+Printed with medians of interleaved pairs (orchestrator side and plain side alternate who goes first):
+
+- start-up: ``orchestrator --help`` and ``--version`` as whole processes, the bare interpreter, and the
+  fixed start-up of a command (``runs list``: import + config + database open) beyond the interpreter;
+- gates of both edges inside one process (``RunService.deploy`` called in-process, so no interpreter
+  start, imports or config are in the figure) against the raw docker CLI sequence doing the same steps
+  (staged_deploy.py's plain sequence: git archive | docker build, run staging, poll health, inspect the
+  label, tag, run prod, poll health);
+- ``orchestrator deploy`` (one process) and the three-call CI path (``run start``, ``advance --to
+  deploy-staging``, ``advance --to deploy``) against that raw sequence;
+- the import time of each command (``python -X importtime``, the top-level modules summed), and how many
+  Docker API requests one deploy makes (the SDK's HTTP session wrapped in a counter, benchmark only).
+
+Both sides build with the legacy builder (the plain side with DOCKER_BUILDKIT=0, the orchestrator with
+ORCH_BUILDER=legacy) so that the same build is compared. The machine may be shared: the load average is
+printed before and after; compare ratios, not absolute times.
+
+Run: ``.venv/bin/python benchmarks/ratios.py --pairs 5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from staged_deploy import (
+    BenchmarkError,
+    Workspace,
+    _check_advance,
+    _sigterm_as_interrupt,
+    find_orchestrator,
+    interrupts_deferred,
+    plain_full_deploy,
+    run_cmd,
+)
+
+PLAIN = "raw docker CLI sequence"
+GATES = "gates of both edges, in one process"
+ONE_SHOT = "orchestrator deploy (one process)"
+THREE_CALLS = "run start + 2 x advance (three processes)"
+TARGETS = {GATES: 1.0, ONE_SHOT: 1.10, THREE_CALLS: 1.25}
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def wall(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# start-up ----------------------------------------------------------------------------------------
+
+
+def startup(ws: Workspace, pairs: int) -> dict[str, float]:
+    script = str(ws.orchestrator_bin)
+    env = ws.orch_env
+    cases: dict[str, list[str]] = {
+        "python -c pass (bare interpreter)": [sys.executable, "-c", "pass"],
+        "orchestrator --help": [script, "--help"],
+        "orchestrator --version": [script, "--version"],
+        "orchestrator runs list (import + config + DB open)": [
+            script,
+            "--config",
+            str(ws.config),
+            "runs",
+            "list",
+            "--json",
+        ],
+    }
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for i in range(max(pairs, 5) * 2):
+        order = list(cases.items()) if i % 2 == 0 else list(reversed(cases.items()))
+        for name, argv in order:
+            times[name].append(wall(lambda a=argv, n=name: run_cmd(a, what=n, env=env, cwd=ws.dir)))
+    return {k: median(v) for k, v in times.items()}
+
+
+_IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
+
+
+def import_seconds(stderr: str) -> float:
+    """Sum of the cumulative times of the top-level imports (``-X importtime`` lines of depth 0)."""
+    total = 0
+    for line in stderr.splitlines():
+        match = _IMPORT_LINE.match(line)
+        if match and len(match.group(3)) == 1:
+            total += int(match.group(2))
+    return total / 1e6
+
+
+def import_time(ws: Workspace, *args: str) -> float:
+    argv = [sys.executable, "-X", "importtime", "-m", "orchestrator", *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=ws.orch_env, cwd=ws.dir, timeout=600)
+    if proc.returncode != 0:
+        raise BenchmarkError(f"{' '.join(args)} failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+    return import_seconds(proc.stderr)
+
+
+# counting Docker API requests -------------------------------------------------------------------
+
+
+@contextmanager
+def counting_api_calls() -> Iterator[collections.Counter[str]]:
+    """Every HTTP request the docker SDK sends, by method and path with ids and names folded."""
+    import requests
+
+    counts: collections.Counter[str] = collections.Counter()
+    original = requests.Session.request
+
+    def request(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        path = re.sub(r"^.*?/v\d+\.\d+", "", str(url)).split("?")[0]
+        path = re.sub(r"/(containers|images)/[^/]+(?=/|$)", r"/\1/{id}", path)
+        counts[f"{method} {path}"] += 1
+        return original(self, method, url, *args, **kwargs)
+
+    requests.Session.request = request  # type: ignore[method-assign]
+    try:
+        yield counts
+    finally:
+        requests.Session.request = original  # type: ignore[method-assign]
+
+
+# deploys ------------------------------------------------------------------------------------------
+
+
+class InProcess:
+    """The service layer called directly: what the gates of both edges cost without any process start,
+    import or config load (those are measured by the start-up figures)."""
+
+    def __init__(self, ws: Workspace) -> None:
+        os.environ.update({k: v for k, v in ws.orch_env.items() if k.startswith("ORCH_")})
+        from orchestrator import logging as orch_logging
+        from orchestrator.config import load_config
+        from orchestrator.service import RunService
+        from orchestrator.store.repository import Store
+
+        config = load_config(str(ws.config))
+        orch_logging.configure("json", "warning")
+        self.store = Store(config.settings.database_url)
+        self.service = RunService(config, self.store)
+
+    def deploy(self, app: str, sha: str) -> dict[str, Any]:
+        result = self.service.deploy(app, sha, "benchmark")
+        payload = result.as_dict()
+        if payload["outcome"] != "succeeded":
+            raise BenchmarkError(f"in-process deploy failed: {json.dumps(payload)[-3000:]}")
+        return payload
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def one_shot(ws: Workspace, app: str, sha: str) -> None:
+    payload = ws.cli("deploy", "--app", app, "--sha", sha, "--actor", "benchmark")
+    if payload.get("outcome") != "succeeded":
+        raise BenchmarkError(f"deploy failed: {json.dumps(payload)[-3000:]}")
+
+
+def three_calls(ws: Workspace, app: str, sha: str) -> None:
+    run_id = str(ws.cli("run", "start", "--app", app, "--sha", sha)["run_id"])
+    for to in ("deploy-staging", "deploy"):
+        _check_advance(ws.cli("advance", run_id, "--to", to, "--actor", "benchmark"), to)
+
+
+def run(ws: Workspace, pairs: int, warmup: int) -> dict[str, Any]:
+    ws.orch_env["ORCH_BUILDER"] = "legacy"
+    inproc = InProcess(ws)
+    app = ws.orch.name
+    sides: dict[str, Callable[[str], None]] = {
+        GATES: lambda sha: inproc.deploy(app, sha),
+        ONE_SHOT: lambda sha: one_shot(ws, app, sha),
+        THREE_CALLS: lambda sha: three_calls(ws, app, sha),
+    }
+    times: dict[str, list[float]] = {k: [] for k in (*sides, PLAIN)}
+    ratios: dict[str, list[float]] = {k: [] for k in sides}
+    try:
+        for i in range(warmup + pairs):
+            for name, fn in sides.items():
+                # One pair: the orchestrator side and the raw sequence, alternating who goes first.
+                sha = ws.repo.new_revision(f"{name} {i}")
+                orch = lambda fn=fn, sha=sha: fn(sha)  # noqa: E731
+                plain = lambda: plain_full_deploy(ws, ws.plain)  # noqa: E731
+                if (i + list(sides).index(name)) % 2:
+                    t_plain, t_orch = wall(plain), wall(orch)
+                else:
+                    t_orch, t_plain = wall(orch), wall(plain)
+                if i >= warmup:
+                    times[name].append(t_orch)
+                    times[PLAIN].append(t_plain)
+                    ratios[name].append(t_orch / t_plain)
+            print(f"pair {i + 1 - warmup}/{pairs}" if i >= warmup else "warm-up", file=sys.stderr)
+        with counting_api_calls() as counts:
+            inproc.deploy(app, ws.repo.new_revision("counted"))
+    finally:
+        inproc.close()
+    return {"times": times, "ratios": ratios, "api_calls": dict(counts)}
+
+
+def render(
+    start: dict[str, float], deploys: dict[str, Any], imports: dict[str, float], loads: list[str]
+) -> str:
+    bare = start["python -c pass (bare interpreter)"]
+    lines = [f"load average (1, 5, 15 min): before {loads[0]}, after {loads[1]}", "", "start-up (median s):"]
+    for name, value in start.items():
+        lines.append(f"  {name:<55} {value:7.3f}")
+    fixed = start["orchestrator runs list (import + config + DB open)"] - bare
+    lines.append(f"  {'fixed start-up beyond the interpreter (target <= 0.120)':<55} {fixed:7.3f}")
+    lines += ["", "import time per command (s, -X importtime, top-level modules summed):"]
+    for name, value in imports.items():
+        lines.append(f"  {name:<55} {value:7.3f}")
+    times, ratios = deploys["times"], deploys["ratios"]
+    lines += ["", f"deploy of a new commit, median of {len(times[PLAIN]) // 3} interleaved pairs each:"]
+    lines.append(f"  {PLAIN:<45} {median(times[PLAIN]):7.3f} s")
+    for name, target in TARGETS.items():
+        r = median(ratios[name])
+        verdict = "met" if r <= target else "NOT met"
+        lines.append(
+            f"  {name:<45} {median(times[name]):7.3f} s   ratio {r:5.2f} (target <= {target:.2f}: {verdict})"
+        )
+    calls = deploys["api_calls"]
+    lines += ["", f"Docker API requests of one deploy (in process): {sum(calls.values())}"]
+    for key, n in sorted(calls.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {n:4d}  {key}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--pairs", type=int, default=5, help="interleaved pairs per ratio (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed pairs first (default 1)")
+    parser.add_argument("--orchestrator", default=None, help="console script (default: next to python)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout too")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    loads = [load()]
+    ws: Workspace | None = None
+    try:
+        ws = Workspace(find_orchestrator(args.orchestrator))
+        ws.setup(1)
+        print(f"workspace {ws.dir}, apps bench-{ws.suffix}-*", file=sys.stderr)
+        start = startup(ws, args.pairs)
+        deploys = run(ws, args.pairs, args.warmup)
+        imports = {
+            "--help": import_time(ws, "--help"),
+            "--version": import_time(ws, "--version"),
+            "runs list": import_time(ws, "--config", str(ws.config), "runs", "list"),
+            "run start": import_time(
+                ws,
+                "--config",
+                str(ws.config),
+                "run",
+                "start",
+                "--app",
+                ws.orch.name,
+                "--sha",
+                ws.repo.new_revision("imports"),
+            ),
+            "deploy": import_time(
+                ws,
+                "--config",
+                str(ws.config),
+                "deploy",
+                "--app",
+                ws.orch.name,
+                "--sha",
+                ws.repo.new_revision("imports deploy"),
+            ),
+        }
+    except BenchmarkError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if ws is not None:
+            with interrupts_deferred():
+                for problem in ws.cleanup():
+                    print(f"cleanup: {problem}", file=sys.stderr)
+    loads.append(load())
+    print(render(start, deploys, imports, loads))
+    if args.json:
+        print(json.dumps({"startup": start, "imports": imports, "loads": loads, **deploys}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
