@@ -154,7 +154,8 @@ def test_without_a_registry_the_image_id_is_the_pin_and_old_anchors_are_pruned(
         env: [r for run in runs for r in app.app.show(run)["releases"] if r["environment"] == env]
         for env in ("staging", "prod")
     }
-    assert len(released["prod"]) == 3 and len(released["staging"]) == 6, released
+    # One staging release per run: the prod edge found staging still on it and did not redeploy.
+    assert len(released["prod"]) == 3 and len(released["staging"]) == 3, released
     assert all(r["digest"] is None for rs in released.values() for r in rs), "no registry, no digest"
     for env, releases in released.items():
         newest = sorted(r["release_id"] for r in releases)[-2:]

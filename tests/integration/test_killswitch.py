@@ -88,8 +88,8 @@ def test_freshness_scoped_to_this_app_runs_the_gate(
     busybox_app: BusyboxApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Hazard: a scope list that names the app switching the check off anyway. With the app in
-    ORCH_IMAGE_FRESHNESS_REPOS the gate runs: it rebuilds, recreates staging, and passes, with no
-    kill-switch warning."""
+    ORCH_IMAGE_FRESHNESS_REPOS the gate runs: it checks the live staging container (still the run's
+    own, so no rebuild is needed) and passes, with no kill-switch warning."""
     app = busybox_app
     app.configure(other_apps=1)
     sha = app.commit("release")
@@ -109,8 +109,9 @@ def test_freshness_scoped_to_this_app_runs_the_gate(
     ], payload
     fresh = payload["checks"][0]
     staging = app.running("staging")
-    assert staging is not None and staging.container_id != staging_before.container_id, "staging recreated"
-    assert staging.container_id == fresh["details"]["container_id"]
+    assert staging == staging_before, "staging still ran the run's image: left as it was checked"
+    assert staging.container_id == fresh["details"]["container_id"], "the gate inspected live staging"
+    assert fresh["details"]["rebuilt"] is False and "staging_release" in fresh["details"], fresh
     prod = app.running("prod")
     assert prod is not None and prod.image_id == fresh["details"]["image_id"] and prod.revision == sha
     assert not [e for e in log_events(result.stderr) if e.get("event") == DISABLED_EVENT], result.stderr
