@@ -40,6 +40,19 @@ from orchestrator.store.repository import Store
 # environment hygiene
 
 
+CI_VARIABLES = (
+    "GITHUB_ACTIONS",
+    "GITHUB_RUN_ID",
+    "GITLAB_CI",
+    "CI_JOB_URL",
+    "BUILDKITE",
+    "JENKINS_URL",
+    "BUILD_URL",
+    "CIRCLECI",
+    "TF_BUILD",
+)
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """The config layer rejects unknown ORCH_* variables and honours known ones, so a stray export on
@@ -47,6 +60,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(ENV_PREFIX):
             monkeypatch.delenv(name)
+    # Run inside a CI job, the default actor and the recorded job link would come from the CI's own
+    # variables (orchestrator/identity.py); tests that want them set them.
+    for name in CI_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(autouse=True)
