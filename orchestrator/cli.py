@@ -764,12 +764,15 @@ def _print_prune(result: PruneResult) -> None:
     show_default=True,
     help="Port to bind (PORT, as given by the orchestrator to the containers it runs).",
 )
-def serve(host: str, port: int) -> None:
-    """Serve /health and /version (the revision baked in at build time) over HTTP."""
+@click.pass_obj
+def serve(inv: Invocation, host: str, port: int) -> None:
+    """Serve the dashboard, the read-only JSON API under /api/, /health and /version (the revision
+    baked in at build time) over HTTP."""
     from orchestrator.logging import get_logger
     from orchestrator.web import make_server, revision
+    from orchestrator.web.app import Backend, create_app
 
-    server = make_server(host, port)
+    server = make_server(host, port, app=create_app(Backend(inv.config_path)))
     get_logger().info("serving", host=host, port=port, revision=revision())
     try:
         server.serve_forever()

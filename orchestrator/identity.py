@@ -105,8 +105,11 @@ MAX_CI_URL = 500  # the column width
 
 
 def ci_url(env: Mapping[str, str] | None = None) -> str | None:
-    """A link to the CI job, recorded beside the actor; None outside CI (or when too long to be one)."""
+    """A link to the CI job, recorded beside the actor; None outside CI. Only http(s) links of at most
+    the column's width are kept: the dashboard renders it as a link, and ``javascript:`` is not one."""
     job = ci_job(env)
     if job is None or job.url is None or len(job.url) > MAX_CI_URL:
+        return None
+    if not job.url.lower().startswith(("https://", "http://")):
         return None
     return job.url

@@ -538,3 +538,33 @@ def register_gate(gate_factory: Callable[..., type[Gate]]) -> Iterator[Callable[
             registered.remove(gate)
         if not registered:
             registry.pop(gate.edge, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# the dashboard's browser tests
+
+CHROMIUM = os.environ.get("ORCHESTRATOR_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless chromium (Debian's, driven by Playwright; no browser download) for the session."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: 'apt-get install -y chromium' (scripts/bootstrap.sh does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    try:
+        yield context.new_page()
+    finally:
+        context.close()

@@ -129,6 +129,11 @@ class History:
         with self._store._session() as s:
             return [RunRecord.of(r) for r in s.scalars(q)]
 
+    def apps(self) -> list[str]:
+        """Every app with a recorded run."""
+        with self._store._session() as s:
+            return sorted(s.scalars(sa.select(Run.app).distinct()))
+
     def count_runs(self, f: RunFilter) -> int:
         q = sa.select(sa.func.count()).select_from(_run_query(f).subquery())
         with self._store._session() as s:
