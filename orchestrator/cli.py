@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from orchestrator import identity
 from orchestrator.errors import BadInput, Conflict, OrchestratorError
 
 # Everything else is imported inside the commands that need it: `--help`, `--version` and a usage error
@@ -63,7 +64,7 @@ class Invocation:
 
             if self.verbose:
                 _echo(f"database: {describe_database(self.config)}", err=True)
-            self._store = Store(self.config.settings.database_url, upgrade=upgrade)
+            self._store = Store(self.config.settings.database_url, upgrade=upgrade, ci_url=identity.ci_url())
         return self._store
 
     def service(self) -> RunService:
@@ -212,7 +213,9 @@ def run() -> None:
 @run.command("start")
 @click.option("--app", required=True, help="App name from orchestrator.toml.")
 @click.option("--sha", required=True, help="Full 40-character commit sha that CI validated.")
-@click.option("--actor", default=None, help="Who started the run (default: the OS user).")
+@click.option(
+    "--actor", default=None, help="Who started the run (default: the CI job's user, else the OS user)."
+)
 @command
 def run_start(inv: Invocation, *, app: str, sha: str, actor: str | None, as_json: bool) -> None:
     """Start a run for APP at SHA in development."""
@@ -226,7 +229,9 @@ def run_start(inv: Invocation, *, app: str, sha: str, actor: str | None, as_json
 @cli.command()
 @click.argument("run_id", type=int)
 @click.option("--to", "to", required=True, help="Target state (deploy-staging or deploy).")
-@click.option("--actor", default=None, help="Who asked for the move (default: the OS user).")
+@click.option(
+    "--actor", default=None, help="Who asked for the move (default: the CI job's user, else the OS user)."
+)
 @click.option(
     "--wait",
     "wait_s",
@@ -322,32 +327,91 @@ def runs() -> None:
 @runs.command("list")
 @click.option("--app", default=None)
 @click.option("--state", default=None, help="Only runs in this state.")
+@click.option(
+    "--outcome", default=None, help="Only runs whose last transition ended so (failed, succeeded, ...)."
+)
+@click.option("--sha", "sha_prefix", default=None, help="Only runs of commits starting with this prefix.")
+@click.option("--actor", default=None, help="Only runs started or moved by this actor.")
+@click.option("--since", default=None, help="Only runs created since: 30d, 12h, or an ISO date.")
+@click.option("--until", default=None, help="Only runs created before: 30d, 12h, or an ISO date.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--page", type=click.IntRange(1), default=1, show_default=True, help="Page of --limit runs.")
 @command
-def runs_list(inv: Invocation, *, app: str | None, state: str | None, limit: int, as_json: bool) -> None:
-    """List runs, newest first."""
+def runs_list(
+    inv: Invocation,
+    *,
+    app: str | None,
+    state: str | None,
+    outcome: str | None,
+    sha_prefix: str | None,
+    actor: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    page: int,
+    as_json: bool,
+) -> None:
+    """List runs, newest first, with the outcome and reason of each one's last transition."""
+    from orchestrator.gates import first_line
     from orchestrator.machine import State
+    from orchestrator.store.history import History, RunFilter, parse_when
 
     if state is not None:
         state = State.parse(state).value
-    records = inv.store().list_runs(app=app, state=state, limit=limit)
+    found = RunFilter(
+        app=app,
+        state=state,
+        outcome=outcome,
+        sha_prefix=sha_prefix,
+        actor=actor,
+        since=parse_when(since) if since else None,
+        until=parse_when(until) if until else None,
+    )
+    history = History(inv.store())
+    records = history.runs(found, limit=limit, offset=(page - 1) * limit)
     if as_json:
         _print_json({"runs": [r.as_dict() for r in records]})
         return
     if not records:
         _echo("no runs")
-    for r in records:
-        _echo(
-            f"{r.id:>6}  {r.app:<20} {r.sha[:12]}  {r.state:<15} {r.actor:<16} "
-            f"{r.created_at:%Y-%m-%d %H:%M:%S}"
+        return
+    from orchestrator.tables import Column, render, took, when
+
+    rows = [
+        (
+            r.run.id,
+            r.run.app,
+            r.run.sha[:12],
+            r.run.state,
+            r.outcome,
+            r.run.actor,
+            when(r.run.created_at),
+            took(r.last.started_at, r.last.finished_at) if r.last else "-",
+            first_line(r.reason) if r.reason and r.outcome != "succeeded" else "",
         )
+        for r in history.summaries(records)
+    ]
+    columns = [
+        Column("run", 6, "right"),
+        Column("app", 20),
+        Column("sha", 12),
+        Column("state", 15),
+        Column("outcome", 11, styled=True),
+        Column("actor", 16),
+        Column("created", 19),
+        Column("took", 6, "right"),
+        Column("reason"),
+    ]
+    _echo(render(columns, rows, tty=sys.stdout.isatty()))
+    if len(records) == limit:
+        _echo(f"(page {page}; --page {page + 1} for older runs)", err=True)
 
 
 @runs.command("show")
 @click.argument("run_id", type=int)
 @command
 def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
-    """Show RUN_ID with every transition and gate result."""
+    """Show RUN_ID with every transition, gate result (with its evidence), step and release."""
     from orchestrator.gates import first_line
 
     store = inv.store()
@@ -363,15 +427,25 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
             }
         )
         return
-    _echo(f"run {record.id}: {record.app} @ {record.sha}  state={record.state}  actor={record.actor}")
+    from orchestrator.store.history import revision_evidence
+    from orchestrator.tables import took
+
+    _echo(
+        f"run {record.id}: {record.app} @ {record.sha}  state={record.state}  actor={record.actor}"
+        + (f"  ci={record.ci_url}" if record.ci_url else "")
+    )
     for t in transitions:
         _echo(
             f"  #{t.id} {t.from_state} -> {t.to_state}  {t.outcome}  by {t.actor}  "
-            f"{t.started_at:%Y-%m-%d %H:%M:%S}" + (f"  ({first_line(t.reason)})" if t.reason else "")
+            f"{t.started_at:%Y-%m-%d %H:%M:%S}  took {took(t.started_at, t.finished_at)}"
+            + (f"  ({first_line(t.reason)})" if t.reason else "")
         )
         for c in t.checks:
             # The whole reason, evidence included, under its check (the transition line has its summary).
             _echo(_hanging(f"      {c.status:<8} {c.name:<32} {c.duration_s:7.3f}s  ", c.reason, indent=10))
+            expected, found = revision_evidence(c.details)
+            if expected or found:
+                _echo(f"          revision: expected {expected or '-'}, found {found or '-'}")
         if t.steps:
             _echo("      steps: " + ", ".join(_step_text(st) for st in t.steps))
     for rel in releases:
@@ -383,13 +457,98 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
         )
 
 
+@cli.command("audit")
+@click.argument("app", required=False)
+@click.option("--since", default=None, help="Only entries since: 30d, 12h, or an ISO date.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@command
+def audit_cmd(inv: Invocation, app: str | None, *, since: str | None, limit: int, as_json: bool) -> None:
+    """Who did what, in time order: runs, transitions, locks, freezes, rollbacks, recoveries, with the
+    CI job each came from."""
+    from orchestrator.store.history import History, parse_when
+
+    entries = History(inv.store()).audit(app, parse_when(since) if since else None, limit)
+    if as_json:
+        _print_json({"entries": [e.as_dict() for e in entries]})
+        return
+    if not entries:
+        _echo("nothing recorded")
+        return
+    from orchestrator.tables import Column, render, when
+
+    rows = [
+        (when(e.at), e.kind, e.app or "*", e.environment or "", e.actor, e.message, e.ci_url or "")
+        for e in entries
+    ]
+    columns = [
+        Column("at", 19),
+        Column("what", 16),
+        Column("app", 16),
+        Column("env", 8),
+        Column("actor", 16),
+        Column("message", 0),
+        Column("ci job"),
+    ]
+    _echo(render(columns, rows, tty=sys.stdout.isatty()))
+
+
+@cli.command("releases")
+@click.argument("app")
+@click.option("--env", "environment", default=None, help="Only this environment (staging, prod).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@command
+def releases_cmd(inv: Invocation, app: str, *, environment: str | None, limit: int, as_json: bool) -> None:
+    """What ran in each environment of APP, from when to when, newest first."""
+    from orchestrator.store.history import History
+
+    if environment is not None:
+        from orchestrator.machine import parse_environment
+
+        environment = parse_environment(environment)
+    periods = History(inv.store()).release_periods(app, environment, limit)
+    if as_json:
+        _print_json({"app": app, "releases": [p.as_dict() for p in periods]})
+        return
+    if not periods:
+        _echo(f"no releases of {app}")
+        return
+    from orchestrator.tables import Column, render, when
+
+    rows = [
+        (
+            p.release.id,
+            p.release.environment,
+            p.release.kind,
+            p.release.revision[:12],
+            p.release.run_id if p.release.run_id is not None else "-",
+            when(p.since),
+            when(p.until) if p.until else "now",
+            p.actor or "-",
+            p.release.reason or "",
+        )
+        for p in periods
+    ]
+    columns = [
+        Column("release", 7, "right"),
+        Column("env", 8),
+        Column("kind", 8),
+        Column("revision", 12),
+        Column("run", 5, "right"),
+        Column("from", 19),
+        Column("until", 19),
+        Column("actor", 16),
+        Column("reason"),
+    ]
+    _echo(render(columns, rows, tty=sys.stdout.isatty()))
+
+
 def _step_text(step: Any) -> str:
     return step.name if step.status == "done" else f"{step.name} ({step.status})"
 
 
 @cli.command("recover")
 @click.argument("app", required=False)
-@click.option("--actor", default=None, help="Who recovers (default: the OS user).")
+@click.option("--actor", default=None, help="Who recovers (default: the CI job's user, else the OS user).")
 @command
 def recover_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json: bool) -> None:
     """Reconcile transitions and locks left by dead runners with what really runs, and free them."""
@@ -429,7 +588,7 @@ def locks_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
 @click.argument("app")
 @click.option("--env", "environment", required=True, help="Environment to hold (staging or prod).")
 @click.option("--reason", required=True, help="Why; shown to everyone the lock stops.")
-@click.option("--actor", default=None, help="Who holds it (default: the OS user).")
+@click.option("--actor", default=None, help="Who holds it (default: the CI job's user, else the OS user).")
 @command
 def lock_cmd(
     inv: Invocation, app: str, *, environment: str, reason: str, actor: str | None, as_json: bool
@@ -448,7 +607,7 @@ def lock_cmd(
 @click.argument("app")
 @click.option("--env", "environment", required=True, help="Environment to release (staging or prod).")
 @click.option("--force", is_flag=True, help="Take the lock even from a live holder (recorded).")
-@click.option("--actor", default=None, help="Who unlocks (default: the OS user).")
+@click.option("--actor", default=None, help="Who unlocks (default: the CI job's user, else the OS user).")
 @command
 def unlock_cmd(
     inv: Invocation, app: str, *, environment: str, force: bool, actor: str | None, as_json: bool
@@ -469,7 +628,7 @@ def unlock_cmd(
 @cli.command("freeze")
 @click.argument("app", required=False)
 @click.option("--reason", required=True, help="Why the line stops; shown to every blocked advance.")
-@click.option("--actor", default=None, help="Who freezes (default: the OS user).")
+@click.option("--actor", default=None, help="Who freezes (default: the CI job's user, else the OS user).")
 @command
 def freeze_cmd(inv: Invocation, app: str | None, *, reason: str, actor: str | None, as_json: bool) -> None:
     """Stop the line: no run of APP (or of any app) may advance until unfrozen. Rollback still works."""
@@ -484,7 +643,7 @@ def freeze_cmd(inv: Invocation, app: str | None, *, reason: str, actor: str | No
 
 @cli.command("unfreeze")
 @click.argument("app", required=False)
-@click.option("--actor", default=None, help="Who unfreezes (default: the OS user).")
+@click.option("--actor", default=None, help="Who unfreezes (default: the CI job's user, else the OS user).")
 @command
 def unfreeze_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json: bool) -> None:
     """Let runs of APP (or, without APP, of every app) advance again."""
@@ -504,7 +663,7 @@ def unfreeze_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json
     "--to", "to", type=int, default=None, help="Release id to return to (default: the previous one)."
 )
 @click.option("--reason", default=None, help="Why; recorded with the rollback release.")
-@click.option("--actor", default=None, help="Who rolls back (default: the OS user).")
+@click.option("--actor", default=None, help="Who rolls back (default: the CI job's user, else the OS user).")
 @command
 def rollback_cmd(
     inv: Invocation,
@@ -582,7 +741,7 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
 @cli.command("prune")
 @click.argument("app", required=False)
 @click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
-@click.option("--actor", default=None, help="Who prunes (default: the OS user).")
+@click.option("--actor", default=None, help="Who prunes (default: the CI job's user, else the OS user).")
 @command
 def prune_cmd(inv: Invocation, app: str | None, *, dry_run: bool, actor: str | None, as_json: bool) -> None:
     """Remove APP's (or every app's) images, stopped containers and override anchors that no kept
@@ -664,12 +823,15 @@ def _print_prune(result: PruneResult) -> None:
     show_default=True,
     help="Port to bind (PORT, as given by the orchestrator to the containers it runs).",
 )
-def serve(host: str, port: int) -> None:
-    """Serve /health and /version (the revision baked in at build time) over HTTP."""
+@click.pass_obj
+def serve(inv: Invocation, host: str, port: int) -> None:
+    """Serve the dashboard, the read-only JSON API under /api/, /health and /version (the revision
+    baked in at build time) over HTTP."""
     from orchestrator.logging import get_logger
     from orchestrator.web import make_server, revision
+    from orchestrator.web.app import Backend, create_app
 
-    server = make_server(host, port)
+    server = make_server(host, port, app=create_app(Backend(inv.config_path)))
     get_logger().info("serving", host=host, port=port, revision=revision())
     try:
         server.serve_forever()

@@ -217,6 +217,16 @@ def rollback(
                     )
                 intent = ReleaseIntent.rollback(env, target, reason=why, override=done.override)
                 release = record_release(store, app, intent, run_id=target.run_id, transition_id=None)
+                # A rollback has no transition to carry its actor: the audit trail gets it from here.
+                store.record_event(
+                    "rollback",
+                    actor,
+                    why,
+                    app=app.name,
+                    environment=env,
+                    run_id=target.run_id,
+                    details={"release_id": release.id, "from_release": current.id, "to_release": target.id},
+                )
                 log.info("rollback_finished", release=release.id)
         finally:
             store.release_locks(app.name, [env], me)

@@ -7,7 +7,6 @@ recording each result as it lands, then close the transition and move the run in
 
 from __future__ import annotations
 
-import getpass
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from orchestrator import identity
 from orchestrator.config import AppConfig, Config, check_app_paths
 from orchestrator.errors import BadInput, Conflict, InfraUnavailable, OrchestratorError
 from orchestrator.gates import (
@@ -80,10 +80,8 @@ LOCK_POLL_S = 0.2
 
 
 def default_actor() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+    """``--actor`` unset: the CI's name for who triggered the job, else the OS user."""
+    return identity.default_actor()
 
 
 MAX_ACTOR = 200  # the column width; longer would fail in PostgreSQL, not here

@@ -43,6 +43,8 @@ ensure_tools() {
   if ! { [ -x /usr/bin/busybox ] && ! ldd /usr/bin/busybox >/dev/null 2>&1; }; then
     apt_install busybox-static
   fi
+  # The dashboard's browser tests drive Debian's chromium through Playwright (no browser download).
+  command -v chromium >/dev/null || apt_install chromium
 }
 
 docker_answers() { timeout 10 docker info >/dev/null 2>&1; }

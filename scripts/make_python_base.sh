@@ -5,7 +5,8 @@
 # it (PIP_NO_INDEX, PIP_FIND_LINKS) so `pip install` inside a build needs no network.
 #
 # Usage: bash scripts/make_python_base.sh [IMAGE]   (default orchestrator-python-base:bookworm)
-# Cached by image name: an existing image is reused. About a minute the first time.
+# Cached by image name: an existing image is reused (so name it after the dependencies it carries, as
+# tests/integration/test_self_deploy.py does). About a minute the first time.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IMAGE="${1:-orchestrator-python-base:bookworm}"
@@ -37,7 +38,8 @@ debootstrap --variant=minbase --include=python3,python3-pip,python3-venv bookwor
 rm -rf "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"*
 
 say "building the wheelhouse on the host (pip wheel)"
-"$PY" -m pip wheel -q --disable-pip-version-check -w "$work/rootfs/wheels" "$ROOT" hatchling "psycopg[binary]"
+"$PY" -m pip wheel -q --disable-pip-version-check -c "$ROOT/constraints.txt" -w "$work/rootfs/wheels" \
+  "$ROOT" hatchling "psycopg[binary]"
 rm -f "$work/rootfs/wheels/"orchestrator-*.whl  # the image under test builds the project itself
 
 say "importing $IMAGE"

@@ -40,6 +40,19 @@ from orchestrator.store.repository import Store
 # environment hygiene
 
 
+CI_VARIABLES = (
+    "GITHUB_ACTIONS",
+    "GITHUB_RUN_ID",
+    "GITLAB_CI",
+    "CI_JOB_URL",
+    "BUILDKITE",
+    "JENKINS_URL",
+    "BUILD_URL",
+    "CIRCLECI",
+    "TF_BUILD",
+)
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """The config layer rejects unknown ORCH_* variables and honours known ones, so a stray export on
@@ -47,6 +60,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(ENV_PREFIX):
             monkeypatch.delenv(name)
+    # Run inside a CI job, the default actor and the recorded job link would come from the CI's own
+    # variables (orchestrator/identity.py); tests that want them set them.
+    for name in CI_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(autouse=True)
@@ -521,3 +538,33 @@ def register_gate(gate_factory: Callable[..., type[Gate]]) -> Iterator[Callable[
             registered.remove(gate)
         if not registered:
             registry.pop(gate.edge, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# the dashboard's browser tests
+
+CHROMIUM = os.environ.get("ORCHESTRATOR_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless chromium (Debian's, driven by Playwright; no browser download) for the session."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: 'apt-get install -y chromium' (scripts/bootstrap.sh does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    try:
+        yield context.new_page()
+    finally:
+        context.close()

@@ -36,8 +36,10 @@ class Run(Base):
     sha: Mapped[str] = mapped_column(String(40))
     state: Mapped[str] = mapped_column(String(32), index=True)
     actor: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The CI job that did it (a GitHub Actions run, a GitLab job), when in CI: orchestrator/identity.py.
+    ci_url: Mapped[str | None] = mapped_column(String(500))
 
     transitions: Mapped[list[Transition]] = relationship(
         back_populates="run", order_by="Transition.id", cascade="all, delete-orphan"
@@ -69,6 +71,8 @@ class Transition(Base):
     holder_pid: Mapped[int | None] = mapped_column(Integer)
     holder_start: Mapped[str | None] = mapped_column(String(32))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The CI job that did it (a GitHub Actions run, a GitLab job), when in CI: orchestrator/identity.py.
+    ci_url: Mapped[str | None] = mapped_column(String(500))
 
     run: Mapped[Run] = relationship(back_populates="transitions")
     gate_results: Mapped[list[GateResultRow]] = relationship(
@@ -132,6 +136,8 @@ class Release(Base):
     compose_sha256: Mapped[str | None] = mapped_column(String(80))
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The CI job that did it (a GitHub Actions run, a GitLab job), when in CI: orchestrator/identity.py.
+    ci_url: Mapped[str | None] = mapped_column(String(500))
 
 
 class EnvironmentLock(Base):
@@ -155,6 +161,8 @@ class EnvironmentLock(Base):
     holder_start: Mapped[str | None] = mapped_column(String(32))
     # None: never expires (a hand-held lock stays until `orchestrator unlock`).
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The CI job that did it (a GitHub Actions run, a GitLab job), when in CI: orchestrator/identity.py.
+    ci_url: Mapped[str | None] = mapped_column(String(500))
 
 
 class Freeze(Base):
@@ -166,6 +174,8 @@ class Freeze(Base):
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text)
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The CI job that did it (a GitHub Actions run, a GitLab job), when in CI: orchestrator/identity.py.
+    ci_url: Mapped[str | None] = mapped_column(String(500))
 
 
 class LockWaiter(Base):
@@ -198,3 +208,5 @@ class Event(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     transition_id: Mapped[int | None] = mapped_column(ForeignKey("transitions.id", ondelete="SET NULL"))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The CI job that did it (a GitHub Actions run, a GitLab job), when in CI: orchestrator/identity.py.
+    ci_url: Mapped[str | None] = mapped_column(String(500))

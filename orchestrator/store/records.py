@@ -57,11 +57,19 @@ class RunRecord:
     actor: str
     created_at: datetime
     updated_at: datetime
+    ci_url: str | None = None
 
     @classmethod
     def of(cls, row: Run) -> RunRecord:
         return cls(
-            row.id, row.app, row.sha, row.state, row.actor, _aware(row.created_at), _aware(row.updated_at)
+            row.id,
+            row.app,
+            row.sha,
+            row.state,
+            row.actor,
+            _aware(row.created_at),
+            _aware(row.updated_at),
+            row.ci_url,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -151,6 +159,7 @@ class TransitionRecord:
     steps: tuple[StepRecord, ...] = ()
     holder: Holder | None = None
     lease_expires_at: datetime | None = None
+    ci_url: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -182,6 +191,7 @@ class ReleaseRecord:
     created_at: datetime
     transition_id: int | None = None
     compose_sha256: str | None = None
+    ci_url: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -213,6 +223,7 @@ def _release(row: Release) -> ReleaseRecord:
         _aware(row.created_at),
         row.transition_id,
         row.compose_sha256,
+        row.ci_url,
     )
 
 
@@ -236,6 +247,7 @@ def _transition(row: Transition) -> TransitionRecord:
         tuple(_step(st) for st in row.steps),
         holder_of(row.holder_host, row.holder_pid, row.holder_start),
         _aware(row.lease_expires_at),
+        row.ci_url,
     )
 
 
@@ -280,6 +292,7 @@ class LockRecord:
     reason: str | None
     process: Holder | None
     lease_expires_at: datetime | None
+    ci_url: str | None = None
 
     @classmethod
     def of(cls, row: EnvironmentLock) -> LockRecord:
@@ -294,6 +307,7 @@ class LockRecord:
             row.reason,
             holder_of(row.holder_host, row.holder_pid, row.holder_start),
             _aware(row.lease_expires_at),
+            row.ci_url,
         )
 
     def liveness(self, now: datetime | None = None) -> str:
@@ -366,10 +380,11 @@ class FreezeRecord:
     actor: str
     reason: str
     since: datetime
+    ci_url: str | None = None
 
     @classmethod
     def of(cls, row: Freeze) -> FreezeRecord:
-        return cls(row.app, row.actor, row.reason, _aware(row.since))
+        return cls(row.app, row.actor, row.reason, _aware(row.since), row.ci_url)
 
     def describe(self) -> str:
         scope = "every app" if self.app == ALL_APPS else self.app
@@ -391,6 +406,7 @@ class EventRecord:
     run_id: int | None
     transition_id: int | None
     details: dict[str, Any]
+    ci_url: str | None = None
 
     @classmethod
     def of(cls, row: Event) -> EventRecord:
@@ -405,6 +421,7 @@ class EventRecord:
             row.run_id,
             row.transition_id,
             dict(row.details or {}),
+            row.ci_url,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -66,12 +66,24 @@ def _held_by(model: type[Transition] | type[EnvironmentLock], holder: Holder) ->
 
 
 class Store:
-    def __init__(self, url: str, *, upgrade: bool = True) -> None:
+    def __init__(self, url: str, *, upgrade: bool = True, ci_url: str | None = None) -> None:
+        """``ci_url``: the CI job this process runs in (orchestrator/identity.py). Every run,
+        transition, lock, freeze, event and release this store writes carries it beside its actor."""
         self.url = url
+        self.ci_url = ci_url
         self.engine = db.make_engine(url)
         if upgrade:
             db.ensure_schema(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if ci_url is not None:
+            sa.event.listen(self._sessions, "before_flush", self._stamp_ci_url)
+
+    def _stamp_ci_url(self, session: Session, _context: Any, _instances: Any) -> None:
+        # One place rather than a parameter on every write: one process is one CI job, and a write
+        # method that forgot the link would leave a hole in the audit trail nobody notices.
+        for row in session.new:
+            if hasattr(row, "ci_url") and row.ci_url is None:
+                row.ci_url = self.ci_url
 
     def close(self) -> None:
         self.engine.dispose()
@@ -585,7 +597,7 @@ class Store:
                 row = Freeze(app=key, actor=actor, reason=reason, since=utcnow())
                 s.add(row)
             else:
-                row.actor, row.reason, row.since = actor, reason, utcnow()
+                row.actor, row.reason, row.since, row.ci_url = actor, reason, utcnow(), self.ci_url
             s.flush()
             s.add(Event(app=app, kind="freeze", actor=actor, message=reason, details={}))
             return FreezeRecord.of(row)

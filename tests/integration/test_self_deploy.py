@@ -7,6 +7,7 @@ Slow (a Python base image via debootstrap, about a minute the first time, cached
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import subprocess
 import uuid
@@ -23,7 +24,10 @@ if TYPE_CHECKING:
     from conftest import Cli, Workspace
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE_IMAGE = "orchestrator-python-base:bookworm"
+# Keyed on the dependencies: the base carries a wheelhouse of them, and a base made before a dependency
+# was added would fail the image's offline pip install.
+_DEPS = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes())
+BASE_IMAGE = f"orchestrator-python-base:bookworm-{_DEPS.hexdigest()[:12]}"
 
 pytestmark = pytest.mark.docker
 

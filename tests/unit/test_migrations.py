@@ -75,6 +75,7 @@ def seed(conn: sa.Connection, tag: str) -> dict[str, Any]:
         sha="a" * 40,
         state="deploy-staging",
         actor="ci",
+        ci_url="https://ci.example/jobs/1",
         created_at=now,
         updated_at=now,
     )

@@ -1,0 +1,312 @@
+"""Read-only queries over the recorded history for `runs list`, `audit`, `releases` and the dashboard.
+
+Kept apart from repository.py (the writes the service needs) so the read side can grow (filters,
+paging, the metrics a later change adds) without touching the code that moves runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator.errors import BadInput
+from orchestrator.store.models import Event, Release, Run, Transition, utcnow
+from orchestrator.store.records import (
+    ReleaseRecord,
+    RunRecord,
+    TransitionRecord,
+    _aware,
+    _iso,
+    _release,
+    _transition,
+)
+from orchestrator.store.repository import Store
+
+NO_TRANSITION = "none"
+# The event a rollback records (orchestrator/releases.py), with the release it made in its details.
+ROLLBACK_EVENT = "rollback"
+OUTCOMES = ("in_progress", "succeeded", "failed", "aborted", "interrupted", "superseded", NO_TRANSITION)
+MAX_PAGE_SIZE = 10_000
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_when(raw: str, *, now: datetime | None = None) -> datetime:
+    """``30d``, ``12h``, ``15m`` (that long ago) or an ISO date/time (UTC unless it says otherwise)."""
+    text = raw.strip()
+    match = _DURATION.match(text)
+    if match:
+        return (now or utcnow()) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadInput(
+            f"time {raw!r} is neither a duration (30d, 12h, 15m) nor an ISO date (2026-11-30 or "
+            "2026-11-30T14:00)"
+        ) from None
+    return _aware(value)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """What `runs list --app/--state/--outcome/--sha/--actor/--since/--until` and ``/api/runs`` ask for."""
+
+    app: str | None = None
+    state: str | None = None
+    outcome: str | None = None
+    sha_prefix: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome is not None and self.outcome not in OUTCOMES:
+            raise BadInput(f"outcome {self.outcome!r} is not one of {', '.join(OUTCOMES)}")
+        if self.sha_prefix is not None and not re.fullmatch(r"[0-9a-fA-F]{1,40}", self.sha_prefix):
+            raise BadInput(f"sha prefix {self.sha_prefix!r} is not 1 to 40 hex characters")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run with what a list needs to say about it: its last transition's edge, outcome and reason."""
+
+    run: RunRecord
+    last: TransitionRecord | None
+
+    @property
+    def outcome(self) -> str:
+        return self.last.outcome if self.last else NO_TRANSITION
+
+    @property
+    def reason(self) -> str | None:
+        return self.last.reason if self.last else None
+
+
+def _last_transition_id() -> sa.ScalarSelect[Any]:
+    newest = sa.select(sa.func.max(Transition.id)).where(Transition.run_id == Run.id)
+    return newest.correlate(Run).scalar_subquery()
+
+
+def _run_query(f: RunFilter) -> sa.Select[Any]:
+    q = sa.select(Run)
+    if f.app:
+        q = q.where(Run.app == f.app)
+    if f.state:
+        q = q.where(Run.state == f.state)
+    if f.sha_prefix:
+        q = q.where(Run.sha.startswith(f.sha_prefix.lower(), autoescape=True))
+    if f.actor:
+        by_transition = sa.exists().where(Transition.run_id == Run.id, Transition.actor == f.actor)
+        q = q.where(sa.or_(Run.actor == f.actor, by_transition))
+    if f.since:
+        q = q.where(Run.created_at >= f.since)
+    if f.until:
+        q = q.where(Run.created_at < f.until)
+    if f.outcome == NO_TRANSITION:
+        q = q.where(~sa.exists().where(Transition.run_id == Run.id))
+    elif f.outcome:
+        q = q.where(
+            sa.exists().where(Transition.id == _last_transition_id(), Transition.outcome == f.outcome)
+        )
+    return q
+
+
+class History:
+    """The read side of a Store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def runs(self, f: RunFilter, *, limit: int = 20, offset: int = 0) -> list[RunRecord]:
+        """Newest first; ``offset`` counts runs already shown (page N is offset (N-1)*limit)."""
+        q = _run_query(f).order_by(Run.id.desc()).limit(limit).offset(offset)
+        with self._store._session() as s:
+            return [RunRecord.of(r) for r in s.scalars(q)]
+
+    def apps(self) -> list[str]:
+        """Every app with a recorded run."""
+        with self._store._session() as s:
+            return sorted(s.scalars(sa.select(Run.app).distinct()))
+
+    def count_runs(self, f: RunFilter) -> int:
+        q = sa.select(sa.func.count()).select_from(_run_query(f).subquery())
+        with self._store._session() as s:
+            return int(s.scalar(q) or 0)
+
+    def summaries(self, runs: Sequence[RunRecord]) -> list[RunSummary]:
+        """Each run with its last transition, in one query for the page."""
+        ids = [r.id for r in runs]
+        last: dict[int, TransitionRecord] = {}
+        if ids:
+            newest = (
+                sa.select(sa.func.max(Transition.id))
+                .where(Transition.run_id.in_(ids))
+                .group_by(Transition.run_id)
+            )
+            with self._store._session() as s:
+                for row in s.scalars(sa.select(Transition).where(Transition.id.in_(newest))):
+                    last[row.run_id] = _transition(row)
+        return [RunSummary(r, last.get(r.id)) for r in runs]
+
+    # audit -----------------------------------------------------------------------------------------
+
+    def audit(
+        self, app: str | None = None, since: datetime | None = None, limit: int = 1000
+    ) -> list[AuditEntry]:
+        """Who did what, oldest first: runs started, transitions (with their outcome), and every event
+        (locks, unlocks, freezes, rollbacks, recoveries). ``limit`` keeps the newest entries."""
+        entries: list[AuditEntry] = []
+        with self._store._session() as s:
+            runs = sa.select(Run).order_by(Run.created_at.desc()).limit(limit)
+            trans = (
+                sa.select(Transition, Run.app)
+                .join(Run, Run.id == Transition.run_id)
+                .order_by(Transition.started_at.desc())
+                .limit(limit)
+            )
+            events = sa.select(Event).order_by(Event.at.desc()).limit(limit)
+            if app:
+                runs, trans = runs.where(Run.app == app), trans.where(Run.app == app)
+                events = events.where(Event.app == app)
+            if since:
+                runs = runs.where(Run.created_at >= since)
+                trans = trans.where(Transition.started_at >= since)
+                events = events.where(Event.at >= since)
+            for r in s.scalars(runs):
+                entries.append(
+                    AuditEntry(
+                        _aware(r.created_at),  # type: ignore[arg-type]
+                        "run_started",
+                        r.app,
+                        None,
+                        r.actor,
+                        r.ci_url,
+                        f"run {r.id} started for {r.sha[:12]}",
+                        r.id,
+                        None,
+                    )
+                )
+            for t, t_app in s.execute(trans):
+                summary = f"run {t.run_id}: {t.from_state} -> {t.to_state} {t.outcome}"
+                if t.reason:
+                    summary += f" ({t.reason.strip().splitlines()[0]})" if t.reason.strip() else ""
+                entries.append(
+                    AuditEntry(
+                        _aware(t.started_at),  # type: ignore[arg-type]
+                        "transition",
+                        t_app,
+                        None,
+                        t.actor,
+                        t.ci_url,
+                        summary,
+                        t.run_id,
+                        t.id,
+                    )
+                )
+            for e in s.scalars(events):
+                entries.append(
+                    AuditEntry(
+                        _aware(e.at),  # type: ignore[arg-type]
+                        e.kind,
+                        e.app,
+                        e.environment,
+                        e.actor,
+                        e.ci_url,
+                        e.message,
+                        e.run_id,
+                        e.transition_id,
+                    )
+                )
+        entries.sort(key=lambda entry: entry.at)
+        return entries[-limit:]
+
+    # releases --------------------------------------------------------------------------------------
+
+    def release_periods(
+        self, app: str, environment: str | None = None, limit: int = 100
+    ) -> list[ReleasePeriod]:
+        """What ran in each environment, from when to when (the next release there ended it), newest
+        first. The actor is whoever's transition made the release; a rollback's, from its event."""
+        q = sa.select(Release, Transition.actor).outerjoin(Transition, Transition.id == Release.transition_id)
+        q = q.where(Release.app == app).order_by(Release.id.desc())
+        if environment:
+            q = q.where(Release.environment == environment)
+        rollbacks = sa.select(Event).where(Event.app == app, Event.kind == ROLLBACK_EVENT)
+        with self._store._session() as s:
+            rows = list(s.execute(q.limit(limit)))
+            by_release = {e.details.get("release_id"): e.actor for e in s.scalars(rollbacks) if e.details}
+        periods: list[ReleasePeriod] = []
+        ended: dict[str, datetime] = {}
+        for release, actor in rows:
+            record = _release(release)
+            who = actor or by_release.get(record.id)
+            periods.append(ReleasePeriod(record, who, record.created_at, ended.get(record.environment)))
+            ended[record.environment] = record.created_at
+        return periods[:limit]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: datetime
+    kind: str
+    app: str | None
+    environment: str | None
+    actor: str
+    ci_url: str | None
+    message: str
+    run_id: int | None
+    transition_id: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": _iso(self.at),
+            "kind": self.kind,
+            "app": self.app,
+            "environment": self.environment,
+            "actor": self.actor,
+            "ci_url": self.ci_url,
+            "message": self.message,
+            "run_id": self.run_id,
+            "transition_id": self.transition_id,
+        }
+
+
+@dataclass(frozen=True)
+class ReleasePeriod:
+    release: ReleaseRecord
+    actor: str | None
+    since: datetime
+    until: datetime | None = None  # None: still the environment's newest release
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.release.as_dict(),
+            "actor": self.actor,
+            "ci_url": self.release.ci_url,
+            "since": _iso(self.since),
+            "until": _iso(self.until),
+            "current": self.until is None,
+        }
+
+
+def revision_evidence(details: Any) -> tuple[str | None, str | None]:
+    """The expected and found revision a verification recorded, wherever it sits in a gate's details."""
+    if isinstance(details, dict):
+        if "expected_revision" in details or "found_revision" in details:
+            return details.get("expected_revision"), details.get("found_revision")
+        for value in details.values():
+            found = revision_evidence(value)
+            if found != (None, None):
+                return found
+    elif isinstance(details, list):
+        for value in details:
+            found = revision_evidence(value)
+            if found != (None, None):
+                return found
+    return None, None

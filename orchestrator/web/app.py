@@ -1,0 +1,271 @@
+"""The dashboard and its read-only JSON API: what runs where, the runs, their gates and evidence.
+
+Flask for routing and Jinja2 templates (autoescaped: actors, reasons and gate evidence come from users
+and apps and must never become markup). The API answers in the shapes of the CLI's ``--json`` (a test
+holds the two equal), so a script can move between them. Nothing here changes state: there is no
+endpoint to lock, freeze or roll back, so there is no token to steal.
+
+The config and the database are opened on first use, not at start: ``/health`` and ``/version`` must
+answer (the orchestrator deploys itself with them) even where no database is reachable yet.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, abort, jsonify, render_template, request
+
+from orchestrator.config import Config, load_config
+from orchestrator.errors import BadInput, OrchestratorError
+from orchestrator.machine import State
+from orchestrator.store import db
+from orchestrator.store.history import OUTCOMES, History, RunFilter, parse_when, revision_evidence
+from orchestrator.store.repository import Store
+
+if TYPE_CHECKING:
+    from orchestrator.docker_engine import DockerEngine
+    from orchestrator.releases import EnvStatus
+
+PAGE_SIZE = 50
+
+
+@dataclass
+class Backend:
+    """Where the dashboard reads from; built on first use and shared by the server's threads."""
+
+    config_path: str | None = None
+    engine_factory: Callable[[], DockerEngine] | None = None
+    _config: Config | None = None
+    _store: Store | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def config(self) -> Config:
+        with self._lock:
+            if self._config is None:
+                self._config = load_config(self.config_path)
+            return self._config
+
+    @property
+    def store(self) -> Store:
+        config = self.config
+        with self._lock:
+            if self._store is None:
+                self._store = Store(config.settings.database_url)
+            return self._store
+
+    def status(self, app: str | None = None) -> list[EnvStatus]:
+        from orchestrator.releases import status
+        from orchestrator.service import connect_engine
+
+        return status(self.config, self.store, self.engine_factory or connect_engine, app)
+
+    def sources(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "config": str(config.path) if config.path else None,
+            "config_source": config.config_source,
+            "database": db.safe_url(config.settings.database_url),
+            "database_source": config.database_source,
+        }
+
+
+def _filter_from_query() -> tuple[RunFilter, int, int]:
+    args = request.args
+    state = args.get("state") or None
+    if state is not None:
+        state = State.parse(state).value
+    since, until = args.get("since") or None, args.get("until") or None
+    found = RunFilter(
+        app=args.get("app") or None,
+        state=state,
+        outcome=args.get("outcome") or None,
+        sha_prefix=args.get("sha") or None,
+        actor=args.get("actor") or None,
+        since=parse_when(since) if since else None,
+        until=parse_when(until) if until else None,
+    )
+    try:
+        limit = min(max(int(args.get("limit", PAGE_SIZE)), 1), 10_000)
+        page = max(int(args.get("page", 1)), 1)
+    except ValueError:
+        raise BadInput("limit and page must be whole numbers") from None
+    return found, limit, page
+
+
+def _query_with(**changes: Any) -> str:
+    """The current query string with ``changes`` applied (the pager keeps the filters)."""
+    from urllib.parse import urlencode
+
+    args = {k: v for k, v in request.args.items() if v}
+    args.update({k: str(v) for k, v in changes.items()})
+    return urlencode(args)
+
+
+def _app_names(backend: Backend) -> list[str]:
+    """Configured apps and any the history knows (a dashboard may run without the apps' config)."""
+    return sorted(set(backend.config.apps) | set(History(backend.store).apps()))
+
+
+def run_detail(store: Store, run_id: int) -> dict[str, Any]:
+    """`orchestrator runs show RUN --json`."""
+    record = store.get_run(run_id)
+    return {
+        **record.as_dict(),
+        "transitions": [t.as_dict() for t in store.transitions(run_id)],
+        "releases": [r.as_dict() for r in store.releases_of_run(run_id)],
+    }
+
+
+def status_payload(backend: Backend, found: list[EnvStatus]) -> dict[str, Any]:
+    """`orchestrator status --json`."""
+    return {
+        **backend.sources(),
+        "ok": all(e.ok for e in found),
+        "drift": any(e.drift for e in found),
+        "environments": [e.as_dict() for e in found],
+    }
+
+
+def create_app(backend: Backend | None = None) -> Flask:
+    from orchestrator.web import revision
+
+    backend = backend or Backend()
+    app = Flask(__name__)
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.jinja_env.globals.update(
+        revision=revision, revision_evidence=revision_evidence, outcomes=OUTCOMES, query_with=_query_with
+    )
+
+    @app.errorhandler(OrchestratorError)
+    def domain_error(exc: OrchestratorError) -> Response | tuple[Any, int]:
+        # The CLI's error object, with the HTTP status that fits: bad input 400 (unknown run: 404),
+        # an unreachable engine or database 503.
+        status = 400 if exc.exit_code == BadInput.exit_code else 409 if exc.exit_code == 3 else 503
+        if "unknown run" in exc.message or "unknown release" in exc.message:
+            status = 404
+        payload = {"error": exc.kind, "message": exc.message, "exit_code": exc.exit_code}
+        if request.path.startswith("/api/"):
+            return jsonify(payload), status
+        return render_template("error.html", error=payload, status=status), status
+
+    @app.errorhandler(404)
+    def not_found(_exc: Exception) -> tuple[Any, int]:
+        return jsonify({"error": "not found", "path": request.path}), 404
+
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/version")
+    def version() -> Response:
+        return Response(revision() + "\n", mimetype="text/plain")
+
+    # JSON API -----------------------------------------------------------------------------------
+
+    @app.get("/api/runs")
+    def api_runs() -> Response:
+        found, limit, page = _filter_from_query()
+        runs = History(backend.store).runs(found, limit=limit, offset=(page - 1) * limit)
+        return jsonify({"runs": [r.as_dict() for r in runs]})
+
+    @app.get("/api/runs/<int:run_id>")
+    def api_run(run_id: int) -> Response:
+        return jsonify(run_detail(backend.store, run_id))
+
+    @app.get("/api/status")
+    def api_status() -> Response:
+        return jsonify(status_payload(backend, backend.status(request.args.get("app") or None)))
+
+    @app.get("/api/releases")
+    def api_releases() -> Response:
+        app_name = request.args.get("app")
+        env = request.args.get("env") or None
+        history = History(backend.store)
+        if app_name:
+            return jsonify(
+                {"app": app_name, "releases": [p.as_dict() for p in history.release_periods(app_name, env)]}
+            )
+        names = _app_names(backend)
+        return jsonify({"apps": {n: [p.as_dict() for p in history.release_periods(n, env)] for n in names}})
+
+    @app.get("/api/locks")
+    def api_locks() -> Response:
+        store = backend.store
+        return jsonify(
+            {
+                "locks": [lk.as_dict() for lk in store.locks()],
+                "freezes": [f.as_dict() for f in store.freezes()],
+            }
+        )
+
+    @app.get("/api/audit")
+    def api_audit() -> Response:
+        since = request.args.get("since") or None
+        entries = History(backend.store).audit(
+            request.args.get("app") or None, parse_when(since) if since else None
+        )
+        return jsonify({"entries": [e.as_dict() for e in entries]})
+
+    # dashboard ----------------------------------------------------------------------------------
+
+    @app.get("/")
+    def index() -> str:
+        found, limit, page = _filter_from_query()
+        history = History(backend.store)
+        runs = history.summaries(history.runs(found, limit=limit, offset=(page - 1) * limit))
+        try:
+            environments, status_error = backend.status(), None
+        except OrchestratorError as exc:  # no engine: the history is still worth showing
+            environments, status_error = [], exc.message
+        store = backend.store
+        return render_template(
+            "index.html",
+            runs=runs,
+            filters=request.args,
+            page=page,
+            more=len(runs) == limit,
+            environments=environments,
+            status_error=status_error,
+            locks=store.locks(),
+            freezes=store.freezes(),
+            apps=_app_names(backend),
+        )
+
+    @app.get("/runs/<int:run_id>")
+    def run_page(run_id: int) -> str:
+        store = backend.store
+        record = store.get_run(run_id)
+        return render_template(
+            "run.html",
+            run=record,
+            transitions=store.transitions(run_id),
+            releases=store.releases_of_run(run_id),
+        )
+
+    @app.get("/releases")
+    def releases_page() -> str:
+        history = History(backend.store)
+        names = [request.args["app"]] if request.args.get("app") else _app_names(backend)
+        env = request.args.get("env") or None
+        return render_template(
+            "releases.html", periods={n: history.release_periods(n, env) for n in names}, env=env
+        )
+
+    @app.get("/audit")
+    def audit_page() -> str:
+        since = request.args.get("since") or None
+        entries = History(backend.store).audit(
+            request.args.get("app") or None, parse_when(since) if since else None
+        )
+        return render_template("audit.html", entries=list(reversed(entries)))
+
+    @app.get("/favicon.ico")
+    def favicon() -> None:
+        abort(404)
+
+    return app

@@ -1,0 +1,102 @@
+"""Seed history straight through the store, as the service would have written it, for the dashboard's
+API and browser tests (no Docker needed), and serve the dashboard in-process on a loopback port."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from orchestrator.gates import GateResult, GateStatus
+from orchestrator.holder import Holder
+from orchestrator.store.repository import Store
+from orchestrator.web import make_server
+from orchestrator.web.app import Backend, create_app
+
+GOOD_SHA = "1" * 40
+BAD_SHA = "2" * 40
+FAILURE = "deploy_staging: shop-staging exited with code 3\n--- log ---\nfatal: cannot open the database"
+
+
+@dataclass(frozen=True)
+class Seeded:
+    good_run: int
+    bad_run: int
+    release: int
+
+
+def _gate(name: str, status: GateStatus, reason: str, **details: object) -> GateResult:
+    return GateResult(name, status, reason, details, 0.25, datetime.now(UTC))
+
+
+def seed(store: Store, app: str = "demo") -> Seeded:
+    """A run promoted to staging by ci-bot (with its release), and a failed one with evidence."""
+    me = Holder.me()
+    good = store.create_run(app, GOOD_SHA, "ci-bot", "development").id
+    t1 = store.begin_transition(
+        good,
+        "development",
+        "deploy-staging",
+        "ci-bot",
+        ["staging"],
+        target_environment="staging",
+        holder=me,
+        lease_s=60,
+    )
+    store.record_gate_result(t1, 0, _gate("commit_exists", GateStatus.PASS, "commit exists"))
+    store.record_gate_result(
+        t1,
+        1,
+        _gate(
+            "verify_staging",
+            GateStatus.PASS,
+            "staging serves it",
+            expected_revision=GOOD_SHA,
+            found_revision=GOOD_SHA,
+        ),
+    )
+    release = store.record_release(
+        app=app,
+        environment="staging",
+        image_id="sha256:" + "a" * 64,
+        revision=GOOD_SHA,
+        run_id=good,
+        transition_id=t1,
+    ).id
+    store.finish_transition(t1, outcome="succeeded", reason=None, result_state="deploy-staging")
+
+    bad = store.create_run(app, BAD_SHA, "alice", "development").id
+    t2 = store.begin_transition(
+        bad,
+        "development",
+        "deploy-staging",
+        "alice",
+        ["staging"],
+        target_environment="staging",
+        holder=me,
+        lease_s=60,
+    )
+    store.record_gate_result(t2, 0, _gate("commit_exists", GateStatus.PASS, "commit exists"))
+    store.record_gate_result(
+        t2,
+        1,
+        _gate("deploy_staging", GateStatus.FAIL, FAILURE, expected_revision=BAD_SHA, found_revision=None),
+    )
+    store.finish_transition(t2, outcome="failed", reason=FAILURE, result_state="development")
+    return Seeded(good, bad, release)
+
+
+@contextmanager
+def dashboard(port: int, config_path: str | None = None) -> Iterator[str]:
+    """The dashboard on 127.0.0.1:port behind the real hardened listener; yields its base URL."""
+    server = make_server("127.0.0.1", port, app=create_app(Backend(config_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
