@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -108,8 +108,24 @@ def _print_json(payload: dict[str, Any]) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
 
 
+def fail(
+    kind: str, message: str, exit_code: int, *, as_json: bool, details: dict[str, Any] | None = None
+) -> NoReturn:
+    """The one place an error becomes output and an exit status: with --json, one object on stdout
+    saying its kind, message and code (and its details); otherwise ``error: ...`` on stderr."""
+    if as_json:
+        _print_json({"error": kind, "message": message, "exit_code": exit_code, **(details or {})})
+    else:
+        _echo(f"error: {message}", err=True)
+    sys.exit(exit_code)
+
+
+def fail_with(exc: OrchestratorError, *, as_json: bool) -> NoReturn:
+    fail(exc.kind, exc.message, exc.exit_code, as_json=as_json, details=exc.details)
+
+
 def command(fn: F) -> F:
-    """Shared --json option and the one place errors become output and exit codes."""
+    """Shared --json option, and errors handed to ``fail``."""
 
     @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
     @click.pass_obj
@@ -118,22 +134,11 @@ def command(fn: F) -> F:
         try:
             fn(inv, *args, as_json=as_json, **kwargs)
         except OrchestratorError as exc:
-            if as_json:
-                _print_json(
-                    {"error": exc.kind, "message": exc.message, "exit_code": exc.exit_code, **exc.details}
-                )
-            else:
-                _echo(f"error: {exc.message}", err=True)
-            sys.exit(exc.exit_code)
+            fail_with(exc, as_json=as_json)
         except Interrupted as exc:
             # The edge undid its work and closed its transition before this reached us; exit as a shell
             # reports a process ended by that signal (143 for SIGTERM, 130 for SIGINT).
-            message = str(exc)
-            if as_json:
-                _print_json({"error": "interrupted", "message": message, "exit_code": exc.exit_code})
-            else:
-                _echo(f"error: {message}", err=True)
-            sys.exit(exc.exit_code)
+            fail("interrupted", str(exc), exc.exit_code, as_json=as_json)
         finally:
             inv.close()
 
@@ -158,10 +163,7 @@ class _Cli(click.Group):
         try:
             return super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
-            _print_json(
-                {"error": BadInput.kind, "message": exc.format_message(), "exit_code": BadInput.exit_code}
-            )
-            sys.exit(BadInput.exit_code)
+            fail_with(BadInput(exc.format_message()), as_json=True)
         except click.Abort:
             _echo("Aborted!", err=True)
             sys.exit(1)
@@ -643,6 +645,5 @@ def db_upgrade(inv: Invocation, *, as_json: bool) -> None:
 def main() -> None:
     try:
         cli(prog_name="orchestrator")
-    except BadInput as exc:  # raised outside any command (should not happen, but never a traceback)
-        _echo(f"error: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
+    except OrchestratorError as exc:  # raised outside any command (should not happen, but never a traceback)
+        fail_with(exc, as_json=False)

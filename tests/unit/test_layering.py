@@ -1,0 +1,36 @@
+"""The layering STYLE.md promises, checked on the source: CLI -> service -> adapters, never around.
+
+Hazard: a module below the CLI that imports click (errors used to subclass ``click.ClickException``)
+ties the domain to one front end and lets a layer print or exit behind the CLI's back; the CLI reading
+the store directly bypasses the service's validation and shapes.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "orchestrator"
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def _modules() -> dict[str, set[str]]:
+    return {str(p.relative_to(PACKAGE)): _imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_no_module_below_the_cli_imports_click() -> None:
+    offenders = [
+        name
+        for name, imported in _modules().items()
+        if name != "cli.py" and any(m == "click" or m.startswith("click.") for m in imported)
+    ]
+    assert offenders == [], f"only cli.py may import click: {offenders}"
