@@ -20,7 +20,6 @@ import structlog
 from orchestrator.config import AppConfig, Config, check_app_paths
 from orchestrator.errors import BadInput, Conflict, InfraUnavailable
 from orchestrator.gates import (
-    FAILURE_REASON,
     Gate,
     GateContext,
     GateResult,
@@ -439,7 +438,7 @@ class RunService:
                 if blocking is None:
                     outcome, reason, state = SUCCEEDED, None, machine.succeed(edge)
                 else:
-                    ctx.shared[FAILURE_REASON] = f"{blocking.name}: {first_line(blocking.reason)}"
+                    ctx.failure_reason = f"{blocking.name}: {first_line(blocking.reason)}"
                     undone = run_compensations(ctx, record)
                     checks += undone
                     reason = edge_reason([(c.name, c.reason) for c in (blocking, *undone)])
@@ -557,7 +556,7 @@ class RunService:
 
         if ctx.compensations:
             # The undos gates registered for their own side effects run first, as on a failed gate.
-            ctx.shared[FAILURE_REASON] = why
+            ctx.failure_reason = why
             with signals_deferred():
                 undone = run_compensations(ctx, record)
             why += "".join(f"; {u.name}: {u.reason}" for u in undone)
