@@ -57,3 +57,9 @@ class StepTimeout(InfraUnavailable):
     about the commit, so the edge ends as ``error`` (exit 4), told apart from a gate's ``fail``."""
 
     kind = "timeout"
+
+
+class GitError(InfraUnavailable):
+    """git could not read the app's repository (gone, not a repository, git missing or hung): nothing is
+    known about the commit, so nothing is decided (exit 4), and it is no ``DockerError``, which says the
+    engine refused. A commit that lacks what the build needs is a verdict instead (``GateFailed``)."""

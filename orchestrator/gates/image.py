@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator.deploy import Build, Deployed, Deployer
 from orchestrator.docker_engine import DockerError
+from orchestrator.errors import GateFailed
 from orchestrator.gates import (
     PROD_OUTCOME,
     ROLLBACK_PROD,
@@ -31,6 +32,8 @@ from orchestrator.machine import PROD, STAGING, TO_PROD, TO_STAGING
 def _build(ctx: GateContext) -> Build | Verdict:
     try:
         return ctx.deployer.build(ctx.sha)
+    except GateFailed as exc:  # the commit lacks what the build needs
+        return Verdict.failed(exc.message)
     except DockerError as exc:
         return Verdict.failed(
             ctx.deployer.redact(exc.message), build_log_tail=ctx.deployer.redact(exc.log)[-2000:]

@@ -22,7 +22,7 @@ from orchestrator import builders, gitrepo, verify
 from orchestrator.builders import BuilderChoice, BuilderKind
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import DockerEngine, DockerError, ImageInfo
-from orchestrator.errors import BadInput, InfraUnavailable, StepTimeout
+from orchestrator.errors import BadInput, GateFailed, InfraUnavailable, StepTimeout
 from orchestrator.logging import get_logger
 from orchestrator.steps import StepLog
 
@@ -77,7 +77,7 @@ def resolve_dockerfile(app: AppConfig, sha: str) -> str:
     existed). A context or Dockerfile missing from the commit fails the build as not buildable."""
     context = posixpath.normpath(app.context)
     if context != "." and not gitrepo.path_in_commit(app.source, sha, context):
-        raise DockerError(f"build context {context}/ is not in commit {sha[:12]} of {app.source}")
+        raise GateFailed(f"build context {context}/ is not in commit {sha[:12]} of {app.source}")
     in_context = posixpath.normpath(posixpath.join(context, app.dockerfile))
     if gitrepo.path_in_commit(app.source, sha, in_context):
         return in_context
@@ -86,7 +86,7 @@ def resolve_dockerfile(app: AppConfig, sha: str) -> str:
     if from_root != in_context and inside and gitrepo.path_in_commit(app.source, sha, from_root):
         return from_root
     looked = in_context if from_root == in_context else f"{in_context} (nor {from_root})"
-    raise DockerError(f"{looked} is not in commit {sha[:12]} of {app.source}")
+    raise GateFailed(f"{looked} is not in commit {sha[:12]} of {app.source}")
 
 
 def secret_values(app: AppConfig) -> list[str]:
@@ -162,7 +162,7 @@ def preflight(app: AppConfig, settings: Settings, sha: str) -> None:
     if choice is not None:
         try:
             dockerfile = resolve_dockerfile(app, sha)
-        except DockerError:
+        except GateFailed:
             dockerfile = None  # the build gate fails on it, with the evidence
         text = b"" if dockerfile is None else gitrepo.file_at(app.source, sha, dockerfile) or b""
         _refuse_on_legacy(app, settings, choice, dockerfile or app.dockerfile, text.decode(errors="replace"))
