@@ -34,3 +34,14 @@ def test_no_module_below_the_cli_imports_click() -> None:
         if name != "cli.py" and any(m == "click" or m.startswith("click.") for m in imported)
     ]
     assert offenders == [], f"only cli.py may import click: {offenders}"
+
+
+def test_one_http_client_inside_the_package() -> None:
+    """health probes, /version checks and the registry share httpclient.py (scripts/staging_check.py
+    runs standalone and keeps its own)."""
+    offenders = [
+        name
+        for name, imported in _modules().items()
+        if name != "httpclient.py" and {"urllib.request", "http.client"} & imported
+    ]
+    assert offenders == [], f"HTTP requests go through orchestrator/httpclient.py: {offenders}"
