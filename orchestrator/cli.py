@@ -18,17 +18,18 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from orchestrator import logging as orch_logging
+from orchestrator import views
 from orchestrator.config import Config, load_config
 from orchestrator.errors import BadInput, Conflict, OrchestratorError
 from orchestrator.gates import first_line
 from orchestrator.lifecycle import Interrupted
-from orchestrator.machine import State
-from orchestrator.service import FAILED, AdvanceResult, RunService, connect_engine
+from orchestrator.service import FAILED, AdvanceResult, RunService
 from orchestrator.store import db
 from orchestrator.store.repository import Store
 
 if TYPE_CHECKING:
     from orchestrator.prune import PruneResult
+    from orchestrator.service import PruneReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,15 +57,15 @@ class Invocation:
                 _echo(f"config: {describe_config(self._config)}", err=True)
         return self._config
 
-    def store(self, *, upgrade: bool = True) -> Store:
+    def _open_store(self, *, upgrade: bool) -> Store:
         if self._store is None:
             if self.verbose:
                 _echo(f"database: {describe_database(self.config)}", err=True)
             self._store = Store(self.config.settings.database_url, upgrade=upgrade)
         return self._store
 
-    def service(self) -> RunService:
-        return RunService(self.config, self.store())
+    def service(self, *, upgrade: bool = True) -> RunService:
+        return RunService(self.config, self._open_store(upgrade=upgrade))
 
     def close(self) -> None:
         if self._store is not None:
@@ -77,16 +78,6 @@ def describe_config(config: Config) -> str:
 
 def describe_database(config: Config) -> str:
     return f"{db.safe_url(config.settings.database_url)} ({config.database_source})"
-
-
-def sources(config: Config) -> dict[str, Any]:
-    """Which config and database a command used, for --json output (status)."""
-    return {
-        "config": str(config.path) if config.path else None,
-        "config_source": config.config_source,
-        "database": db.safe_url(config.settings.database_url),
-        "database_source": config.database_source,
-    }
 
 
 # C0 and C1 control characters other than newline and tab: an actor name or a reason carrying an
@@ -114,7 +105,7 @@ def fail(
     """The one place an error becomes output and an exit status: with --json, one object on stdout
     saying its kind, message and code (and its details); otherwise ``error: ...`` on stderr."""
     if as_json:
-        _print_json({"error": kind, "message": message, "exit_code": exit_code, **(details or {})})
+        _print_json(views.error(kind, message, exit_code, details))
     else:
         _echo(f"error: {message}", err=True)
     sys.exit(exit_code)
@@ -207,7 +198,7 @@ def run_start(inv: Invocation, *, app: str, sha: str, actor: str | None, as_json
     """Start a run for APP at SHA in development."""
     record = inv.service().start_run(app, sha, actor)
     if as_json:
-        _print_json(record.as_dict())
+        _print_json(views.run(record))
     else:
         _echo(f"run {record.id} started: {record.app} @ {record.sha} in {record.state}")
 
@@ -231,7 +222,7 @@ def advance(
     """Run the gates of RUN_ID's edge to --to; move the run, or roll it back to development."""
     result = inv.service().advance(run_id, to, actor, wait_s=wait_s)
     if as_json:
-        _print_json(result.as_dict())
+        _print_json(views.advance(result))
     else:
         _print_advance(result)
     if result.outcome == FAILED:
@@ -276,11 +267,9 @@ def runs() -> None:
 @command
 def runs_list(inv: Invocation, *, app: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first."""
-    if state is not None:
-        state = State.parse(state).value
-    records = inv.store().list_runs(app=app, state=state, limit=limit)
+    records = inv.service().list_runs(app=app, state=state, limit=limit)
     if as_json:
-        _print_json({"runs": [r.as_dict() for r in records]})
+        _print_json(views.runs(records))
         return
     if not records:
         _echo("no runs")
@@ -296,19 +285,11 @@ def runs_list(inv: Invocation, *, app: str | None, state: str | None, limit: int
 @command
 def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
     """Show RUN_ID with every transition and gate result."""
-    store = inv.store()
-    record = store.get_run(run_id)
-    transitions = store.transitions(run_id)
-    releases = store.releases_of_run(run_id)
+    history = inv.service().run_history(run_id)
     if as_json:
-        _print_json(
-            {
-                **record.as_dict(),
-                "transitions": [t.as_dict() for t in transitions],
-                "releases": [r.as_dict() for r in releases],
-            }
-        )
+        _print_json(views.run_history(history))
         return
+    record, transitions, releases = history.run, history.transitions, history.releases
     _echo(f"run {record.id}: {record.app} @ {record.sha}  state={record.state}  actor={record.actor}")
     for t in transitions:
         _echo(
@@ -341,7 +322,7 @@ def recover_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json:
     """Reconcile transitions and locks left by dead runners with what really runs, and free them."""
     reports = inv.service().recover(app, actor)
     if as_json:
-        _print_json({"recovered": [r.as_dict() for r in reports]})
+        _print_json(views.recovered(reports))
         return
     if not reports:
         _echo("nothing to recover: no transition or lock was left by a dead runner")
@@ -355,14 +336,11 @@ def recover_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json:
 @command
 def locks_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
     """List environment locks and freezes, with whether each holder is still alive."""
-    store = inv.store()
-    if app is not None:
-        inv.config.app(app)
-    held = store.locks(app)
-    freezes = [f for f in store.freezes() if app is None or f.app in (app, "*")]
+    found = inv.service().holds(app)
     if as_json:
-        _print_json({"locks": [lk.as_dict() for lk in held], "freezes": [f.as_dict() for f in freezes]})
+        _print_json(views.holds(found))
         return
+    held, freezes = found.locks, found.freezes
     if not held and not freezes:
         _echo("no locks, no freezes")
     for lk in held:
@@ -381,11 +359,9 @@ def lock_cmd(
     inv: Invocation, app: str, *, environment: str, reason: str, actor: str | None, as_json: bool
 ) -> None:
     """Hold APP's --env by hand: promotions and rollbacks of it exit 3 until 'orchestrator unlock'."""
-    from orchestrator import operator
-
-    held = operator.lock(inv.config, inv.store(), app, environment, reason=reason, actor=actor)
+    held = inv.service().lock(app, environment, reason=reason, actor=actor)
     if as_json:
-        _print_json({"lock": held.as_dict()})
+        _print_json(views.lock(held))
     else:
         _echo(held.describe())
 
@@ -400,13 +376,9 @@ def unlock_cmd(
     inv: Invocation, app: str, *, environment: str, force: bool, actor: str | None, as_json: bool
 ) -> None:
     """Release APP's --env lock: a hand-held one, one whose holder died (recovering first), or --force."""
-    from orchestrator import operator
-
-    done = operator.unlock(
-        inv.config, inv.store(), connect_engine, app, environment, force=force, actor=actor
-    )
+    done = inv.service().unlock(app, environment, force=force, actor=actor)
     if as_json:
-        _print_json(done.as_dict())
+        _print_json(views.unlocked(done))
     else:
         _echo(f"unlocked {app} {environment} ({done.how}); it was: {done.lock.describe()}")
 
@@ -418,11 +390,9 @@ def unlock_cmd(
 @command
 def freeze_cmd(inv: Invocation, app: str | None, *, reason: str, actor: str | None, as_json: bool) -> None:
     """Stop the line: no run of APP (or of any app) may advance until unfrozen. Rollback still works."""
-    from orchestrator import operator
-
-    frozen = operator.freeze(inv.config, inv.store(), app, reason=reason, actor=actor)
+    frozen = inv.service().freeze(app, reason=reason, actor=actor)
     if as_json:
-        _print_json({"freeze": frozen.as_dict()})
+        _print_json(views.freeze(frozen))
     else:
         _echo(frozen.describe())
 
@@ -433,11 +403,9 @@ def freeze_cmd(inv: Invocation, app: str | None, *, reason: str, actor: str | No
 @command
 def unfreeze_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json: bool) -> None:
     """Let runs of APP (or, without APP, of every app) advance again."""
-    from orchestrator import operator
-
-    was = operator.unfreeze(inv.config, inv.store(), app, actor=actor)
+    was = inv.service().unfreeze(app, actor=actor)
     if as_json:
-        _print_json({"unfrozen": was.as_dict()})
+        _print_json(views.unfrozen(was))
     else:
         _echo(f"unfrozen; it was: {was.describe()}")
 
@@ -462,13 +430,9 @@ def rollback_cmd(
     as_json: bool,
 ) -> None:
     """Redeploy APP's previous (or --to) release in --env by its pinned reference and verify it."""
-    from orchestrator.releases import rollback
-
-    result = rollback(
-        inv.config, inv.store(), connect_engine, app, environment, to=to, actor=actor, reason=reason
-    )
+    result = inv.service().rollback(app, environment, to=to, actor=actor, reason=reason)
     if as_json:
-        _print_json(result.as_dict())
+        _print_json(views.rollback(result))
         return
     _echo(
         f"{result.app} {result.environment}: rolled back from release {result.from_release.id} "
@@ -488,19 +452,10 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
     unhealthy, ...), so CI can use it as a check. Errors keep their codes (4: engine or database
     unreachable).
     """
-    from orchestrator.releases import status
-
-    found = status(inv.config, inv.store(), connect_engine, app)
+    found = inv.service().status(app)
     ok = all(e.ok for e in found)
     if as_json:
-        _print_json(
-            {
-                **sources(inv.config),
-                "ok": ok,
-                "drift": any(e.drift for e in found),
-                "environments": [e.as_dict() for e in found],
-            }
-        )
+        _print_json(views.status(inv.config, found))
     else:
         _echo(f"config:   {describe_config(inv.config)}")
         _echo(f"database: {describe_database(inv.config)}")
@@ -530,39 +485,20 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
 def prune_cmd(inv: Invocation, app: str | None, *, dry_run: bool, actor: str | None, as_json: bool) -> None:
     """Remove APP's (or every app's) images, stopped containers and override anchors that no kept
     release (keep_releases per environment) references."""
-    from orchestrator.prune import prune
-    from orchestrator.service import parse_actor
-
-    config = inv.config
-    names = [config.app(app).name] if app else sorted(config.apps)
-    if not names:
-        raise BadInput("no apps configured: add [apps.NAME] to orchestrator.toml")
-    who = parse_actor(actor)
-    results: list[PruneResult] = []
-    locked: dict[str, Conflict] = {}
-    with inv.service().engine() as engine:
-        for name in names:
-            try:
-                results.append(prune(config, inv.store(), engine.get, name, dry_run=dry_run, actor=who))
-            except Conflict as exc:
-                if app:
-                    raise
-                locked[name] = exc  # one busy app must not stop the housekeeping of the others
+    report = inv.service().prune(app, dry_run=dry_run, actor=actor)
     if as_json:
-        _print_json(
-            {
-                "dry_run": dry_run,
-                "apps": [r.as_dict() for r in results],
-                "locked": {name: exc.message for name, exc in locked.items()},
-            }
-        )
+        _print_json(views.prune(report))
     else:
-        for result in results:
-            _print_prune(result)
-        for name, exc in locked.items():
-            _echo(f"{name}: not pruned: {exc.message}")
-    if locked:
+        _print_prune_report(report)
+    if report.locked:
         sys.exit(Conflict.exit_code)
+
+
+def _print_prune_report(report: PruneReport) -> None:
+    for result in report.results:
+        _print_prune(result)
+    for name, exc in report.locked.items():
+        _echo(f"{name}: not pruned: {exc.message}")
 
 
 def _print_prune(result: PruneResult) -> None:
@@ -631,11 +567,10 @@ def db_group() -> None:
 @command
 def db_upgrade(inv: Invocation, *, as_json: bool) -> None:
     """Apply pending migrations explicitly (they also run automatically on first use)."""
-    store = inv.store(upgrade=False)
-    before, after = db.upgrade(store.engine)
-    url = db.safe_url(store.url)
+    before, after = inv.service(upgrade=False).upgrade_database()
+    url = db.safe_url(inv.config.settings.database_url)
     if as_json:
-        _print_json({"database": url, "from_revision": before, "to_revision": after})
+        _print_json(views.database_upgrade(url, before, after))
     elif before == after:
         _echo(f"{url} is at {after}: nothing to do")
     else:

@@ -45,3 +45,26 @@ def test_one_http_client_inside_the_package() -> None:
         if name != "httpclient.py" and {"urllib.request", "http.client"} & imported
     ]
     assert offenders == [], f"HTTP requests go through orchestrator/httpclient.py: {offenders}"
+
+
+def test_the_cli_reads_and_changes_history_only_through_the_service() -> None:
+    """Every call in cli.py of a name the Store has goes to ``inv.service()``, never to a store."""
+    from orchestrator.store.repository import Store
+
+    # close() is the Invocation's lifecycle (it opened the store for the service), not a query.
+    store_methods = {n for n in dir(Store) if not n.startswith("_")} - {"close"}
+    tree = ast.parse((PACKAGE / "cli.py").read_text(encoding="utf-8"))
+    direct = [
+        f"line {node.lineno}: .{node.func.attr}()"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in store_methods
+        and not (isinstance(node.func.value, ast.Name) and node.func.value.id == "views")
+        and not (
+            isinstance(node.func.value, ast.Call)
+            and isinstance(node.func.value.func, ast.Attribute)
+            and node.func.value.func.attr == "service"
+        )
+    ]
+    assert direct == [], f"cli.py calls the store directly: {direct}"
