@@ -21,43 +21,14 @@ from orchestrator.config import AppConfig, Settings
 from orchestrator.errors import InfraUnavailable
 from orchestrator.machine import Edge
 from orchestrator.steps import StepLog
+from orchestrator.verdict import GateStatus, Verdict
+
+__all__ = ["GateStatus", "Verdict"]  # defined in verdict.py, the gates' vocabulary
 
 if TYPE_CHECKING:
     from orchestrator.deploy import Deployer
     from orchestrator.docker_engine import DockerEngine
     from orchestrator.steps.build import Build
-
-
-class GateStatus(StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    SKIPPED = "skipped"
-    ERROR = "error"
-
-    @property
-    def blocks(self) -> bool:
-        return self in (GateStatus.FAIL, GateStatus.ERROR)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What a gate decided: the status, one line saying why, and the evidence."""
-
-    status: GateStatus
-    reason: str
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def passed(cls, reason: str, **details: Any) -> Verdict:
-        return cls(GateStatus.PASS, reason, details)
-
-    @classmethod
-    def failed(cls, reason: str, **details: Any) -> Verdict:
-        return cls(GateStatus.FAIL, reason, details)
-
-    @classmethod
-    def skipped(cls, reason: str, **details: Any) -> Verdict:
-        return cls(GateStatus.SKIPPED, reason, details)
 
 
 @dataclass(frozen=True)

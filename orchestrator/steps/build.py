@@ -25,6 +25,7 @@ from orchestrator.docker_engine import DockerEngine, DockerError, ImageInfo
 from orchestrator.errors import BadInput, GateFailed, InfraUnavailable, StepTimeout
 from orchestrator.logging import get_logger
 from orchestrator.steps import StepLog
+from orchestrator.verdict import Verdict
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,7 @@ def _buildkit(
     return image
 
 
-def guard(engine: DockerEngine, app: AppConfig, steps: StepLog, image_id: str, sha: str) -> verify.Check:
+def guard(engine: DockerEngine, app: AppConfig, steps: StepLog, image_id: str, sha: str) -> Verdict:
     """Safety layer: the image tagged <app>:<sha> is the one just built and carries the full sha."""
     tag = build_tag(app, sha)
     with steps.step("image_guard") as step:
