@@ -57,6 +57,7 @@ from orchestrator.store.repository import (
     TransitionRecord,
     UnfinishedTransition,
 )
+from orchestrator.verdict import TransitionOutcome
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
@@ -74,9 +75,8 @@ def connect_engine() -> DockerEngine:
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-ABORTED = "aborted"
+# How an edge ends (the short names are the enum's members).
+SUCCEEDED, FAILED, ABORTED = TransitionOutcome.SUCCEEDED, TransitionOutcome.FAILED, TransitionOutcome.ABORTED
 # How often a waiting advance retries the lock: well under a second, so a freed environment is taken
 # at once rather than after a long back-off.
 LOCK_POLL_S = 0.2
@@ -146,7 +146,7 @@ class AdvanceResult:
     from_state: State
     to_state: State
     state: State
-    outcome: str
+    outcome: TransitionOutcome
     reason: str | None
     checks: tuple[GateResult, ...]
 
@@ -173,7 +173,7 @@ class AdvanceResult:
             "from": self.from_state.value,
             "to": self.to_state.value,
             "state": self.state.value,
-            "outcome": self.outcome,
+            "outcome": self.outcome.value,
             "reason": self.reason,
             "failure": failure.as_dict() if failure else None,
             "checks": [c.as_dict() for c in self.checks],
@@ -749,7 +749,7 @@ class RunService:
 
     @staticmethod
     def _what_happened(transition: TransitionRecord) -> str:
-        if transition.outcome == "interrupted":
+        if transition.outcome == TransitionOutcome.INTERRUPTED:
             return f"transition {transition.id} was interrupted ({transition.reason})"
         last = transition.steps[-1] if transition.steps else None
         where = f" during step {last.name} ({last.status})" if last else " before its first step"

@@ -53,3 +53,14 @@ class Verdict:
     def check(cls, ok: bool, reason: str, details: Mapping[str, Any] | None = None) -> Verdict:
         """Pass or fail on a condition: how verifications state what they found."""
         return cls(GateStatus.PASS if ok else GateStatus.FAIL, reason, dict(details or {}))
+
+
+class TransitionOutcome(StrEnum):
+    """How an edge (a transition) ended, as recorded in its row and printed by `advance`."""
+
+    IN_PROGRESS = "in_progress"  # claimed, gates running
+    SUCCEEDED = "succeeded"  # every gate passed: the run moved
+    FAILED = "failed"  # a gate rejected the commit: undone, the run went back to development
+    ABORTED = "aborted"  # stopped without a verdict (engine gone, timeout, signal): undone, run stays
+    INTERRUPTED = "interrupted"  # stopped and could not be undone: left with its locks for `recover`
+    SUPERSEDED = "superseded"  # a newer run of the app overtook this one while it waited
