@@ -1,25 +1,24 @@
 """Alembic environment.
 
 The orchestrator hands over an open connection (``config.attributes["connection"]``) so upgrades run
-inside its own engine set-up; the ``alembic`` CLI instead reads the URL from ORCH_DATABASE_URL.
+inside its own engine set-up; the ``alembic`` CLI instead uses the database the orchestrator itself
+would (ORCH_DATABASE_URL, else the config's, else the default beside orchestrator.toml), resolved by
+orchestrator.config alone so the two can never disagree on which file is the history.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from alembic import context
 from sqlalchemy import create_engine
 
+from orchestrator.config import load_config
 from orchestrator.store.models import Base
 
 target_metadata = Base.metadata
 
 
 def _url() -> str:
-    default = f"sqlite:///{(Path.cwd() / '.orchestrator' / 'orchestrator.db').as_posix()}"
-    return os.environ.get("ORCH_DATABASE_URL") or default
+    return load_config().settings.database_url
 
 
 def run_migrations_offline() -> None:

@@ -13,11 +13,11 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from orchestrator import identity
+from orchestrator import identity, views
 from orchestrator.errors import BadInput, Conflict, OrchestratorError
 
 # Everything else is imported inside the commands that need it: `--help`, `--version` and a usage error
@@ -26,7 +26,7 @@ from orchestrator.errors import BadInput, Conflict, OrchestratorError
 if TYPE_CHECKING:
     from orchestrator.config import Config
     from orchestrator.prune import PruneResult
-    from orchestrator.service import AdvanceResult, RunService
+    from orchestrator.service import AdvanceResult, PruneReport, RunService
     from orchestrator.store.repository import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,7 +58,7 @@ class Invocation:
                 _echo(f"config: {describe_config(self._config)}", err=True)
         return self._config
 
-    def store(self, *, upgrade: bool = True) -> Store:
+    def _open_store(self, *, upgrade: bool) -> Store:
         if self._store is None:
             from orchestrator.store.repository import Store
 
@@ -67,10 +67,10 @@ class Invocation:
             self._store = Store(self.config.settings.database_url, upgrade=upgrade, ci_url=identity.ci_url())
         return self._store
 
-    def service(self) -> RunService:
+    def service(self, *, upgrade: bool = True) -> RunService:
         from orchestrator.service import RunService
 
-        return RunService(self.config, self.store())
+        return RunService(self.config, self._open_store(upgrade=upgrade))
 
     def close(self) -> None:
         if self._store is not None:
@@ -85,18 +85,6 @@ def describe_database(config: Config) -> str:
     from orchestrator.store import db
 
     return f"{db.safe_url(config.settings.database_url)} ({config.database_source})"
-
-
-def sources(config: Config) -> dict[str, Any]:
-    """Which config and database a command used, for --json output (status)."""
-    from orchestrator.store import db
-
-    return {
-        "config": str(config.path) if config.path else None,
-        "config_source": config.config_source,
-        "database": db.safe_url(config.settings.database_url),
-        "database_source": config.database_source,
-    }
 
 
 # C0 and C1 control characters other than newline and tab: an actor name or a reason carrying an
@@ -118,8 +106,24 @@ def _print_json(payload: dict[str, Any]) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
 
 
+def fail(
+    kind: str, message: str, exit_code: int, *, as_json: bool, details: dict[str, Any] | None = None
+) -> NoReturn:
+    """The one place an error becomes output and an exit status: with --json, one object on stdout
+    saying its kind, message and code (and its details); otherwise ``error: ...`` on stderr."""
+    if as_json:
+        _print_json(views.error(kind, message, exit_code, details))
+    else:
+        _echo(f"error: {message}", err=True)
+    sys.exit(exit_code)
+
+
+def fail_with(exc: OrchestratorError, *, as_json: bool) -> NoReturn:
+    fail(exc.kind, exc.message, exc.exit_code, as_json=as_json, details=exc.details)
+
+
 def command(fn: F) -> F:
-    """Shared --json option and the one place errors become output and exit codes."""
+    """Shared --json option, and errors handed to ``fail``."""
 
     @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
     @click.pass_obj
@@ -130,22 +134,11 @@ def command(fn: F) -> F:
         try:
             fn(inv, *args, as_json=as_json, **kwargs)
         except OrchestratorError as exc:
-            if as_json:
-                _print_json(
-                    {"error": exc.kind, "message": exc.message, "exit_code": exc.exit_code, **exc.details}
-                )
-            else:
-                _echo(f"error: {exc.message}", err=True)
-            sys.exit(exc.exit_code)
+            fail_with(exc, as_json=as_json)
         except Interrupted as exc:
             # The edge undid its work and closed its transition before this reached us; exit as a shell
             # reports a process ended by that signal (143 for SIGTERM, 130 for SIGINT).
-            message = str(exc)
-            if as_json:
-                _print_json({"error": "interrupted", "message": message, "exit_code": exc.exit_code})
-            else:
-                _echo(f"error: {message}", err=True)
-            sys.exit(exc.exit_code)
+            fail("interrupted", str(exc), exc.exit_code, as_json=as_json)
         finally:
             inv.close()
 
@@ -170,10 +163,7 @@ class _Cli(click.Group):
         try:
             return super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
-            _print_json(
-                {"error": BadInput.kind, "message": exc.format_message(), "exit_code": BadInput.exit_code}
-            )
-            sys.exit(BadInput.exit_code)
+            fail_with(BadInput(exc.format_message()), as_json=True)
         except click.Abort:
             _echo("Aborted!", err=True)
             sys.exit(1)
@@ -221,7 +211,7 @@ def run_start(inv: Invocation, *, app: str, sha: str, actor: str | None, as_json
     """Start a run for APP at SHA in development."""
     record = inv.service().start_run(app, sha, actor)
     if as_json:
-        _print_json(record.as_dict())
+        _print_json(views.run(record))
     else:
         _echo(f"run {record.id} started: {record.app} @ {record.sha} in {record.state}")
 
@@ -249,7 +239,7 @@ def advance(
 
     result = inv.service().advance(run_id, to, actor, wait_s=wait_s)
     if as_json:
-        _print_json(result.as_dict())
+        _print_json(views.advance(result))
     else:
         _print_advance(result)
     if result.outcome == FAILED:
@@ -354,7 +344,7 @@ def runs_list(
     """List runs, newest first, with the outcome and reason of each one's last transition."""
     from orchestrator.gates import first_line
     from orchestrator.machine import State
-    from orchestrator.store.history import History, RunFilter, parse_when
+    from orchestrator.store.history import RunFilter, parse_when
 
     if state is not None:
         state = State.parse(state).value
@@ -367,10 +357,10 @@ def runs_list(
         since=parse_when(since) if since else None,
         until=parse_when(until) if until else None,
     )
-    history = History(inv.store())
+    history = inv.service().history()
     records = history.runs(found, limit=limit, offset=(page - 1) * limit)
     if as_json:
-        _print_json({"runs": [r.as_dict() for r in records]})
+        _print_json(views.runs(records))
         return
     if not records:
         _echo("no runs")
@@ -414,22 +404,14 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
     """Show RUN_ID with every transition, gate result (with its evidence), step and release."""
     from orchestrator.gates import first_line
 
-    store = inv.store()
-    record = store.get_run(run_id)
-    transitions = store.transitions(run_id)
-    releases = store.releases_of_run(run_id)
+    history = inv.service().run_history(run_id)
     if as_json:
-        _print_json(
-            {
-                **record.as_dict(),
-                "transitions": [t.as_dict() for t in transitions],
-                "releases": [r.as_dict() for r in releases],
-            }
-        )
+        _print_json(views.run_history(history))
         return
     from orchestrator.store.history import revision_evidence
     from orchestrator.tables import took
 
+    record, transitions, releases = history.run, history.transitions, history.releases
     _echo(
         f"run {record.id}: {record.app} @ {record.sha}  state={record.state}  actor={record.actor}"
         + (f"  ci={record.ci_url}" if record.ci_url else "")
@@ -465,9 +447,9 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
 def audit_cmd(inv: Invocation, app: str | None, *, since: str | None, limit: int, as_json: bool) -> None:
     """Who did what, in time order: runs, transitions, locks, freezes, rollbacks, recoveries, with the
     CI job each came from."""
-    from orchestrator.store.history import History, parse_when
+    from orchestrator.store.history import parse_when
 
-    entries = History(inv.store()).audit(app, parse_when(since) if since else None, limit)
+    entries = inv.service().history().audit(app, parse_when(since) if since else None, limit)
     if as_json:
         _print_json({"entries": [e.as_dict() for e in entries]})
         return
@@ -499,13 +481,11 @@ def audit_cmd(inv: Invocation, app: str | None, *, since: str | None, limit: int
 @command
 def releases_cmd(inv: Invocation, app: str, *, environment: str | None, limit: int, as_json: bool) -> None:
     """What ran in each environment of APP, from when to when, newest first."""
-    from orchestrator.store.history import History
-
     if environment is not None:
         from orchestrator.machine import parse_environment
 
         environment = parse_environment(environment)
-    periods = History(inv.store()).release_periods(app, environment, limit)
+    periods = inv.service().history().release_periods(app, environment, limit)
     if as_json:
         _print_json({"app": app, "releases": [p.as_dict() for p in periods]})
         return
@@ -554,7 +534,7 @@ def recover_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json:
     """Reconcile transitions and locks left by dead runners with what really runs, and free them."""
     reports = inv.service().recover(app, actor)
     if as_json:
-        _print_json({"recovered": [r.as_dict() for r in reports]})
+        _print_json(views.recovered(reports))
         return
     if not reports:
         _echo("nothing to recover: no transition or lock was left by a dead runner")
@@ -568,14 +548,11 @@ def recover_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json:
 @command
 def locks_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
     """List environment locks and freezes, with whether each holder is still alive."""
-    store = inv.store()
-    if app is not None:
-        inv.config.app(app)
-    held = store.locks(app)
-    freezes = [f for f in store.freezes() if app is None or f.app in (app, "*")]
+    found = inv.service().holds(app)
     if as_json:
-        _print_json({"locks": [lk.as_dict() for lk in held], "freezes": [f.as_dict() for f in freezes]})
+        _print_json(views.holds(found))
         return
+    held, freezes = found.locks, found.freezes
     if not held and not freezes:
         _echo("no locks, no freezes")
     for lk in held:
@@ -594,11 +571,9 @@ def lock_cmd(
     inv: Invocation, app: str, *, environment: str, reason: str, actor: str | None, as_json: bool
 ) -> None:
     """Hold APP's --env by hand: promotions and rollbacks of it exit 3 until 'orchestrator unlock'."""
-    from orchestrator import operator
-
-    held = operator.lock(inv.config, inv.store(), app, environment, reason=reason, actor=actor)
+    held = inv.service().lock(app, environment, reason=reason, actor=actor)
     if as_json:
-        _print_json({"lock": held.as_dict()})
+        _print_json(views.lock(held))
     else:
         _echo(held.describe())
 
@@ -613,14 +588,9 @@ def unlock_cmd(
     inv: Invocation, app: str, *, environment: str, force: bool, actor: str | None, as_json: bool
 ) -> None:
     """Release APP's --env lock: a hand-held one, one whose holder died (recovering first), or --force."""
-    from orchestrator import operator
-    from orchestrator.service import connect_engine
-
-    done = operator.unlock(
-        inv.config, inv.store(), connect_engine, app, environment, force=force, actor=actor
-    )
+    done = inv.service().unlock(app, environment, force=force, actor=actor)
     if as_json:
-        _print_json(done.as_dict())
+        _print_json(views.unlocked(done))
     else:
         _echo(f"unlocked {app} {environment} ({done.how}); it was: {done.lock.describe()}")
 
@@ -632,11 +602,9 @@ def unlock_cmd(
 @command
 def freeze_cmd(inv: Invocation, app: str | None, *, reason: str, actor: str | None, as_json: bool) -> None:
     """Stop the line: no run of APP (or of any app) may advance until unfrozen. Rollback still works."""
-    from orchestrator import operator
-
-    frozen = operator.freeze(inv.config, inv.store(), app, reason=reason, actor=actor)
+    frozen = inv.service().freeze(app, reason=reason, actor=actor)
     if as_json:
-        _print_json({"freeze": frozen.as_dict()})
+        _print_json(views.freeze(frozen))
     else:
         _echo(frozen.describe())
 
@@ -647,11 +615,9 @@ def freeze_cmd(inv: Invocation, app: str | None, *, reason: str, actor: str | No
 @command
 def unfreeze_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json: bool) -> None:
     """Let runs of APP (or, without APP, of every app) advance again."""
-    from orchestrator import operator
-
-    was = operator.unfreeze(inv.config, inv.store(), app, actor=actor)
+    was = inv.service().unfreeze(app, actor=actor)
     if as_json:
-        _print_json({"unfrozen": was.as_dict()})
+        _print_json(views.unfrozen(was))
     else:
         _echo(f"unfrozen; it was: {was.describe()}")
 
@@ -676,14 +642,9 @@ def rollback_cmd(
     as_json: bool,
 ) -> None:
     """Redeploy APP's previous (or --to) release in --env by its pinned reference and verify it."""
-    from orchestrator.releases import rollback
-    from orchestrator.service import connect_engine
-
-    result = rollback(
-        inv.config, inv.store(), connect_engine, app, environment, to=to, actor=actor, reason=reason
-    )
+    result = inv.service().rollback(app, environment, to=to, actor=actor, reason=reason)
     if as_json:
-        _print_json(result.as_dict())
+        _print_json(views.rollback(result))
         return
     _echo(
         f"{result.app} {result.environment}: rolled back from release {result.from_release.id} "
@@ -703,20 +664,10 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
     unhealthy, ...), so CI can use it as a check. Errors keep their codes (4: engine or database
     unreachable).
     """
-    from orchestrator.releases import status
-    from orchestrator.service import connect_engine
-
-    found = status(inv.config, inv.store(), connect_engine, app)
+    found = inv.service().status(app)
     ok = all(e.ok for e in found)
     if as_json:
-        _print_json(
-            {
-                **sources(inv.config),
-                "ok": ok,
-                "drift": any(e.drift for e in found),
-                "environments": [e.as_dict() for e in found],
-            }
-        )
+        _print_json(views.status(inv.config, found))
     else:
         _echo(f"config:   {describe_config(inv.config)}")
         _echo(f"database: {describe_database(inv.config)}")
@@ -746,39 +697,20 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
 def prune_cmd(inv: Invocation, app: str | None, *, dry_run: bool, actor: str | None, as_json: bool) -> None:
     """Remove APP's (or every app's) images, stopped containers and override anchors that no kept
     release (keep_releases per environment) references."""
-    from orchestrator.prune import prune
-    from orchestrator.service import parse_actor
-
-    config = inv.config
-    names = [config.app(app).name] if app else sorted(config.apps)
-    if not names:
-        raise BadInput("no apps configured: add [apps.NAME] to orchestrator.toml")
-    who = parse_actor(actor)
-    results: list[PruneResult] = []
-    locked: dict[str, Conflict] = {}
-    with inv.service().engine() as engine:
-        for name in names:
-            try:
-                results.append(prune(config, inv.store(), engine.get, name, dry_run=dry_run, actor=who))
-            except Conflict as exc:
-                if app:
-                    raise
-                locked[name] = exc  # one busy app must not stop the housekeeping of the others
+    report = inv.service().prune(app, dry_run=dry_run, actor=actor)
     if as_json:
-        _print_json(
-            {
-                "dry_run": dry_run,
-                "apps": [r.as_dict() for r in results],
-                "locked": {name: exc.message for name, exc in locked.items()},
-            }
-        )
+        _print_json(views.prune(report))
     else:
-        for result in results:
-            _print_prune(result)
-        for name, exc in locked.items():
-            _echo(f"{name}: not pruned: {exc.message}")
-    if locked:
+        _print_prune_report(report)
+    if report.locked:
         sys.exit(Conflict.exit_code)
+
+
+def _print_prune_report(report: PruneReport) -> None:
+    for result in report.results:
+        _print_prune(result)
+    for name, exc in report.locked.items():
+        _echo(f"{name}: not pruned: {exc.message}")
 
 
 def _print_prune(result: PruneResult) -> None:
@@ -852,11 +784,10 @@ def db_upgrade(inv: Invocation, *, as_json: bool) -> None:
     """Apply pending migrations explicitly (they also run automatically on first use)."""
     from orchestrator.store import db
 
-    store = inv.store(upgrade=False)
-    before, after = db.upgrade(store.engine)
-    url = db.safe_url(store.url)
+    before, after = inv.service(upgrade=False).upgrade_database()
+    url = db.safe_url(inv.config.settings.database_url)
     if as_json:
-        _print_json({"database": url, "from_revision": before, "to_revision": after})
+        _print_json(views.database_upgrade(url, before, after))
     elif before == after:
         _echo(f"{url} is at {after}: nothing to do")
     else:
@@ -866,6 +797,5 @@ def db_upgrade(inv: Invocation, *, as_json: bool) -> None:
 def main() -> None:
     try:
         cli(prog_name="orchestrator")
-    except BadInput as exc:  # raised outside any command (should not happen, but never a traceback)
-        _echo(f"error: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
+    except OrchestratorError as exc:  # raised outside any command (should not happen, but never a traceback)
+        fail_with(exc, as_json=False)

@@ -23,6 +23,7 @@ from orchestrator.steps import build as build_steps
 from orchestrator.steps.build import Build
 from orchestrator.steps.publish import Publisher
 from orchestrator.steps.staging_check import StagingCheck, run_staging_check
+from orchestrator.verdict import Verdict
 
 __all__ = ["Build", "Deployed", "Deployer", "Published", "StagingCheck"]
 
@@ -108,7 +109,7 @@ class Deployer:
             self.engine, self.app, self.settings, self.steps, sha, self.redact, self.recorded_images
         )
 
-    def verify_image(self, image_id: str, sha: str) -> verify.Check:
+    def verify_image(self, image_id: str, sha: str) -> Verdict:
         return build_steps.guard(self.engine, self.app, self.steps, image_id, sha)
 
     def publish(self, env: str, image_id: str, revision: str) -> Published:
@@ -345,7 +346,7 @@ class Deployer:
         check = run_staging_check(self.app, self.settings, self.steps, self.base_url(STAGING), sha)
         return StagingCheck(check.ok, check.exit_code, self.redact(check.output)[-2000:], check.command)
 
-    def verify_running(self, env: str, image_id: str, sha: str) -> verify.Check:
+    def verify_running(self, env: str, image_id: str, sha: str) -> Verdict:
         """What really runs, not what we asked for: the environment's container runs ``image_id``, that
         image carries the sha, and (for apps that serve it) the revision it reports is the sha."""
         with self.steps.step(f"{env}_verify", env) as step:
@@ -355,16 +356,14 @@ class Deployer:
                 step.fail(check.reason)
         return check
 
-    def _verify_running(self, env: str, image_id: str, sha: str) -> verify.Check:
+    def _verify_running(self, env: str, image_id: str, sha: str) -> Verdict:
         found = self.current(env)
         if found is None or not found.running:
             status = found.status if found else "missing"
-            return verify.Check(
-                False, f"{self.container(env)} is {status}, not running", {"container_status": status}
-            )
+            return Verdict.failed(f"{self.container(env)} is {status}, not running", container_status=status)
         running_image = self.engine.image(found.image_id)
         checks = [
-            verify.Check(True, f"{found.name} running", {"container_id": found.id}),
+            Verdict.passed(f"{found.name} running", container_id=found.id),
             verify.same_image(image_id, found.image_id, f"{found.name}"),
             verify.revision_label(running_image.labels if running_image else None, sha),
         ]
@@ -372,7 +371,7 @@ class Deployer:
             probe = health.get(self.base_url(env) + self.app.version_path)
             served = probe.body.strip() if probe.ok else None
             checks.append(
-                verify.Check(
+                Verdict.check(
                     served == sha,
                     f"{self.app.version_path} serves {served!r}"
                     + ("" if served == sha else f", expected {sha!r}"),

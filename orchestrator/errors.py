@@ -1,22 +1,27 @@
 """The error vocabulary shared by every layer.
 
-Each error carries the exit code the CLI promises (README, "Exit codes"), so a CI pipeline can tell a
-rejected deploy (1) from a typo (2), a busy environment (3) and a broken runner (4) without parsing text.
-They subclass ``click.ClickException`` only for its ``exit_code``/``message`` shape; nothing here prints.
+Each error carries its kind and the exit code the CLI promises for it (README, "Exit codes"), so a CI
+pipeline can tell a rejected deploy (1) from a typo (2), a busy environment (3) and a broken runner (4)
+without parsing text. They are plain exceptions: nothing here prints or knows about click; the CLI alone
+turns them into output and an exit status (cli.py, ``fail``).
 """
 
 from __future__ import annotations
 
-import click
+from typing import Any, ClassVar
 
 
-class OrchestratorError(click.ClickException):
-    exit_code = 1
-    kind = "error"
+class OrchestratorError(Exception):
+    exit_code: ClassVar[int] = 1
+    kind: ClassVar[str] = "error"
 
-    def __init__(self, message: str, *, details: dict | None = None) -> None:
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
+        self.message = message
         self.details = details or {}
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class GateFailed(OrchestratorError):
@@ -52,3 +57,9 @@ class StepTimeout(InfraUnavailable):
     about the commit, so the edge ends as ``error`` (exit 4), told apart from a gate's ``fail``."""
 
     kind = "timeout"
+
+
+class GitError(InfraUnavailable):
+    """git could not read the app's repository (gone, not a repository, git missing or hung): nothing is
+    known about the commit, so nothing is decided (exit 4), and it is no ``DockerError``, which says the
+    engine refused. A commit that lacks what the build needs is a verdict instead (``GateFailed``)."""

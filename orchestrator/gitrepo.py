@@ -1,7 +1,8 @@
 """Read-only access to an app's git repository, through the git CLI (argv lists, never a shell).
 
 The repository is the source of truth for what a run may deploy; if it cannot be read the
-orchestrator knows nothing, which is an infrastructure problem (exit 4), not a verdict on the commit.
+orchestrator knows nothing, which is an infrastructure problem (GitError, exit 4), not a verdict on the
+commit.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from orchestrator.errors import InfraUnavailable
+from orchestrator.errors import GitError
 
 
 def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
     try:
         proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, timeout=120)
     except FileNotFoundError:
-        raise InfraUnavailable("git is not installed: install it (apt-get install -y git)") from None
+        raise GitError("git is not installed: install it (apt-get install -y git)") from None
     except subprocess.TimeoutExpired:
-        raise InfraUnavailable(f"git {args[0]} in {repo} did not finish within 120 s") from None
+        raise GitError(f"git {args[0]} in {repo} did not finish within 120 s") from None
     if check and proc.returncode != 0:
-        raise InfraUnavailable(
+        raise GitError(
             f"git {' '.join(args)} failed in {repo}: {proc.stderr.decode(errors='replace').strip()}"
         )
     return proc
@@ -33,10 +34,10 @@ def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 def ensure_repository(repo: Path) -> None:
     if not repo.is_dir():
-        raise InfraUnavailable(f"app source {repo} does not exist: check 'source' in orchestrator.toml")
+        raise GitError(f"app source {repo} does not exist: check 'source' in orchestrator.toml")
     proc = _git(repo, "rev-parse", "--git-dir", check=False)
     if proc.returncode != 0:
-        raise InfraUnavailable(
+        raise GitError(
             f"app source {repo} is not a readable git repository: "
             f"{proc.stderr.decode(errors='replace').strip()}"
         )
@@ -85,12 +86,10 @@ def archive(repo: Path, sha: str) -> IO[bytes]:
         )
     except subprocess.TimeoutExpired:
         out.close()
-        raise InfraUnavailable(f"git archive of {sha} in {repo} did not finish within 300 s") from None
+        raise GitError(f"git archive of {sha} in {repo} did not finish within 300 s") from None
     if proc.returncode != 0:
         out.close()
-        raise InfraUnavailable(
-            f"git archive {sha} failed in {repo}: {proc.stderr.decode(errors='replace').strip()}"
-        )
+        raise GitError(f"git archive {sha} failed in {repo}: {proc.stderr.decode(errors='replace').strip()}")
     out.seek(0)
     return out  # type: ignore[return-value]
 
@@ -105,7 +104,5 @@ def extracted(repo: Path, sha: str) -> Iterator[Path]:
             with tarfile.open(fileobj=stream, mode="r:") as tar:
                 tar.extractall(folder, filter="tar")
         except (tarfile.TarError, OSError) as exc:
-            raise InfraUnavailable(
-                f"could not unpack git archive {sha} of {repo} into {folder}: {exc}"
-            ) from None
+            raise GitError(f"could not unpack git archive {sha} of {repo} into {folder}: {exc}") from None
         yield Path(folder)

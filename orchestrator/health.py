@@ -9,11 +9,11 @@ saw.
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from orchestrator import httpclient
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import ContainerInfo
@@ -66,16 +66,8 @@ class HealthReport:
 
 
 def get(url: str, *, timeout: float = 2.0) -> Probe:
-    req = urllib.request.Request(url, headers={"User-Agent": "orchestrator-health"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return Probe(resp.status, resp.read(_BODY_LIMIT).decode(errors="replace"))
-    except urllib.error.HTTPError as exc:
-        body = exc.read(_BODY_LIMIT).decode(errors="replace") if exc.fp else ""
-        return Probe(exc.code, body)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        return Probe(None, error=f"{type(reason).__name__}: {reason}")
+    answer = httpclient.get(url, timeout=timeout, limit=_BODY_LIMIT)
+    return Probe(answer.status, answer.text, answer.error)
 
 
 def container_failure(before: ContainerInfo, now: ContainerInfo | None) -> str | None:

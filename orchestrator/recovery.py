@@ -26,6 +26,7 @@ from orchestrator.machine import PROD, STAGING, TO_PROD, TO_STAGING, Edge, edge_
 from orchestrator.records import record_release
 from orchestrator.steps import StepLog
 from orchestrator.store.repository import ReleaseRecord, StepRecord, Store, TransitionRecord
+from orchestrator.verdict import TransitionOutcome
 
 # Steps that change what an environment runs or which image its tags name.
 _TOUCHING = ("tag", "push", "stop", "start", "pin", "up", "untag", "move")
@@ -268,7 +269,7 @@ def abandoned(transition: TransitionRecord, now: datetime | None = None) -> bool
     host, or silent past its lease elsewhere)."""
     from orchestrator.holder import Liveness
 
-    if transition.outcome == "interrupted":
+    if transition.outcome == TransitionOutcome.INTERRUPTED:
         return True
     if transition.holder is not None:
         seen = transition.holder.liveness()

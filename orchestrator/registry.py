@@ -25,9 +25,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
+
+from orchestrator import httpclient
 
 _MANIFEST_TYPE_LIST = (
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -52,16 +52,6 @@ class RegistryError(Exception):
     @property
     def needs_credentials(self) -> bool:
         return self.status in (401, 403)
-
-
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """Returning None makes urllib raise the 3xx as an HTTPError instead of following it."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        return None
-
-
-_OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 
 def split(registry: str) -> tuple[str, str]:
@@ -110,29 +100,42 @@ class Registry:
         scheme = "http" if is_loopback(self.host) else "https"
         return f"{scheme}://{self.host}/v2/{self._path(app)}/manifests/{ref}"
 
-    def _open(self, req: urllib.request.Request, what: str) -> tuple[int, dict[str, str], bytes]:
-        try:
-            with _OPENER.open(req, timeout=30) as resp:
-                return resp.status, dict(resp.headers.items()), resp.read()
-        except urllib.error.HTTPError as exc:
-            if 300 <= exc.code < 400:
-                location = exc.headers.get("Location", "?") if exc.headers else "?"
-                raise RegistryError(
-                    f"{what}: registry {self.host} answered HTTP {exc.code} redirecting to {location}; "
-                    "refused: a registry serves manifests itself, and following a redirect could fetch "
-                    "them from another host or over plain http. Check the registry address",
-                    status=exc.code,
-                ) from None
-            body = exc.read(300).decode(errors="replace") if exc.fp else ""
-            raise RegistryError(f"{what}: HTTP {exc.code} {body.strip()}", status=exc.code) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise RegistryError(f"{what}: registry {self.host} unreachable ({exc})") from None
+    def _open(
+        self,
+        url: str,
+        what: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        resp = httpclient.request(
+            url, method=method, headers=headers, data=data, timeout=30, follow_redirects=False
+        )
+        if resp.status is None:
+            raise RegistryError(f"{what}: registry {self.host} unreachable ({resp.error})")
+        if 300 <= resp.status < 400:
+            location = resp.header("Location", "?")
+            raise RegistryError(
+                f"{what}: registry {self.host} answered HTTP {resp.status} redirecting to {location}; "
+                "refused: a registry serves manifests itself, and following a redirect could fetch "
+                "them from another host or over plain http. Check the registry address",
+                status=resp.status,
+            )
+        if resp.status >= 400:
+            body = resp.body[:300].decode(errors="replace")
+            raise RegistryError(f"{what}: HTTP {resp.status} {body.strip()}", status=resp.status)
+        return resp.status, dict(resp.headers), resp.body
 
     def manifest_digest(self, app: str, ref: str) -> str | None:
         """The digest a tag points at in the registry, or None if the tag does not exist."""
-        req = urllib.request.Request(self._url(app, ref), method="HEAD", headers={"Accept": _MANIFEST_TYPES})
         try:
-            _, headers, _ = self._open(req, f"HEAD {self._path(app)}:{ref}")
+            _, headers, _ = self._open(
+                self._url(app, ref),
+                f"HEAD {self._path(app)}:{ref}",
+                method="HEAD",
+                headers={"Accept": _MANIFEST_TYPES},
+            )
         except RegistryError as exc:
             if exc.status == 404:
                 return None
@@ -147,9 +150,7 @@ class Registry:
         if not _DIGEST.match(digest):
             # Also keeps the digest from reshaping the URL ('../', '?').
             raise RegistryError(f"{what}: {digest!r} is not a sha256/sha512 content digest")
-        status, headers, body = self._open(
-            urllib.request.Request(self._url(app, digest), headers={"Accept": _MANIFEST_TYPES}), what
-        )
+        status, headers, body = self._open(self._url(app, digest), what, headers={"Accept": _MANIFEST_TYPES})
         if not manifest_matches(digest, body):
             algorithm = digest.partition(":")[0]
             got = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
@@ -166,7 +167,4 @@ class Registry:
                 "manifest; refused",
                 status=status,
             )
-        put = urllib.request.Request(
-            self._url(app, tag), data=body, method="PUT", headers={"Content-Type": content_type}
-        )
-        self._open(put, what)
+        self._open(self._url(app, tag), what, method="PUT", headers={"Content-Type": content_type}, data=body)

@@ -26,6 +26,7 @@ from orchestrator.records import record_release
 from orchestrator.runtimes import preflight
 from orchestrator.service import RunService, parse_actor
 from orchestrator.store.repository import OPERATOR_LOCK, ReleaseRecord, Store
+from orchestrator.verdict import TransitionOutcome
 
 EngineFactory = Callable[[], DockerEngine]
 
@@ -386,7 +387,7 @@ def unfinished_notes(store: Store, app: str) -> dict[str, str]:
     """Per environment, a note about an edge that stopped half-way there and awaits recovery."""
     notes: dict[str, str] = {}
     for t in store.unfinished_transitions(app):
-        how = "was interrupted" if t.outcome == "interrupted" else "is unfinished"
+        how = "was interrupted" if t.outcome == TransitionOutcome.INTERRUPTED else "is unfinished"
         last = f" at step {t.steps[-1].name}" if t.steps else ""
         note = (
             f"transition {t.id} of run {t.run_id} ({t.from_state}->{t.to_state}) {how}{last}: "

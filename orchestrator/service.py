@@ -20,7 +20,6 @@ from orchestrator import identity
 from orchestrator.config import AppConfig, Config, check_app_paths
 from orchestrator.errors import BadInput, Conflict, InfraUnavailable, OrchestratorError
 from orchestrator.gates import (
-    FAILURE_REASON,
     Gate,
     GateContext,
     GateResult,
@@ -49,17 +48,24 @@ from orchestrator.machine import (
 from orchestrator.records import record_release
 from orchestrator.steps import StepLog, StepStatus
 from orchestrator.store.repository import (
+    FreezeRecord,
     LockHeld,
     LockRecord,
+    ReleaseRecord,
     RunRecord,
     Store,
     Superseded,
     TransitionRecord,
     UnfinishedTransition,
 )
+from orchestrator.verdict import TransitionOutcome
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
+    from orchestrator.operator import Unlocked
+    from orchestrator.prune import PruneResult
+    from orchestrator.releases import EnvStatus, RollbackResult
+    from orchestrator.store.history import History
 
 
 def connect_engine() -> DockerEngine:
@@ -71,9 +77,8 @@ def connect_engine() -> DockerEngine:
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-ABORTED = "aborted"
+# How an edge ends (the short names are the enum's members).
+SUCCEEDED, FAILED, ABORTED = TransitionOutcome.SUCCEEDED, TransitionOutcome.FAILED, TransitionOutcome.ABORTED
 # How often a waiting advance retries the lock: well under a second, so a freed environment is taken
 # at once rather than after a long back-off.
 LOCK_POLL_S = 0.2
@@ -141,7 +146,7 @@ class AdvanceResult:
     from_state: State
     to_state: State
     state: State
-    outcome: str
+    outcome: TransitionOutcome
     reason: str | None
     checks: tuple[GateResult, ...]
 
@@ -168,7 +173,7 @@ class AdvanceResult:
             "from": self.from_state.value,
             "to": self.to_state.value,
             "state": self.state.value,
-            "outcome": self.outcome,
+            "outcome": self.outcome.value,
             "reason": self.reason,
             "failure": failure.as_dict() if failure else None,
             "checks": [c.as_dict() for c in self.checks],
@@ -518,7 +523,7 @@ class RunService:
                 if blocking is None:
                     outcome, reason, state = SUCCEEDED, None, machine.succeed(edge)
                 else:
-                    ctx.shared[FAILURE_REASON] = f"{blocking.name}: {first_line(blocking.reason)}"
+                    ctx.failure_reason = f"{blocking.name}: {first_line(blocking.reason)}"
                     undone = run_compensations(ctx, record)
                     checks += undone
                     reason = edge_reason([(c.name, c.reason) for c in (blocking, *undone)])
@@ -636,7 +641,7 @@ class RunService:
 
         if ctx.compensations:
             # The undos gates registered for their own side effects run first, as on a failed gate.
-            ctx.shared[FAILURE_REASON] = why
+            ctx.failure_reason = why
             with signals_deferred():
                 undone = run_compensations(ctx, record)
             why += "".join(f"; {u.name}: {u.reason}" for u in undone)
@@ -824,7 +829,7 @@ class RunService:
 
     @staticmethod
     def _what_happened(transition: TransitionRecord) -> str:
-        if transition.outcome == "interrupted":
+        if transition.outcome == TransitionOutcome.INTERRUPTED:
             return f"transition {transition.id} was interrupted ({transition.reason})"
         last = transition.steps[-1] if transition.steps else None
         where = f" during step {last.name} ({last.status})" if last else " before its first step"
@@ -845,3 +850,117 @@ class RunService:
             )
         self.store.delete_lock(lock.app, lock.environment, actor=actor, why=f"{found}; recovered: {note}")
         return RecoveryReport(lock.app, None, None, found, "repaired", note)
+
+    # what the CLI reads and the operator actions it runs: every command goes through here, none
+    # reaches the store on its own --------------------------------------------------------------------
+
+    def list_runs(self, *, app: str | None, state: str | None, limit: int) -> list[RunRecord]:
+        wanted = State.parse(state).value if state is not None else None
+        return self.store.list_runs(app=app, state=wanted, limit=limit)
+
+    def run_history(self, run_id: int) -> RunHistory:
+        return RunHistory(
+            self.store.get_run(run_id), self.store.transitions(run_id), self.store.releases_of_run(run_id)
+        )
+
+    def holds(self, app: str | None) -> Holds:
+        """The locks and freezes that stop promotions of ``app`` (of every app without one)."""
+        if app is not None:
+            self.config.app(app)
+        freezes = [f for f in self.store.freezes() if app is None or f.app in (app, "*")]
+        return Holds(self.store.locks(app), freezes)
+
+    def lock(self, app: str, env: str, *, reason: str | None, actor: str | None) -> LockRecord:
+        from orchestrator import operator
+
+        return operator.lock(self.config, self.store, app, env, reason=reason, actor=actor)
+
+    def unlock(self, app: str, env: str, *, force: bool, actor: str | None) -> Unlocked:
+        from orchestrator import operator
+
+        return operator.unlock(
+            self.config, self.store, self.engine_factory, app, env, force=force, actor=actor
+        )
+
+    def freeze(self, app: str | None, *, reason: str | None, actor: str | None) -> FreezeRecord:
+        from orchestrator import operator
+
+        return operator.freeze(self.config, self.store, app, reason=reason, actor=actor)
+
+    def unfreeze(self, app: str | None, *, actor: str | None) -> FreezeRecord:
+        from orchestrator import operator
+
+        return operator.unfreeze(self.config, self.store, app, actor=actor)
+
+    def rollback(
+        self, app: str, env: str, *, to: int | None, actor: str | None, reason: str | None
+    ) -> RollbackResult:
+        from orchestrator.releases import rollback
+
+        return rollback(
+            self.config, self.store, self.engine_factory, app, env, to=to, actor=actor, reason=reason
+        )
+
+    def history(self) -> History:
+        """The read-only history queries (runs with filters, audit, release periods) for the CLI and
+        the dashboard."""
+        from orchestrator.store.history import History
+
+        return History(self.store)
+
+    def status(self, app: str | None) -> list[EnvStatus]:
+        from orchestrator.releases import status
+
+        return status(self.config, self.store, self.engine_factory, app)
+
+    def prune(self, app: str | None, *, dry_run: bool, actor: str | None) -> PruneReport:
+        """Prune ``app`` (or every app). One busy app must not stop the housekeeping of the others: its
+        Conflict is reported in ``locked``; asked for one app by name, it is raised."""
+        from orchestrator.prune import prune
+
+        names = [self.config.app(app).name] if app else sorted(self.config.apps)
+        if not names:
+            raise BadInput("no apps configured: add [apps.NAME] to orchestrator.toml")
+        who = parse_actor(actor)
+        results: list[PruneResult] = []
+        locked: dict[str, Conflict] = {}
+        with self.engine() as engine:
+            for name in names:
+                try:
+                    results.append(
+                        prune(self.config, self.store, engine.get, name, dry_run=dry_run, actor=who)
+                    )
+                except Conflict as exc:
+                    if app:
+                        raise
+                    locked[name] = exc
+        return PruneReport(dry_run, results, locked)
+
+    def upgrade_database(self) -> tuple[str | None, str | None]:
+        """Apply pending migrations; (revision before, revision after)."""
+        from orchestrator.store import db
+
+        return db.upgrade(self.store.engine)
+
+
+@dataclass(frozen=True)
+class RunHistory:
+    """A run with every transition (its gate results and steps) and every release it made."""
+
+    run: RunRecord
+    transitions: list[TransitionRecord]
+    releases: list[ReleaseRecord]
+
+
+@dataclass(frozen=True)
+class Holds:
+    locks: list[LockRecord]
+    freezes: list[FreezeRecord]
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    dry_run: bool
+    results: list[PruneResult]
+    # Apps not pruned because another run or an operator held them, with why.
+    locked: dict[str, Conflict]

@@ -21,42 +21,14 @@ from orchestrator.config import AppConfig, Settings
 from orchestrator.errors import InfraUnavailable
 from orchestrator.machine import Edge
 from orchestrator.steps import StepLog
+from orchestrator.verdict import GateStatus, Verdict
+
+__all__ = ["GateStatus", "Verdict"]  # defined in verdict.py, the gates' vocabulary
 
 if TYPE_CHECKING:
     from orchestrator.deploy import Deployer
     from orchestrator.docker_engine import DockerEngine
-
-
-class GateStatus(StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    SKIPPED = "skipped"
-    ERROR = "error"
-
-    @property
-    def blocks(self) -> bool:
-        return self in (GateStatus.FAIL, GateStatus.ERROR)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What a gate decided: the status, one line saying why, and the evidence."""
-
-    status: GateStatus
-    reason: str
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def passed(cls, reason: str, **details: Any) -> Verdict:
-        return cls(GateStatus.PASS, reason, details)
-
-    @classmethod
-    def failed(cls, reason: str, **details: Any) -> Verdict:
-        return cls(GateStatus.FAIL, reason, details)
-
-    @classmethod
-    def skipped(cls, reason: str, **details: Any) -> Verdict:
-        return cls(GateStatus.SKIPPED, reason, details)
+    from orchestrator.steps.build import Build
 
 
 @dataclass(frozen=True)
@@ -77,9 +49,6 @@ class GateResult:
             "duration_s": round(self.duration_s, 6),
         }
 
-
-# ctx.shared key: why the edge failed (one line), for compensations that record it with what they restore.
-FAILURE_REASON = "failure_reason"
 
 # The compensation that puts prod back after a failed promotion (gates/image.py), and the key of its
 # details that says what it did, so that `advance` can tell the operator in plain words.
@@ -165,8 +134,9 @@ class Compensation:
 
 @dataclass
 class GateContext:
-    """Everything a gate may look at. ``shared`` carries facts between gates of one edge
-    (the image id one gate built is the one the next gate must promote)."""
+    """Everything a gate may look at, and the facts gates of one edge hand each other in named fields
+    (the image id one gate built is the one the next gate must promote): a reader sees who sets what,
+    and a gate that reads a fact no earlier gate set fails on ``None`` it must handle, not a KeyError."""
 
     run_id: int
     app: AppConfig
@@ -174,7 +144,6 @@ class GateContext:
     edge: Edge
     settings: Settings
     log: Any = field(default_factory=structlog.get_logger)
-    shared: dict[str, Any] = field(default_factory=dict)
     engine: DockerEngine | None = None
     # The latest release per environment before this transition started: what a rollback restores.
     previous_releases: Mapping[str, Any] = field(default_factory=dict)
@@ -191,6 +160,15 @@ class GateContext:
     # collected in ``releases``. Recording at once keeps the database agreeing with the engine even if
     # the process dies before the transition closes.
     on_release: Callable[[ReleaseIntent], None] | None = None
+    # Handed from gate to gate within the edge:
+    # what build_image built, for image_revision and deploy_staging to guard and run.
+    build: Build | None = None
+    # The image id check_staging_image_fresh proved is the commit, checked on staging: the one to promote.
+    promote_image_id: str | None = None
+    # What promote_prod put on prod, recorded as a release only once verify_prod has proved it.
+    prod_release: ReleaseIntent | None = None
+    # Why the edge failed (one line), for compensations that record it with what they restore.
+    failure_reason: str | None = None
     _deployer: Deployer | None = None
 
     def add_release(self, intent: ReleaseIntent) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 from orchestrator import health
 from orchestrator.deploy import Build, Deployed, Deployer
 from orchestrator.docker_engine import DockerError
+from orchestrator.errors import GateFailed
 from orchestrator.gates import (
-    FAILURE_REASON,
     PROD_OUTCOME,
     ROLLBACK_PROD,
     Compensation,
@@ -30,13 +30,12 @@ from orchestrator.gates import (
 )
 from orchestrator.machine import PROD, STAGING, TO_PROD, TO_STAGING
 
-PROMOTE_IMAGE = "promote_image_id"
-PROD_RELEASE = "prod_release"
-
 
 def _build(ctx: GateContext) -> Build | Verdict:
     try:
         return ctx.deployer.build(ctx.sha)
+    except GateFailed as exc:  # the commit lacks what the build needs
+        return Verdict.failed(exc.message)
     except DockerError as exc:
         return Verdict.failed(
             ctx.deployer.redact(exc.message), build_log_tail=ctx.deployer.redact(exc.log)[-2000:]
@@ -50,6 +49,13 @@ def _build_details(build: Build) -> dict[str, Any]:
         "build_s": round(build.duration_s, 3),
         "size_bytes": build.image.size,
     }
+
+
+def _built(ctx: GateContext) -> Build:
+    """The image build_image built on this edge (it runs first: without it no later gate runs)."""
+    if ctx.build is None:
+        raise RuntimeError(f"{ctx.edge.name}: no image was built before the gates that need one")
+    return ctx.build
 
 
 def _deploy(ctx: GateContext, env: str, image_id: str) -> Deployed:
@@ -90,7 +96,7 @@ class BuildImage(Gate):
         build = _build(ctx)
         if isinstance(build, Verdict):
             return build
-        ctx.shared["build"] = build
+        ctx.build = build
         return Verdict.passed(
             f"built {build.tag} as {build.image.id[:19]} in {build.duration_s:.1f}s", **_build_details(build)
         )
@@ -106,9 +112,8 @@ class ImageRevision(Gate):
     needs_docker = True
 
     def run(self, ctx: GateContext) -> Verdict:
-        build: Build = ctx.shared["build"]
-        check = ctx.deployer.verify_image(build.image.id, ctx.sha)
-        return (Verdict.passed if check.ok else Verdict.failed)(check.reason, **check.details)
+        build = _built(ctx)
+        return ctx.deployer.verify_image(build.image.id, ctx.sha)
 
 
 @register
@@ -119,7 +124,7 @@ class DeployStaging(Gate):
     needs_docker = True
 
     def run(self, ctx: GateContext) -> Verdict:
-        build: Build = ctx.shared["build"]
+        build = _built(ctx)
         deployed = _deploy(ctx, STAGING, build.image.id)
         if not deployed.ok:
             return Verdict.failed(deployed.reason, **deployed.details)
@@ -185,7 +190,7 @@ class CheckStagingImageFresh(Gate):
         details.update(safety.details)
         if not safety.ok:
             return Verdict.failed(f"layer B: {safety.reason}", **details)
-        ctx.shared[PROMOTE_IMAGE] = build.image.id
+        ctx.promote_image_id = build.image.id
         return Verdict.passed(
             f"fresh staging image {build.image.id[:19]} healthy, checked, {safety.reason}", **details
         )
@@ -212,7 +217,7 @@ class CheckStagingImageFresh(Gate):
                 f"{why}, and run {ctx.run_id}'s staging image {image_id[:19]} is gone from the engine: "
                 "advance a new run, or enable the freshness check so it rebuilds"
             )
-        ctx.shared[PROMOTE_IMAGE] = image_id
+        ctx.promote_image_id = image_id
         return Verdict.skipped(
             f"{why}: staging image not rebuilt; promoting run {ctx.run_id}'s recorded staging image",
             promote_image_id=image_id,
@@ -246,7 +251,7 @@ def _live_staging(ctx: GateContext) -> Verdict | str:
     probe = health.get(d.base_url(STAGING) + ctx.app.health_path)
     if not probe.ok:
         return f"staging's {ctx.app.health_path} answers {probe.status or probe.error}"
-    ctx.shared[PROMOTE_IMAGE] = release.image_id
+    ctx.promote_image_id = release.image_id
     return Verdict.passed(
         f"staging still runs run {ctx.run_id}'s checked image {release.image_id[:19]}, healthy, "
         f"revision {ctx.sha[:12]}: promoted without a rebuild",
@@ -267,7 +272,7 @@ class PromoteProd(Gate):
     needs_docker = True
 
     def run(self, ctx: GateContext) -> Verdict:
-        image_id = ctx.shared.get(PROMOTE_IMAGE)
+        image_id = ctx.promote_image_id
         if image_id is None:
             return Verdict.failed(
                 f"no image of {ctx.sha[:12]} to promote: advance this run to deploy-staging again, "
@@ -284,7 +289,7 @@ class PromoteProd(Gate):
         evidence.update(deployed.details)
         if not deployed.ok:
             return Verdict.failed(f"prod: {deployed.reason}", **evidence)
-        ctx.shared[PROD_RELEASE] = _release(ctx, PROD, deployed)
+        ctx.prod_release = _release(ctx, PROD, deployed)
         return Verdict.passed(f"{deployed.reason} with {image_id[:19]}", **evidence)
 
 
@@ -298,11 +303,13 @@ class VerifyProd(Gate):
     needs_docker = True
 
     def run(self, ctx: GateContext) -> Verdict:
-        image_id = ctx.shared[PROMOTE_IMAGE]
+        image_id, release = ctx.promote_image_id, ctx.prod_release
+        if image_id is None or release is None:
+            return Verdict.failed("prod verification: promote_prod did not put an image on prod")
         check = ctx.deployer.verify_running(PROD, image_id, ctx.sha)
         if not check.ok:
             return Verdict.failed(f"prod verification: {check.reason}", **check.details)
-        ctx.add_release(ctx.shared[PROD_RELEASE])
+        ctx.add_release(release)
         return Verdict.passed(f"prod runs {image_id[:19]} with revision {ctx.sha[:12]}", **check.details)
 
 
@@ -315,7 +322,7 @@ def restore_prod(ctx: GateContext) -> Verdict:
 
 def _restore_prod(ctx: GateContext) -> Verdict:
     d: Deployer = ctx.deployer
-    reason = first_line(ctx.shared.get(FAILURE_REASON, "promotion failed"))
+    reason = first_line(ctx.failure_reason or "promotion failed")
     previous = ctx.previous_releases.get(PROD)
     if previous is None:
         stopped = d.stop(PROD)

@@ -3,6 +3,9 @@ file that pins it to an immutable reference (see orchestrator.compose for why ne
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from orchestrator import gitrepo
 from orchestrator.compose import Compose, ComposeError, project_name
 from orchestrator.config import AppConfig, Settings
@@ -12,6 +15,16 @@ from orchestrator.logging import get_logger
 from orchestrator.machine import PROD, STAGING
 from orchestrator.runtimes import Published
 from orchestrator.steps import StepLog
+
+
+@contextmanager
+def _engine_refused() -> Iterator[None]:
+    """A failed `docker compose` command is, to the deploy, the engine refusing: the one place a
+    ComposeError becomes the DockerError the gates and recovery handle."""
+    try:
+        yield
+    except ComposeError as exc:
+        raise DockerError(exc.message) from None
 
 
 def check_services(app: AppConfig) -> None:
@@ -97,10 +110,8 @@ class ComposeRuntime:
         return f"{self.app.service(env)} (compose)"
 
     def _container_id(self, env: str, compose: Compose) -> str | None:
-        try:
+        with _engine_refused():
             return compose.container_id(self.app.service(env), pinned=self.app.pin_digests)
-        except ComposeError as exc:
-            raise DockerError(exc.message) from None
 
     def _legacy_staging(self) -> str | None:
         """Staging's container still in prod's project (deployed before staging had its own)."""
@@ -118,7 +129,7 @@ class ComposeRuntime:
         service = self.app.service(env)
         compose = self.compose(env)
         self.pins[env] = published.ref
-        try:
+        with _engine_refused():
             self._write_pins(env)
             if env == STAGING:
                 self._move_legacy_staging()
@@ -130,8 +141,6 @@ class ComposeRuntime:
                 step.changed(
                     container_id=found.id if found else None, image_id=found.image_id if found else None
                 )
-        except ComposeError as exc:
-            raise DockerError(exc.message) from None
         if found is None:
             raise DockerError(f"docker compose up -d {service} left no container for {service}")
         return found
@@ -168,20 +177,16 @@ class ComposeRuntime:
             found = self.current(env)
             if found is not None:
                 step.changed(container_id=found.id, image_id=found.image_id, status=found.status)
-            try:
+            with _engine_refused():
                 self.compose(env).remove(self.app.service(env), pinned=self.app.pin_digests)
                 if env == STAGING and self._legacy_staging() is not None:
                     self.compose(PROD).remove(self.app.service(STAGING), pinned=self.app.pin_digests)
-            except ComposeError as exc:
-                raise DockerError(exc.message) from None
             return found is not None
 
     def repin(self, env: str, ref: str) -> None:
         self.pins[env] = ref
-        try:
+        with _engine_refused():
             self._write_pins(env)
-        except ComposeError as exc:
-            raise DockerError(exc.message) from None
 
     def override_text(self) -> str | None:
         assert self.app.override_file is not None

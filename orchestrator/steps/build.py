@@ -22,9 +22,10 @@ from orchestrator import builders, gitrepo, verify
 from orchestrator.builders import BuilderChoice, BuilderKind
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import DockerEngine, DockerError, ImageInfo
-from orchestrator.errors import BadInput, InfraUnavailable, StepTimeout
+from orchestrator.errors import BadInput, GateFailed, InfraUnavailable, StepTimeout
 from orchestrator.logging import get_logger
 from orchestrator.steps import StepLog
+from orchestrator.verdict import Verdict
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def resolve_dockerfile(app: AppConfig, sha: str) -> str:
     existed). A context or Dockerfile missing from the commit fails the build as not buildable."""
     context = posixpath.normpath(app.context)
     if context != "." and not gitrepo.path_in_commit(app.source, sha, context):
-        raise DockerError(f"build context {context}/ is not in commit {sha[:12]} of {app.source}")
+        raise GateFailed(f"build context {context}/ is not in commit {sha[:12]} of {app.source}")
     in_context = posixpath.normpath(posixpath.join(context, app.dockerfile))
     if gitrepo.path_in_commit(app.source, sha, in_context):
         return in_context
@@ -86,7 +87,7 @@ def resolve_dockerfile(app: AppConfig, sha: str) -> str:
     if from_root != in_context and inside and gitrepo.path_in_commit(app.source, sha, from_root):
         return from_root
     looked = in_context if from_root == in_context else f"{in_context} (nor {from_root})"
-    raise DockerError(f"{looked} is not in commit {sha[:12]} of {app.source}")
+    raise GateFailed(f"{looked} is not in commit {sha[:12]} of {app.source}")
 
 
 def secret_values(app: AppConfig) -> list[str]:
@@ -168,7 +169,7 @@ def preflight(app: AppConfig, settings: Settings, sha: str, *, detect_builder: b
     if choice is not None:
         try:
             dockerfile = resolve_dockerfile(app, sha)
-        except DockerError:
+        except GateFailed:
             dockerfile = None  # the build gate fails on it, with the evidence
         text = b"" if dockerfile is None else gitrepo.file_at(app.source, sha, dockerfile) or b""
         _refuse_on_legacy(app, settings, choice, dockerfile or app.dockerfile, text.decode(errors="replace"))
@@ -298,7 +299,7 @@ def _buildkit(
     return image
 
 
-def guard(engine: DockerEngine, app: AppConfig, steps: StepLog, image_id: str, sha: str) -> verify.Check:
+def guard(engine: DockerEngine, app: AppConfig, steps: StepLog, image_id: str, sha: str) -> Verdict:
     """Safety layer: the image tagged <app>:<sha> is the one just built and carries the full sha."""
     tag = build_tag(app, sha)
     with steps.step("image_guard") as step:

@@ -23,10 +23,11 @@ from orchestrator.store.models import (
     Transition,
     utcnow,
 )
+from orchestrator.verdict import TransitionOutcome
 
-IN_PROGRESS = "in_progress"
-INTERRUPTED = "interrupted"
-SUPERSEDED = "superseded"
+IN_PROGRESS = TransitionOutcome.IN_PROGRESS
+INTERRUPTED = TransitionOutcome.INTERRUPTED
+SUPERSEDED = TransitionOutcome.SUPERSEDED
 # Transitions whose side effects nobody has reconciled yet; a run has at most one.
 UNFINISHED = (IN_PROGRESS, INTERRUPTED)
 ALL_APPS = "*"

@@ -477,13 +477,6 @@ class Store:
             )
             return [_release(r) for r in rows]
 
-    def get_release(self, release_id: int) -> ReleaseRecord:
-        with self._session() as s:
-            row = s.get(Release, release_id)
-            if row is None:
-                raise BadInput(f"unknown release {release_id}: 'orchestrator status' lists the current ones")
-            return _release(row)
-
     def acquire_locks(
         self,
         app: str,

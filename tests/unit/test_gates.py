@@ -130,11 +130,11 @@ def test_gates_share_facts_through_the_context(gate_factory: GateFactory, ctx: G
     """The image one gate built is the one the next gate must promote."""
 
     def build(c: GateContext) -> Verdict:
-        c.shared["image_id"] = "sha256:abc"
+        c.promote_image_id = "sha256:abc"
         return Verdict.passed("built")
 
     def promote(c: GateContext) -> Verdict:
-        return Verdict.passed("promoted", image_id=c.shared["image_id"])
+        return Verdict.passed("promoted", image_id=c.promote_image_id)
 
     results = run_gates(
         [gate_factory("build", TO_STAGING, build), gate_factory("promote", TO_STAGING, promote)],

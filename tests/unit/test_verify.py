@@ -56,3 +56,13 @@ def test_all_of_stops_at_first_failure_and_keeps_evidence() -> None:
     assert "expected" in result.reason
     assert result.details["found_image_id"] == a and result.details["found_revision"] == "nope"
     assert all_of(same_image(a, a, "img"), revision_label({REVISION_LABEL: SHA}, SHA)).ok
+
+
+def test_a_verification_is_a_verdict_a_gate_can_return_as_it_is() -> None:
+    """One result type: what verify found is recorded by a gate without being copied field by field."""
+    from orchestrator.verdict import GateStatus, Verdict
+
+    a = "sha256:" + "a" * 64
+    found = all_of(same_image(a, "sha256:" + "b" * 64, "img"), revision_label({REVISION_LABEL: SHA}, SHA))
+    assert isinstance(found, Verdict) and found.status is GateStatus.FAIL and not found.ok
+    assert same_image(a, a, "img").status is GateStatus.PASS

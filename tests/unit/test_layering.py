@@ -1,0 +1,70 @@
+"""The layering STYLE.md promises, checked on the source: CLI -> service -> adapters, never around.
+
+Hazard: a module below the CLI that imports click (errors used to subclass ``click.ClickException``)
+ties the domain to one front end and lets a layer print or exit behind the CLI's back; the CLI reading
+the store directly bypasses the service's validation and shapes.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "orchestrator"
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def _modules() -> dict[str, set[str]]:
+    return {str(p.relative_to(PACKAGE)): _imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_no_module_below_the_cli_imports_click() -> None:
+    offenders = [
+        name
+        for name, imported in _modules().items()
+        if name != "cli.py" and any(m == "click" or m.startswith("click.") for m in imported)
+    ]
+    assert offenders == [], f"only cli.py may import click: {offenders}"
+
+
+def test_one_http_client_inside_the_package() -> None:
+    """health probes, /version checks and the registry share httpclient.py (scripts/staging_check.py
+    runs standalone and keeps its own)."""
+    offenders = [
+        name
+        for name, imported in _modules().items()
+        if name != "httpclient.py" and {"urllib.request", "http.client"} & imported
+    ]
+    assert offenders == [], f"HTTP requests go through orchestrator/httpclient.py: {offenders}"
+
+
+def test_the_cli_reads_and_changes_history_only_through_the_service() -> None:
+    """Every call in cli.py of a name the Store has goes to ``inv.service()``, never to a store."""
+    from orchestrator.store.repository import Store
+
+    # close() is the Invocation's lifecycle (it opened the store for the service), not a query.
+    store_methods = {n for n in dir(Store) if not n.startswith("_")} - {"close"}
+    tree = ast.parse((PACKAGE / "cli.py").read_text(encoding="utf-8"))
+    direct = [
+        f"line {node.lineno}: .{node.func.attr}()"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in store_methods
+        and not (isinstance(node.func.value, ast.Name) and node.func.value.id == "views")
+        and not (
+            isinstance(node.func.value, ast.Call)
+            and isinstance(node.func.value.func, ast.Attribute)
+            and node.func.value.func.attr == "service"
+        )
+    ]
+    assert direct == [], f"cli.py calls the store directly: {direct}"
