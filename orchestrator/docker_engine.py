@@ -191,7 +191,10 @@ def _image(obj: Any) -> ImageInfo:
 
 
 def _container(obj: Any) -> ContainerInfo:
-    attrs = obj.attrs
+    return _container_from(obj.attrs)
+
+
+def _container_from(attrs: Mapping[str, Any]) -> ContainerInfo:
     state = attrs.get("State") or {}
     return ContainerInfo(
         id=attrs["Id"],
@@ -423,9 +426,15 @@ class DockerEngine:
 
     # containers -----------------------------------------------------------------------------------
 
+    # Containers go through the low-level API by name or id: the SDK's models inspect a container
+    # before every action (and again after `run`), which made a deploy inspect the same container
+    # three or four times. One request per action is what the engine needs.
+
     def container(self, name: str) -> ContainerInfo | None:
         try:
-            return _container(self._call(f"inspect container {name}", self._client.containers.get, name))
+            return _container_from(
+                self._call(f"inspect container {name}", self._client.api.inspect_container, name)
+            )
         except docker.errors.NotFound:
             return None
 
@@ -443,58 +452,54 @@ class DockerEngine:
     ) -> ContainerInfo:
         """Start a detached container. With ``host_network`` the app binds PORT itself; otherwise
         ``publish`` maps container ports to (host ip, host port), which callers keep on 127.0.0.1."""
-        kwargs: dict[str, Any] = {
-            "name": name,
-            "detach": True,
-            "environment": dict(environment or {}),
-            "labels": dict(labels or {}),
-        }
-        if command is not None:
-            kwargs["command"] = command
-        if host_network:
-            kwargs["network_mode"] = "host"
-        elif publish:
-            kwargs["ports"] = {f"{cport}/tcp": host for cport, host in publish.items()}
-        if restart:
-            kwargs["restart_policy"] = {"Name": "unless-stopped"}
-        created = self._call(f"run container {name}", self._client.containers.run, image, **kwargs)
-        created.reload()
-        return _container(created)
+        api = self._client.api
+        host_config = api.create_host_config(
+            network_mode="host" if host_network else None,
+            port_bindings=None if host_network or not publish else dict(publish),
+            restart_policy={"Name": "unless-stopped"} if restart else None,
+        )
+        created = self._call(
+            f"create container {name}",
+            api.create_container,
+            image,
+            command=command,
+            name=name,
+            environment=dict(environment or {}),
+            labels=dict(labels or {}),
+            ports=None if host_network or not publish else list(publish),
+            host_config=host_config,
+            detach=True,
+        )
+        self._call(f"start container {name}", api.start, created["Id"])
+        return _container_from(self._call(f"inspect container {name}", api.inspect_container, created["Id"]))
 
     def remove_container(self, name: str) -> bool:
         """Force-remove; True when something was removed."""
         try:
-            obj = self._client.containers.get(name)
-            self._call(f"remove container {name}", obj.remove, force=True, v=True)
+            api = self._client.api
+            self._call(f"remove container {name}", api.remove_container, name, force=True, v=True)
             return True
         except docker.errors.NotFound:
             return False
-        except _UNREACHABLE as exc:
-            raise InfraUnavailable(f"Docker engine stopped answering while removing {name}: {exc}") from None
 
     def stop_container(self, name: str, *, timeout_s: int = 1) -> bool:
         """Stop without removing (the container and its log stay for ``docker logs``); a stopped
         container is not restarted by its restart policy. True when something was stopped."""
         try:
-            obj = self._client.containers.get(name)
-            self._call(f"stop container {name}", obj.stop, timeout=timeout_s)
+            self._call(f"stop container {name}", self._client.api.stop, name, timeout=timeout_s)
             return True
         except docker.errors.NotFound:
             return False
-        except _UNREACHABLE as exc:
-            raise InfraUnavailable(f"Docker engine stopped answering while stopping {name}: {exc}") from None
 
     def logs(self, name: str, *, tail: int = 50) -> str:
         try:
-            obj = self._client.containers.get(name)
-            raw = self._call(f"logs of {name}", obj.logs, tail=tail)
+            raw = self._call(f"logs of {name}", self._client.api.logs, name, tail=tail)
         except docker.errors.NotFound:
             return ""
         return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
     def wait(self, name: str, *, timeout: float = 60) -> int:
-        obj = self._call(f"inspect container {name}", self._client.containers.get, name)
-        result = self._call(f"wait for {name}", obj.wait, timeout=timeout)
+        result = self._call(f"wait for {name}", self._client.api.wait, name, timeout=timeout)
         return int(result.get("StatusCode", -1))
 
     # housekeeping (orchestrator.prune) ------------------------------------------------------------
