@@ -216,20 +216,24 @@ def run_start(inv: Invocation, *, app: str, sha: str, actor: str | None, as_json
         _echo(f"run {record.id} started: {record.app} @ {record.sha} in {record.state}")
 
 
+# One definition for every command that can meet a locked environment (advance, deploy).
+wait_option = click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seconds to wait for a locked environment (at each edge) instead of exiting 3 at once.",
+)
+
+
 @cli.command()
 @click.argument("run_id", type=int)
 @click.option("--to", "to", required=True, help="Target state (deploy-staging or deploy).")
 @click.option(
     "--actor", default=None, help="Who asked for the move (default: the CI job's user, else the OS user)."
 )
-@click.option(
-    "--wait",
-    "wait_s",
-    type=click.FloatRange(min=0),
-    default=0,
-    show_default=True,
-    help="Seconds to wait for a locked environment instead of exiting 3 at once.",
-)
+@wait_option
 @command
 def advance(
     inv: Invocation, run_id: int, *, to: str, actor: str | None, wait_s: float, as_json: bool
@@ -249,15 +253,8 @@ def advance(
 @cli.command("deploy")
 @click.option("--app", required=True, help="App name from orchestrator.toml.")
 @click.option("--sha", required=True, help="Full 40-character commit sha that CI validated.")
-@click.option("--actor", default=None, help="Who deploys (default: the OS user).")
-@click.option(
-    "--wait",
-    "wait_s",
-    type=click.FloatRange(min=0),
-    default=0,
-    show_default=True,
-    help="Seconds to wait for a locked environment (at each edge) instead of exiting 3 at once.",
-)
+@click.option("--actor", default=None, help="Who deploys (default: the CI job's user, else the OS user).")
+@wait_option
 @command
 def deploy_cmd(
     inv: Invocation, *, app: str, sha: str, actor: str | None, wait_s: float, as_json: bool
