@@ -28,6 +28,7 @@ from orchestrator.store import db
 from orchestrator.store.repository import Store
 
 if TYPE_CHECKING:
+    from orchestrator.notify import Notifier
     from orchestrator.prune import PruneResult
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,6 +45,7 @@ class Invocation:
     verbose: bool = False
     _config: Config | None = None
     _store: Store | None = None
+    _notifier: Notifier | None = None
 
     @property
     def config(self) -> Config:
@@ -64,9 +66,22 @@ class Invocation:
         return self._store
 
     def service(self) -> RunService:
-        return RunService(self.config, self.store())
+        return RunService(self.config, self.store(), notifier=self.notifier)
+
+    @property
+    def notifier(self) -> Notifier:
+        if self._notifier is None:
+            from orchestrator.notify import Notifier
+
+            self._notifier = Notifier.from_config(self.config)
+        return self._notifier
 
     def close(self) -> None:
+        # Notifications first, while the store is open to record the ones that failed (notify.py).
+        if self._notifier is not None:
+            from orchestrator.notify import record_failures
+
+            record_failures(self._store, self._notifier.close())
         if self._store is not None:
             self._store.close()
 
@@ -220,7 +235,7 @@ def run_start(inv: Invocation, *, app: str, sha: str, actor: str | None, as_json
     type=click.FloatRange(min=0),
     default=0,
     show_default=True,
-    help="Seconds to wait for a locked environment instead of exiting 3 at once.",
+    help="Seconds to wait for a locked environment or an approval instead of exiting 3 at once.",
 )
 @command
 def advance(
@@ -329,6 +344,50 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
 
 def _step_text(step: Any) -> str:
     return step.name if step.status == "done" else f"{step.name} ({step.status})"
+
+
+@cli.command("approve")
+@click.argument("run_id", type=int)
+@click.option("--reason", default=None, help="Optional note recorded with the approval.")
+@click.option("--actor", default=None, help="Who approves (default: the OS user).")
+@command
+def approve_cmd(
+    inv: Invocation, run_id: int, *, reason: str | None, actor: str | None, as_json: bool
+) -> None:
+    """Let RUN_ID's next edge (prod, with require_approval) through; recorded with who and when."""
+    from orchestrator.approvals import Decision, decide
+
+    result = decide(
+        inv.config, inv.store(), run_id, Decision.APPROVED, actor=actor, reason=reason, notifier=inv.notifier
+    )
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        _echo(
+            f"run {result.run_id} ({result.app} @ {result.sha[:12]}) {result.approval.describe()}; "
+            f"'orchestrator advance {result.run_id} --to {result.edge.dest}' promotes it"
+        )
+
+
+@cli.command("reject")
+@click.argument("run_id", type=int)
+@click.option("--reason", required=True, help="Why; recorded and told to whoever started the run.")
+@click.option("--actor", default=None, help="Who rejects (default: the OS user).")
+@command
+def reject_cmd(inv: Invocation, run_id: int, *, reason: str, actor: str | None, as_json: bool) -> None:
+    """Refuse RUN_ID's edge that awaits approval: the run ends as rejected and is never promoted."""
+    from orchestrator.approvals import Decision, decide
+
+    result = decide(
+        inv.config, inv.store(), run_id, Decision.REJECTED, actor=actor, reason=reason, notifier=inv.notifier
+    )
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        _echo(
+            f"run {result.run_id} ({result.app} @ {result.sha[:12]}) {result.approval.describe()}; "
+            f"it is now {result.state} and will not be promoted"
+        )
 
 
 @cli.command("recover")
@@ -463,7 +522,15 @@ def rollback_cmd(
     from orchestrator.releases import rollback
 
     result = rollback(
-        inv.config, inv.store(), connect_engine, app, environment, to=to, actor=actor, reason=reason
+        inv.config,
+        inv.store(),
+        connect_engine,
+        app,
+        environment,
+        to=to,
+        actor=actor,
+        reason=reason,
+        notifier=inv.notifier,
     )
     if as_json:
         _print_json(result.as_dict())

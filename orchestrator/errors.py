@@ -52,3 +52,18 @@ class StepTimeout(InfraUnavailable):
     about the commit, so the edge ends as ``error`` (exit 4), told apart from a gate's ``fail``."""
 
     kind = "timeout"
+
+
+class AwaitingApproval(Conflict):
+    """The edge needs a person's `orchestrator approve RUN` first; nothing was written about the edge.
+    Exit 3 like any "not now": CI may wait (``advance --wait``) or come back later."""
+
+    kind = "awaiting_approval"
+
+
+class Rejected(OrchestratorError):
+    """A person refused the edge (`orchestrator reject`): the run ended as ``rejected``. Exit 1, like a
+    failed gate, because this commit will not ship and retrying (what CI does on 3) would loop."""
+
+    exit_code = 1
+    kind = "rejected"

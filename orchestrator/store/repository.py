@@ -19,6 +19,7 @@ from orchestrator.errors import BadInput, Conflict, InfraUnavailable
 from orchestrator.holder import Holder
 from orchestrator.store import db
 from orchestrator.store.models import (
+    Approval,
     EnvironmentLock,
     Event,
     Freeze,
@@ -36,9 +37,11 @@ from orchestrator.store.records import (  # noqa: F401 - re-exported: callers im
     INTERRUPTED,
     MANUAL_LOCK,
     OPERATOR_LOCK,
+    REJECTED,
     RUN_LOCK,
     SUPERSEDED,
     UNFINISHED,
+    ApprovalRecord,
     EventRecord,
     FreezeRecord,
     GateRecord,
@@ -654,6 +657,148 @@ class Store:
             q = q.where(Event.run_id == run_id)
         with self._session() as s:
             return [EventRecord.of(r) for r in s.scalars(q)]
+
+    # approvals ------------------------------------------------------------------------------------
+
+    def approvals(self, run_id: int) -> list[ApprovalRecord]:
+        with self._session() as s:
+            rows = s.scalars(sa.select(Approval).where(Approval.run_id == run_id).order_by(Approval.id))
+            return [ApprovalRecord.of(r) for r in rows]
+
+    def newer_contender(self, run_id: int, to_state: str, environment: str) -> tuple[int, str] | None:
+        """The newer run of the same app that would supersede ``run_id`` on its next claim, and why."""
+        with self._session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise BadInput(f"unknown run {run_id}: 'orchestrator runs list' shows the runs there are")
+            return self._newer_contender(s, run, to_state, environment)
+
+    def approve(
+        self, run_id: int, from_state: str, environment: str, actor: str, reason: str | None
+    ) -> ApprovalRecord:
+        """Record the approval, if the run still waits in ``from_state`` (compare-and-set: a run moved
+        meanwhile is not approved) and nobody approved it first (the unique constraint decides)."""
+        try:
+            with self._session() as s:
+                still = s.execute(
+                    sa.update(Run)
+                    .where(Run.id == run_id, Run.state == from_state)
+                    .values(updated_at=utcnow())
+                ).rowcount
+                if still != 1:
+                    raise Conflict(f"run {run_id} is no longer in {from_state}: another command moved it")
+                row = Approval(
+                    run_id=run_id, environment=environment, decision="approved", actor=actor, reason=reason
+                )
+                s.add(row)
+                s.flush()
+                run = s.get(Run, run_id)
+                assert run is not None
+                s.add(
+                    Event(
+                        app=run.app,
+                        environment=environment,
+                        kind="approved",
+                        actor=actor,
+                        message=f"run {run_id} approved for {environment}"
+                        + (f": {reason}" if reason else ""),
+                        run_id=run_id,
+                        details={"approval_id": row.id},
+                    )
+                )
+                return ApprovalRecord.of(row)
+        except IntegrityError:
+            found = next(a for a in self.approvals(run_id) if a.environment == environment)
+            raise Conflict(
+                f"run {run_id} was already {found.describe()}: nothing to do",
+                details={"approval": found.as_dict()},
+            ) from None
+
+    def reject(
+        self, run_id: int, from_state: str, to_state: str, environment: str, actor: str, reason: str
+    ) -> tuple[ApprovalRecord, int]:
+        """End the run as rejected: the decision, a ``rejected`` transition explaining the run's new
+        state, and an event, in one commit. Like ``supersede``, the compare-and-set on the run comes
+        first and the check for an edge under way after it: a promotion already running is not
+        stopped by a row written beside it (roll back instead)."""
+        with self._session() as s:
+            now = utcnow()
+            claimed = s.execute(
+                sa.update(Run)
+                .where(Run.id == run_id, Run.state == from_state)
+                .values(state=REJECTED, updated_at=now)
+            ).rowcount
+            if claimed != 1:
+                raise Conflict(f"run {run_id} is no longer in {from_state}: another command moved it")
+            unfinished = s.scalars(
+                sa.select(Transition).where(Transition.run_id == run_id, Transition.outcome.in_(UNFINISHED))
+            ).first()
+            if unfinished is not None:
+                raise Conflict(
+                    f"run {run_id} is moving to {unfinished.to_state} right now (transition "
+                    f"{unfinished.id}): too late to reject it; once it ends, roll back with "
+                    f"'orchestrator rollback APP --env {environment}' if it must not stay"
+                )
+            row = Approval(
+                run_id=run_id, environment=environment, decision=REJECTED, actor=actor, reason=reason, at=now
+            )
+            s.add(row)
+            transition = Transition(
+                run_id=run_id,
+                from_state=from_state,
+                to_state=to_state,
+                actor=actor,
+                outcome=REJECTED,
+                reason=f"rejected by {actor}: {reason}",
+                result_state=REJECTED,
+                started_at=now,
+                finished_at=now,
+            )
+            s.add(transition)
+            s.flush()
+            run = s.get(Run, run_id)
+            assert run is not None
+            s.add(
+                Event(
+                    app=run.app,
+                    environment=environment,
+                    kind="rejected",
+                    actor=actor,
+                    message=f"run {run_id} rejected for {environment}: {reason}",
+                    run_id=run_id,
+                    transition_id=transition.id,
+                    details={"approval_id": row.id},
+                )
+            )
+            return ApprovalRecord.of(row), transition.id
+
+    def approval_requested(self, run_id: int, app: str, environment: str, actor: str) -> bool:
+        """Record (once per run and environment) that the run waits for a person; True the first time,
+        so the caller notifies approvers once, not on every poll or CI retry."""
+        with self._session() as s:
+            seen = s.scalars(
+                sa.select(Event.id)
+                .where(
+                    Event.run_id == run_id,
+                    Event.kind == "approval_requested",
+                    Event.environment == environment,
+                )
+                .limit(1)
+            ).first()
+            if seen is not None:
+                return False
+            s.add(
+                Event(
+                    app=app,
+                    environment=environment,
+                    kind="approval_requested",
+                    actor=actor,
+                    message=f"run {run_id} awaits approval for {environment}",
+                    run_id=run_id,
+                    details={},
+                )
+            )
+            return True
 
     # steps ----------------------------------------------------------------------------------------
 
