@@ -390,6 +390,52 @@ def reject_cmd(inv: Invocation, run_id: int, *, reason: str, actor: str | None, 
         )
 
 
+@cli.command("metrics")
+@click.argument("app", required=False)
+@click.option(
+    "--since", default="30d", show_default=True, help="Window: a duration (30d, 12h, 2w) or a date."
+)
+@command
+def metrics_cmd(inv: Invocation, app: str | None, *, since: str, as_json: bool) -> None:
+    """DORA keys of APP (or every app) from the recorded history: deployment frequency, lead time for
+    changes, change failure rate, time to restore."""
+    from orchestrator.metrics import metrics
+
+    found = metrics(inv.config, inv.store(), app, since)
+    if as_json:
+        _print_json(found.as_dict())
+        return
+    _echo(f"since {found.since:%Y-%m-%d %H:%M} UTC ({(found.until - found.since).days} days)")
+    rows = [("all apps", found.total)] if app is None else []
+    rows += sorted(found.apps.items())
+    for name, m in rows:
+        _print_dora(name, m)
+
+
+def _print_dora(name: str, m: Any) -> None:
+    from orchestrator.metrics import human_duration
+
+    rate = "n/a" if m.change_failure_rate is None else f"{m.change_failure_rate:.0%}"
+    missing = f", {m.lead_time_missing} without commit time" if m.lead_time_missing else ""
+    _echo(f"{name}:")
+    _echo(
+        f"  deployment frequency   {m.deployments} to prod ({m.deploys_per_day:.2f}/day, "
+        f"on {m.deploy_days} day(s))"
+    )
+    _echo(
+        f"  lead time for changes  median {human_duration(m.lead_time_median_s)}, "
+        f"p90 {human_duration(m.lead_time_p90_s)} ({m.lead_time_samples} change(s){missing})"
+    )
+    _echo(
+        f"  change failure rate    {rate} ({m.failures} of {m.attempts}: {m.failed_in_prod} failed in prod, "
+        f"{m.rolled_back} rolled back)"
+    )
+    _echo(
+        f"  time to restore        median {human_duration(m.time_to_restore_median_s)} "
+        f"({m.time_to_restore_samples} restore(s))"
+    )
+
+
 @cli.command("recover")
 @click.argument("app", required=False)
 @click.option("--actor", default=None, help="Who recovers (default: the OS user).")

@@ -264,7 +264,11 @@ class RunService:
         config = self.config.app(app)
         sha, actor = parse_sha(sha), parse_actor(actor)
         check_app_paths(config)
-        run = self.store.create_run(app, sha, actor, State.DEVELOPMENT.value)
+        from orchestrator.gitrepo import commit_time
+
+        run = self.store.create_run(
+            app, sha, actor, State.DEVELOPMENT.value, committed_at=commit_time(config.source, sha)
+        )
         get_logger(run_id=run.id, app=run.app, sha=run.sha).info("run_started", actor=run.actor)
         return run
 

@@ -1,4 +1,5 @@
-"""approvals: who approved or rejected a run's edge into an environment that requires approval
+"""approvals: who approved or rejected a run's edge into an environment that requires approval; the
+commit time of each run's sha (DORA lead time)
 
 Revision ID: 0004
 Revises: 0003
@@ -17,6 +18,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("committed_at", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
         "approvals",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -47,3 +50,9 @@ def downgrade() -> None:
     with op.batch_alter_table("approvals", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_approvals_run_id"))
     op.drop_table("approvals")
+    # Not a batch (copy-and-move) on SQLite: recreating ``runs`` with foreign keys on would cascade
+    # the drop to every transition. SQLite drops a plain column in place since 3.35.
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("ALTER TABLE runs DROP COLUMN committed_at")
+    else:
+        op.drop_column("runs", "committed_at")

@@ -38,6 +38,9 @@ class Run(Base):
     actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The sha's committer date, read from git at `run start`: the start of the DORA lead time for
+    # changes. Kept here so `metrics` answers from the history on a host without the repository.
+    committed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     transitions: Mapped[list[Transition]] = relationship(
         back_populates="run", order_by="Transition.id", cascade="all, delete-orphan"

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from orchestrator.errors import BadInput, Conflict, InfraUnavailable
 from orchestrator.holder import Holder
@@ -60,6 +60,15 @@ from orchestrator.store.records import (  # noqa: F401 - re-exported: callers im
     _transition,
 )
 
+if TYPE_CHECKING:
+    from orchestrator.metrics import Promotion, Rollback
+
+
+def _chunks(ids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
+    """IN lists of bounded length (SQLite limits bound parameters per statement)."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
 
 def _held_by(model: type[Transition] | type[EnvironmentLock], holder: Holder) -> sa.ColumnElement[bool]:
     """Rows of exactly this process: host, pid and the pid's start time. The pid alone would let a
@@ -91,9 +100,11 @@ class Store:
 
     # runs -----------------------------------------------------------------------------------------
 
-    def create_run(self, app: str, sha: str, actor: str, state: str) -> RunRecord:
+    def create_run(
+        self, app: str, sha: str, actor: str, state: str, *, committed_at: datetime | None = None
+    ) -> RunRecord:
         with self._session() as s:
-            row = Run(app=app, sha=sha, actor=actor, state=state)
+            row = Run(app=app, sha=sha, actor=actor, state=state, committed_at=committed_at)
             s.add(row)
             s.flush()
             return RunRecord.of(row)
@@ -799,6 +810,94 @@ class Store:
                 )
             )
             return True
+
+    # DORA history ---------------------------------------------------------------------------------
+
+    def prod_history(self, app: str | None, since: datetime) -> tuple[list[Promotion], list[Rollback]]:
+        """What `metrics` computes from: the prod-edge transitions that finished since ``since`` and
+        reached prod (succeeded, or failed after a prod step began), and prod's rollback releases
+        since then with the release each replaced. Four queries, whatever the size of the window."""
+        from orchestrator.metrics import Promotion, Rollback
+
+        with self._session() as s:
+            q = (
+                sa.select(
+                    Transition.id,
+                    Transition.run_id,
+                    Transition.outcome,
+                    Transition.finished_at,
+                    Run.app,
+                    Run.committed_at,
+                )
+                .join(Run, Run.id == Transition.run_id)
+                .where(
+                    Transition.to_state == "deploy",
+                    Transition.outcome.in_(("succeeded", "failed")),
+                    Transition.finished_at >= since,
+                )
+            )
+            if app is not None:
+                q = q.where(Run.app == app)
+            rows = s.execute(q).all()
+            failed_ids = [r.id for r in rows if r.outcome == "failed"]
+            touched: dict[int, datetime] = {}
+            for chunk in _chunks(failed_ids):
+                touched.update(
+                    s.execute(
+                        sa.select(StepRow.transition_id, sa.func.min(StepRow.started_at))
+                        .where(StepRow.transition_id.in_(chunk), StepRow.environment == "prod")
+                        .group_by(StepRow.transition_id)
+                    ).all()
+                )
+            released: dict[int, tuple[int, datetime]] = {}
+            ok_ids = [r.id for r in rows if r.outcome == "succeeded"]
+            for chunk in _chunks(ok_ids):
+                for release_id, transition_id, created_at in s.execute(
+                    sa.select(Release.id, Release.transition_id, Release.created_at).where(
+                        Release.transition_id.in_(chunk), Release.environment == "prod"
+                    )
+                ):
+                    if transition_id not in released or release_id > released[transition_id][0]:
+                        released[transition_id] = (release_id, created_at)
+            promotions = [
+                Promotion(
+                    app=r.app,
+                    run_id=r.run_id,
+                    transition_id=r.id,
+                    succeeded=r.outcome == "succeeded",
+                    finished_at=_aware(r.finished_at),  # type: ignore[arg-type]
+                    committed_at=_aware(r.committed_at),
+                    prod_touched_at=_aware(touched.get(r.id)),
+                    release_id=released[r.id][0] if r.id in released else None,
+                    released_at=_aware(released[r.id][1]) if r.id in released else None,
+                )
+                for r in rows
+                if r.outcome == "succeeded" or r.id in touched
+            ]
+            earlier = aliased(Release)
+            replaced = (
+                sa.select(sa.func.max(earlier.id))
+                .where(earlier.app == Release.app, earlier.environment == "prod", earlier.id < Release.id)
+                .scalar_subquery()
+            )
+            rq = sa.select(Release.app, Release.id, Release.created_at, replaced).where(
+                Release.environment == "prod", Release.kind == "rollback", Release.created_at >= since
+            )
+            if app is not None:
+                rq = rq.where(Release.app == app)
+            rollbacks = [
+                Rollback(app=a, release_id=i, at=_aware(at), replaced_release_id=prev)  # type: ignore[arg-type]
+                for a, i, at, prev in s.execute(rq).all()
+            ]
+        return promotions, rollbacks
+
+    def set_commit_time(self, run_id: int, committed_at: datetime) -> None:
+        with self._session() as s:
+            s.execute(
+                sa.update(Run)
+                .where(Run.id == run_id, Run.committed_at.is_(None))
+                .values(committed_at=committed_at)
+            )
 
     # steps ----------------------------------------------------------------------------------------
 
