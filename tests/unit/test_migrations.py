@@ -187,9 +187,7 @@ def seed(conn: sa.Connection, tag: str) -> dict[str, Any]:
             reason="rejected by ops: not on a Friday",
         )
         for run, decision in ((rejected_run, "rejected"), (run_id, "approved")):
-            insert(
-                conn, "approvals", run_id=run, environment="prod", decision=decision, actor="ops", at=now
-            )
+            insert(conn, "approvals", run_id=run, environment="prod", decision=decision, actor="ops", at=now)
         written["rejected_run"] = rejected_run
     return written
 
