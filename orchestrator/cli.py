@@ -43,6 +43,7 @@ STATUS_NOT_OK = 5
 class Invocation:
     config_path: str | None
     verbose: bool = False
+    quiet: bool = False
     _config: Config | None = None
     _store: Store | None = None
     _notifier: Notifier | None = None
@@ -51,7 +52,10 @@ class Invocation:
     def config(self) -> Config:
         if self._config is None:
             self._config = load_config(self.config_path)
-            orch_logging.configure(self._config.settings.log_format, self._config.settings.log_level)
+            level = self._config.settings.log_level
+            # --quiet: warnings and errors only; --verbose: everything, debug included.
+            level = "warning" if self.quiet else ("debug" if self.verbose else level)
+            orch_logging.configure(self._config.settings.log_format, level)
             for warning in self._config.warnings:
                 orch_logging.get_logger().warning("config_warning", message=warning)
             if self.verbose:
@@ -196,14 +200,23 @@ class _Cli(click.Group):
     "-v",
     "--verbose",
     is_flag=True,
-    help="Say on stderr which config file and which database are used, and how each was chosen.",
+    help="Say on stderr which config file and which database are used, and how each was chosen; "
+    "log at debug level.",
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Log only warnings and errors on stderr (results and errors are printed as always).",
 )
 @click.version_option(package_name="orchestrator")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: bool, quiet: bool) -> None:
     """Move validated commits through development -> deploy-staging -> deploy, behind gates."""
-    orch_logging.configure()
-    ctx.obj = Invocation(config_path, verbose)
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose contradict each other: pick one")
+    orch_logging.configure(level="warning" if quiet else "info")
+    ctx.obj = Invocation(config_path, verbose, quiet)
 
 
 @cli.group()

@@ -361,3 +361,20 @@ def test_advance_wait_gives_up_saying_how_long_it_waited(
     with pytest.raises(AwaitingApproval, match=r"awaiting approval for prod \(waited \d+ s\)"):
         service.advance(run_id, "deploy", "ci", wait_s=0.3)
     assert store.get_run(run_id).state == "deploy-staging"
+
+
+# --------------------------------------------------------------------------------------------------
+# --quiet / --verbose (global options, so they apply to every command)
+
+
+@pytest.mark.usefixtures("docker_free_gates")
+def test_quiet_and_verbose(cli: Cli, workspace: Workspace) -> None:
+    loud = cli("run", "start", "--app", "demo", "--sha", workspace.repo.sha)
+    assert "run_started" in loud.stderr
+    quiet = cli("-q", "run", "start", "--app", "demo", "--sha", workspace.repo.sha)
+    quiet.ok()
+    assert "run_started" not in quiet.stderr and quiet.stdout.startswith("run ")
+    verbose = cli("-v", "metrics", "demo")
+    verbose.ok()
+    assert "config:" in verbose.stderr and "database:" in verbose.stderr
+    assert cli("-q", "-v", "metrics").exit_code == 2
