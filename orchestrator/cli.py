@@ -25,6 +25,7 @@ from orchestrator.errors import BadInput, Conflict, OrchestratorError
 # CI calls the orchestrator in every pipeline, so start-up is paid thousands of times a day.
 if TYPE_CHECKING:
     from orchestrator.config import Config
+    from orchestrator.notify import Notifier
     from orchestrator.prune import PruneResult
     from orchestrator.service import AdvanceResult, PruneReport, RunService
     from orchestrator.store.repository import Store
@@ -41,8 +42,10 @@ STATUS_NOT_OK = 5
 class Invocation:
     config_path: str | None
     verbose: bool = False
+    quiet: bool = False
     _config: Config | None = None
     _store: Store | None = None
+    _notifier: Notifier | None = None
 
     @property
     def config(self) -> Config:
@@ -51,7 +54,10 @@ class Invocation:
             from orchestrator.config import load_config
 
             self._config = load_config(self.config_path)
-            orch_logging.configure(self._config.settings.log_format, self._config.settings.log_level)
+            level = self._config.settings.log_level
+            # --quiet: warnings and errors only; --verbose: everything, debug included.
+            level = "warning" if self.quiet else ("debug" if self.verbose else level)
+            orch_logging.configure(self._config.settings.log_format, level)
             for warning in self._config.warnings:
                 orch_logging.get_logger().warning("config_warning", message=warning)
             if self.verbose:
@@ -70,9 +76,22 @@ class Invocation:
     def service(self, *, upgrade: bool = True) -> RunService:
         from orchestrator.service import RunService
 
-        return RunService(self.config, self._open_store(upgrade=upgrade))
+        return RunService(self.config, self._open_store(upgrade=upgrade), notifier=self.notifier)
+
+    @property
+    def notifier(self) -> Notifier:
+        if self._notifier is None:
+            from orchestrator.notify import Notifier
+
+            self._notifier = Notifier.from_config(self.config)
+        return self._notifier
 
     def close(self) -> None:
+        # Notifications first, while the store is open to record the ones that failed (notify.py).
+        if self._notifier is not None:
+            from orchestrator.notify import record_failures
+
+            record_failures(self._store, self._notifier.close())
         if self._store is not None:
             self._store.close()
 
@@ -183,16 +202,25 @@ class _Cli(click.Group):
     "-v",
     "--verbose",
     is_flag=True,
-    help="Say on stderr which config file and which database are used, and how each was chosen.",
+    help="Say on stderr which config file and which database are used, and how each was chosen; "
+    "log at debug level.",
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Log only warnings and errors on stderr (results and errors are printed as always).",
 )
 @click.version_option(package_name="orchestrator")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: bool, quiet: bool) -> None:
     """Move validated commits through development -> deploy-staging -> deploy, behind gates."""
     from orchestrator import logging as orch_logging
 
-    orch_logging.configure()
-    ctx.obj = Invocation(config_path, verbose)
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose contradict each other: pick one")
+    orch_logging.configure(level="warning" if quiet else "info")
+    ctx.obj = Invocation(config_path, verbose, quiet)
 
 
 @cli.group()
@@ -223,7 +251,8 @@ wait_option = click.option(
     type=click.FloatRange(min=0),
     default=0,
     show_default=True,
-    help="Seconds to wait for a locked environment (at each edge) instead of exiting 3 at once.",
+    help="Seconds to wait for a locked environment or an approval (at each edge) instead of exiting 3 "
+    "at once.",
 )
 
 
@@ -521,6 +550,90 @@ def releases_cmd(inv: Invocation, app: str, *, environment: str | None, limit: i
 
 def _step_text(step: Any) -> str:
     return step.name if step.status == "done" else f"{step.name} ({step.status})"
+
+
+@cli.command("approve")
+@click.argument("run_id", type=int)
+@click.option("--reason", default=None, help="Optional note recorded with the approval.")
+@click.option("--actor", default=None, help="Who approves (default: the CI job's user, else the OS user).")
+@command
+def approve_cmd(
+    inv: Invocation, run_id: int, *, reason: str | None, actor: str | None, as_json: bool
+) -> None:
+    """Let RUN_ID's next edge (prod, with require_approval) through; recorded with who and when."""
+    from orchestrator.approvals import Decision
+
+    result = inv.service().decide(run_id, Decision.APPROVED, actor=actor, reason=reason)
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        _echo(
+            f"run {result.run_id} ({result.app} @ {result.sha[:12]}) {result.approval.describe()}; "
+            f"'orchestrator advance {result.run_id} --to {result.edge.dest}' promotes it"
+        )
+
+
+@cli.command("reject")
+@click.argument("run_id", type=int)
+@click.option("--reason", required=True, help="Why; recorded and told to whoever started the run.")
+@click.option("--actor", default=None, help="Who rejects (default: the CI job's user, else the OS user).")
+@command
+def reject_cmd(inv: Invocation, run_id: int, *, reason: str, actor: str | None, as_json: bool) -> None:
+    """Refuse RUN_ID's edge that awaits approval: the run ends as rejected and is never promoted."""
+    from orchestrator.approvals import Decision
+
+    result = inv.service().decide(run_id, Decision.REJECTED, actor=actor, reason=reason)
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        _echo(
+            f"run {result.run_id} ({result.app} @ {result.sha[:12]}) {result.approval.describe()}; "
+            f"it is now {result.state} and will not be promoted"
+        )
+
+
+@cli.command("metrics")
+@click.argument("app", required=False)
+@click.option(
+    "--since", default="30d", show_default=True, help="Window: a duration (30d, 12h, 2w) or a date."
+)
+@command
+def metrics_cmd(inv: Invocation, app: str | None, *, since: str, as_json: bool) -> None:
+    """DORA keys of APP (or every app) from the recorded history: deployment frequency, lead time for
+    changes, change failure rate, time to restore."""
+    found = inv.service().metrics(app, since)
+    if as_json:
+        _print_json(found.as_dict())
+        return
+    _echo(f"since {found.since:%Y-%m-%d %H:%M} UTC ({(found.until - found.since).days} days)")
+    rows = [("all apps", found.total)] if app is None else []
+    rows += sorted(found.apps.items())
+    for name, m in rows:
+        _print_dora(name, m)
+
+
+def _print_dora(name: str, m: Any) -> None:
+    from orchestrator.metrics import human_duration
+
+    rate = "n/a" if m.change_failure_rate is None else f"{m.change_failure_rate:.0%}"
+    missing = f", {m.lead_time_missing} without commit time" if m.lead_time_missing else ""
+    _echo(f"{name}:")
+    _echo(
+        f"  deployment frequency   {m.deployments} to prod ({m.deploys_per_day:.2f}/day, "
+        f"on {m.deploy_days} day(s))"
+    )
+    _echo(
+        f"  lead time for changes  median {human_duration(m.lead_time_median_s)}, "
+        f"p90 {human_duration(m.lead_time_p90_s)} ({m.lead_time_samples} change(s){missing})"
+    )
+    _echo(
+        f"  change failure rate    {rate} ({m.failures} of {m.attempts}: {m.failed_in_prod} failed in prod, "
+        f"{m.rolled_back} rolled back)"
+    )
+    _echo(
+        f"  time to restore        median {human_duration(m.time_to_restore_median_s)} "
+        f"({m.time_to_restore_samples} restore(s))"
+    )
 
 
 @cli.command("recover")

@@ -13,6 +13,7 @@ import posixpath
 import re
 import shlex
 import tomllib
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -85,6 +86,9 @@ class AppConfig:
     staging_project: str = "own"
     # Pinned overrides kept per environment as rollback anchors.
     keep_releases: int = 5
+    # Environments whose edge waits for a person (`orchestrator approve RUN`): ``true`` means prod,
+    # a list names them (["staging", "prod"]). Empty: no approval.
+    require_approval: frozenset[str] = frozenset()
 
     @property
     def is_compose(self) -> bool:
@@ -126,6 +130,10 @@ class Settings:
     # anchors that no kept release (keep_releases per environment) references: a host deploying many
     # times a day otherwise fills its disk with images nothing will ever run again.
     prune_after_deploy: bool = True
+    # Webhooks told about every outcome (orchestrator/notify.py): a JSON POST each, never blocking a deploy.
+    notify_urls: tuple[str, ...] = ()
+    # Per attempt (3 attempts); a command waits at most about three times this for its notifications.
+    notify_timeout_s: float = 5.0
 
     def freshness_applies_to(self, app: str) -> bool:
         """The kill-switch: off globally, or on but scoped to other apps."""
@@ -189,6 +197,9 @@ ENV_VARS: dict[str, str] = {
     "docker CLI here can drive it, else the legacy builder)",
     "ORCH_DOCKER_CLI": "the docker CLI BuildKit builds run with (default: the first `docker` on PATH with "
     "buildx or embeds BuildKit)",
+    "ORCH_NOTIFY_URLS": "comma-separated webhook URLs (http or https) that get a JSON POST on every outcome "
+    "(default: none)",
+    "ORCH_NOTIFY_TIMEOUT_S": "seconds each notification attempt may take (3 attempts; default 5)",
     "ORCH_SERVE_HOST": "address `orchestrator serve` binds (default 127.0.0.1)",
     "ORCH_REVISION": "commit `orchestrator serve` reports on /version (the Dockerfile sets it from GIT_SHA)",
     # Not settings: read by orchestrator.steps for the crash tests, listed so they are not refused.
@@ -305,6 +316,10 @@ def _parse_settings(
     for key in _LIMIT_KEYS:
         if got := pick(key):
             values[key] = _parse_float(*got, minimum=1)
+    if got := pick("notify_urls"):
+        values["notify_urls"] = _parse_urls(*got)
+    if got := pick("notify_timeout_s"):
+        values["notify_timeout_s"] = _parse_float(*got, minimum=0.1)
     if got := pick("builder"):
         values["builder"] = _parse_choice(*got, ("auto", "buildkit", "legacy"))
     if got := pick("docker_cli"):
@@ -313,6 +328,21 @@ def _parse_settings(
             raise BadInput(f"{name} must be the path (or name on PATH) of a docker CLI")
         values["docker_cli"] = raw.strip()
     return Settings(**values), database
+
+
+def _parse_urls(name: str, raw: Any) -> tuple[str, ...]:
+    """A TOML list or a comma-separated string of http(s) URLs. The message never repeats a URL: a
+    webhook's path is often its credential."""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    urls = tuple(str(i).strip() for i in items if str(i).strip())
+    for position, url in enumerate(urls, 1):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadInput(
+                f"{name}: entry {position} is not an http(s) URL with a host (e.g. "
+                "https://hooks.example.com/deploys)"
+            )
+    return urls
 
 
 def _sqlite_url(path: Path) -> str:
@@ -499,11 +529,31 @@ def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConf
     )
     if "pin_digests" in table:
         values["pin_digests"] = parse_bool(f"{where}.pin_digests", table["pin_digests"])
+    if "require_approval" in table:
+        values["require_approval"] = _parse_approval(f"{where}.require_approval", table["require_approval"])
     values.update(_parse_compose(where, table, base, source))
     app = AppConfig(**values)
     if app.staging_port == app.prod_port:
         raise BadInput(f"{where}: staging_port and prod_port are both {app.prod_port}; they must differ")
     return app
+
+
+_APPROVAL_ENVIRONMENTS = ("staging", "prod")
+
+
+def _parse_approval(name: str, raw: Any) -> frozenset[str]:
+    """``true`` (prod waits for a person), ``false``, or the list of environments whose edge waits.
+    A misspelt environment is an error: read as "no approval", it would let prod deploy unapproved."""
+    if isinstance(raw, bool):
+        return frozenset({"prod"}) if raw else frozenset()
+    if isinstance(raw, list) and all(isinstance(e, str) for e in raw):
+        unknown = [e for e in raw if e not in _APPROVAL_ENVIRONMENTS]
+        if not unknown:
+            return frozenset(raw)
+    raise BadInput(
+        f"{name} = {raw!r} must be true (prod waits for 'orchestrator approve'), false, or a list of "
+        f'environments from {list(_APPROVAL_ENVIRONMENTS)}, e.g. ["prod"]'
+    )
 
 
 def _parse_dockerfile(name: str, raw: Any, context: str = ".") -> str:

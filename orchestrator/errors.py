@@ -63,3 +63,18 @@ class GitError(InfraUnavailable):
     """git could not read the app's repository (gone, not a repository, git missing or hung): nothing is
     known about the commit, so nothing is decided (exit 4), and it is no ``DockerError``, which says the
     engine refused. A commit that lacks what the build needs is a verdict instead (``GateFailed``)."""
+
+
+class AwaitingApproval(Conflict):
+    """The edge needs a person's `orchestrator approve RUN` first; nothing was written about the edge.
+    Exit 3 like any "not now": CI may wait (``advance --wait``) or come back later."""
+
+    kind = "awaiting_approval"
+
+
+class Rejected(OrchestratorError):
+    """A person refused the edge (`orchestrator reject`): the run ended as ``rejected``. Exit 1, like a
+    failed gate, because this commit will not ship and retrying (what CI does on 3) would loop."""
+
+    exit_code = 1
+    kind = "rejected"

@@ -12,6 +12,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -51,6 +52,23 @@ def commit_exists(repo: Path, sha: str) -> bool:
 
 def commit_subject(repo: Path, sha: str) -> str:
     return _git(repo, "log", "-1", "--format=%s", sha).stdout.decode(errors="replace").strip()
+
+
+def commit_time(repo: Path, sha: str) -> datetime | None:
+    """The committer date of ``sha`` (when the change was made final), for the lead time of changes;
+    None when the repository or the commit cannot be read: a missing date leaves one sample out of a
+    metric, it never stops a run."""
+    try:
+        proc = _git(repo, "log", "-1", "--format=%cI", f"{sha}^{{commit}}", "--", check=False)
+    except GitError:
+        return None
+    text = proc.stdout.decode(errors="replace").strip()
+    if proc.returncode != 0 or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:
+        return None
 
 
 def _in_tree(sha: str, path: str) -> str:

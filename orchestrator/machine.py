@@ -21,6 +21,9 @@ class State(StrEnum):
     DEPLOY = "deploy"
     # Terminal: a newer run of the same app overtook this one while it waited for an environment.
     SUPERSEDED = "superseded"
+    # Terminal: a person refused the edge that needed their approval (`orchestrator reject`). Not
+    # development: a rejected commit is not one to retry, and CI must not loop on it.
+    REJECTED = "rejected"
 
     @classmethod
     def parse(cls, raw: str) -> State:
@@ -80,6 +83,7 @@ EDGE_ENVIRONMENTS: dict[Edge, tuple[str, ...]] = {
 }
 
 _FAIL_TRIGGER = "fall_back"
+_REJECT_TRIGGER = "reject"
 
 
 class _Run:
@@ -101,6 +105,12 @@ class RunMachine:
                     "trigger": _FAIL_TRIGGER,
                     "source": [e.source.value for e in EDGES],
                     "dest": State.DEVELOPMENT.value,
+                },
+                # A refused approval ends the run where it waited, whichever edge it waited at.
+                {
+                    "trigger": _REJECT_TRIGGER,
+                    "source": [e.source.value for e in EDGES],
+                    "dest": State.REJECTED.value,
                 },
             ],
             initial=state.value,
@@ -127,6 +137,14 @@ class RunMachine:
 
     def fail(self) -> State:
         self._fire(_FAIL_TRIGGER)
+        return self.state
+
+    def next_edge(self) -> Edge | None:
+        """The one edge out of the current state (None once the run is finished)."""
+        return next((e for e in EDGES if e.source == self.state), None)
+
+    def reject(self) -> State:
+        self._fire(_REJECT_TRIGGER)
         return self.state
 
     def _fire(self, trigger: str) -> None:

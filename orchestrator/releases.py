@@ -22,6 +22,7 @@ from orchestrator.holder import Holder
 from orchestrator.lifecycle import Heartbeat
 from orchestrator.logging import get_logger
 from orchestrator.machine import ENVIRONMENTS, parse_environment
+from orchestrator.notify import Notification, Notifier
 from orchestrator.records import record_release
 from orchestrator.runtimes import preflight
 from orchestrator.service import RunService, parse_actor
@@ -166,12 +167,13 @@ def rollback(
     to: int | None = None,
     actor: str | None = None,
     reason: str | None = None,
+    notifier: Notifier | None = None,
 ) -> RollbackResult:
     app = config.app(app_name)
     env = parse_environment(env)
     actor = parse_actor(actor)
     preflight(app)
-    service = RunService(config, store, engine_factory)
+    service = RunService(config, store, engine_factory, notifier)
     log = get_logger(app=app.name, environment=env, actor=actor)
     lease = config.settings.lock_lease_s
     holder = f"rollback by {actor}"
@@ -231,6 +233,18 @@ def rollback(
                 log.info("rollback_finished", release=release.id)
         finally:
             store.release_locks(app.name, [env], me)
+    service.notifier.send(
+        Notification(
+            "rolled_back",
+            app.name,
+            env,
+            target.run_id,
+            target.revision,
+            actor,
+            reason=why,
+            details={"from_release": current.id, "to_release": target.id, "release": release.id},
+        )
+    )
     return RollbackResult(app.name, env, current, target, release, done.details)
 
 

@@ -18,11 +18,19 @@ import structlog
 
 from orchestrator import identity
 from orchestrator.config import AppConfig, Config, check_app_paths
-from orchestrator.errors import BadInput, Conflict, InfraUnavailable, OrchestratorError
+from orchestrator.errors import (
+    AwaitingApproval,
+    BadInput,
+    Conflict,
+    InfraUnavailable,
+    OrchestratorError,
+    Rejected,
+)
 from orchestrator.gates import (
     Gate,
     GateContext,
     GateResult,
+    GateStatus,
     ProdOutcome,
     ReleaseIntent,
     first_line,
@@ -45,9 +53,11 @@ from orchestrator.machine import (
     State,
     edge_between,
 )
+from orchestrator.notify import Notification, Notifier
 from orchestrator.records import record_release
 from orchestrator.steps import StepLog, StepStatus
 from orchestrator.store.repository import (
+    ApprovalRecord,
     FreezeRecord,
     LockHeld,
     LockRecord,
@@ -61,7 +71,9 @@ from orchestrator.store.repository import (
 from orchestrator.verdict import TransitionOutcome
 
 if TYPE_CHECKING:
+    from orchestrator.approvals import Decision, DecisionResult
     from orchestrator.docker_engine import DockerEngine
+    from orchestrator.metrics import MetricsReport
     from orchestrator.operator import Unlocked
     from orchestrator.prune import PruneResult
     from orchestrator.releases import EnvStatus, RollbackResult
@@ -82,6 +94,8 @@ SUCCEEDED, FAILED, ABORTED = TransitionOutcome.SUCCEEDED, TransitionOutcome.FAIL
 # How often a waiting advance retries the lock: well under a second, so a freed environment is taken
 # at once rather than after a long back-off.
 LOCK_POLL_S = 0.2
+# How often `advance --wait` looks for a person's decision.
+APPROVAL_POLL_S = 0.5
 
 
 def default_actor() -> str:
@@ -260,11 +274,20 @@ def _target_environment(edge: Edge) -> str:
 
 class RunService:
     def __init__(
-        self, config: Config, store: Store, engine_factory: Callable[[], DockerEngine] = connect_engine
+        self,
+        config: Config,
+        store: Store,
+        engine_factory: Callable[[], DockerEngine] = connect_engine,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.engine_factory = engine_factory
+        self.notifier = notifier if notifier is not None else Notifier()
+
+    def _notify(self, event: str, run: RunRecord, environment: str | None, actor: str, **extra: Any) -> None:
+        """Announce an outcome already recorded (orchestrator/notify.py): returns at once, never raises."""
+        self.notifier.send(Notification(event, run.app, environment, run.id, run.sha, actor, **extra))
 
     @property
     def lease_s(self) -> float:
@@ -283,7 +306,11 @@ class RunService:
         config = self.config.app(app)
         sha, actor = parse_sha(sha), parse_actor(actor)
         check_app_paths(config)
-        run = self.store.create_run(app, sha, actor, State.DEVELOPMENT.value)
+        from orchestrator.gitrepo import commit_time
+
+        run = self.store.create_run(
+            app, sha, actor, State.DEVELOPMENT.value, committed_at=commit_time(config.source, sha)
+        )
         get_logger(run_id=run.id, app=run.app, sha=run.sha).info("run_started", actor=run.actor)
         return run
 
@@ -365,11 +392,15 @@ class RunService:
         *,
         preflighted: bool = False,
     ) -> AdvanceResult:
+        if run.state == State.REJECTED:
+            raise self._rejected(run.id)
         machine = RunMachine(State(run.state))
         edge = machine.edge_to(target)
         app = self.config.app(run.app)
         actor = parse_actor(actor)
         self.refuse_if_frozen(app.name)
+        # Before any preflight or claim: a run waiting for a person holds no environment meanwhile.
+        approval, wait_s = self._await_approval(run, edge, app, actor, wait_s)
 
         gates = gates_for(edge)
         if not preflighted:
@@ -382,7 +413,82 @@ class RunService:
             interruptible(),
         ):
             transition_id = self._claim(run, edge, actor, engine, wait_s)
+            if approval is not None:
+                self._record_approval(transition_id, approval)
             return self._advance(run, edge, machine, app, actor, gates, engine, transition_id)
+
+    # approval -------------------------------------------------------------------------------------
+
+    def _await_approval(
+        self, run: RunRecord, edge: Edge, app: AppConfig, actor: str, wait_s: float
+    ) -> tuple[ApprovalRecord | None, float]:
+        """The approval that lets ``edge`` begin (None when the app needs none) and what is left of
+        ``wait_s``. Without one: AwaitingApproval (exit 3) at once, or after polling up to ``wait_s``;
+        Rejected (exit 1) when a person refused it meanwhile. The first time a run is found waiting
+        it is recorded (``approval_requested``) and announced, so an approver hears of it."""
+        from orchestrator.approvals import Standing, standing, target_environment
+
+        env = target_environment(edge)
+        if env not in app.require_approval:
+            return None, wait_s
+        started = time.monotonic()
+        deadline = started + wait_s
+        while True:
+            decisions = self.store.approvals(run.id)
+            found = standing(app.require_approval, edge, decisions)
+            if found == Standing.APPROVED:
+                approved = next(d for d in decisions if d.environment == env)
+                return approved, max(0.0, deadline - time.monotonic())
+            if found == Standing.REJECTED:
+                raise self._rejected(run.id)
+            # A run a newer one overtook would be superseded on its claim: end it now rather than
+            # ask a person to approve a commit that will never ship.
+            newer = self.store.newer_contender(run.id, edge.dest.value, env)
+            if newer is not None:
+                superseded = Superseded(run.id, *newer)
+                self._supersede(run, edge, actor, superseded)
+                raise superseded
+            if self.store.approval_requested(run.id, run.app, env, actor):
+                get_logger(run_id=run.id, app=run.app).info("awaiting_approval", environment=env)
+                self._notify("awaiting_approval", run, env, actor)
+            now = time.monotonic()
+            if now >= deadline:
+                waited = f" (waited {now - started:.0f} s)" if wait_s else ""
+                raise AwaitingApproval(
+                    f"run {run.id} ({run.app} @ {run.sha[:12]}) is awaiting approval for {env}{waited}: "
+                    f"'orchestrator approve {run.id}' lets it through (or 'orchestrator reject {run.id} "
+                    f"--reason TEXT' ends it), then advance again, or advance with --wait SECONDS",
+                    details={
+                        "run_id": run.id,
+                        "environment": env,
+                        "approve": f"orchestrator approve {run.id}",
+                    },
+                )
+            time.sleep(min(APPROVAL_POLL_S, deadline - now))
+
+    def _rejected(self, run_id: int) -> Rejected:
+        decision = next((d for d in reversed(self.store.approvals(run_id)) if d.decision == "rejected"), None)
+        what = decision.describe() if decision else "rejected"
+        return Rejected(
+            f"run {run_id} was {what}; it will not be promoted (start a new run to deploy again)",
+            details={"run_id": run_id, "approval": decision.as_dict() if decision else None},
+        )
+
+    def _record_approval(self, transition_id: int, approval: ApprovalRecord) -> None:
+        """The approval that let the edge begin, as the transition's first check (position 0, before
+        the gates'), so `runs show` and the audit tell who let this promotion through."""
+        self.store.record_gate_result(
+            transition_id,
+            0,
+            GateResult(
+                "approval",
+                GateStatus.PASS,
+                f"{approval.decision} by {approval.actor}",
+                {"approval_id": approval.id, "actor": approval.actor, "at": approval.at.isoformat()},
+                0.0,
+                approval.at,
+            ),
+        )
 
     # claiming -------------------------------------------------------------------------------------
 
@@ -408,8 +514,7 @@ class RunService:
                         lease_s=self.lease_s,
                     )
                 except Superseded as exc:
-                    self.store.supersede(run.id, edge.source.value, edge.dest.value, actor, exc.message)
-                    log.warning("run_superseded", newer_run_id=exc.newer_run_id, reason=exc.message)
+                    self._supersede(run, edge, actor, exc)
                     raise
                 except (UnfinishedTransition, LockHeld) as exc:
                     if isinstance(exc, UnfinishedTransition):
@@ -434,6 +539,11 @@ class RunService:
         finally:
             if waiting_since is not None:
                 self.store.stop_waiting(run.app, target_env, run.id)
+
+    def _supersede(self, run: RunRecord, edge: Edge, actor: str, exc: Superseded) -> None:
+        self.store.supersede(run.id, edge.source.value, edge.dest.value, actor, exc.message)
+        get_logger().warning("run_superseded", newer_run_id=exc.newer_run_id, reason=exc.message)
+        self._notify("superseded", run, _target_environment(edge), actor, reason=exc.message)
 
     def _free_abandoned(self, locks: Sequence[LockRecord], engine: _Engine, actor: str) -> bool:
         freed = False
@@ -500,6 +610,14 @@ class RunService:
             except InfraUnavailable as exc:
                 message = self._abort(run, edge, app, engine, transition_id, exc.message, record, ctx)
                 log.error("transition_aborted", reason=message)
+                self._notify(
+                    "aborted",
+                    run,
+                    _target_environment(edge),
+                    actor,
+                    reason=message,
+                    transition_id=transition_id,
+                )
                 raise type(exc)(
                     message,
                     details={
@@ -546,6 +664,14 @@ class RunService:
                     transition_id, outcome=outcome, reason=reason, result_state=state.value
                 )
         log.info("transition_finished", outcome=outcome, reason=reason, state=state.value)
+        self._notify(
+            "promoted" if outcome == SUCCEEDED else "failed",
+            run,
+            _target_environment(edge),
+            actor,
+            reason=reason,
+            transition_id=transition_id,
+        )
         if (
             outcome == SUCCEEDED
             and state == State.DEPLOY
@@ -825,6 +951,15 @@ class RunService:
             details=actions,
         )
         log.warning("transition_recovered", outcome=outcome, reason=reason)
+        self._notify(
+            "recovered",
+            run,
+            _target_environment(edge),
+            actor,
+            reason=reason,
+            transition_id=transition.id,
+            details={"outcome": outcome, "state": state.value},
+        )
         return RecoveryReport(run.app, transition.id, run.id, found, outcome, reason, actions)
 
     @staticmethod
@@ -898,8 +1033,32 @@ class RunService:
         from orchestrator.releases import rollback
 
         return rollback(
-            self.config, self.store, self.engine_factory, app, env, to=to, actor=actor, reason=reason
+            self.config,
+            self.store,
+            self.engine_factory,
+            app,
+            env,
+            to=to,
+            actor=actor,
+            reason=reason,
+            notifier=self.notifier,
         )
+
+    def decide(
+        self, run_id: int, decision: Decision, *, actor: str | None, reason: str | None
+    ) -> DecisionResult:
+        """A person's approval or rejection of ``run_id``'s next edge, recorded and announced."""
+        from orchestrator.approvals import decide
+
+        return decide(
+            self.config, self.store, run_id, decision, actor=actor, reason=reason, notifier=self.notifier
+        )
+
+    def metrics(self, app: str | None, since: str) -> MetricsReport:
+        """The DORA keys of ``app`` (or every app) from the recorded history."""
+        from orchestrator.metrics import metrics
+
+        return metrics(self.config, self.store, app, since)
 
     def history(self) -> History:
         """The read-only history queries (runs with filters, audit, release periods) for the CLI and

@@ -64,3 +64,4 @@ class TransitionOutcome(StrEnum):
     ABORTED = "aborted"  # stopped without a verdict (engine gone, timeout, signal): undone, run stays
     INTERRUPTED = "interrupted"  # stopped and could not be undone: left with its locks for `recover`
     SUPERSEDED = "superseded"  # a newer run of the app overtook this one while it waited
+    REJECTED = "rejected"  # a person refused the edge (`orchestrator reject`): the run ends

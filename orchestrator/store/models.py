@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING = {
@@ -40,6 +40,9 @@ class Run(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # The CI job that did it (a GitHub Actions run, a GitLab job), when in CI: orchestrator/identity.py.
     ci_url: Mapped[str | None] = mapped_column(String(500))
+    # The sha's committer date, read from git at `run start`: the start of the DORA lead time for
+    # changes. Kept here so `metrics` answers from the history on a host without the repository.
+    committed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     transitions: Mapped[list[Transition]] = relationship(
         back_populates="run", order_by="Transition.id", cascade="all, delete-orphan"
@@ -210,3 +213,22 @@ class Event(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # The CI job that did it (a GitHub Actions run, a GitLab job), when in CI: orchestrator/identity.py.
     ci_url: Mapped[str | None] = mapped_column(String(500))
+
+
+class Approval(Base):
+    """A person's decision about the edge of a run into an environment that requires approval: who,
+    when, and (for a rejection) why. One approval and one rejection at most per run and environment:
+    the unique constraint, not a read-then-write, makes two concurrent `approve` calls one success and
+    one conflict."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("run_id", "environment", "decision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    environment: Mapped[str] = mapped_column(String(32))
+    # approved | rejected
+    decision: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

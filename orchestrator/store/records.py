@@ -14,6 +14,7 @@ from typing import Any
 from orchestrator.errors import Conflict
 from orchestrator.holder import Holder, Liveness, holder_of
 from orchestrator.store.models import (
+    Approval,
     EnvironmentLock,
     Event,
     Freeze,
@@ -28,6 +29,8 @@ from orchestrator.verdict import TransitionOutcome
 IN_PROGRESS = TransitionOutcome.IN_PROGRESS
 INTERRUPTED = TransitionOutcome.INTERRUPTED
 SUPERSEDED = TransitionOutcome.SUPERSEDED
+# A person refused the edge (`orchestrator reject`): recorded as a transition that ends the run.
+REJECTED = TransitionOutcome.REJECTED
 # Transitions whose side effects nobody has reconciled yet; a run has at most one.
 UNFINISHED = (IN_PROGRESS, INTERRUPTED)
 ALL_APPS = "*"
@@ -437,4 +440,36 @@ class EventRecord:
             "run_id": self.run_id,
             "transition_id": self.transition_id,
             "details": self.details,
+        }
+
+
+@dataclass(frozen=True)
+class ApprovalRecord:
+    """A person's decision (``approved`` or ``rejected``) about a run's edge into ``environment``."""
+
+    id: int
+    run_id: int
+    environment: str
+    decision: str
+    actor: str
+    reason: str | None
+    at: datetime
+
+    @classmethod
+    def of(cls, row: Approval) -> ApprovalRecord:
+        return cls(row.id, row.run_id, row.environment, row.decision, row.actor, row.reason, _aware(row.at))
+
+    def describe(self) -> str:
+        why = f": {self.reason}" if self.reason else ""
+        return f"{self.decision} for {self.environment} by {self.actor} at {_iso(self.at)}{why}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "approval_id": self.id,
+            "run_id": self.run_id,
+            "environment": self.environment,
+            "decision": self.decision,
+            "actor": self.actor,
+            "reason": self.reason,
+            "at": _iso(self.at),
         }

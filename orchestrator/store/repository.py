@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from orchestrator.errors import BadInput, Conflict, InfraUnavailable
 from orchestrator.holder import Holder
 from orchestrator.store import db
 from orchestrator.store.models import (
+    Approval,
     EnvironmentLock,
     Event,
     Freeze,
@@ -36,9 +37,11 @@ from orchestrator.store.records import (  # noqa: F401 - re-exported: callers im
     INTERRUPTED,
     MANUAL_LOCK,
     OPERATOR_LOCK,
+    REJECTED,
     RUN_LOCK,
     SUPERSEDED,
     UNFINISHED,
+    ApprovalRecord,
     EventRecord,
     FreezeRecord,
     GateRecord,
@@ -56,6 +59,15 @@ from orchestrator.store.records import (  # noqa: F401 - re-exported: callers im
     _step,
     _transition,
 )
+
+if TYPE_CHECKING:
+    from orchestrator.metrics import Promotion, Rollback
+
+
+def _chunks(ids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
+    """IN lists of bounded length (SQLite limits bound parameters per statement)."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
 
 
 def _held_by(model: type[Transition] | type[EnvironmentLock], holder: Holder) -> sa.ColumnElement[bool]:
@@ -100,9 +112,11 @@ class Store:
 
     # runs -----------------------------------------------------------------------------------------
 
-    def create_run(self, app: str, sha: str, actor: str, state: str) -> RunRecord:
+    def create_run(
+        self, app: str, sha: str, actor: str, state: str, *, committed_at: datetime | None = None
+    ) -> RunRecord:
         with self._session() as s:
-            row = Run(app=app, sha=sha, actor=actor, state=state)
+            row = Run(app=app, sha=sha, actor=actor, state=state, committed_at=committed_at)
             s.add(row)
             s.flush()
             return RunRecord.of(row)
@@ -659,6 +673,236 @@ class Store:
             q = q.where(Event.run_id == run_id)
         with self._session() as s:
             return [EventRecord.of(r) for r in s.scalars(q)]
+
+    # approvals ------------------------------------------------------------------------------------
+
+    def approvals(self, run_id: int) -> list[ApprovalRecord]:
+        with self._session() as s:
+            rows = s.scalars(sa.select(Approval).where(Approval.run_id == run_id).order_by(Approval.id))
+            return [ApprovalRecord.of(r) for r in rows]
+
+    def newer_contender(self, run_id: int, to_state: str, environment: str) -> tuple[int, str] | None:
+        """The newer run of the same app that would supersede ``run_id`` on its next claim, and why."""
+        with self._session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise BadInput(f"unknown run {run_id}: 'orchestrator runs list' shows the runs there are")
+            return self._newer_contender(s, run, to_state, environment)
+
+    def approve(
+        self, run_id: int, from_state: str, environment: str, actor: str, reason: str | None
+    ) -> ApprovalRecord:
+        """Record the approval, if the run still waits in ``from_state`` (compare-and-set: a run moved
+        meanwhile is not approved) and nobody approved it first (the unique constraint decides)."""
+        try:
+            with self._session() as s:
+                still = s.execute(
+                    sa.update(Run)
+                    .where(Run.id == run_id, Run.state == from_state)
+                    .values(updated_at=utcnow())
+                ).rowcount
+                if still != 1:
+                    raise Conflict(f"run {run_id} is no longer in {from_state}: another command moved it")
+                row = Approval(
+                    run_id=run_id, environment=environment, decision="approved", actor=actor, reason=reason
+                )
+                s.add(row)
+                s.flush()
+                run = s.get(Run, run_id)
+                assert run is not None
+                s.add(
+                    Event(
+                        app=run.app,
+                        environment=environment,
+                        kind="approved",
+                        actor=actor,
+                        message=f"run {run_id} approved for {environment}"
+                        + (f": {reason}" if reason else ""),
+                        run_id=run_id,
+                        details={"approval_id": row.id},
+                    )
+                )
+                return ApprovalRecord.of(row)
+        except IntegrityError:
+            found = next(a for a in self.approvals(run_id) if a.environment == environment)
+            raise Conflict(
+                f"run {run_id} was already {found.describe()}: nothing to do",
+                details={"approval": found.as_dict()},
+            ) from None
+
+    def reject(
+        self, run_id: int, from_state: str, to_state: str, environment: str, actor: str, reason: str
+    ) -> tuple[ApprovalRecord, int]:
+        """End the run as rejected: the decision, a ``rejected`` transition explaining the run's new
+        state, and an event, in one commit. Like ``supersede``, the compare-and-set on the run comes
+        first and the check for an edge under way after it: a promotion already running is not
+        stopped by a row written beside it (roll back instead)."""
+        with self._session() as s:
+            now = utcnow()
+            claimed = s.execute(
+                sa.update(Run)
+                .where(Run.id == run_id, Run.state == from_state)
+                .values(state=REJECTED, updated_at=now)
+            ).rowcount
+            if claimed != 1:
+                raise Conflict(f"run {run_id} is no longer in {from_state}: another command moved it")
+            unfinished = s.scalars(
+                sa.select(Transition).where(Transition.run_id == run_id, Transition.outcome.in_(UNFINISHED))
+            ).first()
+            if unfinished is not None:
+                raise Conflict(
+                    f"run {run_id} is moving to {unfinished.to_state} right now (transition "
+                    f"{unfinished.id}): too late to reject it; once it ends, roll back with "
+                    f"'orchestrator rollback APP --env {environment}' if it must not stay"
+                )
+            row = Approval(
+                run_id=run_id, environment=environment, decision=REJECTED, actor=actor, reason=reason, at=now
+            )
+            s.add(row)
+            transition = Transition(
+                run_id=run_id,
+                from_state=from_state,
+                to_state=to_state,
+                actor=actor,
+                outcome=REJECTED,
+                reason=f"rejected by {actor}: {reason}",
+                result_state=REJECTED,
+                started_at=now,
+                finished_at=now,
+            )
+            s.add(transition)
+            s.flush()
+            run = s.get(Run, run_id)
+            assert run is not None
+            s.add(
+                Event(
+                    app=run.app,
+                    environment=environment,
+                    kind="rejected",
+                    actor=actor,
+                    message=f"run {run_id} rejected for {environment}: {reason}",
+                    run_id=run_id,
+                    transition_id=transition.id,
+                    details={"approval_id": row.id},
+                )
+            )
+            return ApprovalRecord.of(row), transition.id
+
+    def approval_requested(self, run_id: int, app: str, environment: str, actor: str) -> bool:
+        """Record (once per run and environment) that the run waits for a person; True the first time,
+        so the caller notifies approvers once, not on every poll or CI retry."""
+        with self._session() as s:
+            seen = s.scalars(
+                sa.select(Event.id)
+                .where(
+                    Event.run_id == run_id,
+                    Event.kind == "approval_requested",
+                    Event.environment == environment,
+                )
+                .limit(1)
+            ).first()
+            if seen is not None:
+                return False
+            s.add(
+                Event(
+                    app=app,
+                    environment=environment,
+                    kind="approval_requested",
+                    actor=actor,
+                    message=f"run {run_id} awaits approval for {environment}",
+                    run_id=run_id,
+                    details={},
+                )
+            )
+            return True
+
+    # DORA history ---------------------------------------------------------------------------------
+
+    def prod_history(self, app: str | None, since: datetime) -> tuple[list[Promotion], list[Rollback]]:
+        """What `metrics` computes from: the prod-edge transitions that finished since ``since`` and
+        reached prod (succeeded, or failed after a prod step began), and prod's rollback releases
+        since then with the release each replaced. Four queries, whatever the size of the window."""
+        from orchestrator.metrics import Promotion, Rollback
+
+        with self._session() as s:
+            q = (
+                sa.select(
+                    Transition.id,
+                    Transition.run_id,
+                    Transition.outcome,
+                    Transition.finished_at,
+                    Run.app,
+                    Run.committed_at,
+                )
+                .join(Run, Run.id == Transition.run_id)
+                .where(
+                    Transition.to_state == "deploy",
+                    Transition.outcome.in_(("succeeded", "failed")),
+                    Transition.finished_at >= since,
+                )
+            )
+            if app is not None:
+                q = q.where(Run.app == app)
+            rows = s.execute(q).all()
+            failed_ids = [r.id for r in rows if r.outcome == "failed"]
+            touched: dict[int, datetime] = {}
+            for chunk in _chunks(failed_ids):
+                touched.update(
+                    s.execute(
+                        sa.select(StepRow.transition_id, sa.func.min(StepRow.started_at))
+                        .where(StepRow.transition_id.in_(chunk), StepRow.environment == "prod")
+                        .group_by(StepRow.transition_id)
+                    ).all()
+                )
+            released: dict[int, tuple[int, datetime]] = {}
+            ok_ids = [r.id for r in rows if r.outcome == "succeeded"]
+            for chunk in _chunks(ok_ids):
+                for release_id, transition_id, created_at in s.execute(
+                    sa.select(Release.id, Release.transition_id, Release.created_at).where(
+                        Release.transition_id.in_(chunk), Release.environment == "prod"
+                    )
+                ):
+                    if transition_id not in released or release_id > released[transition_id][0]:
+                        released[transition_id] = (release_id, created_at)
+            promotions = [
+                Promotion(
+                    app=r.app,
+                    run_id=r.run_id,
+                    transition_id=r.id,
+                    succeeded=r.outcome == "succeeded",
+                    finished_at=_aware(r.finished_at),  # type: ignore[arg-type]
+                    committed_at=_aware(r.committed_at),
+                    prod_touched_at=_aware(touched.get(r.id)),
+                    release_id=released[r.id][0] if r.id in released else None,
+                    released_at=_aware(released[r.id][1]) if r.id in released else None,
+                )
+                for r in rows
+                if r.outcome == "succeeded" or r.id in touched
+            ]
+            earlier = aliased(Release)
+            replaced = (
+                sa.select(sa.func.max(earlier.id))
+                .where(earlier.app == Release.app, earlier.environment == "prod", earlier.id < Release.id)
+                .scalar_subquery()
+            )
+            rq = sa.select(Release.app, Release.id, Release.created_at, replaced).where(
+                Release.environment == "prod", Release.kind == "rollback", Release.created_at >= since
+            )
+            if app is not None:
+                rq = rq.where(Release.app == app)
+            rollbacks = [
+                Rollback(app=a, release_id=i, at=_aware(at), replaced_release_id=prev)  # type: ignore[arg-type]
+                for a, i, at, prev in s.execute(rq).all()
+            ]
+        return promotions, rollbacks
+
+    def set_commit_time(self, run_id: int, committed_at: datetime) -> None:
+        with self._session() as s:
+            s.execute(
+                sa.update(Run)
+                .where(Run.id == run_id, Run.committed_at.is_(None))
+                .values(committed_at=committed_at)
+            )
 
     # steps ----------------------------------------------------------------------------------------
 

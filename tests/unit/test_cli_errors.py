@@ -174,7 +174,8 @@ def test_unknown_run(cli: Cli, workspace: Workspace, args: tuple[Any, ...], as_j
 def test_advance_to_an_unknown_state(cli: Cli, workspace: Workspace, store: Store, as_json: bool) -> None:
     run_id = start(cli, workspace)
     message = cli("advance", run_id, "--to", "bogus", as_json=as_json).error(2, "bad_input")
-    assert message == "unknown state 'bogus' (states: development, deploy-staging, deploy, superseded)"
+    states = "development, deploy-staging, deploy, superseded, rejected"
+    assert message == f"unknown state 'bogus' (states: {states})"
     assert snapshot(store, run_id) == ("development", [])
 
 

@@ -10,7 +10,7 @@ from orchestrator.machine import EDGE_ENVIRONMENTS, EDGES, TO_PROD, TO_STAGING, 
 
 def test_states_and_edges_form_one_straight_line() -> None:
     """A new edge (or a shortcut from development to deploy) must be a deliberate change to this test."""
-    assert [s.value for s in State] == ["development", "deploy-staging", "deploy", "superseded"]
+    assert [s.value for s in State] == ["development", "deploy-staging", "deploy", "superseded", "rejected"]
     assert EDGES == (TO_STAGING, TO_PROD)
     assert (TO_STAGING.source, TO_STAGING.dest) == (State.DEVELOPMENT, State.DEPLOY_STAGING)
     assert (TO_PROD.source, TO_PROD.dest) == (State.DEPLOY_STAGING, State.DEPLOY)
@@ -18,6 +18,35 @@ def test_states_and_edges_form_one_straight_line() -> None:
     assert TO_PROD.name == "deploy-staging->deploy"
     # superseded is where a run overtaken by a newer one ends: no edge leads out of it, or into it.
     assert all(State.SUPERSEDED not in (e.source, e.dest) for e in EDGES)
+    # rejected is where a refused approval ends a run: terminal as well.
+    assert all(State.REJECTED not in (e.source, e.dest) for e in EDGES)
+
+
+@pytest.mark.parametrize("state", [State.DEVELOPMENT, State.DEPLOY_STAGING])
+def test_a_run_waiting_at_an_edge_can_be_rejected_and_then_goes_nowhere(state: State) -> None:
+    machine = RunMachine(state)
+    assert machine.reject() == State.REJECTED
+    assert machine.allowed_targets() == []
+    assert machine.next_edge() is None
+    for target in (State.DEPLOY_STAGING, State.DEPLOY, State.DEVELOPMENT):
+        with pytest.raises(Conflict, match="none \\(the run is finished\\)"):
+            machine.edge_to(target)
+    with pytest.raises(Conflict):
+        machine.fail()
+    with pytest.raises(Conflict):
+        machine.reject()
+
+
+@pytest.mark.parametrize("state", [State.DEPLOY, State.SUPERSEDED, State.REJECTED])
+def test_a_finished_run_cannot_be_rejected(state: State) -> None:
+    with pytest.raises(Conflict, match="illegal move"):
+        RunMachine(state).reject()
+
+
+def test_next_edge_is_the_one_edge_out_of_each_state() -> None:
+    assert RunMachine(State.DEVELOPMENT).next_edge() == TO_STAGING
+    assert RunMachine(State.DEPLOY_STAGING).next_edge() == TO_PROD
+    assert RunMachine(State.DEPLOY).next_edge() is None
 
 
 def test_prod_edge_locks_staging_too() -> None:

@@ -169,6 +169,27 @@ def seed(conn: sa.Connection, tag: str) -> dict[str, Any]:
             transition_id=transition_id,
             details={},
         )
+    if "approvals" in have:
+        # A run a person rejected (a state 0004 does not know) and one approved.
+        (rejected_run,) = insert(
+            conn, "runs", app=app, sha="c" * 40, state="rejected", actor="ci", created_at=now, updated_at=now
+        )
+        insert(
+            conn,
+            "transitions",
+            run_id=rejected_run,
+            from_state="deploy-staging",
+            to_state="deploy",
+            actor="ops",
+            started_at=now,
+            finished_at=now,
+            outcome="rejected",
+            result_state="rejected",
+            reason="rejected by ops: not on a Friday",
+        )
+        for run, decision in ((rejected_run, "rejected"), (run_id, "approved")):
+            insert(conn, "approvals", run_id=run, environment="prod", decision=decision, actor="ops", at=now)
+        written["rejected_run"] = rejected_run
     return written
 
 
@@ -227,6 +248,12 @@ def test_every_migration_upgrades_and_downgrades_with_history_in_place(conn: sa.
             assert all(run_id is not None for _, _, run_id in locks), locks
         if target == "0002":
             assert not any(app.endswith("-manual") for app, _, _ in locks), locks
+        if target == "0004":
+            # The older code knows no rejected state: the run is back where it waited, its history kept.
+            states = dict(conn.execute(sa.text("SELECT id, state FROM runs")).all())
+            assert "rejected" not in states.values(), states
+            rejected_runs = [w["rejected_run"] for w in kept if "rejected_run" in w]
+            assert rejected_runs and all(states[r] == "deploy-staging" for r in rejected_runs), states
 
     command.upgrade(alembic(conn), "head")
     conn.commit()

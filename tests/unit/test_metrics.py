@@ -1,0 +1,235 @@
+"""DORA keys: the pure computation on constructed histories (examples and properties), then the
+store's history query and `orchestrator metrics` through the CLI on the session's database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.errors import BadInput
+from orchestrator.metrics import Promotion, Rollback, compute, parse_since, report
+from orchestrator.store.repository import Store
+
+if TYPE_CHECKING:
+    from conftest import Cli, Workspace
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+H = timedelta(hours=1)
+
+
+def ok(n: int, at: datetime, lead: timedelta | None = H, app: str = "shop") -> Promotion:
+    return Promotion(
+        app, n, n, True, at, committed_at=at - lead if lead else None, release_id=100 + n, released_at=at
+    )
+
+
+def failed(n: int, at: datetime, restore: timedelta, app: str = "shop") -> Promotion:
+    return Promotion(app, n, n, False, at, prod_touched_at=at - restore)
+
+
+def test_a_month_of_history() -> None:
+    since, until = T0, T0 + timedelta(days=30)
+    promotions = [
+        ok(1, T0 + 1 * H, lead=2 * H),
+        ok(2, T0 + 30 * H, lead=4 * H),
+        ok(3, T0 + 31 * H, lead=None),  # recorded before commit times were
+        failed(4, T0 + 50 * H, restore=timedelta(minutes=3)),
+        ok(5, T0 + 60 * H, lead=10 * H),
+        ok(6, T0 - H),  # before the window
+    ]
+    rollbacks = [
+        Rollback("shop", 200, T0 + 32 * H, replaced_release_id=103),  # rolls back promotion 3
+        Rollback("shop", 201, T0 + 33 * H, replaced_release_id=200),  # rolls back the rollback: not a change
+    ]
+    m = compute(promotions, rollbacks, since, until)
+    assert (m.deployments, m.deploy_days) == (4, 3)
+    assert m.deploys_per_day == pytest.approx(4 / 30)
+    assert (m.lead_time_samples, m.lead_time_missing) == (3, 1)
+    assert m.lead_time_median_s == 4 * 3600
+    assert m.lead_time_p90_s == 10 * 3600
+    assert (m.attempts, m.failures, m.failed_in_prod, m.rolled_back) == (5, 2, 1, 1)
+    assert m.change_failure_rate == pytest.approx(2 / 5)
+    # 3 min (the failed promotion's own restore) and 1 h (release 103 live until its rollback).
+    assert m.time_to_restore_samples == 2
+    assert m.time_to_restore_median_s == pytest.approx((180 + 3600) / 2)
+
+
+def test_no_history_is_not_a_zero_failure_rate() -> None:
+    m = compute([], [], T0, T0 + timedelta(days=30))
+    assert (m.deployments, m.change_failure_rate, m.lead_time_median_s, m.time_to_restore_median_s) == (
+        0,
+        None,
+        None,
+        None,
+    )
+    assert m.as_dict()["change_failure_rate"]["rate"] is None
+
+
+def test_a_release_rolled_back_twice_is_one_failure() -> None:
+    m = compute(
+        [ok(1, T0 + H)],
+        [Rollback("shop", 200, T0 + 2 * H, 101), Rollback("shop", 201, T0 + 3 * H, 101)],
+        T0,
+        T0 + timedelta(days=1),
+    )
+    assert (m.failures, m.rolled_back, m.time_to_restore_samples) == (1, 1, 1)
+    assert m.time_to_restore_median_s == 3600
+
+
+def test_report_per_app_and_all() -> None:
+    r = report(
+        [ok(1, T0 + H, app="a"), ok(2, T0 + H, app="b"), failed(3, T0 + H, H, app="b")],
+        [],
+        T0,
+        T0 + timedelta(days=1),
+        ["a", "b", "quiet"],
+    )
+    assert {n: m.deployments for n, m in r.apps.items()} == {"a": 1, "b": 1, "quiet": 0}
+    assert (r.total.deployments, r.total.attempts, r.total.failures) == (2, 3, 1)
+    assert list(r.as_dict()["apps"]) == ["a", "b", "quiet"]
+
+
+promotion = st.builds(
+    lambda n, hours, lead, good, restore: (
+        ok(n, T0 + timedelta(hours=hours), lead=timedelta(minutes=lead) if lead is not None else None)
+        if good
+        else failed(n, T0 + timedelta(hours=hours), timedelta(minutes=restore))
+    ),
+    st.integers(1, 10_000),
+    st.integers(-48, 24 * 40),
+    st.one_of(st.none(), st.integers(0, 10_000)),
+    st.booleans(),
+    st.integers(0, 600),
+)
+
+
+@given(st.lists(promotion, max_size=40, unique_by=lambda p: p.run_id), st.data())
+def test_properties(promotions: list[Promotion], data: st.DataObject) -> None:
+    since, until = T0, T0 + timedelta(days=30)
+    released = [p.release_id for p in promotions if p.release_id is not None]
+    rollbacks = (
+        [
+            Rollback("shop", 10_000 + i, T0 + timedelta(hours=h), data.draw(st.sampled_from(released)))
+            for i, h in enumerate(data.draw(st.lists(st.integers(0, 24 * 40), max_size=5)))
+        ]
+        if released
+        else []
+    )
+    m = compute(promotions, rollbacks, since, until)
+    inside = [p for p in promotions if since <= p.finished_at < until]
+    assert m.deployments == sum(p.succeeded for p in inside)
+    assert m.attempts == len(inside)
+    assert 0 <= m.failures <= m.attempts
+    if m.change_failure_rate is not None:
+        assert 0.0 <= m.change_failure_rate <= 1.0
+    assert m.lead_time_samples + m.lead_time_missing == m.deployments
+    assert m.time_to_restore_samples == m.failures
+    if m.lead_time_median_s is not None:
+        assert m.lead_time_p90_s is not None and m.lead_time_p90_s >= 0
+    assert m.deploy_days <= m.deployments
+    # The history's order does not matter.
+    assert compute(list(reversed(promotions)), list(reversed(rollbacks)), since, until) == m
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("30d", T0 - timedelta(days=30)), ("12h", T0 - 12 * H), ("2w", T0 - timedelta(days=14))],
+)
+def test_parse_since(raw: str, expected: datetime) -> None:
+    assert parse_since(raw, T0) == expected
+    assert parse_since("2026-10-01", T0) == datetime(2026, 10, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("raw", ["0d", "soon", "30x", "2027-01-01"])
+def test_parse_since_refuses(raw: str) -> None:
+    with pytest.raises(BadInput, match="--since"):
+        parse_since(raw, T0)
+
+
+# --------------------------------------------------------------------------------------------------
+# the store and the CLI
+
+
+def _promote(store: Store, run_id: int, *, fail_in_prod: bool = False) -> int:
+    """A prod-edge transition as the service records it (with its prod step and release)."""
+    from orchestrator.holder import Holder
+
+    tid = store.begin_transition(
+        run_id,
+        "deploy-staging",
+        "deploy",
+        "ci",
+        ["staging", "prod"],
+        target_environment="prod",
+        holder=Holder.me(),
+        lease_s=60,
+    )
+    step = store.begin_step(tid, 1, "swap", "prod")
+    store.finish_step(step, status="done", changes={})
+    if not fail_in_prod:
+        store.record_release(
+            app="demo",
+            environment="prod",
+            image_id="sha256:" + "1" * 64,
+            revision="a" * 40,
+            run_id=run_id,
+            transition_id=tid,
+        )
+    store.finish_transition(
+        tid,
+        outcome="failed" if fail_in_prod else "succeeded",
+        reason="x" if fail_in_prod else None,
+        result_state="development" if fail_in_prod else "deploy",
+    )
+    return tid
+
+
+@pytest.mark.usefixtures("docker_free_gates")
+def test_metrics_from_recorded_history(cli: Cli, workspace: Workspace, store: Store) -> None:
+    runs = []
+    for _ in range(3):
+        run = cli("run", "start", "--app", "demo", "--sha", workspace.repo.sha, as_json=True).ok()["run_id"]
+        runs.append(run)
+    for run_id in runs:
+        cli("advance", run_id, "--to", "deploy-staging", as_json=True).ok()
+    _promote(store, runs[0])
+    _promote(store, runs[1], fail_in_prod=True)
+    _promote(store, runs[2])
+    # Roll prod back from the third run's release to the first's.
+    first, third = (store.releases_of_run(r)[0] for r in (runs[0], runs[2]))
+    store.record_release(
+        app="demo",
+        environment="prod",
+        image_id=first.image_id,
+        revision=first.revision,
+        run_id=runs[0],
+        transition_id=None,
+        kind="rollback",
+    )
+    assert third.id > first.id
+
+    payload = cli("metrics", "demo", "--since", "1d", as_json=True).ok()
+    m = payload["apps"]["demo"]
+    assert m["deployment_frequency"]["deployments"] == 2
+    assert m["change_failure_rate"] == {
+        "rate": pytest.approx(2 / 3, abs=1e-3),
+        "failures": 2,
+        "failed_in_prod": 1,
+        "rolled_back": 1,
+        "promotions": 3,
+    }
+    lead = m["lead_time_for_changes"]
+    # The commit time was recorded at run start, from the repository's git.
+    assert lead["samples"] == 2 and lead["missing_commit_time"] == 0 and lead["median_s"] >= 0
+    assert m["time_to_restore"]["samples"] == 2
+
+    human = cli("metrics", "--since", "1d")
+    human.ok()
+    assert "all apps:" in human.stdout and "demo:" in human.stdout
+    assert "change failure rate    67% (2 of 3: 1 failed in prod, 1 rolled back)" in human.stdout
+    assert "unknown app 'nope'" in cli("metrics", "nope").error(2, "bad_input")
+    assert "--since" in cli("metrics", "--since", "soon", as_json=True).error(2, "bad_input")
