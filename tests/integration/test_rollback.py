@@ -91,9 +91,9 @@ def test_rollback_to_the_previous_and_to_a_named_release_by_digest(
 
 def test_rollback_with_nothing_to_roll_back_to_changes_nothing(compose_app: ComposeApp, store: Store) -> None:
     """Hazard: a rollback that "succeeds" by redeploying what already runs, or half-starts something
-    before finding out there is nothing to go back to. With a single release, rolling back prod (one
-    release) or staging (two releases of the same image) is a conflict (exit 3) that changes nothing;
-    an unknown ``--to`` is bad input (exit 2)."""
+    before finding out there is nothing to go back to. With a single release in each environment (the
+    prod edge promoted staging's checked image without a rebuild), rolling back prod or staging is a
+    conflict (exit 3) that changes nothing; an unknown ``--to`` is bad input (exit 2)."""
     app = compose_app
     app.write_compose(registry=None)
     app.configure()
@@ -101,12 +101,12 @@ def test_rollback_with_nothing_to_roll_back_to_changes_nothing(compose_app: Comp
     before = {env: app.running(env) for env in ("staging", "prod")}
     override = app.override_file.read_bytes()
     counts = release_count(store, app.name)
-    assert counts == {"staging": 2, "prod": 1}
+    assert counts == {"staging": 1, "prod": 1}
 
     prod = rollback(app.app).error(3, "conflict")
     assert "nothing to roll back to" in prod, prod
     staging = app.app.cli("rollback", app.name, "--env", "staging", as_json=True).error(3, "conflict")
-    assert "no earlier release with a different image" in staging, staging
+    assert "nothing to roll back to" in staging, staging
     unknown = rollback(app.app, "--to", "999999").error(2, "bad_input")
     assert "999999" in unknown, unknown
 
