@@ -1,0 +1,61 @@
+"""The service layer: what `run start`, `advance`, `deploy`, `recover` and the operator commands mean,
+independent of how they are invoked (the CLI, the dashboard, a benchmark).
+
+The order inside ``advance`` is the crash-safety contract: validate everything that needs no side
+effect, claim the run and its environments while writing the transition ``in_progress``, run gates
+recording each result as it lands, then close the transition and move the run in one commit.
+
+Where things are:
+  run_service.py  RunService, the entry point: start_run, advance, deploy, recover
+  advance.py      one edge: preflight, freeze check, gates, verdict, undo of an aborted edge
+  approval.py     the edge's wait for a person's approval, and its record
+  claims.py       taking the run and its environments: recovery on the way, waiting, supersede
+  recover.py      recovery from dead runners: abandoned transitions and locks, stopped environments
+  operations.py   the operator façade the CLI and the dashboard call (lock, rollback, prune, ...)
+  results.py      what advance, deploy and recover return
+  common.py       input parsing, the engine connected on first use, what every part shares
+"""
+
+from orchestrator.service.approval import APPROVAL_POLL_S
+from orchestrator.service.claims import LOCK_POLL_S
+from orchestrator.service.common import (
+    ABORTED,
+    FAILED,
+    MAX_ACTOR,
+    SUCCEEDED,
+    connect_engine,
+    default_actor,
+    parse_actor,
+    parse_sha,
+)
+from orchestrator.service.operations import Holds, PruneReport, RunHistory
+from orchestrator.service.results import (
+    AdvanceResult,
+    DeployResult,
+    FailureSummary,
+    RecoveryReport,
+    edge_reason,
+)
+from orchestrator.service.run_service import RunService
+
+__all__ = [
+    "ABORTED",
+    "APPROVAL_POLL_S",
+    "FAILED",
+    "LOCK_POLL_S",
+    "MAX_ACTOR",
+    "SUCCEEDED",
+    "AdvanceResult",
+    "DeployResult",
+    "FailureSummary",
+    "Holds",
+    "PruneReport",
+    "RecoveryReport",
+    "RunHistory",
+    "RunService",
+    "connect_engine",
+    "default_actor",
+    "edge_reason",
+    "parse_actor",
+    "parse_sha",
+]

@@ -1,0 +1,122 @@
+"""What every part of the service shares: input parsing, the engine connected on first use, how an edge
+ends, and the handful of recording helpers (notification, step log, heartbeat) the edge and recovery both
+use."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from orchestrator import identity
+from orchestrator.config import Config
+from orchestrator.errors import BadInput
+from orchestrator.holder import Holder
+from orchestrator.lifecycle import Heartbeat
+from orchestrator.machine import PROD, STAGING, Edge, State
+from orchestrator.notify import Notification, Notifier
+from orchestrator.steps import StepLog, StepStatus
+from orchestrator.store.repository import RunRecord, Store
+from orchestrator.verdict import TransitionOutcome
+
+if TYPE_CHECKING:
+    from orchestrator.docker_engine import DockerEngine
+
+
+def connect_engine() -> DockerEngine:
+    # Imported here so that commands that never touch Docker (run start, runs list) do not pay for the SDK.
+    from orchestrator.docker_engine import DockerEngine
+
+    return DockerEngine.connect()
+
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+# How an edge ends (the short names are the enum's members).
+SUCCEEDED, FAILED, ABORTED = TransitionOutcome.SUCCEEDED, TransitionOutcome.FAILED, TransitionOutcome.ABORTED
+
+
+def default_actor() -> str:
+    """``--actor`` unset: the CI's name for who triggered the job, else the OS user."""
+    return identity.default_actor()
+
+
+MAX_ACTOR = 200  # the column width; longer would fail in PostgreSQL, not here
+
+
+def parse_actor(raw: str | None) -> str:
+    actor = (raw if raw is not None else default_actor()).strip()
+    if not actor or len(actor) > MAX_ACTOR:
+        raise BadInput(f"--actor must be 1 to {MAX_ACTOR} characters (got {len(actor)})")
+    return actor
+
+
+def parse_sha(raw: str) -> str:
+    sha = raw.strip().lower()
+    if not _SHA.match(sha):
+        raise BadInput(f"sha {raw!r} is not a full commit sha (40 hex characters); use 'git rev-parse HEAD'")
+    return sha
+
+
+def check_wait(wait_s: float) -> None:
+    if wait_s < 0:
+        raise BadInput(f"--wait must be 0 or more seconds (got {wait_s:g})")
+
+
+def target_environment(edge: Edge) -> str:
+    return PROD if edge.dest == State.DEPLOY else STAGING
+
+
+class LazyEngine:
+    """The engine, connected on first use: recovery of a transition that never reached Docker needs none."""
+
+    def __init__(self, factory: Callable[[], DockerEngine]) -> None:
+        self._factory = factory
+        self._engine: DockerEngine | None = None
+
+    def get(self) -> DockerEngine:
+        if self._engine is None:
+            self._engine = self._factory()
+        return self._engine
+
+    @property
+    def connected(self) -> DockerEngine | None:
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What the edge, the approval wait, the claim and recovery are each given: one config, one store,
+    one notifier, so that they record and announce alike."""
+
+    config: Config
+    store: Store
+    notifier: Notifier
+
+    @property
+    def lease_s(self) -> float:
+        return self.config.settings.lock_lease_s
+
+    def notify(self, event: str, run: RunRecord, environment: str | None, actor: str, **extra: Any) -> None:
+        """Announce an outcome already recorded (orchestrator/notify.py): returns at once, never raises."""
+        self.notifier.send(Notification(event, run.app, environment, run.id, run.sha, actor, **extra))
+
+    def heartbeat(self, transition_id: int, what: str) -> Heartbeat:
+        """Renews this process's lease on the transition (and its locks) every third of a lease."""
+        return Heartbeat(
+            lambda: self.store.renew_lease(transition_id, Holder.me(), self.lease_s), self.lease_s / 3, what
+        )
+
+    def step_log(self, transition_id: int, position: int = 0) -> StepLog:
+        def begin(pos: int, name: str, env: str | None) -> int:
+            return self.store.begin_step(transition_id, pos, name, env)
+
+        def finish(step_id: int, status: StepStatus, changes: dict[str, Any], error: str | None) -> None:
+            self.store.finish_step(step_id, status=status.value, changes=changes, error=error)
+
+        return StepLog(begin, finish, position=position)

@@ -1,0 +1,195 @@
+"""What the CLI reads and the operator actions it runs: every command goes through here, none reaches
+the store on its own. Each method is the service's door to a module that does the work
+(orchestrator/operator.py, releases.py, approvals.py, metrics.py, prune.py, store/history.py), imported
+when called so that a command pays only for what it uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from orchestrator.config import Config
+from orchestrator.errors import BadInput, Conflict
+from orchestrator.machine import State
+from orchestrator.notify import Notifier
+from orchestrator.service.common import LazyEngine, parse_actor
+from orchestrator.store.repository import (
+    FreezeRecord,
+    LockRecord,
+    ReleaseRecord,
+    RunRecord,
+    Store,
+    TransitionRecord,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.approvals import Decision, DecisionResult
+    from orchestrator.docker_engine import DockerEngine
+    from orchestrator.metrics import MetricsReport
+    from orchestrator.operator import Unlocked
+    from orchestrator.prune import PruneResult
+    from orchestrator.releases import EnvStatus, RollbackResult
+    from orchestrator.store.history import History
+
+
+class Operations:
+    """The operator-facing half of RunService (its base class, so the CLI calls ``service.lock(...)``
+    as before): reads and hand-run actions, none of which crosses an edge of a run."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        engine_factory: Callable[[], DockerEngine],
+        notifier: Notifier,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.engine_factory = engine_factory
+        self.notifier = notifier
+
+    @contextmanager
+    def engine(self) -> Iterator[LazyEngine]:
+        """An engine connected on first use and closed at the end, for operator actions."""
+        engine = LazyEngine(self.engine_factory)
+        try:
+            yield engine
+        finally:
+            engine.close()
+
+    def list_runs(self, *, app: str | None, state: str | None, limit: int) -> list[RunRecord]:
+        wanted = State.parse(state).value if state is not None else None
+        return self.store.list_runs(app=app, state=wanted, limit=limit)
+
+    def run_history(self, run_id: int) -> RunHistory:
+        return RunHistory(
+            self.store.get_run(run_id), self.store.transitions(run_id), self.store.releases_of_run(run_id)
+        )
+
+    def holds(self, app: str | None) -> Holds:
+        """The locks and freezes that stop promotions of ``app`` (of every app without one)."""
+        if app is not None:
+            self.config.app(app)
+        freezes = [f for f in self.store.freezes() if app is None or f.app in (app, "*")]
+        return Holds(self.store.locks(app), freezes)
+
+    def lock(self, app: str, env: str, *, reason: str | None, actor: str | None) -> LockRecord:
+        from orchestrator import operator
+
+        return operator.lock(self.config, self.store, app, env, reason=reason, actor=actor)
+
+    def unlock(self, app: str, env: str, *, force: bool, actor: str | None) -> Unlocked:
+        from orchestrator import operator
+
+        return operator.unlock(
+            self.config, self.store, self.engine_factory, app, env, force=force, actor=actor
+        )
+
+    def freeze(self, app: str | None, *, reason: str | None, actor: str | None) -> FreezeRecord:
+        from orchestrator import operator
+
+        return operator.freeze(self.config, self.store, app, reason=reason, actor=actor)
+
+    def unfreeze(self, app: str | None, *, actor: str | None) -> FreezeRecord:
+        from orchestrator import operator
+
+        return operator.unfreeze(self.config, self.store, app, actor=actor)
+
+    def rollback(
+        self, app: str, env: str, *, to: int | None, actor: str | None, reason: str | None
+    ) -> RollbackResult:
+        from orchestrator.releases import rollback
+
+        return rollback(
+            self.config,
+            self.store,
+            self.engine_factory,
+            app,
+            env,
+            to=to,
+            actor=actor,
+            reason=reason,
+            notifier=self.notifier,
+        )
+
+    def decide(
+        self, run_id: int, decision: Decision, *, actor: str | None, reason: str | None
+    ) -> DecisionResult:
+        """A person's approval or rejection of ``run_id``'s next edge, recorded and announced."""
+        from orchestrator.approvals import decide
+
+        return decide(
+            self.config, self.store, run_id, decision, actor=actor, reason=reason, notifier=self.notifier
+        )
+
+    def metrics(self, app: str | None, since: str) -> MetricsReport:
+        """The DORA keys of ``app`` (or every app) from the recorded history."""
+        from orchestrator.metrics import metrics
+
+        return metrics(self.config, self.store, app, since)
+
+    def history(self) -> History:
+        """The read-only history queries (runs with filters, audit, release periods) for the CLI and
+        the dashboard."""
+        from orchestrator.store.history import History
+
+        return History(self.store)
+
+    def status(self, app: str | None) -> list[EnvStatus]:
+        from orchestrator.releases import status
+
+        return status(self.config, self.store, self.engine_factory, app)
+
+    def prune(self, app: str | None, *, dry_run: bool, actor: str | None) -> PruneReport:
+        """Prune ``app`` (or every app). One busy app must not stop the housekeeping of the others: its
+        Conflict is reported in ``locked``; asked for one app by name, it is raised."""
+        from orchestrator.prune import prune
+
+        names = [self.config.app(app).name] if app else sorted(self.config.apps)
+        if not names:
+            raise BadInput("no apps configured: add [apps.NAME] to orchestrator.toml")
+        who = parse_actor(actor)
+        results: list[PruneResult] = []
+        locked: dict[str, Conflict] = {}
+        with self.engine() as engine:
+            for name in names:
+                try:
+                    results.append(
+                        prune(self.config, self.store, engine.get, name, dry_run=dry_run, actor=who)
+                    )
+                except Conflict as exc:
+                    if app:
+                        raise
+                    locked[name] = exc
+        return PruneReport(dry_run, results, locked)
+
+    def upgrade_database(self) -> tuple[str | None, str | None]:
+        """Apply pending migrations; (revision before, revision after)."""
+        from orchestrator.store import db
+
+        return db.upgrade(self.store.engine)
+
+
+@dataclass(frozen=True)
+class RunHistory:
+    """A run with every transition (its gate results and steps) and every release it made."""
+
+    run: RunRecord
+    transitions: list[TransitionRecord]
+    releases: list[ReleaseRecord]
+
+
+@dataclass(frozen=True)
+class Holds:
+    locks: list[LockRecord]
+    freezes: list[FreezeRecord]
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    dry_run: bool
+    results: list[PruneResult]
+    # Apps not pruned because another run or an operator held them, with why.
+    locked: dict[str, Conflict]

@@ -1,0 +1,127 @@
+"""RunService, the entry point of the service layer: what `run start`, `advance`, `deploy` and `recover`
+mean, independent of how they are invoked. It owns the engine's lifetime for each call and hands the work
+to its collaborators: the edge (advance.py), which waits for approval (approval.py) and claims
+(claims.py), and recovery (recover.py). The operator commands come from its base class (operations.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from orchestrator.config import Config, check_app_paths
+from orchestrator.errors import OrchestratorError
+from orchestrator.logging import get_logger
+from orchestrator.machine import TO_STAGING, State
+from orchestrator.notify import Notifier
+from orchestrator.service.advance import EdgeRunner
+from orchestrator.service.approval import ApprovalWait
+from orchestrator.service.claims import Claims
+from orchestrator.service.common import (
+    FAILED,
+    LazyEngine,
+    Shared,
+    check_wait,
+    connect_engine,
+    parse_actor,
+    parse_sha,
+)
+from orchestrator.service.operations import Operations
+from orchestrator.service.recover import Recovery
+from orchestrator.service.results import AdvanceResult, DeployResult, RecoveryReport
+from orchestrator.store.repository import RunRecord, Store
+
+if TYPE_CHECKING:
+    from orchestrator.docker_engine import DockerEngine
+
+
+class RunService(Operations):
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        engine_factory: Callable[[], DockerEngine] = connect_engine,
+        notifier: Notifier | None = None,
+    ) -> None:
+        super().__init__(config, store, engine_factory, notifier if notifier is not None else Notifier())
+        shared = Shared(config, store, self.notifier)
+        self._recovery = Recovery(shared)
+        self._edges = EdgeRunner(shared, ApprovalWait(shared), Claims(shared, self._recovery))
+
+    def start_run(self, app: str, sha: str, actor: str | None = None) -> RunRecord:
+        config = self.config.app(app)
+        sha, actor = parse_sha(sha), parse_actor(actor)
+        check_app_paths(config)
+        from orchestrator.gitrepo import commit_time
+
+        run = self.store.create_run(
+            app, sha, actor, State.DEVELOPMENT.value, committed_at=commit_time(config.source, sha)
+        )
+        get_logger(run_id=run.id, app=run.app, sha=run.sha).info("run_started", actor=run.actor)
+        return run
+
+    def refuse_if_frozen(self, app: str) -> None:
+        self._edges.refuse_if_frozen(app)
+
+    def advance(
+        self, run_id: int, to: str, actor: str | None = None, *, wait_s: float = 0.0
+    ) -> AdvanceResult:
+        target = State.parse(to)
+        check_wait(wait_s)
+        run = self.store.get_run(run_id)
+        engine = LazyEngine(self.engine_factory)
+        try:
+            return self._edges.advance(run, target, actor, wait_s, engine)
+        finally:
+            engine.close()
+
+    def deploy(self, app: str, sha: str, actor: str | None = None, *, wait_s: float = 0.0) -> DeployResult:
+        """`run start` and both edges in one process: the natural CI call. Same gates, same records and
+        the same verdicts as the three calls; a failed staging edge stops there. What three processes
+        paid three times (imports, config, database, engine connection, builder detection) is paid once.
+
+        Everything that can be refused without a side effect is refused before the run is created
+        (bad input, a freeze, an engine that does not answer), so a deploy that could never start
+        leaves no run behind. An error after that carries the run id and the edges done so far."""
+        config = self.config.app(app)
+        sha, who = parse_sha(sha), parse_actor(actor)
+        check_wait(wait_s)
+        check_app_paths(config)
+        self._edges.refuse_if_frozen(config.name)
+        self._edges.preflight(config, sha, TO_STAGING)
+        engine = LazyEngine(self.engine_factory)
+        try:
+            engine.get()
+            run = self.start_run(config.name, sha, who)
+            done: list[AdvanceResult] = []
+            try:
+                for target in (State.DEPLOY_STAGING, State.DEPLOY):
+                    result = self._edges.advance(
+                        self.store.get_run(run.id), target, who, wait_s, engine, preflighted=True
+                    )
+                    done.append(result)
+                    if result.outcome == FAILED:
+                        break
+            except OrchestratorError as exc:
+                exc.details = {**exc.details, "run_id": run.id, "edges": [r.as_dict() for r in done]}
+                raise
+            return DeployResult(self.store.get_run(run.id), tuple(done))
+        finally:
+            engine.close()
+
+    def recover(self, app: str | None = None, actor: str | None = None) -> list[RecoveryReport]:
+        """Reconcile every abandoned transition and run-less lock (of ``app``) with the engine."""
+        if app is not None:
+            self.config.app(app)
+        actor = parse_actor(actor)
+        engine = LazyEngine(self.engine_factory)
+        try:
+            return self._recovery.recover(app, actor, engine)
+        finally:
+            engine.close()
+
+    def recover_environments(
+        self, app: str, environments: Sequence[str], actor: str, engine: LazyEngine
+    ) -> None:
+        """Before an operator action on ``environments``: recover what a dead holder left there."""
+        self._recovery.recover_environments(app, environments, actor, engine)
