@@ -41,6 +41,9 @@ from orchestrator.store.repository import RunRecord
 
 
 class EdgeRunner:
+    """Crosses one edge for RunService (advance, and each edge of deploy); the engine it is handed
+    belongs to the caller, which closes it."""
+
     def __init__(self, shared: Shared, approvals: ApprovalWait, claims: Claims) -> None:
         self.shared = shared
         self.config = shared.config

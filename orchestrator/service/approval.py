@@ -19,6 +19,8 @@ APPROVAL_POLL_S = 0.5
 
 
 class ApprovalWait:
+    """Runs before the claim, so a run waiting for a person holds no environment meanwhile."""
+
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
         self.store = shared.store

@@ -30,6 +30,9 @@ def supersede(shared: Shared, run: RunRecord, edge: Edge, actor: str, exc: Super
 
 
 class Claims:
+    """The claim loop. It is given Recovery because a lock or unfinished transition in the way may be
+    a dead runner's, and recovering it is what frees the way (no separate `recover` needed first)."""
+
     def __init__(self, shared: Shared, recovery: Recovery) -> None:
         self.shared = shared
         self.store = shared.store

@@ -19,6 +19,9 @@ from orchestrator.verdict import TransitionOutcome
 
 
 class Recovery:
+    """Used by `recover`, by a claim that finds a dead holder in its way, and before an operator action
+    (rollback) on an environment a dead holder left: all three recover the same way and record it alike."""
+
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
         self.config = shared.config
