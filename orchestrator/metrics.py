@@ -21,10 +21,9 @@ constructed histories, without a database.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import BadInput
@@ -36,28 +35,19 @@ if TYPE_CHECKING:
 # Runs recorded before commit times were get theirs from git by `metrics`, this many per call: each is
 # a git process, and the result is kept, so a long legacy history is filled over a few calls.
 BACKFILL_LIMIT = 200
-_SINCE = re.compile(r"^(\d+)\s*([hdw])$")
-_UNIT_S = {"h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_since(raw: str, now: datetime) -> datetime:
-    """``30d``, ``12h``, ``2w`` before ``now``, or an ISO date/time (UTC when no zone is given)."""
-    text = raw.strip().lower()
-    match = _SINCE.match(text)
-    if match:
-        amount = int(match.group(1))
-        if amount == 0:
-            raise BadInput(f"--since {raw!r} is an empty window: use e.g. 30d, 12h or 2w")
-        return now - timedelta(seconds=amount * _UNIT_S[match.group(2)])
+    """The start of the window: what every history filter accepts (``30d``, ``12h``, ``2w``, an ISO
+    date; see store.history.parse_when), and it must lie in the past, or the window is empty."""
+    from orchestrator.store.history import parse_when
+
     try:
-        found = datetime.fromisoformat(raw.strip())
-    except ValueError:
-        raise BadInput(
-            f"--since {raw!r} is neither a duration (30d, 12h, 2w) nor a date (2026-11-01)"
-        ) from None
-    found = found if found.tzinfo else found.replace(tzinfo=UTC)
+        found = parse_when(raw, now=now)
+    except BadInput as exc:
+        raise BadInput(f"--since: {exc.message}") from None
     if found >= now:
-        raise BadInput(f"--since {raw!r} is not in the past")
+        raise BadInput(f"--since {raw!r} is not in the past: the window would be empty (use e.g. 30d)")
     return found
 
 

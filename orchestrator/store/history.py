@@ -26,11 +26,13 @@ from orchestrator.store.records import (
     _transition,
 )
 from orchestrator.store.repository import Store
+from orchestrator.verdict import TransitionOutcome
 
 NO_TRANSITION = "none"
 # The event a rollback records (orchestrator/releases.py), with the release it made in its details.
 ROLLBACK_EVENT = "rollback"
-OUTCOMES = ("in_progress", "succeeded", "failed", "aborted", "interrupted", "superseded", NO_TRANSITION)
+# Every way a transition can end (rejected included), and runs that never began one.
+OUTCOMES = (*(o.value for o in TransitionOutcome), NO_TRANSITION)
 MAX_PAGE_SIZE = 10_000
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")

@@ -178,3 +178,13 @@ def test_parse_when() -> None:
         parse_when("soon")
     with pytest.raises(BadInput):
         RunFilter(sha_prefix="xyz")
+
+
+def test_every_transition_outcome_can_be_filtered_on() -> None:
+    """A run a person rejected ends with a ``rejected`` transition: `runs list --outcome rejected` (and the
+    dashboard's filter) must accept it like every other way an edge can end."""
+    from orchestrator.store.history import OUTCOMES, RunFilter
+    from orchestrator.verdict import TransitionOutcome
+
+    assert {o.value for o in TransitionOutcome} <= set(OUTCOMES)
+    assert RunFilter(outcome="rejected").outcome == "rejected"
