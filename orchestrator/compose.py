@@ -16,6 +16,7 @@ deployments made before that (under the folder's name) are carried over.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -43,9 +44,12 @@ class ComposeError(Exception):
         self.output = output
 
 
-def compose_command() -> list[str]:
-    """`docker compose` (the CLI plugin) where it answers, else a standalone `docker-compose`."""
-    for cmd in (["docker", "compose"], ["docker-compose"]):
+@functools.cache
+def compose_command() -> tuple[str, ...]:
+    """`docker compose` (the CLI plugin) where it answers, else a standalone `docker-compose`. Asked
+    once per process (a failure is not remembered): every compose project handle of an advance (prod's,
+    staging's own, the preflight's) would otherwise run `docker compose version` again."""
+    for cmd in (("docker", "compose"), ("docker-compose",)):
         if shutil.which(cmd[0]) is None:
             continue
         try:
@@ -196,7 +200,7 @@ class Compose:
         # False for a project that never existed under compose's default name (staging's own project):
         # the containers found there belong to another project, which must not be taken over.
         self.adopt = adopt
-        self._cmd: list[str] | None = None
+        self._cmd: tuple[str, ...] | None = None
         self._in_use: str | None = None
 
     def _run(
