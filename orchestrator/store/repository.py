@@ -6,7 +6,7 @@ caller can lazily load or accidentally write through a detached session.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -266,34 +266,18 @@ class Store:
         would leave a run whose state its history does not explain.
         """
         with self._session() as s:
-            now = utcnow()
-            claimed = s.execute(
-                sa.update(Run)
-                .where(Run.id == run_id, Run.state == from_state)
-                .values(state=SUPERSEDED, updated_at=now)
-            ).rowcount
-            if claimed != 1:
-                raise Conflict(f"run {run_id} is no longer in {from_state}: another runner moved it")
-            unfinished = s.scalars(
-                sa.select(Transition).where(Transition.run_id == run_id, Transition.outcome.in_(UNFINISHED))
-            ).first()
-            if unfinished is not None:
-                raise UnfinishedTransition(_transition(unfinished))
-            transition = Transition(
-                run_id=run_id,
-                from_state=from_state,
-                to_state=to_state,
-                actor=actor,
-                outcome=SUPERSEDED,
+            return _end_run(
+                s,
+                run_id,
+                from_state,
+                to_state,
+                actor,
+                ending=SUPERSEDED,
                 reason=reason,
-                result_state=SUPERSEDED,
-                # One instant: left to the column default, started_at would come after finished_at.
-                started_at=now,
-                finished_at=now,
-            )
-            s.add(transition)
-            s.flush()
-            return transition.id
+                now=utcnow(),
+                moved_by="runner",
+                under_way=lambda unfinished: UnfinishedTransition(_transition(unfinished)),
+            ).id
 
     def renew_lease(self, transition_id: int, holder: Holder, lease_s: float) -> bool:
         """The heartbeat: push the lease of the transition and its locks forward. False when the
@@ -739,38 +723,26 @@ class Store:
         stopped by a row written beside it (roll back instead)."""
         with self._session() as s:
             now = utcnow()
-            claimed = s.execute(
-                sa.update(Run)
-                .where(Run.id == run_id, Run.state == from_state)
-                .values(state=REJECTED, updated_at=now)
-            ).rowcount
-            if claimed != 1:
-                raise Conflict(f"run {run_id} is no longer in {from_state}: another command moved it")
-            unfinished = s.scalars(
-                sa.select(Transition).where(Transition.run_id == run_id, Transition.outcome.in_(UNFINISHED))
-            ).first()
-            if unfinished is not None:
-                raise Conflict(
+            transition = _end_run(
+                s,
+                run_id,
+                from_state,
+                to_state,
+                actor,
+                ending=REJECTED,
+                reason=f"rejected by {actor}: {reason}",
+                now=now,
+                moved_by="command",
+                under_way=lambda unfinished: Conflict(
                     f"run {run_id} is moving to {unfinished.to_state} right now (transition "
                     f"{unfinished.id}): too late to reject it; once it ends, roll back with "
                     f"'orchestrator rollback APP --env {environment}' if it must not stay"
-                )
+                ),
+            )
             row = Approval(
                 run_id=run_id, environment=environment, decision=REJECTED, actor=actor, reason=reason, at=now
             )
             s.add(row)
-            transition = Transition(
-                run_id=run_id,
-                from_state=from_state,
-                to_state=to_state,
-                actor=actor,
-                outcome=REJECTED,
-                reason=f"rejected by {actor}: {reason}",
-                result_state=REJECTED,
-                started_at=now,
-                finished_at=now,
-            )
-            s.add(transition)
             s.flush()
             run = s.get(Run, run_id)
             assert run is not None
@@ -969,3 +941,47 @@ class Store:
     def latest_release(self, app: str, environment: str) -> ReleaseRecord | None:
         found = self.releases(app, environment, limit=1)
         return found[0] if found else None
+
+
+def _end_run(
+    s: Session,
+    run_id: int,
+    from_state: str,
+    to_state: str,
+    actor: str,
+    *,
+    ending: str,
+    reason: str,
+    now: datetime,
+    moved_by: str,
+    under_way: Callable[[Transition], Exception],
+) -> Transition:
+    """End a run outside any edge (superseded, rejected), inside the caller's commit: the
+    compare-and-set on the run first and the check for an unfinished transition after it, so a run
+    another process moved, or whose edge is under way, is never given a row its state does not
+    explain; then the transition that records the ending, as one instant (left to the column
+    default, started_at would come after finished_at)."""
+    claimed = s.execute(
+        sa.update(Run).where(Run.id == run_id, Run.state == from_state).values(state=ending, updated_at=now)
+    ).rowcount
+    if claimed != 1:
+        raise Conflict(f"run {run_id} is no longer in {from_state}: another {moved_by} moved it")
+    unfinished = s.scalars(
+        sa.select(Transition).where(Transition.run_id == run_id, Transition.outcome.in_(UNFINISHED))
+    ).first()
+    if unfinished is not None:
+        raise under_way(unfinished)
+    transition = Transition(
+        run_id=run_id,
+        from_state=from_state,
+        to_state=to_state,
+        actor=actor,
+        outcome=ending,
+        reason=reason,
+        result_state=ending,
+        started_at=now,
+        finished_at=now,
+    )
+    s.add(transition)
+    s.flush()
+    return transition
