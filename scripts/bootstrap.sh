@@ -45,6 +45,10 @@ ensure_tools() {
   fi
   # The dashboard's browser tests drive Debian's chromium through Playwright (no browser download).
   command -v chromium >/dev/null || apt_install chromium
+  # Remote-engine tests reach a second engine through Debian's sshd on a loopback port; the
+  # zero-downtime promotion puts Debian's haproxy in front of prod.
+  [ -x /usr/sbin/sshd ] || apt_install openssh-server
+  [ -x /usr/sbin/haproxy ] || apt_install haproxy
 }
 
 docker_answers() { timeout 10 docker info >/dev/null 2>&1; }
