@@ -88,6 +88,38 @@ def seed(store: Store, app: str = "demo") -> Seeded:
     return Seeded(good, bad, release)
 
 
+def promote_to_prod(store: Store, run_id: int, *, fail_in_prod: bool = False, app: str = "demo") -> int:
+    """A prod-edge transition as the service records it (with its prod step and release)."""
+    tid = store.begin_transition(
+        run_id,
+        "deploy-staging",
+        "deploy",
+        "ci",
+        ["staging", "prod"],
+        target_environment="prod",
+        holder=Holder.me(),
+        lease_s=60,
+    )
+    step = store.begin_step(tid, 1, "swap", "prod")
+    store.finish_step(step, status="done", changes={})
+    if not fail_in_prod:
+        store.record_release(
+            app=app,
+            environment="prod",
+            image_id="sha256:" + "1" * 64,
+            revision="a" * 40,
+            run_id=run_id,
+            transition_id=tid,
+        )
+    store.finish_transition(
+        tid,
+        outcome="failed" if fail_in_prod else "succeeded",
+        reason="x" if fail_in_prod else None,
+        result_state="development" if fail_in_prod else "deploy",
+    )
+    return tid
+
+
 @contextmanager
 def dashboard(port: int, config_path: str | None = None) -> Iterator[str]:
     """The dashboard on 127.0.0.1:port behind the real hardened listener; yields its base URL."""

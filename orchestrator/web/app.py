@@ -24,12 +24,14 @@ from orchestrator.machine import State
 from orchestrator.store import db
 from orchestrator.store.history import OUTCOMES, History, RunFilter, parse_when, revision_evidence
 from orchestrator.store.repository import Store
+from orchestrator.web.prometheus import Snapshot, exposition, registry_for
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
     from orchestrator.releases import EnvStatus
 
 PAGE_SIZE = 50
+METRICS_WINDOW = "30d"
 
 
 @dataclass
@@ -38,6 +40,8 @@ class Backend:
 
     config_path: str | None = None
     engine_factory: Callable[[], DockerEngine] | None = None
+    # The window /metrics reports the DORA keys over (as `metrics --since` reads it).
+    metrics_window: str = METRICS_WINDOW
     _config: Config | None = None
     _store: Store | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -62,6 +66,28 @@ class Backend:
         from orchestrator.service import connect_engine
 
         return status(self.config, self.store, self.engine_factory or connect_engine, app)
+
+    def snapshot(self) -> Snapshot:
+        """What one /metrics scrape reports, read now (orchestrator/web/prometheus.py)."""
+        from datetime import UTC, datetime
+
+        from orchestrator.metrics import metrics
+        from orchestrator.web import revision
+
+        config, store = self.config, self.store
+        history = History(store)
+        now = datetime.now(UTC)
+        return Snapshot(
+            window=self.metrics_window,
+            report=metrics(config, store, None, self.metrics_window, now=now),
+            runs=history.run_counts(),
+            transitions=history.transition_counts(),
+            awaiting_approval=history.awaiting_approval(),
+            locks=store.locks(),
+            freezes=store.freezes(),
+            now=now,
+            revision=revision(),
+        )
 
     def sources(self) -> dict[str, Any]:
         config = self.config
@@ -164,6 +190,14 @@ def create_app(backend: Backend | None = None) -> Flask:
     @app.get("/version")
     def version() -> Response:
         return Response(revision() + "\n", mimetype="text/plain")
+
+    # One registry per application, never prometheus_client's global one (web/prometheus.py).
+    scrape_registry = registry_for(backend.snapshot)
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        body, content_type = exposition(scrape_registry, request.headers.get("Accept"))
+        return Response(body, content_type=content_type)
 
     # JSON API -----------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
+from dashboard_support import promote_to_prod
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -154,40 +155,6 @@ def test_parse_since_refuses(raw: str) -> None:
 # the store and the CLI
 
 
-def _promote(store: Store, run_id: int, *, fail_in_prod: bool = False) -> int:
-    """A prod-edge transition as the service records it (with its prod step and release)."""
-    from orchestrator.holder import Holder
-
-    tid = store.begin_transition(
-        run_id,
-        "deploy-staging",
-        "deploy",
-        "ci",
-        ["staging", "prod"],
-        target_environment="prod",
-        holder=Holder.me(),
-        lease_s=60,
-    )
-    step = store.begin_step(tid, 1, "swap", "prod")
-    store.finish_step(step, status="done", changes={})
-    if not fail_in_prod:
-        store.record_release(
-            app="demo",
-            environment="prod",
-            image_id="sha256:" + "1" * 64,
-            revision="a" * 40,
-            run_id=run_id,
-            transition_id=tid,
-        )
-    store.finish_transition(
-        tid,
-        outcome="failed" if fail_in_prod else "succeeded",
-        reason="x" if fail_in_prod else None,
-        result_state="development" if fail_in_prod else "deploy",
-    )
-    return tid
-
-
 @pytest.mark.usefixtures("docker_free_gates")
 def test_metrics_from_recorded_history(cli: Cli, workspace: Workspace, store: Store) -> None:
     runs = []
@@ -196,9 +163,9 @@ def test_metrics_from_recorded_history(cli: Cli, workspace: Workspace, store: St
         runs.append(run)
     for run_id in runs:
         cli("advance", run_id, "--to", "deploy-staging", as_json=True).ok()
-    _promote(store, runs[0])
-    _promote(store, runs[1], fail_in_prod=True)
-    _promote(store, runs[2])
+    promote_to_prod(store, runs[0])
+    promote_to_prod(store, runs[1], fail_in_prod=True)
+    promote_to_prod(store, runs[2])
     # Roll prod back from the third run's release to the first's.
     first, third = (store.releases_of_run(r)[0] for r in (runs[0], runs[2]))
     store.record_release(
