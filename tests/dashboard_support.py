@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from orchestrator.gates import GateResult, GateStatus
 from orchestrator.holder import Holder
@@ -118,6 +118,22 @@ def promote_to_prod(store: Store, run_id: int, *, fail_in_prod: bool = False, ap
         result_state="development" if fail_in_prod else "deploy",
     )
     return tid
+
+
+def backdate(store: Store, transition_id: int, by: timedelta) -> None:
+    """Move a finished transition (and the releases it made) back in time, as if it had run ``by``
+    earlier: the store records the present only, and the charts need more than one day."""
+    import sqlalchemy as sa
+
+    from orchestrator.store.models import Release, Transition
+
+    with store._session() as s:  # in Python: SQLite cannot subtract an interval from a timestamp
+        transition = s.get(Transition, transition_id)
+        assert transition is not None and transition.finished_at is not None
+        transition.started_at -= by
+        transition.finished_at -= by
+        for release in s.scalars(sa.select(Release).where(Release.transition_id == transition_id)):
+            release.created_at -= by
 
 
 @contextmanager

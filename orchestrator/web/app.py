@@ -21,9 +21,11 @@ from flask import Flask, Response, abort, jsonify, render_template, request
 from orchestrator.config import Config, load_config
 from orchestrator.errors import BadInput, OrchestratorError
 from orchestrator.machine import State
+from orchestrator.metrics import DoraHistory, human_duration
 from orchestrator.store import db
 from orchestrator.store.history import OUTCOMES, History, RunFilter, parse_when, revision_evidence
 from orchestrator.store.repository import Store
+from orchestrator.web.charts import dora_charts
 from orchestrator.web.prometheus import Snapshot, exposition, registry_for
 
 if TYPE_CHECKING:
@@ -67,11 +69,17 @@ class Backend:
 
         return status(self.config, self.store, self.engine_factory or connect_engine, app)
 
+    def dora_history(self) -> DoraHistory:
+        """Every app's promotions and rollbacks over the metrics window, read now."""
+        from orchestrator.metrics import load
+
+        return load(self.config, self.store, None, self.metrics_window)
+
     def snapshot(self) -> Snapshot:
         """What one /metrics scrape reports, read now (orchestrator/web/prometheus.py)."""
         from datetime import UTC, datetime
 
-        from orchestrator.metrics import metrics
+        from orchestrator.metrics import load
         from orchestrator.web import revision
 
         config, store = self.config, self.store
@@ -79,7 +87,7 @@ class Backend:
         now = datetime.now(UTC)
         return Snapshot(
             window=self.metrics_window,
-            report=metrics(config, store, None, self.metrics_window, now=now),
+            report=load(config, store, None, self.metrics_window, now=now).report(),
             runs=history.run_counts(),
             transitions=history.transition_counts(),
             awaiting_approval=history.awaiting_approval(),
@@ -131,6 +139,13 @@ def _query_with(**changes: Any) -> str:
     return urlencode(args)
 
 
+def _slug(name: str) -> str:
+    """An app name as it may appear in an element id (ids must be unique and free of spaces)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_-]", "-", name)
+
+
 def _app_names(backend: Backend) -> list[str]:
     """Configured apps and any the history knows (a dashboard may run without the apps' config)."""
     return sorted(set(backend.config.apps) | set(History(backend.store).apps()))
@@ -164,7 +179,12 @@ def create_app(backend: Backend | None = None) -> Flask:
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.jinja_env.globals.update(
-        revision=revision, revision_evidence=revision_evidence, outcomes=OUTCOMES, query_with=_query_with
+        revision=revision,
+        revision_evidence=revision_evidence,
+        outcomes=OUTCOMES,
+        query_with=_query_with,
+        human_duration=human_duration,
+        app_slug=_slug,
     )
 
     @app.errorhandler(OrchestratorError)
@@ -257,8 +277,12 @@ def create_app(backend: Backend | None = None) -> Flask:
         except OrchestratorError as exc:  # no engine: the history is still worth showing
             environments, status_error = [], exc.message
         store = backend.store
+        dora = backend.dora_history()
         return render_template(
             "index.html",
+            metrics_window=backend.metrics_window,
+            dora=dora.report(),
+            charts={a: dora_charts(a, backend.metrics_window, dora.daily(a)) for a in dora.apps},
             runs=runs,
             filters=request.args,
             page=page,
