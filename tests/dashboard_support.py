@@ -4,10 +4,14 @@ API and browser tests (no Docker needed), and serve the dashboard in-process on 
 from __future__ import annotations
 
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.gates import GateResult, GateStatus
 from orchestrator.holder import Holder
@@ -89,7 +93,8 @@ def seed(store: Store, app: str = "demo") -> Seeded:
 
 
 def promote_to_prod(store: Store, run_id: int, *, fail_in_prod: bool = False, app: str = "demo") -> int:
-    """A prod-edge transition as the service records it (with its prod step and release)."""
+    """A prod-edge transition as the service records it: its prod step, and its release, or (failed in
+    prod) the rollback release restoring what ran before."""
     tid = store.begin_transition(
         run_id,
         "deploy-staging",
@@ -110,6 +115,18 @@ def promote_to_prod(store: Store, run_id: int, *, fail_in_prod: bool = False, ap
             revision="a" * 40,
             run_id=run_id,
             transition_id=tid,
+        )
+    elif (previous := store.latest_release(app, "prod")) is not None:
+        # The failed promotion's own restore of the release prod ran before (gates' Compensation).
+        store.record_release(
+            app=app,
+            environment="prod",
+            image_id=previous.image_id,
+            revision=previous.revision,
+            run_id=run_id,
+            transition_id=tid,
+            kind="rollback",
+            reason="promote_prod failed; prod restored",
         )
     store.finish_transition(
         tid,
@@ -134,6 +151,26 @@ def backdate(store: Store, transition_id: int, by: timedelta) -> None:
         transition.finished_at -= by
         for release in s.scalars(sa.select(Release).where(Release.transition_id == transition_id)):
             release.created_at -= by
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> tuple[Samples, dict[str, Any]]:
+    """{(sample name, sorted labels): value} and {family name: family} of an exposition."""
+    samples: Samples = {}
+    found: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        found[family.name] = family
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples, found
+
+
+def scrape(url: str) -> tuple[str, str]:
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+        assert response.status == 200
+        return response.read().decode(), response.headers["Content-Type"]
 
 
 @contextmanager

@@ -7,15 +7,13 @@ history, held equal to `orchestrator metrics --json`.
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 import pytest
-from dashboard_support import dashboard, promote_to_prod
-from prometheus_client.parser import text_string_to_metric_families
+from dashboard_support import dashboard, parse_metrics, promote_to_prod, scrape
 
 from orchestrator.metrics import Promotion, report
 from orchestrator.store.repository import Store
@@ -27,19 +25,6 @@ if TYPE_CHECKING:
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 H = timedelta(hours=1)
 SHA = "c" * 40
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse(text: str) -> tuple[Samples, dict[str, Any]]:
-    """{(sample name, sorted labels): value} and {family name: family} of an exposition."""
-    samples: Samples = {}
-    found: dict[str, Any] = {}
-    for family in text_string_to_metric_families(text):
-        found[family.name] = family
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples, found
 
 
 def snapshot(**changes: Any) -> Snapshot:
@@ -65,7 +50,7 @@ def snapshot(**changes: Any) -> Snapshot:
 def test_the_dora_keys_and_counters_of_a_snapshot() -> None:
     body, content_type = exposition(registry_for(snapshot), None)
     assert content_type.startswith("text/plain; version=")
-    samples, found = parse(body.decode())
+    samples, found = parse_metrics(body.decode())
     shop = (("app", "shop"),)
     assert samples[("orchestrator_dora_deployments", shop)] == 1
     assert samples[("orchestrator_dora_deployment_frequency_per_day", shop)] == pytest.approx(1 / 30)
@@ -110,12 +95,6 @@ def test_nothing_lands_in_the_global_registry() -> None:
 # a scrape of the real server
 
 
-def scrape(url: str) -> tuple[str, str]:
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
-        assert response.status == 200
-        return response.read().decode(), response.headers["Content-Type"]
-
-
 def test_a_scrape_reports_the_history_locks_freezes_and_waiting_approvals(
     cli: Cli, workspace: Workspace, store: Store, free_port: Callable[[], int]
 ) -> None:
@@ -134,7 +113,7 @@ def test_a_scrape_reports_the_history_locks_freezes_and_waiting_approvals(
     with dashboard(free_port(), str(workspace.config_path)) as url:
         text, content_type = scrape(url)
     assert content_type.startswith("text/plain; version=") and "charset=utf-8" in content_type
-    samples, _ = parse(text)
+    samples, _ = parse_metrics(text)
     demo = (("app", "demo"),)
     cli_view = cli("metrics", "demo", as_json=True).ok()["apps"]["demo"]
     assert (
