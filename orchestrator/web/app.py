@@ -1,9 +1,11 @@
-"""The dashboard and its read-only JSON API: what runs where, the runs, their gates and evidence.
+"""The dashboard and its JSON API: what runs where, the runs, their gates and evidence, DORA charts,
+``/metrics`` for Prometheus.
 
 Flask for routing and Jinja2 templates (autoescaped: actors, reasons and gate evidence come from users
 and apps and must never become markup). The API answers in the shapes of the CLI's ``--json`` (a test
-holds the two equal), so a script can move between them. Nothing here changes state: there is no
-endpoint to lock, freeze or roll back, so there is no token to steal.
+holds the two equal), so a script can move between them. Everything here reads, except the POST
+endpoints of web/actions.py (approve, reject, lock, unlock, freeze, unfreeze), which need the bearer
+token from ORCH_API_TOKEN and are disabled without it.
 
 The config and the database are opened on first use, not at start: ``/health`` and ``/version`` must
 answer (the orchestrator deploys itself with them) even where no database is reachable yet.
@@ -12,7 +14,8 @@ answer (the orchestrator deploys itself with them) even where no database is rea
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +28,14 @@ from orchestrator.metrics import DoraHistory, human_duration
 from orchestrator.store import db
 from orchestrator.store.history import OUTCOMES, History, RunFilter, parse_when, revision_evidence
 from orchestrator.store.repository import Store
+from orchestrator.web import actions
+from orchestrator.web.actions import configured_token
 from orchestrator.web.charts import dora_charts
 from orchestrator.web.prometheus import Snapshot, exposition, registry_for
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
+    from orchestrator.service import RunService
     from orchestrator.releases import EnvStatus
 
 PAGE_SIZE = 50
@@ -44,6 +50,8 @@ class Backend:
     engine_factory: Callable[[], DockerEngine] | None = None
     # The window /metrics reports the DORA keys over (as `metrics --since` reads it).
     metrics_window: str = METRICS_WINDOW
+    # ORCH_API_TOKEN as the server started with it; None disables the POST endpoints (web/actions.py).
+    api_token: str | None = field(default_factory=configured_token, repr=False)
     _config: Config | None = None
     _store: Store | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -68,6 +76,20 @@ class Backend:
         from orchestrator.service import connect_engine
 
         return status(self.config, self.store, self.engine_factory or connect_engine, app)
+
+    @contextmanager
+    def service(self) -> Iterator[RunService]:
+        """The service layer for one state-changing request, as the CLI builds it for one command:
+        its notifications are delivered (or recorded as failed) before the response goes out."""
+        from orchestrator.notify import Notifier, record_failures
+        from orchestrator.service import RunService, connect_engine
+
+        config, store = self.config, self.store
+        notifier = Notifier.from_config(config)
+        try:
+            yield RunService(config, store, self.engine_factory or connect_engine, notifier)
+        finally:
+            record_failures(store, notifier.close())
 
     def dora_history(self) -> DoraHistory:
         """Every app's promotions and rollbacks over the metrics window, read now."""
@@ -177,6 +199,7 @@ def create_app(backend: Backend | None = None) -> Flask:
     backend = backend or Backend()
     app = Flask(__name__)
     app.config["JSON_SORT_KEYS"] = False
+    app.config["MAX_CONTENT_LENGTH"] = actions.MAX_BODY
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.jinja_env.globals.update(
         revision=revision,
@@ -264,6 +287,8 @@ def create_app(backend: Backend | None = None) -> Flask:
             request.args.get("app") or None, parse_when(since) if since else None
         )
         return jsonify({"entries": [e.as_dict() for e in entries]})
+
+    actions.register(app, backend)
 
     # dashboard ----------------------------------------------------------------------------------
 

@@ -74,12 +74,14 @@ def test_api_releases_is_releases_json(site: str, cli: Cli, seeded: Seeded) -> N
     assert current["actor"] == "ci-bot" and current["current"] is True and current["until"] is None
 
 
-def test_api_refuses_what_changes_state(site: str) -> None:
-    """Nothing under /api/ changes state, so no method but GET and HEAD reaches the application."""
-    request = urllib.request.Request(f"{site}/api/runs", method="POST", data=b"{}")
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=30)
-    assert refused.value.code == 501
+def test_api_read_endpoints_refuse_other_methods(site: str) -> None:
+    """The read endpoints take GET and HEAD; POST belongs to the token-protected actions only
+    (test_api_actions.py), and no other method reaches the application."""
+    for method, status in (("POST", 405), ("PUT", 501), ("DELETE", 501)):
+        request = urllib.request.Request(f"{site}/api/runs", method=method, data=b"{}")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == status, method
 
 
 # --------------------------------------------------------------------------------------------------
