@@ -35,8 +35,8 @@ from orchestrator.web.prometheus import Snapshot, exposition, registry_for
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
-    from orchestrator.service import RunService
     from orchestrator.releases import EnvStatus
+    from orchestrator.service import RunService
 
 PAGE_SIZE = 50
 METRICS_WINDOW = "30d"
