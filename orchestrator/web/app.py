@@ -27,7 +27,7 @@ from orchestrator.machine import State
 from orchestrator.metrics import DoraHistory, human_duration
 from orchestrator.store import db
 from orchestrator.store.history import OUTCOMES, History, RunFilter, parse_when, revision_evidence
-from orchestrator.store.repository import Store
+from orchestrator.store.repository import RunRecord, Store
 from orchestrator.web import actions
 from orchestrator.web.actions import configured_token
 from orchestrator.web.charts import dora_charts
@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from orchestrator.service import RunService
 
 PAGE_SIZE = 50
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
 METRICS_WINDOW = "30d"
 
 
@@ -173,6 +177,21 @@ def _app_names(backend: Backend) -> list[str]:
     return sorted(set(backend.config.apps) | set(History(backend.store).apps()))
 
 
+def _awaiting_decision(backend: Backend, run: RunRecord) -> str | None:
+    """The environment ``run``'s next edge needs a person's approval for, while nobody decided yet
+    (the run page then offers Approve and Reject); None otherwise."""
+    from orchestrator.approvals import Standing, standing, target_environment
+    from orchestrator.machine import TO_PROD, TO_STAGING
+
+    edge = {State.DEVELOPMENT.value: TO_STAGING, State.DEPLOY_STAGING.value: TO_PROD}.get(run.state)
+    app = backend.config.apps.get(run.app)
+    if edge is None or app is None:
+        return None
+    if standing(app.require_approval, edge, backend.store.approvals(run.id)) != Standing.AWAITING:
+        return None
+    return target_environment(edge)
+
+
 def run_detail(store: Store, run_id: int) -> dict[str, Any]:
     """`orchestrator runs show RUN --json`."""
     record = store.get_run(run_id)
@@ -209,6 +228,17 @@ def create_app(backend: Backend | None = None) -> Flask:
         human_duration=human_duration,
         app_slug=_slug,
     )
+
+    @app.context_processor
+    def api_state() -> dict[str, Any]:
+        return {"api_enabled": backend.api_token is not None}
+
+    @app.after_request
+    def content_security_policy(response: Response) -> Response:
+        # Only the server's own script runs (static/actions.js): markup that slipped past escaping
+        # could not run a script, so it could not read the API token a person keeps in the tab.
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        return response
 
     @app.errorhandler(OrchestratorError)
     def domain_error(exc: OrchestratorError) -> Response | tuple[Any, int]:
@@ -328,6 +358,7 @@ def create_app(backend: Backend | None = None) -> Flask:
             run=record,
             transitions=store.transitions(run_id),
             releases=store.releases_of_run(run_id),
+            awaiting_env=_awaiting_decision(backend, record),
         )
 
     @app.get("/releases")

@@ -244,3 +244,97 @@ def test_bad_requests_change_nothing(site: str, store: Store, awaiting: list[int
     status, answer, _ = post(f"{site}/api/runs/9999/approve", {}, token=TOKEN)
     assert status == 404
     assert history(store, awaiting) == before
+
+
+# --------------------------------------------------------------------------------------------------
+# the dashboard's buttons, in the browser
+
+
+def use_token(page: Any, token: str, actor: str = "") -> None:
+    page.fill("#api-token input[name=token]", token)
+    page.fill("#api-token input[name=actor]", actor)
+    page.click("#api-token button[type=submit]")
+
+
+def test_buttons_lock_unlock_freeze_and_unfreeze_with_the_token(
+    site: str, page: Any, store: Store, awaiting: list[int]
+) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(site + "/")
+    use_token(page, TOKEN, "alice")
+    expect(page.locator("#api-token-state")).to_have_text("Token set for this tab (acting as api:alice).")
+    assert page.locator("#api-token input[name=token]").input_value() == "", "the field is cleared"
+
+    page.select_option("form.lock select[name=env]", "prod")
+    page.fill("form.lock input[name=reason]", "db migration")
+    with page.expect_navigation():
+        page.click("form.lock button")
+    expect(page.locator("#api-status")).to_have_text("Locked.")
+    assert "api:alice" in page.locator("#locks li.lock").inner_text()
+    (held,) = store.locks()
+    assert (held.environment, held.holder, held.reason) == ("prod", "api:alice", "db migration")
+
+    with page.expect_navigation():
+        page.click("form.unlock button")
+    assert store.locks() == [] and page.locator("#locks li.lock").count() == 0
+
+    page.fill("form.freeze input[name=reason]", "holiday")
+    with page.expect_navigation():
+        page.click("form.freeze button")
+    assert "every app frozen by api:alice" in page.locator("#locks li.freeze").inner_text()
+    with page.expect_navigation():
+        page.click("form.unfreeze button")
+    assert store.freezes() == [] and page.locator("#locks li.freeze").count() == 0
+
+
+def test_a_wrong_token_in_the_browser_is_told_and_changes_nothing(
+    site: str, page: Any, store: Store, awaiting: list[int]
+) -> None:
+    from playwright.sync_api import expect
+
+    before = history(store, awaiting)
+    page.goto(site + "/")
+    page.fill("form.lock input[name=reason]", "no token yet")
+    page.click("form.lock button")
+    expect(page.locator("#api-status")).to_contain_text("Enter the API token first")
+    use_token(page, WRONG)
+    page.click("form.lock button")
+    expect(page.locator("#api-status")).to_have_text(
+        "401: the bearer token is not the server's ORCH_API_TOKEN"
+    )
+    assert history(store, awaiting) == before
+
+
+def test_the_run_page_approves_a_run_awaiting_approval(
+    site: str, page: Any, store: Store, awaiting: list[int]
+) -> None:
+    run = awaiting[0]
+    page.goto(f"{site}/runs/{run}")
+    assert "awaits approval for prod" in page.locator("#decision").inner_text()
+    use_token(page, TOKEN)
+    page.fill("form.approve input[name=reason]", "checked staging")
+    with page.expect_navigation():
+        page.click("form.approve button")
+    (approval,) = store.approvals(run)
+    assert (approval.decision, approval.actor, approval.reason) == ("approved", "api", "checked staging")
+    assert page.locator("#decision").count() == 0, "nothing left to decide"
+
+
+def test_without_a_token_configured_the_dashboard_offers_no_buttons(
+    workspace: Workspace, page: Any, awaiting: list[int], free_port: Callable[[], int]
+) -> None:
+    with serve(workspace, free_port) as url:
+        page.goto(url + "/")
+        assert "Actions are disabled" in page.locator("#api-disabled").inner_text()
+        assert page.locator("form[data-api]").count() == 0
+        page.goto(f"{url}/runs/{awaiting[0]}")
+        assert page.locator("form[data-api]").count() == 0
+
+
+def test_pages_allow_only_their_own_script(site: str) -> None:
+    with urllib.request.urlopen(site + "/", timeout=30) as response:
+        policy = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    with urllib.request.urlopen(site + "/static/actions.js", timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/javascript")
