@@ -147,23 +147,14 @@ def register(app: Flask, backend: Backend) -> None:
         with backend.service() as service:
             return jsonify(do(service, body, actor))
 
-    @app.post("/api/runs/<int:run_id>/approve")
-    def approve(run_id: int) -> Response:
+    @app.post("/api/runs/<int:run_id>/<any(approve, reject):verb>")
+    def decide(run_id: int, verb: str) -> Response:
         from orchestrator.approvals import Decision
 
+        decision = Decision.APPROVED if verb == "approve" else Decision.REJECTED
         return act(
             lambda s, body, actor: s.decide(
-                run_id, Decision.APPROVED, actor=actor, reason=_text(body, "reason")
-            ).as_dict()
-        )
-
-    @app.post("/api/runs/<int:run_id>/reject")
-    def reject(run_id: int) -> Response:
-        from orchestrator.approvals import Decision
-
-        return act(
-            lambda s, body, actor: s.decide(
-                run_id, Decision.REJECTED, actor=actor, reason=_text(body, "reason")
+                run_id, decision, actor=actor, reason=_text(body, "reason")
             ).as_dict()
         )
 
