@@ -250,6 +250,8 @@ def create_app(backend: Backend | None = None) -> Flask:
         payload = {"error": exc.kind, "message": exc.message, "exit_code": exc.exit_code}
         if request.path.startswith("/api/"):
             return jsonify(payload), status
+        if request.path == "/metrics":  # a scraper shows the body of a failed scrape as it is
+            return Response(f"{exc.kind}: {exc.message}\n", status=status, mimetype="text/plain"), status
         return render_template("error.html", error=payload, status=status), status
 
     @app.errorhandler(404)

@@ -7,6 +7,8 @@ history, held equal to `orchestrator metrics --json`.
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -138,3 +140,20 @@ def test_a_scrape_reports_the_history_locks_freezes_and_waiting_approvals(
     assert samples[("orchestrator_locks_held", lock)] == 1
     assert samples[("orchestrator_frozen", (("app", "*"),))] == 1
     assert samples[("orchestrator_freeze_age_seconds", (("app", "*"),))] >= 0
+
+
+def test_a_scrape_without_a_database_fails_with_the_reason_in_plain_text(
+    workspace: Workspace, free_port: Callable[[], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prometheus then marks the target down and shows why; /health still answers."""
+    monkeypatch.setenv("ORCH_DATABASE_URL", "postgresql+psycopg://orch:pw@127.0.0.1:1/orch")
+    with dashboard(free_port(), str(workspace.config_path)) as url:
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(url + "/metrics", timeout=30)
+        with urllib.request.urlopen(url + "/health", timeout=30) as health:
+            assert health.status == 200
+    assert failed.value.code == 503
+    assert failed.value.headers["Content-Type"].startswith("text/plain")
+    body = failed.value.read().decode()
+    assert body.startswith("infrastructure_unavailable: database") and "unreachable" in body
+    assert ":pw@" not in body
