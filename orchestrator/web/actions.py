@@ -1,6 +1,6 @@
-"""The API's state-changing endpoints: approve or reject a run, lock or unlock an environment, freeze or
-unfreeze, each a POST that goes through the service layer exactly like the CLI command of the same name
-and answers with that command's ``--json`` object.
+"""The API's state-changing endpoints: approve or reject a run, lock or unlock an environment, roll it
+back, freeze or unfreeze, each a POST that goes through the service layer exactly like the CLI command
+of the same name and answers with that command's ``--json`` object.
 
 Who may call them, and why this way:
 
@@ -177,6 +177,18 @@ def register(app: Flask, backend: Backend) -> None:
             if not isinstance(force, bool):
                 raise BadInput("'force' must be true or false")
             return views.unlocked(s.unlock(app_name, env, force=force, actor=actor))
+
+        return act(do)
+
+    @app.post("/api/apps/<app_name>/<env>/rollback")
+    def rollback(app_name: str, env: str) -> Response:
+        from orchestrator import views
+
+        def do(s: RunService, body: dict[str, Any], actor: str) -> dict[str, Any]:
+            to = body.get("to")
+            if to is not None and (isinstance(to, bool) or not isinstance(to, int)):
+                raise BadInput("'to' must be a release id (a whole number)")
+            return views.rollback(s.rollback(app_name, env, to=to, actor=actor, reason=_text(body, "reason")))
 
         return act(do)
 

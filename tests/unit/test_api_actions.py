@@ -1,4 +1,5 @@
-"""The API's state-changing endpoints (issue 13): approve, reject, lock, unlock, freeze, unfreeze.
+"""The API's state-changing endpoints (issue 13): approve, reject, lock, unlock, rollback, freeze,
+unfreeze (the rollback on the real engine: tests/integration/test_dashboard_live.py).
 
 Served by the real hardened listener on loopback. For every endpoint: disabled without ORCH_API_TOKEN
 (403), refused without a bearer token or with a wrong one (401), refused with the token in the query
@@ -115,6 +116,7 @@ def every_action(runs: list[int]) -> list[tuple[str, dict[str, Any]]]:
         (f"/api/runs/{runs[1]}/reject", {"reason": "not today"}),
         ("/api/apps/demo/prod/lock", {"reason": "db migration"}),
         ("/api/apps/demo/prod/unlock", {}),
+        ("/api/apps/demo/prod/rollback", {"reason": "slow"}),
         ("/api/freeze", {"reason": "holiday"}),
         ("/api/unfreeze", {}),
     ]
@@ -243,6 +245,9 @@ def test_bad_requests_change_nothing(site: str, store: Store, awaiting: list[int
     assert status == 400 and "unknown app 'nope'" in answer["message"]
     status, answer, _ = post(f"{site}/api/runs/9999/approve", {}, token=TOKEN)
     assert status == 404
+    for to in ("3", True, 1.5):
+        status, answer, _ = post(f"{site}/api/apps/demo/prod/rollback", {"to": to}, token=TOKEN)
+        assert status == 400 and "'to' must be a release id" in answer["message"], to
     assert history(store, awaiting) == before
 
 

@@ -95,6 +95,7 @@
     document.querySelectorAll("form[data-api]").forEach(function (form) {
       form.addEventListener("submit", function (ev) {
         ev.preventDefault();
+        if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
         submit(form);
       });
     });
