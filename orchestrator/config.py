@@ -202,6 +202,8 @@ ENV_VARS: dict[str, str] = {
     "ORCH_NOTIFY_TIMEOUT_S": "seconds each notification attempt may take (3 attempts; default 5)",
     "ORCH_SERVE_HOST": "address `orchestrator serve` binds (default 127.0.0.1)",
     "ORCH_REVISION": "commit `orchestrator serve` reports on /version (the Dockerfile sets it from GIT_SHA)",
+    "ORCH_API_TOKEN": "bearer token `orchestrator serve` requires on its state-changing API endpoints "
+    "(unset: they are disabled)",
     # Not settings: read by orchestrator.steps for the crash tests, listed so they are not refused.
     "ORCH_TEST_CRASH_AT": (
         "test-only: <before|after>:<step name>: the process signals itself at that step boundary"
