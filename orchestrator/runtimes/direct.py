@@ -242,7 +242,6 @@ class ProxiedRuntime:
             )
 
     def hand_over(self, env: str, container: ContainerInfo) -> None:
-        self._ensure_proxy(env)
         with self.steps.step(f"{env}_connect", env) as step:
             self.engine.join_network(container.id, self.network(env), aliases=[self.alias(env)])
             step.changed(container_id=container.id, container=container.name, network=self.network(env))

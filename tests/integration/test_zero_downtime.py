@@ -171,6 +171,10 @@ def test_promotion_and_rollback_cost_no_request(app: BusyboxApp, docker_client: 
     status = app.cli("status", app.name, as_json=True).ok()
     prod = next(e for e in status["environments"] if e["environment"] == "prod")
     assert (prod["drift"], prod["healthy"]) == (False, True), prod
+    # Housekeeping removes what no kept release needs, never the container serving prod.
+    serving_before = assert_serves(docker_client, app, "prod", old)
+    app.cli("prune", app.name, as_json=True).ok()
+    assert assert_serves(docker_client, app, "prod", old).id == serving_before.id
 
 
 @pytest.mark.parametrize(
