@@ -251,3 +251,25 @@ def test_sigkill_mid_hand_over_then_recover(
     run = orch.show(run_id)
     assert run["transitions"][-1]["outcome"] == ("succeeded" if serves_new else "aborted"), run
     assert orch.locks() == []
+
+
+def test_sigterm_with_two_containers_serving_puts_the_old_release_back(
+    app: BusyboxApp, store: Store, docker_client: docker.DockerClient
+) -> None:
+    """A cancelled runner (SIGTERM) undoes its own edge: caught with the new container already in the
+    alias beside the old one, it restores the previous release the same start-before-stop way."""
+    orch = Orchestrator(app.workspace.path)
+    old = commit(app, "old")
+    app.deploy(old)
+    run_id = orch.start_run(app.name, commit(app, "new"))
+    orch.advance(run_id, "deploy-staging").ok()
+
+    with client_loop(app) as loop:
+        proc = orch.advance(run_id, "deploy", crash_at="after:prod_connect", crash_signal="TERM")
+    assert proc.returncode != 0, proc.describe()
+    assert loop.failed == [], loop.summary()
+    assert_serves(docker_client, app, "prod", old)
+    release = store.latest_release(app.name, "prod")
+    assert release is not None and release.revision == old
+    assert orch.show(run_id)["transitions"][-1]["outcome"] != "succeeded"
+    assert orch.locks() == []
