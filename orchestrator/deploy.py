@@ -9,6 +9,7 @@ turn its outcomes into recorded verdicts.
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -292,8 +293,9 @@ class Deployer:
         now = self.engine.container(container.id)
         if not report.answered and now is not None and now.running:
             last = report.last.error if report.last else "no answer"
+            where = urllib.parse.urlsplit(report.url).netloc
             return (
-                f"nothing answered on {report.url} for {report.elapsed_s:.1f}s while "
+                f"nothing answered on {where} for {report.elapsed_s:.1f}s while "
                 f"{container.name} kept running ({report.attempts} tries, last: {last}): "
                 + self._port_hint(env)
             )
