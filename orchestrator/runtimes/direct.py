@@ -108,8 +108,9 @@ class ProxiedRuntime:
     1. ``start``: on a waiting network (``<app>-<env>-new``, no alias, the proxy is not on it),
        published on an ephemeral 127.0.0.1 port: health and verification see it and nothing else;
     2. ``hand_over``: it joins the serving network under the alias; once an answer through the proxy
-       comes from its address, every other container of the environment leaves the network (the proxy
-       stops sending it requests; one already on its way is retried on the new one) and is removed;
+       comes from its address, every other container of the environment is stopped (SIGTERM: it
+       finishes what it answers and refuses the rest, which the proxy retries on the new one at once)
+       and removed;
     3. a container that fails any check is ``discard``-ed; the one serving was never touched.
 
     What serves ``env`` is read from the engine, not remembered: the newest running container of the
