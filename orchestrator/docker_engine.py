@@ -70,6 +70,12 @@ class ContainerInfo:
     # between two looks at a container is how a crash-looping one shows while we wait for health.
     restart_count: int = 0
     started_at: str | None = None
+    # Per network it is attached to: the names other containers resolve it by, and its address there
+    # (a proxied environment's serving containers are the ones holding its alias).
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    addresses: Mapping[str, str] = field(default_factory=dict)
+    # Container port -> host port, as the engine published them (an ephemeral port is known only here).
+    ports: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -198,6 +204,14 @@ def _container(obj: Any) -> ContainerInfo:
 
 def _container_from(attrs: Mapping[str, Any]) -> ContainerInfo:
     state = attrs.get("State") or {}
+    settings = attrs.get("NetworkSettings") or {}
+    networks: Mapping[str, Any] = settings.get("Networks") or {}
+    ports: dict[int, int] = {}
+    for key, bindings in (settings.get("Ports") or {}).items():
+        number, _, proto = key.partition("/")
+        for binding in bindings or ():
+            if proto == "tcp" and binding.get("HostPort"):
+                ports.setdefault(int(number), int(binding["HostPort"]))
     return ContainerInfo(
         id=attrs["Id"],
         name=attrs.get("Name", "").lstrip("/"),
@@ -207,6 +221,9 @@ def _container_from(attrs: Mapping[str, Any]) -> ContainerInfo:
         exit_code=state.get("ExitCode"),
         restart_count=int(attrs.get("RestartCount") or 0),
         started_at=state.get("StartedAt") or None,
+        aliases={name: tuple(n.get("Aliases") or ()) for name, n in networks.items()},
+        addresses={name: n["IPAddress"] for name, n in networks.items() if n.get("IPAddress")},
+        ports=ports,
     )
 
 
@@ -448,7 +465,7 @@ class DockerEngine:
         environment: Mapping[str, str] | None = None,
         command: list[str] | None = None,
         host_network: bool = True,
-        publish: Mapping[int, tuple[str, int]] | None = None,
+        publish: Mapping[int, tuple[str, int | None]] | None = None,
         labels: Mapping[str, str] | None = None,
         restart: bool = False,
         network: str | None = None,
@@ -456,7 +473,8 @@ class DockerEngine:
         files: Mapping[str, bytes] | None = None,
     ) -> ContainerInfo:
         """Start a detached container. With ``host_network`` the app binds PORT itself; otherwise
-        ``publish`` maps container ports to (host ip, host port), which callers keep on 127.0.0.1, and
+        ``publish`` maps container ports to (host ip, host port; None: one the engine picks, read it
+        from the returned ``ports``), which callers keep on 127.0.0.1, and
         ``network`` attaches it to that network under ``aliases`` (names other containers resolve).
         ``files`` (absolute path -> content) are written into the container before it starts: a
         bind mount would name a path on the engine's host, which for a remote engine is not ours."""
@@ -545,6 +563,35 @@ class DockerEngine:
         )
         return True
 
+    def join_network(self, container: str, network: str, *, aliases: Sequence[str] = ()) -> None:
+        """Attach a running container to ``network`` under ``aliases``: from now on the network's DNS
+        answers those names with its address too (how a proxied environment adds a backend)."""
+        self._call(
+            f"connect {container} to {network}",
+            self._client.api.connect_container_to_network,
+            container,
+            network,
+            aliases=list(aliases),
+        )
+
+    def leave_network(self, container: str, network: str) -> bool:
+        """Detach ``container`` from ``network`` (its aliases there go with it); True when it was
+        attached, False when it or the attachment was already gone."""
+        try:
+            self._call(
+                f"disconnect {container} from {network}",
+                self._client.api.disconnect_container_from_network,
+                container,
+                network,
+            )
+            return True
+        except docker.errors.NotFound:
+            return False
+        except DockerError as exc:
+            if "is not connected" in exc.message:
+                return False
+            raise
+
     def remove_network(self, name: str) -> bool:
         """Remove the network; True when something was removed (False: none of that name)."""
         try:
@@ -562,10 +609,11 @@ class DockerEngine:
         rows = self._call("list images", self._client.api.images, all=False)
         return [_listed_image(row) for row in rows]
 
-    def containers(self) -> list[ListedContainer]:
+    def containers(self, labels: Mapping[str, str] | None = None) -> list[ListedContainer]:
         """Every container, running or not, from one list call: an image any of them uses is in use,
-        whichever app (or person) started it."""
-        rows = self._call("list containers", self._client.api.containers, all=True)
+        whichever app (or person) started it. ``labels`` keeps only those carrying all of them."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]} if labels else None
+        rows = self._call("list containers", self._client.api.containers, all=True, filters=filters)
         return [_listed_container(row) for row in rows]
 
     def remove_stopped_container(self, container_id: str) -> bool:

@@ -853,6 +853,8 @@ def haproxy_image(engine: DockerEngine) -> Iterator[str]:
     for lib in _shared_libraries(HAPROXY):
         files[str(lib).lstrip("/")] = lib.resolve()
     tag = f"orch-test-haproxy-{uuid.uuid4().hex[:8]}:test"
-    image = engine.build(build_context(HAPROXY_DOCKERFILE, files), tag=tag)
+    engine.build(build_context(HAPROXY_DOCKERFILE, files), tag=tag)
     yield tag
-    engine.remove_image(image.id, force=True)
+    # By tag, not id: another session on this engine builds the byte-identical image (same id) and may
+    # still run containers of it; removing our tag leaves theirs alone.
+    engine.remove_image(tag)
