@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from orchestrator.errors import BadInput, Conflict, InfraUnavailable
 from orchestrator.holder import Holder
@@ -62,6 +62,11 @@ from orchestrator.store.records import (  # noqa: F401 - re-exported: callers im
 
 if TYPE_CHECKING:
     from orchestrator.metrics import Promotion, Rollback
+
+
+# A TransitionRecord carries its gate results and steps: loaded for a whole list of transitions in one
+# query each, not lazily by two more queries per transition.
+WITH_CHECKS_AND_STEPS = (selectinload(Transition.gate_results), selectinload(Transition.steps))
 
 
 def _chunks(ids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
@@ -141,7 +146,12 @@ class Store:
 
     def transitions(self, run_id: int) -> list[TransitionRecord]:
         with self._session() as s:
-            rows = s.scalars(sa.select(Transition).where(Transition.run_id == run_id).order_by(Transition.id))
+            rows = s.scalars(
+                sa.select(Transition)
+                .where(Transition.run_id == run_id)
+                .order_by(Transition.id)
+                .options(*WITH_CHECKS_AND_STEPS)
+            )
             return [_transition(r) for r in rows]
 
     # transitions ----------------------------------------------------------------------------------
@@ -793,10 +803,13 @@ class Store:
     def prod_history(self, app: str | None, since: datetime) -> tuple[list[Promotion], list[Rollback]]:
         """What `metrics` computes from: the prod-edge transitions that finished since ``since`` and
         reached prod (succeeded, or failed after a prod step began), and prod's rollback releases
-        since then with the release each replaced. Four queries, whatever the size of the window."""
+        since then with the release each replaced. Three queries, whatever the size of the window, each
+        reading the window through an index (0006), not the whole history."""
         from orchestrator.metrics import Promotion, Rollback
 
         with self._session() as s:
+            # The prod release each successful promotion made comes in the same query (by the index on
+            # releases.transition_id), not by one more query per 500 promotions.
             q = (
                 sa.select(
                     Transition.id,
@@ -805,8 +818,18 @@ class Store:
                     Transition.finished_at,
                     Run.app,
                     Run.committed_at,
+                    Release.id.label("release_id"),
+                    Release.created_at.label("released_at"),
                 )
                 .join(Run, Run.id == Transition.run_id)
+                .outerjoin(
+                    Release,
+                    sa.and_(
+                        Release.transition_id == Transition.id,
+                        Release.environment == "prod",
+                        Transition.outcome == "succeeded",
+                    ),
+                )
                 .where(
                     Transition.to_state == "deploy",
                     Transition.outcome.in_(("succeeded", "failed")),
@@ -815,7 +838,14 @@ class Store:
             )
             if app is not None:
                 q = q.where(Run.app == app)
-            rows = s.execute(q).all()
+            found = s.execute(q).all()
+            # A transition that recorded two prod releases (a retried record step) counts once, with
+            # its newest.
+            released: dict[int, tuple[int, datetime]] = {}
+            for r in found:
+                if r.release_id is not None and (r.id not in released or r.release_id > released[r.id][0]):
+                    released[r.id] = (r.release_id, r.released_at)
+            rows = list({r.id: r for r in found}.values())
             failed_ids = [r.id for r in rows if r.outcome == "failed"]
             touched: dict[int, datetime] = {}
             for chunk in _chunks(failed_ids):
@@ -826,16 +856,6 @@ class Store:
                         .group_by(StepRow.transition_id)
                     ).all()
                 )
-            released: dict[int, tuple[int, datetime]] = {}
-            ok_ids = [r.id for r in rows if r.outcome == "succeeded"]
-            for chunk in _chunks(ok_ids):
-                for release_id, transition_id, created_at in s.execute(
-                    sa.select(Release.id, Release.transition_id, Release.created_at).where(
-                        Release.transition_id.in_(chunk), Release.environment == "prod"
-                    )
-                ):
-                    if transition_id not in released or release_id > released[transition_id][0]:
-                        released[transition_id] = (release_id, created_at)
             promotions = [
                 Promotion(
                     app=r.app,
