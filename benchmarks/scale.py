@@ -572,6 +572,7 @@ def reads(seeded: Seeded, since_range: tuple[datetime, datetime]) -> list[tuple[
             {"args": ["--app", "admin", "--outcome", "rejected"]},
             TARGET_MS,
         ),
+        ("runs list --outcome interrupted (0.1%)", {"args": ["--outcome", "interrupted"]}, TARGET_MS),
         ("runs list --sha <6 hex>", {"args": ["--sha", seeded.sample_sha[:6]]}, TARGET_MS),
         (f"runs list --actor {CI_BOT}", {"args": ["--actor", CI_BOT]}, TARGET_MS),
         (
