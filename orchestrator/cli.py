@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from orchestrator import identity, views
+from orchestrator import identity, progress, views
 from orchestrator.errors import BadInput, Conflict, OrchestratorError
 
 # Everything else is imported inside the commands that need it: `--help`, `--version` and a usage error
@@ -209,13 +209,14 @@ class _Cli(click.Group):
     "--verbose",
     is_flag=True,
     help="Say on stderr which config file and which database are used, and how each was chosen; "
-    "log at debug level.",
+    "log at debug level; show the progress of builds, pushes and health waits even off a terminal.",
 )
 @click.option(
     "-q",
     "--quiet",
     is_flag=True,
-    help="Log only warnings and errors on stderr (results and errors are printed as always).",
+    help="Log only warnings and errors on stderr, and show no progress of long steps (results and "
+    "errors are printed as always).",
 )
 @click.version_option(package_name="orchestrator")
 @click.pass_context
@@ -226,6 +227,9 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool, quiet: bool)
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose contradict each other: pick one")
     orch_logging.configure(level="warning" if quiet else "info")
+    # Long steps (build, push, health waits) show how far they got on a terminal; --quiet: never;
+    # --verbose: also off a terminal, as plain lines (orchestrator/progress.py).
+    progress.install(progress.choose(sys.stderr, quiet=quiet, verbose=verbose))
     ctx.obj = Invocation(config_path, verbose, quiet)
 
 

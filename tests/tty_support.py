@@ -22,6 +22,13 @@ class TtyResult:
 
 def run_on_tty(*args: str, stderr_on_tty: bool = False, timeout_s: float = 120.0) -> TtyResult:
     """``python -m orchestrator ARGS`` with stdout on a pseudo-terminal 120 columns wide."""
+    return run_argv_on_tty(
+        [sys.executable, "-m", "orchestrator", *args], stderr_on_tty=stderr_on_tty, timeout_s=timeout_s
+    )
+
+
+def run_argv_on_tty(argv: list[str], *, stderr_on_tty: bool = False, timeout_s: float = 120.0) -> TtyResult:
+    """``argv`` with stdout (and, if asked, stderr) on a pseudo-terminal 120 columns wide."""
     leader, follower = pty.openpty()
     os.set_blocking(leader, False)
     import fcntl
@@ -32,7 +39,7 @@ def run_on_tty(*args: str, stderr_on_tty: bool = False, timeout_s: float = 120.0
     env = {**os.environ, "COLUMNS": "120", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=follower,
         stderr=follower if stderr_on_tty else subprocess.PIPE,
@@ -61,7 +68,7 @@ def run_on_tty(*args: str, stderr_on_tty: bool = False, timeout_s: float = 120.0
             break
         if time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"orchestrator {' '.join(args)} did not finish in {timeout_s} s")
+            raise AssertionError(f"{' '.join(argv)} did not finish in {timeout_s} s")
     os.close(leader)
     stderr = proc.stderr.read().decode() if proc.stderr is not None else ""
     proc.wait(timeout=timeout_s)
