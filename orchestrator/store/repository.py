@@ -75,6 +75,25 @@ def _chunks(ids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
         yield ids[start : start + size]
 
 
+def _raw_time(column: Any, sqlite: bool) -> Any:
+    """A timestamp column as SQLite stores it (ISO text), for ``_time`` to parse: SQLAlchemy's own
+    conversion (a regular expression per value) costs more than the query when `metrics` reads a
+    window of thousands of promotions. Other databases hand over timestamps natively."""
+    return sa.type_coerce(column, sa.String) if sqlite else column
+
+
+def _time(value: str | datetime | None) -> datetime | None:
+    """A timestamp read through ``_raw_time``: timezone-aware, UTC."""
+    if isinstance(value, str):
+        # SQLite's text has no offset and means UTC; parsing it with one is cheaper than .replace().
+        return (
+            datetime.fromisoformat(value + "+00:00")
+            if value[-6] not in "+-"
+            else datetime.fromisoformat(value)
+        )
+    return _aware(value)
+
+
 def _held_by(model: type[Transition] | type[EnvironmentLock], holder: Holder) -> sa.ColumnElement[bool]:
     """Rows of exactly this process: host, pid and the pid's start time. The pid alone would let a
     process that inherited a dead holder's pid renew or drop what that holder left for recovery."""
@@ -810,16 +829,17 @@ class Store:
         with self._session() as s:
             # The prod release each successful promotion made comes in the same query (by the index on
             # releases.transition_id), not by one more query per 500 promotions.
+            sqlite = self.engine.dialect.name == "sqlite"
             q = (
                 sa.select(
                     Transition.id,
                     Transition.run_id,
                     Transition.outcome,
-                    Transition.finished_at,
+                    _raw_time(Transition.finished_at, sqlite).label("finished_at"),
                     Run.app,
-                    Run.committed_at,
+                    _raw_time(Run.committed_at, sqlite).label("committed_at"),
                     Release.id.label("release_id"),
-                    Release.created_at.label("released_at"),
+                    _raw_time(Release.created_at, sqlite).label("released_at"),
                 )
                 .join(Run, Run.id == Transition.run_id)
                 .outerjoin(
@@ -838,15 +858,19 @@ class Store:
             )
             if app is not None:
                 q = q.where(Run.app == app)
-            found = s.execute(q).all()
+            # A window holds thousands of promotions: read as plain rows (no ORM result processing).
+            found = s.connection().execute(q).all()
             # A transition that recorded two prod releases (a retried record step) counts once, with
-            # its newest.
-            released: dict[int, tuple[int, datetime]] = {}
-            for r in found:
-                if r.release_id is not None and (r.id not in released or r.release_id > released[r.id][0]):
-                    released[r.id] = (r.release_id, r.released_at)
-            rows = list({r.id: r for r in found}.values())
-            failed_ids = [r.id for r in rows if r.outcome == "failed"]
+            # its newest. Rows are unpacked by position: thousands of them, read by name, cost more
+            # than the query.
+            released: dict[int, tuple[int, Any]] = {}
+            rows: dict[int, tuple[Any, ...]] = {}
+            for row in found:
+                tid, release_id, released_at = row[0], row[6], row[7]
+                rows[tid] = tuple(row)
+                if release_id is not None and (tid not in released or release_id > released[tid][0]):
+                    released[tid] = (release_id, released_at)
+            failed_ids = [tid for tid, row in rows.items() if row[2] == "failed"]
             touched: dict[int, datetime] = {}
             for chunk in _chunks(failed_ids):
                 touched.update(
@@ -856,21 +880,25 @@ class Store:
                         .group_by(StepRow.transition_id)
                     ).all()
                 )
-            promotions = [
-                Promotion(
-                    app=r.app,
-                    run_id=r.run_id,
-                    transition_id=r.id,
-                    succeeded=r.outcome == "succeeded",
-                    finished_at=_aware(r.finished_at),  # type: ignore[arg-type]
-                    committed_at=_aware(r.committed_at),
-                    prod_touched_at=_aware(touched.get(r.id)),
-                    release_id=released[r.id][0] if r.id in released else None,
-                    released_at=_aware(released[r.id][1]) if r.id in released else None,
+            promotions = []
+            for tid, run_id, outcome, finished_at, app_name, committed_at, _, _ in rows.values():
+                succeeded = outcome == "succeeded"
+                if not succeeded and tid not in touched:
+                    continue
+                release = released.get(tid)
+                promotions.append(
+                    Promotion(
+                        app=app_name,
+                        run_id=run_id,
+                        transition_id=tid,
+                        succeeded=succeeded,
+                        finished_at=_time(finished_at),  # type: ignore[arg-type]
+                        committed_at=_time(committed_at),
+                        prod_touched_at=_aware(touched.get(tid)),
+                        release_id=release[0] if release else None,
+                        released_at=_time(release[1]) if release else None,
+                    )
                 )
-                for r in rows
-                if r.outcome == "succeeded" or r.id in touched
-            ]
             earlier = aliased(Release)
             replaced = (
                 sa.select(sa.func.max(earlier.id))
