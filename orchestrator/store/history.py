@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from orchestrator.errors import BadInput
 from orchestrator.store.models import Event, Release, Run, Transition, utcnow
@@ -116,7 +116,18 @@ def _sha_starts_with(prefix: str) -> sa.ColumnElement[bool]:
     return sa.and_(*conditions)
 
 
-def _conditions(f: RunFilter) -> list[sa.ColumnElement[bool]]:
+# Fewer transitions than this with an outcome, and `--outcome` looks the runs up from those transitions
+# instead of testing the newest runs one by one (see _conditions).
+RARE_OUTCOME = 5_000
+
+
+def _outcome_is_rare(s: Session, outcome: str) -> bool:
+    """Whether fewer than RARE_OUTCOME transitions ended so: a count that stops there, on the index."""
+    few = sa.select(Transition.id).where(Transition.outcome == outcome).limit(RARE_OUTCOME).subquery()
+    return int(s.scalar(sa.select(sa.func.count()).select_from(few)) or 0) < RARE_OUTCOME
+
+
+def _conditions(f: RunFilter, *, rare_outcome: bool = False) -> list[sa.ColumnElement[bool]]:
     """Every filter but the actor's (see ``_run_ids_by_actor``), on ``runs``. The transitions they
     look at are aliased: these conditions also go into a query over ``transitions`` itself, where an
     unaliased table would be correlated to that query's rows instead."""
@@ -134,6 +145,13 @@ def _conditions(f: RunFilter) -> list[sa.ColumnElement[bool]]:
     any_transition = aliased(Transition)
     if f.outcome == NO_TRANSITION:
         found.append(~sa.exists().where(any_transition.run_id == Run.id))
+    elif f.outcome and rare_outcome:
+        # A rare outcome (interrupted, rejected): testing runs newest first would read all of them to
+        # fill a page; the few transitions that ended so, and are their run's last, say which runs.
+        ended = aliased(Transition)
+        later = aliased(Transition)
+        last_of_run = ~sa.exists().where(later.run_id == ended.run_id, later.id > ended.id)
+        found.append(Run.id.in_(sa.select(ended.run_id).where(ended.outcome == f.outcome, last_of_run)))
     elif f.outcome:
         # Newest runs first, each looked up by its last transition (two probes of an index): cheap per
         # run, and a page of a common outcome stops after a few dozen runs.
@@ -148,22 +166,22 @@ def _conditions(f: RunFilter) -> list[sa.ColumnElement[bool]]:
     return found
 
 
-def _run_query(f: RunFilter) -> sa.Select[Any]:
-    q = sa.select(Run).where(*_conditions(f))
+def _run_query(f: RunFilter, *, rare_outcome: bool = False) -> sa.Select[Any]:
+    q = sa.select(Run).where(*_conditions(f, rare_outcome=rare_outcome))
     if f.actor:
         by_transition = sa.exists().where(Transition.run_id == Run.id, Transition.actor == f.actor)
         q = q.where(sa.or_(Run.actor == f.actor, by_transition))
     return q
 
 
-def _run_ids_by_actor(f: RunFilter, first: int) -> sa.CompoundSelect:
+def _run_ids_by_actor(f: RunFilter, first: int, *, rare_outcome: bool = False) -> sa.CompoundSelect:
     """The ids of the newest ``first`` runs an actor started or moved (with the other filters).
 
     "Started by A or has a transition by A" as one condition is tested run by run, newest first: a
     rare actor reads the whole history. Instead each half reads its own index backwards, (actor, id)
     on runs and (actor, run_id) on transitions, and stops at ``first`` runs; the newest ``first`` of
     the union lie among those, however common or rare the actor is."""
-    others = _conditions(f)
+    others = _conditions(f, rare_outcome=rare_outcome)
     started = (
         sa.select(Run.id.label("id"))
         .where(Run.actor == f.actor, *others)
@@ -191,12 +209,14 @@ class History:
 
     def runs(self, f: RunFilter, *, limit: int = 20, offset: int = 0) -> list[RunRecord]:
         """Newest first; ``offset`` counts runs already shown (page N is offset (N-1)*limit)."""
-        if f.actor:
-            q = sa.select(Run).where(Run.id.in_(_run_ids_by_actor(f, offset + limit)))
-        else:
-            q = _run_query(f)
-        q = q.order_by(Run.id.desc()).limit(limit).offset(offset)
         with self._store._session() as s:
+            rare = bool(f.outcome and f.outcome != NO_TRANSITION and _outcome_is_rare(s, f.outcome))
+            if f.actor:
+                ids = _run_ids_by_actor(f, offset + limit, rare_outcome=rare)
+                q = sa.select(Run).where(Run.id.in_(ids))
+            else:
+                q = _run_query(f, rare_outcome=rare)
+            q = q.order_by(Run.id.desc()).limit(limit).offset(offset)
             return [RunRecord.of(r) for r in s.scalars(q)]
 
     def apps(self) -> list[str]:

@@ -107,10 +107,15 @@ FILTERS = [
 ]
 
 
+@pytest.mark.parametrize("rare", [True, False], ids=["outcome-from-transitions", "outcome-run-by-run"])
 @pytest.mark.parametrize("f", FILTERS, ids=repr)
 def test_every_filter_and_page_matches_a_plain_reading_of_the_history(
-    store: Store, history: list[Known], f: RunFilter
+    store: Store, history: list[Known], f: RunFilter, rare: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Both ways `--outcome` is answered (a rare outcome from its transitions, a common one run by run,
+    newest first) give the same runs; here every outcome is rare unless the threshold says none is."""
+    if not rare:
+        monkeypatch.setattr("orchestrator.store.history.RARE_OUTCOME", 0)
     expected = _expected(history, f)
     found = History(store)
     assert [r.id for r in found.runs(f, limit=1000)] == expected
