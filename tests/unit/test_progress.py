@@ -11,9 +11,10 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
+from test_health import _Flaky  # the same warming-up server (503s, then 200)
 from tty_support import run_argv_on_tty
 
 from orchestrator import progress
@@ -29,25 +30,9 @@ print("healthy" if report.healthy else "unhealthy", report.attempts)
 """
 
 
-class _Warming(BaseHTTPRequestHandler):
-    """503 for the first ``healthy_after`` requests, then 200."""
-
-    healthy_after = 0
-    served = 0
-
-    def do_GET(self) -> None:
-        type(self).served += 1
-        ok = type(self).served > self.healthy_after
-        self.send_response(200 if ok else 503)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return
-
-
 @pytest.fixture
 def url() -> Iterator[str]:
-    handler = type("Handler", (_Warming,), {"served": 0, "healthy_after": 8})
+    handler = type("Handler", (_Flaky,), {"served": 0, "healthy_after": 8})
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_port}/health"
