@@ -217,7 +217,7 @@ class Seeded:
     rare_actor: str = ""
 
 
-class History:
+class SeedHistory:
     """Generates the rows, run by run, with ids assigned here (so rows can refer to each other without
     a round trip) and times that only move forward per app and environment, as a real line does."""
 
@@ -499,7 +499,7 @@ def _insert(conn: sa.Connection, table: str, cols: Sequence[str], rows: list[tup
 def seed(url: str, runs: int, gates: int, months: int, seed_value: int) -> tuple[Seeded, float]:
     engine = sa.create_engine(url)
     began = time.perf_counter()
-    history = History(runs, gates, months, datetime.now(UTC), seed_value)
+    history = SeedHistory(runs, gates, months, datetime.now(UTC), seed_value)
     with engine.begin() as conn:
         if conn.dialect.name == "sqlite":
             conn.exec_driver_sql("PRAGMA synchronous=OFF")
