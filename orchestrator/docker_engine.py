@@ -271,6 +271,7 @@ class DockerEngine:
         target: str | None = None,
         cache_from: Sequence[str] = (),
         nocache: bool = False,
+        on_line: Callable[[str], None] | None = None,
     ) -> ImageInfo:
         """Build with the legacy builder from a tar stream, or from a directory the caller filled with
         exactly what may go in (``git archive`` of the sha; the SDK tars it, honouring .dockerignore, and
@@ -283,7 +284,8 @@ class DockerEngine:
 
         ``timeout_s`` bounds the whole build, output or not (a ``RUN`` that sleeps prints nothing):
         past it, the build is cancelled (the engine kills and removes the step's container; no image is
-        tagged) and StepTimeout is raised, with the end of the log in its details."""
+        tagged) and StepTimeout is raised, with the end of the log in its details. ``on_line`` gets the
+        build's output as it comes (progress on a terminal: orchestrator/progress.py)."""
         log: list[str] = []
         image_id: str | None = None
         deadline = (
@@ -294,6 +296,8 @@ class DockerEngine:
             nonlocal image_id
             if "stream" in chunk:
                 log.append(chunk["stream"])
+                if on_line is not None:
+                    on_line(chunk["stream"])
             if "error" in chunk:
                 raise DockerError(f"build of {tag} failed: {chunk['error'].strip()}", log="".join(log))
             aux = chunk.get("aux") or {}
@@ -388,10 +392,18 @@ class DockerEngine:
         with contextlib.suppress(docker.errors.ImageNotFound):
             self._call(f"remove image {ref}", self._client.images.remove, ref, force=force, noprune=False)
 
-    def push(self, repository: str, tag: str, *, timeout_s: float | None = None) -> str:
+    def push(
+        self,
+        repository: str,
+        tag: str,
+        *,
+        timeout_s: float | None = None,
+        on_status: Callable[[str], None] | None = None,
+    ) -> str:
         """Push ``repository:tag``; returns the registry's manifest digest ('sha256:...').
 
-        Past ``timeout_s`` the push is abandoned (its connection closed) and StepTimeout is raised."""
+        Past ``timeout_s`` the push is abandoned (its connection closed) and StepTimeout is raised.
+        ``on_status`` gets how far each layer got, as the engine reports it (progress on a terminal)."""
         digest: str | None = None
         what = f"push of {repository}:{tag}"
         deadline = None if timeout_s is None else _Deadline(what, timeout_s, "ORCH_PUSH_TIMEOUT_S")
@@ -402,6 +414,11 @@ class DockerEngine:
                 raise DockerError(f"{what} failed: {chunk['error'].strip()}")
             aux = chunk.get("aux") or {}
             digest = aux.get("Digest", digest)
+            if on_status is not None and chunk.get("status"):
+                layer = f"{chunk['id']}: " if chunk.get("id") else ""
+                on_status(
+                    f"{repository}:{tag} {layer}{chunk['status']} {chunk.get('progress') or ''}".rstrip()
+                )
 
         with _translated(what):
             self._stream(
