@@ -67,7 +67,11 @@ class Runtime(Protocol):
 
 def preflight(app: AppConfig, sha: str | None = None) -> None:
     """What the runtime can refuse before anything runs (exit 2): a compose app's services exist in its
-    compose file and, for a run's ``sha``, that file is the committed one."""
+    compose file and, for a run's ``sha``, that file is the committed one; environments on another engine
+    than the build's have a registry to get the image from."""
+    from orchestrator.config import check_registry_transfer
+
+    check_registry_transfer(app)
     if app.is_compose:
         from orchestrator.runtimes import compose
 
