@@ -9,6 +9,7 @@ turns into a failed gate with evidence.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import IO, Any
 
 import docker
 import docker.errors
+import docker.tls
 import requests.exceptions
 import urllib3.exceptions
 
@@ -209,8 +211,20 @@ def _container_from(attrs: Mapping[str, Any]) -> ContainerInfo:
 
 
 class DockerEngine:
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        where: str = "local",
+        *,
+        over_ssh: bool = False,
+        cli_args: tuple[str, ...] = (),
+    ) -> None:
         self._client = client
+        # What messages call this engine (``local``, or ``user@host:port`` of a remote one).
+        self.where = where
+        self._over_ssh = over_ssh
+        # The docker CLI's global flags that reach this engine (BuildKit builds run through the CLI).
+        self.cli_args = cli_args
 
     @classmethod
     def connect(cls, base_url: str | None = None, timeout: int = 120) -> DockerEngine:
@@ -231,8 +245,59 @@ class DockerEngine:
             ) from None
         return cls(client)
 
+    @classmethod
+    def connect_remote(
+        cls,
+        url: str,
+        *,
+        host: str,
+        what: str,
+        tls_files: tuple[Path, Path, Path] | None = None,
+        timeout: int = 120,
+    ) -> DockerEngine:
+        """Connect to another machine's engine and prove it answers. ``ssh://`` goes through the system
+        ssh client (``docker system dial-stdio`` on the host), so ~/.ssh/config, the agent's keys and
+        known_hosts apply exactly as for ``ssh host``; ``tcp://`` verifies the engine's certificate
+        against ``tls_files`` (ca, cert, key). ``host`` names the engine in messages: never a key or
+        a certificate, only where it is."""
+        try:
+            tls: Any = None
+            if tls_files is not None:
+                ca, cert, key = tls_files
+                tls = docker.tls.TLSConfig(client_cert=(str(cert), str(key)), ca_cert=str(ca), verify=True)
+            client = docker.DockerClient(
+                base_url=url,
+                timeout=timeout,
+                version="auto",
+                tls=tls,
+                use_ssh_client=url.startswith("ssh://"),
+            )
+            client.ping()
+        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+            how = (
+                f"check that 'ssh {host} docker version' works from here (the key in ssh-agent or "
+                "IdentityFile, the host in known_hosts, a docker CLI on the host's PATH)"
+                if url.startswith("ssh://")
+                else "check the engine's address and its TLS certificates (tls_ca, tls_cert, tls_key)"
+            )
+            raise InfraUnavailable(
+                f"the Docker engine of {what} on {host} is unreachable ({type(exc).__name__}): {how}, "
+                "and try again; nothing was changed",
+                details={"engine_host": host},
+            ) from None
+        cli_args: tuple[str, ...] = ("--host", url)
+        if tls_files is not None:
+            ca, cert, key = tls_files
+            cli_args += ("--tlsverify", "--tlscacert", str(ca), "--tlscert", str(cert), "--tlskey", str(key))
+        return cls(client, host, over_ssh=url.startswith("ssh://"), cli_args=cli_args)
+
     def close(self) -> None:
         self._client.close()
+        if self._over_ssh:
+            # The SDK's ssh-client transport makes a connection pool and an ``ssh`` process per request
+            # and leaves them to the garbage collector. Collected now, those ssh processes end while the
+            # host still answers; left to interpreter exit, each prints a BrokenPipe traceback.
+            gc.collect()
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         with _translated(what):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from orchestrator.config import AppConfig, Settings
-from orchestrator.docker_engine import ContainerInfo, DockerEngine
+from orchestrator.docker_engine import ContainerInfo
+from orchestrator.engines import AppEngines
 from orchestrator.machine import STAGING
 from orchestrator.steps import StepLog
 
@@ -81,16 +82,18 @@ def preflight(app: AppConfig, sha: str | None = None) -> None:
 
 
 def runtime_for(
-    engine: DockerEngine,
+    engines: AppEngines,
     app: AppConfig,
     settings: Settings,
     steps: StepLog,
     pins: dict[str, str],
 ) -> Runtime:
+    """The app's runtime, handed the app's engines: each environment is run on its own engine."""
     if app.is_compose:
         from orchestrator.runtimes.compose import ComposeRuntime
 
-        return ComposeRuntime(engine, app, settings, steps, pins)
+        # Compose apps run on this machine's engine only (config.py refuses docker_host for them).
+        return ComposeRuntime(engines.build, app, settings, steps, pins)
     from orchestrator.runtimes.direct import DirectRuntime
 
-    return DirectRuntime(engine, app, steps)
+    return DirectRuntime(engines, app, steps)

@@ -5,21 +5,30 @@ from __future__ import annotations
 import socket
 
 from orchestrator.config import AppConfig
-from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
+from orchestrator.docker_engine import ContainerInfo, DockerError
+from orchestrator.engines import AppEngines
 from orchestrator.machine import PROD
 from orchestrator.runtimes import LOOPBACK, Published, env_port
 from orchestrator.steps import StepLog
 
+# Where a remote environment's published port listens: the orchestrator health-checks it from another
+# machine, which the host's loopback would never answer.
+ALL_INTERFACES = "0.0.0.0"
 
-def port_answers(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((LOOPBACK, port)) == 0
+
+def port_answers(port: int, address: str = LOOPBACK) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 class DirectRuntime:
-    def __init__(self, engine: DockerEngine, app: AppConfig, steps: StepLog) -> None:
-        self.engine = engine
+    """Each environment's container lives on that environment's engine (``engines.of(env)``)."""
+
+    def __init__(self, engines: AppEngines, app: AppConfig, steps: StepLog) -> None:
+        self.engines = engines
         self.app = app
         self.steps = steps
 
@@ -27,23 +36,25 @@ class DirectRuntime:
         return f"{self.app.name}-{env}"
 
     def current(self, env: str) -> ContainerInfo | None:
-        return self.engine.container(self.label(env))
+        return self.engines.of(env).container(self.label(env))
 
     def start(self, env: str, published: Published, *, run_id: int | None) -> ContainerInfo:
         """Run by image id, never by tag, so a tag moved by someone else between build and run cannot
         change what starts."""
         name = self.label(env)
+        engine = self.engines.of(env)
         with self.steps.step(f"{env}_stop", env) as step:
-            old = self.engine.container(name)
+            old = engine.container(name)
             if old is not None:
                 step.changed(container_id=old.id, image_id=old.image_id, status=old.status)
-            self.engine.remove_container(name)
+            engine.remove_container(name)
         port = env_port(self.app, env)
-        if port_answers(port):
+        address = self.app.engine(env).address
+        if port_answers(port, address):
             # Otherwise the health check would be answered by whatever holds the port while our
             # container dies on "address already in use", and a dead deploy would look green.
             raise DockerError(
-                f"port {port} on {LOOPBACK} is already in use by something other than {name}: "
+                f"port {port} on {address} is already in use by something other than {name}: "
                 f"stop it or give {self.app.name} another {env}_port"
             )
         with self.steps.step(f"{env}_start", env) as step:
@@ -58,8 +69,9 @@ class DirectRuntime:
         if self.app.container_port is not None:
             # Published mode: the app listens on its own port inside its network namespace.
             container_port = self.app.container_port
-            publish = {container_port: (LOOPBACK, port)}
-        return self.engine.run(
+            bind = LOOPBACK if self.app.engine(env).is_local else ALL_INTERFACES
+            publish = {container_port: (bind, port)}
+        return self.engines.of(env).run(
             name,
             image_id,
             environment={"PORT": str(container_port), "ORCH_ENVIRONMENT": env, **self.app.env},
@@ -78,7 +90,7 @@ class DirectRuntime:
             found = self.current(env)
             if found is not None:
                 step.changed(container_id=found.id, image_id=found.image_id, status=found.status)
-            return self.engine.remove_container(self.label(env))
+            return self.engines.of(env).remove_container(self.label(env))
 
     def repin(self, env: str, ref: str) -> None:
         """Nothing to do: a direct container has no pin file; its tags are the publisher's."""
