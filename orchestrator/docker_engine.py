@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -74,6 +75,25 @@ class ContainerInfo:
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+
+def _collect_ssh_pools() -> None:
+    """The SDK's ssh-client transport (``use_ssh_client``) makes a connection pool and an ``ssh`` process
+    per request and leaves both to the garbage collector, whose finalizer writes to the ssh process's
+    stdin. Collected now, those processes end while we are here; left to interpreter exit, each one
+    whose ssh already ended (host gone, connection refused) prints a BrokenPipe traceback after the
+    command's own output. A BrokenPipe from that finalizer is the only thing silenced here."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, BrokenPipeError):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
 
 
 @contextmanager
@@ -260,6 +280,7 @@ class DockerEngine:
         known_hosts apply exactly as for ``ssh host``; ``tcp://`` verifies the engine's certificate
         against ``tls_files`` (ca, cert, key). ``host`` names the engine in messages: never a key or
         a certificate, only where it is."""
+        failed: str | None = None
         try:
             tls: Any = None
             if tls_files is not None:
@@ -274,6 +295,10 @@ class DockerEngine:
             )
             client.ping()
         except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+            failed = type(exc).__name__
+        if failed is not None:
+            # Outside the except block: its traceback no longer holds the failed client's pools.
+            _collect_ssh_pools()
             how = (
                 f"check that 'ssh {host} docker version' works from here (the key in ssh-agent or "
                 "IdentityFile, the host in known_hosts, a docker CLI on the host's PATH)"
@@ -281,10 +306,10 @@ class DockerEngine:
                 else "check the engine's address and its TLS certificates (tls_ca, tls_cert, tls_key)"
             )
             raise InfraUnavailable(
-                f"the Docker engine of {what} on {host} is unreachable ({type(exc).__name__}): {how}, "
+                f"the Docker engine of {what} on {host} is unreachable ({failed}): {how}, "
                 "and try again; nothing was changed",
                 details={"engine_host": host},
-            ) from None
+            )
         cli_args: tuple[str, ...] = ("--host", url)
         if tls_files is not None:
             ca, cert, key = tls_files
@@ -294,10 +319,7 @@ class DockerEngine:
     def close(self) -> None:
         self._client.close()
         if self._over_ssh:
-            # The SDK's ssh-client transport makes a connection pool and an ``ssh`` process per request
-            # and leaves them to the garbage collector. Collected now, those ssh processes end while the
-            # host still answers; left to interpreter exit, each prints a BrokenPipe traceback.
-            gc.collect()
+            _collect_ssh_pools()
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         with _translated(what):
