@@ -224,3 +224,32 @@ def test_an_app_wholly_on_the_remote_engine_builds_and_runs_there(
         assert app.get("staging", "/version").body.strip() == sha
     finally:
         sweep_remote(remote_engine, app.name)
+
+
+def test_a_runner_killed_mid_swap_on_the_remote_engine_is_recovered_there(
+    remote_app: BusyboxApp, remote_engine: RemoteEngine
+) -> None:
+    """Hazard: recovery that reconciles with the local engine while prod lives elsewhere (finding no
+    prod container here, it would "restore" the wrong engine or give up). The CLI, as a separate
+    process, is SIGKILLed right after it removed the remote prod's container; `recover` puts the second
+    engine's prod back on the previous release, verified, and closes the transition as aborted."""
+    from faults_support import Orchestrator
+
+    app = remote_app
+    rel_a = prod_release(app, app.deploy(app.commit("A")))
+    orch = Orchestrator(app.workspace.path)
+    run_id = orch.start_run(app.name, app.commit("B"))
+    orch.advance(run_id, "deploy-staging").ok()
+    died = orch.advance(run_id, "deploy", crash_at="after:prod_stop")
+    assert died.returncode == -9, died.describe()
+    assert remote_prod(app, remote_engine) is None  # the kill left the remote prod without a container
+
+    recovered = orch.run("recover", app.name, "--json")
+    reports = recovered.ok()["recovered"]
+    assert len(reports) == 1 and reports[0]["outcome"] == "aborted", reports
+    seen = remote_prod(app, remote_engine)
+    assert seen is not None and seen[0] == rel_a["image_id"], (seen, reports)
+    assert app.get("prod", "/version").body.strip() == rel_a["revision"]
+    assert app.engine.container(f"{app.name}-prod") is None  # restored there, not here
+    # The SDK's ssh transport must not leave tracebacks on the operator's terminal at exit.
+    assert "Traceback" not in recovered.stderr, recovered.stderr
