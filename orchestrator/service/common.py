@@ -38,6 +38,13 @@ def connect_target(target: EngineTarget, what: str = "an environment") -> Docker
 
     assert target.url is not None, "the local engine comes from the engine factory"
     tls = (target.tls.ca, target.tls.cert, target.tls.key) if target.tls is not None else None
+    missing = [str(path) for path in tls or () if not path.is_file()]
+    if missing:
+        # Checked here, not at load: history commands work on a machine without the certificates.
+        raise BadInput(
+            f"the TLS files for {what} on {target.host} are missing: {', '.join(missing)} "
+            "(tls_ca, tls_cert, tls_key are paths relative to orchestrator.toml)"
+        )
     return DockerEngine.connect_remote(target.url, host=target.host, what=what, tls_files=tls)
 
 

@@ -90,3 +90,18 @@ def test_an_unreachable_host_propagates_before_any_other_engine_is_used() -> Non
     with pytest.raises(InfraUnavailable) as exc:
         engines.connect_for(app(prod=PROD), ["staging", "prod"])
     assert "shop prod on deploy@prod:22" in exc.value.message
+
+
+def test_missing_tls_files_are_bad_input_naming_them(tmp_path: Path) -> None:
+    from orchestrator.config import TlsFiles
+    from orchestrator.errors import BadInput
+    from orchestrator.service.common import connect_target
+
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    target = EngineTarget(
+        "tcp://10.0.0.5:2376", TlsFiles(tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
+    )
+    with pytest.raises(BadInput) as exc:
+        connect_target(target, "shop prod")
+    assert "cert.pem" in exc.value.message and "key.pem" in exc.value.message
+    assert "ca.pem" not in exc.value.message.split("missing:")[1]
