@@ -77,6 +77,27 @@ class ContainerInfo:
         return self.status == "running"
 
 
+# The oldest API the SDK speaks: enough to ask the engine which version it speaks.
+_PROBE_API = "1.24"
+
+
+def _tls_client(url: str, tls: Any, timeout: int) -> docker.DockerClient:
+    """A client of a tcp:// engine that trusts exactly the configured CA. requests lets
+    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's CA for every request (its trust_env), so on a
+    machine that sets them (many do, for a corporate proxy) the engine's own certificate would be judged
+    against the wrong roots and refused. ``version="auto"`` asks the engine inside the constructor,
+    before trust_env can be turned off, so the version is asked first by a probe that has it off."""
+    probe = docker.APIClient(base_url=url, timeout=timeout, version=_PROBE_API, tls=tls)
+    probe.trust_env = False
+    try:
+        api_version = str(probe.version(api_version=False)["ApiVersion"])
+    finally:
+        probe.close()
+    client = docker.DockerClient(base_url=url, timeout=timeout, version=api_version, tls=tls)
+    client.api.trust_env = False
+    return client
+
+
 def _collect_ssh_pools() -> None:
     """The SDK's ssh-client transport (``use_ssh_client``) makes a connection pool and an ``ssh`` process
     per request and leaves both to the garbage collector, whose finalizer writes to the ssh process's
@@ -286,12 +307,12 @@ class DockerEngine:
             if tls_files is not None:
                 ca, cert, key = tls_files
                 tls = docker.tls.TLSConfig(client_cert=(str(cert), str(key)), ca_cert=str(ca), verify=True)
-            client = docker.DockerClient(
-                base_url=url,
-                timeout=timeout,
-                version="auto",
-                tls=tls,
-                use_ssh_client=url.startswith("ssh://"),
+            client = (
+                _tls_client(url, tls, timeout)
+                if tls is not None
+                else docker.DockerClient(
+                    base_url=url, timeout=timeout, version="auto", use_ssh_client=url.startswith("ssh://")
+                )
             )
             client.ping()
         except (docker.errors.DockerException, *_UNREACHABLE) as exc:

@@ -22,6 +22,7 @@ stops its containers and its own containerd), the directories removed.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -53,6 +54,8 @@ class RemoteEngine:
     ssh_bin: Path  # put first on PATH to reach the engine through the private ssh config
     engine: DockerEngine  # connected through the socket, for assertions independent of the code under test
     port: int
+    tls_url: str  # tcp://127.0.0.1:<port>: the same engine over TCP with mutual TLS
+    tls_dir: Path  # ca.pem, cert.pem, key.pem: a client certificate the engine trusts
 
 
 def _free_port() -> int:
@@ -95,6 +98,29 @@ def _unmount_under(root: Path) -> None:
         subprocess.run(["umount", mount], check=False, capture_output=True)
 
 
+def _certificates(folder: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as `dockerd --tlsverify`
+    and a tcp:// client need them (openssl, 2048-bit RSA, one day)."""
+    folder.mkdir(mode=0o700)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=orchestrator-test-ca", "-keyout", "ca-key.pem", "-out", "ca.pem")  # fmt: skip
+    for name, extension in (
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        key = "key.pem" if name == "client" else f"{name}-key.pem"
+        cert = "cert.pem" if name == "client" else f"{name}-cert.pem"
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", key,
+                "-out", f"{name}.csr")  # fmt: skip
+        (folder / f"{name}.ext").write_text(extension + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+                "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext", "-out", cert)  # fmt: skip
+
+
 def _keygen(path: Path) -> None:
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "orchestrator-tests", "-f", str(path)],
@@ -128,6 +154,9 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
         ):
             subprocess.run(argv, check=True, capture_output=True)
             bridge_made = True
+        tls_dir = root / "tls"
+        _certificates(tls_dir)
+        tls_port = _free_port()
         dockerd_log = root / "dockerd.log"
         with dockerd_log.open("wb") as out:
             dockerd = subprocess.Popen(
@@ -137,6 +166,11 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
                     "--exec-root", str(root / "exec"),
                     "--pidfile", str(root / "dockerd.pid"),
                     "-H", f"unix://{sock}",
+                    "-H", f"tcp://127.0.0.1:{tls_port}",
+                    "--tlsverify",
+                    "--tlscacert", str(tls_dir / "ca.pem"),
+                    "--tlscert", str(tls_dir / "server-cert.pem"),
+                    "--tlskey", str(tls_dir / "server-key.pem"),
                     "--bridge", bridge,
                     "--iptables=false",
                     "--ip-masq=false",
@@ -223,10 +257,21 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
         wrapper = bin_dir / "ssh"
         wrapper.write_text(f'#!/bin/sh\nexec {SSH} -F {ssh_dir / "ssh_config"} "$@"\n', encoding="utf-8")
         wrapper.chmod(0o755)
-        yield RemoteEngine(f"ssh://root@127.0.0.1:{port}", f"unix://{sock}", bin_dir, engine, port)
+        yield RemoteEngine(
+            f"ssh://root@127.0.0.1:{port}",
+            f"unix://{sock}",
+            bin_dir,
+            engine,
+            port,
+            f"tcp://127.0.0.1:{tls_port}",
+            tls_dir,
+        )
     finally:
         if engine is not None:
             engine.close()
+        # The SDK's ssh transport leaves a pool per request to the garbage collector; collected while
+        # sshd still runs, their ssh processes end quietly instead of with a BrokenPipe at exit.
+        gc.collect()
         _stop(sshd)
         _stop(dockerd, timeout=60)
         if bridge_made:

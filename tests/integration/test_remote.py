@@ -253,3 +253,32 @@ def test_a_runner_killed_mid_swap_on_the_remote_engine_is_recovered_there(
     assert app.engine.container(f"{app.name}-prod") is None  # restored there, not here
     # The SDK's ssh transport must not leave tracebacks on the operator's terminal at exit.
     assert "Traceback" not in recovered.stderr, recovered.stderr
+
+
+def test_prod_on_a_tcp_engine_with_client_certificates(
+    registry_app: BusyboxApp, remote_engine: RemoteEngine
+) -> None:
+    """Hazard: tcp:// engines configured with TLS files that are not really used (a plain connection, or
+    the BuildKit/CLI path ignoring them). The second engine also listens on tcp://127.0.0.1 with
+    --tlsverify; prod configured there in orchestrator.toml (``[apps.X.prod]`` with docker_host, tls_ca,
+    tls_cert, tls_key) runs the image staging verified, and `status` reads it over TLS."""
+    app = registry_app
+    tls = remote_engine.tls_dir
+    config = app.workspace.config_path
+    config.write_text(
+        config.read_text()
+        + f'\n[apps.{app.name}.prod]\ndocker_host = "{remote_engine.tls_url}"\n'
+        + f'tls_ca = "{tls / "ca.pem"}"\ntls_cert = "{tls / "cert.pem"}"\ntls_key = "{tls / "key.pem"}"\n'
+    )
+    try:
+        sha = app.commit("over tls")
+        run_id = app.deploy(sha)
+        staged = staging_release(app, run_id)
+        seen = remote_prod(app, remote_engine)
+        assert seen is not None and seen[0] == staged["image_id"] and seen[1] == sha
+        assert app.engine.container(f"{app.name}-prod") is None
+        status = app.cli("status", app.name, as_json=True).ok()
+        prod = {e["environment"]: e for e in status["environments"]}["prod"]
+        assert prod["engine"] == remote_engine.tls_url.removeprefix("tcp://") and prod["ok"], prod
+    finally:
+        sweep_remote(remote_engine, app.name)
