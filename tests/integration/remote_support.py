@@ -6,7 +6,9 @@ containers use host networking. Not ``--bridge=none``: a dockerd started that wa
 ``docker0`` interface (moby's removeDefaultBridgeInterface), which breaks every bridged container of
 the first engine; the bridge here is one made for the session (``orb<hex>``, 10.199.x.0/24) and
 deleted with it. And Debian's ``sshd`` on a free loopback port with key authentication only, its own
-host key and an ``authorized_keys`` of one key generated here. sshd's ``SetEnv DOCKER_HOST`` points the
+host key and an ``authorized_keys`` of one key generated here. The engine also listens on
+``tcp://127.0.0.1:<port>`` with ``--tlsverify`` (a CA, server and client certificate made by openssl
+here), for the tcp:// + TLS path. sshd's ``SetEnv DOCKER_HOST`` points the
 ``docker system dial-stdio`` the SDK runs over ssh at the second engine's socket.
 
 The client side never touches root's ~/.ssh: OpenSSH reads its config from the passwd home directory
