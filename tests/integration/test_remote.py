@@ -282,3 +282,20 @@ def test_prod_on_a_tcp_engine_with_client_certificates(
         assert prod["engine"] == remote_engine.tls_url.removeprefix("tcp://") and prod["ok"], prod
     finally:
         sweep_remote(remote_engine, app.name)
+
+
+def test_prune_after_deploy_cleans_the_remote_engine_too(
+    remote_app: BusyboxApp, remote_engine: RemoteEngine, monkeypatch: pytest.MonkeyPatch, store: Store
+) -> None:
+    """Hazard: housekeeping that only looks at this machine's engine, so the remote host fills its disk
+    with every image ever promoted there. With one release kept per environment, after A, B and C the
+    second engine keeps C's image only; A's and B's (pulled there by digest) are pruned."""
+    monkeypatch.setenv("ORCH_KEEP_RELEASES", "1")
+    app = remote_app
+    images = [prod_release(app, app.deploy(app.commit(name)))["image_id"] for name in "ABC"]
+    assert len(set(images)) == 3
+    on_remote = {image.id for image in remote_engine.engine.images()}
+    assert images[2] in on_remote
+    assert images[0] not in on_remote and images[1] not in on_remote, on_remote
+    events = [e for e in store.events(app=app.name) if e.kind in ("pruned", "prune_failed")]
+    assert events and all(e.kind == "pruned" for e in events), events
