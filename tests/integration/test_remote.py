@@ -80,6 +80,8 @@ def test_prod_on_the_remote_engine_runs_the_digest_staging_verified(
     run_id = app.deploy(sha)
     staged, released = staging_release(app, run_id), prod_release(app, run_id)
     assert released["image_id"] == staged["image_id"]
+    # Each release records the engine it ran on.
+    assert (staged["engine"], released["engine"]) == ("local", f"root@127.0.0.1:{remote_engine.port}")
     assert released["digest"] == f"{registry.repository(app.name)}@{registry.digest(app.name, sha)}"
 
     seen = remote_prod(app, remote_engine)
