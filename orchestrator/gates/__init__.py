@@ -27,7 +27,7 @@ __all__ = ["GateStatus", "Verdict"]  # defined in verdict.py, the gates' vocabul
 
 if TYPE_CHECKING:
     from orchestrator.deploy import Deployer
-    from orchestrator.docker_engine import DockerEngine
+    from orchestrator.engines import AppEngines
     from orchestrator.steps.build import Build
 
 
@@ -144,7 +144,8 @@ class GateContext:
     edge: Edge
     settings: Settings
     log: Any = field(default_factory=structlog.get_logger)
-    engine: DockerEngine | None = None
+    # The app's engines (build, and each environment's), connected on first use; None: no Docker.
+    engines: AppEngines | None = None
     # The latest release per environment before this transition started: what a rollback restores.
     previous_releases: Mapping[str, Any] = field(default_factory=dict)
     # Every release this run made so far (ReleaseRecords): what the run's own edges put where.
@@ -180,12 +181,12 @@ class GateContext:
     @property
     def deployer(self) -> Deployer:
         if self._deployer is None:
-            if self.engine is None:
+            if self.engines is None:
                 raise RuntimeError("this gate needs Docker but the edge was started without an engine")
             from orchestrator.deploy import Deployer
 
             self._deployer = Deployer.from_releases(
-                self.engine,
+                self.engines,
                 self.app,
                 self.settings,
                 self.previous_releases,

@@ -339,7 +339,7 @@ def _restore_prod(ctx: GateContext) -> Verdict:
     restored = d.redeploy(PROD, previous, run_id=ctx.run_id)
     if not restored.ok:
         why = first_line(restored.reason)
-        if not d.ensure_image(previous):
+        if not d.ensure_image(PROD, previous):
             d.stop(PROD)
             outcome = ProdOutcome(
                 ProdAction.STOPPED, None, f"stopped: release {previous.id} could not be restored ({why})"

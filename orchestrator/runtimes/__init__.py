@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from orchestrator.config import AppConfig, Settings
-from orchestrator.docker_engine import ContainerInfo, DockerEngine
+from orchestrator.docker_engine import ContainerInfo
+from orchestrator.engines import AppEngines
 from orchestrator.machine import STAGING
 from orchestrator.steps import StepLog
 
@@ -94,7 +95,11 @@ class StagedRuntime(Runtime, Protocol):
 
 def preflight(app: AppConfig, sha: str | None = None) -> None:
     """What the runtime can refuse before anything runs (exit 2): a compose app's services exist in its
-    compose file and, for a run's ``sha``, that file is the committed one."""
+    compose file and, for a run's ``sha``, that file is the committed one; environments on another engine
+    than the build's have a registry to get the image from."""
+    from orchestrator.config import check_registry_transfer
+
+    check_registry_transfer(app)
     if app.is_compose:
         from orchestrator.runtimes import compose
 
@@ -104,20 +109,22 @@ def preflight(app: AppConfig, sha: str | None = None) -> None:
 
 
 def runtime_for(
-    engine: DockerEngine,
+    engines: AppEngines,
     app: AppConfig,
     settings: Settings,
     steps: StepLog,
     pins: dict[str, str],
 ) -> Runtime:
+    """The app's runtime, handed the app's engines: each environment is run on its own engine."""
     if app.is_compose:
         from orchestrator.runtimes.compose import ComposeRuntime
 
-        return ComposeRuntime(engine, app, settings, steps, pins)
+        # Compose apps run on this machine's engine only (config.py refuses docker_host for them).
+        return ComposeRuntime(engines.build, app, settings, steps, pins)
     if app.zero_downtime:
         from orchestrator.runtimes.direct import ProxiedRuntime
 
-        return ProxiedRuntime(engine, app, settings, steps)
+        return ProxiedRuntime(engines, app, settings, steps)
     from orchestrator.runtimes.direct import DirectRuntime
 
-    return DirectRuntime(engine, app, steps)
+    return DirectRuntime(engines, app, steps)

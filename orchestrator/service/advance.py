@@ -96,9 +96,10 @@ class EdgeRunner:
         gates = gates_for(edge)
         if not preflighted:
             self.preflight(app, run.sha, edge)
-        # Connect before anything is written: an engine that does not answer changes nothing at all.
+        # Connect before anything is written: an engine that does not answer changes nothing at all (exit
+        # 4 naming its host). The edge's environments' engines and the build engine; no other host.
         if any(g.needs_docker for g in gates):
-            engine.get()
+            engine.connect_for(app, EDGE_ENVIRONMENTS[edge])
         with (
             structlog.contextvars.bound_contextvars(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name),
             interruptible(),
@@ -143,7 +144,7 @@ class EdgeRunner:
             edge=edge,
             settings=self.config.settings,
             log=log,
-            engine=engine.connected,
+            engines=engine.for_app(app) if engine.connected is not None else None,
             previous_releases=previous,
             run_releases=self.store.releases_of_run(run.id),
             recorded_images=self._recorded_images(app),
@@ -313,7 +314,7 @@ class EdgeRunner:
         try:
             outcome = Reconciler(
                 self.store,
-                engine.connected,
+                engine.for_app(app),
                 app,
                 self.config.settings,
                 transition,

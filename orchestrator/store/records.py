@@ -196,6 +196,7 @@ class ReleaseRecord:
     transition_id: int | None = None
     compose_sha256: str | None = None
     ci_url: str | None = None
+    engine: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -210,6 +211,7 @@ class ReleaseRecord:
             "reason": self.reason,
             "created_at": _iso(self.created_at),
             "compose_sha256": self.compose_sha256,
+            "engine": self.engine,
         }
 
 
@@ -228,6 +230,7 @@ def _release(row: Release) -> ReleaseRecord:
         row.transition_id,
         row.compose_sha256,
         row.ci_url,
+        row.engine,
     )
 
 

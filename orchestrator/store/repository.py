@@ -476,6 +476,7 @@ class Store:
         kind: str = "deploy",
         reason: str | None = None,
         compose_sha256: str | None = None,
+        engine: str | None = None,
     ) -> ReleaseRecord:
         with self._session() as s:
             row = Release(
@@ -489,6 +490,7 @@ class Store:
                 kind=kind,
                 reason=reason,
                 compose_sha256=compose_sha256,
+                engine=engine,
             )
             s.add(row)
             s.flush()
