@@ -9,20 +9,46 @@ turns into a failed gate with evidence.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import sys
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import docker
-import docker.errors
-import requests.exceptions
-import urllib3.exceptions
 
-from orchestrator.errors import InfraUnavailable, StepTimeout
+def _defer_paramiko() -> None:
+    """Import paramiko (the SDK's ssh:// transport) when an ssh:// engine first uses it, not with the SDK.
+
+    docker-py imports its SSH adapter, and with it paramiko and invoke (about 45 ms), whenever paramiko
+    is installed; every local deploy paid that at start-up (issue 12). The adapter only touches
+    ``paramiko.<name>`` when it connects, so until then it holds a stand-in module whose first attribute
+    lookup imports the real paramiko (which then replaces the stand-in in ``sys.modules``)."""
+    if "paramiko" in sys.modules or importlib.util.find_spec("paramiko") is None:
+        return  # already imported, or not installed (the SDK says so when an ssh:// engine is asked for)
+    stand_in = types.ModuleType("paramiko", "stand-in: the real paramiko is imported on first use")
+
+    def load(name: str) -> Any:
+        if sys.modules.get("paramiko") is stand_in:
+            del sys.modules["paramiko"]
+        return getattr(importlib.import_module("paramiko"), name)
+
+    stand_in.__getattr__ = load  # type: ignore[method-assign]
+    sys.modules["paramiko"] = stand_in
+
+
+_defer_paramiko()
+
+import docker  # noqa: E402 - after _defer_paramiko, which changes what it imports
+import docker.errors  # noqa: E402
+import requests.exceptions  # noqa: E402
+import urllib3.exceptions  # noqa: E402
+
+from orchestrator.errors import InfraUnavailable, StepTimeout  # noqa: E402
 
 # A streamed answer (build, push, pull) is read through urllib3 directly, so its read timeouts and broken
 # connections arrive as urllib3's exceptions, not requests' wrappers.

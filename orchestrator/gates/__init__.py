@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import structlog
-
 from orchestrator.config import AppConfig, Settings
 from orchestrator.errors import InfraUnavailable
+from orchestrator.logging import get_logger
 from orchestrator.machine import Edge
 from orchestrator.steps import StepLog
 from orchestrator.verdict import GateStatus, Verdict
@@ -143,7 +142,7 @@ class GateContext:
     sha: str
     edge: Edge
     settings: Settings
-    log: Any = field(default_factory=structlog.get_logger)
+    log: Any = field(default_factory=get_logger)
     engine: DockerEngine | None = None
     # The latest release per environment before this transition started: what a rollback restores.
     previous_releases: Mapping[str, Any] = field(default_factory=dict)
