@@ -878,8 +878,9 @@ def _print_prune(result: PruneResult) -> None:
 )
 @click.pass_obj
 def serve(inv: Invocation, host: str, port: int) -> None:
-    """Serve the dashboard, the read-only JSON API under /api/, /health and /version (the revision
-    baked in at build time) over HTTP."""
+    """Serve the dashboard, the JSON API under /api/ (its approve, reject, lock, unlock, rollback,
+    freeze and unfreeze need ORCH_API_TOKEN as a bearer token), /metrics for Prometheus, /health and
+    /version (the revision baked in at build time) over HTTP."""
     from orchestrator.logging import get_logger
     from orchestrator.web import make_server, revision
     from orchestrator.web.app import Backend, create_app

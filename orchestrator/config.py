@@ -45,6 +45,10 @@ class BuildSecret:
         return f"env:{self.env}" if self.env else f"file:{self.file}"
 
 
+# The proxy image users run (its entrypoint is haproxy; tests build one from Debian's binary).
+DEFAULT_PROXY_IMAGE = "haproxy:2.8"
+
+
 @dataclass(frozen=True)
 class AppConfig:
     name: str
@@ -89,6 +93,11 @@ class AppConfig:
     # Environments whose edge waits for a person (`orchestrator approve RUN`): ``true`` means prod,
     # a list names them (["staging", "prod"]). Empty: no approval.
     require_approval: frozenset[str] = frozenset()
+    # Zero-downtime promotion (runtimes/direct.py ProxiedRuntime): a kept haproxy container owns each
+    # environment's port and the release's containers sit behind it on a Docker network, so a new
+    # release starts, is checked and takes traffic before the old one stops. Needs container_port.
+    zero_downtime: bool = False
+    proxy_image: str = DEFAULT_PROXY_IMAGE
 
     @property
     def is_compose(self) -> bool:
@@ -202,6 +211,8 @@ ENV_VARS: dict[str, str] = {
     "ORCH_NOTIFY_TIMEOUT_S": "seconds each notification attempt may take (3 attempts; default 5)",
     "ORCH_SERVE_HOST": "address `orchestrator serve` binds (default 127.0.0.1)",
     "ORCH_REVISION": "commit `orchestrator serve` reports on /version (the Dockerfile sets it from GIT_SHA)",
+    "ORCH_API_TOKEN": "bearer token `orchestrator serve` requires on its state-changing API endpoints "
+    "(unset: they are disabled)",
     # Not settings: read by orchestrator.steps for the crash tests, listed so they are not refused.
     "ORCH_TEST_CRASH_AT": (
         "test-only: <before|after>:<step name>: the process signals itself at that step boundary"
@@ -532,6 +543,7 @@ def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConf
     if "require_approval" in table:
         values["require_approval"] = _parse_approval(f"{where}.require_approval", table["require_approval"])
     values.update(_parse_compose(where, table, base, source))
+    values.update(_parse_zero_downtime(where, table, values))
     app = AppConfig(**values)
     if app.staging_port == app.prod_port:
         raise BadInput(f"{where}: staging_port and prod_port are both {app.prod_port}; they must differ")
@@ -539,6 +551,37 @@ def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConf
 
 
 _APPROVAL_ENVIRONMENTS = ("staging", "prod")
+
+
+def _parse_zero_downtime(where: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``zero_downtime`` and ``proxy_image``. The release's containers sit on a Docker network behind
+    the proxy, so the app must listen on a port of its own namespace (``container_port``): without it
+    the app would bind the host's port, which the proxy owns. Refused here rather than on the first
+    deploy, when the app would never answer."""
+    found: dict[str, Any] = {}
+    if "zero_downtime" in table:
+        found["zero_downtime"] = parse_bool(f"{where}.zero_downtime", table["zero_downtime"])
+    if "proxy_image" in table:
+        image = table["proxy_image"]
+        if not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
+            raise BadInput(f"{where}.proxy_image must be an image reference, e.g. {DEFAULT_PROXY_IMAGE!r}")
+        if not found.get("zero_downtime"):
+            raise BadInput(f"{where}.proxy_image only applies with zero_downtime = true")
+        found["proxy_image"] = image
+    if not found.get("zero_downtime"):
+        return found
+    if "compose_file" in values:
+        raise BadInput(
+            f"{where}: zero_downtime applies to direct containers, not to a compose app (compose_file is "
+            "set): leave one of them out"
+        )
+    if values.get("container_port") is None:
+        raise BadInput(
+            f"{where}: zero_downtime = true needs container_port (the port the app listens on inside its "
+            "container, on 0.0.0.0): its containers run on a Docker network behind a proxy that owns "
+            f"127.0.0.1:<env port>; add e.g. container_port = 8080 to {where}"
+        )
+    return found
 
 
 def _parse_approval(name: str, raw: Any) -> frozenset[str]:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import os
 import sys
+import tarfile
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 
@@ -94,6 +96,12 @@ class ContainerInfo:
     # between two looks at a container is how a crash-looping one shows while we wait for health.
     restart_count: int = 0
     started_at: str | None = None
+    # Per network it is attached to: the names other containers resolve it by, and its address there
+    # (a proxied environment's serving containers are the ones holding its alias).
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    addresses: Mapping[str, str] = field(default_factory=dict)
+    # Container port -> host port, as the engine published them (an ephemeral port is known only here).
+    ports: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -222,6 +230,14 @@ def _container(obj: Any) -> ContainerInfo:
 
 def _container_from(attrs: Mapping[str, Any]) -> ContainerInfo:
     state = attrs.get("State") or {}
+    settings = attrs.get("NetworkSettings") or {}
+    networks: Mapping[str, Any] = settings.get("Networks") or {}
+    ports: dict[int, int] = {}
+    for key, bindings in (settings.get("Ports") or {}).items():
+        number, _, proto = key.partition("/")
+        for binding in bindings or ():
+            if proto == "tcp" and binding.get("HostPort"):
+                ports.setdefault(int(number), int(binding["HostPort"]))
     return ContainerInfo(
         id=attrs["Id"],
         name=attrs.get("Name", "").lstrip("/"),
@@ -231,6 +247,9 @@ def _container_from(attrs: Mapping[str, Any]) -> ContainerInfo:
         exit_code=state.get("ExitCode"),
         restart_count=int(attrs.get("RestartCount") or 0),
         started_at=state.get("StartedAt") or None,
+        aliases={name: tuple(n.get("Aliases") or ()) for name, n in networks.items()},
+        addresses={name: n["IPAddress"] for name, n in networks.items() if n.get("IPAddress")},
+        ports=ports,
     )
 
 
@@ -472,17 +491,31 @@ class DockerEngine:
         environment: Mapping[str, str] | None = None,
         command: list[str] | None = None,
         host_network: bool = True,
-        publish: Mapping[int, tuple[str, int]] | None = None,
+        publish: Mapping[int, tuple[str, int | None]] | None = None,
         labels: Mapping[str, str] | None = None,
         restart: bool = False,
+        network: str | None = None,
+        aliases: Sequence[str] = (),
+        files: Mapping[str, bytes] | None = None,
     ) -> ContainerInfo:
         """Start a detached container. With ``host_network`` the app binds PORT itself; otherwise
-        ``publish`` maps container ports to (host ip, host port), which callers keep on 127.0.0.1."""
+        ``publish`` maps container ports to (host ip, host port; None: one the engine picks, read it
+        from the returned ``ports``), which callers keep on 127.0.0.1, and
+        ``network`` attaches it to that network under ``aliases`` (names other containers resolve).
+        ``files`` (absolute path -> content) are written into the container before it starts: a
+        bind mount would name a path on the engine's host, which for a remote engine is not ours."""
         api = self._client.api
+        if network is not None and host_network:
+            raise ValueError("a container on the host network cannot join another network")
         host_config = api.create_host_config(
-            network_mode="host" if host_network else None,
+            network_mode="host" if host_network else network,
             port_bindings=None if host_network or not publish else dict(publish),
             restart_policy={"Name": "unless-stopped"} if restart else None,
+        )
+        networking = (
+            api.create_networking_config({network: api.create_endpoint_config(aliases=list(aliases))})
+            if network is not None
+            else None
         )
         created = self._call(
             f"create container {name}",
@@ -494,8 +527,13 @@ class DockerEngine:
             labels=dict(labels or {}),
             ports=None if host_network or not publish else list(publish),
             host_config=host_config,
+            networking_config=networking,
             detach=True,
         )
+        if files:
+            archive = _tar(files)
+            if not self._call(f"write files into {name}", api.put_archive, created["Id"], "/", archive):
+                raise DockerError(f"write files into {name}: the engine refused the archive")
         self._call(f"start container {name}", api.start, created["Id"])
         return _container_from(self._call(f"inspect container {name}", api.inspect_container, created["Id"]))
 
@@ -528,6 +566,66 @@ class DockerEngine:
         result = self._call(f"wait for {name}", self._client.api.wait, name, timeout=timeout)
         return int(result.get("StatusCode", -1))
 
+    # networks -------------------------------------------------------------------------------------
+
+    def ensure_network(
+        self, name: str, *, driver: str = "bridge", labels: Mapping[str, str] | None = None
+    ) -> bool:
+        """Create the network unless one of that name exists; True when it was created. An overlay
+        network is made attachable, so plain containers (a proxy) can join swarm services on it."""
+        api = self._client.api
+        # The engine's name filter matches substrings; only an exact name counts.
+        listed = self._call(f"list networks {name}", api.networks, names=[name])
+        if any(n.get("Name") == name for n in listed):
+            return False
+        self._call(
+            f"create network {name}",
+            api.create_network,
+            name,
+            driver=driver,
+            attachable=driver == "overlay" or None,
+            labels=dict(labels or {}),
+            check_duplicate=True,
+        )
+        return True
+
+    def join_network(self, container: str, network: str, *, aliases: Sequence[str] = ()) -> None:
+        """Attach a running container to ``network`` under ``aliases``: from now on the network's DNS
+        answers those names with its address too (how a proxied environment adds a backend)."""
+        self._call(
+            f"connect {container} to {network}",
+            self._client.api.connect_container_to_network,
+            container,
+            network,
+            aliases=list(aliases),
+        )
+
+    def leave_network(self, container: str, network: str) -> bool:
+        """Detach ``container`` from ``network`` (its aliases there go with it); True when it was
+        attached, False when it or the attachment was already gone."""
+        try:
+            self._call(
+                f"disconnect {container} from {network}",
+                self._client.api.disconnect_container_from_network,
+                container,
+                network,
+            )
+            return True
+        except docker.errors.NotFound:
+            return False
+        except DockerError as exc:
+            if "is not connected" in exc.message:
+                return False
+            raise
+
+    def remove_network(self, name: str) -> bool:
+        """Remove the network; True when something was removed (False: none of that name)."""
+        try:
+            self._call(f"remove network {name}", self._client.api.remove_network, name)
+            return True
+        except docker.errors.NotFound:
+            return False
+
     # housekeeping (orchestrator.prune) ------------------------------------------------------------
 
     def images(self) -> list[ImageInfo]:
@@ -537,10 +635,11 @@ class DockerEngine:
         rows = self._call("list images", self._client.api.images, all=False)
         return [_listed_image(row) for row in rows]
 
-    def containers(self) -> list[ListedContainer]:
+    def containers(self, labels: Mapping[str, str] | None = None) -> list[ListedContainer]:
         """Every container, running or not, from one list call: an image any of them uses is in use,
-        whichever app (or person) started it."""
-        rows = self._call("list containers", self._client.api.containers, all=True)
+        whichever app (or person) started it. ``labels`` keeps only those carrying all of them."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]} if labels else None
+        rows = self._call("list containers", self._client.api.containers, all=True, filters=filters)
         return [_listed_container(row) for row in rows]
 
     def remove_stopped_container(self, container_id: str) -> bool:
@@ -553,6 +652,26 @@ class DockerEngine:
             return True
         except docker.errors.NotFound:
             return False
+
+
+def _tar(files: Mapping[str, bytes]) -> bytes:
+    """A tar archive of ``files`` (absolute paths), with their parent directories, for put_archive."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        made: set[str] = set()
+        for path, content in files.items():
+            parts = PurePosixPath(path).relative_to("/").parts
+            for depth in range(1, len(parts)):
+                folder = "/".join(parts[:depth])
+                if folder not in made:
+                    made.add(folder)
+                    info = tarfile.TarInfo(folder)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+            info = tarfile.TarInfo("/".join(parts))
+            info.size, info.mode = len(content), 0o644
+            tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)

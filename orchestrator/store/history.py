@@ -15,7 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.errors import BadInput
-from orchestrator.store.models import Event, Release, Run, Transition, utcnow
+from orchestrator.machine import PROD, STAGING, State
+from orchestrator.store.models import Approval, Event, Release, Run, Transition, utcnow
 from orchestrator.store.records import (
     ReleaseRecord,
     RunRecord,
@@ -251,6 +252,43 @@ class History:
             periods.append(ReleasePeriod(record, who, record.created_at, ended.get(record.environment)))
             ended[record.environment] = record.created_at
         return periods[:limit]
+
+    # what an operator alerts on (/metrics) --------------------------------------------------------
+
+    def run_counts(self) -> dict[tuple[str, str], int]:
+        """How many runs each app has in each state: (app, state) -> count, one grouped query."""
+        q = sa.select(Run.app, Run.state, sa.func.count()).group_by(Run.app, Run.state)
+        with self._store._session() as s:
+            return {(a, st): int(n) for a, st, n in s.execute(q)}
+
+    def transition_counts(self) -> dict[tuple[str, str, str], int]:
+        """How many transitions ended (or are under way) per app, target state and outcome."""
+        q = (
+            sa.select(Run.app, Transition.to_state, Transition.outcome, sa.func.count())
+            .join(Run, Run.id == Transition.run_id)
+            .group_by(Run.app, Transition.to_state, Transition.outcome)
+        )
+        with self._store._session() as s:
+            return {(a, to, o): int(n) for a, to, o, n in s.execute(q)}
+
+    def awaiting_approval(self) -> list[tuple[str, str, int]]:
+        """(app, environment, run_id) of every run that asked for an approval into an environment, got
+        no decision yet, and still stands before that environment (not moved on, superseded or
+        rejected): the people-shaped queue a deploy can wait in unnoticed."""
+        before = {STAGING: State.DEVELOPMENT.value, PROD: State.DEPLOY_STAGING.value}
+        decided = sa.exists().where(Approval.run_id == Run.id, Approval.environment == Event.environment)
+        q = (
+            sa.select(Run.app, Event.environment, Run.id)
+            .join(Run, Run.id == Event.run_id)
+            .where(Event.kind == "approval_requested", ~decided)
+            .where(
+                sa.or_(*(sa.and_(Event.environment == env, Run.state == st) for env, st in before.items()))
+            )
+            .distinct()
+            .order_by(Run.id)
+        )
+        with self._store._session() as s:
+            return [(a, env, int(run_id)) for a, env, run_id in s.execute(q)]
 
 
 @dataclass(frozen=True)

@@ -856,8 +856,13 @@ class Store:
                 .where(earlier.app == Release.app, earlier.environment == "prod", earlier.id < Release.id)
                 .scalar_subquery()
             )
+            # `orchestrator rollback` only (no transition): a failed promotion's own restore undoes the
+            # promotion that failed (already counted), not the good release it brings back.
             rq = sa.select(Release.app, Release.id, Release.created_at, replaced).where(
-                Release.environment == "prod", Release.kind == "rollback", Release.created_at >= since
+                Release.environment == "prod",
+                Release.kind == "rollback",
+                Release.transition_id.is_(None),
+                Release.created_at >= since,
             )
             if app is not None:
                 rq = rq.where(Release.app == app)
