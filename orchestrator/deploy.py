@@ -24,10 +24,10 @@ from orchestrator.steps import StepLog
 from orchestrator.steps import build as build_steps
 from orchestrator.steps.build import Build
 from orchestrator.steps.publish import Publisher
-from orchestrator.steps.staging_check import StagingCheck, run_staging_check
+from orchestrator.steps.staging_check import run_staging_check
 from orchestrator.verdict import Verdict
 
-__all__ = ["Build", "Deployed", "Deployer", "Published", "StagingCheck"]
+__all__ = ["Build", "Deployed", "Deployer", "Published"]
 
 # The end of a failed container's log that goes into the gate's reason (and `runs show`).
 _LOG_LINES = 20
@@ -428,9 +428,16 @@ class Deployer:
             "logs_tail": self.redact(engine.logs(found.id, tail=_LOG_LINES))[-_LOG_CHARS:],
         }
 
-    def staging_check(self, sha: str) -> StagingCheck:
+    def staging_check(self, sha: str) -> Verdict:
+        """The stub staging check against staging, as a verdict: its exit code and its (redacted) output
+        are the evidence, and a failure says the output's last line."""
         check = run_staging_check(self.app, self.settings, self.steps, self.base_url(STAGING), sha)
-        return StagingCheck(check.ok, check.exit_code, self.redact(check.output)[-2000:], check.command)
+        output = self.redact(check.output)[-2000:]
+        evidence = {"staging_check_exit_code": check.exit_code, "staging_check_output": output}
+        if check.ok:
+            return Verdict.passed("stub staging check passed", **evidence)
+        last = output.splitlines()[-1] if output else "no output"
+        return Verdict.failed(f"staging check failed (exit {check.exit_code}): {last}", **evidence)
 
     def verify_running(self, env: str, image_id: str, sha: str) -> Verdict:
         """What really runs, not what we asked for: the environment's container runs ``image_id``, that

@@ -10,24 +10,49 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import io
 import os
 import sys
 import tarfile
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-import docker
-import docker.errors
-import docker.tls
-import requests.exceptions
-import urllib3.exceptions
 
-from orchestrator.errors import InfraUnavailable, StepTimeout
+def _defer_paramiko() -> None:
+    """Import paramiko (the SDK's ssh:// transport) when an ssh:// engine first uses it, not with the SDK.
+
+    docker-py imports its SSH adapter, and with it paramiko and invoke (about 45 ms), whenever paramiko
+    is installed; every local deploy paid that at start-up (issue 12). The adapter only touches
+    ``paramiko.<name>`` when it connects, so until then it holds a stand-in module whose first attribute
+    lookup imports the real paramiko (which then replaces the stand-in in ``sys.modules``)."""
+    if "paramiko" in sys.modules or importlib.util.find_spec("paramiko") is None:
+        return  # already imported, or not installed (the SDK says so when an ssh:// engine is asked for)
+    stand_in = types.ModuleType("paramiko", "stand-in: the real paramiko is imported on first use")
+
+    def load(name: str) -> Any:
+        if sys.modules.get("paramiko") is stand_in:
+            del sys.modules["paramiko"]
+        return getattr(importlib.import_module("paramiko"), name)
+
+    stand_in.__getattr__ = load  # type: ignore[method-assign]
+    sys.modules["paramiko"] = stand_in
+
+
+_defer_paramiko()
+
+import docker  # noqa: E402 - after _defer_paramiko, which changes what it imports
+import docker.errors  # noqa: E402
+import docker.tls  # noqa: E402
+import requests.exceptions  # noqa: E402
+import urllib3.exceptions  # noqa: E402
+
+from orchestrator.errors import InfraUnavailable, StepTimeout  # noqa: E402
 
 # A streamed answer (build, push, pull) is read through urllib3 directly, so its read timeouts and broken
 # connections arrive as urllib3's exceptions, not requests' wrappers.
@@ -288,7 +313,8 @@ class DockerEngine:
 
     @classmethod
     def connect(cls, base_url: str | None = None, timeout: int = 120) -> DockerEngine:
-        """Connect (DOCKER_HOST or the default socket) and prove the engine answers."""
+        """Connect (DOCKER_HOST or the default socket) and prove the engine answers: the API version
+        negotiation (``version="auto"``: GET /version) is that proof, so no separate ping follows."""
         where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         try:
             client = (
@@ -296,7 +322,6 @@ class DockerEngine:
                 if base_url
                 else docker.from_env(timeout=timeout, version="auto")
             )
-            client.ping()
         except (docker.errors.DockerException, *_UNREACHABLE) as exc:
             raise InfraUnavailable(
                 f"Docker engine is unreachable at {where}: {exc}. "

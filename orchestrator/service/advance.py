@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import structlog
-
 from orchestrator.config import AppConfig
 from orchestrator.errors import Conflict, InfraUnavailable
 from orchestrator.gates import (
@@ -22,7 +20,7 @@ from orchestrator.gates import (
     run_gates,
 )
 from orchestrator.lifecycle import Interrupted, interruptible, signals_deferred
-from orchestrator.logging import get_logger
+from orchestrator.logging import bound_context, get_logger
 from orchestrator.machine import EDGE_ENVIRONMENTS, ENVIRONMENTS, TO_STAGING, Edge, RunMachine, State
 from orchestrator.records import record_release
 from orchestrator.service.approval import ApprovalWait
@@ -101,7 +99,7 @@ class EdgeRunner:
         if any(g.needs_docker for g in gates):
             engine.connect_for(app, EDGE_ENVIRONMENTS[edge])
         with (
-            structlog.contextvars.bound_contextvars(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name),
+            bound_context(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name),
             interruptible(),
         ):
             transition_id = self.claims.claim(run, edge, actor, engine, wait_s)

@@ -24,7 +24,7 @@ from orchestrator.store.models import (
     Transition,
     utcnow,
 )
-from orchestrator.verdict import TransitionOutcome
+from orchestrator.verdict import GateResult, GateStatus, TransitionOutcome
 
 IN_PROGRESS = TransitionOutcome.IN_PROGRESS
 INTERRUPTED = TransitionOutcome.INTERRUPTED
@@ -89,26 +89,6 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
-class GateRecord:
-    name: str
-    status: str
-    reason: str
-    details: dict[str, Any]
-    duration_s: float
-    started_at: datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "reason": self.reason,
-            "details": self.details,
-            "duration_s": self.duration_s,
-            "started_at": _iso(self.started_at),
-        }
-
-
-@dataclass(frozen=True)
 class StepRecord:
     id: int
     position: int
@@ -159,7 +139,7 @@ class TransitionRecord:
     outcome: str
     reason: str | None
     result_state: str | None
-    checks: tuple[GateRecord, ...]
+    checks: tuple[GateResult, ...]
     steps: tuple[StepRecord, ...] = ()
     holder: Holder | None = None
     lease_expires_at: datetime | None = None
@@ -236,7 +216,9 @@ def _release(row: Release) -> ReleaseRecord:
 
 def _transition(row: Transition) -> TransitionRecord:
     checks = tuple(
-        GateRecord(g.name, g.status, g.reason, dict(g.details or {}), g.duration_s, _aware(g.started_at))
+        GateResult(
+            g.name, GateStatus(g.status), g.reason, dict(g.details or {}), g.duration_s, _aware(g.started_at)
+        )
         for g in row.gate_results
     )
     return TransitionRecord(

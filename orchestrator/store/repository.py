@@ -44,7 +44,6 @@ from orchestrator.store.records import (  # noqa: F401 - re-exported: callers im
     ApprovalRecord,
     EventRecord,
     FreezeRecord,
-    GateRecord,
     LockHeld,
     LockRecord,
     ReleaseRecord,
