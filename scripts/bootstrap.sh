@@ -57,10 +57,15 @@ docker_answers() { timeout 10 docker info >/dev/null 2>&1; }
 is_live_dockerd() {
   grep -q dockerd "/proc/$1/cmdline" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
 }
+# The engine this script manages: a dockerd on the default pid file. A second engine on the machine (the
+# remote-engine tests start one) has its own --pidfile and must not be mistaken for it, or the default
+# engine would never be started again after a restart.
 live_dockerd_exists() {
   local pid
   for pid in $(pgrep -x dockerd 2>/dev/null); do
-    is_live_dockerd "$pid" && return 0
+    if is_live_dockerd "$pid" && ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- '--pidfile'; then
+      return 0
+    fi
   done
   return 1
 }
