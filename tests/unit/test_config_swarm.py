@@ -1,0 +1,75 @@
+"""Swarm keys: a swarm environment needs a registry (it is pinned by digest), and every swarm key is
+refused where it would be ignored, before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import CONFIG_FILENAME, load_config
+from orchestrator.errors import BadInput
+
+APP = '[apps.shop]\nsource = "."\nregistry = "127.0.0.1:5000"\n'
+
+
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    path = tmp_path / CONFIG_FILENAME
+    path.write_text(text, encoding="utf-8")
+    return load_config(path, env=env or {}).app("shop")
+
+
+def test_swarm_defaults(tmp_path: Path) -> None:
+    app = load(tmp_path, APP + 'runtime = "swarm"\n')
+    assert app.runtime_of("staging") == app.runtime_of("prod") == "swarm"
+    assert app.swarm_environments == {"staging", "prod"}
+    assert (app.replicas, app.network, app.update_monitor_s, app.task_port) == (2, "orch-shop", 5.0, 8080)
+
+
+def test_swarm_for_prod_only_and_its_keys(tmp_path: Path) -> None:
+    text = APP + 'runtime = { prod = "swarm" }\nreplicas = 3\nswarm_network = "shop-net"\n'
+    app = load(tmp_path, text + "update_monitor_s = 1.5\ncontainer_port = 9000\n")
+    assert (app.runtime_of("staging"), app.runtime_of("prod")) == ("direct", "swarm")
+    assert app.swarm_environments == {"prod"}
+    assert (app.replicas, app.network, app.update_monitor_s, app.task_port) == (3, "shop-net", 1.5, 9000)
+
+
+def test_a_direct_app_keeps_its_default(tmp_path: Path) -> None:
+    app = load(tmp_path, APP)
+    assert app.runtime_of("prod") == "direct" and not app.swarm_environments
+
+
+def test_the_registry_may_come_from_the_environment(tmp_path: Path) -> None:
+    app = load(
+        tmp_path, '[apps.shop]\nsource = "."\nruntime = "swarm"\n', {"ORCH_REGISTRY": "127.0.0.1:5000"}
+    )
+    assert app.swarm_environments == {"staging", "prod"}
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[apps.shop]\nsource = "."\nruntime = "swarm"\n', "needs a registry"),
+        (APP + 'runtime = "kubernetes"\n', "is not one of direct, swarm"),
+        (APP + 'runtime = { production = "swarm" }\n', "a table per environment"),
+        (APP + "runtime = 3\n", "a table per environment"),
+        (APP + "replicas = 2\n", "only applies to swarm environments"),
+        (APP + 'runtime = "swarm"\nreplicas = 0\n', "whole number >= 1"),
+        (APP + 'runtime = "swarm"\nupdate_monitor_s = -1\n', "must be a number >= 0"),
+        (APP + 'runtime = "swarm"\nswarm_network = "bad name"\n', "must be a Docker network name"),
+        (
+            APP + 'runtime = "swarm"\ncompose_file = "c.yml"\nstaging_service = "a"\nprod_service = "b"\n',
+            "cannot be combined",
+        ),
+    ],
+)
+def test_bad_swarm_keys_are_bad_input(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(BadInput) as exc:
+        load(tmp_path, text)
+    assert fragment in exc.value.message
+
+
+def test_the_swarm_timeout_is_a_setting(tmp_path: Path) -> None:
+    path = tmp_path / CONFIG_FILENAME
+    path.write_text(APP, encoding="utf-8")
+    assert load_config(path, env={"ORCH_SWARM_TIMEOUT_S": "42"}).settings.swarm_timeout_s == 42
