@@ -9,12 +9,14 @@ turns into a failed gate with evidence.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import docker
@@ -454,14 +456,27 @@ class DockerEngine:
         publish: Mapping[int, tuple[str, int]] | None = None,
         labels: Mapping[str, str] | None = None,
         restart: bool = False,
+        network: str | None = None,
+        aliases: Sequence[str] = (),
+        files: Mapping[str, bytes] | None = None,
     ) -> ContainerInfo:
         """Start a detached container. With ``host_network`` the app binds PORT itself; otherwise
-        ``publish`` maps container ports to (host ip, host port), which callers keep on 127.0.0.1."""
+        ``publish`` maps container ports to (host ip, host port), which callers keep on 127.0.0.1, and
+        ``network`` attaches it to that network under ``aliases`` (names other containers resolve).
+        ``files`` (absolute path -> content) are written into the container before it starts: a
+        bind mount would name a path on the engine's host, which for a remote engine is not ours."""
         api = self._client.api
+        if network is not None and host_network:
+            raise ValueError("a container on the host network cannot join another network")
         host_config = api.create_host_config(
-            network_mode="host" if host_network else None,
+            network_mode="host" if host_network else network,
             port_bindings=None if host_network or not publish else dict(publish),
             restart_policy={"Name": "unless-stopped"} if restart else None,
+        )
+        networking = (
+            api.create_networking_config({network: api.create_endpoint_config(aliases=list(aliases))})
+            if network is not None
+            else None
         )
         created = self._call(
             f"create container {name}",
@@ -473,8 +488,13 @@ class DockerEngine:
             labels=dict(labels or {}),
             ports=None if host_network or not publish else list(publish),
             host_config=host_config,
+            networking_config=networking,
             detach=True,
         )
+        if files:
+            archive = _tar(files)
+            if not self._call(f"write files into {name}", api.put_archive, created["Id"], "/", archive):
+                raise DockerError(f"write files into {name}: the engine refused the archive")
         self._call(f"start container {name}", api.start, created["Id"])
         return _container_from(self._call(f"inspect container {name}", api.inspect_container, created["Id"]))
 
@@ -507,6 +527,37 @@ class DockerEngine:
         result = self._call(f"wait for {name}", self._client.api.wait, name, timeout=timeout)
         return int(result.get("StatusCode", -1))
 
+    # networks -------------------------------------------------------------------------------------
+
+    def ensure_network(
+        self, name: str, *, driver: str = "bridge", labels: Mapping[str, str] | None = None
+    ) -> bool:
+        """Create the network unless one of that name exists; True when it was created. An overlay
+        network is made attachable, so plain containers (a proxy) can join swarm services on it."""
+        api = self._client.api
+        # The engine's name filter matches substrings; only an exact name counts.
+        listed = self._call(f"list networks {name}", api.networks, names=[name])
+        if any(n.get("Name") == name for n in listed):
+            return False
+        self._call(
+            f"create network {name}",
+            api.create_network,
+            name,
+            driver=driver,
+            attachable=driver == "overlay" or None,
+            labels=dict(labels or {}),
+            check_duplicate=True,
+        )
+        return True
+
+    def remove_network(self, name: str) -> bool:
+        """Remove the network; True when something was removed (False: none of that name)."""
+        try:
+            self._call(f"remove network {name}", self._client.api.remove_network, name)
+            return True
+        except docker.errors.NotFound:
+            return False
+
     # housekeeping (orchestrator.prune) ------------------------------------------------------------
 
     def images(self) -> list[ImageInfo]:
@@ -532,6 +583,26 @@ class DockerEngine:
             return True
         except docker.errors.NotFound:
             return False
+
+
+def _tar(files: Mapping[str, bytes]) -> bytes:
+    """A tar archive of ``files`` (absolute paths), with their parent directories, for put_archive."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        made: set[str] = set()
+        for path, content in files.items():
+            parts = PurePosixPath(path).relative_to("/").parts
+            for depth in range(1, len(parts)):
+                folder = "/".join(parts[:depth])
+                if folder not in made:
+                    made.add(folder)
+                    info = tarfile.TarInfo(folder)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+            info = tarfile.TarInfo("/".join(parts))
+            info.size, info.mode = len(content), 0o644
+            tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)

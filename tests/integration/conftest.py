@@ -829,3 +829,30 @@ def compose_app(
         errors = app.teardown()
         if errors:
             pytest.fail("cleanup failed: " + "; ".join(errors))
+
+
+# --- the proxy in front of an environment (orchestrator/proxy.py) --------------------------------------
+HAPROXY = Path("/usr/sbin/haproxy")
+HAPROXY_DOCKERFILE = 'FROM scratch\nCOPY . /\nENTRYPOINT ["/usr/sbin/haproxy"]\n'
+
+
+def _shared_libraries(binary: Path) -> list[Path]:
+    """What the dynamic loader maps for ``binary`` (ldd), the loader itself included."""
+    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
+    return [Path(p) for p in re.findall(r"(/\S+)\s+\(0x", out)]
+
+
+@pytest.fixture(scope="session")
+def haproxy_image(engine: DockerEngine) -> Iterator[str]:
+    """An haproxy image for the proxy tests, made of Debian's /usr/sbin/haproxy and the libraries it
+    links (no Docker Hub here; users run the official ``haproxy`` image, whose entrypoint takes the
+    same arguments). Built once per session, removed at the end."""
+    if not HAPROXY.is_file():
+        _unavailable(f"{HAPROXY} is missing (apt-get install -y haproxy)")
+    files: dict[str, bytes | Path] = {str(HAPROXY).lstrip("/"): HAPROXY}
+    for lib in _shared_libraries(HAPROXY):
+        files[str(lib).lstrip("/")] = lib.resolve()
+    tag = f"orch-test-haproxy-{uuid.uuid4().hex[:8]}:test"
+    image = engine.build(build_context(HAPROXY_DOCKERFILE, files), tag=tag)
+    yield tag
+    engine.remove_image(image.id, force=True)
