@@ -154,6 +154,8 @@ class Settings:
     # How long a swarm service may take to converge on an update (every task replaced, healthy and past
     # its monitor window) before the step is ended as a timeout.
     swarm_timeout_s: float = 600.0
+    # The haproxy image of the proxy that publishes a swarm environment's port (orchestrator/proxy.py).
+    proxy_image: str = "haproxy:lts"
     # A lock holder's lease: it renews every third of this while alive, so a runner that died frees
     # the environment after at most one lease instead of leaving it locked until someone notices.
     lock_lease_s: float = 30.0
@@ -231,6 +233,8 @@ ENV_VARS: dict[str, str] = {
     "(default 600)",
     "ORCH_SWARM_TIMEOUT_S": "seconds a swarm service update may take to converge before it is ended as a "
     "timeout (default 600)",
+    "ORCH_PROXY_IMAGE": "haproxy image of the proxy publishing a swarm environment's port (default "
+    "haproxy:lts)",
     "ORCH_LOCK_LEASE_S": "seconds a lock holder's lease lasts without renewal; it renews every third of "
     "that (default 30)",
     "ORCH_BUILDER": "auto | buildkit | legacy: which builder builds images (default auto: BuildKit when a "
@@ -363,6 +367,11 @@ def _parse_settings(
         values["notify_timeout_s"] = _parse_float(*got, minimum=0.1)
     if got := pick("builder"):
         values["builder"] = _parse_choice(*got, ("auto", "buildkit", "legacy"))
+    if got := pick("proxy_image"):
+        name, raw = got
+        if not isinstance(raw, str) or not raw.strip() or any(c.isspace() for c in raw.strip()):
+            raise BadInput(f"{name} must be an image reference, e.g. haproxy:lts")
+        values["proxy_image"] = raw.strip()
     if got := pick("docker_cli"):
         name, raw = got
         if not isinstance(raw, str) or not raw.strip():

@@ -378,6 +378,7 @@ class Deployer:
                     {"served_revision": served, "version_status": probe.status, "version_error": probe.error},
                 )
             )
+        checks += self.runtime.verify(env, image_id, sha)
         return verify.all_of(*checks)
 
     def redact(self, text: str) -> str:

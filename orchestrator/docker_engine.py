@@ -670,6 +670,10 @@ class ServiceInfo:
     update_state: str | None = None
     update_message: str | None = None
     previous_image: str | None = None
+    # When the spec last changed and when Swarm started its last update (engine clock, RFC 3339): an
+    # update status older than the spec belongs to an earlier update, not to the spec now in force.
+    updated_at: str | None = None
+    update_started_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -704,6 +708,8 @@ def _service(attrs: Mapping[str, Any]) -> ServiceInfo:
         update_state=status.get("State") or None,
         update_message=status.get("Message") or None,
         previous_image=previous.get("Image") or None,
+        updated_at=attrs.get("UpdatedAt") or None,
+        update_started_at=status.get("StartedAt") or None,
     )
 
 
@@ -724,8 +730,9 @@ def _task(attrs: Mapping[str, Any]) -> TaskInfo:
 
 
 class SwarmEngine:
-    """Swarm calls on a DockerEngine's client (a mixin-free view: ``DockerEngine.swarm``). Kept apart so
-    the container API above reads without them; both translate errors the same way."""
+    """Swarm calls on a DockerEngine's client (``DockerEngine.swarm``), kept apart so the container API
+    above reads without them; errors are translated the same way. The overlay network a service joins
+    is made by ``DockerEngine.ensure_network(name, driver="overlay")``, as for the proxy."""
 
     def __init__(self, engine: DockerEngine) -> None:
         self._engine = engine
@@ -737,35 +744,6 @@ class SwarmEngine:
         swarm = info.get("Swarm") or {}
         return swarm.get("LocalNodeState") == "active" and bool(swarm.get("ControlAvailable"))
 
-    def ensure_network(self, name: str, labels: Mapping[str, str]) -> bool:
-        """An attachable overlay network (attachable: the proxy, a plain container, joins it to reach
-        the service's tasks by Docker's DNS). True when it was created now."""
-        found = self._engine._call("list networks", self._api.networks, names=[name])
-        if any(n.get("Name") == name for n in found):
-            mine = next(n for n in found if n.get("Name") == name)
-            if mine.get("Driver") != "overlay":
-                raise DockerError(
-                    f"network {name} exists with driver {mine.get('Driver')}, not overlay: remove it or set "
-                    "swarm_network to another name"
-                )
-            return False
-        self._engine._call(
-            f"create network {name}",
-            self._api.create_network,
-            name,
-            driver="overlay",
-            attachable=True,
-            labels=dict(labels),
-        )
-        return True
-
-    def remove_network(self, name: str) -> bool:
-        try:
-            self._engine._call(f"remove network {name}", self._api.remove_network, name)
-            return True
-        except docker.errors.NotFound:
-            return False
-
     def service(self, name: str) -> ServiceInfo | None:
         try:
             return _service(self._engine._call(f"inspect service {name}", self._api.inspect_service, name))
@@ -773,8 +751,12 @@ class SwarmEngine:
             return None
 
     def tasks(self, name: str) -> list[TaskInfo]:
-        """Every task swarm keeps for the service (running, starting, and the recent history it retains)."""
-        rows = self._engine._call(f"list tasks of {name}", self._api.tasks, filters={"service": name})
+        """Every task Swarm keeps for the service (running, starting, and the recent history it retains);
+        none when there is no such service."""
+        try:
+            rows = self._engine._call(f"list tasks of {name}", self._api.tasks, filters={"service": name})
+        except docker.errors.NotFound:  # no such service: no tasks
+            return []
         return [_task(row) for row in rows if (row.get("ServiceID") and row.get("Spec"))]
 
     @staticmethod

@@ -29,7 +29,7 @@ from orchestrator.store.repository import ReleaseRecord, StepRecord, Store, Tran
 from orchestrator.verdict import TransitionOutcome
 
 # Steps that change what an environment runs or which image its tags name.
-_TOUCHING = ("tag", "push", "stop", "start", "pin", "up", "untag", "move")
+_TOUCHING = ("tag", "push", "stop", "start", "pin", "up", "untag", "move", "update")
 
 
 class Mode(StrEnum):

@@ -8,6 +8,7 @@ a module here, not another branch in every deploy step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,6 +16,7 @@ from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo, DockerEngine
 from orchestrator.machine import STAGING
 from orchestrator.steps import StepLog
+from orchestrator.verdict import Verdict
 
 LOOPBACK = "127.0.0.1"
 
@@ -27,6 +29,30 @@ class Published:
     image_id: str
     ref: str
     digest: str | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeView:
+    """What a runtime that is more than one container says about an environment, for `status`: a swarm
+    service's pinned image and its tasks (``task_images``: what the running ones run)."""
+
+    kind: str
+    name: str
+    pinned: str | None = None
+    replicas: int = 0
+    update_state: str | None = None
+    tasks: tuple[str, ...] = ()
+    task_images: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "pinned": self.pinned,
+            "replicas": self.replicas,
+            "update_state": self.update_state,
+            "tasks": list(self.tasks),
+        }
 
 
 def env_port(app: AppConfig, env: str) -> int:
@@ -64,6 +90,15 @@ class Runtime(Protocol):
         """The pin file the environments run with now, kept with each release for rollback."""
         ...
 
+    def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
+        """Checks beyond the one container the deploy looked at (every task of a swarm service); empty
+        where that container is all there is."""
+        ...
+
+    def view(self, env: str) -> RuntimeView | None:
+        """What `status` shows beyond the container (a service and its tasks); None for a container."""
+        ...
+
 
 def preflight(app: AppConfig, sha: str | None = None) -> None:
     """What the runtime can refuse before anything runs (exit 2): a compose app's services exist in its
@@ -74,6 +109,15 @@ def preflight(app: AppConfig, sha: str | None = None) -> None:
         compose.check_services(app)
         if sha is not None:
             compose.check_committed(app, sha)
+
+
+def engine_preflight(engine: DockerEngine, app: AppConfig, environments: Sequence[str]) -> None:
+    """What the engine itself must offer before an edge touches ``environments`` (exit 4 otherwise):
+    a swarm environment needs a swarm manager."""
+    if any(app.runtime_of(env) == "swarm" for env in environments) and not engine.swarm.manager():
+        from orchestrator.runtimes.swarm import not_a_manager
+
+        raise not_a_manager("")
 
 
 def runtime_for(
@@ -87,6 +131,10 @@ def runtime_for(
         from orchestrator.runtimes.compose import ComposeRuntime
 
         return ComposeRuntime(engine, app, settings, steps, pins)
+    if app.swarm_environments:
+        from orchestrator.runtimes.swarm import SwarmRuntime
+
+        return SwarmRuntime(engine, app, settings, steps, pins)
     from orchestrator.runtimes.direct import DirectRuntime
 
     return DirectRuntime(engine, app, steps)

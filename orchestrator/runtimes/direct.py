@@ -7,8 +7,9 @@ import socket
 from orchestrator.config import AppConfig
 from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
 from orchestrator.machine import PROD
-from orchestrator.runtimes import LOOPBACK, Published, env_port
+from orchestrator.runtimes import LOOPBACK, Published, RuntimeView, env_port
 from orchestrator.steps import StepLog
+from orchestrator.verdict import Verdict
 
 
 def port_answers(port: int) -> bool:
@@ -84,4 +85,10 @@ class DirectRuntime:
         """Nothing to do: a direct container has no pin file; its tags are the publisher's."""
 
     def override_text(self) -> str | None:
+        return None
+
+    def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
+        return []
+
+    def view(self, env: str) -> RuntimeView | None:
         return None

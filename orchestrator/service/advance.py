@@ -98,7 +98,9 @@ class EdgeRunner:
             self.preflight(app, run.sha, edge)
         # Connect before anything is written: an engine that does not answer changes nothing at all.
         if any(g.needs_docker for g in gates):
-            engine.get()
+            from orchestrator.runtimes import engine_preflight
+
+            engine_preflight(engine.get(), app, EDGE_ENVIRONMENTS[edge])
         with (
             structlog.contextvars.bound_contextvars(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name),
             interruptible(),

@@ -1,0 +1,219 @@
+"""The swarm backend on a real single-node swarm with the suite's loopback registry: each environment
+is a 2-replica service pinned by registry digest behind its haproxy proxy. A good promotion converges
+on the new digest; a broken health check leaves the previous digest with the reason recorded; rollback
+goes to any kept release by digest; SIGKILL mid-update, then `recover`, ends on a recorded release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import docker
+import docker.errors
+import pytest
+
+from orchestrator.docker_engine import DockerEngine
+from orchestrator.health import get as http_get
+
+if TYPE_CHECKING:
+    from conftest import BusyboxApp, LocalRegistry
+
+pytestmark = pytest.mark.docker
+
+REVISION_LABEL = "org.opencontainers.image.revision"
+
+# The app listens on 0.0.0.0:$PORT inside its task (the proxy reaches it over the overlay network).
+SERVE = """\
+bb=/bin/busybox
+echo "$APP_REVISION" > /www/version
+{broken}
+exec $bb httpd -f -p "0.0.0.0:$PORT" -h /www
+"""
+HEALTHCHECK = (
+    'HEALTHCHECK --interval=1s --timeout=1s --retries=2 CMD ["/bin/busybox", "wget", '
+    '"-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"]\n'
+)
+
+
+def render(app: str, marker: str, *, healthcheck: bool, broken: bool) -> dict[str, str]:
+    return {
+        "Dockerfile": (
+            "FROM scratch\nCOPY busybox /bin/busybox\n"
+            f"LABEL orchestrator.tests=1 orchestrator.tests.app={app}\n"
+            "COPY rootfs /\nARG GIT_SHA\nENV APP_REVISION=$GIT_SHA\n"
+            f"LABEL {REVISION_LABEL}=$GIT_SHA\n"
+            + (HEALTHCHECK if healthcheck else "")
+            + 'CMD ["/bin/busybox", "sh", "/serve.sh"]\n'
+        ),
+        "rootfs/serve.sh": SERVE.format(broken="$bb rm -f /www/health" if broken else ""),
+        "rootfs/www/health": "ok\n",
+        "rootfs/www/index.html": f"{app} {marker}\n",
+    }
+
+
+@pytest.fixture(scope="session")
+def swarm_mode(engine: DockerEngine) -> None:
+    """CI starts from a fresh engine: make it a single-node swarm if it is not one (never leave it)."""
+    if engine.swarm.manager():
+        return
+    proc = subprocess.run(
+        ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"docker swarm init failed: {proc.stderr}"
+    assert engine.swarm.manager()
+
+
+@dataclass
+class SwarmApp:
+    app: BusyboxApp
+    registry: LocalRegistry
+    network: str
+    proxy_image: str
+    client: docker.DockerClient
+
+    @property
+    def name(self) -> str:
+        return self.app.name
+
+    def service(self, env: str) -> str:
+        return f"{self.name}-{env}"
+
+    def configure(self, *, runtime: str = '"swarm"', health_timeout_s: float = 15) -> None:
+        self.app.workspace.write_config(
+            "[orchestrator]\n"
+            f"health_timeout_s = {health_timeout_s}\n"
+            "swarm_timeout_s = 120\n"
+            f"proxy_image = {json.dumps(self.proxy_image)}\n\n"
+            f"[apps.{self.name}]\n"
+            f"source = {json.dumps(Path(self.app.repo.path).as_posix())}\n"
+            'health_path = "/health"\nversion_path = "/version"\n'
+            f"staging_port = {self.app.staging_port}\nprod_port = {self.app.prod_port}\n"
+            f"registry = {json.dumps(self.registry.address)}\n"
+            f"runtime = {runtime}\nreplicas = 2\nupdate_monitor_s = 1\n"
+            f"swarm_network = {json.dumps(self.network)}\n"
+        )
+
+    def commit(self, marker: str, *, healthcheck: bool = True, broken: bool = False) -> str:
+        return self.app.repo.commit(marker, render(self.name, marker, healthcheck=healthcheck, broken=broken))
+
+    def spec_image(self, env: str) -> str:
+        attrs = self.client.api.inspect_service(self.service(env))
+        return str(attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"])
+
+    def running_tasks(self, env: str) -> list[dict[str, Any]]:
+        """Every task the engine reports running, read with the raw SDK (not the code under test)."""
+        tasks = self.client.api.tasks(filters={"service": self.service(env)})
+        return [t for t in tasks if t["Status"]["State"] == "running"]
+
+    def task_images(self, env: str) -> list[tuple[str, str]]:
+        """(task spec image, container image id) of each running task."""
+        found = []
+        for task in self.running_tasks(env):
+            cid = task["Status"]["ContainerStatus"]["ContainerID"]
+            found.append(
+                (task["Spec"]["ContainerSpec"]["Image"], self.client.api.inspect_container(cid)["Image"])
+            )
+        return sorted(found)
+
+    def wait_settled(self, env: str, timeout: float = 120) -> None:
+        """Until Swarm is not updating or rolling back the service (it goes on without us)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = (self.client.api.inspect_service(self.service(env)).get("UpdateStatus") or {}).get(
+                "State"
+            )
+            if state not in ("updating", "rollback_started"):
+                return
+            time.sleep(0.2)
+        pytest.fail(f"{self.service(env)} still {state} after {timeout}s")
+
+    def teardown(self) -> list[str]:
+        errors: list[str] = []
+        for env in ("staging", "prod"):
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.api.remove_service(self.service(env))
+        # Task containers go away asynchronously; the network can only go once they have.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            left = self.client.containers.list(all=True, filters={"label": f"orchestrator.app={self.name}"})
+            left = [c for c in left if "com.docker.swarm.task.id" in c.labels]
+            if not left:
+                break
+            time.sleep(0.2)
+        for env in ("staging", "prod"):
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.api.remove_container(f"{self.name}-{env}-proxy", force=True)
+        while time.monotonic() < deadline:
+            try:
+                self.client.api.remove_network(self.network)
+                break
+            except docker.errors.NotFound:
+                break
+            except docker.errors.APIError as exc:
+                if time.monotonic() >= deadline - 1:
+                    errors.append(f"network {self.network}: {exc}")
+                    break
+                time.sleep(0.5)
+        return errors
+
+
+@pytest.fixture
+def swarm_app(
+    swarm_mode: None,
+    busybox_app: BusyboxApp,
+    registry: LocalRegistry,
+    haproxy_image: str,
+    docker_client: docker.DockerClient,
+    unique_name: Callable[[str], str],
+) -> Iterator[SwarmApp]:
+    from conftest import remove_registry_tags
+
+    app = SwarmApp(busybox_app, registry, unique_name("net"), haproxy_image, docker_client)
+    app.configure()
+    try:
+        yield app
+    finally:
+        errors = app.teardown() + remove_registry_tags(docker_client, registry, app.name)
+        if errors:
+            pytest.fail("cleanup failed: " + "; ".join(errors))
+
+
+def prod_release(app: SwarmApp, run_id: int) -> dict[str, Any]:
+    (release,) = [r for r in app.app.show(run_id)["releases"] if r["environment"] == "prod"]
+    return release
+
+
+def assert_converged_on(app: SwarmApp, env: str, release: dict[str, Any]) -> None:
+    """The service spec and every running task are on the release's digest and image, and the app
+    answers through the proxy with the release's revision."""
+    assert app.spec_image(env) == release["digest"]
+    assert app.task_images(env) == [(release["digest"], release["image_id"])] * 2
+    version = http_get(f"http://127.0.0.1:{app.app.port(env)}/version")
+    assert version.ok and version.body.strip() == release["revision"], version
+
+
+def test_a_good_promotion_converges_on_the_new_digest(swarm_app: SwarmApp) -> None:
+    """Hazard: a service updated by tag (each node resolving it at its own time), or a promotion
+    declared done while some task still runs the old digest. Two releases: after each, the spec and
+    both running tasks are on that release's registry digest, and nothing runs the old one."""
+    app = swarm_app
+    first = prod_release(app, app.app.deploy(app.commit("one")))
+    assert first["digest"].startswith(f"{app.registry.repository(app.name)}@sha256:")
+    assert_converged_on(app, "prod", first)
+    second = prod_release(app, app.app.deploy(app.commit("two")))
+    assert second["digest"] != first["digest"]
+    assert_converged_on(app, "prod", second)
+    status = app.app.cli("status", app.name, as_json=True).ok()
+    (prod,) = [e for e in status["environments"] if e["environment"] == "prod"]
+    assert prod["ok"] and not prod["drift"], prod
