@@ -93,12 +93,12 @@ def judge(service: ServiceInfo | None, tasks: Sequence[TaskInfo], ref: str, repl
     if service.image != ref:
         if state in _ROLLING_BACK:
             return Progress(waiting_for="Swarm's rollback to finish", errors=errors)
-        how = f"Swarm's update state is {state.replace('_', ' ')}" if state else "the spec changed"
-        return Progress(
-            failed=f"{how}: the service is back on {service.image}, not {ref}"
-            + (f" ({service.update_message})" if service.update_message else ""),
-            errors=errors,
+        how = (
+            f"Swarm rolled the update back ({state.replace('_', ' ')})"
+            if state and state.startswith("rollback")
+            else f"the spec was changed by someone else (update state {state})"
         )
+        return Progress(failed=f"{how}: the service is on {service.image} again", errors=errors)
     running = [t for t in tasks if t.running]
     on_ref = [t for t in running if t.image == ref]
     others = [t for t in tasks if t.state == "running" and t.image != ref]

@@ -853,6 +853,8 @@ def haproxy_image(engine: DockerEngine) -> Iterator[str]:
     for lib in _shared_libraries(HAPROXY):
         files[str(lib).lstrip("/")] = lib.resolve()
     tag = f"orch-test-haproxy-{uuid.uuid4().hex[:8]}:test"
-    image = engine.build(build_context(HAPROXY_DOCKERFILE, files), tag=tag)
+    engine.build(build_context(HAPROXY_DOCKERFILE, files), tag=tag)
     yield tag
-    engine.remove_image(image.id, force=True)
+    # By tag, not by id: the build is reproducible, so a parallel session's image has the same id, and
+    # removing the id with force would untag theirs too (their proxies then fail "No such image").
+    engine.remove_image(tag)

@@ -33,7 +33,9 @@ REVISION_LABEL = "org.opencontainers.image.revision"
 SERVE = """\
 bb=/bin/busybox
 echo "$APP_REVISION" > /www/version
-{broken}
+if [ "$ORCH_ENVIRONMENT" = prod ]; then
+  {broken}
+fi
 exec $bb httpd -f -p "0.0.0.0:$PORT" -h /www
 """
 HEALTHCHECK = (
@@ -52,7 +54,7 @@ def render(app: str, marker: str, *, healthcheck: bool, broken: bool) -> dict[st
             + (HEALTHCHECK if healthcheck else "")
             + 'CMD ["/bin/busybox", "sh", "/serve.sh"]\n'
         ),
-        "rootfs/serve.sh": SERVE.format(broken="$bb rm -f /www/health" if broken else ""),
+        "rootfs/serve.sh": SERVE.format(broken="$bb rm -f /www/health" if broken else ":"),
         "rootfs/www/health": "ok\n",
         "rootfs/www/index.html": f"{app} {marker}\n",
     }
@@ -217,3 +219,36 @@ def test_a_good_promotion_converges_on_the_new_digest(swarm_app: SwarmApp) -> No
     status = app.app.cli("status", app.name, as_json=True).ok()
     (prod,) = [e for e in status["environments"] if e["environment"] == "prod"]
     assert prod["ok"] and not prod["drift"], prod
+
+
+@pytest.mark.parametrize("healthcheck", [True, False], ids=["docker-healthcheck", "http-health"])
+def test_a_broken_health_check_leaves_the_previous_digest_and_says_why(
+    swarm_app: SwarmApp, healthcheck: bool
+) -> None:
+    """Hazard: a release whose prod tasks never become healthy left serving (or half the tasks on it),
+    with nothing recorded. Release B loses /health in prod only (so staging passes). With the image's
+    own HEALTHCHECK, Swarm rolls the update back by itself; without one, Swarm completes it and our
+    health check through the proxy fails, so the orchestrator puts the service back. Either way the
+    service ends on A's digest with both tasks, A answers, and the recorded gate says why."""
+    app = swarm_app
+    good = prod_release(app, app.app.deploy(app.commit("good", healthcheck=healthcheck)))
+    run_id = app.app.start(app.commit("broken", healthcheck=healthcheck, broken=True))
+    app.app.advance(run_id, "deploy-staging").ok()
+    result = app.app.advance(run_id, "deploy")
+    assert result.exit_code == 1, result.describe()
+    payload = result.payload
+    app.wait_settled("prod")
+    assert_converged_on(app, "prod", good)
+    (gate,) = [c for c in payload["checks"] if c["status"] == "fail"]
+    if healthcheck:
+        assert "did not converge" in gate["reason"] and "rolled" in gate["reason"], gate
+        assert "unhealthy container" in gate["reason"], gate
+    else:
+        assert "/health" in gate["reason"], gate
+    assert payload["failure"]["prod"]["action"] == "restored", payload["failure"]
+    # The history keeps the reason on the failed step, then the restore's own steps.
+    shown = app.app.show(run_id)
+    steps = [(s["name"], s["status"]) for t in shown["transitions"] for s in t.get("steps", [])]
+    failed_step = ("prod_converge" if healthcheck else "prod_health", "failed")
+    assert failed_step in steps, steps
+    assert steps.index(failed_step) < steps.index(("restore_prod_verify", "done")), steps

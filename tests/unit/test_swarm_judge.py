@@ -55,7 +55,9 @@ def test_swarm_rolled_back_is_a_failure_naming_the_task_errors() -> None:
         task(3, NEW, "failed", "shutdown", "task: non-zero exit (1): unhealthy"),
     ]
     progress = judge(service(OLD, "rollback_completed"), tasks, NEW, 2)
-    assert progress.failed is not None and "rollback completed" in progress.failed and OLD in progress.failed
+    assert (
+        progress.failed is not None and "rolled the update back" in progress.failed and OLD in progress.failed
+    )
     assert progress.errors == (f"task {'t3' * 6} failed: task: non-zero exit (1): unhealthy",)
 
 
