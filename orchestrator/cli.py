@@ -791,6 +791,10 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
                 "" if o.healthy is None else ("healthy" if o.healthy else f"UNHEALTHY ({o.health_detail})")
             )
             _echo(f"{e.app:<20} {e.environment:<8} {running:<50} {rel:<26} {health_text}")
+            if o.runtime is not None:
+                _echo(f"    {o.runtime.kind} {o.runtime.name}: pinned {o.runtime.pinned or 'none'}")
+                for task in o.runtime.tasks:
+                    _echo(f"      task {task}")
             if e.problem:
                 _echo(f"    problem: {e.problem}")
             for diff in e.differences:

@@ -148,8 +148,9 @@ class SwarmApp:
         # Task containers go away asynchronously; the network can only go once they have.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            left = self.client.containers.list(all=True, filters={"label": f"orchestrator.app={self.name}"})
-            left = [c for c in left if "com.docker.swarm.task.id" in c.labels]
+            left = self.client.api.containers(
+                all=True, filters={"label": [f"orchestrator.app={self.name}", "com.docker.swarm.task.id"]}
+            )
             if not left:
                 break
             time.sleep(0.2)
@@ -252,3 +253,34 @@ def test_a_broken_health_check_leaves_the_previous_digest_and_says_why(
     failed_step = ("prod_converge" if healthcheck else "prod_health", "failed")
     assert failed_step in steps, steps
     assert steps.index(failed_step) < steps.index(("restore_prod_verify", "done")), steps
+
+
+def test_rollback_to_an_older_kept_release_by_digest_and_status_shows_drift(swarm_app: SwarmApp) -> None:
+    """Hazard: a rollback limited to Swarm's one step back (`docker service rollback` only knows the
+    previous spec), or by tag. After A, B, C, `rollback --to A` puts the service on A's digest, verified
+    on every task, and records it. Then someone pins B by hand: `status` names the service's digest and
+    tasks, and exits 5 for drift although every task container is healthy."""
+    app = swarm_app
+    releases = [prod_release(app, app.app.deploy(app.commit(f"release {n}"))) for n in "ABC"]
+    rel_a, rel_b, _ = releases
+    done = app.app.cli("rollback", app.name, "--env", "prod", "--to", rel_a["release_id"], as_json=True).ok()
+    assert done["outcome"] == "rolled_back" and done["release"]["digest"] == rel_a["digest"], done
+    assert_converged_on(app, "prod", rel_a)
+
+    status = app.app.cli("status", app.name, as_json=True).ok()
+    (prod,) = [e for e in status["environments"] if e["environment"] == "prod"]
+    assert prod["ok"] and prod["service"]["pinned"] == rel_a["digest"], prod
+    assert len(prod["service"]["tasks"]) == 2 and all(rel_a["digest"] in t for t in prod["service"]["tasks"])
+
+    subprocess.run(
+        ["docker", "service", "update", "--quiet", "--image", rel_b["digest"], app.service("prod")],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    app.wait_settled("prod")
+    drifted = app.app.cli("status", app.name, as_json=True)
+    assert drifted.exit_code == 5, drifted.describe()
+    (prod,) = [e for e in drifted.payload["environments"] if e["environment"] == "prod"]
+    assert prod["cause"] in ("another_image", "service_drift"), prod
+    assert any(f"is pinned to {rel_b['digest']}" in d for d in prod["differences"]), prod
