@@ -114,6 +114,20 @@ def new_image(steps: Sequence[StepRecord], env: str) -> str | None:
     return None
 
 
+def new_digest(steps: Sequence[StepRecord], env: str, image_id: str) -> str | None:
+    """The registry reference (``repo@sha256:...``) this transition pushed ``image_id`` as for ``env``:
+    a release recorded by recovery must carry it like one recorded by the edge, or a later rollback to
+    it (or a swarm service pinned by it) has no digest to pull."""
+    for step in steps:
+        if (
+            step.name == f"{env}_push"
+            and step.changes.get("image_id") == image_id
+            and step.changes.get("digest")
+        ):
+            return str(step.changes["digest"])
+    return None
+
+
 @dataclass
 class Outcome:
     """What reconciling found and did, per environment, and whether the edge could be finished."""
@@ -213,9 +227,17 @@ class Reconciler:
                 note = f"{env} runs its recorded release"
             elif action == Action.RECORD:
                 assert facts.new_image is not None
+                digest = new_digest(self.transition.steps, env, facts.new_image)
                 self._record(
                     env,
-                    ReleaseIntent(env, facts.new_image, self.sha, reason=reason, override=d.override_text()),
+                    ReleaseIntent(
+                        env,
+                        facts.new_image,
+                        self.sha,
+                        reason=reason,
+                        digest=digest,
+                        override=d.override_text(),
+                    ),
                 )
                 note = f"{env} runs {facts.new_image[:19]} ({self.sha[:12]}), verified: recorded"
             elif action == Action.RETAG:

@@ -25,6 +25,8 @@ from orchestrator.health import get as http_get
 if TYPE_CHECKING:
     from conftest import BusyboxApp, LocalRegistry
 
+    from orchestrator.store.repository import Store
+
 pytestmark = pytest.mark.docker
 
 REVISION_LABEL = "org.opencontainers.image.revision"
@@ -284,3 +286,43 @@ def test_rollback_to_an_older_kept_release_by_digest_and_status_shows_drift(swar
     (prod,) = [e for e in drifted.payload["environments"] if e["environment"] == "prod"]
     assert prod["cause"] in ("another_image", "service_drift"), prod
     assert any(f"is pinned to {rel_b['digest']}" in d for d in prod["differences"]), prod
+
+
+@pytest.mark.parametrize(
+    "crash_at",
+    ["after:prod_update", "after:prod_converge"],
+    ids=["mid-update", "converged-unchecked"],
+)
+def test_sigkill_mid_update_then_recover_ends_on_a_recorded_release(
+    swarm_app: SwarmApp, store: Store, crash_at: str
+) -> None:
+    """Hazard: the runner dies while Swarm is still replacing tasks (Swarm goes on without it, and may
+    finish or roll back on its own), leaving prod on an unrecorded digest and its locks held by a dead
+    process. `recover` reads the service's tasks: prod ends converged on the digest of its latest
+    recorded release (the old one put back, or the new one verified and recorded), no drift, no lock,
+    and the next promotion goes through."""
+    from faults_support import Orchestrator
+
+    app = swarm_app
+    orch = Orchestrator(app.app.workspace.path)
+    app.app.deploy(app.commit("baseline"))
+    run_id = orch.start_run(app.name, app.commit("killed"))
+    orch.advance(run_id, "deploy-staging").ok()
+    proc = orch.advance(run_id, "deploy", crash_at=crash_at)
+    assert proc.returncode == -9, proc.describe()
+    left = orch.show(run_id)["transitions"][-1]
+    assert left["outcome"] == "in_progress" and left["steps"][-1]["name"] == crash_at.split(":")[1], left
+    assert {lock["liveness"] for lock in orch.locks()} == {"dead"}
+
+    reports = orch.recover(app.name)
+    assert [r["transition_id"] for r in reports] == [left["transition_id"]], reports
+    latest = store.latest_release(app.name, "prod")
+    assert latest is not None
+    app.wait_settled("prod")
+    assert_converged_on(app, "prod", latest.as_dict())
+    status = orch.status(app.name)
+    assert status["drift"] is False and all(e["ok"] for e in status["environments"]), status
+    assert orch.locks() == []
+
+    nxt = prod_release(app, orch.deploy(app.name, app.commit("after the kill")))
+    assert_converged_on(app, "prod", nxt)
