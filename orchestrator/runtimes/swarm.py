@@ -101,6 +101,10 @@ def judge(service: ServiceInfo | None, tasks: Sequence[TaskInfo], ref: str, repl
         return Progress(failed=f"{how}: the service is on {service.image} again", errors=errors)
     running = [t for t in tasks if t.running]
     on_ref = [t for t in running if t.image == ref]
+    # Any task still running another image, including an old one Swarm told to shut down: Swarm takes
+    # it out of the service's DNS at once but keeps its container up about two seconds more (its gossip
+    # delay, for requests in flight) plus the stop grace period, and the proxy may still send it a
+    # request until its DNS answer expires. Until it has stopped, an answer may come from the old digest.
     others = [t for t in tasks if t.state == "running" and t.image != ref]
     if state == "updating":
         return Progress(waiting_for=f"the update ({len(on_ref)} of {replicas} tasks on it)", errors=errors)
@@ -308,7 +312,8 @@ class SwarmRuntime:
     def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
         """Every running task, not one container: the service spec names ``image_id``'s digest, as many
         tasks as replicas run it (task spec image and container image), each started for ``revision``,
-        and no task runs anything else (an old digest left behind by an update that did not finish)."""
+        and no task runs anything else (an old digest left behind by an update that did not finish, or
+        an old task still stopping)."""
         if not self.on_swarm(env):
             return []
         name = self.service_name(env)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -115,10 +116,15 @@ class SwarmApp:
         attrs = self.client.api.inspect_service(self.service(env))
         return str(attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"])
 
-    def running_tasks(self, env: str) -> list[dict[str, Any]]:
-        """Every task the engine reports running, read with the raw SDK (not the code under test)."""
+    def running_tasks(self, env: str, *, draining: bool = False) -> list[dict[str, Any]]:
+        """The tasks the engine reports running that Swarm wants running (``draining``: those it told
+        to shut down instead, still stopping), read with the raw SDK (not the code under test)."""
         tasks = self.client.api.tasks(filters={"service": self.service(env)})
-        return [t for t in tasks if t["Status"]["State"] == "running"]
+        return [
+            t
+            for t in tasks
+            if t["Status"]["State"] == "running" and (t["DesiredState"] == "running") != draining
+        ]
 
     def task_images(self, env: str) -> list[tuple[str, str]]:
         """(task spec image, container image id) of each running task."""
@@ -219,6 +225,8 @@ def test_a_good_promotion_converges_on_the_new_digest(swarm_app: SwarmApp) -> No
     second = prod_release(app, app.app.deploy(app.commit("two")))
     assert second["digest"] != first["digest"]
     assert_converged_on(app, "prod", second)
+    # Converged means the old tasks have stopped, not only been told to.
+    assert app.running_tasks("prod", draining=True) == []
     status = app.app.cli("status", app.name, as_json=True).ok()
     (prod,) = [e for e in status["environments"] if e["environment"] == "prod"]
     assert prod["ok"] and not prod["drift"], prod
@@ -326,3 +334,38 @@ def test_sigkill_mid_update_then_recover_ends_on_a_recorded_release(
 
     nxt = prod_release(app, orch.deploy(app.name, app.commit("after the kill")))
     assert_converged_on(app, "prod", nxt)
+
+
+def test_no_request_fails_during_a_promotion_and_a_rollback(swarm_app: SwarmApp) -> None:
+    """Hazard: a start-first update that still drops requests (the port handed over between tasks, an
+    old task killed with requests in flight, the proxy sending to a task that is gone). A client hits
+    prod's /version through the proxy every 20 ms while B is promoted over A and while prod is rolled
+    back to A: not one request fails, and both revisions were seen."""
+    from test_proxy import Loop
+
+    app = swarm_app
+    first = prod_release(app, app.app.deploy(app.commit("A")))
+    run_id = app.app.start(app.commit("B"))
+    app.app.advance(run_id, "deploy-staging").ok()
+    url = f"http://127.0.0.1:{app.app.port('prod')}/version"
+    for action in ("promotion", "rollback"):
+        loop = Loop(url)
+        client = threading.Thread(target=loop.run, daemon=True)
+        client.start()
+        try:
+            time.sleep(0.5)
+            if action == "promotion":
+                app.app.advance(run_id, "deploy").ok()
+            else:
+                app.app.cli(
+                    "rollback", app.name, "--env", "prod", "--to", first["release_id"], as_json=True
+                ).ok()
+            time.sleep(0.5)
+        finally:
+            loop.stop.set()
+            client.join(timeout=5)
+        assert loop.failed == [], (
+            f"{action}: {len(loop.failed)} of {loop.ok + len(loop.failed)} failed: {loop.failed[:3]}"
+        )
+        assert loop.ok > 50, action
+        assert len(loop.bodies) == 2, (action, loop.bodies)  # the old revision, then the new one

@@ -73,3 +73,23 @@ def test_the_swarm_timeout_is_a_setting(tmp_path: Path) -> None:
     path = tmp_path / CONFIG_FILENAME
     path.write_text(APP, encoding="utf-8")
     assert load_config(path, env={"ORCH_SWARM_TIMEOUT_S": "42"}).settings.swarm_timeout_s == 42
+
+
+class _NotAManager:
+    """An engine that answers but is not a swarm manager (a plain engine, or a worker node)."""
+
+    class swarm:  # mirrors DockerEngine.swarm
+        @staticmethod
+        def manager() -> bool:
+            return False
+
+
+def test_an_engine_that_is_not_a_swarm_manager_is_exit_4_saying_swarm_init(tmp_path: Path) -> None:
+    from orchestrator.errors import InfraUnavailable
+    from orchestrator.runtimes import engine_preflight
+
+    app = load(tmp_path, APP + 'runtime = { prod = "swarm" }\n')
+    engine_preflight(_NotAManager(), app, ["staging"])  # type: ignore[arg-type]  # staging is a container
+    with pytest.raises(InfraUnavailable) as exc:
+        engine_preflight(_NotAManager(), app, ["staging", "prod"])  # type: ignore[arg-type]
+    assert "docker swarm init --advertise-addr 127.0.0.1" in exc.value.message
