@@ -100,6 +100,11 @@ class AppConfig:
     replicas: int = 2
     swarm_network: str | None = None
     update_monitor_s: float = 5.0
+    # Swarm apps deployed as a stack (``docker stack deploy -c stack_file``): ``stack_service`` is the
+    # app's service in it, the only one pinned (by digest, through an override file beside the stack
+    # file, like compose); every other service runs as the stack file says.
+    stack_file: Path | None = None
+    stack_service: str | None = None
 
     @property
     def is_compose(self) -> bool:
@@ -582,7 +587,16 @@ def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConf
     if "require_approval" in table:
         values["require_approval"] = _parse_approval(f"{where}.require_approval", table["require_approval"])
     values.update(_parse_compose(where, table, base, source))
-    values.update(_parse_swarm(where, table, compose="compose_file" in values, registry=values["registry"]))
+    values.update(
+        _parse_swarm(
+            where,
+            table,
+            compose="compose_file" in values,
+            registry=values["registry"],
+            base=base,
+            source=source,
+        )
+    )
     app = AppConfig(**values)
     if app.staging_port == app.prod_port:
         raise BadInput(f"{where}: staging_port and prod_port are both {app.prod_port}; they must differ")
@@ -591,13 +605,13 @@ def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConf
 
 _APPROVAL_ENVIRONMENTS = ("staging", "prod")
 RUNTIMES = ("direct", "swarm")
-_SWARM_ONLY = ("replicas", "swarm_network", "update_monitor_s")
+_SWARM_ONLY = ("replicas", "swarm_network", "update_monitor_s", "stack_file", "stack_service")
 # Docker network names: what `docker network create` accepts, kept to a safe subset.
 _NETWORK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
 
 def _parse_swarm(
-    where: str, table: Mapping[str, Any], *, compose: bool, registry: str | None
+    where: str, table: Mapping[str, Any], *, compose: bool, registry: str | None, base: Path, source: Path
 ) -> dict[str, Any]:
     """``runtime`` ("direct" | "swarm", or a table per environment) and the swarm keys. A swarm service
     is pinned by registry digest (every node pulls it by that reference), so swarm without a registry is
@@ -647,7 +661,33 @@ def _parse_swarm(
                 "'.', '_' or '-')"
             )
         values["swarm_network"] = name
+    if "stack_file" in table or "stack_service" in table:
+        values.update(_parse_stack(where, table, base, source))
     return values
+
+
+def _parse_stack(where: str, table: Mapping[str, Any], base: Path, source: Path) -> dict[str, Any]:
+    """``stack_file`` (inside the config's folder or the app's source, like a compose file) and the
+    app's ``stack_service`` in it; the override that pins it goes to ``.deploy/`` beside the stack file."""
+    raw = table.get("stack_file")
+    if not isinstance(raw, str) or not raw:
+        raise BadInput(
+            f"{where}.stack_file must be a path relative to the config file (stack_service needs it)"
+        )
+    path = (base / raw).resolve()
+    if not (path.is_relative_to(base) or path.is_relative_to(source)):
+        raise BadInput(
+            f"{where}.stack_file = {raw!r} resolves to {path}, outside both the config file's directory "
+            f"({base}) and the app's source ({source}): keep it inside one of them"
+        )
+    service = table.get("stack_service")
+    if not isinstance(service, str) or not _SERVICE.match(service):
+        raise BadInput(f"{where}.stack_service must name the app's service in the stack file")
+    return {
+        "stack_file": path,
+        "stack_service": service,
+        "override_file": path.parent / ".deploy" / "stack.override.deploy.yml",
+    }
 
 
 def _parse_approval(name: str, raw: Any) -> frozenset[str]:

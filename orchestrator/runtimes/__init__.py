@@ -102,13 +102,18 @@ class Runtime(Protocol):
 
 def preflight(app: AppConfig, sha: str | None = None) -> None:
     """What the runtime can refuse before anything runs (exit 2): a compose app's services exist in its
-    compose file and, for a run's ``sha``, that file is the committed one."""
+    compose file and, for a run's ``sha``, that file is the committed one; a stack app's service exists
+    in its stack file."""
     if app.is_compose:
         from orchestrator.runtimes import compose
 
         compose.check_services(app)
         if sha is not None:
             compose.check_committed(app, sha)
+    if app.stack_file is not None and app.stack_service is not None:
+        from orchestrator.stack import check_service
+
+        check_service(app.stack_file, app.stack_service)
 
 
 def engine_preflight(engine: DockerEngine, app: AppConfig, environments: Sequence[str]) -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from orchestrator.compose import project_name
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import (
     ContainerInfo,
@@ -25,9 +26,11 @@ from orchestrator.docker_engine import (
     TaskInfo,
 )
 from orchestrator.errors import InfraUnavailable
+from orchestrator.machine import PROD
 from orchestrator.proxy import Proxy, ProxySpec
 from orchestrator.runtimes import Published, RuntimeView, env_port
 from orchestrator.runtimes.direct import DirectRuntime
+from orchestrator.stack import Stack, StackError, StackPin
 from orchestrator.steps import StepLog
 from orchestrator.verdict import Verdict
 from orchestrator.verify import REVISION_LABEL
@@ -137,13 +140,33 @@ class SwarmRuntime:
         self.steps = steps
         self.pins = dict(pins)
         self.direct = DirectRuntime(engine, app, steps)
+        # The stack override written last (stack apps), kept with the release as its anchor.
+        self._override: str | None = None
 
     # naming ---------------------------------------------------------------------------------------
 
     def on_swarm(self, env: str) -> bool:
         return self.app.runtime_of(env) == "swarm"
 
+    def stack(self, env: str) -> Stack | None:
+        """The stack ``env`` is deployed as (stack apps): the app's project name for prod, and its own
+        ``<project>-staging`` for staging (its own copies of the stack's other services)."""
+        if self.app.stack_file is None or self.app.override_file is None:
+            return None
+        base = project_name(self.app.name)
+        override = self.app.override_file
+        return Stack(
+            self.app.stack_file,
+            override.with_name(f"stack-{env}.override.deploy.yml"),
+            base if env == PROD else f"{base}-{env}",
+            timeout_s=self.settings.swarm_timeout_s,
+        )
+
     def service_name(self, env: str) -> str:
+        stack = self.stack(env)
+        if stack is not None:
+            assert self.app.stack_service is not None
+            return stack.service_name(self.app.stack_service)
         return f"{self.app.name}-{env}"
 
     def label(self, env: str) -> str:
@@ -243,20 +266,11 @@ class SwarmRuntime:
         with self.steps.step(f"{env}_proxy", env) as step:
             proxy = self.proxy(env).ensure()
             step.changed(proxy=proxy.name, proxy_id=proxy.id, network=self.app.network)
-        with self.steps.step(f"{env}_update", env) as step:
-            before = self.engine.swarm.service(name)
-            step.changed(
-                service=name,
-                image=published.ref,
-                image_before=before.image if before else None,
-                version_before=before.version if before else None,
-            )
-            if before is None:
-                self.engine.swarm.create_service(spec)
-            else:
-                warnings = self.engine.swarm.update_service(spec, version=before.version)
-                if warnings:
-                    step.changed(warnings=warnings)
+        stack = self.stack(env)
+        if stack is not None:
+            self._deploy_stack(env, stack, spec)
+        else:
+            self._submit(env, spec)
         self.pins[env] = published.ref
         with self.steps.step(f"{env}_converge", env) as step:
             progress = self.converge(env, published.ref)
@@ -270,6 +284,51 @@ class SwarmRuntime:
             raise DockerError(f"{name} converged but no task container of it is on this engine")
         return found
 
+    def _submit(self, env: str, spec: ServiceSpec) -> None:
+        """Create the service on the first deploy, update its whole spec after."""
+        with self.steps.step(f"{env}_update", env) as step:
+            before = self.engine.swarm.service(spec.name)
+            step.changed(
+                service=spec.name,
+                image=spec.image,
+                image_before=before.image if before else None,
+                version_before=before.version if before else None,
+            )
+            if before is None:
+                self.engine.swarm.create_service(spec)
+            else:
+                warnings = self.engine.swarm.update_service(spec, version=before.version)
+                if warnings:
+                    step.changed(warnings=warnings)
+
+    def _deploy_stack(self, env: str, stack: Stack, spec: ServiceSpec) -> None:
+        """Pin the app's service in the stack's override, then `docker stack deploy` (recorded as the
+        steps ``<env>_pin`` and ``<env>_update``, so recovery knows the environment was touched)."""
+        assert self.app.stack_service is not None
+        pin = StackPin(
+            service=self.app.stack_service,
+            image=spec.image,
+            network=spec.network,
+            monitor_s=spec.monitor_s,
+            labels=spec.labels,
+            container_labels=spec.container_labels,
+        )
+        with self.steps.step(f"{env}_pin", env) as step:
+            self._override = stack.pin(pin)
+            step.changed(override_file=str(stack.override_file), pins={self.app.stack_service: spec.image})
+        with self.steps.step(f"{env}_update", env) as step:
+            before = self.engine.swarm.service(spec.name)
+            step.changed(
+                stack=stack.name,
+                service=spec.name,
+                image=spec.image,
+                image_before=before.image if before else None,
+            )
+            try:
+                stack.deploy()
+            except StackError as exc:
+                raise DockerError(exc.message) from None
+
     def _revision(self, image_id: str) -> str | None:
         image = self.engine.image(image_id)
         return image.label(REVISION_LABEL) if image else None
@@ -279,7 +338,10 @@ class SwarmRuntime:
         name = self.service_name(env)
         deadline = time.monotonic() + self.settings.swarm_timeout_s
         while True:
-            progress = judge(self.engine.swarm.service(name), self._tasks(env), ref, self.app.replicas)
+            service = self.engine.swarm.service(name)
+            # A stack file decides its own replicas; a service we create has the app's.
+            replicas = service.replicas if service is not None else self.app.replicas
+            progress = judge(service, self._tasks(env), ref, replicas)
             if progress.converged or progress.failed:
                 return progress
             if time.monotonic() >= deadline:
@@ -307,7 +369,7 @@ class SwarmRuntime:
         self.pins[env] = ref
 
     def override_text(self) -> str | None:
-        return None
+        return self._override
 
     def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
         """Every running task, not one container: the service spec names ``image_id``'s digest, as many

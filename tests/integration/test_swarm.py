@@ -150,9 +150,11 @@ class SwarmApp:
 
     def teardown(self) -> list[str]:
         errors: list[str] = []
-        for env in ("staging", "prod"):
-            with contextlib.suppress(docker.errors.NotFound):
-                self.client.api.remove_service(self.service(env))
+        # The app's services: <app>-<env>, and a stack's <app>_<service> / <app>-staging_<service>.
+        for service in self.client.api.services(filters={"name": self.name}):
+            if service["Spec"]["Name"].startswith(self.name):
+                with contextlib.suppress(docker.errors.NotFound):
+                    self.client.api.remove_service(service["ID"])
         # Task containers go away asynchronously; the network can only go once they have.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -165,6 +167,14 @@ class SwarmApp:
         for env in ("staging", "prod"):
             with contextlib.suppress(docker.errors.NotFound):
                 self.client.api.remove_container(f"{self.name}-{env}-proxy", force=True)
+        stack_networks = [
+            n["Name"]
+            for n in self.client.api.networks(filters={"label": "com.docker.stack.namespace"})
+            if n["Name"].startswith(f"{self.name}_") or n["Name"].startswith(f"{self.name}-staging_")
+        ]
+        for network in stack_networks:
+            with contextlib.suppress(docker.errors.APIError):
+                self.client.api.remove_network(network)
         while time.monotonic() < deadline:
             try:
                 self.client.api.remove_network(self.network)
@@ -369,3 +379,64 @@ def test_no_request_fails_during_a_promotion_and_a_rollback(swarm_app: SwarmApp)
         )
         assert loop.ok > 50, action
         assert len(loop.bodies) == 2, (action, loop.bodies)  # the old revision, then the new one
+
+
+def test_a_stack_file_is_pinned_like_compose_only_the_app_service_by_digest(
+    busybox_image: Callable[..., Any],  # first: its image outlives the stack's services at teardown
+    swarm_app: SwarmApp,
+) -> None:
+    """Hazard: `docker stack deploy` of a stack file as written (its `image: repo:latest` resolved by
+    each node at its own time), or an orchestrator that rewrites the user's stack file or pins services
+    that are not the app's. Prod is the stack <app> deployed from the committed stack file plus an
+    override naming only `web` by digest: web converges on each release's digest, `cache` keeps the
+    image the stack file gives it, the stack file is untouched, and each release keeps its override."""
+    app = swarm_app
+    cache = busybox_image(revision=None, tag=f"{app.name}-cache:1")
+    repo = app.registry.repository(app.name)
+    stack_text = (
+        'version: "3.8"\n'
+        "services:\n"
+        "  web:\n"
+        f"    image: {json.dumps(repo + ':latest')}\n"
+        "    environment:\n"
+        '      PORT: "8080"\n'
+        "      ORCH_ENVIRONMENT: prod\n"
+        "    stop_grace_period: 1s\n"
+        "    deploy:\n"
+        "      replicas: 2\n"
+        "  cache:\n"
+        f"    image: {json.dumps(cache.tags[0])}\n"
+        '    command: ["/bin/busybox", "sleep", "3600"]\n'
+        "    stop_grace_period: 1s\n"
+    )
+    app.app.repo.commit("stack file", {"stack.yml": stack_text})
+    stack_file = Path(app.app.repo.path) / "stack.yml"
+    app.configure(runtime='{ prod = "swarm" }')
+    config = app.app.workspace.config_path
+    config.write_text(
+        config.read_text() + f"container_port = 8080\nstack_file = {json.dumps(stack_file.as_posix())}\n"
+        'stack_service = "web"\n',
+        encoding="utf-8",
+    )
+    releases = [prod_release(app, app.app.deploy(app.commit(f"stack {n}"))) for n in "AB"]
+    web = f"{app.name}_web"
+    for release in releases[-1:]:
+        attrs = app.client.api.inspect_service(web)
+        assert attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == release["digest"]
+        assert attrs["Spec"]["UpdateConfig"]["Order"] == "start-first", attrs["Spec"]["UpdateConfig"]
+        tasks = [
+            t for t in app.client.api.tasks(filters={"service": web}) if t["Status"]["State"] == "running"
+        ]
+        assert sorted(t["Spec"]["ContainerSpec"]["Image"] for t in tasks) == [release["digest"]] * 2
+        version = http_get(f"http://127.0.0.1:{app.app.port('prod')}/version")
+        assert version.ok and version.body.strip() == release["revision"], version
+    cache_spec = app.client.api.inspect_service(f"{app.name}_cache")["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert cache_spec["Image"] == cache.tags[0], "a service that is not the app's was pinned"
+    assert stack_file.read_text() == stack_text
+    override = (stack_file.parent / ".deploy" / "stack-prod.override.deploy.yml").read_text()
+    assert releases[-1]["digest"] in override and "cache" not in override
+    anchors = sorted((stack_file.parent / ".deploy" / "history").glob("prod-release-*.yml"))
+    assert len(anchors) == 2 and releases[0]["digest"] in anchors[0].read_text()
+    status = app.app.cli("status", app.name, as_json=True).ok()
+    (prod,) = [e for e in status["environments"] if e["environment"] == "prod"]
+    assert prod["ok"] and prod["service"]["name"] == web, prod

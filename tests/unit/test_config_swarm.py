@@ -93,3 +93,58 @@ def test_an_engine_that_is_not_a_swarm_manager_is_exit_4_saying_swarm_init(tmp_p
     with pytest.raises(InfraUnavailable) as exc:
         engine_preflight(_NotAManager(), app, ["staging", "prod"])  # type: ignore[arg-type]
     assert "docker swarm init --advertise-addr 127.0.0.1" in exc.value.message
+
+
+def test_a_stack_app_pins_its_service_through_an_override_beside_the_stack_file(tmp_path: Path) -> None:
+    text = APP + 'runtime = { prod = "swarm" }\nstack_file = "deploy/stack.yml"\nstack_service = "web"\n'
+    app = load(tmp_path, text)
+    assert app.stack_file == (tmp_path / "deploy" / "stack.yml").resolve()
+    assert app.stack_service == "web" and not app.is_compose
+    assert app.override_file == (tmp_path / "deploy" / ".deploy" / "stack.override.deploy.yml").resolve()
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ('stack_file = "stack.yml"\n', "stack_service must name"),
+        ('stack_service = "web"\n', "stack_file must be a path"),
+        ('stack_file = "../elsewhere/stack.yml"\nstack_service = "web"\n', "outside both"),
+    ],
+)
+def test_bad_stack_keys_are_bad_input(tmp_path: Path, extra: str, fragment: str) -> None:
+    (tmp_path / "app").mkdir()
+    with pytest.raises(BadInput) as exc:
+        load(tmp_path / "app", APP + 'runtime = "swarm"\n' + extra)
+    assert fragment in exc.value.message
+
+
+def test_stack_keys_need_swarm(tmp_path: Path) -> None:
+    with pytest.raises(BadInput) as exc:
+        load(tmp_path, APP + 'stack_file = "stack.yml"\nstack_service = "web"\n')
+    assert "only applies to swarm environments" in exc.value.message
+
+
+def test_the_stack_service_must_be_in_the_stack_file(tmp_path: Path) -> None:
+    """An override naming a service the stack lacks would make `docker stack deploy` create one."""
+    from orchestrator.stack import check_service
+
+    stack = tmp_path / "stack.yml"
+    stack.write_text('version: "3.8"\nservices:\n  web:\n    image: shop:latest\n  "db":\n    image: pg\n')
+    check_service(stack, "web")
+    check_service(stack, "db")
+    with pytest.raises(BadInput) as exc:
+        check_service(stack, "webb")
+    assert "has no service 'webb'" in exc.value.message
+
+
+def test_the_stack_override_names_only_the_app_service_by_digest() -> None:
+    from orchestrator.stack import StackPin, render_override
+
+    digest = "reg:5000/shop@sha256:" + "a" * 64
+    text = render_override(
+        StackPin("web", digest, "orch-shop", 1.5, {"orchestrator.run": "7"}, {"orchestrator.revision": "abc"})
+    )
+    assert text.count("image:") == 1 and f'image: "{digest}"' in text
+    assert "order: start-first, failure_action: rollback, monitor: 1500ms" in text
+    assert '"orchestrator.revision": "abc"' in text and '"orchestrator.run": "7"' in text
+    assert 'name: "orch-shop"' in text and "external: true" in text
