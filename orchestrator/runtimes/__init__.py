@@ -122,7 +122,7 @@ def engine_preflight(engine: DockerEngine, app: AppConfig, environments: Sequenc
     if any(app.runtime_of(env) == "swarm" for env in environments) and not engine.swarm.manager():
         from orchestrator.runtimes.swarm import not_a_manager
 
-        raise not_a_manager("")
+        raise not_a_manager()
 
 
 def runtime_for(

@@ -47,7 +47,9 @@ _ROLLING_BACK = ("rollback_started",)
 _CRASH_LOOP_FAILURES = 2
 
 
-def not_a_manager(where: str) -> InfraUnavailable:
+def not_a_manager(where: str = "") -> InfraUnavailable:
+    """Exit 4, before anything is recorded: swarm services need a manager. ``where`` names a remote
+    engine (" at ssh://deploy@host") when there is one."""
     return InfraUnavailable(
         f"the Docker engine{where} is not a swarm manager, so it cannot run swarm services: run "
         "'docker swarm init --advertise-addr 127.0.0.1' there (a single-node swarm), or point "
@@ -259,7 +261,7 @@ class SwarmRuntime:
                 "pushed to a registry: set the app's registry"
             )
         if not self.engine.swarm.manager():
-            raise not_a_manager("")
+            raise not_a_manager()
         name = self.service_name(env)
         revision = self._revision(published.image_id)
         spec = self._spec(env, published, run_id, revision)
@@ -352,6 +354,25 @@ class SwarmRuntime:
                 )
             time.sleep(_POLL_S)
 
+    @staticmethod
+    def _tasks_verdict(
+        running: Sequence[TaskInfo],
+        stray: Sequence[TaskInfo],
+        wrong: Sequence[str],
+        replicas: int,
+        image_id: str,
+        revision: str,
+        evidence: dict[str, object],
+    ) -> Verdict:
+        problems = [*wrong, *(f"task {t.id[:12]} still runs {t.image} ({t.desired_state})" for t in stray)]
+        if len(running) < replicas:
+            problems.append(f"only {len(running)} of {replicas} tasks are running")
+        if problems:
+            return Verdict.check(False, "; ".join(problems), evidence)
+        return Verdict.check(
+            True, f"{len(running)} of {replicas} tasks run {image_id[:19]} for {revision[:12]}", evidence
+        )
+
     def stop(self, env: str) -> bool:
         if not self.on_swarm(env):
             return self.direct.stop(env)
@@ -386,7 +407,8 @@ class SwarmRuntime:
         digests = set(image.repo_digests) if image else set()
         tasks = self._tasks(env)
         running = [t for t in tasks if t.running]
-        stray = [t for t in tasks if t.state == "running" and t.image not in digests]
+        # Old tasks told to stop but still running: they may still answer (see judge).
+        stray = [t for t in tasks if t.state == "running" and not t.running and t.image not in digests]
         wrong: list[str] = []
         for task in running:
             container = self.engine.container(task.container_id) if task.container_id else None
@@ -414,14 +436,5 @@ class SwarmRuntime:
                 + ("" if service.image in digests else f", not a digest of {image_id[:19]}"),
                 evidence,
             ),
-            Verdict.check(
-                len(running) >= service.replicas and not wrong and not stray,
-                f"{len(running)} of {service.replicas} tasks run {image_id[:19]} for {revision[:12]}"
-                if not wrong and not stray
-                else "; ".join(
-                    wrong + [f"task {t.id[:12]} still runs {t.image} ({t.desired_state})" for t in stray]
-                )
-                or f"{len(running)} of {service.replicas} tasks running",
-                evidence,
-            ),
+            self._tasks_verdict(running, stray, wrong, service.replicas, image_id, revision, evidence),
         ]

@@ -3,10 +3,16 @@ constructed services and tasks (the engine's side is tests/integration/test_swar
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from orchestrator.docker_engine import ServiceInfo, TaskInfo
-from orchestrator.runtimes.swarm import judge, task_errors
+from orchestrator.config import AppConfig, Settings
+from orchestrator.docker_engine import ContainerInfo, ImageInfo, ServiceInfo, TaskInfo
+from orchestrator.runtimes.swarm import SwarmRuntime, judge, task_errors
+from orchestrator.steps import StepLog
+from orchestrator.verdict import Verdict
+from orchestrator.verify import all_of
 
 NEW = "reg:5000/shop@sha256:" + "b" * 64
 OLD = "reg:5000/shop@sha256:" + "a" * 64
@@ -97,3 +103,73 @@ def test_ordinary_replacements_are_not_errors_and_repeats_are_named_once() -> No
         task(4, OLD, "failed", "shutdown", "other image"),
     ]
     assert task_errors(tasks, NEW) == (f"task {'t2' * 6} failed: unhealthy",)
+
+
+# --- verification of every task (SwarmRuntime.verify), on a fake engine: the logic, not Docker's ------
+
+IMAGE_ID = "sha256:" + "1" * 64
+SHA = "c" * 40
+
+
+class _FakeSwarm:
+    def __init__(self, svc: ServiceInfo, tasks: list[TaskInfo]) -> None:
+        self._service, self._tasks = svc, tasks
+
+    def service(self, name: str) -> ServiceInfo:
+        return self._service
+
+    def tasks(self, name: str) -> list[TaskInfo]:
+        return self._tasks
+
+
+class _FakeEngine:
+    def __init__(
+        self, svc: ServiceInfo, tasks: list[TaskInfo], containers: dict[str, tuple[str, str]]
+    ) -> None:
+        self.swarm = _FakeSwarm(svc, tasks)
+        self._containers = containers
+
+    def image(self, ref: str) -> ImageInfo:
+        return ImageInfo(IMAGE_ID, (), {}, repo_digests=(NEW,))
+
+    def container(self, cid: str) -> ContainerInfo | None:
+        if cid not in self._containers:
+            return None
+        image_id, revision = self._containers[cid]
+        return ContainerInfo(cid, cid, image_id, "running", {"orchestrator.revision": revision})
+
+
+def verify(svc: ServiceInfo, tasks: list[TaskInfo], containers: dict[str, tuple[str, str]]) -> Verdict:
+    app = AppConfig(name="shop", source=Path("."), registry="reg:5000", runtime={"prod": "swarm"})
+    runtime = SwarmRuntime(_FakeEngine(svc, tasks, containers), app, Settings("sqlite://"), StepLog(), {})  # type: ignore[arg-type]
+    return all_of(*runtime.verify("prod", IMAGE_ID, SHA))
+
+
+GOOD = {"c1": (IMAGE_ID, SHA), "c2": (IMAGE_ID, SHA)}
+
+
+def test_every_task_on_the_digest_image_and_revision_verifies() -> None:
+    assert verify(service(), [task(1), task(2)], GOOD).ok
+
+
+@pytest.mark.parametrize(
+    ("svc", "tasks", "containers", "fragment"),
+    [
+        (service(OLD), [task(1), task(2)], GOOD, f"pinned to {OLD}"),
+        (service(), [task(1), task(2), task(3, OLD)], GOOD, f"runs {OLD}"),
+        (
+            service(),
+            [task(1), task(2), task(3, OLD, "running", "shutdown")],
+            GOOD,
+            f"still runs {OLD} (shutdown)",
+        ),
+        (service(), [task(1), task(2)], {**GOOD, "c2": (IMAGE_ID, "d" * 40)}, "was started for revision"),
+        (service(), [task(1), task(2)], {**GOOD, "c2": ("sha256:" + "9" * 64, SHA)}, "container runs image"),
+        (service(), [task(1)], GOOD, "only 1 of 2 tasks are running"),
+    ],
+)
+def test_one_task_off_is_a_failed_verification(
+    svc: ServiceInfo, tasks: list[TaskInfo], containers: dict[str, tuple[str, str]], fragment: str
+) -> None:
+    found = verify(svc, tasks, containers)
+    assert not found.ok and fragment in found.reason, found.reason
