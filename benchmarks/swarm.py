@@ -169,8 +169,9 @@ class Bench:
         staging, prod = free_ports(2)
         (self.dir / "orchestrator.toml").write_text(
             "[orchestrator]\nhealth_timeout_s = 60\nswarm_timeout_s = 300\n"
-            f"proxy_image = {json.dumps(self.proxy_image)}\n\n"
+            "\n"
             f'[apps."{self.app}"]\nsource = "repo"\nhealth_path = "/health"\nversion_path = "/version"\n'
+            f"proxy_image = {json.dumps(self.proxy_image)}\n"
             f"staging_port = {staging}\nprod_port = {prod}\ncontainer_port = {TASK_PORT}\n"
             f'registry = "{self.registry}"\nruntime = {{ prod = "swarm" }}\nreplicas = 2\n'
             f"update_monitor_s = {self.monitor_s:g}\nswarm_network = {json.dumps(self.network)}\n",

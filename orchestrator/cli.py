@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from orchestrator import identity, views
+from orchestrator import identity, progress, views
 from orchestrator.errors import BadInput, Conflict, OrchestratorError
 
 # Everything else is imported inside the commands that need it: `--help`, `--version` and a usage error
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from orchestrator.config import Config
     from orchestrator.notify import Notifier
     from orchestrator.prune import PruneResult
-    from orchestrator.service import AdvanceResult, PruneReport, RunService
+    from orchestrator.service import AdvanceResult, PruneReport, RunHistory, RunService
     from orchestrator.store.repository import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -121,6 +121,12 @@ def _echo(text: str = "", *, err: bool = False) -> None:
     click.echo(printable(text), err=err)
 
 
+def _echo_table(rendered: str) -> None:
+    """A table from tables.render, as it was drawn: every cell was made safe there (tables.clean), and
+    on a terminal the text holds rich's own colour codes, which ``_echo`` would print as text."""
+    click.echo(rendered)
+
+
 def _print_json(payload: dict[str, Any]) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
 
@@ -203,13 +209,14 @@ class _Cli(click.Group):
     "--verbose",
     is_flag=True,
     help="Say on stderr which config file and which database are used, and how each was chosen; "
-    "log at debug level.",
+    "log at debug level; show the progress of builds, pushes and health waits even off a terminal.",
 )
 @click.option(
     "-q",
     "--quiet",
     is_flag=True,
-    help="Log only warnings and errors on stderr (results and errors are printed as always).",
+    help="Log only warnings and errors on stderr, and show no progress of long steps (results and "
+    "errors are printed as always).",
 )
 @click.version_option(package_name="orchestrator")
 @click.pass_context
@@ -220,6 +227,9 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool, quiet: bool)
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose contradict each other: pick one")
     orch_logging.configure(level="warning" if quiet else "info")
+    # Long steps (build, push, health waits) show how far they got on a terminal; --quiet: never;
+    # --verbose: also off a terminal, as plain lines (orchestrator/progress.py).
+    progress.install(progress.choose(sys.stderr, quiet=quiet, verbose=verbose))
     ctx.obj = Invocation(config_path, verbose, quiet)
 
 
@@ -418,7 +428,7 @@ def runs_list(
         Column("took", 6, "right"),
         Column("reason"),
     ]
-    _echo(render(columns, rows, tty=sys.stdout.isatty()))
+    _echo_table(render(columns, rows, tty=sys.stdout.isatty()))
     if len(records) == limit:
         _echo(f"(page {page}; --page {page + 1} for older runs)", err=True)
 
@@ -433,6 +443,9 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
     history = inv.service().run_history(run_id)
     if as_json:
         _print_json(views.run_history(history))
+        return
+    if sys.stdout.isatty():
+        _print_run_tables(history)
         return
     from orchestrator.store.history import revision_evidence
     from orchestrator.tables import took
@@ -463,6 +476,104 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
             + (f"  compose {rel.compose_sha256[7:19]}" if rel.compose_sha256 else "")
             + (f"  ({rel.reason})" if rel.reason else "")
         )
+
+
+def _print_run_tables(history: RunHistory) -> None:
+    """`runs show` for a person at a terminal: the edges as a table (how long each took, how it ended),
+    each edge's gates with the revision expected and found, and the whole reason of every failed gate
+    (the evidence: a container's log) below its table, where a table cell would cut it to one line."""
+    from orchestrator.gates import first_line
+    from orchestrator.store.history import revision_evidence
+    from orchestrator.tables import Column, render, took, when
+
+    record, transitions, releases = history.run, history.transitions, history.releases
+    _echo(
+        f"run {record.id}: {record.app} @ {record.sha}  state={record.state}  actor={record.actor}"
+        + (f"  ci={record.ci_url}" if record.ci_url else "")
+    )
+    if not transitions:
+        _echo("no transitions yet: 'orchestrator advance' moves it")
+    edges = [
+        (
+            f"#{t.id}",
+            f"{t.from_state} -> {t.to_state}",
+            t.outcome,
+            t.actor,
+            when(t.started_at),
+            took(t.started_at, t.finished_at),
+            first_line(t.reason) if t.reason else "",
+        )
+        for t in transitions
+    ]
+    if edges:
+        columns = [
+            Column("#"),
+            Column("edge"),
+            Column("outcome", styled=True),
+            Column("actor"),
+            Column("started"),
+            Column("took", align="right"),
+            Column("reason"),
+        ]
+        _echo_table(render(columns, edges, tty=True, title="transitions"))
+    for t in transitions:
+        if not t.checks and not t.steps:
+            continue
+        gates = []
+        for c in t.checks:
+            expected, found = revision_evidence(c.details)
+            seen = found[:12] if found else ("none" if expected else "")
+            if expected and found and found != expected:
+                seen += " (differs)"
+            gates.append(
+                (c.status, c.name, f"{c.duration_s:.3f}s", (expected or "")[:12], seen, first_line(c.reason))
+            )
+        columns = [
+            Column("status", styled=True),
+            Column("gate"),
+            Column("took", align="right"),
+            Column("expected"),
+            Column("found"),
+            Column("reason"),
+        ]
+        title = (
+            f"#{t.id} {t.from_state} -> {t.to_state}: {t.outcome}, took {took(t.started_at, t.finished_at)}"
+        )
+        if gates:
+            _echo_table(render(columns, gates, tty=True, title=title))
+        else:
+            _echo(title)
+        if t.steps:
+            _echo("  steps: " + ", ".join(_step_text(st) for st in t.steps))
+        for c in t.checks:
+            if c.status == "fail" and "\n" in c.reason.strip():
+                _echo(f"  evidence of {c.name}:")
+                _echo(_hanging("    ", c.reason.strip()))
+    if releases:
+        rows = [
+            (
+                rel.id,
+                rel.environment,
+                rel.kind,
+                rel.revision[:12],
+                rel.image_id[:19],
+                when(rel.created_at),
+                rel.compose_sha256[7:19] if rel.compose_sha256 else "",
+                rel.reason or "",
+            )
+            for rel in releases
+        ]
+        columns = [
+            Column("release", align="right"),
+            Column("env"),
+            Column("kind"),
+            Column("revision"),
+            Column("image"),
+            Column("at"),
+            Column("compose"),
+            Column("reason"),
+        ]
+        _echo_table(render(columns, rows, tty=True, title="releases"))
 
 
 @cli.command("audit")
@@ -497,7 +608,7 @@ def audit_cmd(inv: Invocation, app: str | None, *, since: str | None, limit: int
         Column("message", 0),
         Column("ci job"),
     ]
-    _echo(render(columns, rows, tty=sys.stdout.isatty()))
+    _echo_table(render(columns, rows, tty=sys.stdout.isatty()))
 
 
 @cli.command("releases")
@@ -545,7 +656,7 @@ def releases_cmd(inv: Invocation, app: str, *, environment: str | None, limit: i
         Column("actor", 16),
         Column("reason"),
     ]
-    _echo(render(columns, rows, tty=sys.stdout.isatty()))
+    _echo_table(render(columns, rows, tty=sys.stdout.isatty()))
 
 
 def _step_text(step: Any) -> str:
@@ -871,8 +982,9 @@ def _print_prune(result: PruneResult) -> None:
 )
 @click.pass_obj
 def serve(inv: Invocation, host: str, port: int) -> None:
-    """Serve the dashboard, the read-only JSON API under /api/, /health and /version (the revision
-    baked in at build time) over HTTP."""
+    """Serve the dashboard, the JSON API under /api/ (its approve, reject, lock, unlock, rollback,
+    freeze and unfreeze need ORCH_API_TOKEN as a bearer token), /metrics for Prometheus, /health and
+    /version (the revision baked in at build time) over HTTP."""
     from orchestrator.logging import get_logger
     from orchestrator.web import make_server, revision
     from orchestrator.web.app import Backend, create_app

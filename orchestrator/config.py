@@ -45,6 +45,10 @@ class BuildSecret:
         return f"env:{self.env}" if self.env else f"file:{self.file}"
 
 
+# The proxy image users run (its entrypoint is haproxy; tests build one from Debian's binary).
+DEFAULT_PROXY_IMAGE = "haproxy:2.8"
+
+
 @dataclass(frozen=True)
 class AppConfig:
     name: str
@@ -105,6 +109,11 @@ class AppConfig:
     # file, like compose); every other service runs as the stack file says.
     stack_file: Path | None = None
     stack_service: str | None = None
+    # Zero-downtime promotion (runtimes/direct.py ProxiedRuntime): a kept haproxy container owns each
+    # environment's port and the release's containers sit behind it on a Docker network, so a new
+    # release starts, is checked and takes traffic before the old one stops. Needs container_port.
+    zero_downtime: bool = False
+    proxy_image: str = DEFAULT_PROXY_IMAGE
 
     @property
     def is_compose(self) -> bool:
@@ -159,8 +168,6 @@ class Settings:
     # How long a swarm service may take to converge on an update (every task replaced, healthy and past
     # its monitor window) before the step is ended as a timeout.
     swarm_timeout_s: float = 600.0
-    # The haproxy image of the proxy that publishes a swarm environment's port (orchestrator/proxy.py).
-    proxy_image: str = "haproxy:lts"
     # A lock holder's lease: it renews every third of this while alive, so a runner that died frees
     # the environment after at most one lease instead of leaving it locked until someone notices.
     lock_lease_s: float = 30.0
@@ -238,8 +245,6 @@ ENV_VARS: dict[str, str] = {
     "(default 600)",
     "ORCH_SWARM_TIMEOUT_S": "seconds a swarm service update may take to converge before it is ended as a "
     "timeout (default 600)",
-    "ORCH_PROXY_IMAGE": "haproxy image of the proxy publishing a swarm environment's port (default "
-    "haproxy:lts)",
     "ORCH_LOCK_LEASE_S": "seconds a lock holder's lease lasts without renewal; it renews every third of "
     "that (default 30)",
     "ORCH_BUILDER": "auto | buildkit | legacy: which builder builds images (default auto: BuildKit when a "
@@ -251,6 +256,8 @@ ENV_VARS: dict[str, str] = {
     "ORCH_NOTIFY_TIMEOUT_S": "seconds each notification attempt may take (3 attempts; default 5)",
     "ORCH_SERVE_HOST": "address `orchestrator serve` binds (default 127.0.0.1)",
     "ORCH_REVISION": "commit `orchestrator serve` reports on /version (the Dockerfile sets it from GIT_SHA)",
+    "ORCH_API_TOKEN": "bearer token `orchestrator serve` requires on its state-changing API endpoints "
+    "(unset: they are disabled)",
     # Not settings: read by orchestrator.steps for the crash tests, listed so they are not refused.
     "ORCH_TEST_CRASH_AT": (
         "test-only: <before|after>:<step name>: the process signals itself at that step boundary"
@@ -372,11 +379,6 @@ def _parse_settings(
         values["notify_timeout_s"] = _parse_float(*got, minimum=0.1)
     if got := pick("builder"):
         values["builder"] = _parse_choice(*got, ("auto", "buildkit", "legacy"))
-    if got := pick("proxy_image"):
-        name, raw = got
-        if not isinstance(raw, str) or not raw.strip() or any(c.isspace() for c in raw.strip()):
-            raise BadInput(f"{name} must be an image reference, e.g. haproxy:lts")
-        values["proxy_image"] = raw.strip()
     if got := pick("docker_cli"):
         name, raw = got
         if not isinstance(raw, str) or not raw.strip():
@@ -597,6 +599,7 @@ def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConf
             source=source,
         )
     )
+    values.update(_parse_zero_downtime(where, table, values))
     app = AppConfig(**values)
     if app.staging_port == app.prod_port:
         raise BadInput(f"{where}: staging_port and prod_port are both {app.prod_port}; they must differ")
@@ -688,6 +691,43 @@ def _parse_stack(where: str, table: Mapping[str, Any], base: Path, source: Path)
         "stack_service": service,
         "override_file": path.parent / ".deploy" / "stack.override.deploy.yml",
     }
+
+
+def _parse_zero_downtime(where: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``zero_downtime`` and ``proxy_image``. The release's containers sit on a Docker network behind
+    the proxy, so the app must listen on a port of its own namespace (``container_port``): without it
+    the app would bind the host's port, which the proxy owns. Refused here rather than on the first
+    deploy, when the app would never answer."""
+    found: dict[str, Any] = {}
+    swarm = "swarm" in dict(values.get("runtime") or {}).values()
+    if "zero_downtime" in table:
+        found["zero_downtime"] = parse_bool(f"{where}.zero_downtime", table["zero_downtime"])
+    if "proxy_image" in table:
+        image = table["proxy_image"]
+        if not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
+            raise BadInput(f"{where}.proxy_image must be an image reference, e.g. {DEFAULT_PROXY_IMAGE!r}")
+        if not found.get("zero_downtime") and not swarm:
+            raise BadInput(f'{where}.proxy_image only applies with zero_downtime = true or runtime = "swarm"')
+        found["proxy_image"] = image
+    if not found.get("zero_downtime"):
+        return found
+    if swarm:
+        raise BadInput(
+            f'{where}: zero_downtime applies to direct containers; runtime = "swarm" environments are '
+            "behind their own proxy already: leave zero_downtime out"
+        )
+    if "compose_file" in values:
+        raise BadInput(
+            f"{where}: zero_downtime applies to direct containers, not to a compose app (compose_file is "
+            "set): leave one of them out"
+        )
+    if values.get("container_port") is None:
+        raise BadInput(
+            f"{where}: zero_downtime = true needs container_port (the port the app listens on inside its "
+            "container, on 0.0.0.0): its containers run on a Docker network behind a proxy that owns "
+            f"127.0.0.1:<env port>; add e.g. container_port = 8080 to {where}"
+        )
+    return found
 
 
 def _parse_approval(name: str, raw: Any) -> frozenset[str]:

@@ -9,6 +9,7 @@ turn its outcomes into recorded verdicts.
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,7 +18,7 @@ from orchestrator import health, redact, verify
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
 from orchestrator.machine import STAGING
-from orchestrator.runtimes import LOOPBACK, Published, Runtime, env_port, runtime_for
+from orchestrator.runtimes import LOOPBACK, Published, Runtime, StagedRuntime, env_port, runtime_for
 from orchestrator.steps import StepLog
 from orchestrator.steps import build as build_steps
 from orchestrator.steps.build import Build
@@ -75,6 +76,8 @@ class Deployer:
         # Every action on an environment is a recorded step; without a transition nothing is recorded.
         self.steps = steps or StepLog()
         self.runtime: Runtime = runtime_for(engine, app, settings, self.steps, dict(pins or {}))
+        # Zero-downtime runtimes start a release beside the serving one: checked alone, then handed over.
+        self.staged: StagedRuntime | None = self.runtime if isinstance(self.runtime, StagedRuntime) else None
         self.publisher = Publisher(engine, app, settings, self.steps)
 
     @classmethod
@@ -147,11 +150,21 @@ class Deployer:
     def override_text(self) -> str | None:
         return self.runtime.override_text()
 
+    def probe_base(self, env: str, container: ContainerInfo) -> str:
+        """Where ``container`` answers: its own port when a proxy owns the environment's (so a check
+        sees the new release alone, never the old one beside it), else the environment's port."""
+        return self.staged.probe_base(env, container) if self.staged else self.base_url(env)
+
+    def settle(self, env: str) -> None:
+        """After recovery kept what serves ``env``: no container beside it (zero-downtime runtimes)."""
+        if self.staged:
+            self.staged.settle(env)
+
     def wait_healthy(self, env: str, container: ContainerInfo) -> health.HealthReport:
         """Poll ``env``'s health path while watching ``container`` as it is now: an exit or a restart by
         the engine from here on ends the wait at once (see health.container_failure)."""
         return health.wait_healthy(
-            self.base_url(env) + self.app.health_path,
+            self.probe_base(env, container) + self.app.health_path,
             timeout=self.settings.health_timeout_s,
             interval=self.settings.health_interval_s,
             watch=lambda: health.container_failure(container, self.engine.container(container.id)),
@@ -172,12 +185,23 @@ class Deployer:
             "pinned_ref": published.ref,
             "digest": published.digest,
         }
-        with self.steps.step(f"{env}_health", env) as step:
-            failure = self._check_started(env, container, image_id, details, published)
-            step.changed(healthy=failure is None, container_id=container.id)
-            if failure is not None:
-                step.fail(failure.reason)
-                return failure
+        try:
+            with self.steps.step(f"{env}_health", env) as step:
+                failure = self._check_started(env, container, image_id, details, published)
+                step.changed(healthy=failure is None, container_id=container.id)
+                if failure is not None:
+                    step.fail(failure.reason)
+            if failure is None and self.staged:
+                failure = self._hand_over(env, container, image_id, revision, details, published)
+        except DockerError as exc:
+            if not self.staged:
+                raise
+            failure = Deployed(False, f"{container.name}: {exc.message}", details, published)
+        if failure is not None:
+            if self.staged:
+                # It never took traffic: the release serving before it keeps serving, untouched.
+                self.staged.discard(env, container)
+            return failure
         details.update(container=container.name, container_id=container.id)
         return Deployed(
             True,
@@ -186,6 +210,34 @@ class Deployer:
             published,
             self.override_text(),
         )
+
+    def _hand_over(
+        self,
+        env: str,
+        container: ContainerInfo,
+        image_id: str,
+        revision: str,
+        details: dict[str, Any],
+        published: Published,
+    ) -> Deployed | None:
+        """Verify the new container where it alone answers, then let it take ``env``'s traffic; None
+        when it serves, else why not (it never took traffic)."""
+        assert self.staged is not None
+        with self.steps.step(f"{env}_verify_new", env) as step:
+            check = self._verify_container(container, image_id, revision, self.probe_base(env, container))
+            step.changed(image_id=image_id, ok=check.ok, container_id=container.id)
+            if not check.ok:
+                step.fail(check.reason)
+        details.update(check.details)
+        if not check.ok:
+            return Deployed(
+                False,
+                f"post-deploy verification of {container.name} before it took traffic: {check.reason}",
+                details,
+                published,
+            )
+        self.staged.hand_over(env, container)
+        return None
 
     def _check_started(
         self, env: str, container: ContainerInfo, image_id: str, details: dict[str, Any], published: Published
@@ -200,7 +252,7 @@ class Deployer:
             # The answer came from somewhere else; our container is not what is serving.
             why = health.container_failure(container, now) or "is not running"
             return self._failed(
-                env, container, f"{report.url} answered but {self.container(env)} {why}", details, published
+                env, container, f"{report.url} answered but {container.name} {why}", details, published
             )
         if now.image_id != image_id:
             # `docker compose up -d` against an unchanged tag succeeds and keeps the old container.
@@ -241,8 +293,9 @@ class Deployer:
         now = self.engine.container(container.id)
         if not report.answered and now is not None and now.running:
             last = report.last.error if report.last else "no answer"
+            where = urllib.parse.urlsplit(report.url).netloc
             return (
-                f"nothing answered on {LOOPBACK}:{self.port(env)} for {report.elapsed_s:.1f}s while "
+                f"nothing answered on {where} for {report.elapsed_s:.1f}s while "
                 f"{container.name} kept running ({report.attempts} tries, last: {last}): "
                 + self._port_hint(env)
             )
@@ -299,7 +352,25 @@ class Deployer:
         return f"\n--- last {len(lines)} log lines of {name} ---\n" + "\n".join(lines)
 
     def redeploy(self, env: str, release: PreviousRelease, *, run_id: int | None) -> Deployed:
-        """Put ``env`` back on a recorded release and verify what runs: the rollback path."""
+        """Put ``env`` back on a recorded release and verify what runs: the rollback path. Behind a
+        proxy, a failed promotion never stopped the release serving before it: when that one still
+        serves, verified, it is kept rather than replaced by another container of the same image."""
+        if self.staged and self.serves(env, release.image_id, release.revision):
+            self.settle(env)
+            found = self.current(env)
+            return Deployed(
+                True,
+                f"release {release.id} ({release.revision[:12]}) still serving, verified",
+                {
+                    "release_id": release.id,
+                    "image_id": release.image_id,
+                    "container": found.name if found else None,
+                    "container_id": found.id if found else None,
+                    "kept": True,
+                },
+                Published(release.image_id, release.digest or release.image_id, release.digest),
+                self.override_text(),
+            )
         if not self.ensure_image(release):
             return Deployed(
                 False,
@@ -361,6 +432,14 @@ class Deployer:
         if found is None or not found.running:
             status = found.status if found else "missing"
             return Verdict.failed(f"{self.container(env)} is {status}, not running", container_status=status)
+        # Behind a proxy the container is asked on its own port: two may serve for a moment.
+        checked = self._verify_container(found, image_id, sha, self.probe_base(env, found))
+        # A swarm service is more than the one container looked at: every task is checked.
+        return verify.all_of(checked, *self.runtime.verify(env, image_id, sha))
+
+    def _verify_container(self, found: ContainerInfo, image_id: str, sha: str, base: str) -> Verdict:
+        """``found`` runs ``image_id``, stamped with ``sha``, and (where the app serves it) ``base``
+        answers ``sha`` on the version path."""
         running_image = self.engine.image(found.image_id)
         checks = [
             Verdict.passed(f"{found.name} running", container_id=found.id),
@@ -368,7 +447,7 @@ class Deployer:
             verify.revision_label(running_image.labels if running_image else None, sha),
         ]
         if self.app.version_path:
-            probe = health.get(self.base_url(env) + self.app.version_path)
+            probe = health.get(base + self.app.version_path)
             served = probe.body.strip() if probe.ok else None
             checks.append(
                 Verdict.check(
@@ -378,7 +457,6 @@ class Deployer:
                     {"served_revision": served, "version_status": probe.status, "version_error": probe.error},
                 )
             )
-        checks += self.runtime.verify(env, image_id, sha)
         return verify.all_of(*checks)
 
     def redact(self, text: str) -> str:

@@ -70,6 +70,12 @@ class ContainerInfo:
     # between two looks at a container is how a crash-looping one shows while we wait for health.
     restart_count: int = 0
     started_at: str | None = None
+    # Per network it is attached to: the names other containers resolve it by, and its address there
+    # (a proxied environment's serving containers are the ones holding its alias).
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    addresses: Mapping[str, str] = field(default_factory=dict)
+    # Container port -> host port, as the engine published them (an ephemeral port is known only here).
+    ports: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -198,6 +204,14 @@ def _container(obj: Any) -> ContainerInfo:
 
 def _container_from(attrs: Mapping[str, Any]) -> ContainerInfo:
     state = attrs.get("State") or {}
+    settings = attrs.get("NetworkSettings") or {}
+    networks: Mapping[str, Any] = settings.get("Networks") or {}
+    ports: dict[int, int] = {}
+    for key, bindings in (settings.get("Ports") or {}).items():
+        number, _, proto = key.partition("/")
+        for binding in bindings or ():
+            if proto == "tcp" and binding.get("HostPort"):
+                ports.setdefault(int(number), int(binding["HostPort"]))
     return ContainerInfo(
         id=attrs["Id"],
         name=attrs.get("Name", "").lstrip("/"),
@@ -207,6 +221,9 @@ def _container_from(attrs: Mapping[str, Any]) -> ContainerInfo:
         exit_code=state.get("ExitCode"),
         restart_count=int(attrs.get("RestartCount") or 0),
         started_at=state.get("StartedAt") or None,
+        aliases={name: tuple(n.get("Aliases") or ()) for name, n in networks.items()},
+        addresses={name: n["IPAddress"] for name, n in networks.items() if n.get("IPAddress")},
+        ports=ports,
     )
 
 
@@ -259,6 +276,7 @@ class DockerEngine:
         target: str | None = None,
         cache_from: Sequence[str] = (),
         nocache: bool = False,
+        on_line: Callable[[str], None] | None = None,
     ) -> ImageInfo:
         """Build with the legacy builder from a tar stream, or from a directory the caller filled with
         exactly what may go in (``git archive`` of the sha; the SDK tars it, honouring .dockerignore, and
@@ -271,7 +289,8 @@ class DockerEngine:
 
         ``timeout_s`` bounds the whole build, output or not (a ``RUN`` that sleeps prints nothing):
         past it, the build is cancelled (the engine kills and removes the step's container; no image is
-        tagged) and StepTimeout is raised, with the end of the log in its details."""
+        tagged) and StepTimeout is raised, with the end of the log in its details. ``on_line`` gets the
+        build's output as it comes (progress on a terminal: orchestrator/progress.py)."""
         log: list[str] = []
         image_id: str | None = None
         deadline = (
@@ -282,6 +301,8 @@ class DockerEngine:
             nonlocal image_id
             if "stream" in chunk:
                 log.append(chunk["stream"])
+                if on_line is not None:
+                    on_line(chunk["stream"])
             if "error" in chunk:
                 raise DockerError(f"build of {tag} failed: {chunk['error'].strip()}", log="".join(log))
             aux = chunk.get("aux") or {}
@@ -376,10 +397,18 @@ class DockerEngine:
         with contextlib.suppress(docker.errors.ImageNotFound):
             self._call(f"remove image {ref}", self._client.images.remove, ref, force=force, noprune=False)
 
-    def push(self, repository: str, tag: str, *, timeout_s: float | None = None) -> str:
+    def push(
+        self,
+        repository: str,
+        tag: str,
+        *,
+        timeout_s: float | None = None,
+        on_status: Callable[[str], None] | None = None,
+    ) -> str:
         """Push ``repository:tag``; returns the registry's manifest digest ('sha256:...').
 
-        Past ``timeout_s`` the push is abandoned (its connection closed) and StepTimeout is raised."""
+        Past ``timeout_s`` the push is abandoned (its connection closed) and StepTimeout is raised.
+        ``on_status`` gets how far each layer got, as the engine reports it (progress on a terminal)."""
         digest: str | None = None
         what = f"push of {repository}:{tag}"
         deadline = None if timeout_s is None else _Deadline(what, timeout_s, "ORCH_PUSH_TIMEOUT_S")
@@ -390,6 +419,11 @@ class DockerEngine:
                 raise DockerError(f"{what} failed: {chunk['error'].strip()}")
             aux = chunk.get("aux") or {}
             digest = aux.get("Digest", digest)
+            if on_status is not None and chunk.get("status"):
+                layer = f"{chunk['id']}: " if chunk.get("id") else ""
+                on_status(
+                    f"{repository}:{tag} {layer}{chunk['status']} {chunk.get('progress') or ''}".rstrip()
+                )
 
         with _translated(what):
             self._stream(
@@ -453,7 +487,7 @@ class DockerEngine:
         environment: Mapping[str, str] | None = None,
         command: list[str] | None = None,
         host_network: bool = True,
-        publish: Mapping[int, tuple[str, int]] | None = None,
+        publish: Mapping[int, tuple[str, int | None]] | None = None,
         labels: Mapping[str, str] | None = None,
         restart: bool = False,
         network: str | None = None,
@@ -461,7 +495,8 @@ class DockerEngine:
         files: Mapping[str, bytes] | None = None,
     ) -> ContainerInfo:
         """Start a detached container. With ``host_network`` the app binds PORT itself; otherwise
-        ``publish`` maps container ports to (host ip, host port), which callers keep on 127.0.0.1, and
+        ``publish`` maps container ports to (host ip, host port; None: one the engine picks, read it
+        from the returned ``ports``), which callers keep on 127.0.0.1, and
         ``network`` attaches it to that network under ``aliases`` (names other containers resolve).
         ``files`` (absolute path -> content) are written into the container before it starts: a
         bind mount would name a path on the engine's host, which for a remote engine is not ours."""
@@ -550,6 +585,35 @@ class DockerEngine:
         )
         return True
 
+    def join_network(self, container: str, network: str, *, aliases: Sequence[str] = ()) -> None:
+        """Attach a running container to ``network`` under ``aliases``: from now on the network's DNS
+        answers those names with its address too (how a proxied environment adds a backend)."""
+        self._call(
+            f"connect {container} to {network}",
+            self._client.api.connect_container_to_network,
+            container,
+            network,
+            aliases=list(aliases),
+        )
+
+    def leave_network(self, container: str, network: str) -> bool:
+        """Detach ``container`` from ``network`` (its aliases there go with it); True when it was
+        attached, False when it or the attachment was already gone."""
+        try:
+            self._call(
+                f"disconnect {container} from {network}",
+                self._client.api.disconnect_container_from_network,
+                container,
+                network,
+            )
+            return True
+        except docker.errors.NotFound:
+            return False
+        except DockerError as exc:
+            if "is not connected" in exc.message:
+                return False
+            raise
+
     def remove_network(self, name: str) -> bool:
         """Remove the network; True when something was removed (False: none of that name)."""
         try:
@@ -567,10 +631,11 @@ class DockerEngine:
         rows = self._call("list images", self._client.api.images, all=False)
         return [_listed_image(row) for row in rows]
 
-    def containers(self) -> list[ListedContainer]:
+    def containers(self, labels: Mapping[str, str] | None = None) -> list[ListedContainer]:
         """Every container, running or not, from one list call: an image any of them uses is in use,
-        whichever app (or person) started it."""
-        rows = self._call("list containers", self._client.api.containers, all=True)
+        whichever app (or person) started it. ``labels`` keeps only those carrying all of them."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]} if labels else None
+        rows = self._call("list containers", self._client.api.containers, all=True, filters=filters)
         return [_listed_container(row) for row in rows]
 
     def remove_stopped_container(self, container_id: str) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import httpclient
+from orchestrator import httpclient, progress
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import ContainerInfo
@@ -112,7 +112,26 @@ def wait_healthy(
     """Poll ``url`` until it answers 2xx. ``watch`` says why the container cannot become healthy any
     more (it exited or was restarted; see container_failure) or None; it is asked at the first failed
     poll and then at most every ``watch_every_s``, so a dead container ends the wait within a fraction
-    of a second instead of after the whole timeout."""
+    of a second instead of after the whole timeout.
+
+    On a terminal the wait shows its elapsed time (orchestrator/progress.py): a health timeout is
+    minutes long, and a silent wait looks like a hang."""
+    try:
+        report = _wait(url, timeout=timeout, interval=interval, watch=watch, watch_every_s=watch_every_s)
+    finally:
+        progress.clear()
+    progress.line("health", f"{url} {report.reason}" if report.healthy else report.reason)
+    return report
+
+
+def _wait(
+    url: str,
+    *,
+    timeout: float,
+    interval: float,
+    watch: Callable[[], str | None] | None,
+    watch_every_s: float,
+) -> HealthReport:
     start = time.monotonic()
     deadline = start + timeout
     attempts = 0
@@ -141,6 +160,9 @@ def wait_healthy(
                     seen,
                     container_failure=failure,
                 )
+        progress.status(
+            "health", f"waiting for {url}: {elapsed:.1f}s of {timeout:.0f}s, {attempts} tries, last: {key}"
+        )
         if time.monotonic() + interval > deadline:
             what = f"HTTP {last.status}" if last.status is not None else last.error
             return HealthReport(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import BadInput
@@ -240,10 +240,61 @@ def human_duration(seconds: float | None) -> str:
 # -- the action -------------------------------------------------------------------------------------
 
 
-def metrics(
+@dataclass(frozen=True)
+class DayPoint:
+    """One calendar day (UTC) of a window and the DORA keys of the promotions that finished in it."""
+
+    day: date
+    dora: Dora
+
+
+def daily(
+    promotions: Sequence[Promotion], rollbacks: Sequence[Rollback], since: datetime, until: datetime
+) -> list[DayPoint]:
+    """The keys per UTC calendar day of [since, until), first and last day clipped to the window, for
+    the dashboard's charts. Each day is ``compute`` on that day's promotions, so a chart can never
+    disagree with the numbers: a rollback after the day still counts against the release it undid."""
+    by_day: dict[date, list[Promotion]] = {}
+    for p in promotions:
+        if since <= p.finished_at < until:
+            by_day.setdefault(p.finished_at.astimezone(UTC).date(), []).append(p)
+    points: list[DayPoint] = []
+    day = since.astimezone(UTC).date()
+    last = (until - timedelta(microseconds=1)).astimezone(UTC).date()
+    while day <= last:
+        start = max(since, datetime.combine(day, time.min, UTC))
+        end = min(until, datetime.combine(day + timedelta(days=1), time.min, UTC))
+        points.append(DayPoint(day, compute(by_day.get(day, []), rollbacks, start, end)))
+        day += timedelta(days=1)
+    return points
+
+
+@dataclass(frozen=True)
+class DoraHistory:
+    """What the keys are computed from: the window's promotions and rollbacks, and the apps asked for."""
+
+    promotions: list[Promotion]
+    rollbacks: list[Rollback]
+    since: datetime
+    until: datetime
+    apps: list[str]
+
+    def report(self) -> MetricsReport:
+        return report(self.promotions, self.rollbacks, self.since, self.until, self.apps)
+
+    def daily(self, app: str) -> list[DayPoint]:
+        return daily(
+            [p for p in self.promotions if p.app == app],
+            [r for r in self.rollbacks if r.app == app],
+            self.since,
+            self.until,
+        )
+
+
+def load(
     config: Config, store: Store, app: str | None, since_raw: str, *, now: datetime | None = None
-) -> MetricsReport:
-    """The report for ``app`` (or every app) since ``since_raw``. Runs recorded before commit times
+) -> DoraHistory:
+    """The history of ``app`` (or every app) since ``since_raw``. Runs recorded before commit times
     were (or whose repository was unreadable then) get theirs from git now, where the app's
     repository is here; the others stay out of the lead time, counted as ``missing``."""
     from orchestrator.gitrepo import commit_time
@@ -262,4 +313,12 @@ def metrics(
             store.set_commit_time(run.id, found)
             filled[run.id] = found
     promotions = [replace(p, committed_at=filled[p.run_id]) if p.run_id in filled else p for p in promotions]
-    return report(promotions, rollbacks, since, until, names)
+    names = sorted(set(names) | {p.app for p in promotions})
+    return DoraHistory(promotions, rollbacks, since, until, names)
+
+
+def metrics(
+    config: Config, store: Store, app: str | None, since_raw: str, *, now: datetime | None = None
+) -> MetricsReport:
+    """The report for ``app`` (or every app) since ``since_raw`` (see ``load``)."""
+    return load(config, store, app, since_raw, now=now).report()

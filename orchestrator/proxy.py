@@ -25,6 +25,11 @@ CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
 # The port haproxy listens on inside its container (published on 127.0.0.1:<env port>).
 LISTEN = 8080
 CONFIG_LABEL = "orchestrator.proxy.config"
+# A request carrying PROBE_HEADER gets BACKEND_HEADER back: the address of the backend that answered.
+# That is how a hand-over knows the proxy sends traffic to a new backend before the old one leaves;
+# ordinary clients never see backend addresses.
+PROBE_HEADER = "X-Orch-Probe"
+BACKEND_HEADER = "X-Orch-Backend"
 ROLE_LABEL = "orchestrator.role"
 
 
@@ -55,7 +60,13 @@ def render(spec: ProxySpec) -> str:
             "defaults",
             "  mode http",
             "  log global",
-            "  timeout connect 2s",
+            # A backend that left the network (disconnected, its container gone) does not refuse a
+            # connection: nothing answers at all. A short connect timeout bounds what the request that
+            # hits it waits before its retry on another backend (a local or overlay connect takes
+            # milliseconds), and a health check slower than the interval on a busy host must not mark
+            # the only backend down (503 for everyone).
+            "  timeout connect 300ms",
+            "  timeout check 2s",
             "  timeout client 60s",
             "  timeout server 60s",
             # A request whose backend refused, reset or vanished is retried on another backend: this is
@@ -74,8 +85,13 @@ def render(spec: ProxySpec) -> str:
             f"  bind :{LISTEN}",
             "  default_backend app",
             "backend app",
+            f"  http-request set-var(txn.orch_probe) bool(true) if {{ req.hdr({PROBE_HEADER}) -m found }}",
+            f"  http-response set-header {BACKEND_HEADER} %si if {{ var(txn.orch_probe) -m bool }}",
             f"  option httpchk GET {spec.health_path}",
-            f"  default-server inter {spec.check_ms}ms fall 2 rise 1 check resolvers docker init-addr none",
+            # observe: the first failed connection marks the backend down at once, so only one request
+            # pays the connect timeout for a backend that has gone.
+            f"  default-server inter {spec.check_ms}ms fall 2 rise 1 check resolvers docker init-addr none"
+            " observe layer4 error-limit 1 on-error mark-down",
             f"  server-template app {spec.slots} {spec.backend}:{spec.backend_port}",
             "",
         ]

@@ -29,7 +29,9 @@ from orchestrator.store.repository import ReleaseRecord, StepRecord, Store, Tran
 from orchestrator.verdict import TransitionOutcome
 
 # Steps that change what an environment runs or which image its tags name.
-_TOUCHING = ("tag", "push", "stop", "start", "pin", "up", "untag", "move", "update")
+# (connect, retire: a zero-downtime hand-over; start alone already counts, the candidate runs; update: a
+# swarm service's spec submitted.)
+_TOUCHING = ("tag", "push", "stop", "start", "pin", "up", "untag", "move", "connect", "retire", "update")
 
 
 class Mode(StrEnum):
@@ -269,6 +271,10 @@ class Reconciler:
                 note = f"{env} had no earlier release: stopped, its tags removed" + "".join(
                     f"; {x}" for x in leftovers
                 )
+            if action in (Action.KEEP, Action.RECORD, Action.RETAG):
+                # Behind a proxy, a crash mid-hand-over leaves a candidate never handed over, or the
+                # old container serving beside the new one: only what serves is kept.
+                d.settle(env)
         except DockerError as exc:
             status, note = GateStatus.FAIL, f"{env}: {action.value} failed: {exc.message}"
         if status.blocks:
@@ -314,6 +320,7 @@ def repair_environment(
         return f"{env} has no recorded release: left as it is"
     deployer = Deployer.from_releases(engine, app, settings, latest)
     if deployer.serves(env, release.image_id, release.revision):
+        deployer.settle(env)
         return f"{env} runs release {release.id}, verified"
     done = deployer.redeploy(env, release, run_id=release.run_id)
     if not done.ok:

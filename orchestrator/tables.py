@@ -72,7 +72,7 @@ def render(columns: Sequence[Column], rows: Sequence[Sequence[object]], *, tty: 
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title or None, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
+    table = Table(title=clean(title) or None, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
     for col in columns:
         table.add_column(col.header, justify="right" if col.align == "right" else "left", overflow="fold")
     for row in cells:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo, DockerEngine
@@ -100,6 +100,33 @@ class Runtime(Protocol):
         ...
 
 
+@runtime_checkable
+class StagedRuntime(Runtime, Protocol):
+    """A runtime whose ``start`` leaves what serves ``env`` alone (zero-downtime: a proxy owns the
+    port). The deployer checks the new container where it alone answers (``probe_base``), and only then
+    lets it take traffic (``hand_over``) or removes it (``discard``): the old release keeps serving
+    until the new one has passed every check, and is never stopped for one that fails."""
+
+    def probe_base(self, env: str, container: ContainerInfo) -> str:
+        """``http://host:port`` where ``container`` and nothing else answers."""
+        ...
+
+    def hand_over(self, env: str, container: ContainerInfo) -> None:
+        """Send ``env``'s traffic to ``container`` and retire every other container of ``env``, once the
+        proxy is seen sending it requests; raises DockerError when that cannot be done (then nothing
+        else was retired)."""
+        ...
+
+    def discard(self, env: str, container: ContainerInfo) -> None:
+        """Remove a container that failed its checks (it never took traffic)."""
+        ...
+
+    def settle(self, env: str) -> None:
+        """Leave exactly the serving container of ``env`` (recovery after a crash mid-hand-over: a
+        candidate never handed over, or the old container still serving beside the new one)."""
+        ...
+
+
 def preflight(app: AppConfig, sha: str | None = None) -> None:
     """What the runtime can refuse before anything runs (exit 2): a compose app's services exist in its
     compose file and, for a run's ``sha``, that file is the committed one; a stack app's service exists
@@ -140,6 +167,10 @@ def runtime_for(
         from orchestrator.runtimes.swarm import SwarmRuntime
 
         return SwarmRuntime(engine, app, settings, steps, pins)
+    if app.zero_downtime:
+        from orchestrator.runtimes.direct import ProxiedRuntime
+
+        return ProxiedRuntime(engine, app, settings, steps)
     from orchestrator.runtimes.direct import DirectRuntime
 
     return DirectRuntime(engine, app, steps)

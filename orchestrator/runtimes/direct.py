@@ -1,15 +1,32 @@
-"""Direct containers: one container per environment, named ``<app>-<env>``, run by image id."""
+"""Direct containers, run by image id: one container per environment named ``<app>-<env>``, or, with
+``zero_downtime``, containers per release behind a kept proxy (ProxiedRuntime)."""
 
 from __future__ import annotations
 
+import secrets
 import socket
+import time
 
-from orchestrator.config import AppConfig
+from orchestrator import httpclient
+from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
 from orchestrator.machine import PROD
+from orchestrator.proxy import BACKEND_HEADER, PROBE_HEADER, ROLE_LABEL, Proxy, ProxySpec
 from orchestrator.runtimes import LOOPBACK, Published, RuntimeView, env_port
 from orchestrator.steps import StepLog
 from orchestrator.verdict import Verdict
+
+APP_LABEL = "orchestrator.app"
+ENV_LABEL = "orchestrator.environment"
+RUN_LABEL = "orchestrator.run"
+BACKEND_ROLE = "backend"
+# How many answers through the proxy must come from a new container before the old one leaves: one
+# proves haproxy resolved it and its health check passed (it sends nothing to a backend still down).
+_TAKEOVER_ANSWERS = 1
+_TAKEOVER_POLL_S = 0.02
+# How long a retired container may take to finish what it is answering after SIGTERM (docker stop's
+# own default) before it is killed.
+RETIRE_GRACE_S = 10
 
 
 def port_answers(port: int) -> bool:
@@ -66,11 +83,7 @@ class DirectRuntime:
             environment={"PORT": str(container_port), "ORCH_ENVIRONMENT": env, **self.app.env},
             host_network=publish is None,
             publish=publish,
-            labels={
-                "orchestrator.app": self.app.name,
-                "orchestrator.environment": env,
-                "orchestrator.run": str(run_id or ""),
-            },
+            labels={APP_LABEL: self.app.name, ENV_LABEL: env, RUN_LABEL: str(run_id or "")},
             restart=env == PROD,
         )
 
@@ -83,6 +96,244 @@ class DirectRuntime:
 
     def repin(self, env: str, ref: str) -> None:
         """Nothing to do: a direct container has no pin file; its tags are the publisher's."""
+
+    def override_text(self) -> str | None:
+        return None
+
+    def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
+        return []
+
+    def view(self, env: str) -> RuntimeView | None:
+        return None
+
+
+class ProxiedRuntime:
+    """Zero-downtime direct containers: the environment's port belongs to a kept haproxy container
+    (orchestrator/proxy.py), which sends requests to whichever containers hold the environment's
+    network alias. A release runs as a container of its own, ``<app>-<env>-<image>-<token>``:
+
+    1. ``start``: on a waiting network (``<app>-<env>-new``, no alias, the proxy is not on it),
+       published on an ephemeral 127.0.0.1 port: health and verification see it and nothing else;
+    2. ``hand_over``: it joins the serving network under the alias; once an answer through the proxy
+       comes from its address, every other container of the environment is stopped (SIGTERM: it
+       finishes what it answers and refuses the rest, which the proxy retries on the new one at once)
+       and removed;
+    3. a container that fails any check is ``discard``-ed; the one serving was never touched.
+
+    What serves ``env`` is read from the engine, not remembered: the newest running container of the
+    app and environment that holds the alias. Each action is a recorded step, so recovery after a
+    crash finds the candidate never handed over, or two containers serving, and ``settle``-s it."""
+
+    def __init__(self, engine: DockerEngine, app: AppConfig, settings: Settings, steps: StepLog) -> None:
+        if app.container_port is None:
+            raise ValueError("zero_downtime needs container_port (config.py refuses it without)")
+        self.engine = engine
+        self.app = app
+        self.settings = settings
+        self.steps = steps
+        self.container_port: int = app.container_port
+
+    # naming ---------------------------------------------------------------------------------------
+
+    def label(self, env: str) -> str:
+        """The prefix of every container of ``env`` (``docker ps --filter name=<label>``)."""
+        return f"{self.app.name}-{env}"
+
+    def network(self, env: str) -> str:
+        return f"{self.app.name}-{env}"
+
+    def waiting_network(self, env: str) -> str:
+        return f"{self.app.name}-{env}-new"
+
+    def alias(self, env: str) -> str:
+        return f"{self.app.name}-{env}-app"
+
+    def proxy(self, env: str) -> Proxy:
+        return Proxy(
+            self.engine,
+            ProxySpec(
+                name=f"{self.app.name}-{env}-proxy",
+                network=self.network(env),
+                backend=self.alias(env),
+                backend_port=self.container_port,
+                port=env_port(self.app, env),
+                health_path=self.app.health_path,
+                image=self.app.proxy_image,
+            ),
+        )
+
+    # what runs ------------------------------------------------------------------------------------
+
+    def backends(self, env: str) -> list[ContainerInfo]:
+        """Every container of ``env`` this runtime started (running or not), newest first."""
+        listed = self.engine.containers(
+            labels={APP_LABEL: self.app.name, ENV_LABEL: env, ROLE_LABEL: BACKEND_ROLE}
+        )
+        found: list[tuple[float, ContainerInfo]] = []
+        for row in listed:
+            info = self.engine.container(row.info.id)
+            if info is not None:
+                found.append((row.created, info))
+        found.sort(key=lambda pair: (pair[0], pair[1].started_at or ""), reverse=True)
+        return [info for _, info in found]
+
+    def serving(self, env: str) -> list[ContainerInfo]:
+        """The running containers holding ``env``'s alias (the proxy's backends), newest first."""
+        network, alias = self.network(env), self.alias(env)
+        return [c for c in self.backends(env) if c.running and alias in c.aliases.get(network, ())]
+
+    def current(self, env: str) -> ContainerInfo | None:
+        """The newest serving container: after a crash mid-hand-over two may serve, and the newer one
+        is what the interrupted deploy was putting there."""
+        found = self.serving(env)
+        return found[0] if found else None
+
+    def probe_base(self, env: str, container: ContainerInfo) -> str:
+        port = container.ports.get(self.container_port)
+        if port is None:
+            now = self.engine.container(container.id)
+            port = now.ports.get(self.container_port) if now is not None else None
+        if port is None:
+            # Never fall back to the environment's port: that is the old release answering.
+            raise DockerError(
+                f"{container.name} has no published port for {self.container_port} (not running)"
+            )
+        return f"http://{LOOPBACK}:{port}"
+
+    # the work -------------------------------------------------------------------------------------
+
+    def start(self, env: str, published: Published, *, run_id: int | None) -> ContainerInfo:
+        """Start the release beside what serves ``env`` (which keeps serving); not yet handed over."""
+        self._ensure_proxy(env)
+        name = f"{self.label(env)}-{published.image_id.removeprefix('sha256:')[:12]}-{secrets.token_hex(2)}"
+        with self.steps.step(f"{env}_start", env) as step:
+            self.engine.ensure_network(self.waiting_network(env), labels={ROLE_LABEL: "waiting-network"})
+            started = self.engine.run(
+                name,
+                published.image_id,
+                environment={"PORT": str(self.container_port), "ORCH_ENVIRONMENT": env, **self.app.env},
+                host_network=False,
+                network=self.waiting_network(env),
+                publish={self.container_port: (LOOPBACK, None)},
+                labels={
+                    APP_LABEL: self.app.name,
+                    ENV_LABEL: env,
+                    RUN_LABEL: str(run_id or ""),
+                    ROLE_LABEL: BACKEND_ROLE,
+                },
+                restart=env == PROD,
+            )
+            step.changed(
+                container_id=started.id,
+                container=started.name,
+                image_id=started.image_id,
+                port=started.ports.get(self.container_port),
+            )
+        return started
+
+    def _ensure_proxy(self, env: str) -> None:
+        """The proxy runs (kept as it is when its configuration is unchanged). A container of the plain
+        runtime (``<app>-<env>``, from before zero_downtime was set) holds the port the proxy needs: it
+        is removed first, the one hand-over that costs a moment of downtime."""
+        proxy = self.proxy(env)
+        found = self.engine.container(proxy.spec.name)
+        if found is None or not found.running:
+            legacy = self.engine.container(self.label(env))
+            if legacy is not None and legacy.labels.get(ROLE_LABEL) != BACKEND_ROLE:
+                with self.steps.step(f"{env}_stop", env) as step:
+                    step.changed(container_id=legacy.id, image_id=legacy.image_id, status=legacy.status)
+                    self.engine.remove_container(legacy.id)
+        with self.steps.step(f"{env}_proxy", env) as step:
+            running = proxy.ensure()
+            step.changed(
+                proxy=running.name, proxy_id=running.id, recreated=found is None or running.id != found.id
+            )
+
+    def hand_over(self, env: str, container: ContainerInfo) -> None:
+        with self.steps.step(f"{env}_connect", env) as step:
+            self.engine.join_network(container.id, self.network(env), aliases=[self.alias(env)])
+            step.changed(container_id=container.id, container=container.name, network=self.network(env))
+        self._takeover(env, container)
+        self._retire_others(env, container)
+
+    def _takeover(self, env: str, container: ContainerInfo) -> None:
+        """Wait until the proxy sends requests to ``container``: only then may the others leave."""
+        with self.steps.step(f"{env}_takeover", env) as step:
+            now = self.engine.container(container.id)
+            address = now.addresses.get(self.network(env)) if now is not None else None
+            if address is None:
+                raise DockerError(f"{container.name} has no address on {self.network(env)} (not running)")
+            url = f"http://{LOOPBACK}:{env_port(self.app, env)}{self.app.health_path}"
+            deadline = time.monotonic() + self.settings.health_timeout_s
+            started, tries, answers, seen = time.monotonic(), 0, 0, ""
+            while answers < _TAKEOVER_ANSWERS:
+                if time.monotonic() > deadline:
+                    raise DockerError(
+                        f"the proxy {self.proxy(env).spec.name} did not send a request to {container.name} "
+                        f"({address}) within {self.settings.health_timeout_s:g}s ({tries} tries, last "
+                        f"answered by {seen or 'nothing'}): see 'docker logs {self.proxy(env).spec.name}'"
+                    )
+                tries += 1
+                answer = httpclient.request(url, headers={PROBE_HEADER: "1"}, timeout=2.0, limit=0)
+                seen = answer.header(BACKEND_HEADER) or (answer.error or f"HTTP {answer.status}")
+                if answer.ok and answer.header(BACKEND_HEADER) == address:
+                    answers += 1
+                else:
+                    time.sleep(_TAKEOVER_POLL_S)
+            step.changed(
+                container_id=container.id,
+                address=address,
+                tries=tries,
+                waited_s=round(time.monotonic() - started, 3),
+            )
+
+    def _retire_others(self, env: str, keep: ContainerInfo) -> None:
+        """Every container of ``env`` but ``keep`` is stopped (SIGTERM, then SIGKILL after the grace),
+        then removed. Order matters: stopped on the network, a leaving process closes its connections
+        and refuses new ones, which the proxy retries on ``keep`` at once; taken off the network first,
+        it would vanish mid-answer and leave the proxy waiting on a connection nobody answers (seen:
+        a request hanging past the client's timeout)."""
+        for other in self.backends(env):
+            if other.id == keep.id:
+                continue
+            with self.steps.step(f"{env}_retire", env) as step:
+                step.changed(container_id=other.id, container=other.name, image_id=other.image_id)
+                try:
+                    self.engine.stop_container(other.id, timeout_s=RETIRE_GRACE_S)
+                    self.engine.remove_container(other.id)
+                except DockerError as exc:
+                    # ``keep`` serves already: a leftover beside it is for settle (recover, the next
+                    # deploy), not a reason to undo a hand-over that has happened.
+                    step.fail(exc.message)
+
+    def discard(self, env: str, container: ContainerInfo) -> None:
+        with self.steps.step(f"{env}_discard", env) as step:
+            step.changed(container_id=container.id, container=container.name, image_id=container.image_id)
+            now = self.engine.container(container.id)
+            if now is not None and self.network(env) in now.aliases:
+                # Handed over but the proxy was not seen using it: it may hold a request; stop politely.
+                self.engine.stop_container(container.id, timeout_s=RETIRE_GRACE_S)
+            self.engine.remove_container(container.id)
+
+    def settle(self, env: str) -> None:
+        keep = self.current(env)
+        if keep is None:
+            return  # nothing serves: keep every container for whoever redeploys to look at
+        if any(c.id != keep.id for c in self.backends(env)):
+            self._ensure_proxy(env)
+            self._takeover(env, keep)
+            self._retire_others(env, keep)
+
+    def stop(self, env: str) -> bool:
+        """Take ``env`` down: its containers and its proxy (the port stops answering)."""
+        with self.steps.step(f"{env}_stop", env) as step:
+            gone = [c for c in self.backends(env) if self.engine.remove_container(c.id)]
+            proxy = self.proxy(env).remove()
+            step.changed(container_ids=[c.id for c in gone], proxy_removed=proxy)
+        return bool(gone) or proxy
+
+    def repin(self, env: str, ref: str) -> None:
+        """Nothing to do: direct containers have no pin file."""
 
     def override_text(self) -> str | None:
         return None

@@ -184,7 +184,7 @@ class SwarmRuntime:
             backend_port=self.app.task_port,
             port=env_port(self.app, env),
             health_path=self.app.health_path,
-            image=self.settings.proxy_image,
+            image=self.app.proxy_image,
             # Room for every task of a start-first update: the old ones and their replacements.
             slots=max(8, 2 * self.app.replicas + 2),
         )

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from orchestrator import builders, gitrepo, verify
+from orchestrator import builders, gitrepo, progress, verify
 from orchestrator.builders import BuilderChoice, BuilderKind
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import DockerEngine, DockerError, ImageInfo
@@ -244,7 +245,7 @@ def build(
                         app,
                         secrets,
                         settings,
-                        lambda line: log.info("build_output", line=redact(line)),
+                        lambda line: _show_line(log, redact(line)),
                     )
                 else:
                     image = engine.build(
@@ -256,6 +257,7 @@ def build(
                         timeout_s=settings.build_timeout_s,
                         cache_from=cache.cache_from,
                         nocache=cache.nocache,
+                        on_line=lambda line: progress.line("build", redact(line)),
                     )
                     step.changed(cache_from=len(cache.cache_from))
             except StepTimeout as exc:
@@ -267,6 +269,14 @@ def build(
                 raise
         step.changed(image_id=image.id, tag=tag)
     return Build(image, tag, time.perf_counter() - t0, choice.kind.value)
+
+
+def _show_line(log: Any, line: str) -> None:
+    """A line of BuildKit's progress: on a terminal, as progress; elsewhere a log line (CI reads how far
+    a long build got from its log, tests/integration/test_build_builders.py)."""
+    progress.line("build", line)
+    if not progress.on_terminal():
+        log.info("build_output", line=line)
 
 
 def _buildkit(

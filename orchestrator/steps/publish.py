@@ -4,6 +4,7 @@ undo it."""
 
 from __future__ import annotations
 
+from orchestrator import progress
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import DockerEngine, DockerError
 from orchestrator.errors import InfraUnavailable
@@ -55,7 +56,12 @@ class Publisher:
         digest = self._pushed.get(image_id)
         if digest is None:
             self.engine.tag(image_id, repo, revision)
-            digest = self.engine.push(repo, revision, timeout_s=self.settings.push_timeout_s)
+            try:
+                digest = self.engine.push(
+                    repo, revision, timeout_s=self.settings.push_timeout_s, on_status=_push_status
+                )
+            finally:
+                progress.clear()
             self._pushed[image_id] = digest
         moving = registry_tag(env)
         try:
@@ -68,7 +74,7 @@ class Publisher:
             if not exc.needs_credentials:
                 raise DockerError(exc.message) from None
             self.engine.tag(image_id, repo, moving)  # credentials live with the engine: push the tag
-            self.engine.push(repo, moving, timeout_s=self.settings.push_timeout_s)
+            self.engine.push(repo, moving, timeout_s=self.settings.push_timeout_s, on_status=_push_status)
         return Published(image_id, f"{repo}@{digest}", f"{repo}@{digest}")
 
     def unpublish(self, env: str) -> list[str]:
@@ -93,3 +99,7 @@ class Publisher:
         except RegistryError as exc:
             return [f"could not move {moving} back to {before[:19]}: {exc.message}"]
         return []
+
+
+def _push_status(text: str) -> None:
+    progress.status("push", text)

@@ -13,9 +13,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session, aliased
 
 from orchestrator.errors import BadInput
-from orchestrator.store.models import Event, Release, Run, Transition, utcnow
+from orchestrator.machine import PROD, STAGING, State
+from orchestrator.store.models import Approval, Event, Release, Run, Transition, utcnow
 from orchestrator.store.records import (
     ReleaseRecord,
     RunRecord,
@@ -25,7 +27,7 @@ from orchestrator.store.records import (
     _release,
     _transition,
 )
-from orchestrator.store.repository import Store
+from orchestrator.store.repository import WITH_CHECKS_AND_STEPS, Store
 from orchestrator.verdict import TransitionOutcome
 
 NO_TRANSITION = "none"
@@ -90,33 +92,114 @@ class RunSummary:
         return self.last.reason if self.last else None
 
 
-def _last_transition_id() -> sa.ScalarSelect[Any]:
-    newest = sa.select(sa.func.max(Transition.id)).where(Transition.run_id == Run.id)
-    return newest.correlate(Run).scalar_subquery()
+HEX_DIGITS = "0123456789abcdef"
 
 
-def _run_query(f: RunFilter) -> sa.Select[Any]:
-    q = sa.select(Run)
+def _after_prefix(prefix: str) -> str | None:
+    """The smallest hex string above every string that starts with ``prefix``: "ab9" -> "aba",
+    "abf" -> "ac"; None for "fff" (nothing above)."""
+    kept = prefix.rstrip("f")
+    if not kept:
+        return None
+    return kept[:-1] + HEX_DIGITS[HEX_DIGITS.index(kept[-1]) + 1]
+
+
+def _sha_starts_with(prefix: str) -> sa.ColumnElement[bool]:
+    """As a range over ``sha``, which the index on it answers: a LIKE cannot use that index on SQLite
+    (case-insensitive LIKE) nor on PostgreSQL outside the C collation, and would read every run. Shas
+    are stored as lowercase hex (service.common.parse_sha), whose order is the same in any collation;
+    the LIKE stays as the exact test."""
+    low = prefix.lower()
+    conditions = [Run.sha >= low, Run.sha.startswith(low, autoescape=True)]
+    high = _after_prefix(low)
+    if high is not None:
+        conditions.append(Run.sha < high)
+    return sa.and_(*conditions)
+
+
+# Fewer transitions than this with an outcome, and `--outcome` looks the runs up from those transitions
+# instead of testing the newest runs one by one (see _conditions).
+RARE_OUTCOME = 5_000
+
+
+def _outcome_is_rare(s: Session, outcome: str) -> bool:
+    """Whether fewer than RARE_OUTCOME transitions ended so: a count that stops there, on the index."""
+    few = sa.select(Transition.id).where(Transition.outcome == outcome).limit(RARE_OUTCOME).subquery()
+    return int(s.scalar(sa.select(sa.func.count()).select_from(few)) or 0) < RARE_OUTCOME
+
+
+def _conditions(f: RunFilter, *, rare_outcome: bool = False) -> list[sa.ColumnElement[bool]]:
+    """Every filter but the actor's (see ``_run_ids_by_actor``), on ``runs``. The transitions they
+    look at are aliased: these conditions also go into a query over ``transitions`` itself, where an
+    unaliased table would be correlated to that query's rows instead."""
+    found: list[sa.ColumnElement[bool]] = []
     if f.app:
-        q = q.where(Run.app == f.app)
+        found.append(Run.app == f.app)
     if f.state:
-        q = q.where(Run.state == f.state)
+        found.append(Run.state == f.state)
     if f.sha_prefix:
-        q = q.where(Run.sha.startswith(f.sha_prefix.lower(), autoescape=True))
+        found.append(_sha_starts_with(f.sha_prefix))
+    if f.since:
+        found.append(Run.created_at >= f.since)
+    if f.until:
+        found.append(Run.created_at < f.until)
+    any_transition = aliased(Transition)
+    if f.outcome == NO_TRANSITION:
+        found.append(~sa.exists().where(any_transition.run_id == Run.id))
+    elif f.outcome and rare_outcome:
+        # A rare outcome (interrupted, rejected): testing runs newest first would read all of them to
+        # fill a page; the few transitions that ended so, and are their run's last, say which runs.
+        ended = aliased(Transition)
+        later = aliased(Transition)
+        last_of_run = ~sa.exists().where(later.run_id == ended.run_id, later.id > ended.id)
+        found.append(Run.id.in_(sa.select(ended.run_id).where(ended.outcome == f.outcome, last_of_run)))
+    elif f.outcome:
+        # Newest runs first, each looked up by its last transition (two probes of an index): cheap per
+        # run, and a page of a common outcome stops after a few dozen runs.
+        newest = (
+            sa.select(sa.func.max(any_transition.id))
+            .where(any_transition.run_id == Run.id)
+            .correlate(Run)
+            .scalar_subquery()
+        )
+        last = aliased(Transition)
+        found.append(sa.exists().where(last.id == newest, last.outcome == f.outcome))
+    return found
+
+
+def _run_query(f: RunFilter, *, rare_outcome: bool = False) -> sa.Select[Any]:
+    q = sa.select(Run).where(*_conditions(f, rare_outcome=rare_outcome))
     if f.actor:
         by_transition = sa.exists().where(Transition.run_id == Run.id, Transition.actor == f.actor)
         q = q.where(sa.or_(Run.actor == f.actor, by_transition))
-    if f.since:
-        q = q.where(Run.created_at >= f.since)
-    if f.until:
-        q = q.where(Run.created_at < f.until)
-    if f.outcome == NO_TRANSITION:
-        q = q.where(~sa.exists().where(Transition.run_id == Run.id))
-    elif f.outcome:
-        q = q.where(
-            sa.exists().where(Transition.id == _last_transition_id(), Transition.outcome == f.outcome)
-        )
     return q
+
+
+def _run_ids_by_actor(f: RunFilter, first: int, *, rare_outcome: bool = False) -> sa.CompoundSelect:
+    """The ids of the newest ``first`` runs an actor started or moved (with the other filters).
+
+    "Started by A or has a transition by A" as one condition is tested run by run, newest first: a
+    rare actor reads the whole history. Instead each half reads its own index backwards, (actor, id)
+    on runs and (actor, run_id) on transitions, and stops at ``first`` runs; the newest ``first`` of
+    the union lie among those, however common or rare the actor is."""
+    others = _conditions(f, rare_outcome=rare_outcome)
+    started = (
+        sa.select(Run.id.label("id"))
+        .where(Run.actor == f.actor, *others)
+        .order_by(Run.id.desc())
+        .limit(first)
+        .subquery()
+    )
+    moved = (
+        sa.select(Transition.run_id.label("id"))
+        .join(Run, Run.id == Transition.run_id)
+        .where(Transition.actor == f.actor, *others)
+        .group_by(Transition.run_id)
+        .order_by(Transition.run_id.desc())
+        .limit(first)
+        .subquery()
+    )
+    return sa.union(sa.select(started.c.id), sa.select(moved.c.id))
 
 
 class History:
@@ -127,8 +210,14 @@ class History:
 
     def runs(self, f: RunFilter, *, limit: int = 20, offset: int = 0) -> list[RunRecord]:
         """Newest first; ``offset`` counts runs already shown (page N is offset (N-1)*limit)."""
-        q = _run_query(f).order_by(Run.id.desc()).limit(limit).offset(offset)
         with self._store._session() as s:
+            rare = bool(f.outcome and f.outcome != NO_TRANSITION and _outcome_is_rare(s, f.outcome))
+            if f.actor:
+                ids = _run_ids_by_actor(f, offset + limit, rare_outcome=rare)
+                q = sa.select(Run).where(Run.id.in_(ids))
+            else:
+                q = _run_query(f, rare_outcome=rare)
+            q = q.order_by(Run.id.desc()).limit(limit).offset(offset)
             return [RunRecord.of(r) for r in s.scalars(q)]
 
     def apps(self) -> list[str]:
@@ -151,8 +240,9 @@ class History:
                 .where(Transition.run_id.in_(ids))
                 .group_by(Transition.run_id)
             )
+            q = sa.select(Transition).where(Transition.id.in_(newest)).options(*WITH_CHECKS_AND_STEPS)
             with self._store._session() as s:
-                for row in s.scalars(sa.select(Transition).where(Transition.id.in_(newest))):
+                for row in s.scalars(q):
                     last[row.run_id] = _transition(row)
         return [RunSummary(r, last.get(r.id)) for r in runs]
 
@@ -251,6 +341,43 @@ class History:
             periods.append(ReleasePeriod(record, who, record.created_at, ended.get(record.environment)))
             ended[record.environment] = record.created_at
         return periods[:limit]
+
+    # what an operator alerts on (/metrics) --------------------------------------------------------
+
+    def run_counts(self) -> dict[tuple[str, str], int]:
+        """How many runs each app has in each state: (app, state) -> count, one grouped query."""
+        q = sa.select(Run.app, Run.state, sa.func.count()).group_by(Run.app, Run.state)
+        with self._store._session() as s:
+            return {(a, st): int(n) for a, st, n in s.execute(q)}
+
+    def transition_counts(self) -> dict[tuple[str, str, str], int]:
+        """How many transitions ended (or are under way) per app, target state and outcome."""
+        q = (
+            sa.select(Run.app, Transition.to_state, Transition.outcome, sa.func.count())
+            .join(Run, Run.id == Transition.run_id)
+            .group_by(Run.app, Transition.to_state, Transition.outcome)
+        )
+        with self._store._session() as s:
+            return {(a, to, o): int(n) for a, to, o, n in s.execute(q)}
+
+    def awaiting_approval(self) -> list[tuple[str, str, int]]:
+        """(app, environment, run_id) of every run that asked for an approval into an environment, got
+        no decision yet, and still stands before that environment (not moved on, superseded or
+        rejected): the people-shaped queue a deploy can wait in unnoticed."""
+        before = {STAGING: State.DEVELOPMENT.value, PROD: State.DEPLOY_STAGING.value}
+        decided = sa.exists().where(Approval.run_id == Run.id, Approval.environment == Event.environment)
+        q = (
+            sa.select(Run.app, Event.environment, Run.id)
+            .join(Run, Run.id == Event.run_id)
+            .where(Event.kind == "approval_requested", ~decided)
+            .where(
+                sa.or_(*(sa.and_(Event.environment == env, Run.state == st) for env, st in before.items()))
+            )
+            .distinct()
+            .order_by(Run.id)
+        )
+        with self._store._session() as s:
+            return [(a, env, int(run_id)) for a, env, run_id in s.execute(q)]
 
 
 @dataclass(frozen=True)

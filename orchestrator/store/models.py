@@ -8,7 +8,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING = {
@@ -30,9 +41,16 @@ class Base(DeclarativeBase):
 
 class Run(Base):
     __tablename__ = "runs"
+    # History is read newest first (`runs list`, /api/runs): each filter has an index that hands its
+    # runs over in id order, so a page is a bounded index scan, not a sort of every match (0006).
+    __table_args__ = (
+        Index("ix_runs_app_id", "app", "id"),
+        Index("ix_runs_actor_id", "actor", "id"),
+        Index("ix_runs_sha", "sha"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    app: Mapped[str] = mapped_column(String(63), index=True)
+    app: Mapped[str] = mapped_column(String(63))
     sha: Mapped[str] = mapped_column(String(40))
     state: Mapped[str] = mapped_column(String(32), index=True)
     actor: Mapped[str] = mapped_column(String(200))
@@ -54,9 +72,16 @@ class Transition(Base):
     crash leaves a row that says exactly which edge was under way and since when."""
 
     __tablename__ = "transitions"
+    # (run_id, id): a run's last transition (its outcome in `runs list`) from the index alone;
+    # (actor, run_id): runs moved by an actor, newest first; (to_state, finished_at): `metrics`' window.
+    __table_args__ = (
+        Index("ix_transitions_run_id_id", "run_id", "id"),
+        Index("ix_transitions_actor_run_id", "actor", "run_id"),
+        Index("ix_transitions_to_state_finished_at", "to_state", "finished_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     from_state: Mapped[str] = mapped_column(String(32))
     to_state: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(200))
@@ -124,9 +149,16 @@ class Release(Base):
     and rollback."""
 
     __tablename__ = "releases"
+    # (app, environment, id): an environment's latest release and the one before it; transition_id:
+    # the release a promotion made (`metrics`, recovery); (kind, created_at): rollbacks in a window.
+    __table_args__ = (
+        Index("ix_releases_app_environment_id", "app", "environment", "id"),
+        Index("ix_releases_transition_id", "transition_id"),
+        Index("ix_releases_kind_created_at", "kind", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    app: Mapped[str] = mapped_column(String(63), index=True)
+    app: Mapped[str] = mapped_column(String(63))
     environment: Mapped[str] = mapped_column(String(32))
     image_id: Mapped[str] = mapped_column(String(100))
     digest: Mapped[str | None] = mapped_column(String(300))

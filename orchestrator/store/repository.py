@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from orchestrator.errors import BadInput, Conflict, InfraUnavailable
 from orchestrator.holder import Holder
@@ -64,10 +64,34 @@ if TYPE_CHECKING:
     from orchestrator.metrics import Promotion, Rollback
 
 
+# A TransitionRecord carries its gate results and steps: loaded for a whole list of transitions in one
+# query each, not lazily by two more queries per transition.
+WITH_CHECKS_AND_STEPS = (selectinload(Transition.gate_results), selectinload(Transition.steps))
+
+
 def _chunks(ids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
     """IN lists of bounded length (SQLite limits bound parameters per statement)."""
     for start in range(0, len(ids), size):
         yield ids[start : start + size]
+
+
+def _raw_time(column: Any, sqlite: bool) -> Any:
+    """A timestamp column as SQLite stores it (ISO text), for ``_time`` to parse: SQLAlchemy's own
+    conversion (a regular expression per value) costs more than the query when `metrics` reads a
+    window of thousands of promotions. Other databases hand over timestamps natively."""
+    return sa.type_coerce(column, sa.String) if sqlite else column
+
+
+def _time(value: str | datetime | None) -> datetime | None:
+    """A timestamp read through ``_raw_time``: timezone-aware, UTC."""
+    if isinstance(value, str):
+        # SQLite's text has no offset and means UTC; parsing it with one is cheaper than .replace().
+        return (
+            datetime.fromisoformat(value + "+00:00")
+            if value[-6] not in "+-"
+            else datetime.fromisoformat(value)
+        )
+    return _aware(value)
 
 
 def _held_by(model: type[Transition] | type[EnvironmentLock], holder: Holder) -> sa.ColumnElement[bool]:
@@ -141,7 +165,12 @@ class Store:
 
     def transitions(self, run_id: int) -> list[TransitionRecord]:
         with self._session() as s:
-            rows = s.scalars(sa.select(Transition).where(Transition.run_id == run_id).order_by(Transition.id))
+            rows = s.scalars(
+                sa.select(Transition)
+                .where(Transition.run_id == run_id)
+                .order_by(Transition.id)
+                .options(*WITH_CHECKS_AND_STEPS)
+            )
             return [_transition(r) for r in rows]
 
     # transitions ----------------------------------------------------------------------------------
@@ -793,20 +822,34 @@ class Store:
     def prod_history(self, app: str | None, since: datetime) -> tuple[list[Promotion], list[Rollback]]:
         """What `metrics` computes from: the prod-edge transitions that finished since ``since`` and
         reached prod (succeeded, or failed after a prod step began), and prod's rollback releases
-        since then with the release each replaced. Four queries, whatever the size of the window."""
+        since then with the release each replaced. Three queries, whatever the size of the window, each
+        reading the window through an index (0006), not the whole history."""
         from orchestrator.metrics import Promotion, Rollback
 
         with self._session() as s:
+            # The prod release each successful promotion made comes in the same query (by the index on
+            # releases.transition_id), not by one more query per 500 promotions.
+            sqlite = self.engine.dialect.name == "sqlite"
             q = (
                 sa.select(
                     Transition.id,
                     Transition.run_id,
                     Transition.outcome,
-                    Transition.finished_at,
+                    _raw_time(Transition.finished_at, sqlite).label("finished_at"),
                     Run.app,
-                    Run.committed_at,
+                    _raw_time(Run.committed_at, sqlite).label("committed_at"),
+                    Release.id.label("release_id"),
+                    _raw_time(Release.created_at, sqlite).label("released_at"),
                 )
                 .join(Run, Run.id == Transition.run_id)
+                .outerjoin(
+                    Release,
+                    sa.and_(
+                        Release.transition_id == Transition.id,
+                        Release.environment == "prod",
+                        Transition.outcome == "succeeded",
+                    ),
+                )
                 .where(
                     Transition.to_state == "deploy",
                     Transition.outcome.in_(("succeeded", "failed")),
@@ -815,8 +858,19 @@ class Store:
             )
             if app is not None:
                 q = q.where(Run.app == app)
-            rows = s.execute(q).all()
-            failed_ids = [r.id for r in rows if r.outcome == "failed"]
+            # A window holds thousands of promotions: read as plain rows (no ORM result processing).
+            found = s.connection().execute(q).all()
+            # A transition that recorded two prod releases (a retried record step) counts once, with
+            # its newest. Rows are unpacked by position: thousands of them, read by name, cost more
+            # than the query.
+            released: dict[int, tuple[int, Any]] = {}
+            rows: dict[int, tuple[Any, ...]] = {}
+            for row in found:
+                tid, release_id, released_at = row[0], row[6], row[7]
+                rows[tid] = tuple(row)
+                if release_id is not None and (tid not in released or release_id > released[tid][0]):
+                    released[tid] = (release_id, released_at)
+            failed_ids = [tid for tid, row in rows.items() if row[2] == "failed"]
             touched: dict[int, datetime] = {}
             for chunk in _chunks(failed_ids):
                 touched.update(
@@ -826,39 +880,38 @@ class Store:
                         .group_by(StepRow.transition_id)
                     ).all()
                 )
-            released: dict[int, tuple[int, datetime]] = {}
-            ok_ids = [r.id for r in rows if r.outcome == "succeeded"]
-            for chunk in _chunks(ok_ids):
-                for release_id, transition_id, created_at in s.execute(
-                    sa.select(Release.id, Release.transition_id, Release.created_at).where(
-                        Release.transition_id.in_(chunk), Release.environment == "prod"
+            promotions = []
+            for tid, run_id, outcome, finished_at, app_name, committed_at, _, _ in rows.values():
+                succeeded = outcome == "succeeded"
+                if not succeeded and tid not in touched:
+                    continue
+                release = released.get(tid)
+                promotions.append(
+                    Promotion(
+                        app=app_name,
+                        run_id=run_id,
+                        transition_id=tid,
+                        succeeded=succeeded,
+                        finished_at=_time(finished_at),  # type: ignore[arg-type]
+                        committed_at=_time(committed_at),
+                        prod_touched_at=_aware(touched.get(tid)),
+                        release_id=release[0] if release else None,
+                        released_at=_time(release[1]) if release else None,
                     )
-                ):
-                    if transition_id not in released or release_id > released[transition_id][0]:
-                        released[transition_id] = (release_id, created_at)
-            promotions = [
-                Promotion(
-                    app=r.app,
-                    run_id=r.run_id,
-                    transition_id=r.id,
-                    succeeded=r.outcome == "succeeded",
-                    finished_at=_aware(r.finished_at),  # type: ignore[arg-type]
-                    committed_at=_aware(r.committed_at),
-                    prod_touched_at=_aware(touched.get(r.id)),
-                    release_id=released[r.id][0] if r.id in released else None,
-                    released_at=_aware(released[r.id][1]) if r.id in released else None,
                 )
-                for r in rows
-                if r.outcome == "succeeded" or r.id in touched
-            ]
             earlier = aliased(Release)
             replaced = (
                 sa.select(sa.func.max(earlier.id))
                 .where(earlier.app == Release.app, earlier.environment == "prod", earlier.id < Release.id)
                 .scalar_subquery()
             )
+            # `orchestrator rollback` only (no transition): a failed promotion's own restore undoes the
+            # promotion that failed (already counted), not the good release it brings back.
             rq = sa.select(Release.app, Release.id, Release.created_at, replaced).where(
-                Release.environment == "prod", Release.kind == "rollback", Release.created_at >= since
+                Release.environment == "prod",
+                Release.kind == "rollback",
+                Release.transition_id.is_(None),
+                Release.created_at >= since,
             )
             if app is not None:
                 rq = rq.where(Release.app == app)

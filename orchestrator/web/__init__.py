@@ -9,7 +9,8 @@ Flask plugged in through WSGI: every response says ``X-Content-Type-Options: nos
 not guess a script out of a JSON or text body); ``Server`` names the product only (the standard library
 would add ``Python/3.x.y``, telling a scanner which CVEs to try); a connection that sends nothing is
 dropped after ``IDLE_TIMEOUT_S``, so idle sockets cannot hold the server's threads forever; and only
-GET and HEAD reach the application (nothing here changes state), anything else is 501.
+GET, HEAD and POST reach the application, anything else is 501. POST is for the token-protected
+actions of web/actions.py; the application answers 405 to a POST anywhere else.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from wsgiref.handlers import SimpleHandler
 IDLE_TIMEOUT_S = 5.0
 SERVER_NAME = "orchestrator"
 NOSNIFF = ("X-Content-Type-Options", "nosniff")
-READ_METHODS = ("GET", "HEAD")
+METHODS = ("GET", "HEAD", "POST")
 
 WsgiApp = Callable[..., Any]
 
@@ -90,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self.parse_request():
             return
-        if self.command not in READ_METHODS:
+        if self.command not in METHODS:
             self.send_error(501, f"Unsupported method ({self.command!r})")
             return
         handler = _WsgiHandler(

@@ -1,9 +1,11 @@
-"""The dashboard and its read-only JSON API: what runs where, the runs, their gates and evidence.
+"""The dashboard and its JSON API: what runs where, the runs, their gates and evidence, DORA charts,
+``/metrics`` for Prometheus.
 
 Flask for routing and Jinja2 templates (autoescaped: actors, reasons and gate evidence come from users
 and apps and must never become markup). The API answers in the shapes of the CLI's ``--json`` (a test
-holds the two equal), so a script can move between them. Nothing here changes state: there is no
-endpoint to lock, freeze or roll back, so there is no token to steal.
+holds the two equal), so a script can move between them. Everything here reads, except the POST
+endpoints of web/actions.py (approve, reject, lock, unlock, freeze, unfreeze), which need the bearer
+token from ORCH_API_TOKEN and are disabled without it.
 
 The config and the database are opened on first use, not at start: ``/health`` and ``/version`` must
 answer (the orchestrator deploys itself with them) even where no database is reachable yet.
@@ -12,7 +14,8 @@ answer (the orchestrator deploys itself with them) even where no database is rea
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,15 +24,26 @@ from flask import Flask, Response, abort, jsonify, render_template, request
 from orchestrator.config import Config, load_config
 from orchestrator.errors import BadInput, OrchestratorError
 from orchestrator.machine import State
+from orchestrator.metrics import DoraHistory, human_duration
 from orchestrator.store import db
 from orchestrator.store.history import OUTCOMES, History, RunFilter, parse_when, revision_evidence
-from orchestrator.store.repository import Store
+from orchestrator.store.repository import RunRecord, Store
+from orchestrator.web import actions
+from orchestrator.web.actions import configured_token
+from orchestrator.web.charts import dora_charts
+from orchestrator.web.prometheus import Snapshot, exposition, registry_for
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
     from orchestrator.releases import EnvStatus
+    from orchestrator.service import RunService
 
 PAGE_SIZE = 50
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+METRICS_WINDOW = "30d"
 
 
 @dataclass
@@ -38,6 +52,10 @@ class Backend:
 
     config_path: str | None = None
     engine_factory: Callable[[], DockerEngine] | None = None
+    # The window /metrics reports the DORA keys over (as `metrics --since` reads it).
+    metrics_window: str = METRICS_WINDOW
+    # ORCH_API_TOKEN as the server started with it; None disables the POST endpoints (web/actions.py).
+    api_token: str | None = field(default_factory=configured_token, repr=False)
     _config: Config | None = None
     _store: Store | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -62,6 +80,48 @@ class Backend:
         from orchestrator.service import connect_engine
 
         return status(self.config, self.store, self.engine_factory or connect_engine, app)
+
+    @contextmanager
+    def service(self) -> Iterator[RunService]:
+        """The service layer for one state-changing request, as the CLI builds it for one command:
+        its notifications are delivered (or recorded as failed) before the response goes out."""
+        from orchestrator.notify import Notifier, record_failures
+        from orchestrator.service import RunService, connect_engine
+
+        config, store = self.config, self.store
+        notifier = Notifier.from_config(config)
+        try:
+            yield RunService(config, store, self.engine_factory or connect_engine, notifier)
+        finally:
+            record_failures(store, notifier.close())
+
+    def dora_history(self) -> DoraHistory:
+        """Every app's promotions and rollbacks over the metrics window, read now."""
+        from orchestrator.metrics import load
+
+        return load(self.config, self.store, None, self.metrics_window)
+
+    def snapshot(self) -> Snapshot:
+        """What one /metrics scrape reports, read now (orchestrator/web/prometheus.py)."""
+        from datetime import UTC, datetime
+
+        from orchestrator.metrics import load
+        from orchestrator.web import revision
+
+        config, store = self.config, self.store
+        history = History(store)
+        now = datetime.now(UTC)
+        return Snapshot(
+            window=self.metrics_window,
+            report=load(config, store, None, self.metrics_window, now=now).report(),
+            runs=history.run_counts(),
+            transitions=history.transition_counts(),
+            awaiting_approval=history.awaiting_approval(),
+            locks=store.locks(),
+            freezes=store.freezes(),
+            now=now,
+            revision=revision(),
+        )
 
     def sources(self) -> dict[str, Any]:
         config = self.config
@@ -105,9 +165,31 @@ def _query_with(**changes: Any) -> str:
     return urlencode(args)
 
 
+def _slug(name: str) -> str:
+    """An app name as it may appear in an element id (ids must be unique and free of spaces)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_-]", "-", name)
+
+
 def _app_names(backend: Backend) -> list[str]:
     """Configured apps and any the history knows (a dashboard may run without the apps' config)."""
     return sorted(set(backend.config.apps) | set(History(backend.store).apps()))
+
+
+def _awaiting_decision(backend: Backend, run: RunRecord) -> str | None:
+    """The environment ``run``'s next edge needs a person's approval for, while nobody decided yet
+    (the run page then offers Approve and Reject); None otherwise."""
+    from orchestrator.approvals import Standing, standing, target_environment
+    from orchestrator.machine import TO_PROD, TO_STAGING
+
+    edge = {State.DEVELOPMENT.value: TO_STAGING, State.DEPLOY_STAGING.value: TO_PROD}.get(run.state)
+    app = backend.config.apps.get(run.app)
+    if edge is None or app is None:
+        return None
+    if standing(app.require_approval, edge, backend.store.approvals(run.id)) != Standing.AWAITING:
+        return None
+    return target_environment(edge)
 
 
 def run_detail(store: Store, run_id: int) -> dict[str, Any]:
@@ -136,10 +218,27 @@ def create_app(backend: Backend | None = None) -> Flask:
     backend = backend or Backend()
     app = Flask(__name__)
     app.config["JSON_SORT_KEYS"] = False
+    app.config["MAX_CONTENT_LENGTH"] = actions.MAX_BODY
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.jinja_env.globals.update(
-        revision=revision, revision_evidence=revision_evidence, outcomes=OUTCOMES, query_with=_query_with
+        revision=revision,
+        revision_evidence=revision_evidence,
+        outcomes=OUTCOMES,
+        query_with=_query_with,
+        human_duration=human_duration,
+        app_slug=_slug,
     )
+
+    @app.context_processor
+    def api_state() -> dict[str, Any]:
+        return {"api_enabled": backend.api_token is not None}
+
+    @app.after_request
+    def content_security_policy(response: Response) -> Response:
+        # Only the server's own script runs (static/actions.js): markup that slipped past escaping
+        # could not run a script, so it could not read the API token a person keeps in the tab.
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        return response
 
     @app.errorhandler(OrchestratorError)
     def domain_error(exc: OrchestratorError) -> Response | tuple[Any, int]:
@@ -151,6 +250,8 @@ def create_app(backend: Backend | None = None) -> Flask:
         payload = {"error": exc.kind, "message": exc.message, "exit_code": exc.exit_code}
         if request.path.startswith("/api/"):
             return jsonify(payload), status
+        if request.path == "/metrics":  # a scraper shows the body of a failed scrape as it is
+            return Response(f"{exc.kind}: {exc.message}\n", status=status, mimetype="text/plain"), status
         return render_template("error.html", error=payload, status=status), status
 
     @app.errorhandler(404)
@@ -164,6 +265,14 @@ def create_app(backend: Backend | None = None) -> Flask:
     @app.get("/version")
     def version() -> Response:
         return Response(revision() + "\n", mimetype="text/plain")
+
+    # One registry per application, never prometheus_client's global one (web/prometheus.py).
+    scrape_registry = registry_for(backend.snapshot)
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        body, content_type = exposition(scrape_registry, request.headers.get("Accept"))
+        return Response(body, content_type=content_type)
 
     # JSON API -----------------------------------------------------------------------------------
 
@@ -211,6 +320,8 @@ def create_app(backend: Backend | None = None) -> Flask:
         )
         return jsonify({"entries": [e.as_dict() for e in entries]})
 
+    actions.register(app, backend)
+
     # dashboard ----------------------------------------------------------------------------------
 
     @app.get("/")
@@ -223,8 +334,12 @@ def create_app(backend: Backend | None = None) -> Flask:
         except OrchestratorError as exc:  # no engine: the history is still worth showing
             environments, status_error = [], exc.message
         store = backend.store
+        dora = backend.dora_history()
         return render_template(
             "index.html",
+            metrics_window=backend.metrics_window,
+            dora=dora.report(),
+            charts={a: dora_charts(a, backend.metrics_window, dora.daily(a)) for a in dora.apps},
             runs=runs,
             filters=request.args,
             page=page,
@@ -245,6 +360,7 @@ def create_app(backend: Backend | None = None) -> Flask:
             run=record,
             transitions=store.transitions(run_id),
             releases=store.releases_of_run(run_id),
+            awaiting_env=_awaiting_decision(backend, record),
         )
 
     @app.get("/releases")

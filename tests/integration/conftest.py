@@ -855,6 +855,6 @@ def haproxy_image(engine: DockerEngine) -> Iterator[str]:
     tag = f"orch-test-haproxy-{uuid.uuid4().hex[:8]}:test"
     engine.build(build_context(HAPROXY_DOCKERFILE, files), tag=tag)
     yield tag
-    # By tag, not by id: the build is reproducible, so a parallel session's image has the same id, and
-    # removing the id with force would untag theirs too (their proxies then fail "No such image").
+    # By tag, not id: another session on this engine builds the byte-identical image (same id) and may
+    # still run containers of it; removing our tag leaves theirs alone.
     engine.remove_image(tag)

@@ -98,9 +98,9 @@ class SwarmApp:
         self.app.workspace.write_config(
             "[orchestrator]\n"
             f"health_timeout_s = {health_timeout_s}\n"
-            "swarm_timeout_s = 120\n"
-            f"proxy_image = {json.dumps(self.proxy_image)}\n\n"
+            "swarm_timeout_s = 120\n\n"
             f"[apps.{self.name}]\n"
+            f"proxy_image = {json.dumps(self.proxy_image)}\n"
             f"source = {json.dumps(Path(self.app.repo.path).as_posix())}\n"
             'health_path = "/health"\nversion_path = "/version"\n'
             f"staging_port = {self.app.staging_port}\nprod_port = {self.app.prod_port}\n"

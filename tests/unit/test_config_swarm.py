@@ -148,3 +148,11 @@ def test_the_stack_override_names_only_the_app_service_by_digest() -> None:
     assert "order: start-first, failure_action: rollback, monitor: 1500ms" in text
     assert '"orchestrator.revision": "abc"' in text and '"orchestrator.run": "7"' in text
     assert 'name: "orch-shop"' in text and "external: true" in text
+
+
+def test_a_swarm_app_names_its_proxy_image_and_cannot_also_be_zero_downtime(tmp_path: Path) -> None:
+    app = load(tmp_path, APP + 'runtime = "swarm"\nproxy_image = "reg:5000/haproxy:2.8"\n')
+    assert app.proxy_image == "reg:5000/haproxy:2.8"
+    with pytest.raises(BadInput) as exc:
+        load(tmp_path, APP + 'runtime = "swarm"\nzero_downtime = true\ncontainer_port = 8080\n')
+    assert "behind their own proxy already" in exc.value.message

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from dashboard_support import BAD_SHA, GOOD_SHA, Seeded, dashboard, seed
+from dashboard_support import BAD_SHA, GOOD_SHA, Seeded, backdate, dashboard, promote_to_prod, seed
 
 from orchestrator.store.repository import Store
 
@@ -73,12 +74,14 @@ def test_api_releases_is_releases_json(site: str, cli: Cli, seeded: Seeded) -> N
     assert current["actor"] == "ci-bot" and current["current"] is True and current["until"] is None
 
 
-def test_api_refuses_what_changes_state(site: str) -> None:
-    """Nothing under /api/ changes state, so no method but GET and HEAD reaches the application."""
-    request = urllib.request.Request(f"{site}/api/runs", method="POST", data=b"{}")
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=30)
-    assert refused.value.code == 501
+def test_api_read_endpoints_refuse_other_methods(site: str) -> None:
+    """The read endpoints take GET and HEAD; POST belongs to the token-protected actions only
+    (test_api_actions.py), and no other method reaches the application."""
+    for method, status in (("POST", 405), ("PUT", 501), ("DELETE", 501)):
+        request = urllib.request.Request(f"{site}/api/runs", method=method, data=b"{}")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == status, method
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,3 +139,43 @@ def test_dashboard_escapes_what_users_wrote(
         page.goto(url + "/")
         assert evil in page.locator("tr.run").first.inner_text()
         assert page.title() != "owned" and page.locator("tr.run img").count() == 0
+
+
+def test_dora_charts_show_each_days_deploys_and_the_failure_rate(
+    page: Any, cli: Cli, workspace: Workspace, store: Store, free_port: Callable[[], int]
+) -> None:
+    """Two deploys two days ago, one today and a failure in prod today: two bars of deploys (2 and 1),
+    and the failure rate in words, for today (1 of 2) and over the window (1 of 4), as `metrics` says it."""
+    runs = [store.create_run("demo", GOOD_SHA, "ci", "deploy-staging").id for _ in range(4)]
+    for run in runs[:2]:
+        backdate(store, promote_to_prod(store, run), timedelta(days=2))
+    promote_to_prod(store, runs[2])
+    promote_to_prod(store, runs[3], fail_in_prod=True)
+    expected = cli("metrics", "demo", as_json=True).ok()["apps"]["demo"]
+    assert expected["deployment_frequency"]["days_with_deployments"] == 2
+    today = datetime.now(UTC).date()
+
+    with dashboard(free_port(), str(workspace.config_path)) as url:
+        page.goto(url + "/")
+        app = page.locator("#metrics .dora-app[data-app='demo']")
+        bars = app.locator("svg.deploys rect.bar")
+        assert bars.count() == expected["deployment_frequency"]["days_with_deployments"]
+        drawn = {
+            bars.nth(i).get_attribute("data-day"): bars.nth(i).locator("title").text_content()
+            for i in range(2)
+        }
+        assert drawn == {
+            (today - timedelta(days=2)).isoformat(): f"{today - timedelta(days=2)}: 2 deploys",
+            today.isoformat(): f"{today}: 1 deploy",
+        }
+        rate = app.locator("li.change-failure-rate").inner_text()
+        assert rate.startswith("Change failure rate: 25% (1 of 4")
+        failure_bar = app.locator(f"svg.failure-rate rect.bar[data-day='{today}'] title")
+        assert failure_bar.text_content() == f"{today}: 50% failed (1 of 2)"
+        svg = app.locator("svg.deploys")
+        assert svg.get_attribute("role") == "img"
+        title_id = svg.get_attribute("aria-labelledby").split()[0]
+        assert page.locator(f"[id='{title_id}']").text_content() == "demo: deploys to prod per day"
+        # The numbers in words, for whoever cannot see the drawing.
+        app.locator("figure[data-chart='deploys'] details summary").click()
+        assert "2 deploys" in app.locator("figure[data-chart='deploys'] details table").inner_text()

@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
+from dashboard_support import promote_to_prod
 from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.errors import BadInput
-from orchestrator.metrics import Promotion, Rollback, compute, parse_since, report
+from orchestrator.metrics import Promotion, Rollback, compute, daily, parse_since, report
 from orchestrator.store.repository import Store
 
 if TYPE_CHECKING:
@@ -135,6 +136,42 @@ def test_properties(promotions: list[Promotion], data: st.DataObject) -> None:
     assert compute(list(reversed(promotions)), list(reversed(rollbacks)), since, until) == m
 
 
+def test_daily_buckets_by_utc_day_and_clips_the_window() -> None:
+    since, until = T0 + 5 * H, T0 + timedelta(days=3, hours=5)  # not midnight: first and last day clipped
+    promotions = [
+        ok(1, T0 + 6 * H),
+        ok(2, T0 + 23 * H, lead=3 * H),
+        ok(3, T0 + timedelta(days=2, hours=1)),
+        failed(4, T0 + timedelta(days=2, hours=2), restore=timedelta(minutes=5)),
+        ok(5, T0 + 4 * H),  # before the window, though on its first day
+    ]
+    # Day 1's second release is rolled back on day 3: it still counts against day 1.
+    rollbacks = [Rollback("shop", 300, T0 + timedelta(days=2, hours=3), replaced_release_id=102)]
+    points = daily(promotions, rollbacks, since, until)
+    assert [p.day.day for p in points] == [1, 2, 3, 4]
+    assert [p.dora.deployments for p in points] == [2, 0, 1, 0]
+    assert [p.dora.change_failure_rate for p in points] == [0.5, None, 0.5, None]
+    assert points[0].dora.lead_time_median_s == 2 * 3600
+    assert points[0].dora.deploys_per_day == pytest.approx(2 / (19 / 24))  # 19 hours of day 1
+
+
+@given(st.lists(promotion, max_size=40, unique_by=lambda p: p.run_id), st.integers(0, 23))
+def test_the_days_add_up_to_the_window(promotions: list[Promotion], offset_h: int) -> None:
+    """The charts draw the days; the numbers above them are the window's: they must agree."""
+    since, until = T0 + timedelta(hours=offset_h), T0 + timedelta(days=30)
+    rollbacks = [Rollback("shop", 10_000, T0 + timedelta(days=31), p.release_id) for p in promotions[:1]]
+    points = daily(promotions, rollbacks, since, until)
+    whole = compute(promotions, rollbacks, since, until)
+    assert len(points) == 30
+    assert points[0].day == since.date() and points[-1].day == (until - H).date()
+    assert len({p.day for p in points}) == len(points)
+    assert sum(p.dora.deployments for p in points) == whole.deployments
+    assert sum(p.dora.attempts for p in points) == whole.attempts
+    assert sum(p.dora.failures for p in points) == whole.failures
+    assert sum(p.dora.lead_time_samples for p in points) == whole.lead_time_samples
+    assert sum(1 for p in points if p.dora.deployments) == whole.deploy_days
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [("30d", T0 - timedelta(days=30)), ("12h", T0 - 12 * H), ("2w", T0 - timedelta(days=14))],
@@ -154,40 +191,6 @@ def test_parse_since_refuses(raw: str) -> None:
 # the store and the CLI
 
 
-def _promote(store: Store, run_id: int, *, fail_in_prod: bool = False) -> int:
-    """A prod-edge transition as the service records it (with its prod step and release)."""
-    from orchestrator.holder import Holder
-
-    tid = store.begin_transition(
-        run_id,
-        "deploy-staging",
-        "deploy",
-        "ci",
-        ["staging", "prod"],
-        target_environment="prod",
-        holder=Holder.me(),
-        lease_s=60,
-    )
-    step = store.begin_step(tid, 1, "swap", "prod")
-    store.finish_step(step, status="done", changes={})
-    if not fail_in_prod:
-        store.record_release(
-            app="demo",
-            environment="prod",
-            image_id="sha256:" + "1" * 64,
-            revision="a" * 40,
-            run_id=run_id,
-            transition_id=tid,
-        )
-    store.finish_transition(
-        tid,
-        outcome="failed" if fail_in_prod else "succeeded",
-        reason="x" if fail_in_prod else None,
-        result_state="development" if fail_in_prod else "deploy",
-    )
-    return tid
-
-
 @pytest.mark.usefixtures("docker_free_gates")
 def test_metrics_from_recorded_history(cli: Cli, workspace: Workspace, store: Store) -> None:
     runs = []
@@ -196,9 +199,9 @@ def test_metrics_from_recorded_history(cli: Cli, workspace: Workspace, store: St
         runs.append(run)
     for run_id in runs:
         cli("advance", run_id, "--to", "deploy-staging", as_json=True).ok()
-    _promote(store, runs[0])
-    _promote(store, runs[1], fail_in_prod=True)
-    _promote(store, runs[2])
+    promote_to_prod(store, runs[0])
+    promote_to_prod(store, runs[1], fail_in_prod=True)
+    promote_to_prod(store, runs[2])
     # Roll prod back from the third run's release to the first's.
     first, third = (store.releases_of_run(r)[0] for r in (runs[0], runs[2]))
     store.record_release(

@@ -117,6 +117,10 @@ def test_touched_and_new_image_read_the_recorded_steps() -> None:
     assert new_image(steps, PROD) == "sha256:promoted"
     assert new_image(steps, STAGING) == "sha256:built"
     assert touched([step("restore_prod_stop", PROD)], PROD)
+    # A zero-downtime hand-over touches prod from its connect on, as a recover phase does.
+    for name in ("prod_connect", "prod_retire", "recover_prod_retire"):
+        assert touched([step(name, PROD)], PROD), name
+    assert not touched([step("prod_verify_new", PROD), step("prod_takeover", STAGING)], PROD)
 
 
 def _transition(**kw: object) -> TransitionRecord:

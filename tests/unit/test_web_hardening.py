@@ -79,12 +79,18 @@ def raw_exchange(port: int, data: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("GET", "/health", 200), ("GET", "/version", 200), ("GET", "/<script>", 404), ("POST", "/health", 501)],
+    [
+        ("GET", "/health", 200),
+        ("GET", "/version", 200),
+        ("GET", "/<script>", 404),
+        ("POST", "/health", 405),
+        ("PUT", "/health", 501),
+    ],
 )
 def test_every_response_says_nosniff_and_names_no_python(
     serve: int, method: str, path: str, status: int
 ) -> None:
-    """Our own responses and the standard library's error pages (501 for POST) alike."""
+    """Our own responses and the standard library's error pages (501 for PUT) alike."""
     response = request(serve, method, path)
     assert response.status == status
     assert response.getheader("X-Content-Type-Options") == "nosniff"

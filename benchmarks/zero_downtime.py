@@ -1,0 +1,404 @@
+#!/usr/bin/env python3
+"""Benchmark: what a client of prod sees during a promotion and a rollback, plain runtime vs proxied.
+
+The scenario (issue 14, "Zero-downtime promotion"): a client asks prod's port every 20 ms (loopback) while
+``orchestrator advance --to deploy`` promotes a new commit, and again while ``orchestrator rollback``
+returns prod to the previous release. Counted: failed requests (refused, reset, timed out, non-2xx) and
+the longest gap between two successful answers. Timed: the promotion (``advance --to deploy``, a
+separate process, as an operator runs it) and the rollback.
+
+Two apps side by side, the same busybox image recipe, repetitions interleaved so that a slow moment of
+the machine hurts both alike:
+- **plain**: the direct runtime (one container per environment, stopped and then replaced), host
+  networking on 127.0.0.1 (this engine's default bridge is unusable, so no ``container_port`` here);
+- **proxied**: ``zero_downtime = true`` with ``container_port``: a kept haproxy container owns the port,
+  the new release starts beside the old one, is checked on its own port and takes traffic first.
+
+The proxy image is built from Debian's /usr/sbin/haproxy and the libraries it links (no Docker Hub here),
+as the tests do; ``--proxy-image`` names another. Nothing here asserts a threshold: it prints counts,
+seconds and the ratio proxied / plain of the promotion time.
+
+Run: ``.venv/bin/python benchmarks/zero_downtime.py --repeat 3``. Needs a local Docker engine, git,
+Debian's static busybox at /usr/bin/busybox and haproxy at /usr/sbin/haproxy. Containers, networks,
+images and temp dirs are named ``bench-zdt-<random>`` and removed at the end, on failure and on Ctrl-C
+or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import itertools
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BUSYBOX = Path("/usr/bin/busybox")
+HAPROXY = Path("/usr/sbin/haproxy")
+LOOPBACK = "127.0.0.1"
+STEP_TIMEOUT_S = 600.0
+INTERVAL_S = 0.02
+CONTAINER_PORT = 8080
+GIT_IDENTITY = (
+    "-c",
+    "user.name=benchmark",
+    "-c",
+    "user.email=benchmark@localhost",
+    "-c",
+    "commit.gpgsign=false",
+)
+
+DOCKERFILE = """\
+FROM scratch
+COPY busybox /bin/busybox
+ARG GIT_SHA
+LABEL org.opencontainers.image.revision=$GIT_SHA
+COPY rootfs /
+RUN ["/bin/busybox", "sh", "-c", "echo $GIT_SHA > /www/version"]
+CMD ["/bin/busybox", "sh", "/serve.sh"]
+"""
+# Stops when asked (SIGTERM), as a real app does; PID 1 would otherwise ignore it.
+SERVE = """\
+trap "exit 0" TERM
+/bin/busybox httpd -f -p "{bind}:$PORT" -h /www &
+wait
+"""
+HAPROXY_DOCKERFILE = 'FROM scratch\nCOPY . /\nENTRYPOINT ["/usr/sbin/haproxy"]\n'
+
+
+class BenchmarkError(Exception):
+    """A step did not do what the scenario needs: the numbers would be meaningless, so stop."""
+
+
+def run_cmd(argv: Sequence[str], *, what: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(list(argv), capture_output=True, timeout=STEP_TIMEOUT_S, **kwargs)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchmarkError(f"{what}: timed out after {STEP_TIMEOUT_S:.0f}s") from exc
+
+
+def checked(argv: Sequence[str], *, what: str, **kwargs: Any) -> str:
+    proc = run_cmd(argv, what=what, **kwargs)
+    if proc.returncode != 0:
+        raise BenchmarkError(
+            f"{what} failed with exit {proc.returncode}:\n{proc.stdout.decode(errors='replace')[-3000:]}\n"
+            f"{proc.stderr.decode(errors='replace')[-3000:]}"
+        )
+    return proc.stdout.decode(errors="replace")
+
+
+def free_ports(count: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((LOOPBACK, 0))
+            ports.append(sock.getsockname()[1])
+    return ports
+
+
+def build_haproxy_image(tag: str) -> None:
+    """Debian's haproxy and the libraries ldd names, in a FROM scratch image (the tests' recipe)."""
+    import docker
+
+    out = checked(["ldd", str(HAPROXY)], what="ldd haproxy")
+    files = [HAPROXY, *(Path(p) for p in re.findall(r"(/\S+)\s+\(0x", out))]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(HAPROXY_DOCKERFILE)
+        tar.addfile(info, io.BytesIO(HAPROXY_DOCKERFILE.encode()))
+        for path in files:
+            tar.add(str(path.resolve()), arcname=str(path).lstrip("/"))
+    buf.seek(0)
+    client = docker.from_env(timeout=300)
+    try:
+        client.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True)
+    finally:
+        client.close()
+
+
+@dataclass
+class Loop:
+    """A client asking ``url`` every 20 ms on a thread: failures and the longest gap between answers."""
+
+    url: str
+    ok: int = 0
+    failed: list[str] = field(default_factory=list)
+    answered_at: list[float] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as answer:
+                    answer.read()
+                self.ok += 1
+                self.answered_at.append(time.monotonic())
+            except Exception as exc:
+                self.failed.append(type(exc).__name__)
+            time.sleep(INTERVAL_S)
+
+    @property
+    def longest_gap_s(self) -> float:
+        times = self.answered_at
+        return max((b - a for a, b in itertools.pairwise(times)), default=float("nan"))
+
+
+@contextlib.contextmanager
+def client_loop(port: int) -> Iterator[Loop]:
+    loop = Loop(f"http://{LOOPBACK}:{port}/version")
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        yield loop
+        time.sleep(0.5)
+    finally:
+        loop.stop.set()
+        thread.join(timeout=10)
+
+
+@dataclass
+class Phase:
+    seconds: list[float] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    requests: list[int] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+
+    def add(self, seconds: float, loop: Loop) -> None:
+        self.seconds.append(seconds)
+        self.failed.append(len(loop.failed))
+        self.requests.append(loop.ok + len(loop.failed))
+        self.gaps.append(loop.longest_gap_s)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "median_s": round(statistics.median(self.seconds), 3),
+            "seconds": [round(x, 3) for x in self.seconds],
+            "failed_requests": self.failed,
+            "requests": self.requests,
+            "longest_gap_s": round(max(self.gaps), 3),
+            "gaps_s": [round(x, 3) for x in self.gaps],
+        }
+
+
+@dataclass
+class Side:
+    label: str
+    app: str
+    dir: Path
+    staging_port: int
+    prod_port: int
+    proxy_image: str | None  # None: the plain runtime
+    promotion: Phase = field(default_factory=Phase)
+    rollback: Phase = field(default_factory=Phase)
+    count: int = 0
+
+    @property
+    def repo(self) -> Path:
+        return self.dir / "repo"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+        env["ORCH_DATABASE_URL"] = f"sqlite:///{(self.dir / 'orchestrator.db').as_posix()}"
+        env["PYTHONPATH"] = str(ROOT)
+        return env
+
+    def setup(self) -> None:
+        rootfs = self.repo / "rootfs"
+        (rootfs / "www").mkdir(parents=True)
+        shutil.copy2(BUSYBOX, self.repo / "busybox")
+        (self.repo / "Dockerfile").write_text(DOCKERFILE, encoding="utf-8")
+        bind = LOOPBACK if self.proxy_image is None else "0.0.0.0"
+        (rootfs / "serve.sh").write_text(SERVE.format(bind=bind), encoding="utf-8")
+        (rootfs / "www" / "health").write_text("ok\n", encoding="utf-8")
+        self.git("init", "-q")
+        proxied = ""
+        if self.proxy_image is not None:
+            proxied = (
+                f"container_port = {CONTAINER_PORT}\nzero_downtime = true\n"
+                f'proxy_image = "{self.proxy_image}"\n'
+            )
+        (self.dir / "orchestrator.toml").write_text(
+            f'[apps."{self.app}"]\nsource = "repo"\nhealth_path = "/health"\nversion_path = "/version"\n'
+            f"staging_port = {self.staging_port}\nprod_port = {self.prod_port}\n{proxied}",
+            encoding="utf-8",
+        )
+
+    def git(self, *args: str) -> str:
+        return checked(["git", "-C", str(self.repo), *GIT_IDENTITY, *args], what=f"git {args[0]}").strip()
+
+    def commit(self) -> str:
+        self.count += 1
+        (self.repo / "rootfs" / "www" / "index.html").write_text(f"release #{self.count}\n", encoding="utf-8")
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", f"release #{self.count}")
+        return self.git("rev-parse", "HEAD")
+
+    def cli(self, *args: str) -> dict[str, Any]:
+        argv = [sys.executable, "-m", "orchestrator", "--config", str(self.dir / "orchestrator.toml"), *args]
+        out = checked(
+            [*argv, "--json"],
+            what=f"{self.label}: orchestrator {' '.join(args)}",
+            env=self.env(),
+            cwd=self.dir,
+        )
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    def start(self) -> str:
+        run_id = str(self.cli("run", "start", "--app", self.app, "--sha", self.commit())["run_id"])
+        self.cli("advance", run_id, "--to", "deploy-staging")
+        return run_id
+
+    def warmup(self) -> None:
+        self.cli("advance", self.start(), "--to", "deploy")
+
+    def once(self) -> None:
+        """Promote a new commit over the current one, then roll back to it, each under the client loop."""
+        run_id = self.start()
+        with client_loop(self.prod_port) as loop:
+            t0 = time.perf_counter()
+            self.cli("advance", run_id, "--to", "deploy")
+            self.promotion.add(time.perf_counter() - t0, loop)
+        with client_loop(self.prod_port) as loop:
+            t0 = time.perf_counter()
+            self.cli("rollback", self.app, "--env", "prod")
+            self.rollback.add(time.perf_counter() - t0, loop)
+
+
+def cleanup(prefix: str, dirs: Sequence[Path], image: str | None) -> list[str]:
+    problems: list[str] = []
+
+    def attempt(what: str, argv: list[str]) -> str:
+        proc = subprocess.run(argv, capture_output=True, timeout=120)
+        if proc.returncode != 0:
+            problems.append(f"{what}: {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout.decode(errors="replace")
+
+    if ids := sorted(
+        set(attempt("list containers", ["docker", "ps", "-aq", "--filter", f"name={prefix}"]).split())
+    ):
+        attempt("remove containers", ["docker", "rm", "-f", "-v", *ids])
+    listed = attempt(
+        "list networks", ["docker", "network", "ls", "--format", "{{.Name}}", "--filter", f"name={prefix}"]
+    )
+    if nets := [n for n in listed.split() if n.startswith(prefix)]:
+        attempt("remove networks", ["docker", "network", "rm", *nets])
+    listed = attempt("list images", ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
+    refs = [r for r in listed.split() if r.startswith(prefix) and not r.endswith(":<none>")]
+    if refs:
+        attempt("remove images", ["docker", "rmi", *refs])
+    for path in dirs:
+        shutil.rmtree(path, ignore_errors=True)
+    return problems
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def summary(plain: Side, proxied: Side) -> dict[str, Any]:
+    a, b = statistics.median(plain.promotion.seconds), statistics.median(proxied.promotion.seconds)
+    ra, rb = statistics.median(plain.rollback.seconds), statistics.median(proxied.rollback.seconds)
+    return {
+        "client": f"GET /version every {INTERVAL_S * 1000:.0f} ms on 127.0.0.1:<prod port>",
+        "sides": {
+            s.label: {"promotion": s.promotion.as_dict(), "rollback": s.rollback.as_dict()}
+            for s in (plain, proxied)
+        },
+        "promotion_ratio_proxied_over_plain": round(b / a, 2) if a > 0 else None,
+        "rollback_ratio_proxied_over_plain": round(rb / ra, 2) if ra > 0 else None,
+    }
+
+
+def print_table(result: dict[str, Any], out: Any) -> None:
+    print(f"client: {result['client']}", file=out)
+    print(
+        f"{'side':<8} {'phase':<10} {'median s':>9} {'failed/requests':>18} {'longest gap s':>14}", file=out
+    )
+    for label, side in result["sides"].items():
+        for phase in ("promotion", "rollback"):
+            p = side[phase]
+            failed = f"{sum(p['failed_requests'])}/{sum(p['requests'])}"
+            print(
+                f"{label:<8} {phase:<10} {p['median_s']:>9.3f} {failed:>18} {p['longest_gap_s']:>14.3f}",
+                file=out,
+            )
+    print(f"promotion time proxied / plain: {result['promotion_ratio_proxied_over_plain']}", file=out)
+    print(f"rollback time proxied / plain:  {result['rollback_ratio_proxied_over_plain']}", file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="promotion+rollback pairs per side (default 3)")
+    parser.add_argument("--proxy-image", default=None, help="haproxy image (default: built from Debian's)")
+    parser.add_argument("--json", action="store_true", help="one JSON summary on stdout, the table on stderr")
+    args = parser.parse_args(argv)
+    for needed in (BUSYBOX, HAPROXY):
+        if not needed.is_file() and not (needed == HAPROXY and args.proxy_image):
+            print(f"{needed} is missing", file=sys.stderr)
+            return 2
+    prefix = f"bench-zdt-{secrets.token_hex(3)}"
+    image = args.proxy_image or f"{prefix}-haproxy:bench"
+    base = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    ports = free_ports(4)
+    plain = Side("plain", f"{prefix}-plain", base / "plain", ports[0], ports[1], None)
+    proxied = Side("proxied", f"{prefix}-proxied", base / "proxied", ports[2], ports[3], image)
+    code = 0
+    with sigterm_as_interrupt():
+        try:
+            if args.proxy_image is None:
+                build_haproxy_image(image)
+            for side in (plain, proxied):
+                side.dir.mkdir(parents=True)
+                side.setup()
+                side.warmup()  # builds the cache, and a release in prod to promote over
+            for _ in range(args.repeat):
+                for side in (plain, proxied):
+                    side.once()
+            result = summary(plain, proxied)
+            print_table(result, sys.stderr if args.json else sys.stdout)
+            if args.json:
+                print(json.dumps(result, indent=2))
+        except BenchmarkError as exc:
+            print(f"benchmark failed: {exc}", file=sys.stderr)
+            code = 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            code = 130
+        finally:
+            for problem in cleanup(prefix, [base], image):
+                print(f"cleanup: {problem}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

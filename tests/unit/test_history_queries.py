@@ -1,0 +1,205 @@
+"""The history queries behind `runs list`, `runs show` and /api/runs, on the session's backend (``--db``):
+every filter and page gives what a plain reading of the whole history gives, and the reads that must
+stay fast over 100,000 runs (benchmarks/scale.py) use their index and a fixed number of queries.
+
+Times are not asserted (they depend on the machine); what makes them is: the query count, and on SQLite
+the plan's use of the indexes of migration 0006.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.gates import GateResult, GateStatus
+from orchestrator.holder import Holder
+from orchestrator.store.history import History, RunFilter, _after_prefix
+from orchestrator.store.repository import Store
+
+ACTORS = ("ci", "alice", "bob")
+# Shas on both sides of every boundary a prefix range has: digit to letter, a carried 'f', the very top.
+EDGE_SHAS = ("9" + "f" * 39, "a" + "0" * 39, "a" + "f" * 39, "af" + "0" * 38, "b" + "0" * 39, "f" * 40)
+
+
+@dataclass(frozen=True)
+class Known:
+    """A run as a plain reading of the history sees it."""
+
+    id: int
+    app: str
+    sha: str
+    actor: str
+    movers: frozenset[str]
+    outcome: str
+
+
+def _gate(name: str) -> GateResult:
+    return GateResult(name, GateStatus.PASS, f"{name} ok", {"n": 1}, 0.1, datetime.now(UTC))
+
+
+def _edge(store: Store, run_id: int, actor: str, outcome: str, *, to: str = "deploy-staging") -> None:
+    frm = "development" if to == "deploy-staging" else "deploy-staging"
+    t = store.begin_transition(
+        run_id, frm, to, actor, [], target_environment="staging", holder=Holder.me(), lease_s=60
+    )
+    store.record_gate_result(t, 0, _gate("commit_exists"))
+    store.record_gate_result(t, 1, _gate("build_image"))
+    result = to if outcome == "succeeded" else "development"
+    store.finish_transition(
+        t, outcome=outcome, reason=None if outcome == "succeeded" else "no", result_state=result
+    )
+
+
+@pytest.fixture
+def history(store: Store) -> list[Known]:
+    """36 runs of two apps: started by one actor, moved by the same or another, some twice (a failed
+    edge, then a retry), some never; shas from EDGE_SHAS and random ones."""
+    rng = random.Random(13)
+    known: list[Known] = []
+    for n in range(36):
+        app = "shop" if n % 3 else "docs"
+        sha = EDGE_SHAS[n] if n < len(EDGE_SHAS) else f"{rng.getrandbits(160):040x}"
+        actor = ACTORS[n % 3]
+        run = store.create_run(app, sha, actor, "development").id
+        movers: set[str] = set()
+        outcome = "none"
+        for _ in range(n % 4):  # 0 to 3 edges: fail, fail, succeed
+            mover = rng.choice(ACTORS)
+            outcome = "succeeded" if len(movers) == 2 or rng.random() < 0.4 else "failed"
+            _edge(store, run, mover, outcome)
+            movers.add(mover)
+            if outcome == "succeeded":
+                break
+        known.append(Known(run, app, sha, actor, frozenset(movers), outcome))
+    return known
+
+
+def _expected(known: list[Known], f: RunFilter) -> list[int]:
+    picked = [
+        k.id
+        for k in known
+        if (f.app is None or k.app == f.app)
+        and (f.sha_prefix is None or k.sha.startswith(f.sha_prefix.lower()))
+        and (f.actor is None or f.actor == k.actor or f.actor in k.movers)
+        and (f.outcome is None or f.outcome == k.outcome)
+    ]
+    return sorted(picked, reverse=True)
+
+
+FILTERS = [
+    RunFilter(),
+    RunFilter(app="docs"),
+    RunFilter(outcome="failed"),
+    RunFilter(outcome="succeeded", app="shop"),
+    RunFilter(outcome="none"),
+    *(RunFilter(actor=a) for a in ACTORS),
+    RunFilter(actor="bob", outcome="failed"),
+    RunFilter(actor="alice", app="docs", outcome="succeeded"),
+    RunFilter(actor="nobody"),
+    *(RunFilter(sha_prefix=p) for p in ("9", "9f", "a", "A", "af", "a0", "b", "f", "ff", "f" * 40, "0")),
+    RunFilter(sha_prefix="a", actor="ci"),
+]
+
+
+@pytest.mark.parametrize("rare", [True, False], ids=["outcome-from-transitions", "outcome-run-by-run"])
+@pytest.mark.parametrize("f", FILTERS, ids=repr)
+def test_every_filter_and_page_matches_a_plain_reading_of_the_history(
+    store: Store, history: list[Known], f: RunFilter, rare: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways `--outcome` is answered (a rare outcome from its transitions, a common one run by run,
+    newest first) give the same runs; here every outcome is rare unless the threshold says none is."""
+    if not rare:
+        monkeypatch.setattr("orchestrator.store.history.RARE_OUTCOME", 0)
+    expected = _expected(history, f)
+    found = History(store)
+    assert [r.id for r in found.runs(f, limit=1000)] == expected
+    assert found.count_runs(f) == len(expected)
+    for limit in (1, 4):
+        pages = [
+            [r.id for r in found.runs(f, limit=limit, offset=offset)]
+            for offset in range(0, len(expected) + limit, limit)
+        ]
+        assert [i for page in pages for i in page] == expected, f"pages of {limit}"
+
+
+def test_the_range_after_a_sha_prefix() -> None:
+    assert _after_prefix("ab9") == "aba"
+    assert _after_prefix("abf") == "ac"
+    assert _after_prefix("9") == "a"
+    assert _after_prefix("0ff") == "1"
+    assert _after_prefix("fff") is None
+
+
+@contextmanager
+def counted(store: Store) -> Iterator[list[tuple[str, object]]]:
+    """Every statement the store sends meanwhile, with its parameters."""
+    statements: list[tuple[str, object]] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, params: object, *_args: object) -> None:
+        statements.append((statement, params))
+
+    sa.event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", seen)
+
+
+def test_a_run_and_a_page_of_runs_are_read_in_a_fixed_number_of_queries(
+    store: Store, history: list[Known]
+) -> None:
+    """Not two more queries per transition (its gate results, its steps, loaded lazily one by one)."""
+    busiest = max(history, key=lambda k: len(store.transitions(k.id)))
+    assert len(store.transitions(busiest.id)) >= 3
+    with counted(store) as statements:
+        transitions = store.transitions(busiest.id)
+    assert all(len(t.checks) == 2 for t in transitions)
+    assert len(statements) <= 3, statements
+    found = History(store)
+    page = found.runs(RunFilter(), limit=20)
+    with counted(store) as statements:
+        summaries = found.summaries(page)
+    assert sum(1 for s in summaries if s.last is not None) >= 10
+    assert len(statements) <= 3, statements
+
+
+@pytest.fixture
+def sqlite_only(db_backend: str) -> None:
+    if db_backend != "sqlite":
+        pytest.skip("plans are read on SQLite (PostgreSQL's planner reads tiny tables sequentially)")
+
+
+@pytest.mark.usefixtures("sqlite_only")
+def test_history_reads_use_their_indexes(store: Store, history: list[Known]) -> None:
+    """What keeps `runs list --sha/--actor` and `metrics` bounded on a long history: each reads its
+    index (migration 0006), not every run, transition or release."""
+    found = History(store)
+    with counted(store) as statements:
+        found.runs(RunFilter(sha_prefix="a0"))
+    plans = [_explain(store, *s) for s in statements]
+    assert any("ix_runs_sha" in p for p in plans), plans
+    with counted(store) as statements:
+        found.runs(RunFilter(actor="bob"))
+    plans = [_explain(store, *s) for s in statements]
+    assert any("ix_runs_actor_id" in p and "ix_transitions_actor_run_id" in p for p in plans), plans
+    with counted(store) as statements:
+        store.prod_history(None, datetime.now(UTC) - timedelta(days=30))
+    plans = "\n".join(_explain(store, *s) for s in statements)
+    assert "ix_transitions_to_state_finished_at" in plans, plans
+    assert "ix_releases_transition_id" in plans or "ix_releases_kind_created_at" in plans, plans
+    assert "SCAN releases" not in plans.replace("SCAN releases USING", ""), plans
+
+
+def _explain(store: Store, statement: str, params: object) -> str:
+    """SQLite's plan of a statement as the store sent it."""
+    with store.engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        rows = raw.execute(f"EXPLAIN QUERY PLAN {statement}", params).fetchall()  # type: ignore[arg-type]
+    return "\n".join(str(r[-1]) for r in rows)
