@@ -291,6 +291,10 @@ def test_rollback_to_an_older_kept_release_by_digest_and_status_shows_drift(swar
     (prod,) = [e for e in status["environments"] if e["environment"] == "prod"]
     assert prod["ok"] and prod["service"]["pinned"] == rel_a["digest"], prod
     assert len(prod["service"]["tasks"]) == 2 and all(rel_a["digest"] in t for t in prod["service"]["tasks"])
+    human = app.app.cli("status", app.name)
+    human.ok()
+    text = human.stdout
+    assert f"swarm {app.service('prod')}: pinned {rel_a['digest']}" in text, text
 
     subprocess.run(
         ["docker", "service", "update", "--quiet", "--image", rel_b["digest"], app.service("prod")],
