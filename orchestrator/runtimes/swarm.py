@@ -45,6 +45,7 @@ _ROLLING_BACK = ("rollback_started",)
 # How many failed tasks of a service that has never completed an update (its first deploy) mean the
 # new tasks crash-loop rather than start slowly: Swarm would retry them forever.
 _CRASH_LOOP_FAILURES = 2
+_TASK_FAILED = ("failed", "rejected")
 
 
 def not_a_manager(where: str = "") -> InfraUnavailable:
@@ -115,8 +116,9 @@ def judge(service: ServiceInfo | None, tasks: Sequence[TaskInfo], ref: str, repl
         return Progress(waiting_for=f"the update ({len(on_ref)} of {replicas} tasks on it)", errors=errors)
     if len(on_ref) >= replicas and not others and len(running) == len(on_ref):
         return Progress(converged=True, errors=errors)
-    if state is None and len(errors) >= _CRASH_LOOP_FAILURES * replicas:
-        return Progress(failed=f"its tasks keep failing ({len(errors)} distinct failures)", errors=errors)
+    failures = sum(1 for t in tasks if t.image == ref and t.state in _TASK_FAILED)
+    if state is None and failures >= _CRASH_LOOP_FAILURES * replicas:
+        return Progress(failed=f"its tasks keep failing ({failures} tasks of it failed)", errors=errors)
     left = f"; {len(others)} still on another image" if others else ""
     return Progress(waiting_for=f"{len(on_ref)} of {replicas} tasks running {ref}{left}", errors=errors)
 

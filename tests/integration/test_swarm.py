@@ -444,3 +444,25 @@ def test_a_stack_file_is_pinned_like_compose_only_the_app_service_by_digest(
     status = app.app.cli("status", app.name, as_json=True).ok()
     (prod,) = [e for e in status["environments"] if e["environment"] == "prod"]
     assert prod["ok"] and prod["service"]["name"] == web, prod
+
+
+def test_a_first_prod_deploy_that_crash_loops_fails_fast_and_takes_the_service_down(
+    swarm_app: SwarmApp,
+) -> None:
+    """Hazard: prod's first release never becomes healthy, and Swarm restarts its tasks forever (there is
+    nothing to roll back to) while the promotion waits out its whole timeout, then leaves the broken
+    service running. The failed tasks end the wait; with no earlier release the service and its proxy
+    are removed, and the reason names the tasks' error. The next good release deploys normally."""
+    app = swarm_app
+    run_id = app.app.start(app.commit("broken first", broken=True))
+    app.app.advance(run_id, "deploy-staging").ok()
+    result = app.app.advance(run_id, "deploy")
+    assert result.exit_code == 1, result.describe()
+    (gate,) = [c for c in result.payload["checks"] if c["status"] == "fail"]
+    assert "keep failing" in gate["reason"] and "unhealthy container" in gate["reason"], gate
+    with pytest.raises(docker.errors.NotFound):
+        app.client.api.inspect_service(app.service("prod"))
+    with pytest.raises(docker.errors.NotFound):
+        app.client.api.inspect_container(f"{app.name}-prod-proxy")
+    good = prod_release(app, app.app.deploy(app.commit("good")))
+    assert_converged_on(app, "prod", good)

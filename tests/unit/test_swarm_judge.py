@@ -86,9 +86,13 @@ def test_a_stale_status_of_an_earlier_update_is_ignored() -> None:
 
 
 def test_a_first_deploy_that_crash_loops_fails_instead_of_waiting_forever() -> None:
-    crashed = [task(n, NEW, "failed", "shutdown", f"exit {n}") for n in range(1, 5)]
+    # A crash loop repeats the same error: counted per failed task, named once.
+    unhealthy = "task: non-zero exit (137): dockerexec: unhealthy container"
+    crashed = [task(n, NEW, "failed", "shutdown", unhealthy) for n in range(1, 5)]
     progress = judge(service(state=None), crashed, NEW, 2)
-    assert progress.failed is not None and "keep failing" in progress.failed
+    assert progress.failed is not None and "4 tasks of it failed" in progress.failed
+    assert len(progress.errors) == 1
+    assert judge(service(state=None), crashed[:3], NEW, 2).failed is None  # not yet: slow starts happen
 
 
 def test_a_removed_service_fails() -> None:
