@@ -148,6 +148,37 @@ class SwarmApp:
             time.sleep(0.2)
         pytest.fail(f"{self.service(env)} still {state} after {timeout}s")
 
+    def use_stack(self, cache_image: str) -> tuple[Path, str]:
+        """Commit a stack file (the app's `web`, and a `cache` the orchestrator must leave as written)
+        and point the config at it, prod on swarm; returns the file and its text."""
+        repo = self.registry.repository(self.name)
+        stack_text = (
+            'version: "3.8"\n'
+            "services:\n"
+            "  web:\n"
+            f"    image: {json.dumps(repo + ':latest')}\n"
+            "    environment:\n"
+            '      PORT: "8080"\n'
+            "      ORCH_ENVIRONMENT: prod\n"
+            "    stop_grace_period: 1s\n"
+            "    deploy:\n"
+            "      replicas: 2\n"
+            "  cache:\n"
+            f"    image: {json.dumps(cache_image)}\n"
+            '    command: ["/bin/busybox", "sleep", "3600"]\n'
+            "    stop_grace_period: 1s\n"
+        )
+        self.app.repo.commit("stack file", {"stack.yml": stack_text})
+        stack_file = Path(self.app.repo.path) / "stack.yml"
+        self.configure(runtime='{ prod = "swarm" }')
+        config = self.app.workspace.config_path
+        config.write_text(
+            config.read_text() + f"container_port = 8080\nstack_file = {json.dumps(stack_file.as_posix())}\n"
+            'stack_service = "web"\n',
+            encoding="utf-8",
+        )
+        return stack_file, stack_text
+
     def teardown(self) -> list[str]:
         errors: list[str] = []
         # The app's services: <app>-<env>, and a stack's <app>_<service> / <app>-staging_<service>.
@@ -396,32 +427,7 @@ def test_a_stack_file_is_pinned_like_compose_only_the_app_service_by_digest(
     image the stack file gives it, the stack file is untouched, and each release keeps its override."""
     app = swarm_app
     cache = busybox_image(revision=None, tag=f"{app.name}-cache:1")
-    repo = app.registry.repository(app.name)
-    stack_text = (
-        'version: "3.8"\n'
-        "services:\n"
-        "  web:\n"
-        f"    image: {json.dumps(repo + ':latest')}\n"
-        "    environment:\n"
-        '      PORT: "8080"\n'
-        "      ORCH_ENVIRONMENT: prod\n"
-        "    stop_grace_period: 1s\n"
-        "    deploy:\n"
-        "      replicas: 2\n"
-        "  cache:\n"
-        f"    image: {json.dumps(cache.tags[0])}\n"
-        '    command: ["/bin/busybox", "sleep", "3600"]\n'
-        "    stop_grace_period: 1s\n"
-    )
-    app.app.repo.commit("stack file", {"stack.yml": stack_text})
-    stack_file = Path(app.app.repo.path) / "stack.yml"
-    app.configure(runtime='{ prod = "swarm" }')
-    config = app.app.workspace.config_path
-    config.write_text(
-        config.read_text() + f"container_port = 8080\nstack_file = {json.dumps(stack_file.as_posix())}\n"
-        'stack_service = "web"\n',
-        encoding="utf-8",
-    )
+    stack_file, stack_text = app.use_stack(cache.tags[0])
     releases = [prod_release(app, app.app.deploy(app.commit(f"stack {n}"))) for n in "AB"]
     web = f"{app.name}_web"
     for release in releases[-1:]:
@@ -466,3 +472,40 @@ def test_a_first_prod_deploy_that_crash_loops_fails_fast_and_takes_the_service_d
         app.client.api.inspect_container(f"{app.name}-prod-proxy")
     good = prod_release(app, app.app.deploy(app.commit("good")))
     assert_converged_on(app, "prod", good)
+
+
+def test_a_stack_app_killed_mid_update_is_recovered_to_a_recorded_release(
+    busybox_image: Callable[..., Any],  # first: its image outlives the stack's services at teardown
+    swarm_app: SwarmApp,
+    store: Store,
+) -> None:
+    """Hazard: the runner dies right after `docker stack deploy` submitted the new pin (Swarm updating on
+    its own). `recover` ends with the stack's web service converged on prod's latest recorded release,
+    no drift, no lock."""
+    from faults_support import Orchestrator
+
+    app = swarm_app
+    cache = busybox_image(revision=None, tag=f"{app.name}-cache:1")
+    app.use_stack(cache.tags[0])
+    orch = Orchestrator(app.app.workspace.path)
+    app.app.deploy(app.commit("baseline"))
+    run_id = orch.start_run(app.name, app.commit("killed"))
+    orch.advance(run_id, "deploy-staging").ok()
+    proc = orch.advance(run_id, "deploy", crash_at="after:prod_update")
+    assert proc.returncode == -9, proc.describe()
+    orch.recover(app.name)
+    latest = store.latest_release(app.name, "prod")
+    assert latest is not None and latest.digest is not None
+    web = f"{app.name}_web"
+    deadline = time.monotonic() + 120
+    while (app.client.api.inspect_service(web).get("UpdateStatus") or {}).get("State") == "updating":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert (
+        app.client.api.inspect_service(web)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == latest.digest
+    )
+    running = [t for t in app.client.api.tasks(filters={"service": web}) if t["Status"]["State"] == "running"]
+    assert sorted(t["Spec"]["ContainerSpec"]["Image"] for t in running) == [latest.digest] * 2
+    status = orch.status(app.name)
+    assert status["drift"] is False and all(e["ok"] for e in status["environments"]), status
+    assert orch.locks() == []
