@@ -34,21 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import docker
+from _common import BUSYBOX, GIT_IDENTITY
 
 from orchestrator import builders, gitrepo
 from orchestrator.docker_engine import DockerEngine
 from orchestrator.steps.build import CachePolicy
 
-BUSYBOX = Path("/usr/bin/busybox")
-GIT = (
-    "git",
-    "-c",
-    "user.name=benchmark",
-    "-c",
-    "user.email=benchmark@localhost",
-    "-c",
-    "commit.gpgsign=false",
-)
+GIT = ("git", *GIT_IDENTITY)
 
 
 def dockerfile(label: str, work_mb: int) -> str:

@@ -25,41 +25,36 @@ the end, on failure and on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from _common import (
+    BUSYBOX,
+    GIT_IDENTITY,
+    BenchmarkError,
+    checked,
+    free_ports,
+    guarded,
+    remove_debris,
+    run,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
-BUSYBOX = Path("/usr/bin/busybox")
-LOOPBACK = "127.0.0.1"
 # The last commit before the fail-fast health waits: what "before" means unless --before says otherwise.
 BEFORE_DEFAULT = "778bf95"
-STEP_TIMEOUT_S = 600.0
-GIT_IDENTITY = (
-    "-c",
-    "user.name=benchmark",
-    "-c",
-    "user.email=benchmark@localhost",
-    "-c",
-    "commit.gpgsign=false",
-)
 
 DOCKERFILE = """\
 FROM scratch
@@ -84,46 +79,13 @@ exec /bin/busybox httpd -f -p "127.0.0.1:$PORT" -h /www
 SCENARIO = "prod crash-loops (exit 3, restart unless-stopped): from step prod_start to restore_prod_verify"
 
 
-class BenchmarkError(Exception):
-    """A step did not do what the scenario needs: the numbers would be meaningless, so stop."""
-
-
-def run_cmd(
-    argv: Sequence[str], *, what: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    try:
-        return subprocess.run(list(argv), capture_output=True, env=env, cwd=cwd, timeout=STEP_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        raise BenchmarkError(f"{what}: timed out after {STEP_TIMEOUT_S:.0f}s: {' '.join(argv)}") from exc
-
-
-def checked(argv: Sequence[str], *, what: str, **kwargs: Any) -> str:
-    proc = run_cmd(argv, what=what, **kwargs)
-    if proc.returncode != 0:
-        raise BenchmarkError(
-            f"{what} failed with exit {proc.returncode}: {' '.join(argv)}\n"
-            f"{proc.stdout.decode(errors='replace')[-3000:]}\n{proc.stderr.decode(errors='replace')[-3000:]}"
-        )
-    return proc.stdout.decode(errors="replace")
-
-
-def free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((LOOPBACK, 0))
-            ports.append(sock.getsockname()[1])
-    return ports
-
-
 def export_tree(rev: str, into: Path) -> str:
     """``git archive`` of ``rev`` of this repository into ``into``: the older code, exactly as committed,
     without touching this checkout or registering a worktree. Returns the full sha."""
     sha = checked(
         ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"], what="git rev-parse"
     )
-    tar = run_cmd(["git", "-C", str(ROOT), "archive", "--format=tar", sha.strip()], what="git archive")
+    tar = run(["git", "-C", str(ROOT), "archive", "--format=tar", sha.strip()], what="git archive")
     if tar.returncode != 0:
         raise BenchmarkError(f"git archive {rev} failed: {tar.stderr.decode(errors='replace')}")
     into.mkdir(parents=True)
@@ -210,7 +172,7 @@ class Side:
         argv = [sys.executable, "-m", "orchestrator", "--config", str(self.dir / "orchestrator.toml"), *args]
         # cwd is this side's own directory: ``python -m`` puts the cwd first on sys.path, and a cwd holding
         # another orchestrator tree would silently run that code instead of this side's.
-        proc = run_cmd(
+        proc = run(
             [*argv, "--json"],
             what=f"{self.label}: orchestrator {' '.join(args)}",
             env=self.env(),
@@ -259,47 +221,6 @@ class Side:
         self.reasons.append(promote["reason"].splitlines()[0])
 
 
-def cleanup(suffix: str, apps: Sequence[str], dirs: Sequence[Path]) -> list[str]:
-    """Containers by name, then the apps' image tags, then the temp dirs. Returns what is left."""
-    problems: list[str] = []
-    env = {**os.environ}
-
-    def attempt(what: str, argv: list[str]) -> str:
-        proc = subprocess.run(argv, capture_output=True, env=env, timeout=120)
-        if proc.returncode != 0:
-            problems.append(f"{what}: {proc.stderr.decode(errors='replace').strip()}")
-        return proc.stdout.decode(errors="replace")
-
-    listed = attempt("list containers", ["docker", "ps", "-aq", "--filter", f"name=bench-crash-{suffix}-"])
-    if ids := sorted(set(listed.split())):
-        attempt("remove containers", ["docker", "rm", "-f", "-v", *ids])
-    refs: list[str] = []
-    for app in apps:
-        listed = attempt(
-            "list images", ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", app]
-        )
-        refs.extend(line for line in listed.split() if line and not line.endswith(":<none>"))
-    if refs:
-        attempt("remove images", ["docker", "rmi", *refs])
-    for path in dirs:
-        shutil.rmtree(path, ignore_errors=True)
-        if path.exists():
-            problems.append(f"could not remove {path}")
-    return problems
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def summary(sides: Sequence[Side], before_label: str, after_label: str) -> dict[str, Any]:
     by = {s.label: s for s in sides}
     before, after = statistics.median(by[before_label].seconds), statistics.median(by[after_label].seconds)
@@ -342,63 +263,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     suffix = secrets.token_hex(3)
     scratch = Path(tempfile.mkdtemp(prefix=f"bench-crash-{suffix}-"))
     sides: list[Side] = []
-    try:
-        with sigterm_as_interrupt():
-            before_commit = export_tree(args.before, scratch / "before-tree")
-            after_commit = checked(
-                ["git", "-C", str(ROOT), "rev-parse", "HEAD"], what="git rev-parse"
-            ).strip()
-            dirty = checked(
-                ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], what="git status"
-            )
-            ports = free_ports(4)
-            for i, (label, tree, commit) in enumerate(
-                [
-                    (f"before ({args.before})", scratch / "before-tree", before_commit),
-                    (
-                        "after (this checkout)",
-                        ROOT,
-                        after_commit + (" + uncommitted changes" if dirty.strip() else ""),
-                    ),
-                ]
-            ):
-                side = Side(
-                    label,
-                    tree,
-                    commit,
-                    f"bench-crash-{suffix}-{i}",
-                    scratch / f"side-{i}",
-                    ports[2 * i],
-                    ports[2 * i + 1],
-                    args.health_timeout,
-                )
-                side.dir.mkdir()
-                side.setup()
-                side.check_code()
-                sides.append(side)
-            for rep in range(args.repeat):
-                for side in sides if rep % 2 == 0 else reversed(sides):
-                    print(f"[{rep + 1}/{args.repeat}] {side.label} ...", file=sys.stderr, flush=True)
-                    side.crash_loop_once()
-                    print(
-                        f"    {side.seconds[-1]:.2f} s: {side.reasons[-1][:150]}", file=sys.stderr, flush=True
-                    )
-    except BenchmarkError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        with contextlib.suppress(KeyboardInterrupt):
-            problems = cleanup(suffix, [s.app for s in sides], [scratch])
-            for problem in problems:
-                print(f"cleanup: {problem}", file=sys.stderr)
 
-    result = summary(sides, sides[0].label, sides[1].label)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    def body() -> int:
+        before_commit = export_tree(args.before, scratch / "before-tree")
+        after_commit = checked(["git", "-C", str(ROOT), "rev-parse", "HEAD"], what="git rev-parse").strip()
+        dirty = checked(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], what="git status"
+        )
+        ports = free_ports(4)
+        for i, (label, tree, commit) in enumerate(
+            [
+                (f"before ({args.before})", scratch / "before-tree", before_commit),
+                (
+                    "after (this checkout)",
+                    ROOT,
+                    after_commit + (" + uncommitted changes" if dirty.strip() else ""),
+                ),
+            ]
+        ):
+            side = Side(
+                label,
+                tree,
+                commit,
+                f"bench-crash-{suffix}-{i}",
+                scratch / f"side-{i}",
+                ports[2 * i],
+                ports[2 * i + 1],
+                args.health_timeout,
+            )
+            side.dir.mkdir()
+            side.setup()
+            side.check_code()
+            sides.append(side)
+        for rep in range(args.repeat):
+            for side in sides if rep % 2 == 0 else reversed(sides):
+                print(f"[{rep + 1}/{args.repeat}] {side.label} ...", file=sys.stderr, flush=True)
+                side.crash_loop_once()
+                print(f"    {side.seconds[-1]:.2f} s: {side.reasons[-1][:150]}", file=sys.stderr, flush=True)
+        print_summary(summary(sides, sides[0].label, sides[1].label), as_json=args.json)
         return 0
+
+    return guarded(body, lambda: remove_debris(f"bench-crash-{suffix}-", [s.app for s in sides], [scratch]))
+
+
+def print_summary(result: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
     print("crash-looping prod release: time from its start to the previous release restored and verified")
     print(f"{'side':<28} {'median s':>9} {'runs (s)':<30} {'advance --to deploy (median s)':>30}")
     for label, side in result["sides"].items():
@@ -407,7 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ratio before / after: {result['ratio_before_over_after']}x")
     for label, side in result["sides"].items():
         print(f"  {label}: promote_prod said: {side['promote_prod_reason'][:200]}")
-    return 0
 
 
 if __name__ == "__main__":

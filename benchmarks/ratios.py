@@ -28,8 +28,6 @@ import collections
 import json
 import os
 import re
-import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -40,16 +38,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from staged_deploy import (
-    BenchmarkError,
-    Workspace,
-    _check_advance,
-    _sigterm_as_interrupt,
-    find_orchestrator,
-    interrupts_deferred,
-    plain_full_deploy,
-    run_cmd,
-)
+from _common import BenchmarkError, checked, guarded, median
+from staged_deploy import Workspace, _check_advance, find_orchestrator, plain_full_deploy
 
 PLAIN = "raw docker CLI sequence"
 GATES = "gates of both edges, in one process"
@@ -66,10 +56,6 @@ def wall(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 # start-up ----------------------------------------------------------------------------------------
@@ -92,10 +78,12 @@ def startup(ws: Workspace, pairs: int) -> dict[str, float]:
         ],
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
+    for name, argv in cases.items():  # untimed: the first call compiles and caches the bytecode
+        checked(argv, what=name, env=env, cwd=ws.dir)
     for i in range(max(pairs, 5) * 2):
         order = list(cases.items()) if i % 2 == 0 else list(reversed(cases.items()))
         for name, argv in order:
-            times[name].append(wall(lambda a=argv, n=name: run_cmd(a, what=n, env=env, cwd=ws.dir)))
+            times[name].append(wall(lambda a=argv, n=name: checked(a, what=n, env=env, cwd=ws.dir)))
     return {k: median(v) for k, v in times.items()}
 
 
@@ -255,57 +243,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orchestrator", default=None, help="console script (default: next to python)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout too")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    loads = [load()]
-    ws: Workspace | None = None
-    try:
+    workspaces: list[Workspace] = []
+
+    def body() -> int:
+        loads = [load()]
         ws = Workspace(find_orchestrator(args.orchestrator))
+        workspaces.append(ws)
         ws.setup(1)
         print(f"workspace {ws.dir}, apps bench-{ws.suffix}-*", file=sys.stderr)
         start = startup(ws, args.pairs)
         deploys = run(ws, args.pairs, args.warmup)
+        config = ("--config", str(ws.config))
         imports = {
             "--help": import_time(ws, "--help"),
             "--version": import_time(ws, "--version"),
-            "runs list": import_time(ws, "--config", str(ws.config), "runs", "list"),
+            "runs list": import_time(ws, *config, "runs", "list"),
             "run start": import_time(
-                ws,
-                "--config",
-                str(ws.config),
-                "run",
-                "start",
-                "--app",
-                ws.orch.name,
-                "--sha",
-                ws.repo.new_revision("imports"),
+                ws, *config, "run", "start", "--app", ws.orch.name, "--sha", ws.repo.new_revision("imports")
             ),
             "deploy": import_time(
-                ws,
-                "--config",
-                str(ws.config),
-                "deploy",
-                "--app",
-                ws.orch.name,
-                "--sha",
-                ws.repo.new_revision("imports deploy"),
+                ws, *config, "deploy", "--app", ws.orch.name, "--sha", ws.repo.new_revision("imports deploy")
             ),
         }
-    except BenchmarkError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if ws is not None:
-            with interrupts_deferred():
-                for problem in ws.cleanup():
-                    print(f"cleanup: {problem}", file=sys.stderr)
-    loads.append(load())
-    print(render(start, deploys, imports, loads))
-    if args.json:
-        print(json.dumps({"startup": start, "imports": imports, "loads": loads, **deploys}, indent=2))
-    return 0
+        loads.append(load())
+        print(render(start, deploys, imports, loads))
+        if args.json:
+            print(json.dumps({"startup": start, "imports": imports, "loads": loads, **deploys}, indent=2))
+        return 0
+
+    return guarded(body, lambda: [p for ws in workspaces for p in ws.cleanup()])
 
 
 if __name__ == "__main__":

@@ -22,23 +22,31 @@ Run: ``.venv/bin/python benchmarks/staged_deploy.py --repeat 3`` (see benchmarks
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from _common import (
+    BUSYBOX,
+    GIT_IDENTITY,
+    LOOPBACK,
+    STEP_TIMEOUT_S,
+    BenchmarkError,
+    checked,
+    free_ports,
+    guarded,
+    remove_debris,
+)
 
 from orchestrator import health
 from orchestrator.config import Settings
@@ -46,32 +54,16 @@ from orchestrator.verify import REVISION_LABEL
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_APP = ROOT / "examples" / "sample-app"
-BUSYBOX = Path("/usr/bin/busybox")
-LOOPBACK = "127.0.0.1"
 # The plain sequence polls exactly like the orchestrator does by default, so the ratio measures the gates
 # and not a different polling cadence.
 HEALTH_INTERVAL_S = Settings.health_interval_s
 HEALTH_TIMEOUT_S = Settings.health_timeout_s
-# Generous: a step that hangs this long is a bug to report, not a slow sample.
-STEP_TIMEOUT_S = 600.0
-GIT_IDENTITY = (
-    "-c",
-    "user.name=benchmark",
-    "-c",
-    "user.email=benchmark@localhost",
-    "-c",
-    "commit.gpgsign=false",
-)
 
 FULL_ORCH = "full deploy: orchestrator"
 FULL_PLAIN = "full deploy: plain docker"
 PROMOTE_SMALL = "promotion: small image"
 PROMOTE_LARGE = "promotion: large image"
 VARIANTS = (FULL_ORCH, FULL_PLAIN, PROMOTE_SMALL, PROMOTE_LARGE)
-
-
-class BenchmarkError(Exception):
-    """A step failed: the numbers of this run would be meaningless, so stop and show why."""
 
 
 @dataclass
@@ -90,51 +82,12 @@ class Sample:
 # processes ----------------------------------------------------------------------------------------
 
 
-def run_cmd(
-    argv: Sequence[str],
-    *,
-    what: str,
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
-    stdin: bytes | None = None,
-) -> str:
-    """Run an argv list; any non-zero exit raises with the command's stdout and stderr so a broken step
-    is diagnosed from the benchmark's own output instead of being timed as if it had worked."""
-    try:
-        proc = subprocess.run(
-            list(argv), input=stdin, capture_output=True, env=env, cwd=cwd, timeout=STEP_TIMEOUT_S
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchmarkError(f"{what}: timed out after {STEP_TIMEOUT_S:.0f}s: {' '.join(argv)}") from exc
-    except FileNotFoundError as exc:
-        raise BenchmarkError(f"{what}: {argv[0]} is not installed ({exc})") from None
-    out = proc.stdout.decode(errors="replace")
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace")
-        raise BenchmarkError(
-            f"{what} failed with exit {proc.returncode}: {' '.join(argv)}\n"
-            f"--- stdout ---\n{out.strip()[-4000:]}\n--- stderr ---\n{err.strip()[-4000:]}"
-        )
-    return out
-
-
 def timed(steps: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
     t0 = time.perf_counter()
     try:
         return fn()
     finally:
         steps[name] = time.perf_counter() - t0
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out for 127.0.0.1:0, all held open at once so that they are distinct."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((LOOPBACK, 0))
-            ports.append(sock.getsockname()[1])
-    return ports
 
 
 # the app's git repository -------------------------------------------------------------------------
@@ -172,7 +125,7 @@ class AppRepo:
         self.new_revision("sample app")
 
     def _git(self, *args: str) -> str:
-        return run_cmd(["git", "-C", str(self.path), *GIT_IDENTITY, *args], what=f"git {args[0]}")
+        return checked(["git", "-C", str(self.path), *GIT_IDENTITY, *args], what=f"git {args[0]}")
 
     def new_revision(self, subject: str) -> str:
         self._count += 1
@@ -229,6 +182,10 @@ class Workspace:
         # Inherited ORCH_* variables (a disabled freshness check, another database) would silently
         # benchmark a different configuration; the CLI gets only the database of this run.
         self.orch_env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+        # An installed orchestrator has its bytecode compiled (pip does it at install time). Run from a
+        # source tree with PYTHONDONTWRITEBYTECODE set, every CLI process would compile the package from
+        # source again (~60 ms each): a cost no installation pays. The first call writes __pycache__.
+        self.orch_env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.orch_env["ORCH_DATABASE_URL"] = f"sqlite:///{(self.dir / 'orchestrator.db').as_posix()}"
 
     def setup(self, large_mb: int) -> None:
@@ -258,7 +215,7 @@ class Workspace:
     def cli(self, *args: str) -> dict[str, Any]:
         """One orchestrator CLI call with --json; exit code and JSON are both checked."""
         argv = [str(self.orchestrator_bin), "--config", str(self.config), *args, "--json"]
-        out = run_cmd(argv, what=f"orchestrator {' '.join(args)}", env=self.orch_env, cwd=self.dir)
+        out = checked(argv, what=f"orchestrator {' '.join(args)}", env=self.orch_env, cwd=self.dir)
         try:
             return json.loads(out)
         except json.JSONDecodeError as exc:
@@ -267,35 +224,12 @@ class Workspace:
             ) from exc
 
     def docker(self, *args: str, what: str, stdin: bytes | None = None) -> str:
-        return run_cmd(["docker", *args], what=what, env=self.docker_env, stdin=stdin).strip()
+        return checked(["docker", *args], what=what, env=self.docker_env, stdin=stdin).strip()
 
     def cleanup(self) -> list[str]:
         """Remove containers, then image tags, then the temp dir. Returns what could not be removed."""
-        problems: list[str] = []
-
-        def attempt(what: str, argv: list[str]) -> str:
-            proc = subprocess.run(argv, capture_output=True, env=self.docker_env, timeout=120)
-            if proc.returncode != 0:
-                problems.append(f"{what}: {proc.stderr.decode(errors='replace').strip()}")
-            return proc.stdout.decode(errors="replace")
-
-        # The random suffix is in every name we create (ours and the orchestrator's), so a name filter
-        # finds them all, including a container a killed CLI call started after we last looked.
-        listed = attempt("list containers", ["docker", "ps", "-aq", "--filter", f"name=bench-{self.suffix}-"])
-        if ids := sorted(set(listed.split())):
-            attempt("remove containers", ["docker", "rm", "-f", "-v", *ids])
-        refs: list[str] = []
-        for app in self.apps:
-            listed = attempt(
-                "list images", ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", app.name]
-            )
-            refs.extend(line for line in listed.split() if line and not line.endswith(":<none>"))
-        if refs:
-            attempt("remove images", ["docker", "rmi", *refs])
-        shutil.rmtree(self.dir, ignore_errors=True)
-        if self.dir.exists():
-            problems.append(f"could not remove {self.dir}")
-        return problems
+        # The random suffix is in every name we create (ours and the orchestrator's).
+        return remove_debris(f"bench-{self.suffix}-", [app.name for app in self.apps], [self.dir])
 
 
 # the variants -------------------------------------------------------------------------------------
@@ -527,25 +461,6 @@ def render(summary: dict[str, Any], repeat: int, warmup: int) -> str:
 # main ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold off Ctrl-C and SIGTERM while cleaning up: an interrupted cleanup is how debris survives."""
-
-    def note(signum: int, frame: FrameType | None) -> None:
-        print("cleaning up, please wait...", file=sys.stderr)
-
-    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def find_orchestrator(explicit: str | None) -> Path:
     candidates = [Path(explicit)] if explicit else [Path(sys.executable).parent / "orchestrator"]
     if not explicit and (found := shutil.which("orchestrator")):
@@ -609,35 +524,26 @@ def benchmark(ws: Workspace, repeat: int, warmup: int) -> list[Sample]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    ws: Workspace | None = None
-    try:
+    workspaces: list[Workspace] = []
+
+    def body() -> int:
         orchestrator_bin = find_orchestrator(args.orchestrator)
-        run_cmd(["docker", "version", "--format", "{{.Server.Version}}"], what="docker engine check")
+        checked(["docker", "version", "--format", "{{.Server.Version}}"], what="docker engine check")
         ws = Workspace(orchestrator_bin)
+        workspaces.append(ws)
         ws.setup(args.large_mb)
         print(f"workspace {ws.dir}, apps bench-{ws.suffix}-*", file=sys.stderr)
         samples = benchmark(ws, args.repeat, args.warmup)
-    except BenchmarkError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if ws is not None:
-            with interrupts_deferred():
-                problems = ws.cleanup()
-            for problem in problems:
-                print(f"cleanup: {problem}", file=sys.stderr)
-    summary = summarize(samples)
-    table = render(summary, args.repeat, args.warmup)
-    if args.json:
-        print(table, file=sys.stderr)
-        print(json.dumps({"repeat": args.repeat, "warmup": args.warmup, **summary}, indent=2))
-    else:
-        print(table)
-    return 0
+        summary = summarize(samples)
+        table = render(summary, args.repeat, args.warmup)
+        if args.json:
+            print(table, file=sys.stderr)
+            print(json.dumps({"repeat": args.repeat, "warmup": args.warmup, **summary}, indent=2))
+        else:
+            print(table)
+        return 0
+
+    return guarded(body, lambda: [p for ws in workspaces for p in ws.cleanup()])
 
 
 if __name__ == "__main__":

@@ -48,13 +48,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from staged_deploy import (
+from _common import (
     BenchmarkError,
     _sigterm_as_interrupt,
     free_ports,
     interrupts_deferred,
-    run_cmd,
 )
+from _common import checked as run_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSYBOX = Path("/usr/bin/busybox")

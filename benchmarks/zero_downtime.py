@@ -36,7 +36,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,21 +50,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from _common import BUSYBOX, GIT_IDENTITY, LOOPBACK, BenchmarkError, checked, free_ports
+
 ROOT = Path(__file__).resolve().parents[1]
-BUSYBOX = Path("/usr/bin/busybox")
 HAPROXY = Path("/usr/sbin/haproxy")
-LOOPBACK = "127.0.0.1"
-STEP_TIMEOUT_S = 600.0
 INTERVAL_S = 0.02
 CONTAINER_PORT = 8080
-GIT_IDENTITY = (
-    "-c",
-    "user.name=benchmark",
-    "-c",
-    "user.email=benchmark@localhost",
-    "-c",
-    "commit.gpgsign=false",
-)
 
 DOCKERFILE = """\
 FROM scratch
@@ -83,37 +73,6 @@ trap "exit 0" TERM
 wait
 """
 HAPROXY_DOCKERFILE = 'FROM scratch\nCOPY . /\nENTRYPOINT ["/usr/sbin/haproxy"]\n'
-
-
-class BenchmarkError(Exception):
-    """A step did not do what the scenario needs: the numbers would be meaningless, so stop."""
-
-
-def run_cmd(argv: Sequence[str], *, what: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
-    try:
-        return subprocess.run(list(argv), capture_output=True, timeout=STEP_TIMEOUT_S, **kwargs)
-    except subprocess.TimeoutExpired as exc:
-        raise BenchmarkError(f"{what}: timed out after {STEP_TIMEOUT_S:.0f}s") from exc
-
-
-def checked(argv: Sequence[str], *, what: str, **kwargs: Any) -> str:
-    proc = run_cmd(argv, what=what, **kwargs)
-    if proc.returncode != 0:
-        raise BenchmarkError(
-            f"{what} failed with exit {proc.returncode}:\n{proc.stdout.decode(errors='replace')[-3000:]}\n"
-            f"{proc.stderr.decode(errors='replace')[-3000:]}"
-        )
-    return proc.stdout.decode(errors="replace")
-
-
-def free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((LOOPBACK, 0))
-            ports.append(sock.getsockname()[1])
-    return ports
 
 
 def build_haproxy_image(tag: str) -> None:

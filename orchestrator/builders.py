@@ -330,14 +330,29 @@ def buildkit_build(
     secrets: Sequence[Secret] = (),
     timeout_s: float | None = None,
     on_line: Callable[[str], None] | None = None,
+    engine_args: Sequence[str] = (),
 ) -> str:
     """Build ``context_dir`` with BuildKit, streaming its plain progress to ``on_line``; returns the image
     id the CLI wrote to ``--iidfile``. A failed build raises DockerError with the output as its log; an
     engine that does not answer, InfraUnavailable; past ``timeout_s``, the CLI is stopped (which cancels
-    the build in the engine) and StepTimeout is raised with the end of the output."""
+    the build in the engine) and StepTimeout is raised with the end of the output. ``engine_args`` are
+    the CLI's global flags that reach the build engine (``--host ssh://...``; none for this machine's),
+    so the build lands on the engine the image is then read from."""
     with tempfile.TemporaryDirectory(prefix="orchestrator-build-") as scratch:
         iidfile = Path(scratch) / "iid"
-        argv = [*cli.argv, "--progress=plain", "--iidfile", str(iidfile), "-f", str(dockerfile), "-t", tag]
+        program, *command = cli.argv
+        argv = [
+            program,
+            *engine_args,
+            *command,
+            "--progress=plain",
+            "--iidfile",
+            str(iidfile),
+            "-f",
+            str(dockerfile),
+            "-t",
+            tag,
+        ]
         for name, value in build_args.items():
             argv += ["--build-arg", f"{name}={value}"]
         for name, value in (labels or {}).items():

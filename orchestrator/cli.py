@@ -194,6 +194,21 @@ class _Cli(click.Group):
             sys.exit(1)
 
 
+def actor_option(who: str) -> Callable[[F], F]:
+    """``--actor``, defined once: who is recorded as having done it, by default whoever CI or the OS says
+    runs this process (orchestrator/identity.py)."""
+    return click.option(
+        "--actor", default=None, help=f"{who} (default: the CI job's user, else the OS user)."
+    )
+
+
+def env_option(what: str) -> Callable[[F], F]:
+    """``--env`` of the commands that act on one environment."""
+    return click.option(
+        "--env", "environment", required=True, help=f"Environment to {what} (staging or prod)."
+    )
+
+
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -241,9 +256,7 @@ def run() -> None:
 @run.command("start")
 @click.option("--app", required=True, help="App name from orchestrator.toml.")
 @click.option("--sha", required=True, help="Full 40-character commit sha that CI validated.")
-@click.option(
-    "--actor", default=None, help="Who started the run (default: the CI job's user, else the OS user)."
-)
+@actor_option("Who started the run")
 @command
 def run_start(inv: Invocation, *, app: str, sha: str, actor: str | None, as_json: bool) -> None:
     """Start a run for APP at SHA in development."""
@@ -269,9 +282,7 @@ wait_option = click.option(
 @cli.command()
 @click.argument("run_id", type=int)
 @click.option("--to", "to", required=True, help="Target state (deploy-staging or deploy).")
-@click.option(
-    "--actor", default=None, help="Who asked for the move (default: the CI job's user, else the OS user)."
-)
+@actor_option("Who asked for the move")
 @wait_option
 @command
 def advance(
@@ -292,7 +303,7 @@ def advance(
 @cli.command("deploy")
 @click.option("--app", required=True, help="App name from orchestrator.toml.")
 @click.option("--sha", required=True, help="Full 40-character commit sha that CI validated.")
-@click.option("--actor", default=None, help="Who deploys (default: the CI job's user, else the OS user).")
+@actor_option("Who deploys")
 @wait_option
 @command
 def deploy_cmd(
@@ -666,7 +677,7 @@ def _step_text(step: Any) -> str:
 @cli.command("approve")
 @click.argument("run_id", type=int)
 @click.option("--reason", default=None, help="Optional note recorded with the approval.")
-@click.option("--actor", default=None, help="Who approves (default: the CI job's user, else the OS user).")
+@actor_option("Who approves")
 @command
 def approve_cmd(
     inv: Invocation, run_id: int, *, reason: str | None, actor: str | None, as_json: bool
@@ -687,7 +698,7 @@ def approve_cmd(
 @cli.command("reject")
 @click.argument("run_id", type=int)
 @click.option("--reason", required=True, help="Why; recorded and told to whoever started the run.")
-@click.option("--actor", default=None, help="Who rejects (default: the CI job's user, else the OS user).")
+@actor_option("Who rejects")
 @command
 def reject_cmd(inv: Invocation, run_id: int, *, reason: str, actor: str | None, as_json: bool) -> None:
     """Refuse RUN_ID's edge that awaits approval: the run ends as rejected and is never promoted."""
@@ -749,7 +760,7 @@ def _print_dora(name: str, m: Any) -> None:
 
 @cli.command("recover")
 @click.argument("app", required=False)
-@click.option("--actor", default=None, help="Who recovers (default: the CI job's user, else the OS user).")
+@actor_option("Who recovers")
 @command
 def recover_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json: bool) -> None:
     """Reconcile transitions and locks left by dead runners with what really runs, and free them."""
@@ -784,9 +795,9 @@ def locks_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
 
 @cli.command("lock")
 @click.argument("app")
-@click.option("--env", "environment", required=True, help="Environment to hold (staging or prod).")
+@env_option("hold")
 @click.option("--reason", required=True, help="Why; shown to everyone the lock stops.")
-@click.option("--actor", default=None, help="Who holds it (default: the CI job's user, else the OS user).")
+@actor_option("Who holds it")
 @command
 def lock_cmd(
     inv: Invocation, app: str, *, environment: str, reason: str, actor: str | None, as_json: bool
@@ -801,9 +812,9 @@ def lock_cmd(
 
 @cli.command("unlock")
 @click.argument("app")
-@click.option("--env", "environment", required=True, help="Environment to release (staging or prod).")
+@env_option("release")
 @click.option("--force", is_flag=True, help="Take the lock even from a live holder (recorded).")
-@click.option("--actor", default=None, help="Who unlocks (default: the CI job's user, else the OS user).")
+@actor_option("Who unlocks")
 @command
 def unlock_cmd(
     inv: Invocation, app: str, *, environment: str, force: bool, actor: str | None, as_json: bool
@@ -819,7 +830,7 @@ def unlock_cmd(
 @cli.command("freeze")
 @click.argument("app", required=False)
 @click.option("--reason", required=True, help="Why the line stops; shown to every blocked advance.")
-@click.option("--actor", default=None, help="Who freezes (default: the CI job's user, else the OS user).")
+@actor_option("Who freezes")
 @command
 def freeze_cmd(inv: Invocation, app: str | None, *, reason: str, actor: str | None, as_json: bool) -> None:
     """Stop the line: no run of APP (or of any app) may advance until unfrozen. Rollback still works."""
@@ -832,7 +843,7 @@ def freeze_cmd(inv: Invocation, app: str | None, *, reason: str, actor: str | No
 
 @cli.command("unfreeze")
 @click.argument("app", required=False)
-@click.option("--actor", default=None, help="Who unfreezes (default: the CI job's user, else the OS user).")
+@actor_option("Who unfreezes")
 @command
 def unfreeze_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json: bool) -> None:
     """Let runs of APP (or, without APP, of every app) advance again."""
@@ -845,12 +856,12 @@ def unfreeze_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json
 
 @cli.command("rollback")
 @click.argument("app")
-@click.option("--env", "environment", required=True, help="Environment to roll back (staging or prod).")
+@env_option("roll back")
 @click.option(
     "--to", "to", type=int, default=None, help="Release id to return to (default: the previous one)."
 )
 @click.option("--reason", default=None, help="Why; recorded with the rollback release.")
-@click.option("--actor", default=None, help="Who rolls back (default: the CI job's user, else the OS user).")
+@actor_option("Who rolls back")
 @command
 def rollback_cmd(
     inv: Invocation,
@@ -902,6 +913,8 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
                 "" if o.healthy is None else ("healthy" if o.healthy else f"UNHEALTHY ({o.health_detail})")
             )
             _echo(f"{e.app:<20} {e.environment:<8} {running:<50} {rel:<26} {health_text}")
+            if e.engine != "local":
+                _echo(f"    engine: {e.engine}")
             if o.runtime is not None:
                 _echo(f"    {o.runtime.kind} {o.runtime.name}: pinned {o.runtime.pinned or 'none'}")
                 for task in o.runtime.tasks:
@@ -917,7 +930,7 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
 @cli.command("prune")
 @click.argument("app", required=False)
 @click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
-@click.option("--actor", default=None, help="Who prunes (default: the CI job's user, else the OS user).")
+@actor_option("Who prunes")
 @command
 def prune_cmd(inv: Invocation, app: str | None, *, dry_run: bool, actor: str | None, as_json: bool) -> None:
     """Remove APP's (or every app's) images, stopped containers and override anchors that no kept

@@ -49,6 +49,65 @@ class BuildSecret:
 DEFAULT_PROXY_IMAGE = "haproxy:2.8"
 
 
+LOCAL_ENGINE_NAME = "local"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Client certificates for a ``tcp://`` engine (paths; read by the SDK when it connects)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """Where an environment's Docker engine is. ``url`` None is this machine's engine (DOCKER_HOST or
+    the default socket), as before per-environment engines existed.
+
+    Only where the engine is and how to reach it: credentials stay with the system ssh client
+    (keys, known_hosts) or in the certificate files, never in the config, the database or a message."""
+
+    url: str | None = None
+    tls: TlsFiles | None = None
+    # The address health checks and /version probes go to when it is not the URL's host (NAT, a proxy).
+    health_host: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.url is None
+
+    @property
+    def key(self) -> str:
+        """Two environments share an engine exactly when their keys are equal (one connection, no
+        registry transfer between them)."""
+        return self.url or LOCAL_ENGINE_NAME
+
+    @property
+    def host(self) -> str:
+        """What messages and records call this engine: ``user@host:port`` without the scheme, or
+        ``local``. A URL never carries a password (refused at load), so this is safe to print."""
+        if self.url is None:
+            return LOCAL_ENGINE_NAME
+        parts = urllib.parse.urlsplit(self.url)
+        return parts.netloc or parts.path
+
+    @property
+    def address(self) -> str:
+        """Where the environment's published ports answer: ``health_host``, else the engine's host
+        name; loopback for this machine's engine and for a unix socket."""
+        if self.health_host:
+            return self.health_host
+        if self.url is None:
+            return "127.0.0.1"
+        parts = urllib.parse.urlsplit(self.url)
+        return parts.hostname or "127.0.0.1"
+
+
+LOCAL_ENGINE = EngineTarget()
+
+
 @dataclass(frozen=True)
 class AppConfig:
     name: str
@@ -114,6 +173,24 @@ class AppConfig:
     # release starts, is checked and takes traffic before the old one stops. Needs container_port.
     zero_downtime: bool = False
     proxy_image: str = DEFAULT_PROXY_IMAGE
+
+    # The Docker engine of each environment (``docker_host``, per app or per ``[apps.X.<env>]``, or
+    # ORCH_DOCKER_HOST_<ENV>); an environment not named here runs on this machine's engine.
+    engines: Mapping[str, EngineTarget] = field(default_factory=dict)
+    # Where images are built (``build_host``); None: on staging's engine.
+    build_engine: EngineTarget | None = None
+
+    def engine(self, env: str) -> EngineTarget:
+        return self.engines.get(env, LOCAL_ENGINE)
+
+    @property
+    def builds_on(self) -> EngineTarget:
+        return self.build_engine if self.build_engine is not None else self.engine("staging")
+
+    @property
+    def remote_environments(self) -> tuple[str, ...]:
+        """Environments whose engine is not the build engine: their image travels through the registry."""
+        return tuple(env for env in ("staging", "prod") if self.engine(env).key != self.builds_on.key)
 
     @property
     def is_compose(self) -> bool:
@@ -254,6 +331,10 @@ ENV_VARS: dict[str, str] = {
     "ORCH_NOTIFY_URLS": "comma-separated webhook URLs (http or https) that get a JSON POST on every outcome "
     "(default: none)",
     "ORCH_NOTIFY_TIMEOUT_S": "seconds each notification attempt may take (3 attempts; default 5)",
+    "ORCH_DOCKER_HOST_STAGING": "Docker engine of every app's staging (ssh://user@host[:port], "
+    "tcp://host:port with the app's TLS files, or unix:///path); overrides docker_host in the config "
+    "(default: this machine's engine)",
+    "ORCH_DOCKER_HOST_PROD": "Docker engine of every app's prod, as ORCH_DOCKER_HOST_STAGING",
     "ORCH_SERVE_HOST": "address `orchestrator serve` binds (default 127.0.0.1)",
     "ORCH_REVISION": "commit `orchestrator serve` reports on /version (the Dockerfile sets it from GIT_SHA)",
     "ORCH_API_TOKEN": "bearer token `orchestrator serve` requires on its state-changing API endpoints "
@@ -533,13 +614,19 @@ def _parse_registry(name: str, raw: Any) -> str:
 _SERVICE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
 
-def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConfig:
+def _parse_app(
+    name: str,
+    table: Any,
+    base: Path,
+    settings: Settings,
+    host_overrides: Mapping[str, tuple[str, str]] | None = None,
+) -> AppConfig:
     where = f"[apps.{name}]"
     if not _APP_NAME.match(name):
         raise BadInput(f"{where}: app names must be lowercase letters, digits, '.', '_' or '-'")
     if not isinstance(table, dict):
         raise BadInput(f"{where} must be a table")
-    known = {f.name for f in fields(AppConfig)} - {"name"}
+    known = ({f.name for f in fields(AppConfig)} - {"name", "engines", "build_engine"}) | _ENGINE_APP_KEYS
     unknown = set(table) - known
     if unknown:
         raise BadInput(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -600,8 +687,28 @@ def _parse_app(name: str, table: Any, base: Path, settings: Settings) -> AppConf
         )
     )
     values.update(_parse_zero_downtime(where, table, values))
+    values.update(_parse_engines(where, table, base, host_overrides or {}))
+    if "compose_file" in values and (values["engines"] or values.get("build_engine")):
+        raise BadInput(
+            f"{where}: docker_host/build_host (or ORCH_DOCKER_HOST_<ENV>) are supported for direct-container "
+            "apps only for now: a compose app's environments run on this machine's engine (unset them, or "
+            "set DOCKER_HOST for the whole orchestrator)"
+        )
+    if "swarm" in dict(values.get("runtime") or {}).values() and (
+        values["engines"] or values.get("build_engine")
+    ):
+        raise BadInput(
+            f'{where}: runtime = "swarm" works on this machine\'s engine only for now (its proxy publishes '
+            "the environment's port on the engine host's loopback): unset docker_host/build_host for this "
+            "app, or point DOCKER_HOST at a swarm manager for the whole orchestrator"
+        )
+    if values.get("zero_downtime") and values["engines"]:
+        raise BadInput(
+            f"{where}: zero_downtime works on this machine's engine only for now (a new release is checked "
+            "on a loopback port of the engine's host): unset docker_host for this app, or zero_downtime"
+        )
     app = AppConfig(**values)
-    if app.staging_port == app.prod_port:
+    if app.staging_port == app.prod_port and app.engine("staging").address == app.engine("prod").address:
         raise BadInput(f"{where}: staging_port and prod_port are both {app.prod_port}; they must differ")
     return app
 
@@ -691,6 +798,187 @@ def _parse_stack(where: str, table: Mapping[str, Any], base: Path, source: Path)
         "stack_service": service,
         "override_file": path.parent / ".deploy" / "stack.override.deploy.yml",
     }
+
+
+# Engine keys an app table takes, and the per-environment sub-tables ``[apps.X.staging]``/``[apps.X.prod]``.
+_ENGINE_KEYS = ("docker_host", "tls_ca", "tls_cert", "tls_key", "health_host")
+_ENGINE_APP_KEYS = frozenset({*_ENGINE_KEYS, "build_host", "staging", "prod"})
+_DOCKER_HOST_SCHEMES = ("ssh", "tcp", "unix")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_SSH_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
+
+
+def docker_host_variable(env: str) -> str:
+    return f"{ENV_PREFIX}DOCKER_HOST_{env.upper()}"
+
+
+def _host_overrides(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """``ORCH_DOCKER_HOST_<ENV>`` set (and not empty): (variable, URL) per environment."""
+    return {
+        e: (docker_host_variable(e), env[docker_host_variable(e)].strip())
+        for e in _APPROVAL_ENVIRONMENTS
+        if env.get(docker_host_variable(e), "").strip()
+    }
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_docker_host(name: str, raw: Any, *, tls: bool) -> str:
+    """A Docker engine URL the SDK can reach: ``ssh://[user@]host[:port]`` (the system ssh client, with
+    its keys and known_hosts), ``tcp://host:port`` (with client certificates unless on loopback) or
+    ``unix:///path``. Refused: passwords in the URL (they would end up in logs and records), paths or
+    queries ssh would ignore, and plain tcp to another machine (root on that host for anyone on the
+    network). The message never repeats the value: it may hold a credential someone pasted there."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise BadInput(
+            f"{name} must be a Docker engine URL: ssh://user@host[:port], tcp://host:port or unix:///path"
+        )
+    text = raw.strip()
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise BadInput(f"{name} is not a valid URL (a port must be a number from 1 to 65535)") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DOCKER_HOST_SCHEMES:
+        raise BadInput(
+            f"{name} must start with ssh://, tcp:// or unix:// "
+            f"(got {scheme + '://' if scheme else 'no scheme'})"
+        )
+    if parts.password is not None:
+        raise BadInput(
+            f"{name} carries a password: remove it from the URL; ssh:// authenticates with your ssh keys "
+            "(ssh-agent or IdentityFile in ~/.ssh/config), tcp:// with tls_cert/tls_key"
+        )
+    if parts.query or parts.fragment:
+        raise BadInput(f"{name} must not have a query or fragment")
+    if scheme == "unix":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise BadInput(f"{name}: a unix socket URL is unix:///absolute/path/to/docker.sock")
+        if tls:
+            raise BadInput(f"{name}: tls_ca/tls_cert/tls_key apply to tcp:// engines only")
+        return text
+    host = parts.hostname or ""
+    if not host or not (_HOSTNAME.match(host) or _is_ip(host)):
+        raise BadInput(f"{name} must name a host: {scheme}://{'user@' if scheme == 'ssh' else ''}host[:port]")
+    if parts.path not in ("", "/"):
+        raise BadInput(f"{name} must not have a path ({scheme}://host[:port])")
+    if port == 0:
+        raise BadInput(f"{name}: the port must be a number from 1 to 65535")
+    if scheme == "ssh":
+        if parts.username is not None and not _SSH_USER.match(parts.username):
+            raise BadInput(f"{name}: the ssh user must be a plain user name")
+        if tls:
+            raise BadInput(
+                f"{name}: tls_ca/tls_cert/tls_key apply to tcp:// engines only (ssh:// uses ssh keys)"
+            )
+        return text.rstrip("/")
+    if parts.username is not None:
+        raise BadInput(f"{name}: a tcp:// URL has no user (the client certificate identifies you)")
+    if port is None:
+        raise BadInput(f"{name} must give the engine's port, e.g. tcp://{host}:2376")
+    if not tls and not _loopback_host(host):
+        raise BadInput(
+            f"{name} is plain tcp:// to another machine: anyone on the network could run containers as "
+            "root there; set tls_ca, tls_cert and tls_key (the engine started with --tlsverify), or use ssh://"
+        )
+    return text.rstrip("/")
+
+
+def _parse_tls(where: str, table: Mapping[str, Any], base: Path) -> TlsFiles | None:
+    given = [k for k in ("tls_ca", "tls_cert", "tls_key") if k in table]
+    if not given:
+        return None
+    if len(given) != 3:
+        missing = sorted({"tls_ca", "tls_cert", "tls_key"} - set(given))
+        raise BadInput(f"{where}: tls_ca, tls_cert and tls_key go together (missing {', '.join(missing)})")
+    paths: dict[str, Path] = {}
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        raw = table[key]
+        if not isinstance(raw, str) or not raw.strip():
+            raise BadInput(f"{where}.{key} must be a path to a PEM file (relative to the config file)")
+        paths[key] = (base / raw.strip()).resolve()
+    return TlsFiles(paths["tls_ca"], paths["tls_cert"], paths["tls_key"])
+
+
+def _parse_health_host(name: str, raw: Any) -> str:
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not (_HOSTNAME.match(text) or _is_ip(text)):
+        raise BadInput(f"{name} must be a host name or IP address (where the environment's port answers)")
+    return text
+
+
+def _parse_engines(
+    where: str, table: Mapping[str, Any], base: Path, overrides: Mapping[str, tuple[str, str]]
+) -> dict[str, Any]:
+    """``docker_host`` (and its TLS files and ``health_host``) for the app, overridden per environment
+    by ``[apps.X.<env>]`` and then by ORCH_DOCKER_HOST_<ENV>; ``build_host`` names where images are
+    built. An environment left on this machine's engine is not listed."""
+    for env in _APPROVAL_ENVIRONMENTS:
+        sub = table.get(env, {})
+        if not isinstance(sub, dict):
+            raise BadInput(f"{where[:-1]}.{env}] must be a table ([apps.NAME.{env}] with docker_host, ...)")
+        unknown = set(sub) - set(_ENGINE_KEYS)
+        if unknown:
+            raise BadInput(
+                f"{where}.{env}: unknown key(s) {', '.join(sorted(unknown))} (an environment table takes "
+                f"{', '.join(_ENGINE_KEYS)})"
+            )
+    app_tls = _parse_tls(where, table, base)
+    engines: dict[str, EngineTarget] = {}
+    for env in _APPROVAL_ENVIRONMENTS:
+        sub = table.get(env, {})
+        here = f"{where[:-1]}.{env}]"
+        tls = _parse_tls(here, sub, base) or app_tls
+        if env in overrides:
+            name, raw = overrides[env]
+        elif "docker_host" in sub:
+            name, raw = f"{here}.docker_host", sub["docker_host"]
+        elif "docker_host" in table:
+            name, raw = f"{where}.docker_host", table["docker_host"]
+        else:
+            name, raw = "", None
+        health = sub.get("health_host", table.get("health_host"))
+        health_host = _parse_health_host(f"{here}.health_host", health) if health is not None else None
+        if raw is None:
+            if tls is not None or health_host is not None:
+                raise BadInput(
+                    f"{here}: tls_*/health_host need a docker_host (this environment runs locally)"
+                )
+            continue
+        url = parse_docker_host(name, raw, tls=tls is not None)
+        if tls is not None and not url.startswith("tcp://"):
+            raise BadInput(f"{name}: tls_ca/tls_cert/tls_key apply to tcp:// engines only")
+        engines[env] = EngineTarget(url, tls, health_host)
+    values: dict[str, Any] = {"engines": engines}
+    if "build_host" in table:
+        url = parse_docker_host(f"{where}.build_host", table["build_host"], tls=app_tls is not None)
+        values["build_engine"] = next(
+            (e for e in engines.values() if e.url == url),
+            EngineTarget(url, app_tls if url.startswith("tcp://") else None),
+        )
+    return values
 
 
 def _parse_zero_downtime(where: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -908,17 +1196,33 @@ def check_app_paths(app: AppConfig) -> None:
             )
 
 
+def check_registry_transfer(app: AppConfig) -> None:
+    """Before anything runs: an environment on another engine than the one that builds gets the image
+    through the registry, by digest (never ``docker save | load``, never a rebuild). Without a registry
+    it could only run an image that engine built itself, which is not the image staging checked."""
+    away = app.remote_environments
+    if away and not app.registry:
+        where = ", ".join(f"{env} on {app.engine(env).host}" for env in away)
+        raise BadInput(
+            f"app {app.name!r} builds on {app.builds_on.host} but runs {where}: the image can only get there "
+            f"through a registry, by digest; set [apps.{app.name}].registry (or ORCH_REGISTRY) to a "
+            "registry every engine can pull from"
+        )
+
+
 def _check_ports_unique(apps: Iterable[AppConfig]) -> None:
-    """Two environments on one host port would answer each other's health checks."""
-    owners: dict[int, str] = {}
+    """Two environments on one port of one host would answer each other's health checks (environments
+    on different hosts may share a port number)."""
+    owners: dict[tuple[str, int], str] = {}
     for app in apps:
         for env, port in (("staging", app.staging_port), ("prod", app.prod_port)):
-            if port in owners:
+            where = (app.engine(env).address, port)
+            if where in owners:
                 raise BadInput(
-                    f"[apps.{app.name}].{env}_port = {port} is already used by {owners[port]}; "
+                    f"[apps.{app.name}].{env}_port = {port} is already used by {owners[where]}; "
                     "every environment needs its own port"
                 )
-            owners[port] = f"[apps.{app.name}].{env}_port"
+            owners[where] = f"[apps.{app.name}].{env}_port"
 
 
 def find_config(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> tuple[Path | None, str]:
@@ -995,7 +1299,10 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     base = cfg_path.resolve().parent
     try:
         settings, database = _parse_settings(settings_table, env, cfg_path)
-        apps = {name: _parse_app(name, table, base, settings) for name, table in apps_table.items()}
+        overrides = _host_overrides(env)
+        apps = {
+            name: _parse_app(name, table, base, settings, overrides) for name, table in apps_table.items()
+        }
         _check_ports_unique(apps.values())
     except BadInput as exc:
         raise BadInput(f"{cfg_path}: {exc.message}") from None

@@ -17,16 +17,17 @@ from typing import Any, Protocol
 from orchestrator import health, redact, verify
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
+from orchestrator.engines import AppEngines
 from orchestrator.machine import STAGING
-from orchestrator.runtimes import LOOPBACK, Published, Runtime, StagedRuntime, env_port, runtime_for
+from orchestrator.runtimes import Published, Runtime, StagedRuntime, env_port, runtime_for
 from orchestrator.steps import StepLog
 from orchestrator.steps import build as build_steps
 from orchestrator.steps.build import Build
 from orchestrator.steps.publish import Publisher
-from orchestrator.steps.staging_check import StagingCheck, run_staging_check
+from orchestrator.steps.staging_check import run_staging_check
 from orchestrator.verdict import Verdict
 
-__all__ = ["Build", "Deployed", "Deployer", "Published", "StagingCheck"]
+__all__ = ["Build", "Deployed", "Deployer", "Published"]
 
 # The end of a failed container's log that goes into the gate's reason (and `runs show`).
 _LOG_LINES = 20
@@ -57,33 +58,40 @@ class PreviousRelease(Protocol):
 class Deployer:
     """Deploy steps for one app: composes the build and publish steps with the app's runtime. ``pins``
     holds each environment's current immutable reference (from the latest releases) so a compose
-    override written for one environment keeps the other one's pin."""
+    override written for one environment keeps the other one's pin. ``engine`` is one engine for
+    everything, or the app's engines (engines.py): each environment is then acted on, health-checked
+    and verified on its own engine and host, and images are built on the build engine."""
 
     def __init__(
         self,
-        engine: DockerEngine,
+        engine: DockerEngine | AppEngines,
         app: AppConfig,
         settings: Settings,
         pins: dict[str, str] | None = None,
         steps: StepLog | None = None,
         recorded_images: Sequence[str] = (),
     ) -> None:
-        self.engine = engine
+        self.engines = engine if isinstance(engine, AppEngines) else AppEngines.single(app, engine)
         # Image ids this orchestrator built and recorded for the app: the only layers a build may reuse.
         self.recorded_images = tuple(recorded_images)
         self.app = app
         self.settings = settings
         # Every action on an environment is a recorded step; without a transition nothing is recorded.
         self.steps = steps or StepLog()
-        self.runtime: Runtime = runtime_for(engine, app, settings, self.steps, dict(pins or {}))
+        self.runtime: Runtime = runtime_for(self.engines, app, settings, self.steps, dict(pins or {}))
         # Zero-downtime runtimes start a release beside the serving one: checked alone, then handed over.
         self.staged: StagedRuntime | None = self.runtime if isinstance(self.runtime, StagedRuntime) else None
-        self.publisher = Publisher(engine, app, settings, self.steps)
+        self.publisher = Publisher(self.engines, app, settings, self.steps)
+
+    @property
+    def engine(self) -> DockerEngine:
+        """The build engine: where images are built and guarded (staging's unless ``build_host``)."""
+        return self.engines.build
 
     @classmethod
     def from_releases(
         cls,
-        engine: DockerEngine,
+        engine: DockerEngine | AppEngines,
         app: AppConfig,
         settings: Settings,
         latest: Mapping[str, PreviousRelease | None],
@@ -102,8 +110,12 @@ class Deployer:
     def port(self, env: str) -> int:
         return env_port(self.app, env)
 
+    def address(self, env: str) -> str:
+        """Where ``env``'s port answers: loopback here, the host of a remote engine (or health_host)."""
+        return self.app.engine(env).address
+
     def base_url(self, env: str) -> str:
-        return f"http://{LOOPBACK}:{self.port(env)}"
+        return f"http://{self.address(env)}:{self.port(env)}"
 
     # steps ----------------------------------------------------------------------------------------
 
@@ -126,17 +138,16 @@ class Deployer:
         self.publisher.publish(env, image_id, revision)
         self.runtime.repin(env, ref)
 
-    def ensure_image(self, release: PreviousRelease) -> bool:
-        """The release's image is here, or can be pulled by its digest (pruned here, kept in the registry)."""
-        if self.engine.image(release.image_id) is not None:
+    def ensure_image(self, env: str, release: PreviousRelease) -> bool:
+        """The release's image is on ``env``'s engine, or can be pulled there by its digest (pruned
+        there, kept in the registry) and is then the very image recorded (its id, fail closed)."""
+        engine = self.engines.of(env)
+        if engine.image(release.image_id) is not None:
             return True
         if not release.digest:
             return False
         try:
-            return (
-                self.engine.pull(release.digest, timeout_s=self.settings.pull_timeout_s).id
-                == release.image_id
-            )
+            return engine.pull(release.digest, timeout_s=self.settings.pull_timeout_s).id == release.image_id
         except DockerError:
             return False
 
@@ -167,7 +178,7 @@ class Deployer:
             self.probe_base(env, container) + self.app.health_path,
             timeout=self.settings.health_timeout_s,
             interval=self.settings.health_interval_s,
-            watch=lambda: health.container_failure(container, self.engine.container(container.id)),
+            watch=lambda: health.container_failure(container, self.engines.of(env).container(container.id)),
         )
 
     def deploy(self, env: str, image_id: str, revision: str, *, run_id: int | None) -> Deployed:
@@ -224,7 +235,9 @@ class Deployer:
         when it serves, else why not (it never took traffic)."""
         assert self.staged is not None
         with self.steps.step(f"{env}_verify_new", env) as step:
-            check = self._verify_container(container, image_id, revision, self.probe_base(env, container))
+            check = self._verify_container(
+                env, container, image_id, revision, self.probe_base(env, container)
+            )
             step.changed(image_id=image_id, ok=check.ok, container_id=container.id)
             if not check.ok:
                 step.fail(check.reason)
@@ -247,7 +260,7 @@ class Deployer:
         details["health"] = report.details()
         if not report.healthy:
             return self._failed(env, container, self._unhealthy(env, container, report), details, published)
-        now = self.engine.container(container.id)
+        now = self.engines.of(env).container(container.id)
         if now is None or not now.running:
             # The answer came from somewhere else; our container is not what is serving.
             why = health.container_failure(container, now) or "is not running"
@@ -277,7 +290,7 @@ class Deployer:
         (redacted) in the reason itself, so the cause is in the first thing an operator reads. A failed
         staging container is then stopped, not removed: nothing half-broken keeps running or restarting
         as staging, and ``docker logs`` still has the whole story."""
-        evidence = self.container_evidence(container.id)
+        evidence = self.container_evidence(env, container.id)
         reason = headline + self._log_block(evidence)
         if env == STAGING and evidence.get("container_id"):
             evidence["stopped"] = self._halt(env, str(evidence["container_id"]))
@@ -287,10 +300,10 @@ class Deployer:
         """The first line of an unhealthy verdict: what the container did, or what answered."""
         where = f"({report.elapsed_s:.1f}s, {report.attempts} {'try' if report.attempts == 1 else 'tries'})"
         if report.container_failure is not None:
-            settled = self._settled(container.id)
+            settled = self._settled(env, container.id)
             failure = health.container_failure(container, settled) or report.container_failure
             return f"{container.name} {failure} before {report.url} answered {where}"
-        now = self.engine.container(container.id)
+        now = self.engines.of(env).container(container.id)
         if not report.answered and now is not None and now.running:
             last = report.last.error if report.last else "no answer"
             where = urllib.parse.urlsplit(report.url).netloc
@@ -306,9 +319,9 @@ class Deployer:
         port = self.port(env)
         if self.app.is_compose:
             return (
-                f"{self.app.service(env)} must listen on {LOOPBACK}:{port} (the app's {env}_port): give "
-                "it that port as PORT in the compose file and make the app listen on it, or publish the "
-                "port it listens on there"
+                f"{self.app.service(env)} must listen on {self.address(env)}:{port} (the app's "
+                f"{env}_port): give it that port as PORT in the compose file and make the app listen on "
+                "it, or publish the port it listens on there"
             )
         if self.app.container_port is not None:
             return (
@@ -321,20 +334,21 @@ class Deployer:
             "container_port to the port it listens on"
         )
 
-    def _settled(self, container_id: str) -> ContainerInfo | None:
+    def _settled(self, env: str, container_id: str) -> ContainerInfo | None:
         """The container once its current run has ended, if that happens within moments. The engine
         resets the exit code of a container it restarted to 0 while the new run lasts; a crash-looping
         one ends that run almost at once, and then its exit code is there to report."""
+        engine = self.engines.of(env)
         deadline = time.monotonic() + _SETTLE_S
-        found = self.engine.container(container_id)
+        found = engine.container(container_id)
         while found is not None and found.running and time.monotonic() < deadline:
             time.sleep(0.05)
-            found = self.engine.container(container_id)
+            found = engine.container(container_id)
         return found
 
     def _halt(self, env: str, container_id: str) -> bool:
         with self.steps.step(f"{env}_halt", env) as step:
-            stopped = self.engine.stop_container(container_id)
+            stopped = self.engines.of(env).stop_container(container_id)
             step.changed(container_id=container_id, stopped=stopped)
         return stopped
 
@@ -371,7 +385,7 @@ class Deployer:
                 Published(release.image_id, release.digest or release.image_id, release.digest),
                 self.override_text(),
             )
-        if not self.ensure_image(release):
+        if not self.ensure_image(env, release):
             return Deployed(
                 False,
                 f"release {release.id} image {release.image_id[:19]} is gone (pruned"
@@ -398,10 +412,11 @@ class Deployer:
             deployed.override,
         )
 
-    def container_evidence(self, container_id: str) -> dict[str, Any]:
-        """What the engine says of a container: status, exit code, restarts and the last 20 lines of its
-        log, redacted."""
-        found = self.engine.container(container_id)
+    def container_evidence(self, env: str, container_id: str) -> dict[str, Any]:
+        """What ``env``'s engine says of a container: status, exit code, restarts and the last 20 lines
+        of its log, redacted."""
+        engine = self.engines.of(env)
+        found = engine.container(container_id)
         if found is None:
             return {"container": None}
         return {
@@ -410,12 +425,19 @@ class Deployer:
             "container_status": found.status,
             "exit_code": found.exit_code,
             "restart_count": found.restart_count,
-            "logs_tail": self.redact(self.engine.logs(found.id, tail=_LOG_LINES))[-_LOG_CHARS:],
+            "logs_tail": self.redact(engine.logs(found.id, tail=_LOG_LINES))[-_LOG_CHARS:],
         }
 
-    def staging_check(self, sha: str) -> StagingCheck:
+    def staging_check(self, sha: str) -> Verdict:
+        """The stub staging check against staging, as a verdict: its exit code and its (redacted) output
+        are the evidence, and a failure says the output's last line."""
         check = run_staging_check(self.app, self.settings, self.steps, self.base_url(STAGING), sha)
-        return StagingCheck(check.ok, check.exit_code, self.redact(check.output)[-2000:], check.command)
+        output = self.redact(check.output)[-2000:]
+        evidence = {"staging_check_exit_code": check.exit_code, "staging_check_output": output}
+        if check.ok:
+            return Verdict.passed("stub staging check passed", **evidence)
+        last = output.splitlines()[-1] if output else "no output"
+        return Verdict.failed(f"staging check failed (exit {check.exit_code}): {last}", **evidence)
 
     def verify_running(self, env: str, image_id: str, sha: str) -> Verdict:
         """What really runs, not what we asked for: the environment's container runs ``image_id``, that
@@ -433,14 +455,16 @@ class Deployer:
             status = found.status if found else "missing"
             return Verdict.failed(f"{self.container(env)} is {status}, not running", container_status=status)
         # Behind a proxy the container is asked on its own port: two may serve for a moment.
-        checked = self._verify_container(found, image_id, sha, self.probe_base(env, found))
+        checked = self._verify_container(env, found, image_id, sha, self.probe_base(env, found))
         # A swarm service is more than the one container looked at: every task is checked.
         return verify.all_of(checked, *self.runtime.verify(env, image_id, sha))
 
-    def _verify_container(self, found: ContainerInfo, image_id: str, sha: str, base: str) -> Verdict:
+    def _verify_container(
+        self, env: str, found: ContainerInfo, image_id: str, sha: str, base: str
+    ) -> Verdict:
         """``found`` runs ``image_id``, stamped with ``sha``, and (where the app serves it) ``base``
         answers ``sha`` on the version path."""
-        running_image = self.engine.image(found.image_id)
+        running_image = self.engines.of(env).image(found.image_id)
         checks = [
             Verdict.passed(f"{found.name} running", container_id=found.id),
             verify.same_image(image_id, found.image_id, f"{found.name}"),

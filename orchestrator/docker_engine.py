@@ -9,22 +9,50 @@ turns into a failed gate with evidence.
 from __future__ import annotations
 
 import contextlib
+import gc
+import importlib.util
 import io
 import os
+import sys
 import tarfile
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-import docker
-import docker.errors
-import requests.exceptions
-import urllib3.exceptions
 
-from orchestrator.errors import InfraUnavailable, StepTimeout
+def _defer_paramiko() -> None:
+    """Import paramiko (the SDK's ssh:// transport) when an ssh:// engine first uses it, not with the SDK.
+
+    docker-py imports its SSH adapter, and with it paramiko and invoke (about 45 ms), whenever paramiko
+    is installed; every local deploy paid that at start-up (issue 12). The adapter only touches
+    ``paramiko.<name>`` when it connects, so until then it holds a stand-in module whose first attribute
+    lookup imports the real paramiko (which then replaces the stand-in in ``sys.modules``)."""
+    if "paramiko" in sys.modules or importlib.util.find_spec("paramiko") is None:
+        return  # already imported, or not installed (the SDK says so when an ssh:// engine is asked for)
+    stand_in = types.ModuleType("paramiko", "stand-in: the real paramiko is imported on first use")
+
+    def load(name: str) -> Any:
+        if sys.modules.get("paramiko") is stand_in:
+            del sys.modules["paramiko"]
+        return getattr(importlib.import_module("paramiko"), name)
+
+    stand_in.__getattr__ = load  # type: ignore[method-assign]
+    sys.modules["paramiko"] = stand_in
+
+
+_defer_paramiko()
+
+import docker  # noqa: E402 - after _defer_paramiko, which changes what it imports
+import docker.errors  # noqa: E402
+import docker.tls  # noqa: E402
+import requests.exceptions  # noqa: E402
+import urllib3.exceptions  # noqa: E402
+
+from orchestrator.errors import InfraUnavailable, StepTimeout  # noqa: E402
 
 # A streamed answer (build, push, pull) is read through urllib3 directly, so its read timeouts and broken
 # connections arrive as urllib3's exceptions, not requests' wrappers.
@@ -80,6 +108,46 @@ class ContainerInfo:
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+
+# The oldest API the SDK speaks: enough to ask the engine which version it speaks.
+_PROBE_API = "1.24"
+
+
+def _tls_client(url: str, tls: Any, timeout: int) -> docker.DockerClient:
+    """A client of a tcp:// engine that trusts exactly the configured CA. requests lets
+    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's CA for every request (its trust_env), so on a
+    machine that sets them (many do, for a corporate proxy) the engine's own certificate would be judged
+    against the wrong roots and refused. ``version="auto"`` asks the engine inside the constructor,
+    before trust_env can be turned off, so the version is asked first by a probe that has it off."""
+    probe = docker.APIClient(base_url=url, timeout=timeout, version=_PROBE_API, tls=tls)
+    probe.trust_env = False
+    try:
+        api_version = str(probe.version(api_version=False)["ApiVersion"])
+    finally:
+        probe.close()
+    client = docker.DockerClient(base_url=url, timeout=timeout, version=api_version, tls=tls)
+    client.api.trust_env = False
+    return client
+
+
+def _collect_ssh_pools() -> None:
+    """The SDK's ssh-client transport (``use_ssh_client``) makes a connection pool and an ``ssh`` process
+    per request and leaves both to the garbage collector, whose finalizer writes to the ssh process's
+    stdin. Collected now, those processes end while we are here; left to interpreter exit, each one
+    whose ssh already ended (host gone, connection refused) prints a BrokenPipe traceback after the
+    command's own output. A BrokenPipe from that finalizer is the only thing silenced here."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, BrokenPipeError):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
 
 
 @contextmanager
@@ -228,12 +296,25 @@ def _container_from(attrs: Mapping[str, Any]) -> ContainerInfo:
 
 
 class DockerEngine:
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        where: str = "local",
+        *,
+        over_ssh: bool = False,
+        cli_args: tuple[str, ...] = (),
+    ) -> None:
         self._client = client
+        # What messages call this engine (``local``, or ``user@host:port`` of a remote one).
+        self.where = where
+        self._over_ssh = over_ssh
+        # The docker CLI's global flags that reach this engine (BuildKit builds run through the CLI).
+        self.cli_args = cli_args
 
     @classmethod
     def connect(cls, base_url: str | None = None, timeout: int = 120) -> DockerEngine:
-        """Connect (DOCKER_HOST or the default socket) and prove the engine answers."""
+        """Connect (DOCKER_HOST or the default socket) and prove the engine answers: the API version
+        negotiation (``version="auto"``: GET /version) is that proof, so no separate ping follows."""
         where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         try:
             client = (
@@ -241,7 +322,6 @@ class DockerEngine:
                 if base_url
                 else docker.from_env(timeout=timeout, version="auto")
             )
-            client.ping()
         except (docker.errors.DockerException, *_UNREACHABLE) as exc:
             raise InfraUnavailable(
                 f"Docker engine is unreachable at {where}: {exc}. "
@@ -250,8 +330,61 @@ class DockerEngine:
             ) from None
         return cls(client)
 
+    @classmethod
+    def connect_remote(
+        cls,
+        url: str,
+        *,
+        host: str,
+        what: str,
+        tls_files: tuple[Path, Path, Path] | None = None,
+        timeout: int = 120,
+    ) -> DockerEngine:
+        """Connect to another machine's engine and prove it answers. ``ssh://`` goes through the system
+        ssh client (``docker system dial-stdio`` on the host), so ~/.ssh/config, the agent's keys and
+        known_hosts apply exactly as for ``ssh host``; ``tcp://`` verifies the engine's certificate
+        against ``tls_files`` (ca, cert, key). ``host`` names the engine in messages: never a key or
+        a certificate, only where it is."""
+        failed: str | None = None
+        try:
+            tls: Any = None
+            if tls_files is not None:
+                ca, cert, key = tls_files
+                tls = docker.tls.TLSConfig(client_cert=(str(cert), str(key)), ca_cert=str(ca), verify=True)
+            client = (
+                _tls_client(url, tls, timeout)
+                if tls is not None
+                else docker.DockerClient(
+                    base_url=url, timeout=timeout, version="auto", use_ssh_client=url.startswith("ssh://")
+                )
+            )
+            client.ping()
+        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+            failed = type(exc).__name__
+        if failed is not None:
+            # Outside the except block: its traceback no longer holds the failed client's pools.
+            _collect_ssh_pools()
+            how = (
+                f"check that 'ssh {host} docker version' works from here (the key in ssh-agent or "
+                "IdentityFile, the host in known_hosts, a docker CLI on the host's PATH)"
+                if url.startswith("ssh://")
+                else "check the engine's address and its TLS certificates (tls_ca, tls_cert, tls_key)"
+            )
+            raise InfraUnavailable(
+                f"the Docker engine of {what} on {host} is unreachable ({failed}): {how}, "
+                "and try again; nothing was changed",
+                details={"engine_host": host},
+            )
+        cli_args: tuple[str, ...] = ("--host", url)
+        if tls_files is not None:
+            ca, cert, key = tls_files
+            cli_args += ("--tlsverify", "--tlscacert", str(ca), "--tlscert", str(cert), "--tlskey", str(key))
+        return cls(client, host, over_ssh=url.startswith("ssh://"), cli_args=cli_args)
+
     def close(self) -> None:
         self._client.close()
+        if self._over_ssh:
+            _collect_ssh_pools()
 
     @property
     def swarm(self) -> SwarmEngine:

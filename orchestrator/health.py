@@ -138,6 +138,10 @@ def _wait(
     seen: dict[str, int] = {}
     last: Probe | None = None
     watched = float("-inf")
+
+    def report(healthy: bool, reason: str, failure: str | None = None) -> HealthReport:
+        return HealthReport(url, healthy, attempts, elapsed, last, reason, seen, container_failure=failure)
+
     while True:
         attempts += 1
         last = get(url, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
@@ -145,33 +149,17 @@ def _wait(
         seen[key] = seen.get(key, 0) + 1
         elapsed = time.monotonic() - start
         if last.ok:
-            return HealthReport(url, True, attempts, elapsed, last, f"healthy after {elapsed:.3f}s", seen)
+            return report(True, f"healthy after {elapsed:.3f}s")
         if watch is not None and time.monotonic() - watched >= watch_every_s:
             watched = time.monotonic()
             failure = watch()
             if failure is not None:
-                return HealthReport(
-                    url,
-                    False,
-                    attempts,
-                    elapsed,
-                    last,
-                    f"container {failure} before {url} became healthy ({elapsed:.1f}s, {attempts} tries)",
-                    seen,
-                    container_failure=failure,
-                )
+                why = f"container {failure} before {url} became healthy ({elapsed:.1f}s, {attempts} tries)"
+                return report(False, why, failure)
         progress.status(
             "health", f"waiting for {url}: {elapsed:.1f}s of {timeout:.0f}s, {attempts} tries, last: {key}"
         )
         if time.monotonic() + interval > deadline:
             what = f"HTTP {last.status}" if last.status is not None else last.error
-            return HealthReport(
-                url,
-                False,
-                attempts,
-                elapsed,
-                last,
-                f"{url} not healthy after {elapsed:.1f}s ({attempts} tries, last: {what})",
-                seen,
-            )
+            return report(False, f"{url} not healthy after {elapsed:.1f}s ({attempts} tries, last: {what})")
         time.sleep(interval)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-
-from transitions import Machine, MachineError
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import BadInput, Conflict
+
+if TYPE_CHECKING:
+    from transitions import Machine
 
 
 class State(StrEnum):
@@ -94,8 +96,12 @@ class _Run:
 
 class RunMachine:
     def __init__(self, state: State) -> None:
+        # Imported here: the states and edges above are read by every command, the machine itself only
+        # by those that move a run, and `run start` or `runs list` need not pay for the library.
+        from transitions import Machine
+
         self._model = _Run()
-        self._machine = Machine(
+        self._machine: Machine = Machine(
             model=self._model,
             states=[s.value for s in State],
             transitions=[
@@ -148,6 +154,8 @@ class RunMachine:
         return self.state
 
     def _fire(self, trigger: str) -> None:
+        from transitions import MachineError
+
         try:
             self._model.trigger(trigger)  # type: ignore[attr-defined]
         except MachineError as exc:

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestrator.config import AppConfig, Config
+from orchestrator.config import AppConfig, Config, EngineTarget
+from orchestrator.engines import AppEngines
 from orchestrator.errors import Conflict
 from orchestrator.holder import Holder
 from orchestrator.lifecycle import Heartbeat
@@ -366,8 +367,9 @@ class _Progress:
         return bool(self.images or self.containers or self.anchors)
 
 
-def plan_for(store: Store, engine: DockerEngine, app: AppConfig) -> Plan:
-    """Read the store and the engine and decide (nothing is changed)."""
+def plan_for(store: Store, engine: DockerEngine, app: AppConfig, *, anchors: bool = True) -> Plan:
+    """Read the store and the engine and decide (nothing is changed). ``anchors``: include the app's
+    anchor files (they live on this machine: planned once, with its first engine)."""
     history = {env: store.releases(app.name, env, limit=10_000) for env in ENVIRONMENTS}
     return decide(
         app.name,
@@ -376,15 +378,43 @@ def plan_for(store: Store, engine: DockerEngine, app: AppConfig) -> Plan:
         kept_releases={env: releases[: app.keep_releases] for env, releases in history.items()},
         images=engine.images(),
         containers=engine.containers(),
-        anchors=anchor_files(app),
+        anchors=anchor_files(app) if anchors else (),
         in_flight=in_flight_images(store.unfinished_transitions(app.name)),
+    )
+
+
+def _plans(store: Store, engine: Callable[[EngineTarget], DockerEngine], app: AppConfig) -> list[_OnEngine]:
+    """One plan per engine the app uses (the build engine first): the same rules on each, since each
+    holds its own copies of the app's images and its own stopped containers."""
+    targets = AppEngines(app, engine).distinct()
+    return [
+        _OnEngine(engine(t), plan_for(store, engine(t), app, anchors=i == 0)) for i, t in enumerate(targets)
+    ]
+
+
+@dataclass(frozen=True)
+class _OnEngine:
+    engine: DockerEngine
+    plan: Plan
+
+
+def _merged(plans: Sequence[_OnEngine]) -> Plan:
+    """What the operator reads: every engine's plan as one (one engine: that plan unchanged)."""
+    first = plans[0].plan
+    if len(plans) == 1:
+        return first
+    return replace(
+        first,
+        images=tuple(i for p in plans for i in p.plan.images),
+        containers=tuple(c for p in plans for c in p.plan.containers),
+        kept=tuple(k for p in plans for k in p.plan.kept),
     )
 
 
 def prune(
     config: Config,
     store: Store,
-    engine: Callable[[], DockerEngine],
+    engine: Callable[[EngineTarget], DockerEngine],
     app_name: str,
     *,
     dry_run: bool = False,
@@ -394,14 +424,15 @@ def prune(
 ) -> PruneResult:
     """Prune ``app_name`` (see the module docstring). A locked app is refused (Conflict, exit 3, naming
     the holder); otherwise its environments are held for the duration, so no run starts in between.
-    ``engine`` connects on first use and is not closed here."""
+    ``engine`` connects to an engine target on first use (LazyEngine.get) and is not closed here; an
+    app whose environments live on several engines is pruned on each."""
     app = config.app(app_name)
     log = get_logger(app=app.name, actor=actor, dry_run=dry_run)
     if dry_run:
         held = store.locks(app.name)
         if held:
             raise _locked(app.name, held)
-        plan = plan_for(store, engine(), app)
+        plan = _merged(_plans(store, engine, app))
         log.info("prune_planned", **_counts(plan))
         return PruneResult(plan, dry_run=True)
     me = Holder.me()
@@ -421,8 +452,10 @@ def prune(
     plan: Plan | None = None
     try:
         with Heartbeat(lambda: store.renew_locks(app.name, ENVIRONMENTS, me, lease), lease / 3, "prune"):
-            plan = plan_for(store, engine(), app)
-            _execute(plan, engine(), done)
+            plans = _plans(store, engine, app)
+            plan = _merged(plans)
+            for each in plans:
+                _execute(each.plan, each.engine, done)
     finally:
         store.release_locks(app.name, ENVIRONMENTS, me)
         if done.anything or done.skipped:

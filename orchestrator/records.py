@@ -27,6 +27,7 @@ def record_release(
         reason=intent.reason,
         digest=intent.digest,
         compose_sha256=file_digest(app.compose_file),
+        engine=app.engine(intent.environment).host,
     )
     if intent.override is not None and app.override_file is not None:
         keep_anchor(app.override_file, intent.environment, release.id, intent.override, app.keep_releases)

@@ -21,6 +21,7 @@ from enum import StrEnum
 from orchestrator.config import AppConfig, Settings
 from orchestrator.deploy import Deployer
 from orchestrator.docker_engine import DockerEngine, DockerError
+from orchestrator.engines import AppEngines
 from orchestrator.gates import GateResult, GateStatus, ReleaseIntent
 from orchestrator.machine import PROD, STAGING, TO_PROD, TO_STAGING, Edge, edge_between
 from orchestrator.records import record_release
@@ -150,7 +151,7 @@ class Reconciler:
     def __init__(
         self,
         store: Store,
-        engine: DockerEngine,
+        engine: DockerEngine | AppEngines,
         app: AppConfig,
         settings: Settings,
         transition: TransitionRecord,
@@ -255,7 +256,7 @@ class Reconciler:
                         GateStatus.FAIL,
                         f"{env}: restoring release {previous.id} failed: {done.reason}",
                     )
-                    if not d.ensure_image(previous):
+                    if not d.ensure_image(env, previous):
                         d.stop(env)
                         note += f"; {env} stopped: redeploy a known-good run"
                 elif action == Action.RESTORE:
@@ -310,7 +311,7 @@ def abandoned(transition: TransitionRecord, now: datetime | None = None) -> bool
 
 
 def repair_environment(
-    store: Store, engine: DockerEngine, app: AppConfig, settings: Settings, env: str
+    store: Store, engine: DockerEngine | AppEngines, app: AppConfig, settings: Settings, env: str
 ) -> str:
     """Put ``env`` back on its latest recorded release when it does not run it (an operator action
     died mid-way, or the engine restarted and left it stopped); returns what was found and done."""

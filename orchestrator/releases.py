@@ -185,7 +185,9 @@ def rollback(
         history = store.releases(app.name, env, limit=10_000)
         latest = latest_releases(store, app.name)
         # Connected only past the checks that need no engine (nothing to roll back to: exit 3).
-        deployer = functools.cache(lambda: Deployer.from_releases(engine.get(), app, config.settings, latest))
+        deployer = functools.cache(
+            lambda: Deployer.from_releases(engine.for_app(app), app, config.settings, latest)
+        )
         target = choose_target(
             history,
             to,
@@ -194,7 +196,7 @@ def rollback(
             runs_current=lambda: deployer().serves(env, history[0].image_id, history[0].revision),
         )
         current = history[0]
-        if not deployer().ensure_image(target):
+        if not deployer().ensure_image(env, target):
             raise Conflict(
                 f"release {target.id}'s image {target.image_id[:19]} is gone (pruned"
                 + (", and the registry does not serve it)" if target.digest else ")")
@@ -339,6 +341,8 @@ class EnvStatus:
     release: ReleaseRecord | None
     observed: Observed
     differences: list[str] = field(default_factory=list)
+    # Which engine the environment runs on (``local`` or ``user@host:port``), as configured now.
+    engine: str = "local"
 
     @property
     def drift(self) -> bool:
@@ -387,6 +391,7 @@ class EnvStatus:
         return {
             "app": self.app,
             "environment": self.environment,
+            "engine": self.engine,
             "container": o.container,
             "container_id": o.container_id,
             "container_status": o.status,
@@ -406,7 +411,7 @@ class EnvStatus:
 
 
 def observe(deployer: Deployer, env: str) -> Observed:
-    engine = deployer.engine
+    engine = deployer.engines.of(env)
     container = deployer.current(env)
     tag = engine.image(f"{deployer.app.name}:{env}")
     if container is None:
@@ -449,12 +454,14 @@ def status(
     apps = [config.app(app_name)] if app_name else [config.apps[name] for name in sorted(config.apps)]
     if not apps:
         raise BadInput("no apps configured: add [apps.NAME] to orchestrator.toml")
-    engine = engine_factory()
+    from orchestrator.service.common import LazyEngine
+
+    engine = LazyEngine(engine_factory)
     try:
         found: list[EnvStatus] = []
         for app in apps:
             latest = latest_releases(store, app.name)
-            deployer = Deployer.from_releases(engine, app, config.settings, latest)
+            deployer = Deployer.from_releases(engine.for_app(app), app, config.settings, latest)
             unfinished = unfinished_notes(store, app.name)
             for env, release in latest.items():
                 seen = observe(deployer, env)
@@ -463,7 +470,7 @@ def status(
                     # The usual cause of drift right after a crash is the orchestrator itself, not a
                     # person: say so before guessing "started by hand".
                     differences.insert(0, unfinished[env])
-                found.append(EnvStatus(app.name, env, release, seen, differences))
+                found.append(EnvStatus(app.name, env, release, seen, differences, app.engine(env).host))
         return found
     finally:
         engine.close()

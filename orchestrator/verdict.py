@@ -2,13 +2,15 @@
 the evidence), so that a check's result becomes a gate's without being copied field by field.
 
 Pure (no Docker, no database, no gates): the lowest layers (verify.py, deploy.py) return it, gates
-return it, and the runner records it with its name and timing (gates.GateResult).
+return it, and the runner records it with its name and timing as a ``GateResult``: the one type for a
+gate's result whether it was just found (the edge) or read back from the store (history, recovery).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -53,6 +55,31 @@ class Verdict:
     def check(cls, ok: bool, reason: str, details: Mapping[str, Any] | None = None) -> Verdict:
         """Pass or fail on a condition: how verifications state what they found."""
         return cls(GateStatus.PASS if ok else GateStatus.FAIL, reason, dict(details or {}))
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """A verdict with the name of what found it and when: what a transition records per gate (and per
+    compensation, approval or recovery step that speaks as one), and what the store hands back."""
+
+    name: str
+    status: GateStatus
+    reason: str
+    details: Mapping[str, Any]
+    duration_s: float
+    started_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        # SQLite hands back naive datetimes; everything recorded is UTC.
+        started = self.started_at if self.started_at.tzinfo else self.started_at.replace(tzinfo=UTC)
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "reason": self.reason,
+            "details": dict(self.details),
+            "duration_s": round(self.duration_s, 6),
+            "started_at": started.isoformat(),
+        }
 
 
 class TransitionOutcome(StrEnum):

@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import structlog
 from click.testing import CliRunner
 
 from orchestrator import gates
+from orchestrator import logging as orch_logging
 from orchestrator.cli import cli as orchestrator_cli
 from orchestrator.config import CONFIG_FILENAME, ENV_PREFIX
 from orchestrator.gates import Gate, GateContext, Verdict
@@ -67,12 +67,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def reset_structlog() -> Iterator[None]:
-    """The CLI points structlog at the stderr it was invoked with (CliRunner's capture buffer); without
+def reset_logging() -> Iterator[None]:
+    """The CLI points its logs at the stderr it was invoked with (CliRunner's capture buffer); without
     a reset, later tests' logs would vanish into a finished invocation's buffer instead of pytest's."""
     yield
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
+    orch_logging.reset()
 
 
 @pytest.fixture(autouse=True)

@@ -15,39 +15,19 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import structlog
-
 from orchestrator.config import AppConfig, Settings
 from orchestrator.errors import InfraUnavailable
+from orchestrator.logging import get_logger
 from orchestrator.machine import Edge
 from orchestrator.steps import StepLog
-from orchestrator.verdict import GateStatus, Verdict
+from orchestrator.verdict import GateResult, GateStatus, Verdict
 
-__all__ = ["GateStatus", "Verdict"]  # defined in verdict.py, the gates' vocabulary
+__all__ = ["GateResult", "GateStatus", "Verdict"]  # defined in verdict.py, the gates' vocabulary
 
 if TYPE_CHECKING:
     from orchestrator.deploy import Deployer
-    from orchestrator.docker_engine import DockerEngine
+    from orchestrator.engines import AppEngines
     from orchestrator.steps.build import Build
-
-
-@dataclass(frozen=True)
-class GateResult:
-    name: str
-    status: GateStatus
-    reason: str
-    details: Mapping[str, Any]
-    duration_s: float
-    started_at: datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status.value,
-            "reason": self.reason,
-            "details": dict(self.details),
-            "duration_s": round(self.duration_s, 6),
-        }
 
 
 # The compensation that puts prod back after a failed promotion (gates/image.py), and the key of its
@@ -143,8 +123,9 @@ class GateContext:
     sha: str
     edge: Edge
     settings: Settings
-    log: Any = field(default_factory=structlog.get_logger)
-    engine: DockerEngine | None = None
+    log: Any = field(default_factory=get_logger)
+    # The app's engines (build, and each environment's), connected on first use; None: no Docker.
+    engines: AppEngines | None = None
     # The latest release per environment before this transition started: what a rollback restores.
     previous_releases: Mapping[str, Any] = field(default_factory=dict)
     # Every release this run made so far (ReleaseRecords): what the run's own edges put where.
@@ -180,12 +161,12 @@ class GateContext:
     @property
     def deployer(self) -> Deployer:
         if self._deployer is None:
-            if self.engine is None:
+            if self.engines is None:
                 raise RuntimeError("this gate needs Docker but the edge was started without an engine")
             from orchestrator.deploy import Deployer
 
             self._deployer = Deployer.from_releases(
-                self.engine,
+                self.engines,
                 self.app,
                 self.settings,
                 self.previous_releases,

@@ -71,15 +71,6 @@ def _release(ctx: GateContext, env: str, deployed: Deployed) -> ReleaseIntent:
     )
 
 
-def _staging_check(ctx: GateContext) -> Verdict | dict[str, Any]:
-    result = ctx.deployer.staging_check(ctx.sha)
-    evidence = {"staging_check_exit_code": result.exit_code, "staging_check_output": result.output}
-    if not result.ok:
-        last = result.output.splitlines()[-1] if result.output else "no output"
-        return Verdict.failed(f"staging check failed (exit {result.exit_code}): {last}", **evidence)
-    return evidence
-
-
 # development -> deploy-staging ------------------------------------------------------------------
 
 
@@ -140,10 +131,11 @@ class StagingCheck(Gate):
     needs_docker = True
 
     def run(self, ctx: GateContext) -> Verdict:
-        outcome = _staging_check(ctx)
-        if isinstance(outcome, Verdict):
-            return outcome
-        return Verdict.passed("stub staging check passed against the fresh staging container", **outcome)
+        checked = ctx.deployer.staging_check(ctx.sha)
+        if not checked.ok:
+            return checked
+        reason = "stub staging check passed against the fresh staging container"
+        return Verdict.passed(reason, **checked.details)
 
 
 # deploy-staging -> deploy -------------------------------------------------------------------------
@@ -182,10 +174,10 @@ class CheckStagingImageFresh(Gate):
         if not deployed.ok:
             return Verdict.failed(f"layer A: {deployed.reason}", **details)
         ctx.add_release(_release(ctx, STAGING, deployed))
-        checked = _staging_check(ctx)
-        if isinstance(checked, Verdict):
-            return Verdict.failed(f"layer A: {checked.reason}", **{**details, **checked.details})
-        details.update(checked)
+        checked = ctx.deployer.staging_check(ctx.sha)
+        details.update(checked.details)
+        if not checked.ok:
+            return Verdict.failed(f"layer A: {checked.reason}", **details)
         safety = ctx.deployer.verify_image(build.image.id, ctx.sha)
         details.update(safety.details)
         if not safety.ok:
@@ -339,7 +331,7 @@ def _restore_prod(ctx: GateContext) -> Verdict:
     restored = d.redeploy(PROD, previous, run_id=ctx.run_id)
     if not restored.ok:
         why = first_line(restored.reason)
-        if not d.ensure_image(previous):
+        if not d.ensure_image(PROD, previous):
             d.stop(PROD)
             outcome = ProdOutcome(
                 ProdAction.STOPPED, None, f"stopped: release {previous.id} could not be restored ({why})"

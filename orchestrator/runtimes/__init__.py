@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from orchestrator.config import AppConfig, Settings
-from orchestrator.docker_engine import ContainerInfo, DockerEngine
+from orchestrator.docker_engine import ContainerInfo
+from orchestrator.engines import AppEngines
 from orchestrator.machine import STAGING
 from orchestrator.steps import StepLog
 from orchestrator.verdict import Verdict
@@ -129,8 +130,12 @@ class StagedRuntime(Runtime, Protocol):
 
 def preflight(app: AppConfig, sha: str | None = None) -> None:
     """What the runtime can refuse before anything runs (exit 2): a compose app's services exist in its
-    compose file and, for a run's ``sha``, that file is the committed one; a stack app's service exists
-    in its stack file."""
+    compose file and, for a run's ``sha``, that file is the committed one; environments on another engine
+    than the build's have a registry to get the image from; a stack app's service exists in its stack
+    file."""
+    from orchestrator.config import check_registry_transfer
+
+    check_registry_transfer(app)
     if app.is_compose:
         from orchestrator.runtimes import compose
 
@@ -143,34 +148,37 @@ def preflight(app: AppConfig, sha: str | None = None) -> None:
         check_service(app.stack_file, app.stack_service)
 
 
-def engine_preflight(engine: DockerEngine, app: AppConfig, environments: Sequence[str]) -> None:
-    """What the engine itself must offer before an edge touches ``environments`` (exit 4 otherwise):
-    a swarm environment needs a swarm manager."""
-    if any(app.runtime_of(env) == "swarm" for env in environments) and not engine.swarm.manager():
-        from orchestrator.runtimes.swarm import not_a_manager
+def engine_preflight(engines: AppEngines, app: AppConfig, environments: Sequence[str]) -> None:
+    """What the engines themselves must offer before an edge touches ``environments`` (exit 4 otherwise):
+    a swarm environment's engine must be a swarm manager."""
+    for env in environments:
+        if app.runtime_of(env) == "swarm" and not engines.of(env).swarm.manager():
+            from orchestrator.runtimes.swarm import not_a_manager
 
-        raise not_a_manager()
+            raise not_a_manager(app.engine(env))
 
 
 def runtime_for(
-    engine: DockerEngine,
+    engines: AppEngines,
     app: AppConfig,
     settings: Settings,
     steps: StepLog,
     pins: dict[str, str],
 ) -> Runtime:
+    """The app's runtime, handed the app's engines: each environment is run on its own engine."""
     if app.is_compose:
         from orchestrator.runtimes.compose import ComposeRuntime
 
-        return ComposeRuntime(engine, app, settings, steps, pins)
+        # Compose apps run on this machine's engine only (config.py refuses docker_host for them).
+        return ComposeRuntime(engines.build, app, settings, steps, pins)
     if app.swarm_environments:
         from orchestrator.runtimes.swarm import SwarmRuntime
 
-        return SwarmRuntime(engine, app, settings, steps, pins)
+        return SwarmRuntime(engines, app, settings, steps, pins)
     if app.zero_downtime:
         from orchestrator.runtimes.direct import ProxiedRuntime
 
-        return ProxiedRuntime(engine, app, settings, steps)
+        return ProxiedRuntime(engines, app, settings, steps)
     from orchestrator.runtimes.direct import DirectRuntime
 
-    return DirectRuntime(engine, app, steps)
+    return DirectRuntime(engines, app, steps)

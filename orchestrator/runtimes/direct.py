@@ -9,7 +9,8 @@ import time
 
 from orchestrator import httpclient
 from orchestrator.config import AppConfig, Settings
-from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
+from orchestrator.docker_engine import ContainerInfo, DockerError
+from orchestrator.engines import AppEngines
 from orchestrator.machine import PROD
 from orchestrator.proxy import BACKEND_HEADER, PROBE_HEADER, ROLE_LABEL, Proxy, ProxySpec
 from orchestrator.runtimes import LOOPBACK, Published, RuntimeView, env_port
@@ -28,16 +29,24 @@ _TAKEOVER_POLL_S = 0.02
 # own default) before it is killed.
 RETIRE_GRACE_S = 10
 
+# Where a remote environment's published port listens: the orchestrator health-checks it from another
+# machine, which the host's loopback would never answer.
+ALL_INTERFACES = "0.0.0.0"
 
-def port_answers(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((LOOPBACK, port)) == 0
+
+def port_answers(port: int, address: str = LOOPBACK) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 class DirectRuntime:
-    def __init__(self, engine: DockerEngine, app: AppConfig, steps: StepLog) -> None:
-        self.engine = engine
+    """Each environment's container lives on that environment's engine (``engines.of(env)``)."""
+
+    def __init__(self, engines: AppEngines, app: AppConfig, steps: StepLog) -> None:
+        self.engines = engines
         self.app = app
         self.steps = steps
 
@@ -45,23 +54,25 @@ class DirectRuntime:
         return f"{self.app.name}-{env}"
 
     def current(self, env: str) -> ContainerInfo | None:
-        return self.engine.container(self.label(env))
+        return self.engines.of(env).container(self.label(env))
 
     def start(self, env: str, published: Published, *, run_id: int | None) -> ContainerInfo:
         """Run by image id, never by tag, so a tag moved by someone else between build and run cannot
         change what starts."""
         name = self.label(env)
+        engine = self.engines.of(env)
         with self.steps.step(f"{env}_stop", env) as step:
-            old = self.engine.container(name)
+            old = engine.container(name)
             if old is not None:
                 step.changed(container_id=old.id, image_id=old.image_id, status=old.status)
-            self.engine.remove_container(name)
+            engine.remove_container(name)
         port = env_port(self.app, env)
-        if port_answers(port):
+        address = self.app.engine(env).address
+        if port_answers(port, address):
             # Otherwise the health check would be answered by whatever holds the port while our
             # container dies on "address already in use", and a dead deploy would look green.
             raise DockerError(
-                f"port {port} on {LOOPBACK} is already in use by something other than {name}: "
+                f"port {port} on {address} is already in use by something other than {name}: "
                 f"stop it or give {self.app.name} another {env}_port"
             )
         with self.steps.step(f"{env}_start", env) as step:
@@ -76,8 +87,9 @@ class DirectRuntime:
         if self.app.container_port is not None:
             # Published mode: the app listens on its own port inside its network namespace.
             container_port = self.app.container_port
-            publish = {container_port: (LOOPBACK, port)}
-        return self.engine.run(
+            bind = LOOPBACK if self.app.engine(env).is_local else ALL_INTERFACES
+            publish = {container_port: (bind, port)}
+        return self.engines.of(env).run(
             name,
             image_id,
             environment={"PORT": str(container_port), "ORCH_ENVIRONMENT": env, **self.app.env},
@@ -92,7 +104,7 @@ class DirectRuntime:
             found = self.current(env)
             if found is not None:
                 step.changed(container_id=found.id, image_id=found.image_id, status=found.status)
-            return self.engine.remove_container(self.label(env))
+            return self.engines.of(env).remove_container(self.label(env))
 
     def repin(self, env: str, ref: str) -> None:
         """Nothing to do: a direct container has no pin file; its tags are the publisher's."""
@@ -124,10 +136,10 @@ class ProxiedRuntime:
     app and environment that holds the alias. Each action is a recorded step, so recovery after a
     crash finds the candidate never handed over, or two containers serving, and ``settle``-s it."""
 
-    def __init__(self, engine: DockerEngine, app: AppConfig, settings: Settings, steps: StepLog) -> None:
+    def __init__(self, engines: AppEngines, app: AppConfig, settings: Settings, steps: StepLog) -> None:
         if app.container_port is None:
             raise ValueError("zero_downtime needs container_port (config.py refuses it without)")
-        self.engine = engine
+        self.engines = engines
         self.app = app
         self.settings = settings
         self.steps = steps
@@ -150,7 +162,7 @@ class ProxiedRuntime:
 
     def proxy(self, env: str) -> Proxy:
         return Proxy(
-            self.engine,
+            self.engines.of(env),
             ProxySpec(
                 name=f"{self.app.name}-{env}-proxy",
                 network=self.network(env),
@@ -166,12 +178,12 @@ class ProxiedRuntime:
 
     def backends(self, env: str) -> list[ContainerInfo]:
         """Every container of ``env`` this runtime started (running or not), newest first."""
-        listed = self.engine.containers(
+        listed = self.engines.of(env).containers(
             labels={APP_LABEL: self.app.name, ENV_LABEL: env, ROLE_LABEL: BACKEND_ROLE}
         )
         found: list[tuple[float, ContainerInfo]] = []
         for row in listed:
-            info = self.engine.container(row.info.id)
+            info = self.engines.of(env).container(row.info.id)
             if info is not None:
                 found.append((row.created, info))
         found.sort(key=lambda pair: (pair[0], pair[1].started_at or ""), reverse=True)
@@ -191,7 +203,7 @@ class ProxiedRuntime:
     def probe_base(self, env: str, container: ContainerInfo) -> str:
         port = container.ports.get(self.container_port)
         if port is None:
-            now = self.engine.container(container.id)
+            now = self.engines.of(env).container(container.id)
             port = now.ports.get(self.container_port) if now is not None else None
         if port is None:
             # Never fall back to the environment's port: that is the old release answering.
@@ -207,8 +219,10 @@ class ProxiedRuntime:
         self._ensure_proxy(env)
         name = f"{self.label(env)}-{published.image_id.removeprefix('sha256:')[:12]}-{secrets.token_hex(2)}"
         with self.steps.step(f"{env}_start", env) as step:
-            self.engine.ensure_network(self.waiting_network(env), labels={ROLE_LABEL: "waiting-network"})
-            started = self.engine.run(
+            self.engines.of(env).ensure_network(
+                self.waiting_network(env), labels={ROLE_LABEL: "waiting-network"}
+            )
+            started = self.engines.of(env).run(
                 name,
                 published.image_id,
                 environment={"PORT": str(self.container_port), "ORCH_ENVIRONMENT": env, **self.app.env},
@@ -236,13 +250,13 @@ class ProxiedRuntime:
         runtime (``<app>-<env>``, from before zero_downtime was set) holds the port the proxy needs: it
         is removed first, the one hand-over that costs a moment of downtime."""
         proxy = self.proxy(env)
-        found = self.engine.container(proxy.spec.name)
+        found = self.engines.of(env).container(proxy.spec.name)
         if found is None or not found.running:
-            legacy = self.engine.container(self.label(env))
+            legacy = self.engines.of(env).container(self.label(env))
             if legacy is not None and legacy.labels.get(ROLE_LABEL) != BACKEND_ROLE:
                 with self.steps.step(f"{env}_stop", env) as step:
                     step.changed(container_id=legacy.id, image_id=legacy.image_id, status=legacy.status)
-                    self.engine.remove_container(legacy.id)
+                    self.engines.of(env).remove_container(legacy.id)
         with self.steps.step(f"{env}_proxy", env) as step:
             running = proxy.ensure()
             step.changed(
@@ -251,7 +265,7 @@ class ProxiedRuntime:
 
     def hand_over(self, env: str, container: ContainerInfo) -> None:
         with self.steps.step(f"{env}_connect", env) as step:
-            self.engine.join_network(container.id, self.network(env), aliases=[self.alias(env)])
+            self.engines.of(env).join_network(container.id, self.network(env), aliases=[self.alias(env)])
             step.changed(container_id=container.id, container=container.name, network=self.network(env))
         self._takeover(env, container)
         self._retire_others(env, container)
@@ -259,7 +273,7 @@ class ProxiedRuntime:
     def _takeover(self, env: str, container: ContainerInfo) -> None:
         """Wait until the proxy sends requests to ``container``: only then may the others leave."""
         with self.steps.step(f"{env}_takeover", env) as step:
-            now = self.engine.container(container.id)
+            now = self.engines.of(env).container(container.id)
             address = now.addresses.get(self.network(env)) if now is not None else None
             if address is None:
                 raise DockerError(f"{container.name} has no address on {self.network(env)} (not running)")
@@ -299,8 +313,8 @@ class ProxiedRuntime:
             with self.steps.step(f"{env}_retire", env) as step:
                 step.changed(container_id=other.id, container=other.name, image_id=other.image_id)
                 try:
-                    self.engine.stop_container(other.id, timeout_s=RETIRE_GRACE_S)
-                    self.engine.remove_container(other.id)
+                    self.engines.of(env).stop_container(other.id, timeout_s=RETIRE_GRACE_S)
+                    self.engines.of(env).remove_container(other.id)
                 except DockerError as exc:
                     # ``keep`` serves already: a leftover beside it is for settle (recover, the next
                     # deploy), not a reason to undo a hand-over that has happened.
@@ -309,11 +323,11 @@ class ProxiedRuntime:
     def discard(self, env: str, container: ContainerInfo) -> None:
         with self.steps.step(f"{env}_discard", env) as step:
             step.changed(container_id=container.id, container=container.name, image_id=container.image_id)
-            now = self.engine.container(container.id)
+            now = self.engines.of(env).container(container.id)
             if now is not None and self.network(env) in now.aliases:
                 # Handed over but the proxy was not seen using it: it may hold a request; stop politely.
-                self.engine.stop_container(container.id, timeout_s=RETIRE_GRACE_S)
-            self.engine.remove_container(container.id)
+                self.engines.of(env).stop_container(container.id, timeout_s=RETIRE_GRACE_S)
+            self.engines.of(env).remove_container(container.id)
 
     def settle(self, env: str) -> None:
         keep = self.current(env)
@@ -327,7 +341,7 @@ class ProxiedRuntime:
     def stop(self, env: str) -> bool:
         """Take ``env`` down: its containers and its proxy (the port stops answering)."""
         with self.steps.step(f"{env}_stop", env) as step:
-            gone = [c for c in self.backends(env) if self.engine.remove_container(c.id)]
+            gone = [c for c in self.backends(env) if self.engines.of(env).remove_container(c.id)]
             proxy = self.proxy(env).remove()
             step.changed(container_ids=[c.id for c in gone], proxy_removed=proxy)
         return bool(gone) or proxy

@@ -16,15 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.compose import project_name
-from orchestrator.config import AppConfig, Settings
+from orchestrator.config import AppConfig, EngineTarget, Settings
 from orchestrator.docker_engine import (
     ContainerInfo,
-    DockerEngine,
     DockerError,
     ServiceInfo,
     ServiceSpec,
     TaskInfo,
 )
+from orchestrator.engines import AppEngines
 from orchestrator.errors import InfraUnavailable
 from orchestrator.machine import PROD
 from orchestrator.proxy import Proxy, ProxySpec
@@ -48,9 +48,9 @@ _CRASH_LOOP_FAILURES = 2
 _TASK_FAILED = ("failed", "rejected")
 
 
-def not_a_manager(where: str = "") -> InfraUnavailable:
-    """Exit 4, before anything is recorded: swarm services need a manager. ``where`` names a remote
-    engine (" at ssh://deploy@host") when there is one."""
+def not_a_manager(target: EngineTarget) -> InfraUnavailable:
+    """Exit 4, before anything is recorded: swarm services need a manager."""
+    where = "" if target.is_local else f" at {target.host}"
     return InfraUnavailable(
         f"the Docker engine{where} is not a swarm manager, so it cannot run swarm services: run "
         "'docker swarm init --advertise-addr 127.0.0.1' there (a single-node swarm), or point "
@@ -132,18 +132,19 @@ class SwarmRuntime:
 
     def __init__(
         self,
-        engine: DockerEngine,
+        engines: AppEngines,
         app: AppConfig,
         settings: Settings,
         steps: StepLog,
         pins: dict[str, str],
     ) -> None:
-        self.engine = engine
+        # Each swarm environment's service lives on that environment's engine (a manager).
+        self.engines = engines
         self.app = app
         self.settings = settings
         self.steps = steps
         self.pins = dict(pins)
-        self.direct = DirectRuntime(engine, app, steps)
+        self.direct = DirectRuntime(engines, app, steps)
         # The stack override written last (stack apps), kept with the release as its anchor.
         self._override: str | None = None
 
@@ -190,12 +191,12 @@ class SwarmRuntime:
             # Room for every task of a start-first update: the old ones and their replacements.
             slots=max(8, 2 * self.app.replicas + 2),
         )
-        return Proxy(self.engine, spec, overlay=True)
+        return Proxy(self.engines.of(env), spec, overlay=True)
 
     # reading --------------------------------------------------------------------------------------
 
     def _tasks(self, env: str) -> list[TaskInfo]:
-        return self.engine.swarm.tasks(self.service_name(env))
+        return self.engines.of(env).swarm.tasks(self.service_name(env))
 
     def current(self, env: str) -> ContainerInfo | None:
         """A running task's container: the newest one (after an update, every running task runs the
@@ -209,7 +210,7 @@ class SwarmRuntime:
         )
         for task in running:
             assert task.container_id is not None
-            found = self.engine.container(task.container_id)
+            found = self.engines.of(env).container(task.container_id)
             if found is not None:
                 return found
         return None
@@ -217,7 +218,7 @@ class SwarmRuntime:
     def view(self, env: str) -> RuntimeView | None:
         if not self.on_swarm(env):
             return None
-        service = self.engine.swarm.service(self.service_name(env))
+        service = self.engines.of(env).swarm.service(self.service_name(env))
         if service is None:
             return RuntimeView(kind="swarm", name=self.service_name(env))
         tasks = [t for t in self._tasks(env) if t.desired_state == "running" or t.state == "running"]
@@ -262,10 +263,10 @@ class SwarmRuntime:
                 f"{self.label(env)} is pinned by registry digest, and {published.image_id[:19]} was not "
                 "pushed to a registry: set the app's registry"
             )
-        if not self.engine.swarm.manager():
-            raise not_a_manager()
+        if not self.engines.of(env).swarm.manager():
+            raise not_a_manager(self.app.engine(env))
         name = self.service_name(env)
-        revision = self._revision(published.image_id)
+        revision = self._revision(env, published.image_id)
         spec = self._spec(env, published, run_id, revision)
         with self.steps.step(f"{env}_proxy", env) as step:
             proxy = self.proxy(env).ensure()
@@ -291,7 +292,7 @@ class SwarmRuntime:
     def _submit(self, env: str, spec: ServiceSpec) -> None:
         """Create the service on the first deploy, update its whole spec after."""
         with self.steps.step(f"{env}_update", env) as step:
-            before = self.engine.swarm.service(spec.name)
+            before = self.engines.of(env).swarm.service(spec.name)
             step.changed(
                 service=spec.name,
                 image=spec.image,
@@ -299,9 +300,9 @@ class SwarmRuntime:
                 version_before=before.version if before else None,
             )
             if before is None:
-                self.engine.swarm.create_service(spec)
+                self.engines.of(env).swarm.create_service(spec)
             else:
-                warnings = self.engine.swarm.update_service(spec, version=before.version)
+                warnings = self.engines.of(env).swarm.update_service(spec, version=before.version)
                 if warnings:
                     step.changed(warnings=warnings)
 
@@ -321,7 +322,7 @@ class SwarmRuntime:
             self._override = stack.pin(pin)
             step.changed(override_file=str(stack.override_file), pins={self.app.stack_service: spec.image})
         with self.steps.step(f"{env}_update", env) as step:
-            before = self.engine.swarm.service(spec.name)
+            before = self.engines.of(env).swarm.service(spec.name)
             step.changed(
                 stack=stack.name,
                 service=spec.name,
@@ -333,8 +334,8 @@ class SwarmRuntime:
             except StackError as exc:
                 raise DockerError(exc.message) from None
 
-    def _revision(self, image_id: str) -> str | None:
-        image = self.engine.image(image_id)
+    def _revision(self, env: str, image_id: str) -> str | None:
+        image = self.engines.of(env).image(image_id)
         return image.label(REVISION_LABEL) if image else None
 
     def converge(self, env: str, ref: str) -> Progress:
@@ -342,7 +343,7 @@ class SwarmRuntime:
         name = self.service_name(env)
         deadline = time.monotonic() + self.settings.swarm_timeout_s
         while True:
-            service = self.engine.swarm.service(name)
+            service = self.engines.of(env).swarm.service(name)
             # A stack file decides its own replicas; a service we create has the app's.
             replicas = service.replicas if service is not None else self.app.replicas
             progress = judge(service, self._tasks(env), ref, replicas)
@@ -380,10 +381,10 @@ class SwarmRuntime:
             return self.direct.stop(env)
         with self.steps.step(f"{env}_stop", env) as step:
             name = self.service_name(env)
-            found = self.engine.swarm.service(name)
+            found = self.engines.of(env).swarm.service(name)
             if found is not None:
                 step.changed(service=name, image=found.image)
-            removed = self.engine.swarm.remove_service(name)
+            removed = self.engines.of(env).swarm.remove_service(name)
             step.changed(proxy_removed=self.proxy(env).remove())
         return removed
 
@@ -402,10 +403,10 @@ class SwarmRuntime:
         if not self.on_swarm(env):
             return []
         name = self.service_name(env)
-        service = self.engine.swarm.service(name)
+        service = self.engines.of(env).swarm.service(name)
         if service is None:
             return [Verdict.failed(f"service {name} does not exist")]
-        image = self.engine.image(image_id)
+        image = self.engines.of(env).image(image_id)
         digests = set(image.repo_digests) if image else set()
         tasks = self._tasks(env)
         running = [t for t in tasks if t.running]
@@ -413,7 +414,7 @@ class SwarmRuntime:
         stray = [t for t in tasks if t.state == "running" and not t.running and t.image not in digests]
         wrong: list[str] = []
         for task in running:
-            container = self.engine.container(task.container_id) if task.container_id else None
+            container = self.engines.of(env).container(task.container_id) if task.container_id else None
             if task.image not in digests:
                 wrong.append(f"task {task.id[:12]} runs {task.image}")
             elif container is None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import structlog
-
 from orchestrator.config import AppConfig
 from orchestrator.errors import Conflict, InfraUnavailable
 from orchestrator.gates import (
@@ -22,7 +20,7 @@ from orchestrator.gates import (
     run_gates,
 )
 from orchestrator.lifecycle import Interrupted, interruptible, signals_deferred
-from orchestrator.logging import get_logger
+from orchestrator.logging import bound_context, get_logger
 from orchestrator.machine import EDGE_ENVIRONMENTS, ENVIRONMENTS, TO_STAGING, Edge, RunMachine, State
 from orchestrator.records import record_release
 from orchestrator.service.approval import ApprovalWait
@@ -96,13 +94,15 @@ class EdgeRunner:
         gates = gates_for(edge)
         if not preflighted:
             self.preflight(app, run.sha, edge)
-        # Connect before anything is written: an engine that does not answer changes nothing at all.
+        # Connect before anything is written: an engine that does not answer changes nothing at all (exit
+        # 4 naming its host). The edge's environments' engines and the build engine; no other host.
         if any(g.needs_docker for g in gates):
+            engine.connect_for(app, EDGE_ENVIRONMENTS[edge])
             from orchestrator.runtimes import engine_preflight
 
-            engine_preflight(engine.get(), app, EDGE_ENVIRONMENTS[edge])
+            engine_preflight(engine.for_app(app), app, EDGE_ENVIRONMENTS[edge])
         with (
-            structlog.contextvars.bound_contextvars(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name),
+            bound_context(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name),
             interruptible(),
         ):
             transition_id = self.claims.claim(run, edge, actor, engine, wait_s)
@@ -145,7 +145,7 @@ class EdgeRunner:
             edge=edge,
             settings=self.config.settings,
             log=log,
-            engine=engine.connected,
+            engines=engine.for_app(app) if engine.connected is not None else None,
             previous_releases=previous,
             run_releases=self.store.releases_of_run(run.id),
             recorded_images=self._recorded_images(app),
@@ -315,7 +315,7 @@ class EdgeRunner:
         try:
             outcome = Reconciler(
                 self.store,
-                engine.connected,
+                engine.for_app(app),
                 app,
                 self.config.settings,
                 transition,

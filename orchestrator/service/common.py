@@ -5,12 +5,13 @@ use."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import identity
-from orchestrator.config import Config
+from orchestrator.config import LOCAL_ENGINE, AppConfig, Config, EngineTarget
+from orchestrator.engines import AppEngines
 from orchestrator.errors import BadInput
 from orchestrator.holder import Holder
 from orchestrator.lifecycle import Heartbeat
@@ -29,6 +30,22 @@ def connect_engine() -> DockerEngine:
     from orchestrator.docker_engine import DockerEngine
 
     return DockerEngine.connect()
+
+
+def connect_target(target: EngineTarget, what: str = "an environment") -> DockerEngine:
+    """Another machine's engine (``docker_host``); exit 4 naming the host when it does not answer."""
+    from orchestrator.docker_engine import DockerEngine
+
+    assert target.url is not None, "the local engine comes from the engine factory"
+    tls = (target.tls.ca, target.tls.cert, target.tls.key) if target.tls is not None else None
+    missing = [str(path) for path in tls or () if not path.is_file()]
+    if missing:
+        # Checked here, not at load: history commands work on a machine without the certificates.
+        raise BadInput(
+            f"the TLS files for {what} on {target.host} are missing: {', '.join(missing)} "
+            "(tls_ca, tls_cert, tls_key are paths relative to orchestrator.toml)"
+        )
+    return DockerEngine.connect_remote(target.url, host=target.host, what=what, tls_files=tls)
 
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -69,24 +86,49 @@ def target_environment(edge: Edge) -> str:
 
 
 class LazyEngine:
-    """The engine, connected on first use: recovery of a transition that never reached Docker needs none."""
+    """The engines of one command, each connected on first use: recovery of a transition that never
+    reached Docker needs none, and a staging edge never connects to prod's host. ``factory`` makes this
+    machine's engine (tests hand in their own); an environment's ``docker_host`` is connected with
+    ``connect``."""
 
-    def __init__(self, factory: Callable[[], DockerEngine]) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], DockerEngine],
+        connect: Callable[[EngineTarget, str], DockerEngine] = connect_target,
+    ) -> None:
         self._factory = factory
-        self._engine: DockerEngine | None = None
+        self._connect = connect
+        self._engines: dict[str, DockerEngine] = {}
 
-    def get(self) -> DockerEngine:
-        if self._engine is None:
-            self._engine = self._factory()
-        return self._engine
+    def get(self, target: EngineTarget | None = None, what: str = "an environment") -> DockerEngine:
+        key = LOCAL_ENGINE.key if target is None else target.key
+        if key not in self._engines:
+            if target is None or target.is_local:
+                self._engines[key] = self._factory()
+            else:
+                self._engines[key] = self._connect(target, what)
+        return self._engines[key]
+
+    def for_app(self, app: AppConfig) -> AppEngines:
+        """The engines of ``app``'s build and environments, each connected when first asked for."""
+        return AppEngines(app, self.get)
+
+    def connect_for(self, app: AppConfig, environments: Sequence[str]) -> None:
+        """Connect now to the build engine and each of ``environments``' engines: an engine that does
+        not answer is refused (exit 4, naming its host) before anything is written."""
+        self.get(app.builds_on, f"{app.name}'s builds")
+        for env in environments:
+            self.get(app.engine(env), f"{app.name} {env}")
 
     @property
     def connected(self) -> DockerEngine | None:
-        return self._engine
+        """An engine this command reached, if any (whether anything could have changed on one)."""
+        return next(iter(self._engines.values()), None)
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
 
 
 @dataclass(frozen=True)

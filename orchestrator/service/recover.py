@@ -58,7 +58,7 @@ class Recovery:
         latest = {env: self.store.latest_release(app.name, env) for env in ENVIRONMENTS}
         if all(r is None for r in latest.values()):
             return []
-        deployer = Deployer.from_releases(engine.get(), app, self.config.settings, latest)
+        deployer = Deployer.from_releases(engine.for_app(app), app, self.config.settings, latest)
         locked = {lock.environment for lock in self.store.locks(app.name)}
         reports: list[RecoveryReport] = []
         for env, release in latest.items():
@@ -68,7 +68,7 @@ class Recovery:
             if found is not None and found.running:
                 continue
             seen = f"{app.name} {env} is {found.status if found else 'gone'}; release {release.id} should run"
-            note = repair_environment(self.store, engine.get(), app, self.config.settings, env)
+            note = repair_environment(self.store, engine.for_app(app), app, self.config.settings, env)
             self.store.record_event("repaired", actor, f"{seen}; {note}", app=app.name, environment=env)
             reports.append(RecoveryReport(app.name, None, None, seen, "repaired", note))
         return reports
@@ -138,7 +138,7 @@ class Recovery:
                 with self.shared.heartbeat(transition.id, f"recovery of transition {transition.id}"):
                     result = Reconciler(
                         self.store,
-                        engine.get(),
+                        engine.for_app(app),
                         app,
                         self.config.settings,
                         transition,
@@ -200,8 +200,9 @@ class Recovery:
         found = f"{lock.holder} ({who}) left {lock.app} {lock.environment} locked"
         note = "app no longer configured: environment not checked"
         if lock.app in self.config.apps:
+            app = self.config.apps[lock.app]
             note = repair_environment(
-                self.store, engine.get(), self.config.apps[lock.app], self.config.settings, lock.environment
+                self.store, engine.for_app(app), app, self.config.settings, lock.environment
             )
         self.store.delete_lock(lock.app, lock.environment, actor=actor, why=f"{found}; recovered: {note}")
         return RecoveryReport(lock.app, None, None, found, "repaired", note)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from orchestrator.config import Config, check_app_paths
 from orchestrator.errors import OrchestratorError
 from orchestrator.logging import get_logger
-from orchestrator.machine import TO_STAGING, State
+from orchestrator.machine import ENVIRONMENTS, TO_STAGING, State
 from orchestrator.notify import Notifier
 from orchestrator.service.advance import EdgeRunner
 from orchestrator.service.approval import ApprovalWait
@@ -91,7 +91,7 @@ class RunService(Operations):
         self._edges.preflight(config, sha, TO_STAGING)
         engine = LazyEngine(self.engine_factory)
         try:
-            engine.get()
+            engine.connect_for(config, ENVIRONMENTS)
             run = self.start_run(config.name, sha, who)
             done: list[AdvanceResult] = []
             try:

@@ -302,6 +302,7 @@ def _buildkit(
         secrets=secrets,
         timeout_s=settings.build_timeout_s,
         on_line=on_line,
+        engine_args=engine.cli_args,
     )
     image = engine.image(image_id)
     if image is None:

@@ -173,6 +173,9 @@ class Release(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # The CI job that did it (a GitHub Actions run, a GitLab job), when in CI: orchestrator/identity.py.
     ci_url: Mapped[str | None] = mapped_column(String(500))
+    # The Docker engine it ran on (``local`` or ``user@host:port``; config.EngineTarget.host): where to
+    # look for it even after the environment moved to another host. NULL: recorded before engines were.
+    engine: Mapped[str | None] = mapped_column(String(300))
 
 
 class EnvironmentLock(Base):

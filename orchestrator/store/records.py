@@ -24,7 +24,7 @@ from orchestrator.store.models import (
     Transition,
     utcnow,
 )
-from orchestrator.verdict import TransitionOutcome
+from orchestrator.verdict import GateResult, GateStatus, TransitionOutcome
 
 IN_PROGRESS = TransitionOutcome.IN_PROGRESS
 INTERRUPTED = TransitionOutcome.INTERRUPTED
@@ -89,26 +89,6 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
-class GateRecord:
-    name: str
-    status: str
-    reason: str
-    details: dict[str, Any]
-    duration_s: float
-    started_at: datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "reason": self.reason,
-            "details": self.details,
-            "duration_s": self.duration_s,
-            "started_at": _iso(self.started_at),
-        }
-
-
-@dataclass(frozen=True)
 class StepRecord:
     id: int
     position: int
@@ -159,7 +139,7 @@ class TransitionRecord:
     outcome: str
     reason: str | None
     result_state: str | None
-    checks: tuple[GateRecord, ...]
+    checks: tuple[GateResult, ...]
     steps: tuple[StepRecord, ...] = ()
     holder: Holder | None = None
     lease_expires_at: datetime | None = None
@@ -196,6 +176,7 @@ class ReleaseRecord:
     transition_id: int | None = None
     compose_sha256: str | None = None
     ci_url: str | None = None
+    engine: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -210,6 +191,7 @@ class ReleaseRecord:
             "reason": self.reason,
             "created_at": _iso(self.created_at),
             "compose_sha256": self.compose_sha256,
+            "engine": self.engine,
         }
 
 
@@ -228,12 +210,15 @@ def _release(row: Release) -> ReleaseRecord:
         row.transition_id,
         row.compose_sha256,
         row.ci_url,
+        row.engine,
     )
 
 
 def _transition(row: Transition) -> TransitionRecord:
     checks = tuple(
-        GateRecord(g.name, g.status, g.reason, dict(g.details or {}), g.duration_s, _aware(g.started_at))
+        GateResult(
+            g.name, GateStatus(g.status), g.reason, dict(g.details or {}), g.duration_s, _aware(g.started_at)
+        )
         for g in row.gate_results
     )
     return TransitionRecord(

@@ -44,7 +44,6 @@ from orchestrator.store.records import (  # noqa: F401 - re-exported: callers im
     ApprovalRecord,
     EventRecord,
     FreezeRecord,
-    GateRecord,
     LockHeld,
     LockRecord,
     ReleaseRecord,
@@ -476,6 +475,7 @@ class Store:
         kind: str = "deploy",
         reason: str | None = None,
         compose_sha256: str | None = None,
+        engine: str | None = None,
     ) -> ReleaseRecord:
         with self._session() as s:
             row = Release(
@@ -489,6 +489,7 @@ class Store:
                 kind=kind,
                 reason=reason,
                 compose_sha256=compose_sha256,
+                engine=engine,
             )
             s.add(row)
             s.flush()

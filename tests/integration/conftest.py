@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -858,3 +859,27 @@ def haproxy_image(engine: DockerEngine) -> Iterator[str]:
     # By tag, not id: another session on this engine builds the byte-identical image (same id) and may
     # still run containers of it; removing our tag leaves theirs alone.
     engine.remove_image(tag)
+
+
+# --------------------------------------------------------------------------------------------------
+# a second engine reached over ssh (issue 14: an environment on a remote engine)
+
+
+@pytest.fixture(scope="session")
+def remote_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A second dockerd behind a key-only sshd on a loopback port, for the whole session (see
+    remote_support.py); both stopped and their directories removed at the end."""
+    from remote_support import RemoteUnavailable, remote_engine
+
+    # A short path: the engine's unix socket must fit in sun_path (108 bytes).
+    root = Path(tempfile.mkdtemp(prefix="orch-remote-", dir="/tmp"))
+    try:
+        context = remote_engine(root)
+        remote = context.__enter__()
+    except RemoteUnavailable as exc:
+        _unavailable(f"no second engine: {exc}")
+        raise
+    try:
+        yield remote
+    finally:
+        context.__exit__(None, None, None)

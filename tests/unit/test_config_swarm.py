@@ -85,14 +85,22 @@ class _NotAManager:
 
 
 def test_an_engine_that_is_not_a_swarm_manager_is_exit_4_saying_swarm_init(tmp_path: Path) -> None:
+    from orchestrator.engines import AppEngines
     from orchestrator.errors import InfraUnavailable
     from orchestrator.runtimes import engine_preflight
 
     app = load(tmp_path, APP + 'runtime = { prod = "swarm" }\n')
-    engine_preflight(_NotAManager(), app, ["staging"])  # type: ignore[arg-type]  # staging is a container
+    engines = AppEngines.single(app, _NotAManager())  # type: ignore[arg-type]
+    engine_preflight(engines, app, ["staging"])  # staging is a container
     with pytest.raises(InfraUnavailable) as exc:
-        engine_preflight(_NotAManager(), app, ["staging", "prod"])  # type: ignore[arg-type]
+        engine_preflight(engines, app, ["staging", "prod"])
     assert "docker swarm init --advertise-addr 127.0.0.1" in exc.value.message
+
+
+def test_swarm_on_a_remote_engine_is_refused_for_now(tmp_path: Path) -> None:
+    with pytest.raises(BadInput) as exc:
+        load(tmp_path, APP + 'runtime = "swarm"\ndocker_host = "ssh://deploy@prod.example:22"\n')
+    assert "this machine's engine only for now" in exc.value.message
 
 
 def test_a_stack_app_pins_its_service_through_an_override_beside_the_stack_file(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ crashing gate waving an edge through, and infrastructure trouble being mistaken 
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -158,7 +159,10 @@ def test_result_as_dict_is_json_ready(gate_factory: GateFactory, ctx: GateContex
         "reason": "bad",
         "details": {"n": 2},
         "duration_s": pytest.approx(result.duration_s, abs=1e-6),
+        # The same shape `runs show` prints for a recorded gate (one GateResult, verdict.py).
+        "started_at": result.started_at.isoformat(),
     }
+    json.dumps(result.as_dict())
 
 
 # --------------------------------------------------------------------------------------------------

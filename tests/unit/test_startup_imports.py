@@ -1,7 +1,8 @@
 """Start-up stays light: CI runs the orchestrator in every pipeline of every commit, and `--help`,
-`--version` or a mistyped option must not pay for SQLAlchemy's ORM, the docker SDK, transitions or Alembic
-(issue 12). Each case runs the real entry point in a fresh interpreter and reads ``sys.modules`` as the
-process ends, so an import added anywhere on the way (cli.py, or a module it pulls in) fails here.
+`--version` or a mistyped option must not pay for SQLAlchemy's ORM, the docker SDK, transitions, Alembic or
+structlog (issue 12); a command reading the store pays for SQLAlchemy alone once the schema is current.
+Each case runs the real entry point in a fresh interpreter and reads ``sys.modules`` as the process ends,
+so an import added anywhere on the way (cli.py, or a module it pulls in) fails here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("sqlalchemy", "docker", "transitions", "alembic")
+HEAVY = ("sqlalchemy", "docker", "transitions", "alembic", "structlog", "rich", "paramiko")
 
 # The console script's own import, then the command line, then what was loaded by the time it exited.
 _PROBE = """
@@ -74,3 +75,35 @@ def test_the_probe_sees_heavy_imports(tmp_path: Path) -> None:
     (tmp_path / "orchestrator.toml").write_text("")
     heavy, proc = loaded_heavy_modules(["runs", "list", "--json"], tmp_path)
     assert "sqlalchemy" in heavy, proc.stderr[-2000:]
+
+
+def test_store_command_imports_only_sqlalchemy_once_the_schema_is_current(tmp_path: Path) -> None:
+    """``runs list`` (import + config + database open) on a current schema: one query checks the
+    revision, so Alembic stays unimported; JSON logs need no structlog; no Docker."""
+    (tmp_path / "orchestrator.toml").write_text("")
+    first, proc = loaded_heavy_modules(["runs", "list", "--json"], tmp_path)
+    assert "alembic" in first, f"creating the database migrates it: {proc.stderr[-2000:]}"
+    heavy, proc = loaded_heavy_modules(["runs", "list", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert heavy == ["sqlalchemy"], proc.stderr[-2000:]
+
+
+def test_the_engine_adapter_imports_paramiko_only_for_an_ssh_engine() -> None:
+    """docker-py imports paramiko (and invoke) with the SDK whenever it is installed; the adapter defers
+    it to the first ssh:// connection, which must still reach the real paramiko."""
+    code = """
+import sys
+import orchestrator.docker_engine
+import docker
+print("before", "paramiko.transport" in sys.modules)
+try:
+    docker.APIClient(base_url="ssh://nobody@127.0.0.1:1", use_ssh_client=False, timeout=2)
+except Exception as exc:
+    print("error", type(exc).__module__)
+print("after", "paramiko.transport" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = proc.stdout.split("\n")
+    assert lines[0] == "before False", proc.stdout + proc.stderr
+    assert lines[1].startswith("error paramiko"), proc.stdout + proc.stderr  # paramiko's refused connection
+    assert lines[2] == "after True", proc.stdout + proc.stderr

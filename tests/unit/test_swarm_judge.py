@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo, ImageInfo, ServiceInfo, TaskInfo
+from orchestrator.engines import AppEngines
 from orchestrator.runtimes.swarm import SwarmRuntime, judge, task_errors
 from orchestrator.steps import StepLog
 from orchestrator.verdict import Verdict
@@ -145,7 +146,8 @@ class _FakeEngine:
 
 def verify(svc: ServiceInfo, tasks: list[TaskInfo], containers: dict[str, tuple[str, str]]) -> Verdict:
     app = AppConfig(name="shop", source=Path("."), registry="reg:5000", runtime={"prod": "swarm"})
-    runtime = SwarmRuntime(_FakeEngine(svc, tasks, containers), app, Settings("sqlite://"), StepLog(), {})  # type: ignore[arg-type]
+    engines = AppEngines.single(app, _FakeEngine(svc, tasks, containers))  # type: ignore[arg-type]
+    runtime = SwarmRuntime(engines, app, Settings("sqlite://"), StepLog(), {})
     return all_of(*runtime.verify("prod", IMAGE_ID, SHA))
 
 
