@@ -915,6 +915,10 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
             _echo(f"{e.app:<20} {e.environment:<8} {running:<50} {rel:<26} {health_text}")
             if e.engine != "local":
                 _echo(f"    engine: {e.engine}")
+            if o.runtime is not None:
+                _echo(f"    {o.runtime.kind} {o.runtime.name}: pinned {o.runtime.pinned or 'none'}")
+                for task in o.runtime.tasks:
+                    _echo(f"      task {task}")
             if e.problem:
                 _echo(f"    problem: {e.problem}")
             for diff in e.differences:

@@ -152,6 +152,22 @@ class AppConfig:
     # Environments whose edge waits for a person (`orchestrator approve RUN`): ``true`` means prod,
     # a list names them (["staging", "prod"]). Empty: no approval.
     require_approval: frozenset[str] = frozenset()
+    # How each environment runs when it is not a compose service: "direct" (one container) or "swarm"
+    # (a Docker Swarm service pinned by registry digest). ``runtime = "swarm"`` in the config means both
+    # environments; a table (``runtime = { prod = "swarm" }``) names them one by one.
+    runtime: Mapping[str, str] = field(default_factory=dict)
+    # Swarm environments: tasks per service (two, so a start-first update always has one serving), the
+    # attachable overlay network the service and its proxy share (None: ``orch-<app>``), and how long
+    # Swarm watches each new task before it counts the update as good (a task failing within that
+    # window makes Swarm roll the service back by itself).
+    replicas: int = 2
+    swarm_network: str | None = None
+    update_monitor_s: float = 5.0
+    # Swarm apps deployed as a stack (``docker stack deploy -c stack_file``): ``stack_service`` is the
+    # app's service in it, the only one pinned (by digest, through an override file beside the stack
+    # file, like compose); every other service runs as the stack file says.
+    stack_file: Path | None = None
+    stack_service: str | None = None
     # Zero-downtime promotion (runtimes/direct.py ProxiedRuntime): a kept haproxy container owns each
     # environment's port and the release's containers sit behind it on a Docker network, so a new
     # release starts, is checked and takes traffic before the old one stops. Needs container_port.
@@ -181,6 +197,27 @@ class AppConfig:
         # Config parsing always derives override_file for compose apps; both are checked for the type checker.
         return self.compose_file is not None and self.override_file is not None
 
+    def runtime_of(self, env: str) -> str:
+        """ "compose", "direct" or "swarm": how ``env`` runs."""
+        if self.is_compose:
+            return "compose"
+        return self.runtime.get(env, "direct")
+
+    @property
+    def swarm_environments(self) -> frozenset[str]:
+        return frozenset(env for env, kind in self.runtime.items() if kind == "swarm")
+
+    @property
+    def network(self) -> str:
+        """The overlay network of the app's swarm services (and the proxy in front of them)."""
+        return self.swarm_network or f"orch-{self.name}"
+
+    @property
+    def task_port(self) -> int:
+        """The port the app listens on (0.0.0.0) inside a swarm task: it has its own network namespace,
+        so every task may use the same one; the proxy publishes the environment's port."""
+        return self.container_port or SWARM_TASK_PORT
+
     def service(self, env: str) -> str:
         name = self.staging_service if env == "staging" else self.prod_service
         assert name is not None, "compose apps always name both services"
@@ -205,6 +242,9 @@ class Settings:
     pull_timeout_s: float = 600.0
     staging_check_timeout_s: float = 120.0
     compose_timeout_s: float = 600.0
+    # How long a swarm service may take to converge on an update (every task replaced, healthy and past
+    # its monitor window) before the step is ended as a timeout.
+    swarm_timeout_s: float = 600.0
     # A lock holder's lease: it renews every third of this while alive, so a runner that died frees
     # the environment after at most one lease instead of leaving it locked until someone notices.
     lock_lease_s: float = 30.0
@@ -253,6 +293,9 @@ class Config:
             raise BadInput(f"unknown app {name!r} in {self.path} (known apps: {known})") from None
 
 
+# The port an app listens on inside a swarm task when container_port does not say.
+SWARM_TASK_PORT = 8080
+
 # Every ORCH_* variable the orchestrator reads, with its meaning; .env.example mirrors this table.
 ENV_VARS: dict[str, str] = {
     "ORCH_CONFIG": "path to orchestrator.toml (default: orchestrator.toml in the current directory or its "
@@ -277,6 +320,8 @@ ENV_VARS: dict[str, str] = {
     "(default 120)",
     "ORCH_COMPOSE_TIMEOUT_S": "seconds a `docker compose` command may take before it is ended as a timeout "
     "(default 600)",
+    "ORCH_SWARM_TIMEOUT_S": "seconds a swarm service update may take to converge before it is ended as a "
+    "timeout (default 600)",
     "ORCH_LOCK_LEASE_S": "seconds a lock holder's lease lasts without renewal; it renews every third of "
     "that (default 30)",
     "ORCH_BUILDER": "auto | buildkit | legacy: which builder builds images (default auto: BuildKit when a "
@@ -308,6 +353,7 @@ _LIMIT_KEYS = (
     "pull_timeout_s",
     "staging_check_timeout_s",
     "compose_timeout_s",
+    "swarm_timeout_s",
     "lock_lease_s",
 )
 
@@ -630,6 +676,16 @@ def _parse_app(
     if "require_approval" in table:
         values["require_approval"] = _parse_approval(f"{where}.require_approval", table["require_approval"])
     values.update(_parse_compose(where, table, base, source))
+    values.update(
+        _parse_swarm(
+            where,
+            table,
+            compose="compose_file" in values,
+            registry=values["registry"],
+            base=base,
+            source=source,
+        )
+    )
     values.update(_parse_zero_downtime(where, table, values))
     values.update(_parse_engines(where, table, base, host_overrides or {}))
     if "compose_file" in values and (values["engines"] or values.get("build_engine")):
@@ -637,6 +693,14 @@ def _parse_app(
             f"{where}: docker_host/build_host (or ORCH_DOCKER_HOST_<ENV>) are supported for direct-container "
             "apps only for now: a compose app's environments run on this machine's engine (unset them, or "
             "set DOCKER_HOST for the whole orchestrator)"
+        )
+    if "swarm" in dict(values.get("runtime") or {}).values() and (
+        values["engines"] or values.get("build_engine")
+    ):
+        raise BadInput(
+            f'{where}: runtime = "swarm" works on this machine\'s engine only for now (its proxy publishes '
+            "the environment's port on the engine host's loopback): unset docker_host/build_host for this "
+            "app, or point DOCKER_HOST at a swarm manager for the whole orchestrator"
         )
     if values.get("zero_downtime") and values["engines"]:
         raise BadInput(
@@ -650,6 +714,91 @@ def _parse_app(
 
 
 _APPROVAL_ENVIRONMENTS = ("staging", "prod")
+RUNTIMES = ("direct", "swarm")
+_SWARM_ONLY = ("replicas", "swarm_network", "update_monitor_s", "stack_file", "stack_service")
+# Docker network names: what `docker network create` accepts, kept to a safe subset.
+_NETWORK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+
+def _parse_swarm(
+    where: str, table: Mapping[str, Any], *, compose: bool, registry: str | None, base: Path, source: Path
+) -> dict[str, Any]:
+    """``runtime`` ("direct" | "swarm", or a table per environment) and the swarm keys. A swarm service
+    is pinned by registry digest (every node pulls it by that reference), so swarm without a registry is
+    refused here, before anything runs, rather than failing on the first update."""
+    raw = table.get("runtime", "direct")
+    if isinstance(raw, str):
+        kinds = dict.fromkeys(_APPROVAL_ENVIRONMENTS, raw)
+    elif isinstance(raw, dict) and set(raw) <= set(_APPROVAL_ENVIRONMENTS):
+        kinds = {"staging": "direct", "prod": "direct", **raw}
+    else:
+        raise BadInput(
+            f'{where}.runtime = {raw!r} must be "direct", "swarm", or a table per environment, e.g. '
+            '{ prod = "swarm" } (staging and prod)'
+        )
+    bad = sorted({k for k in kinds.values() if k not in RUNTIMES}, key=str)
+    if bad:
+        raise BadInput(f"{where}.runtime: {', '.join(map(repr, bad))} is not one of {', '.join(RUNTIMES)}")
+    swarm = any(k == "swarm" for k in kinds.values())
+    if not swarm:
+        for key in _SWARM_ONLY:
+            if key in table:
+                raise BadInput(f'{where}.{key} only applies to swarm environments (set runtime = "swarm")')
+        return {}
+    if compose:
+        raise BadInput(
+            f'{where}: runtime = "swarm" and compose_file cannot be combined: a compose app runs its '
+            "services through docker compose; leave one of them out"
+        )
+    if registry is None:
+        raise BadInput(
+            f'{where}: runtime = "swarm" needs a registry: a swarm service is pinned by registry digest '
+            f"(repo@sha256:...), which every node pulls; set {where}.registry or ORCH_REGISTRY "
+            "(host[:port][/namespace])"
+        )
+    values: dict[str, Any] = {"runtime": kinds}
+    if "replicas" in table:
+        values["replicas"] = _parse_int(f"{where}.replicas", table["replicas"], minimum=1)
+    if "update_monitor_s" in table:
+        values["update_monitor_s"] = _parse_float(
+            f"{where}.update_monitor_s", table["update_monitor_s"], minimum=0
+        )
+    if "swarm_network" in table:
+        name = table["swarm_network"]
+        if not isinstance(name, str) or not _NETWORK.match(name):
+            raise BadInput(
+                f"{where}.swarm_network = {name!r} must be a Docker network name (letters, digits, "
+                "'.', '_' or '-')"
+            )
+        values["swarm_network"] = name
+    if "stack_file" in table or "stack_service" in table:
+        values.update(_parse_stack(where, table, base, source))
+    return values
+
+
+def _parse_stack(where: str, table: Mapping[str, Any], base: Path, source: Path) -> dict[str, Any]:
+    """``stack_file`` (inside the config's folder or the app's source, like a compose file) and the
+    app's ``stack_service`` in it; the override that pins it goes to ``.deploy/`` beside the stack file."""
+    raw = table.get("stack_file")
+    if not isinstance(raw, str) or not raw:
+        raise BadInput(
+            f"{where}.stack_file must be a path relative to the config file (stack_service needs it)"
+        )
+    path = (base / raw).resolve()
+    if not (path.is_relative_to(base) or path.is_relative_to(source)):
+        raise BadInput(
+            f"{where}.stack_file = {raw!r} resolves to {path}, outside both the config file's directory "
+            f"({base}) and the app's source ({source}): keep it inside one of them"
+        )
+    service = table.get("stack_service")
+    if not isinstance(service, str) or not _SERVICE.match(service):
+        raise BadInput(f"{where}.stack_service must name the app's service in the stack file")
+    return {
+        "stack_file": path,
+        "stack_service": service,
+        "override_file": path.parent / ".deploy" / "stack.override.deploy.yml",
+    }
+
 
 # Engine keys an app table takes, and the per-environment sub-tables ``[apps.X.staging]``/``[apps.X.prod]``.
 _ENGINE_KEYS = ("docker_host", "tls_ca", "tls_cert", "tls_key", "health_host")
@@ -838,17 +987,23 @@ def _parse_zero_downtime(where: str, table: Mapping[str, Any], values: Mapping[s
     the app would bind the host's port, which the proxy owns. Refused here rather than on the first
     deploy, when the app would never answer."""
     found: dict[str, Any] = {}
+    swarm = "swarm" in dict(values.get("runtime") or {}).values()
     if "zero_downtime" in table:
         found["zero_downtime"] = parse_bool(f"{where}.zero_downtime", table["zero_downtime"])
     if "proxy_image" in table:
         image = table["proxy_image"]
         if not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
             raise BadInput(f"{where}.proxy_image must be an image reference, e.g. {DEFAULT_PROXY_IMAGE!r}")
-        if not found.get("zero_downtime"):
-            raise BadInput(f"{where}.proxy_image only applies with zero_downtime = true")
+        if not found.get("zero_downtime") and not swarm:
+            raise BadInput(f'{where}.proxy_image only applies with zero_downtime = true or runtime = "swarm"')
         found["proxy_image"] = image
     if not found.get("zero_downtime"):
         return found
+    if swarm:
+        raise BadInput(
+            f'{where}: zero_downtime applies to direct containers; runtime = "swarm" environments are '
+            "behind their own proxy already: leave zero_downtime out"
+        )
     if "compose_file" in values:
         raise BadInput(
             f"{where}: zero_downtime applies to direct containers, not to a compose app (compose_file is "

@@ -455,7 +455,9 @@ class Deployer:
             status = found.status if found else "missing"
             return Verdict.failed(f"{self.container(env)} is {status}, not running", container_status=status)
         # Behind a proxy the container is asked on its own port: two may serve for a moment.
-        return self._verify_container(env, found, image_id, sha, self.probe_base(env, found))
+        checked = self._verify_container(env, found, image_id, sha, self.probe_base(env, found))
+        # A swarm service is more than the one container looked at: every task is checked.
+        return verify.all_of(checked, *self.runtime.verify(env, image_id, sha))
 
     def _verify_container(
         self, env: str, found: ContainerInfo, image_id: str, sha: str, base: str

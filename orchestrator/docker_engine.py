@@ -386,6 +386,11 @@ class DockerEngine:
         if self._over_ssh:
             _collect_ssh_pools()
 
+    @property
+    def swarm(self) -> SwarmEngine:
+        """Swarm services and overlay networks on this engine (see SwarmEngine)."""
+        return SwarmEngine(self)
+
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         with _translated(what):
             return fn(*args, **kwargs)
@@ -829,3 +834,212 @@ def _listed_container(row: Mapping[str, Any]) -> ListedContainer:
         labels=dict(row.get("Labels") or {}),
     )
     return ListedContainer(info, float(row.get("Created") or 0))
+
+
+# swarm services (orchestrator.runtimes.swarm) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a swarm service should be: ``image`` is always ``repo@sha256:...`` (a tag would let each node
+    resolve it on its own, at its own time). ``container_labels`` go on every task's container (so what
+    runs can be read back per task); ``labels`` on the service only (changing them restarts nothing)."""
+
+    name: str
+    image: str
+    replicas: int
+    network: str
+    environment: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    container_labels: Mapping[str, str] = field(default_factory=dict)
+    monitor_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    id: str
+    name: str
+    version: int
+    image: str
+    replicas: int
+    labels: Mapping[str, str]
+    # Swarm's own account of the last update: None (never updated), updating, paused, completed,
+    # rollback_started, rollback_paused or rollback_completed, and why.
+    update_state: str | None = None
+    update_message: str | None = None
+    previous_image: str | None = None
+    # When the spec last changed and when Swarm started its last update (engine clock, RFC 3339): an
+    # update status older than the spec belongs to an earlier update, not to the spec now in force.
+    updated_at: str | None = None
+    update_started_at: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    id: str
+    slot: int | None
+    image: str  # the task spec's image reference (repo@sha256:...)
+    desired_state: str
+    state: str
+    container_id: str | None
+    error: str | None
+    message: str | None
+    updated_at: str | None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running" and self.desired_state == "running"
+
+
+def _service(attrs: Mapping[str, Any]) -> ServiceInfo:
+    spec = attrs.get("Spec") or {}
+    container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    previous = ((attrs.get("PreviousSpec") or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    status = attrs.get("UpdateStatus") or {}
+    return ServiceInfo(
+        id=attrs["ID"],
+        name=spec.get("Name", ""),
+        version=int((attrs.get("Version") or {}).get("Index", 0)),
+        image=container.get("Image", ""),
+        replicas=int(((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 0)),
+        labels=dict(spec.get("Labels") or {}),
+        update_state=status.get("State") or None,
+        update_message=status.get("Message") or None,
+        previous_image=previous.get("Image") or None,
+        updated_at=attrs.get("UpdatedAt") or None,
+        update_started_at=status.get("StartedAt") or None,
+    )
+
+
+def _task(attrs: Mapping[str, Any]) -> TaskInfo:
+    status = attrs.get("Status") or {}
+    container = ((attrs.get("Spec") or {}).get("ContainerSpec") or {}).get("Image", "")
+    return TaskInfo(
+        id=attrs["ID"],
+        slot=attrs.get("Slot"),
+        image=container,
+        desired_state=attrs.get("DesiredState", ""),
+        state=status.get("State", ""),
+        container_id=((status.get("ContainerStatus") or {}).get("ContainerID")) or None,
+        error=status.get("Err") or None,
+        message=status.get("Message") or None,
+        updated_at=attrs.get("UpdatedAt"),
+    )
+
+
+class SwarmEngine:
+    """Swarm calls on a DockerEngine's client (``DockerEngine.swarm``), kept apart so the container API
+    above reads without them; errors are translated the same way. The overlay network a service joins
+    is made by ``DockerEngine.ensure_network(name, driver="overlay")``, as for the proxy."""
+
+    def __init__(self, engine: DockerEngine) -> None:
+        self._engine = engine
+        self._api = engine._client.api
+
+    def manager(self) -> bool:
+        """Whether this engine can manage services (a swarm manager); a worker or a plain engine cannot."""
+        info = self._engine._call("engine info", self._api.info)
+        swarm = info.get("Swarm") or {}
+        return swarm.get("LocalNodeState") == "active" and bool(swarm.get("ControlAvailable"))
+
+    def service(self, name: str) -> ServiceInfo | None:
+        try:
+            return _service(self._engine._call(f"inspect service {name}", self._api.inspect_service, name))
+        except docker.errors.NotFound:
+            return None
+
+    def tasks(self, name: str) -> list[TaskInfo]:
+        """Every task Swarm keeps for the service (running, starting, and the recent history it retains);
+        none when there is no such service."""
+        try:
+            rows = self._engine._call(f"list tasks of {name}", self._api.tasks, filters={"service": name})
+        except docker.errors.NotFound:  # no such service: no tasks
+            return []
+        return [_task(row) for row in rows if (row.get("ServiceID") and row.get("Spec"))]
+
+    @staticmethod
+    def _template(spec: ServiceSpec) -> dict[str, Any]:
+        from docker import types
+
+        container = types.ContainerSpec(
+            spec.image,
+            env=dict(spec.environment),
+            labels=dict(spec.container_labels),
+            # The app's own HEALTHCHECK (if any) decides when a task is up; none is added here.
+            stop_grace_period=1_000_000_000,
+        )
+        return types.TaskTemplate(
+            container,
+            restart_policy=types.RestartPolicy(condition="any", delay=1_000_000_000),
+            networks=[types.NetworkAttachmentConfig(spec.network)],
+        )
+
+    @staticmethod
+    def _update_configs(spec: ServiceSpec) -> tuple[Any, Any]:
+        from docker import types
+
+        monitor = int(spec.monitor_s * 1_000_000_000)
+        update = types.UpdateConfig(
+            parallelism=1,
+            delay=0,
+            failure_action="rollback",
+            monitor=monitor,
+            max_failure_ratio=0.0,
+            order="start-first",
+        )
+        rollback = types.RollbackConfig(
+            parallelism=1,
+            delay=0,
+            failure_action="pause",
+            monitor=monitor,
+            max_failure_ratio=0.0,
+            order="start-first",
+        )
+        return update, rollback
+
+    def create_service(self, spec: ServiceSpec) -> None:
+        from docker import types
+
+        update, rollback = self._update_configs(spec)
+        self._engine._call(
+            f"create service {spec.name}",
+            self._api.create_service,
+            self._template(spec),
+            name=spec.name,
+            labels=dict(spec.labels),
+            mode=types.ServiceMode("replicated", replicas=spec.replicas),
+            update_config=update,
+            rollback_config=rollback,
+            # No published port: the ingress mesh does not answer everywhere, and two tasks cannot
+            # publish one host port on one node; a proxy on the same network publishes it instead.
+            endpoint_spec=types.EndpointSpec(mode="vip"),
+        )
+
+    def update_service(self, spec: ServiceSpec, *, version: int) -> list[str]:
+        """Replace the service's whole spec (declarative: an unchanged spec restarts nothing). ``version``
+        is the one read before deciding: a concurrent change makes the engine refuse (DockerError)
+        instead of silently overwriting. Returns the engine's warnings."""
+        from docker import types
+
+        update, rollback = self._update_configs(spec)
+        answer = self._engine._call(
+            f"update service {spec.name}",
+            self._api.update_service,
+            spec.name,
+            version,
+            task_template=self._template(spec),
+            name=spec.name,
+            labels=dict(spec.labels),
+            mode=types.ServiceMode("replicated", replicas=spec.replicas),
+            update_config=update,
+            rollback_config=rollback,
+            endpoint_spec=types.EndpointSpec(mode="vip"),
+        )
+        return list((answer or {}).get("Warnings") or [])
+
+    def remove_service(self, name: str) -> bool:
+        try:
+            self._engine._call(f"remove service {name}", self._api.remove_service, name)
+            return True
+        except docker.errors.NotFound:
+            return False

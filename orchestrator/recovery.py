@@ -30,8 +30,9 @@ from orchestrator.store.repository import ReleaseRecord, StepRecord, Store, Tran
 from orchestrator.verdict import TransitionOutcome
 
 # Steps that change what an environment runs or which image its tags name.
-# (connect, retire: a zero-downtime hand-over; start alone already counts, the candidate runs.)
-_TOUCHING = ("tag", "push", "stop", "start", "pin", "up", "untag", "move", "connect", "retire")
+# (connect, retire: a zero-downtime hand-over; start alone already counts, the candidate runs; update: a
+# swarm service's spec submitted.)
+_TOUCHING = ("tag", "push", "stop", "start", "pin", "up", "untag", "move", "connect", "retire", "update")
 
 
 class Mode(StrEnum):
@@ -113,6 +114,20 @@ def new_image(steps: Sequence[StepRecord], env: str) -> str | None:
         for step in steps:
             if step.name == "build" and step.changes.get("image_id"):
                 return str(step.changes["image_id"])
+    return None
+
+
+def new_digest(steps: Sequence[StepRecord], env: str, image_id: str) -> str | None:
+    """The registry reference (``repo@sha256:...``) this transition pushed ``image_id`` as for ``env``:
+    a release recorded by recovery must carry it like one recorded by the edge, or a later rollback to
+    it (or a swarm service pinned by it) has no digest to pull."""
+    for step in steps:
+        if (
+            step.name == f"{env}_push"
+            and step.changes.get("image_id") == image_id
+            and step.changes.get("digest")
+        ):
+            return str(step.changes["digest"])
     return None
 
 
@@ -215,9 +230,17 @@ class Reconciler:
                 note = f"{env} runs its recorded release"
             elif action == Action.RECORD:
                 assert facts.new_image is not None
+                digest = new_digest(self.transition.steps, env, facts.new_image)
                 self._record(
                     env,
-                    ReleaseIntent(env, facts.new_image, self.sha, reason=reason, override=d.override_text()),
+                    ReleaseIntent(
+                        env,
+                        facts.new_image,
+                        self.sha,
+                        reason=reason,
+                        digest=digest,
+                        override=d.override_text(),
+                    ),
                 )
                 note = f"{env} runs {facts.new_image[:19]} ({self.sha[:12]}), verified: recorded"
             elif action == Action.RETAG:

@@ -24,7 +24,7 @@ from orchestrator.logging import get_logger
 from orchestrator.machine import ENVIRONMENTS, parse_environment
 from orchestrator.notify import Notification, Notifier
 from orchestrator.records import record_release
-from orchestrator.runtimes import preflight
+from orchestrator.runtimes import RuntimeView, preflight
 from orchestrator.service import RunService, parse_actor
 from orchestrator.store.repository import OPERATOR_LOCK, ReleaseRecord, Store
 from orchestrator.verdict import TransitionOutcome
@@ -266,6 +266,8 @@ class Observed:
     tag_image_id: str | None = None  # where <app>:<env> points now
     healthy: bool | None = None
     health_detail: str | None = None
+    # A swarm service: its pinned image and its tasks (None for a plain container or compose).
+    runtime: RuntimeView | None = None
 
 
 def compute_drift(release: ReleaseRecord | None, seen: Observed, *, app: str, env: str) -> list[str]:
@@ -291,6 +293,29 @@ def compute_drift(release: ReleaseRecord | None, seen: Observed, *, app: str, en
         found.append(f"revision label: {label.reason}")
     if seen.tag_image_id is not None and seen.tag_image_id != release.image_id:
         found.append(f"tag {app}:{env} points at {seen.tag_image_id[:19]}, not release {release.id}'s image")
+    return found + service_drift(release, seen.runtime)
+
+
+def service_drift(release: ReleaseRecord, view: RuntimeView | None) -> list[str]:
+    """A swarm service differs from its release when its spec pins another digest (someone ran
+    `docker service update --image` by hand, or Swarm rolled back) or a running task runs another one
+    (an update still going, or stuck). One task container looking right is not enough."""
+    if view is None or view.kind != "swarm" or release.digest is None:
+        return []
+    if view.pinned is None:
+        return [f"service {view.name} is gone: release {release.id} expects {release.digest}"]
+    found: list[str] = []
+    if view.pinned != release.digest:
+        found.append(
+            f"service {view.name} is pinned to {view.pinned}, release {release.id} recorded {release.digest}"
+        )
+    others = sorted({image for image in view.task_images if image != release.digest})
+    if others:
+        found.append(
+            f"running tasks of {view.name} run {', '.join(others)}, not release {release.id}'s digest"
+        )
+    if len(view.task_images) < view.replicas:
+        found.append(f"{len(view.task_images)} of {view.replicas} tasks of {view.name} are running")
     return found
 
 
@@ -304,6 +329,7 @@ CAUSES: dict[str, str] = {
     "unhealthy": "unhealthy",
     "revision_label": "the running image's revision label differs from the release",
     "tag_moved": "the environment's tag points at another image",
+    "service_drift": "the swarm service or its tasks are on another digest than the release",
     "drift": "drifted from the recorded release",
 }
 
@@ -341,6 +367,8 @@ class EnvStatus:
             return "revision_label"
         if o.tag_image_id is not None and o.tag_image_id != release.image_id:
             return "tag_moved"
+        if o.runtime is not None and service_drift(release, o.runtime):
+            return "service_drift"
         return "drift" if self.differences else None
 
     @property
@@ -378,6 +406,7 @@ class EnvStatus:
             "problem": self.problem,
             "drift": self.drift,
             "differences": self.differences,
+            "service": o.runtime.as_dict() if o.runtime else None,
         }
 
 
@@ -386,7 +415,7 @@ def observe(deployer: Deployer, env: str) -> Observed:
     container = deployer.current(env)
     tag = engine.image(f"{deployer.app.name}:{env}")
     if container is None:
-        return Observed(tag_image_id=tag.id if tag else None)
+        return Observed(tag_image_id=tag.id if tag else None, runtime=deployer.runtime.view(env))
     image = engine.image(container.image_id)
     probe = health.get(deployer.base_url(env) + deployer.app.health_path, timeout=2.0)
     return Observed(
@@ -399,6 +428,7 @@ def observe(deployer: Deployer, env: str) -> Observed:
         tag_image_id=tag.id if tag else None,
         healthy=probe.ok,
         health_detail=f"HTTP {probe.status}" if probe.status is not None else probe.error,
+        runtime=deployer.runtime.view(env),
     )
 
 

@@ -8,6 +8,7 @@ a module here, not another branch in every deploy step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -16,6 +17,7 @@ from orchestrator.docker_engine import ContainerInfo
 from orchestrator.engines import AppEngines
 from orchestrator.machine import STAGING
 from orchestrator.steps import StepLog
+from orchestrator.verdict import Verdict
 
 LOOPBACK = "127.0.0.1"
 
@@ -28,6 +30,30 @@ class Published:
     image_id: str
     ref: str
     digest: str | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeView:
+    """What a runtime that is more than one container says about an environment, for `status`: a swarm
+    service's pinned image and its tasks (``task_images``: what the running ones run)."""
+
+    kind: str
+    name: str
+    pinned: str | None = None
+    replicas: int = 0
+    update_state: str | None = None
+    tasks: tuple[str, ...] = ()
+    task_images: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "pinned": self.pinned,
+            "replicas": self.replicas,
+            "update_state": self.update_state,
+            "tasks": list(self.tasks),
+        }
 
 
 def env_port(app: AppConfig, env: str) -> int:
@@ -65,6 +91,15 @@ class Runtime(Protocol):
         """The pin file the environments run with now, kept with each release for rollback."""
         ...
 
+    def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
+        """Checks beyond the one container the deploy looked at (every task of a swarm service); empty
+        where that container is all there is."""
+        ...
+
+    def view(self, env: str) -> RuntimeView | None:
+        """What `status` shows beyond the container (a service and its tasks); None for a container."""
+        ...
+
 
 @runtime_checkable
 class StagedRuntime(Runtime, Protocol):
@@ -96,7 +131,8 @@ class StagedRuntime(Runtime, Protocol):
 def preflight(app: AppConfig, sha: str | None = None) -> None:
     """What the runtime can refuse before anything runs (exit 2): a compose app's services exist in its
     compose file and, for a run's ``sha``, that file is the committed one; environments on another engine
-    than the build's have a registry to get the image from."""
+    than the build's have a registry to get the image from; a stack app's service exists in its stack
+    file."""
     from orchestrator.config import check_registry_transfer
 
     check_registry_transfer(app)
@@ -106,6 +142,20 @@ def preflight(app: AppConfig, sha: str | None = None) -> None:
         compose.check_services(app)
         if sha is not None:
             compose.check_committed(app, sha)
+    if app.stack_file is not None and app.stack_service is not None:
+        from orchestrator.stack import check_service
+
+        check_service(app.stack_file, app.stack_service)
+
+
+def engine_preflight(engines: AppEngines, app: AppConfig, environments: Sequence[str]) -> None:
+    """What the engines themselves must offer before an edge touches ``environments`` (exit 4 otherwise):
+    a swarm environment's engine must be a swarm manager."""
+    for env in environments:
+        if app.runtime_of(env) == "swarm" and not engines.of(env).swarm.manager():
+            from orchestrator.runtimes.swarm import not_a_manager
+
+            raise not_a_manager(app.engine(env))
 
 
 def runtime_for(
@@ -121,6 +171,10 @@ def runtime_for(
 
         # Compose apps run on this machine's engine only (config.py refuses docker_host for them).
         return ComposeRuntime(engines.build, app, settings, steps, pins)
+    if app.swarm_environments:
+        from orchestrator.runtimes.swarm import SwarmRuntime
+
+        return SwarmRuntime(engines, app, settings, steps, pins)
     if app.zero_downtime:
         from orchestrator.runtimes.direct import ProxiedRuntime
 

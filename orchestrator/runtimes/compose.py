@@ -13,8 +13,9 @@ from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
 from orchestrator.errors import BadInput
 from orchestrator.logging import get_logger
 from orchestrator.machine import PROD, STAGING
-from orchestrator.runtimes import Published
+from orchestrator.runtimes import Published, RuntimeView
 from orchestrator.steps import StepLog
+from orchestrator.verdict import Verdict
 
 
 @contextmanager
@@ -193,3 +194,9 @@ class ComposeRuntime:
         if not self.app.pin_digests or not self.app.override_file.is_file():
             return None
         return self.app.override_file.read_text(encoding="utf-8")
+
+    def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
+        return []
+
+    def view(self, env: str) -> RuntimeView | None:
+        return None

@@ -13,8 +13,9 @@ from orchestrator.docker_engine import ContainerInfo, DockerError
 from orchestrator.engines import AppEngines
 from orchestrator.machine import PROD
 from orchestrator.proxy import BACKEND_HEADER, PROBE_HEADER, ROLE_LABEL, Proxy, ProxySpec
-from orchestrator.runtimes import LOOPBACK, Published, env_port
+from orchestrator.runtimes import LOOPBACK, Published, RuntimeView, env_port
 from orchestrator.steps import StepLog
+from orchestrator.verdict import Verdict
 
 APP_LABEL = "orchestrator.app"
 ENV_LABEL = "orchestrator.environment"
@@ -109,6 +110,12 @@ class DirectRuntime:
         """Nothing to do: a direct container has no pin file; its tags are the publisher's."""
 
     def override_text(self) -> str | None:
+        return None
+
+    def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
+        return []
+
+    def view(self, env: str) -> RuntimeView | None:
         return None
 
 
@@ -343,4 +350,10 @@ class ProxiedRuntime:
         """Nothing to do: direct containers have no pin file."""
 
     def override_text(self) -> str | None:
+        return None
+
+    def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
+        return []
+
+    def view(self, env: str) -> RuntimeView | None:
         return None

@@ -98,6 +98,9 @@ class EdgeRunner:
         # 4 naming its host). The edge's environments' engines and the build engine; no other host.
         if any(g.needs_docker for g in gates):
             engine.connect_for(app, EDGE_ENVIRONMENTS[edge])
+            from orchestrator.runtimes import engine_preflight
+
+            engine_preflight(engine.for_app(app), app, EDGE_ENVIRONMENTS[edge])
         with (
             bound_context(run_id=run.id, app=run.app, sha=run.sha, edge=edge.name),
             interruptible(),

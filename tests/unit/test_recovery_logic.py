@@ -20,7 +20,17 @@ from orchestrator.config import load_config
 from orchestrator.gates import GateResult, GateStatus
 from orchestrator.holder import Holder, Liveness
 from orchestrator.machine import PROD, STAGING, TO_PROD, TO_STAGING
-from orchestrator.recovery import Action, EnvFacts, Mode, abandoned, decide, edge_finished, new_image, touched
+from orchestrator.recovery import (
+    Action,
+    EnvFacts,
+    Mode,
+    abandoned,
+    decide,
+    edge_finished,
+    new_digest,
+    new_image,
+    touched,
+)
 from orchestrator.service import RunService
 from orchestrator.steps import CRASH_AT_VAR, CRASH_SIGNAL_VAR, StepLog, StepStatus
 from orchestrator.store.repository import StepRecord, Store, TransitionRecord
@@ -247,3 +257,16 @@ def test_an_edge_a_gate_rejected_stays_rejected_when_its_runner_is_lost(
     (transition,) = store.transitions(run.id)
     assert (transition.outcome, transition.result_state) == ("failed", "development")
     assert store.locks() == []
+
+
+def test_a_release_recorded_by_recovery_keeps_the_digest_the_edge_pushed() -> None:
+    ref = "reg:5000/shop@sha256:" + "d" * 64
+    steps = [
+        step("staging_push", STAGING, image_id="img-old", digest="reg:5000/shop@sha256:" + "0" * 64),
+        step("prod_tag", PROD, image_id="img-new"),
+        step("prod_push", PROD, image_id="img-new", digest=ref),
+        step("prod_update", PROD, "started"),
+    ]
+    assert new_digest(steps, PROD, "img-new") == ref
+    assert new_digest(steps, PROD, "img-other") is None  # a digest is only ever the pushed image's
+    assert new_digest(steps, STAGING, "img-new") is None

@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.errors import BadInput, Conflict
 from orchestrator.releases import EnvStatus, Observed, choose_target, compute_drift
+from orchestrator.runtimes import RuntimeView
 from orchestrator.store.repository import ReleaseRecord
 
 SHA_A = "a" * 40
@@ -253,3 +254,40 @@ def test_an_unhealthy_environment_is_not_ok_without_being_drift() -> None:
     )
     assert (found.drift, found.ok, found.cause) == (False, False, "unhealthy")
     assert found.problem == "unhealthy: HTTP 500"
+
+
+DIGEST_A = "reg:5000/shop@sha256:" + "a" * 64
+DIGEST_B = "reg:5000/shop@sha256:" + "b" * 64
+
+
+def swarm_release() -> ReleaseRecord:
+    return ReleaseRecord(3, "shop", "prod", IMG_A, DIGEST_A, SHA_A, None, "deploy", None, datetime.now(UTC))
+
+
+def service(pinned: str | None = DIGEST_A, tasks: tuple[str, ...] = (DIGEST_A, DIGEST_A)) -> RuntimeView:
+    return RuntimeView("swarm", "shop-prod", pinned, 2, "completed", (), tasks)
+
+
+def test_a_service_on_its_release_digest_has_no_drift() -> None:
+    seen = running(runtime=service())
+    assert compute_drift(swarm_release(), seen, app="shop", env="prod") == []
+    assert EnvStatus("shop", "prod", swarm_release(), seen, []).ok
+
+
+@pytest.mark.parametrize(
+    ("view", "fragment"),
+    [
+        (service(pinned=DIGEST_B, tasks=(DIGEST_B, DIGEST_B)), f"is pinned to {DIGEST_B}"),
+        (service(tasks=(DIGEST_A, DIGEST_B)), f"run {DIGEST_B}, not release 3's digest"),
+        (service(tasks=(DIGEST_A,)), "1 of 2 tasks"),
+        (service(pinned=None, tasks=()), "is gone"),
+    ],
+)
+def test_a_service_or_task_on_another_digest_is_drift_even_when_one_container_looks_right(
+    view: RuntimeView, fragment: str
+) -> None:
+    seen = running(runtime=view)  # the one container status looks at runs the release's image
+    diffs = compute_drift(swarm_release(), seen, app="shop", env="prod")
+    assert any(fragment in d for d in diffs), diffs
+    status = EnvStatus("shop", "prod", swarm_release(), seen, diffs)
+    assert status.cause == "service_drift" and not status.ok

@@ -10,6 +10,7 @@ import pytest
 from orchestrator.runtimes import Runtime
 from orchestrator.runtimes.compose import ComposeRuntime
 from orchestrator.runtimes.direct import DirectRuntime, ProxiedRuntime
+from orchestrator.runtimes.swarm import SwarmRuntime
 
 INTERFACE = {
     name: inspect.signature(member)
@@ -22,7 +23,7 @@ def test_the_interface_is_not_empty() -> None:
     assert {"label", "current", "start", "stop", "repin", "override_text"} <= set(INTERFACE)
 
 
-@pytest.mark.parametrize("runtime", [DirectRuntime, ComposeRuntime, ProxiedRuntime])
+@pytest.mark.parametrize("runtime", [DirectRuntime, ComposeRuntime, ProxiedRuntime, SwarmRuntime])
 def test_runtime_implements_every_method_with_the_same_parameters(runtime: type) -> None:
     for name, wanted in INTERFACE.items():
         assert hasattr(runtime, name), f"{runtime.__name__} has no {name}"

@@ -1,0 +1,443 @@
+"""Docker Swarm services: each swarm environment is a service ``<app>-<env>`` pinned by registry digest,
+updated start-first with a monitor window and failure action rollback, behind a proxy that publishes
+the environment's port (orchestrator/proxy.py says why a proxy and not the routing mesh).
+
+Swarm converges on its own, after we have gone: an update we submit keeps going if we die, and Swarm
+may roll it back by itself. So nothing here trusts the call that submitted a spec; ``judge`` reads what
+Swarm reports (the update status, then every task) until the service has converged on the pinned
+digest or has visibly failed, and verification reads every running task again. Environments that are
+not on swarm (``runtime = { prod = "swarm" }``) run as direct containers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.compose import project_name
+from orchestrator.config import AppConfig, EngineTarget, Settings
+from orchestrator.docker_engine import (
+    ContainerInfo,
+    DockerError,
+    ServiceInfo,
+    ServiceSpec,
+    TaskInfo,
+)
+from orchestrator.engines import AppEngines
+from orchestrator.errors import InfraUnavailable
+from orchestrator.machine import PROD
+from orchestrator.proxy import Proxy, ProxySpec
+from orchestrator.runtimes import Published, RuntimeView, env_port
+from orchestrator.runtimes.direct import DirectRuntime
+from orchestrator.stack import Stack, StackError, StackPin
+from orchestrator.steps import StepLog
+from orchestrator.verdict import Verdict
+from orchestrator.verify import REVISION_LABEL
+
+APP_LABEL = "orchestrator.app"
+ENV_LABEL = "orchestrator.environment"
+RUN_LABEL = "orchestrator.run"
+# On every task's container: the revision it was started for, read back per task by verification.
+TASK_REVISION_LABEL = "orchestrator.revision"
+_POLL_S = 0.2
+_ROLLING_BACK = ("rollback_started",)
+# How many failed tasks of a service that has never completed an update (its first deploy) mean the
+# new tasks crash-loop rather than start slowly: Swarm would retry them forever.
+_CRASH_LOOP_FAILURES = 2
+_TASK_FAILED = ("failed", "rejected")
+
+
+def not_a_manager(target: EngineTarget) -> InfraUnavailable:
+    """Exit 4, before anything is recorded: swarm services need a manager."""
+    where = "" if target.is_local else f" at {target.host}"
+    return InfraUnavailable(
+        f"the Docker engine{where} is not a swarm manager, so it cannot run swarm services: run "
+        "'docker swarm init --advertise-addr 127.0.0.1' there (a single-node swarm), or point "
+        "DOCKER_HOST at a manager of your swarm"
+    )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where an update stands: converged on the pinned image, still going, or failed (and why)."""
+
+    converged: bool = False
+    failed: str | None = None
+    waiting_for: str = ""
+    errors: tuple[str, ...] = field(default_factory=tuple)
+
+
+def task_errors(tasks: Sequence[TaskInfo], ref: str) -> tuple[str, ...]:
+    """Why tasks of the new image ended, oldest first, each once (a crash loop repeats itself)."""
+    seen: list[str] = []
+    for task in sorted(tasks, key=lambda t: t.updated_at or ""):
+        if task.image != ref or task.state not in ("failed", "rejected", "shutdown", "orphaned"):
+            continue
+        if task.state == "shutdown" and not task.error:
+            continue  # an ordinary replacement
+        why = f"task {task.id[:12]} {task.state}: {task.error or task.message or 'no reason given'}"
+        if why.split(": ", 1)[1] not in (s.split(": ", 1)[1] for s in seen):
+            seen.append(why)
+    return tuple(seen)
+
+
+def judge(service: ServiceInfo | None, tasks: Sequence[TaskInfo], ref: str, replicas: int) -> Progress:
+    """Pure: has ``service`` converged on ``ref``? Converged means the spec still names ``ref`` (Swarm
+    did not roll it back), ``replicas`` tasks run it, and no running task runs anything else. Failed
+    means Swarm put the spec back (its rollback after a new task failed) or, on a service that never
+    completed an update, its new tasks keep failing.
+
+    Swarm's update state alone proves nothing: the status of an earlier update (a rollback last week,
+    a "completed") is still reported after a new spec is submitted, until Swarm's updater picks the new
+    one up, and a spec identical to the running one starts no update at all. What cannot be stale is
+    the spec itself (it names ``ref`` from the moment the update is accepted) and the tasks."""
+    if service is None:
+        return Progress(failed="the service is gone (removed while it was being updated?)")
+    errors = task_errors(tasks, ref)
+    state = service.update_state
+    if service.image != ref:
+        if state in _ROLLING_BACK:
+            return Progress(waiting_for="Swarm's rollback to finish", errors=errors)
+        how = (
+            f"Swarm rolled the update back ({state.replace('_', ' ')})"
+            if state and state.startswith("rollback")
+            else f"the spec was changed by someone else (update state {state})"
+        )
+        return Progress(failed=f"{how}: the service is on {service.image} again", errors=errors)
+    running = [t for t in tasks if t.running]
+    on_ref = [t for t in running if t.image == ref]
+    # Any task still running another image, including an old one Swarm told to shut down: Swarm takes
+    # it out of the service's DNS at once but keeps its container up about two seconds more (its gossip
+    # delay, for requests in flight) plus the stop grace period, and the proxy may still send it a
+    # request until its DNS answer expires. Until it has stopped, an answer may come from the old digest.
+    others = [t for t in tasks if t.state == "running" and t.image != ref]
+    if state == "updating":
+        return Progress(waiting_for=f"the update ({len(on_ref)} of {replicas} tasks on it)", errors=errors)
+    if len(on_ref) >= replicas and not others and len(running) == len(on_ref):
+        return Progress(converged=True, errors=errors)
+    failures = sum(1 for t in tasks if t.image == ref and t.state in _TASK_FAILED)
+    if state is None and failures >= _CRASH_LOOP_FAILURES * replicas:
+        return Progress(failed=f"its tasks keep failing ({failures} tasks of it failed)", errors=errors)
+    left = f"; {len(others)} still on another image" if others else ""
+    return Progress(waiting_for=f"{len(on_ref)} of {replicas} tasks running {ref}{left}", errors=errors)
+
+
+def describe(progress: Progress) -> str:
+    return "; ".join([progress.failed or progress.waiting_for, *progress.errors[-3:]])
+
+
+class SwarmRuntime:
+    """``runtime = "swarm"`` environments as services; the others as direct containers."""
+
+    def __init__(
+        self,
+        engines: AppEngines,
+        app: AppConfig,
+        settings: Settings,
+        steps: StepLog,
+        pins: dict[str, str],
+    ) -> None:
+        # Each swarm environment's service lives on that environment's engine (a manager).
+        self.engines = engines
+        self.app = app
+        self.settings = settings
+        self.steps = steps
+        self.pins = dict(pins)
+        self.direct = DirectRuntime(engines, app, steps)
+        # The stack override written last (stack apps), kept with the release as its anchor.
+        self._override: str | None = None
+
+    # naming ---------------------------------------------------------------------------------------
+
+    def on_swarm(self, env: str) -> bool:
+        return self.app.runtime_of(env) == "swarm"
+
+    def stack(self, env: str) -> Stack | None:
+        """The stack ``env`` is deployed as (stack apps): the app's project name for prod, and its own
+        ``<project>-staging`` for staging (its own copies of the stack's other services)."""
+        if self.app.stack_file is None or self.app.override_file is None:
+            return None
+        base = project_name(self.app.name)
+        override = self.app.override_file
+        return Stack(
+            self.app.stack_file,
+            override.with_name(f"stack-{env}.override.deploy.yml"),
+            base if env == PROD else f"{base}-{env}",
+            timeout_s=self.settings.swarm_timeout_s,
+        )
+
+    def service_name(self, env: str) -> str:
+        stack = self.stack(env)
+        if stack is not None:
+            assert self.app.stack_service is not None
+            return stack.service_name(self.app.stack_service)
+        return f"{self.app.name}-{env}"
+
+    def label(self, env: str) -> str:
+        if not self.on_swarm(env):
+            return self.direct.label(env)
+        return f"service {self.service_name(env)}"
+
+    def proxy(self, env: str) -> Proxy:
+        spec = ProxySpec(
+            name=f"{self.app.name}-{env}-proxy",
+            network=self.app.network,
+            backend=f"tasks.{self.service_name(env)}",
+            backend_port=self.app.task_port,
+            port=env_port(self.app, env),
+            health_path=self.app.health_path,
+            image=self.app.proxy_image,
+            # Room for every task of a start-first update: the old ones and their replacements.
+            slots=max(8, 2 * self.app.replicas + 2),
+        )
+        return Proxy(self.engines.of(env), spec, overlay=True)
+
+    # reading --------------------------------------------------------------------------------------
+
+    def _tasks(self, env: str) -> list[TaskInfo]:
+        return self.engines.of(env).swarm.tasks(self.service_name(env))
+
+    def current(self, env: str) -> ContainerInfo | None:
+        """A running task's container: the newest one (after an update, every running task runs the
+        same image; verification checks them all)."""
+        if not self.on_swarm(env):
+            return self.direct.current(env)
+        running = sorted(
+            (t for t in self._tasks(env) if t.running and t.container_id),
+            key=lambda t: t.updated_at or "",
+            reverse=True,
+        )
+        for task in running:
+            assert task.container_id is not None
+            found = self.engines.of(env).container(task.container_id)
+            if found is not None:
+                return found
+        return None
+
+    def view(self, env: str) -> RuntimeView | None:
+        if not self.on_swarm(env):
+            return None
+        service = self.engines.of(env).swarm.service(self.service_name(env))
+        if service is None:
+            return RuntimeView(kind="swarm", name=self.service_name(env))
+        tasks = [t for t in self._tasks(env) if t.desired_state == "running" or t.state == "running"]
+        return RuntimeView(
+            kind="swarm",
+            name=service.name,
+            pinned=service.image,
+            replicas=service.replicas,
+            update_state=service.update_state,
+            tasks=tuple(
+                f"{self.service_name(env)}.{t.slot} {t.state} {t.image}"
+                + (f" ({t.error})" if t.error else "")
+                for t in sorted(tasks, key=lambda t: (t.slot or 0, t.updated_at or ""))
+            ),
+            task_images=tuple(t.image for t in tasks if t.running),
+        )
+
+    # changing -------------------------------------------------------------------------------------
+
+    def _spec(self, env: str, published: Published, run_id: int | None, revision: str | None) -> ServiceSpec:
+        labels = {APP_LABEL: self.app.name, ENV_LABEL: env}
+        return ServiceSpec(
+            name=self.service_name(env),
+            image=published.ref,
+            replicas=self.app.replicas,
+            network=self.app.network,
+            environment={"PORT": str(self.app.task_port), "ORCH_ENVIRONMENT": env, **self.app.env},
+            # The run goes on the service only: a restore of the same release must be a no-op update.
+            labels={**labels, RUN_LABEL: str(run_id or "")},
+            container_labels={**labels, **({TASK_REVISION_LABEL: revision} if revision else {})},
+            monitor_s=self.app.update_monitor_s,
+        )
+
+    def start(self, env: str, published: Published, *, run_id: int | None) -> ContainerInfo:
+        """Submit the pinned spec (create on the first deploy, update after) and wait until Swarm has
+        converged on it; a rollback by Swarm (a new task failed its HEALTHCHECK or exited within the
+        monitor window) or a crash loop raises DockerError with the tasks' own errors."""
+        if not self.on_swarm(env):
+            return self.direct.start(env, published, run_id=run_id)
+        if published.digest is None:
+            raise DockerError(
+                f"{self.label(env)} is pinned by registry digest, and {published.image_id[:19]} was not "
+                "pushed to a registry: set the app's registry"
+            )
+        if not self.engines.of(env).swarm.manager():
+            raise not_a_manager(self.app.engine(env))
+        name = self.service_name(env)
+        revision = self._revision(env, published.image_id)
+        spec = self._spec(env, published, run_id, revision)
+        with self.steps.step(f"{env}_proxy", env) as step:
+            proxy = self.proxy(env).ensure()
+            step.changed(proxy=proxy.name, proxy_id=proxy.id, network=self.app.network)
+        stack = self.stack(env)
+        if stack is not None:
+            self._deploy_stack(env, stack, spec)
+        else:
+            self._submit(env, spec)
+        self.pins[env] = published.ref
+        with self.steps.step(f"{env}_converge", env) as step:
+            progress = self.converge(env, published.ref)
+            step.changed(converged=progress.converged, errors=list(progress.errors))
+            if not progress.converged:
+                reason = f"{name} did not converge on {published.ref}: {describe(progress)}"
+                step.fail(reason)
+                raise DockerError(reason)
+        found = self.current(env)
+        if found is None:
+            raise DockerError(f"{name} converged but no task container of it is on this engine")
+        return found
+
+    def _submit(self, env: str, spec: ServiceSpec) -> None:
+        """Create the service on the first deploy, update its whole spec after."""
+        with self.steps.step(f"{env}_update", env) as step:
+            before = self.engines.of(env).swarm.service(spec.name)
+            step.changed(
+                service=spec.name,
+                image=spec.image,
+                image_before=before.image if before else None,
+                version_before=before.version if before else None,
+            )
+            if before is None:
+                self.engines.of(env).swarm.create_service(spec)
+            else:
+                warnings = self.engines.of(env).swarm.update_service(spec, version=before.version)
+                if warnings:
+                    step.changed(warnings=warnings)
+
+    def _deploy_stack(self, env: str, stack: Stack, spec: ServiceSpec) -> None:
+        """Pin the app's service in the stack's override, then `docker stack deploy` (recorded as the
+        steps ``<env>_pin`` and ``<env>_update``, so recovery knows the environment was touched)."""
+        assert self.app.stack_service is not None
+        pin = StackPin(
+            service=self.app.stack_service,
+            image=spec.image,
+            network=spec.network,
+            monitor_s=spec.monitor_s,
+            labels=spec.labels,
+            container_labels=spec.container_labels,
+        )
+        with self.steps.step(f"{env}_pin", env) as step:
+            self._override = stack.pin(pin)
+            step.changed(override_file=str(stack.override_file), pins={self.app.stack_service: spec.image})
+        with self.steps.step(f"{env}_update", env) as step:
+            before = self.engines.of(env).swarm.service(spec.name)
+            step.changed(
+                stack=stack.name,
+                service=spec.name,
+                image=spec.image,
+                image_before=before.image if before else None,
+            )
+            try:
+                stack.deploy()
+            except StackError as exc:
+                raise DockerError(exc.message) from None
+
+    def _revision(self, env: str, image_id: str) -> str | None:
+        image = self.engines.of(env).image(image_id)
+        return image.label(REVISION_LABEL) if image else None
+
+    def converge(self, env: str, ref: str) -> Progress:
+        """Wait (up to ORCH_SWARM_TIMEOUT_S) until ``judge`` says converged or failed."""
+        name = self.service_name(env)
+        deadline = time.monotonic() + self.settings.swarm_timeout_s
+        while True:
+            service = self.engines.of(env).swarm.service(name)
+            # A stack file decides its own replicas; a service we create has the app's.
+            replicas = service.replicas if service is not None else self.app.replicas
+            progress = judge(service, self._tasks(env), ref, replicas)
+            if progress.converged or progress.failed:
+                return progress
+            if time.monotonic() >= deadline:
+                return Progress(
+                    failed=f"still waiting for {progress.waiting_for} after "
+                    f"{self.settings.swarm_timeout_s:g} s (ORCH_SWARM_TIMEOUT_S)",
+                    errors=progress.errors,
+                )
+            time.sleep(_POLL_S)
+
+    @staticmethod
+    def _tasks_verdict(
+        running: Sequence[TaskInfo],
+        stray: Sequence[TaskInfo],
+        wrong: Sequence[str],
+        replicas: int,
+        image_id: str,
+        revision: str,
+        evidence: dict[str, object],
+    ) -> Verdict:
+        problems = [*wrong, *(f"task {t.id[:12]} still runs {t.image} ({t.desired_state})" for t in stray)]
+        if len(running) < replicas:
+            problems.append(f"only {len(running)} of {replicas} tasks are running")
+        if problems:
+            return Verdict.check(False, "; ".join(problems), evidence)
+        return Verdict.check(
+            True, f"{len(running)} of {replicas} tasks run {image_id[:19]} for {revision[:12]}", evidence
+        )
+
+    def stop(self, env: str) -> bool:
+        if not self.on_swarm(env):
+            return self.direct.stop(env)
+        with self.steps.step(f"{env}_stop", env) as step:
+            name = self.service_name(env)
+            found = self.engines.of(env).swarm.service(name)
+            if found is not None:
+                step.changed(service=name, image=found.image)
+            removed = self.engines.of(env).swarm.remove_service(name)
+            step.changed(proxy_removed=self.proxy(env).remove())
+        return removed
+
+    def repin(self, env: str, ref: str) -> None:
+        """Nothing to write: a service's spec is its pin, and it changes only by an update."""
+        self.pins[env] = ref
+
+    def override_text(self) -> str | None:
+        return self._override
+
+    def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
+        """Every running task, not one container: the service spec names ``image_id``'s digest, as many
+        tasks as replicas run it (task spec image and container image), each started for ``revision``,
+        and no task runs anything else (an old digest left behind by an update that did not finish, or
+        an old task still stopping)."""
+        if not self.on_swarm(env):
+            return []
+        name = self.service_name(env)
+        service = self.engines.of(env).swarm.service(name)
+        if service is None:
+            return [Verdict.failed(f"service {name} does not exist")]
+        image = self.engines.of(env).image(image_id)
+        digests = set(image.repo_digests) if image else set()
+        tasks = self._tasks(env)
+        running = [t for t in tasks if t.running]
+        # Old tasks told to stop but still running: they may still answer (see judge).
+        stray = [t for t in tasks if t.state == "running" and not t.running and t.image not in digests]
+        wrong: list[str] = []
+        for task in running:
+            container = self.engines.of(env).container(task.container_id) if task.container_id else None
+            if task.image not in digests:
+                wrong.append(f"task {task.id[:12]} runs {task.image}")
+            elif container is None:
+                wrong.append(f"task {task.id[:12]} has no container on this engine")
+            elif container.image_id != image_id:
+                wrong.append(f"task {task.id[:12]} container runs image {container.image_id[:19]}")
+            elif container.labels.get(TASK_REVISION_LABEL) != revision:
+                wrong.append(
+                    f"task {task.id[:12]} was started for revision "
+                    f"{container.labels.get(TASK_REVISION_LABEL)!r}, not {revision!r}"
+                )
+        evidence = {
+            "service": name,
+            "service_image": service.image,
+            "running_tasks": len(running),
+            "task_images": sorted({t.image for t in running}),
+        }
+        return [
+            Verdict.check(
+                service.image in digests,
+                f"service {name} is pinned to {service.image}"
+                + ("" if service.image in digests else f", not a digest of {image_id[:19]}"),
+                evidence,
+            ),
+            self._tasks_verdict(running, stray, wrong, service.replicas, image_id, revision, evidence),
+        ]

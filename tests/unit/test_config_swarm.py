@@ -1,0 +1,166 @@
+"""Swarm keys: a swarm environment needs a registry (it is pinned by digest), and every swarm key is
+refused where it would be ignored, before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import CONFIG_FILENAME, load_config
+from orchestrator.errors import BadInput
+
+APP = '[apps.shop]\nsource = "."\nregistry = "127.0.0.1:5000"\n'
+
+
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    path = tmp_path / CONFIG_FILENAME
+    path.write_text(text, encoding="utf-8")
+    return load_config(path, env=env or {}).app("shop")
+
+
+def test_swarm_defaults(tmp_path: Path) -> None:
+    app = load(tmp_path, APP + 'runtime = "swarm"\n')
+    assert app.runtime_of("staging") == app.runtime_of("prod") == "swarm"
+    assert app.swarm_environments == {"staging", "prod"}
+    assert (app.replicas, app.network, app.update_monitor_s, app.task_port) == (2, "orch-shop", 5.0, 8080)
+
+
+def test_swarm_for_prod_only_and_its_keys(tmp_path: Path) -> None:
+    text = APP + 'runtime = { prod = "swarm" }\nreplicas = 3\nswarm_network = "shop-net"\n'
+    app = load(tmp_path, text + "update_monitor_s = 1.5\ncontainer_port = 9000\n")
+    assert (app.runtime_of("staging"), app.runtime_of("prod")) == ("direct", "swarm")
+    assert app.swarm_environments == {"prod"}
+    assert (app.replicas, app.network, app.update_monitor_s, app.task_port) == (3, "shop-net", 1.5, 9000)
+
+
+def test_a_direct_app_keeps_its_default(tmp_path: Path) -> None:
+    app = load(tmp_path, APP)
+    assert app.runtime_of("prod") == "direct" and not app.swarm_environments
+
+
+def test_the_registry_may_come_from_the_environment(tmp_path: Path) -> None:
+    app = load(
+        tmp_path, '[apps.shop]\nsource = "."\nruntime = "swarm"\n', {"ORCH_REGISTRY": "127.0.0.1:5000"}
+    )
+    assert app.swarm_environments == {"staging", "prod"}
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[apps.shop]\nsource = "."\nruntime = "swarm"\n', "needs a registry"),
+        (APP + 'runtime = "kubernetes"\n', "is not one of direct, swarm"),
+        (APP + 'runtime = { production = "swarm" }\n', "a table per environment"),
+        (APP + "runtime = 3\n", "a table per environment"),
+        (APP + "replicas = 2\n", "only applies to swarm environments"),
+        (APP + 'runtime = "swarm"\nreplicas = 0\n', "whole number >= 1"),
+        (APP + 'runtime = "swarm"\nupdate_monitor_s = -1\n', "must be a number >= 0"),
+        (APP + 'runtime = "swarm"\nswarm_network = "bad name"\n', "must be a Docker network name"),
+        (
+            APP + 'runtime = "swarm"\ncompose_file = "c.yml"\nstaging_service = "a"\nprod_service = "b"\n',
+            "cannot be combined",
+        ),
+    ],
+)
+def test_bad_swarm_keys_are_bad_input(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(BadInput) as exc:
+        load(tmp_path, text)
+    assert fragment in exc.value.message
+
+
+def test_the_swarm_timeout_is_a_setting(tmp_path: Path) -> None:
+    path = tmp_path / CONFIG_FILENAME
+    path.write_text(APP, encoding="utf-8")
+    assert load_config(path, env={"ORCH_SWARM_TIMEOUT_S": "42"}).settings.swarm_timeout_s == 42
+
+
+class _NotAManager:
+    """An engine that answers but is not a swarm manager (a plain engine, or a worker node)."""
+
+    class swarm:  # mirrors DockerEngine.swarm
+        @staticmethod
+        def manager() -> bool:
+            return False
+
+
+def test_an_engine_that_is_not_a_swarm_manager_is_exit_4_saying_swarm_init(tmp_path: Path) -> None:
+    from orchestrator.engines import AppEngines
+    from orchestrator.errors import InfraUnavailable
+    from orchestrator.runtimes import engine_preflight
+
+    app = load(tmp_path, APP + 'runtime = { prod = "swarm" }\n')
+    engines = AppEngines.single(app, _NotAManager())  # type: ignore[arg-type]
+    engine_preflight(engines, app, ["staging"])  # staging is a container
+    with pytest.raises(InfraUnavailable) as exc:
+        engine_preflight(engines, app, ["staging", "prod"])
+    assert "docker swarm init --advertise-addr 127.0.0.1" in exc.value.message
+
+
+def test_swarm_on_a_remote_engine_is_refused_for_now(tmp_path: Path) -> None:
+    with pytest.raises(BadInput) as exc:
+        load(tmp_path, APP + 'runtime = "swarm"\ndocker_host = "ssh://deploy@prod.example:22"\n')
+    assert "this machine's engine only for now" in exc.value.message
+
+
+def test_a_stack_app_pins_its_service_through_an_override_beside_the_stack_file(tmp_path: Path) -> None:
+    text = APP + 'runtime = { prod = "swarm" }\nstack_file = "deploy/stack.yml"\nstack_service = "web"\n'
+    app = load(tmp_path, text)
+    assert app.stack_file == (tmp_path / "deploy" / "stack.yml").resolve()
+    assert app.stack_service == "web" and not app.is_compose
+    assert app.override_file == (tmp_path / "deploy" / ".deploy" / "stack.override.deploy.yml").resolve()
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ('stack_file = "stack.yml"\n', "stack_service must name"),
+        ('stack_service = "web"\n', "stack_file must be a path"),
+        ('stack_file = "../elsewhere/stack.yml"\nstack_service = "web"\n', "outside both"),
+    ],
+)
+def test_bad_stack_keys_are_bad_input(tmp_path: Path, extra: str, fragment: str) -> None:
+    (tmp_path / "app").mkdir()
+    with pytest.raises(BadInput) as exc:
+        load(tmp_path / "app", APP + 'runtime = "swarm"\n' + extra)
+    assert fragment in exc.value.message
+
+
+def test_stack_keys_need_swarm(tmp_path: Path) -> None:
+    with pytest.raises(BadInput) as exc:
+        load(tmp_path, APP + 'stack_file = "stack.yml"\nstack_service = "web"\n')
+    assert "only applies to swarm environments" in exc.value.message
+
+
+def test_the_stack_service_must_be_in_the_stack_file(tmp_path: Path) -> None:
+    """An override naming a service the stack lacks would make `docker stack deploy` create one."""
+    from orchestrator.stack import check_service
+
+    stack = tmp_path / "stack.yml"
+    stack.write_text('version: "3.8"\nservices:\n  web:\n    image: shop:latest\n  "db":\n    image: pg\n')
+    check_service(stack, "web")
+    check_service(stack, "db")
+    with pytest.raises(BadInput) as exc:
+        check_service(stack, "webb")
+    assert "has no service 'webb'" in exc.value.message
+
+
+def test_the_stack_override_names_only_the_app_service_by_digest() -> None:
+    from orchestrator.stack import StackPin, render_override
+
+    digest = "reg:5000/shop@sha256:" + "a" * 64
+    text = render_override(
+        StackPin("web", digest, "orch-shop", 1.5, {"orchestrator.run": "7"}, {"orchestrator.revision": "abc"})
+    )
+    assert text.count("image:") == 1 and f'image: "{digest}"' in text
+    assert "order: start-first, failure_action: rollback, monitor: 1500ms" in text
+    assert '"orchestrator.revision": "abc"' in text and '"orchestrator.run": "7"' in text
+    assert 'name: "orch-shop"' in text and "external: true" in text
+
+
+def test_a_swarm_app_names_its_proxy_image_and_cannot_also_be_zero_downtime(tmp_path: Path) -> None:
+    app = load(tmp_path, APP + 'runtime = "swarm"\nproxy_image = "reg:5000/haproxy:2.8"\n')
+    assert app.proxy_image == "reg:5000/haproxy:2.8"
+    with pytest.raises(BadInput) as exc:
+        load(tmp_path, APP + 'runtime = "swarm"\nzero_downtime = true\ncontainer_port = 8080\n')
+    assert "behind their own proxy already" in exc.value.message
