@@ -998,44 +998,40 @@ class SwarmEngine:
         return update, rollback
 
     def create_service(self, spec: ServiceSpec) -> None:
-        from docker import types
-
-        update, rollback = self._update_configs(spec)
         self._engine._call(
-            f"create service {spec.name}",
-            self._api.create_service,
-            self._template(spec),
-            name=spec.name,
-            labels=dict(spec.labels),
-            mode=types.ServiceMode("replicated", replicas=spec.replicas),
-            update_config=update,
-            rollback_config=rollback,
-            # No published port: the ingress mesh does not answer everywhere, and two tasks cannot
-            # publish one host port on one node; a proxy on the same network publishes it instead.
-            endpoint_spec=types.EndpointSpec(mode="vip"),
+            f"create service {spec.name}", self._api.create_service, self._template(spec), **self._spec(spec)
         )
 
     def update_service(self, spec: ServiceSpec, *, version: int) -> list[str]:
         """Replace the service's whole spec (declarative: an unchanged spec restarts nothing). ``version``
         is the one read before deciding: a concurrent change makes the engine refuse (DockerError)
         instead of silently overwriting. Returns the engine's warnings."""
-        from docker import types
 
-        update, rollback = self._update_configs(spec)
         answer = self._engine._call(
             f"update service {spec.name}",
             self._api.update_service,
             spec.name,
             version,
             task_template=self._template(spec),
-            name=spec.name,
-            labels=dict(spec.labels),
-            mode=types.ServiceMode("replicated", replicas=spec.replicas),
-            update_config=update,
-            rollback_config=rollback,
-            endpoint_spec=types.EndpointSpec(mode="vip"),
+            **self._spec(spec),
         )
         return list((answer or {}).get("Warnings") or [])
+
+    def _spec(self, spec: ServiceSpec) -> dict[str, Any]:
+        """What a create and an update both send besides the task template: the whole spec each time."""
+        from docker import types
+
+        update, rollback = self._update_configs(spec)
+        return {
+            "name": spec.name,
+            "labels": dict(spec.labels),
+            "mode": types.ServiceMode("replicated", replicas=spec.replicas),
+            "update_config": update,
+            "rollback_config": rollback,
+            # No published port: the ingress mesh does not answer everywhere, and two tasks cannot
+            # publish one host port on one node; a proxy on the same network publishes it instead.
+            "endpoint_spec": types.EndpointSpec(mode="vip"),
+        }
 
     def remove_service(self, name: str) -> bool:
         try:

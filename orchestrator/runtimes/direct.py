@@ -42,7 +42,24 @@ def port_answers(port: int, address: str = LOOPBACK) -> bool:
         return False
 
 
-class DirectRuntime:
+class _Containers:
+    """What both container runtimes lack, unlike compose and swarm: no pin file (their tags are the
+    publisher's), nothing to verify beyond the container the Deployer checks, no service to show."""
+
+    def repin(self, env: str, ref: str) -> None:
+        """Nothing to do: direct containers have no pin file."""
+
+    def override_text(self) -> str | None:
+        return None
+
+    def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
+        return []
+
+    def view(self, env: str) -> RuntimeView | None:
+        return None
+
+
+class DirectRuntime(_Containers):
     """Each environment's container lives on that environment's engine (``engines.of(env)``)."""
 
     def __init__(self, engines: AppEngines, app: AppConfig, steps: StepLog) -> None:
@@ -106,20 +123,8 @@ class DirectRuntime:
                 step.changed(container_id=found.id, image_id=found.image_id, status=found.status)
             return self.engines.of(env).remove_container(self.label(env))
 
-    def repin(self, env: str, ref: str) -> None:
-        """Nothing to do: a direct container has no pin file; its tags are the publisher's."""
 
-    def override_text(self) -> str | None:
-        return None
-
-    def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
-        return []
-
-    def view(self, env: str) -> RuntimeView | None:
-        return None
-
-
-class ProxiedRuntime:
+class ProxiedRuntime(_Containers):
     """Zero-downtime direct containers: the environment's port belongs to a kept haproxy container
     (orchestrator/proxy.py), which sends requests to whichever containers hold the environment's
     network alias. A release runs as a container of its own, ``<app>-<env>-<image>-<token>``:
@@ -345,15 +350,3 @@ class ProxiedRuntime:
             proxy = self.proxy(env).remove()
             step.changed(container_ids=[c.id for c in gone], proxy_removed=proxy)
         return bool(gone) or proxy
-
-    def repin(self, env: str, ref: str) -> None:
-        """Nothing to do: direct containers have no pin file."""
-
-    def override_text(self) -> str | None:
-        return None
-
-    def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
-        return []
-
-    def view(self, env: str) -> RuntimeView | None:
-        return None
