@@ -63,7 +63,7 @@ is_live_dockerd() {
 live_dockerd_exists() {
   local pid
   for pid in $(pgrep -x dockerd 2>/dev/null); do
-    if is_live_dockerd "$pid" && ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- '--pidfile'; then
+    if is_live_dockerd "$pid" && ! tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- '--pidfile'; then
       return 0
     fi
   done
@@ -202,7 +202,7 @@ CONF
 pg_running() {
   local pid
   pid="$(head -n 1 "$PG_HOME/data/postmaster.pid" 2>/dev/null || true)"
-  [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$PG_HOME/data" \
+  [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$PG_HOME/data" \
     && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
 }
 
