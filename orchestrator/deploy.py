@@ -39,13 +39,35 @@ _SETTLE_S = 2.0
 
 @dataclass(frozen=True)
 class Deployed:
-    """The outcome of deploying an image to an environment: a verdict plus its evidence."""
+    """What deploying an image to an environment found (the one ``Verdict`` type every gate, step and
+    verification speaks) and what it published on the way: the release gate records ``published`` and
+    the compose ``override`` only once the verdict holds."""
 
-    ok: bool
-    reason: str
-    details: dict[str, Any]
+    verdict: Verdict
     published: Published | None = None
     override: str | None = None
+
+    @classmethod
+    def passed(
+        cls, reason: str, details: dict[str, Any], published: Published, override: str | None
+    ) -> Deployed:
+        return cls(Verdict.check(True, reason, details), published, override)
+
+    @classmethod
+    def failed(cls, reason: str, details: dict[str, Any], published: Published | None = None) -> Deployed:
+        return cls(Verdict.check(False, reason, details), published)
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict.ok
+
+    @property
+    def reason(self) -> str:
+        return self.verdict.reason
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        return self.verdict.details
 
 
 class PreviousRelease(Protocol):
@@ -188,8 +210,8 @@ class Deployer:
             published = self.publish(env, image_id, revision)
             container = self.runtime.start(env, published, run_id=run_id)
         except DockerError as exc:
-            return Deployed(
-                False, f"could not start {self.container(env)}: {exc.message}", {"image_id": image_id}
+            return Deployed.failed(
+                f"could not start {self.container(env)}: {exc.message}", {"image_id": image_id}
             )
         details: dict[str, Any] = {
             "image_id": image_id,
@@ -207,15 +229,14 @@ class Deployer:
         except DockerError as exc:
             if not self.staged:
                 raise
-            failure = Deployed(False, f"{container.name}: {exc.message}", details, published)
+            failure = Deployed.failed(f"{container.name}: {exc.message}", details, published)
         if failure is not None:
             if self.staged:
                 # It never took traffic: the release serving before it keeps serving, untouched.
                 self.staged.discard(env, container)
             return failure
         details.update(container=container.name, container_id=container.id)
-        return Deployed(
-            True,
+        return Deployed.passed(
             f"{container.name} healthy on port {self.port(env)}",
             details,
             published,
@@ -243,8 +264,7 @@ class Deployer:
                 step.fail(check.reason)
         details.update(check.details)
         if not check.ok:
-            return Deployed(
-                False,
+            return Deployed.failed(
                 f"post-deploy verification of {container.name} before it took traffic: {check.reason}",
                 details,
                 published,
@@ -269,8 +289,7 @@ class Deployer:
             )
         if now.image_id != image_id:
             # `docker compose up -d` against an unchanged tag succeeds and keeps the old container.
-            return Deployed(
-                False,
+            return Deployed.failed(
                 f"post-deploy verification: {now.name} still runs image {now.image_id[:19]}, not "
                 f"{image_id[:19]} (an unchanged tag made 'docker compose up -d' a no-op; pin digests)",
                 {**details, "running_image_id": now.image_id, "container_id": now.id},
@@ -294,7 +313,7 @@ class Deployer:
         reason = headline + self._log_block(evidence)
         if env == STAGING and evidence.get("container_id"):
             evidence["stopped"] = self._halt(env, str(evidence["container_id"]))
-        return Deployed(False, reason, {**details, **evidence}, published)
+        return Deployed.failed(reason, {**details, **evidence}, published)
 
     def _unhealthy(self, env: str, container: ContainerInfo, report: health.HealthReport) -> str:
         """The first line of an unhealthy verdict: what the container did, or what answered."""
@@ -372,8 +391,7 @@ class Deployer:
         if self.staged and self.serves(env, release.image_id, release.revision):
             self.settle(env)
             found = self.current(env)
-            return Deployed(
-                True,
+            return Deployed.passed(
                 f"release {release.id} ({release.revision[:12]}) still serving, verified",
                 {
                     "release_id": release.id,
@@ -386,8 +404,7 @@ class Deployer:
                 self.override_text(),
             )
         if not self.ensure_image(env, release):
-            return Deployed(
-                False,
+            return Deployed.failed(
                 f"release {release.id} image {release.image_id[:19]} is gone (pruned"
                 + (", and not pullable from the registry)" if release.digest else ")"),
                 {"release_id": release.id, "image_id": release.image_id, "digest": release.digest},
@@ -398,14 +415,12 @@ class Deployer:
         check = self.verify_running(env, release.image_id, release.revision)
         details = {**deployed.details, **check.details, "release_id": release.id}
         if not check.ok:
-            return Deployed(
-                False,
+            return Deployed.failed(
                 f"release {release.id} failed verification: {check.reason}",
                 details,
                 deployed.published,
             )
-        return Deployed(
-            True,
+        return Deployed.passed(
             f"release {release.id} ({release.revision[:12]}) running and verified",
             details,
             deployed.published,

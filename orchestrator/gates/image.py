@@ -117,10 +117,9 @@ class DeployStaging(Gate):
     def run(self, ctx: GateContext) -> Verdict:
         build = _built(ctx)
         deployed = _deploy(ctx, STAGING, build.image.id)
-        if not deployed.ok:
-            return Verdict.failed(deployed.reason, **deployed.details)
-        ctx.add_release(_release(ctx, STAGING, deployed))
-        return Verdict.passed(deployed.reason, **deployed.details)
+        if deployed.ok:
+            ctx.add_release(_release(ctx, STAGING, deployed))
+        return deployed.verdict
 
 
 @register
