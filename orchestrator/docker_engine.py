@@ -646,19 +646,27 @@ class DockerEngine:
             if network is not None
             else None
         )
-        created = self._call(
-            f"create container {name}",
-            api.create_container,
-            image,
-            command=command,
-            name=name,
-            environment=dict(environment or {}),
-            labels=dict(labels or {}),
-            ports=None if host_network or not publish else list(publish),
-            host_config=host_config,
-            networking_config=networking,
-            detach=True,
-        )
+        try:
+            created = self._call(
+                f"create container {name}",
+                api.create_container,
+                image,
+                command=command,
+                name=name,
+                environment=dict(environment or {}),
+                labels=dict(labels or {}),
+                ports=None if host_network or not publish else list(publish),
+                host_config=host_config,
+                networking_config=networking,
+                detach=True,
+            )
+        except docker.errors.NotFound:
+            # The engine refuses to create a container of an image it lacks (pruned, or never pulled
+            # since the check that found it): a refusal of this step, not a lookup miss.
+            raise DockerError(
+                f"create container {name}: image {image[:19]} is not on this engine (pruned or never "
+                "pulled); 'docker image ls' there shows what it has"
+            ) from None
         if files:
             archive = _tar(files)
             if not self._call(f"write files into {name}", api.put_archive, created["Id"], "/", archive):

@@ -145,6 +145,19 @@ def test_name_already_taken_is_a_docker_error(
         engine.run(name, image.id)
 
 
+def test_run_of_an_image_the_engine_does_not_have_is_a_docker_error(
+    engine: DockerEngine, unique_name: Callable[[str], str], docker_cleanup: Callable[..., None]
+) -> None:
+    """An image pruned (or never pulled) between the check and the start is a refusal that names the
+    image, not the SDK's ImageNotFound escaping as a traceback; and no container is left behind."""
+    name = unique_name("noimage")
+    docker_cleanup(container=name)
+    missing = "sha256:" + "0" * 64
+    with pytest.raises(DockerError, match=r"sha256:0{12}.*not on this engine"):
+        engine.run(name, missing)
+    assert engine.container(name) is None
+
+
 def test_tag_points_a_second_name_at_the_same_image(
     engine: DockerEngine,
     busybox_image: BuildImage,
