@@ -152,8 +152,9 @@ class InProcess:
         self.service = RunService(config, self.store)
 
     def deploy(self, app: str, sha: str) -> dict[str, Any]:
-        result = self.service.deploy(app, sha, "benchmark")
-        payload = result.as_dict()
+        from orchestrator import views
+
+        payload = views.deploy(self.service.deploy(app, sha, "benchmark"))
         if payload["outcome"] != "succeeded":
             raise BenchmarkError(f"in-process deploy failed: {json.dumps(payload)[-3000:]}")
         return payload

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import BadInput, Conflict
 from orchestrator.machine import PROD, STAGING, Edge, RunMachine, State
@@ -129,18 +129,6 @@ class DecisionResult:
     approval: ApprovalRecord
     state: State
     transition_id: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "app": self.app,
-            "sha": self.sha,
-            "from": self.edge.source.value,
-            "to": self.edge.dest.value,
-            "state": self.state.value,
-            "transition_id": self.transition_id,
-            "approval": self.approval.as_dict(),
-        }
 
 
 def decide(

@@ -318,7 +318,7 @@ def deploy_cmd(
 
     result = inv.service().deploy(app, sha, actor, wait_s=wait_s)
     if as_json:
-        _print_json(result.as_dict())
+        _print_json(views.deploy(result))
     else:
         _echo(f"run {result.run.id} started: {result.run.app} @ {result.run.sha}")
         for edge in result.edges:
@@ -687,7 +687,7 @@ def approve_cmd(
 
     result = inv.service().decide(run_id, Decision.APPROVED, actor=actor, reason=reason)
     if as_json:
-        _print_json(result.as_dict())
+        _print_json(views.decision(result))
     else:
         _echo(
             f"run {result.run_id} ({result.app} @ {result.sha[:12]}) {result.approval.describe()}; "
@@ -706,7 +706,7 @@ def reject_cmd(inv: Invocation, run_id: int, *, reason: str, actor: str | None, 
 
     result = inv.service().decide(run_id, Decision.REJECTED, actor=actor, reason=reason)
     if as_json:
-        _print_json(result.as_dict())
+        _print_json(views.decision(result))
     else:
         _echo(
             f"run {result.run_id} ({result.app} @ {result.sha[:12]}) {result.approval.describe()}; "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestrator.config import Config
 from orchestrator.errors import BadInput, Conflict
@@ -46,9 +46,6 @@ def lock(
 class Unlocked:
     lock: LockRecord
     how: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"unlocked": self.lock.as_dict(), "how": self.how}
 
 
 def unlock(

@@ -28,8 +28,9 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from orchestrator import views
 from orchestrator.config import AppConfig, Config, EngineTarget
 from orchestrator.engines import AppEngines
 from orchestrator.errors import Conflict
@@ -87,14 +88,6 @@ class ImageRemoval:
     size: int
     deletes: bool
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "image_id": self.image_id,
-            "refs": list(self.refs),
-            "size": self.size,
-            "deletes": self.deletes,
-        }
-
 
 @dataclass(frozen=True)
 class ContainerRemoval:
@@ -105,24 +98,12 @@ class ContainerRemoval:
     image_id: str
     created: float
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "container_id": self.id,
-            "name": self.name,
-            "environment": self.environment,
-            "status": self.status,
-            "image_id": self.image_id,
-        }
-
 
 @dataclass(frozen=True)
 class AnchorRemoval:
     path: Path
     environment: str
     release_id: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "environment": self.environment, "release_id": self.release_id}
 
 
 @dataclass(frozen=True)
@@ -132,9 +113,6 @@ class Kept:
     image_id: str
     refs: tuple[str, ...]
     why: tuple[str, ...]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"image_id": self.image_id, "refs": list(self.refs), "why": list(self.why)}
 
 
 @dataclass(frozen=True)
@@ -154,18 +132,6 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not (self.images or self.containers or self.anchors)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "app": self.app,
-            "keep_releases": self.keep_releases,
-            "kept_releases": {env: list(ids) for env, ids in self.kept_releases.items()},
-            "images": [i.as_dict() for i in self.images],
-            "containers": [c.as_dict() for c in self.containers],
-            "anchors": [a.as_dict() for a in self.anchors],
-            "bytes": self.bytes,
-            "kept": [k.as_dict() for k in self.kept],
-        }
 
 
 def decide(
@@ -315,9 +281,6 @@ class Skipped:
     what: str
     reason: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"what": self.what, "reason": self.reason}
-
 
 @dataclass(frozen=True)
 class PruneResult:
@@ -329,33 +292,9 @@ class PruneResult:
     bytes_reclaimed: int = 0
     skipped: tuple[Skipped, ...] = ()
 
-    @property
-    def removed(self) -> dict[str, Any]:
-        return {
-            "images": [i.as_dict() for i in self.images],
-            "containers": [c.as_dict() for c in self.containers],
-            "anchors": [a.as_dict() for a in self.anchors],
-        }
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"app": self.plan.app, "dry_run": self.dry_run}
-        if self.dry_run:
-            out["would_remove"] = {k: v for k, v in self.plan.as_dict().items() if k in _REMOVABLE}
-            out["bytes"] = self.plan.bytes
-        else:
-            out["removed"] = self.removed
-            out["bytes_reclaimed"] = self.bytes_reclaimed
-            out["skipped"] = [s.as_dict() for s in self.skipped]
-        out["kept_releases"] = {env: list(ids) for env, ids in self.plan.kept_releases.items()}
-        out["kept_images"] = [k.as_dict() for k in self.plan.kept]
-        return out
-
-
-_REMOVABLE = ("images", "containers", "anchors")
-
 
 @dataclass
-class _Progress:
+class PruneProgress:
     images: list[ImageRemoval] = field(default_factory=list)
     containers: list[ContainerRemoval] = field(default_factory=list)
     anchors: list[AnchorRemoval] = field(default_factory=list)
@@ -448,7 +387,7 @@ def prune(
         )
     except LockHeld as exc:
         raise _locked(app.name, exc.locks) from None
-    done = _Progress()
+    done = PruneProgress()
     plan: Plan | None = None
     try:
         with Heartbeat(lambda: store.renew_locks(app.name, ENVIRONMENTS, me, lease), lease / 3, "prune"):
@@ -466,14 +405,7 @@ def prune(
                 _summary(app.name, done),
                 app=app.name,
                 run_id=run_id,
-                details={
-                    "images": [i.as_dict() for i in done.images],
-                    "containers": [c.as_dict() for c in done.containers],
-                    "anchors": [a.as_dict() for a in done.anchors],
-                    "bytes_reclaimed": done.bytes_reclaimed,
-                    "skipped": [s.as_dict() for s in done.skipped],
-                    "keep_releases": app.keep_releases,
-                },
+                details={**views.pruned(done), "keep_releases": app.keep_releases},
             )
     assert plan is not None
     log.info("pruned", bytes_reclaimed=done.bytes_reclaimed, skipped=len(done.skipped), **_counts(plan))
@@ -488,7 +420,7 @@ def prune(
     )
 
 
-def _execute(plan: Plan, engine: DockerEngine, done: _Progress) -> None:
+def _execute(plan: Plan, engine: DockerEngine, done: PruneProgress) -> None:
     """Containers first (an image a removed container used becomes free), then images, then anchors.
     The engine refusing one item (someone started a container on the image meanwhile) skips that item,
     with its reason; an engine that stops answering ends the prune (InfraUnavailable, exit 4)."""
@@ -541,7 +473,7 @@ def _counts(plan: Plan) -> dict[str, int]:
     return {"images": len(plan.images), "containers": len(plan.containers), "anchors": len(plan.anchors)}
 
 
-def _summary(app: str, done: _Progress) -> str:
+def _summary(app: str, done: PruneProgress) -> str:
     text = (
         f"pruned {app}: {len(done.images)} image(s), {len(done.containers)} container(s), "
         f"{len(done.anchors)} anchor(s); {done.bytes_reclaimed} bytes reclaimed"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -68,18 +68,6 @@ class GateResult:
     details: Mapping[str, Any]
     duration_s: float
     started_at: datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        # SQLite hands back naive datetimes; everything recorded is UTC.
-        started = self.started_at if self.started_at.tzinfo else self.started_at.replace(tzinfo=UTC)
-        return {
-            "name": self.name,
-            "status": self.status.value,
-            "reason": self.reason,
-            "details": dict(self.details),
-            "duration_s": round(self.duration_s, 6),
-            "started_at": started.isoformat(),
-        }
 
 
 class TransitionOutcome(StrEnum):

@@ -52,9 +52,6 @@ class ProdOutcome:
     release_id: int | None = None
     summary: str = ProdAction.UNTOUCHED.value
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"action": self.action.value, "release_id": self.release_id, "summary": self.summary}
-
 
 def prod_outcome(checks: Sequence[GateResult]) -> ProdOutcome:
     """Read from an edge's results: prod was touched only if its restore was registered and ran."""

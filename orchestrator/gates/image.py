@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator import health
+from orchestrator import health, views
 from orchestrator.deploy import Build, Deployed, Deployer
 from orchestrator.docker_engine import DockerError
 from orchestrator.errors import GateFailed
@@ -325,7 +325,7 @@ def _restore_prod(ctx: GateContext) -> Verdict:
             + "".join(f"; {note}" for note in leftovers),
             restored_release=None,
             leftovers=leftovers,
-            **{PROD_OUTCOME: outcome.as_dict()},
+            **{PROD_OUTCOME: views.prod_outcome(outcome)},
         )
     restored = d.redeploy(PROD, previous, run_id=ctx.run_id)
     if not restored.ok:
@@ -339,7 +339,7 @@ def _restore_prod(ctx: GateContext) -> Verdict:
             return Verdict.failed(
                 f"{head}: prod stopped; redeploy a known-good run{sep}{evidence}",
                 **restored.details,
-                **{PROD_OUTCOME: outcome.as_dict()},
+                **{PROD_OUTCOME: views.prod_outcome(outcome)},
             )
         outcome = ProdOutcome(
             ProdAction.NOT_RESTORED,
@@ -348,7 +348,9 @@ def _restore_prod(ctx: GateContext) -> Verdict:
             f"then 'orchestrator rollback {ctx.app.name} --env prod'",
         )
         return Verdict.failed(
-            f"restoring prod: {restored.reason}", **restored.details, **{PROD_OUTCOME: outcome.as_dict()}
+            f"restoring prod: {restored.reason}",
+            **restored.details,
+            **{PROD_OUTCOME: views.prod_outcome(outcome)},
         )
     ctx.add_release(ReleaseIntent.rollback(PROD, previous, reason=reason, override=restored.override))
     outcome = ProdOutcome(
@@ -360,5 +362,5 @@ def _restore_prod(ctx: GateContext) -> Verdict:
         f"prod restored: {restored.reason}",
         restored_release=previous.id,
         **restored.details,
-        **{PROD_OUTCOME: outcome.as_dict()},
+        **{PROD_OUTCOME: views.prod_outcome(outcome)},
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from orchestrator.gates import GateResult, ProdOutcome, prod_outcome
 from orchestrator.machine import State
@@ -23,15 +22,6 @@ class FailureSummary:
     prod: ProdOutcome
     container: str | None = None
     exit_code: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "gate": self.gate,
-            "reason": self.reason,
-            "container": self.container,
-            "exit_code": self.exit_code,
-            "prod": self.prod.as_dict(),
-        }
 
 
 def edge_reason(parts: Sequence[tuple[str, str]]) -> str:
@@ -73,20 +63,6 @@ class AdvanceResult:
             exit_code if isinstance(exit_code, int) else None,
         )
 
-    def as_dict(self) -> dict[str, Any]:
-        failure = self.failure
-        return {
-            "run_id": self.run_id,
-            "transition_id": self.transition_id,
-            "from": self.from_state.value,
-            "to": self.to_state.value,
-            "state": self.state.value,
-            "outcome": self.outcome.value,
-            "reason": self.reason,
-            "failure": failure.as_dict() if failure else None,
-            "checks": [c.as_dict() for c in self.checks],
-        }
-
 
 @dataclass(frozen=True)
 class DeployResult:
@@ -100,17 +76,6 @@ class DeployResult:
     def outcome(self) -> str:
         return self.edges[-1].outcome
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run.id,
-            "app": self.run.app,
-            "sha": self.run.sha,
-            "actor": self.run.actor,
-            "state": self.run.state,
-            "outcome": self.outcome,
-            "edges": [e.as_dict() for e in self.edges],
-        }
-
 
 @dataclass(frozen=True)
 class RecoveryReport:
@@ -123,14 +88,3 @@ class RecoveryReport:
     outcome: str
     reason: str
     actions: dict[str, str] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "app": self.app,
-            "transition_id": self.transition_id,
-            "run_id": self.run_id,
-            "found": self.found,
-            "outcome": self.outcome,
-            "reason": self.reason,
-            "actions": self.actions,
-        }

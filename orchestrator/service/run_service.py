@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from orchestrator import views
 from orchestrator.config import Config, check_app_paths
 from orchestrator.errors import OrchestratorError
 from orchestrator.logging import get_logger
@@ -103,7 +104,7 @@ class RunService(Operations):
                     if result.outcome == FAILED:
                         break
             except OrchestratorError as exc:
-                exc.details = {**exc.details, "run_id": run.id, "edges": [r.as_dict() for r in done]}
+                exc.details = {**exc.details, "run_id": run.id, "edges": [views.advance(r) for r in done]}
                 raise
             return DeployResult(self.store.get_run(run.id), tuple(done))
         finally:

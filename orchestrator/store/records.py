@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator import views
 from orchestrator.errors import Conflict
 from orchestrator.holder import Holder, Liveness, holder_of
 from orchestrator.store.models import (
@@ -156,7 +157,7 @@ class TransitionRecord:
             "outcome": self.outcome,
             "reason": self.reason,
             "result_state": self.result_state,
-            "checks": [c.as_dict() for c in self.checks],
+            "checks": [views.gate_result(c) for c in self.checks],
             "steps": [st.as_dict() for st in self.steps],
         }
 

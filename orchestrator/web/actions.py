@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify, request
 
+from orchestrator import views
 from orchestrator.errors import BadInput
 
 if TYPE_CHECKING:
@@ -153,9 +154,9 @@ def register(app: Flask, backend: Backend) -> None:
 
         decision = Decision.APPROVED if verb == "approve" else Decision.REJECTED
         return act(
-            lambda s, body, actor: s.decide(
-                run_id, decision, actor=actor, reason=_text(body, "reason")
-            ).as_dict()
+            lambda s, body, actor: views.decision(
+                s.decide(run_id, decision, actor=actor, reason=_text(body, "reason"))
+            )
         )
 
     @app.post("/api/apps/<app_name>/<env>/lock")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from orchestrator import views
 from orchestrator.gates import (
     PROD_OUTCOME,
     ROLLBACK_PROD,
@@ -98,7 +99,7 @@ def _restore(outcome: ProdOutcome | None, status: str = "pass") -> Callable[[], 
     def undo() -> Verdict:
         if outcome is None:
             raise RuntimeError("engine said no")
-        details = {PROD_OUTCOME: outcome.as_dict()}
+        details = {PROD_OUTCOME: views.prod_outcome(outcome)}
         if status == "pass":
             return Verdict.passed("prod restored: release 4 running and verified", **details)
         return Verdict.failed("restoring prod: release 4 failed verification\n--- log ---\nboom", **details)

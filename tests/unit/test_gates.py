@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 import structlog
 
-from orchestrator import gates
+from orchestrator import gates, views
 from orchestrator.config import AppConfig, Settings
 from orchestrator.errors import InfraUnavailable
 from orchestrator.gates import (
@@ -151,9 +151,9 @@ def test_no_gates_is_an_empty_pass(ctx: GateContext) -> None:
     assert record.results == []
 
 
-def test_result_as_dict_is_json_ready(gate_factory: GateFactory, ctx: GateContext) -> None:
+def test_gate_result_view_is_json_ready(gate_factory: GateFactory, ctx: GateContext) -> None:
     (result,) = run_gates([gate_factory("g", TO_STAGING, Verdict.failed("bad", n=2))], ctx, Recorder())
-    assert result.as_dict() == {
+    assert views.gate_result(result) == {
         "name": "g",
         "status": "fail",
         "reason": "bad",
@@ -162,7 +162,7 @@ def test_result_as_dict_is_json_ready(gate_factory: GateFactory, ctx: GateContex
         # The same shape `runs show` prints for a recorded gate (one GateResult, verdict.py).
         "started_at": result.started_at.isoformat(),
     }
-    json.dumps(result.as_dict())
+    json.dumps(views.gate_result(result))
 
 
 # --------------------------------------------------------------------------------------------------
