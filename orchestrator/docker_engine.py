@@ -12,6 +12,7 @@ import contextlib
 import gc
 import importlib.util
 import io
+import math
 import os
 import sys
 import tarfile
@@ -53,6 +54,7 @@ import requests.exceptions  # noqa: E402
 import urllib3.exceptions  # noqa: E402
 
 from orchestrator.errors import InfraUnavailable, StepTimeout  # noqa: E402
+from orchestrator.ssh import SshBridge, SshOptions, SshUnreachable  # noqa: E402
 
 # A streamed answer (build, push, pull) is read through urllib3 directly, so its read timeouts and broken
 # connections arrive as urllib3's exceptions, not requests' wrappers.
@@ -310,6 +312,8 @@ class DockerEngine:
         self._over_ssh = over_ssh
         # The docker CLI's global flags that reach this engine (BuildKit builds run through the CLI).
         self.cli_args = cli_args
+        # The shared ssh connection of a remote engine, ended with it.
+        self._bridge: SshBridge | None = None
 
     @classmethod
     def connect(cls, base_url: str | None = None, timeout: int = 120) -> DockerEngine:
@@ -339,50 +343,73 @@ class DockerEngine:
         what: str,
         tls_files: tuple[Path, Path, Path] | None = None,
         timeout: int = 120,
+        connect_timeout_s: float = 15.0,
+        ssh_multiplex: bool = True,
     ) -> DockerEngine:
         """Connect to another machine's engine and prove it answers. ``ssh://`` goes through the system
         ssh client (``docker system dial-stdio`` on the host), so ~/.ssh/config, the agent's keys and
-        known_hosts apply exactly as for ``ssh host``; ``tcp://`` verifies the engine's certificate
-        against ``tls_files`` (ca, cert, key). ``host`` names the engine in messages: never a key or
-        a certificate, only where it is."""
+        known_hosts apply exactly as for ``ssh host``; with ``ssh_multiplex`` every request shares one
+        ssh connection (orchestrator/ssh.py), without it the SDK opens one per request. ``tcp://``
+        verifies the engine's certificate against ``tls_files`` (ca, cert, key). ``connect_timeout_s``
+        bounds the connection and the first answer: a host that drops packets is unreachable after it,
+        not after TCP's minutes. ``host`` names the engine in messages: never a key or a certificate,
+        only where it is."""
+        over_ssh = url.startswith("ssh://")
+        bridge: SshBridge | None = None
         failed: str | None = None
+        first = max(1, min(timeout, math.ceil(connect_timeout_s)))
         try:
             tls: Any = None
             if tls_files is not None:
                 ca, cert, key = tls_files
                 tls = docker.tls.TLSConfig(client_cert=(str(cert), str(key)), ca_cert=str(ca), verify=True)
-            client = (
-                _tls_client(url, tls, timeout)
-                if tls is not None
-                else docker.DockerClient(
-                    base_url=url, timeout=timeout, version="auto", use_ssh_client=url.startswith("ssh://")
+            if tls is not None:
+                client = _tls_client(url, tls, first)
+            elif over_ssh and ssh_multiplex:
+                bridge = SshBridge(url, SshOptions(connect_timeout_s))
+                client = docker.DockerClient(base_url=bridge.url, timeout=first, version="auto")
+            else:
+                client = docker.DockerClient(
+                    base_url=url, timeout=first, version="auto", use_ssh_client=over_ssh
                 )
-            )
             client.ping()
+            client.api.timeout = timeout
+        except SshUnreachable as exc:
+            failed = exc.reason
         except (docker.errors.DockerException, *_UNREACHABLE) as exc:
             failed = type(exc).__name__
+        except BaseException:
+            if bridge is not None:  # e.g. Interrupted while connecting: no ssh outlives the attempt
+                bridge.close()
+            raise
         if failed is not None:
+            if bridge is not None:
+                bridge.close()
             # Outside the except block: its traceback no longer holds the failed client's pools.
             _collect_ssh_pools()
             how = (
                 f"check that 'ssh {host} docker version' works from here (the key in ssh-agent or "
                 "IdentityFile, the host in known_hosts, a docker CLI on the host's PATH)"
-                if url.startswith("ssh://")
+                if over_ssh
                 else "check the engine's address and its TLS certificates (tls_ca, tls_cert, tls_key)"
             )
             raise InfraUnavailable(
                 f"the Docker engine of {what} on {host} is unreachable ({failed}): {how}, "
                 "and try again; nothing was changed",
-                details={"engine_host": host},
+                details={"engine_host": host, "reason": failed},
             )
-        cli_args: tuple[str, ...] = ("--host", url)
+        cli_args: tuple[str, ...] = ("--host", bridge.url if bridge is not None else url)
         if tls_files is not None:
             ca, cert, key = tls_files
             cli_args += ("--tlsverify", "--tlscacert", str(ca), "--tlscert", str(cert), "--tlskey", str(key))
-        return cls(client, host, over_ssh=url.startswith("ssh://"), cli_args=cli_args)
+        engine = cls(client, host, over_ssh=over_ssh and bridge is None, cli_args=cli_args)
+        engine._bridge = bridge
+        return engine
 
     def close(self) -> None:
         self._client.close()
+        if self._bridge is not None:
+            self._bridge.close()
         if self._over_ssh:
             _collect_ssh_pools()
 

@@ -456,7 +456,7 @@ def status(
         raise BadInput("no apps configured: add [apps.NAME] to orchestrator.toml")
     from orchestrator.service.common import LazyEngine
 
-    engine = LazyEngine(engine_factory)
+    engine = LazyEngine(engine_factory, settings=config.settings)
     try:
         found: list[EnvStatus] = []
         for app in apps:
