@@ -50,6 +50,7 @@ _defer_paramiko()
 import docker  # noqa: E402 - after _defer_paramiko, which changes what it imports
 import docker.errors  # noqa: E402
 import docker.tls  # noqa: E402
+import docker.transport  # noqa: E402
 import requests.exceptions  # noqa: E402
 import urllib3.exceptions  # noqa: E402
 
@@ -131,6 +132,28 @@ def _tls_client(url: str, tls: Any, timeout: int) -> docker.DockerClient:
     client = docker.DockerClient(base_url=url, timeout=timeout, version=api_version, tls=tls)
     client.api.trust_env = False
     return client
+
+
+class _OnePoolUnixAdapter(docker.transport.UnixHTTPAdapter):  # type: ignore[misc]
+    """The SDK's unix adapter keeps one connection pool per request URL (``/containers/x/json``,
+    ``/images/y/json``, ... each its own, up to 25), and each pool its own idle connection. On a local
+    socket that costs nothing; over ssh every connection is a ``docker system dial-stdio`` session, and
+    sshd allows 10 per connection (MaxSessions): past that each request would pay a new ssh handshake.
+    One pool for every URL: a handful of connections, reused."""
+
+    def get_connection(self, url: str, proxies: Any = None) -> Any:
+        return super().get_connection("http+docker://localhost", proxies)
+
+
+def _one_pool(client: docker.DockerClient, pool_size: int = 4) -> None:
+    """Every request of ``client`` (on a unix socket) through one pool of at most ``pool_size`` kept
+    connections; more are opened when more requests run at once, and closed after."""
+    api = client.api
+    adapter = _OnePoolUnixAdapter(api.base_url, api.timeout, max_pool_size=pool_size)
+    adapter.socket_path = api._custom_adapter.socket_path
+    api._custom_adapter.close()
+    api._custom_adapter = adapter
+    api.mount("http+docker://", adapter)
 
 
 def _collect_ssh_pools() -> None:
@@ -367,7 +390,9 @@ class DockerEngine:
                 client = _tls_client(url, tls, first)
             elif over_ssh and ssh_multiplex:
                 bridge = SshBridge(url, SshOptions(connect_timeout_s))
-                client = docker.DockerClient(base_url=bridge.url, timeout=first, version="auto")
+                client = docker.DockerClient(base_url=bridge.url, timeout=first, version=_PROBE_API)
+                _one_pool(client)
+                client.api._version = str(client.api.version(api_version=False)["ApiVersion"])
             else:
                 client = docker.DockerClient(
                     base_url=url, timeout=first, version="auto", use_ssh_client=over_ssh
