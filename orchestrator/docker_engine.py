@@ -402,7 +402,7 @@ class DockerEngine:
         except SshUnreachable as exc:
             failed = exc.reason
         except (docker.errors.DockerException, *_UNREACHABLE) as exc:
-            failed = type(exc).__name__
+            failed = (bridge.session_error() if bridge is not None else None) or type(exc).__name__
         except BaseException:
             if bridge is not None:  # e.g. Interrupted while connecting: no ssh outlives the attempt
                 bridge.close()

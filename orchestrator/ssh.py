@@ -177,36 +177,39 @@ def _reason(stderr: str) -> str | None:
 class _TermRaises:
     """While any connection is open, SIGTERM (left at its default, i.e. outside an edge, which has its
     own handler) raises Interrupted in the main thread instead of killing the process on the spot, so
-    the ``finally`` that closes the connection runs. Counted, so nested connections restore once."""
+    the ``finally`` that closes the connection runs. Counted, so nested connections restore once; a
+    handler someone else installed meanwhile is left alone."""
 
     _lock = threading.Lock()
     _depth = 0
-    _installed = False
+    _installed: Any = None
+
+    @staticmethod
+    def _raise(signum: int, _frame: Any) -> None:
+        from orchestrator.lifecycle import Interrupted
+
+        raise Interrupted(signum)
 
     @classmethod
     def enter(cls) -> None:
-        from orchestrator.lifecycle import Interrupted
-
-        def handler(signum: int, _frame: Any) -> None:
-            raise Interrupted(signum)
-
         with cls._lock:
             cls._depth += 1
-            if threading.current_thread() is not threading.main_thread() or cls._installed:
+            if threading.current_thread() is not threading.main_thread() or cls._installed is not None:
                 return
             if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, handler)
-                cls._installed = True
+                signal.signal(signal.SIGTERM, cls._raise)
+                cls._installed = signal.getsignal(signal.SIGTERM)
 
     @classmethod
     def leave(cls) -> None:
         with cls._lock:
             cls._depth = max(0, cls._depth - 1)
-            if cls._depth or not cls._installed:
+            if cls._depth or cls._installed is None:
                 return
             if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                cls._installed = False
+                if signal.getsignal(signal.SIGTERM) == cls._installed:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                cls._installed = None
 
 
 class SshBridge:
@@ -220,6 +223,7 @@ class SshBridge:
         self.dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))  # 0700
         self.control = self.dir / "master"
         self.socket_path = self.dir / "docker.sock"
+        self._session_log = self.dir / "sessions.log"
         self._master: subprocess.Popen[bytes] | None = None
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -244,6 +248,15 @@ class SshBridge:
         """The ssh processes alive now (the master and open sessions), for tests and diagnostics."""
         procs = [self._master, *self._sessions]
         return [p.pid for p in procs if p is not None and p.poll() is None]
+
+    def session_error(self) -> str | None:
+        """What the sessions' ssh (or the host's ``docker system dial-stdio``) last complained about,
+        e.g. ``bash: docker: command not found``: why the engine did not answer over a connection that
+        works."""
+        try:
+            return _reason(self._session_log.read_text(errors="replace"))
+        except OSError:
+            return None
 
     def _argv(self, *, master: bool = False) -> list[str]:
         return ssh_argv(self._ssh, self.dest, self.control, self.options, master=master)
@@ -278,6 +291,14 @@ class SshBridge:
     def _serve(self) -> None:
         assert self._listener is not None
         argv = [*self._argv(), "docker system dial-stdio"]
+        errors = self._session_log.open("ab")
+        try:
+            self._accept(argv, errors)
+        finally:
+            errors.close()
+
+    def _accept(self, argv: list[str], errors: Any) -> None:
+        assert self._listener is not None
         while True:
             try:
                 conn, _ = self._listener.accept()
@@ -290,7 +311,7 @@ class SshBridge:
                 try:
                     # The session reads and writes the accepted socket itself: no copying here.
                     self._sessions.append(
-                        _spawn(argv, stdin=conn.fileno(), stdout=conn.fileno(), stderr=subprocess.DEVNULL)
+                        _spawn(argv, stdin=conn.fileno(), stdout=conn.fileno(), stderr=errors)
                     )
                 except OSError as exc:
                     get_logger().warning("ssh_session_failed", host=self.dest.host, error=str(exc))

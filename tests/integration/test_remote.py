@@ -249,11 +249,20 @@ def test_a_runner_killed_mid_swap_on_the_remote_engine_is_recovered_there(
     orch = Orchestrator(app.workspace.path)
     run_id = orch.start_run(app.name, app.commit("B"))
     orch.advance(run_id, "deploy-staging").ok()
+    dirs = ssh_dirs()
     died = orch.advance(run_id, "deploy", crash_at="after:prod_stop")
     assert died.returncode == -9, died.describe()
     assert remote_prod(app, remote_engine) is None  # the kill left the remote prod without a container
+    # Its ssh processes died with it (they get SIGTERM when it dies); only its directory is left.
+    for _ in range(100):
+        if not ssh_leftovers(dirs)[0]:
+            break
+        time.sleep(0.05)
+    procs, left = ssh_leftovers(dirs)
+    assert procs == [] and len(left) == 1, (procs, left)
 
     recovered = orch.run("recover", app.name, "--json")
+    assert ssh_leftovers(dirs) == ([], [])  # the next connection swept the dead process's directory
     reports = recovered.ok()["recovered"]
     assert len(reports) == 1 and reports[0]["outcome"] == "aborted", reports
     seen = remote_prod(app, remote_engine)
@@ -457,3 +466,25 @@ def test_status_reports_every_environment_and_exits_4_when_one_host_is_down(
     assert any("problem: unreachable:" in line and "Connection refused" in line for line in lines), (
         text.stdout
     )
+
+
+def test_sigterm_mid_promotion_undoes_it_and_ends_the_ssh_connection(
+    remote_app: BusyboxApp, remote_engine: RemoteEngine
+) -> None:
+    """Hazard: a cancelled CI job (SIGTERM) during a remote promotion leaving ssh processes or files
+    behind while the edge undoes its work. SIGTERM right after the pull on the second engine: the CLI
+    exits 143, the remote prod still runs A, and no ssh process or directory of it is left."""
+    from faults_support import Orchestrator
+
+    app = remote_app
+    rel_a = prod_release(app, app.deploy(app.commit("A")))
+    orch = Orchestrator(app.workspace.path)
+    run_id = orch.start_run(app.name, app.commit("B"))
+    orch.advance(run_id, "deploy-staging").ok()
+    dirs = ssh_dirs()
+    stopped = orch.advance(run_id, "deploy", crash_at="after:prod_pull", crash_signal="TERM")
+    assert stopped.returncode == 143, stopped.describe()
+    seen = remote_prod(app, remote_engine)
+    assert seen is not None and seen[0] == rel_a["image_id"], seen
+    assert ssh_leftovers(dirs) == ([], [])
+    assert "Traceback" not in stopped.stderr, stopped.stderr
