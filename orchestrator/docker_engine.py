@@ -390,6 +390,8 @@ class DockerEngine:
                 client = _tls_client(url, tls, first)
             elif over_ssh and ssh_multiplex:
                 bridge = SshBridge(url, SshOptions(connect_timeout_s))
+                # The version is asked after the pool is replaced (``version="auto"`` would ask through
+                # the SDK's own pool: one more dial-stdio session, thrown away).
                 client = docker.DockerClient(base_url=bridge.url, timeout=first, version=_PROBE_API)
                 _one_pool(client)
                 client.api._version = str(client.api.version(api_version=False)["ApiVersion"])
