@@ -10,11 +10,19 @@ within each pair so a slow moment hurts both alike. The remote promotion pushes 
 ``repo@sha256:...`` on the second engine and checks the pulled id; every engine call there goes through
 ``ssh host docker system dial-stdio``.
 
-A third variant, ``remote+mux``, is the remote app with ssh connection sharing (ControlMaster/
-ControlPersist in the client's ssh config): the docker SDK's ssh transport starts one ``ssh`` per request,
-so without sharing every request pays an ssh handshake.
+The remote app runs in three ways, each a variant of its own:
 
-Printed: median seconds per variant and the ratios to ``local``.
+- ``remote``: as shipped, every request of the command over one shared ssh connection
+  (orchestrator/ssh.py: one ControlMaster per engine, a local unix socket whose connections run
+  ``docker system dial-stdio`` as sessions on it);
+- ``remote-sdk``: ``ORCH_SSH_MULTIPLEX=false``, the docker SDK's own transport, one ``ssh`` process and
+  handshake per request (what remote promotion did before);
+- ``remote-sdk+mux``: the SDK's transport with connection sharing in the operator's ssh config
+  (ControlMaster/ControlPersist 60 s): one handshake, but still one ``ssh`` and one remote
+  ``docker system dial-stdio`` per request.
+
+Printed: median seconds per variant, the ratios to ``local`` and of ``remote-sdk`` to ``remote``, and the
+ssh handshakes per timed promotion (sshd's "Accepted publickey" lines).
 
 Run (root: it starts a second dockerd and sshd): ``.venv/bin/python benchmarks/remote.py --pairs 5``.
 Everything it makes is removed at the end (second engine, sshd, registry, containers, images, files).
@@ -46,6 +54,7 @@ from remote_support import RemoteEngine, remote_engine  # noqa: E402
 from orchestrator.docker_engine import DockerEngine  # noqa: E402
 
 BUSYBOX = Path("/usr/bin/busybox")
+VARIANTS = ("local", "remote", "remote-sdk", "remote-sdk+mux")
 GIT = ("git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "-c", "commit.gpgsign=false")
 SERVE = """\
 bb=/bin/busybox
@@ -133,17 +142,19 @@ class Bench:
         self.root = root
         self.remote = remote
         self.suffix = uuid.uuid4().hex[:6]
-        self.apps = {
-            v: f"bench-{self.suffix}-{v.replace('+', '-')}" for v in ("local", "remote", "remote+mux")
-        }
+        self.apps = {v: f"bench-{self.suffix}-{v.replace('+', '-')}" for v in VARIANTS}
         self.repos = {v: root / name for v, name in self.apps.items()}
         for repo in self.repos.values():
             make_repo(repo)
+        remote_path = f"{remote.ssh_bin}:{os.environ['PATH']}"
         self.paths = {
             "local": os.environ["PATH"],
-            "remote": f"{remote.ssh_bin}:{os.environ['PATH']}",
-            "remote+mux": f"{mux_wrapper(remote, root)}:{os.environ['PATH']}",
+            "remote": remote_path,
+            "remote-sdk": remote_path,
+            "remote-sdk+mux": f"{mux_wrapper(remote, root)}:{os.environ['PATH']}",
         }
+        self.multiplex = {v: "false" if v.startswith("remote-sdk") else "true" for v in VARIANTS}
+        self.sshd_log = remote.sshd_log
         tables = []
         for variant, name in self.apps.items():
             table = (
@@ -168,7 +179,7 @@ class Bench:
         self.tracebacks = 0  # CLI calls that printed a traceback on stderr (and still succeeded)
 
     def cli(self, variant: str, *args: str) -> dict[str, Any]:
-        env = {**self.env, "PATH": self.paths[variant]}
+        env = {**self.env, "PATH": self.paths[variant], "ORCH_SSH_MULTIPLEX": self.multiplex[variant]}
         proc = subprocess.run(
             [sys.executable, "-m", "orchestrator", *args, "--json"],
             capture_output=True,
@@ -186,18 +197,22 @@ class Bench:
             self.tracebacks += 1
         return dict(json.loads(proc.stdout))
 
-    def promote(self, variant: str) -> float:
-        """A new commit to staging (untimed), then the timed promotion to prod."""
+    def handshakes(self) -> int:
+        return self.sshd_log.read_text(errors="replace").count("Accepted publickey")
+
+    def promote(self, variant: str) -> tuple[float, int]:
+        """A new commit to staging (untimed), then the timed promotion to prod: (seconds, handshakes)."""
         self.n += 1
         sha = commit(self.repos[variant], self.n)
         run_id = str(self.cli(variant, "run", "start", "--app", self.apps[variant], "--sha", sha)["run_id"])
         self.cli(variant, "advance", run_id, "--to", "deploy-staging", "--actor", "bench")
+        before = self.handshakes()
         t0 = time.perf_counter()
         result = self.cli(variant, "advance", run_id, "--to", "deploy", "--actor", "bench")
         elapsed = time.perf_counter() - t0
         if result.get("state") != "deploy":
             sys.exit(f"promotion of {variant} did not reach deploy: {result}")
-        return elapsed
+        return elapsed, self.handshakes() - before
 
     def cleanup(self, local: DockerEngine) -> list[str]:
         """Containers first (an image in use cannot go), then every image named after an app; returns
@@ -236,29 +251,39 @@ def main() -> None:
             (root / "work").mkdir()
             bench = Bench(root / "work", remote, registry)
             samples: dict[str, list[float]] = {v: [] for v in bench.apps}
+            handshakes: dict[str, list[int]] = {v: [] for v in bench.apps}
             order = list(bench.apps)
             for i in range(args.warmup + args.pairs):
                 # Alternate which variant goes first, so neither always follows the other.
                 for variant in order if i % 2 == 0 else order[::-1]:
-                    elapsed = bench.promote(variant)
+                    elapsed, shakes = bench.promote(variant)
                     if i >= args.warmup:
                         samples[variant].append(elapsed)
+                        handshakes[variant].append(shakes)
                 print(f"round {i + 1}/{args.warmup + args.pairs} done", file=sys.stderr)
             medians = {v: statistics.median(s) for v, s in samples.items()}
             summary = {
                 "pairs": args.pairs,
                 "median_s": {v: round(m, 3) for v, m in medians.items()},
                 "samples_s": {v: [round(x, 3) for x in s] for v, s in samples.items()},
-                "ratio_remote_to_local": round(medians["remote"] / medians["local"], 2),
-                "ratio_remote_mux_to_local": round(medians["remote+mux"] / medians["local"], 2),
+                "ratio_to_local": {
+                    v: round(m / medians["local"], 2) for v, m in medians.items() if v != "local"
+                },
+                "ratio_remote_sdk_to_remote": round(medians["remote-sdk"] / medians["remote"], 2),
+                "ssh_handshakes_per_promotion": {
+                    v: statistics.median(h) for v, h in handshakes.items() if v != "local"
+                },
                 "cli_calls_with_traceback": bench.tracebacks,
             }
             out = sys.stderr if args.json else sys.stdout
             print(f"promotion (advance --to deploy), median of {args.pairs}:", file=out)
             for variant, median in medians.items():
-                print(f"  {variant:<11} {median:7.2f} s", file=out)
-            print(f"  remote / local      {summary['ratio_remote_to_local']:.2f}", file=out)
-            print(f"  remote+mux / local  {summary['ratio_remote_mux_to_local']:.2f}", file=out)
+                shakes = summary["ssh_handshakes_per_promotion"].get(variant)
+                extra = "" if shakes is None else f"   {shakes:g} ssh handshakes"
+                print(f"  {variant:<15} {median:7.2f} s{extra}", file=out)
+            for variant, ratio in summary["ratio_to_local"].items():
+                print(f"  {variant + ' / local':<24} {ratio:.2f}", file=out)
+            print(f"  {'remote-sdk / remote':<24} {summary['ratio_remote_sdk_to_remote']:.2f}", file=out)
             if bench.tracebacks:
                 print(f"  ({bench.tracebacks} CLI calls printed a traceback on stderr)", file=out)
             if args.json:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from orchestrator import identity, progress, views
-from orchestrator.errors import BadInput, Conflict, OrchestratorError
+from orchestrator.errors import BadInput, Conflict, InfraUnavailable, OrchestratorError
 
 # Everything else is imported inside the commands that need it: `--help`, `--version` and a usage error
 # must not pay for SQLAlchemy, the docker SDK, transitions or Alembic (tests/unit/test_startup_imports.py).
@@ -893,8 +893,10 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
 
     Exits 0 when every environment runs its recorded release and answers its health check, and 5 when
     any drifted or is unhealthy (each names its cause: container gone, another image, not running,
-    unhealthy, ...), so CI can use it as a check. Errors keep their codes (4: engine or database
-    unreachable).
+    unhealthy, ...), so CI can use it as a check. An environment whose engine cannot be reached is
+    reported as unreachable (its host and why) beside the others, and the command exits 4 after
+    printing them all; when no environment's engine answers, it is the engine's error alone (exit 4).
+    Other errors keep their codes (4: database unreachable).
     """
     found = inv.service().status(app)
     ok = all(e.ok for e in found)
@@ -906,9 +908,12 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
         for e in found:
             o = e.observed
             rel = f"release {e.release.id} ({e.release.revision[:12]})" if e.release else "no release"
-            running = (
-                f"{o.container} {o.status} {(o.image_id or '')[:19]}" if o.container_id else "no container"
-            )
+            if e.unreachable is not None:
+                running = f"UNREACHABLE ({e.engine})"
+            elif o.container_id:
+                running = f"{o.container} {o.status} {(o.image_id or '')[:19]}"
+            else:
+                running = "no container"
             health_text = (
                 "" if o.healthy is None else ("healthy" if o.healthy else f"UNHEALTHY ({o.health_detail})")
             )
@@ -923,6 +928,9 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
                 _echo(f"    problem: {e.problem}")
             for diff in e.differences:
                 _echo(f"    drift: {diff}")
+    if any(e.unreachable is not None for e in found):
+        # After the report, not instead of it: what could be seen was printed.
+        sys.exit(InfraUnavailable.exit_code)
     if not ok:
         sys.exit(STATUS_NOT_OK)
 

@@ -260,6 +260,13 @@ class Settings:
     notify_urls: tuple[str, ...] = ()
     # Per attempt (3 attempts); a command waits at most about three times this for its notifications.
     notify_timeout_s: float = 5.0
+    # How long a remote engine (docker_host) may take to connect and answer, ssh handshake included, and
+    # about how long a connection whose host stopped answering is kept: a blackholed host is exit 4
+    # after this, not a hang.
+    engine_connect_timeout_s: float = 15.0
+    # ssh:// engines: every request of a command over one shared ssh connection (orchestrator/ssh.py);
+    # false: the docker SDK's own transport, one ssh connection (a full handshake) per request.
+    ssh_multiplex: bool = True
 
     def freshness_applies_to(self, app: str) -> bool:
         """The kill-switch: off globally, or on but scoped to other apps."""
@@ -335,6 +342,11 @@ ENV_VARS: dict[str, str] = {
     "tcp://host:port with the app's TLS files, or unix:///path); overrides docker_host in the config "
     "(default: this machine's engine)",
     "ORCH_DOCKER_HOST_PROD": "Docker engine of every app's prod, as ORCH_DOCKER_HOST_STAGING",
+    "ORCH_ENGINE_CONNECT_TIMEOUT_S": "seconds a remote engine may take to connect and answer (ssh "
+    "handshake included) before it is unreachable, exit 4; also about how long a connection to a host "
+    "that stopped answering is kept (default 15)",
+    "ORCH_SSH_MULTIPLEX": "ssh:// engines: one shared ssh connection per engine for all of a command's "
+    "requests (default true); false: one ssh connection per request (the docker SDK's transport)",
     "ORCH_SERVE_HOST": "address `orchestrator serve` binds (default 127.0.0.1)",
     "ORCH_REVISION": "commit `orchestrator serve` reports on /version (the Dockerfile sets it from GIT_SHA)",
     "ORCH_API_TOKEN": "bearer token `orchestrator serve` requires on its state-changing API endpoints "
@@ -458,6 +470,10 @@ def _parse_settings(
         values["notify_urls"] = _parse_urls(*got)
     if got := pick("notify_timeout_s"):
         values["notify_timeout_s"] = _parse_float(*got, minimum=0.1)
+    if got := pick("engine_connect_timeout_s"):
+        values["engine_connect_timeout_s"] = _parse_float(*got, minimum=1)
+    if got := pick("ssh_multiplex"):
+        values["ssh_multiplex"] = parse_bool(*got)
     if got := pick("builder"):
         values["builder"] = _parse_choice(*got, ("auto", "buildkit", "legacy"))
     if got := pick("docker_cli"):

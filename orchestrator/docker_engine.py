@@ -12,6 +12,7 @@ import contextlib
 import gc
 import importlib.util
 import io
+import math
 import os
 import sys
 import tarfile
@@ -49,10 +50,12 @@ _defer_paramiko()
 import docker  # noqa: E402 - after _defer_paramiko, which changes what it imports
 import docker.errors  # noqa: E402
 import docker.tls  # noqa: E402
+import docker.transport  # noqa: E402
 import requests.exceptions  # noqa: E402
 import urllib3.exceptions  # noqa: E402
 
 from orchestrator.errors import InfraUnavailable, StepTimeout  # noqa: E402
+from orchestrator.ssh import SshBridge, SshOptions, SshUnreachable  # noqa: E402
 
 # A streamed answer (build, push, pull) is read through urllib3 directly, so its read timeouts and broken
 # connections arrive as urllib3's exceptions, not requests' wrappers.
@@ -129,6 +132,28 @@ def _tls_client(url: str, tls: Any, timeout: int) -> docker.DockerClient:
     client = docker.DockerClient(base_url=url, timeout=timeout, version=api_version, tls=tls)
     client.api.trust_env = False
     return client
+
+
+class _OnePoolUnixAdapter(docker.transport.UnixHTTPAdapter):  # type: ignore[misc]
+    """The SDK's unix adapter keeps one connection pool per request URL (``/containers/x/json``,
+    ``/images/y/json``, ... each its own, up to 25), and each pool its own idle connection. On a local
+    socket that costs nothing; over ssh every connection is a ``docker system dial-stdio`` session, and
+    sshd allows 10 per connection (MaxSessions): past that each request would pay a new ssh handshake.
+    One pool for every URL: a handful of connections, reused."""
+
+    def get_connection(self, url: str, proxies: Any = None) -> Any:
+        return super().get_connection("http+docker://localhost", proxies)
+
+
+def _one_pool(client: docker.DockerClient, pool_size: int = 4) -> None:
+    """Every request of ``client`` (on a unix socket) through one pool of at most ``pool_size`` kept
+    connections; more are opened when more requests run at once, and closed after."""
+    api = client.api
+    adapter = _OnePoolUnixAdapter(api.base_url, api.timeout, max_pool_size=pool_size)
+    adapter.socket_path = api._custom_adapter.socket_path
+    api._custom_adapter.close()
+    api._custom_adapter = adapter
+    api.mount("http+docker://", adapter)
 
 
 def _collect_ssh_pools() -> None:
@@ -310,6 +335,8 @@ class DockerEngine:
         self._over_ssh = over_ssh
         # The docker CLI's global flags that reach this engine (BuildKit builds run through the CLI).
         self.cli_args = cli_args
+        # The shared ssh connection of a remote engine, ended with it.
+        self._bridge: SshBridge | None = None
 
     @classmethod
     def connect(cls, base_url: str | None = None, timeout: int = 120) -> DockerEngine:
@@ -339,50 +366,77 @@ class DockerEngine:
         what: str,
         tls_files: tuple[Path, Path, Path] | None = None,
         timeout: int = 120,
+        connect_timeout_s: float = 15.0,
+        ssh_multiplex: bool = True,
     ) -> DockerEngine:
         """Connect to another machine's engine and prove it answers. ``ssh://`` goes through the system
         ssh client (``docker system dial-stdio`` on the host), so ~/.ssh/config, the agent's keys and
-        known_hosts apply exactly as for ``ssh host``; ``tcp://`` verifies the engine's certificate
-        against ``tls_files`` (ca, cert, key). ``host`` names the engine in messages: never a key or
-        a certificate, only where it is."""
+        known_hosts apply exactly as for ``ssh host``; with ``ssh_multiplex`` every request shares one
+        ssh connection (orchestrator/ssh.py), without it the SDK opens one per request. ``tcp://``
+        verifies the engine's certificate against ``tls_files`` (ca, cert, key). ``connect_timeout_s``
+        bounds the connection and the first answer: a host that drops packets is unreachable after it,
+        not after TCP's minutes. ``host`` names the engine in messages: never a key or a certificate,
+        only where it is."""
+        over_ssh = url.startswith("ssh://")
+        bridge: SshBridge | None = None
         failed: str | None = None
+        first = max(1, min(timeout, math.ceil(connect_timeout_s)))
         try:
             tls: Any = None
             if tls_files is not None:
                 ca, cert, key = tls_files
                 tls = docker.tls.TLSConfig(client_cert=(str(cert), str(key)), ca_cert=str(ca), verify=True)
-            client = (
-                _tls_client(url, tls, timeout)
-                if tls is not None
-                else docker.DockerClient(
-                    base_url=url, timeout=timeout, version="auto", use_ssh_client=url.startswith("ssh://")
+            if tls is not None:
+                client = _tls_client(url, tls, first)
+            elif over_ssh and ssh_multiplex:
+                bridge = SshBridge(url, SshOptions(connect_timeout_s))
+                # The version is asked after the pool is replaced (``version="auto"`` would ask through
+                # the SDK's own pool: one more dial-stdio session, thrown away).
+                client = docker.DockerClient(base_url=bridge.url, timeout=first, version=_PROBE_API)
+                _one_pool(client)
+                client.api._version = str(client.api.version(api_version=False)["ApiVersion"])
+            else:
+                client = docker.DockerClient(
+                    base_url=url, timeout=first, version="auto", use_ssh_client=over_ssh
                 )
-            )
             client.ping()
+            client.api.timeout = timeout
+        except SshUnreachable as exc:
+            failed = exc.reason
         except (docker.errors.DockerException, *_UNREACHABLE) as exc:
-            failed = type(exc).__name__
+            failed = (bridge.session_error() if bridge is not None else None) or type(exc).__name__
+        except BaseException:
+            if bridge is not None:  # e.g. Interrupted while connecting: no ssh outlives the attempt
+                bridge.close()
+            raise
         if failed is not None:
+            if bridge is not None:
+                bridge.close()
             # Outside the except block: its traceback no longer holds the failed client's pools.
             _collect_ssh_pools()
             how = (
                 f"check that 'ssh {host} docker version' works from here (the key in ssh-agent or "
                 "IdentityFile, the host in known_hosts, a docker CLI on the host's PATH)"
-                if url.startswith("ssh://")
+                if over_ssh
                 else "check the engine's address and its TLS certificates (tls_ca, tls_cert, tls_key)"
             )
             raise InfraUnavailable(
                 f"the Docker engine of {what} on {host} is unreachable ({failed}): {how}, "
                 "and try again; nothing was changed",
-                details={"engine_host": host},
+                details={"engine_host": host, "reason": failed},
             )
-        cli_args: tuple[str, ...] = ("--host", url)
+        cli_args: tuple[str, ...] = ("--host", bridge.url if bridge is not None else url)
         if tls_files is not None:
             ca, cert, key = tls_files
             cli_args += ("--tlsverify", "--tlscacert", str(ca), "--tlscert", str(cert), "--tlskey", str(key))
-        return cls(client, host, over_ssh=url.startswith("ssh://"), cli_args=cli_args)
+        engine = cls(client, host, over_ssh=over_ssh and bridge is None, cli_args=cli_args)
+        engine._bridge = bridge
+        return engine
 
     def close(self) -> None:
         self._client.close()
+        if self._bridge is not None:
+            self._bridge.close()
         if self._over_ssh:
             _collect_ssh_pools()
 

@@ -16,7 +16,7 @@ from orchestrator import health, verify
 from orchestrator.config import Config
 from orchestrator.deploy import Deployer
 from orchestrator.docker_engine import DockerEngine
-from orchestrator.errors import BadInput, Conflict, GateFailed
+from orchestrator.errors import BadInput, Conflict, GateFailed, InfraUnavailable
 from orchestrator.gates import ReleaseIntent
 from orchestrator.holder import Holder
 from orchestrator.lifecycle import Heartbeat
@@ -322,6 +322,7 @@ def service_drift(release: ReleaseRecord, view: RuntimeView | None) -> list[str]
 # What is wrong with an environment, one word each, most basic first: each calls for a different fix
 # (redeploy, find who ran what, read the app's logs), so status names the first that applies.
 CAUSES: dict[str, str] = {
+    "unreachable": "its Docker engine could not be reached",
     "container_gone": "container gone",
     "untracked": "a container runs without any recorded release",
     "not_running": "container not running",
@@ -343,6 +344,8 @@ class EnvStatus:
     differences: list[str] = field(default_factory=list)
     # Which engine the environment runs on (``local`` or ``user@host:port``), as configured now.
     engine: str = "local"
+    # Why its engine could not be asked (the connection error, naming the host); nothing was observed.
+    unreachable: str | None = None
 
     @property
     def drift(self) -> bool:
@@ -353,6 +356,8 @@ class EnvStatus:
         """The first of CAUSES that applies, None when the environment runs its release, healthy (or
         has neither release nor container)."""
         o, release = self.observed, self.release
+        if self.unreachable is not None:
+            return "unreachable"
         if o.container_id is None:
             return "container_gone" if release is not None else None
         if release is None:
@@ -382,6 +387,8 @@ class EnvStatus:
         if cause is None:
             return None
         text = CAUSES.get(cause, "drifted from the recorded release")
+        if cause == "unreachable":
+            text = f"unreachable: {self.unreachable}"
         if cause == "unhealthy" and self.observed.health_detail:
             text += f": {self.observed.health_detail}"
         return text
@@ -392,6 +399,8 @@ class EnvStatus:
             "app": self.app,
             "environment": self.environment,
             "engine": self.engine,
+            "reachable": self.unreachable is None,
+            "unreachable": self.unreachable,
             "container": o.container,
             "container_id": o.container_id,
             "container_status": o.status,
@@ -456,21 +465,32 @@ def status(
         raise BadInput("no apps configured: add [apps.NAME] to orchestrator.toml")
     from orchestrator.service.common import LazyEngine
 
-    engine = LazyEngine(engine_factory)
+    engine = LazyEngine(engine_factory, settings=config.settings)
     try:
         found: list[EnvStatus] = []
+        failures: list[InfraUnavailable] = []
         for app in apps:
             latest = latest_releases(store, app.name)
             deployer = Deployer.from_releases(engine.for_app(app), app, config.settings, latest)
             unfinished = unfinished_notes(store, app.name)
             for env, release in latest.items():
-                seen = observe(deployer, env)
+                host = app.engine(env).host
+                try:
+                    seen = observe(deployer, env)
+                except InfraUnavailable as exc:
+                    # One host down must not hide the environments that can be seen: reported here,
+                    # the CLI exits 4 after printing them all.
+                    failures.append(exc)
+                    found.append(EnvStatus(app.name, env, release, Observed(), [], host, exc.message))
+                    continue
                 differences = compute_drift(release, seen, app=app.name, env=env)
                 if differences and env in unfinished:
                     # The usual cause of drift right after a crash is the orchestrator itself, not a
                     # person: say so before guessing "started by hand".
                     differences.insert(0, unfinished[env])
-                found.append(EnvStatus(app.name, env, release, seen, differences, app.engine(env).host))
+                found.append(EnvStatus(app.name, env, release, seen, differences, host))
+        if failures and len(failures) == len(found):
+            raise failures[0]  # nothing could be seen: one error (exit 4) says it better than a report
         return found
     finally:
         engine.close()

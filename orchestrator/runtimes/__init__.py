@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo
 from orchestrator.engines import AppEngines
+from orchestrator.errors import BadInput
 from orchestrator.machine import STAGING
 from orchestrator.steps import StepLog
 from orchestrator.verdict import Verdict
@@ -128,11 +130,40 @@ class StagedRuntime(Runtime, Protocol):
         ...
 
 
+def check_file_committed(app: AppConfig, path: Path, sha: str, what: str) -> None:
+    """A deploy file (compose or stack file) inside the app's repository must be the one committed at
+    the run's sha (exit 2 otherwise): an uncommitted edit (an extra variable, a host mount, another
+    replica count) would otherwise reach prod with no trace in the history. A file kept outside the
+    repository is not the commit's to judge."""
+    from orchestrator import gitrepo
+
+    try:
+        rel = path.resolve().relative_to(app.source.resolve())
+    except ValueError:
+        return
+    committed = gitrepo.file_at(app.source, sha, rel.as_posix())
+    if committed is None:
+        raise BadInput(
+            f"{what} {rel} is not in commit {sha[:12]} of {app.source}: commit it, or keep it outside "
+            "the app's repository"
+        )
+    try:
+        current = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read {what} {path}: {exc.strerror}") from None
+    if committed != current:
+        raise BadInput(
+            f"{what} {path} differs from its version in commit {sha[:12]}: commit the "
+            "change (and start a run of that commit) or restore the file ('git checkout -- "
+            f"{rel}'); nothing was deployed"
+        )
+
+
 def preflight(app: AppConfig, sha: str | None = None) -> None:
     """What the runtime can refuse before anything runs (exit 2): a compose app's services exist in its
     compose file and, for a run's ``sha``, that file is the committed one; environments on another engine
     than the build's have a registry to get the image from; a stack app's service exists in its stack
-    file."""
+    file and, for a run's ``sha``, that file is the committed one (like a compose file)."""
     from orchestrator.config import check_registry_transfer
 
     check_registry_transfer(app)
@@ -140,12 +171,14 @@ def preflight(app: AppConfig, sha: str | None = None) -> None:
         from orchestrator.runtimes import compose
 
         compose.check_services(app)
-        if sha is not None:
-            compose.check_committed(app, sha)
+        if sha is not None and app.compose_file is not None:
+            check_file_committed(app, app.compose_file, sha, "compose file")
     if app.stack_file is not None and app.stack_service is not None:
         from orchestrator.stack import check_service
 
         check_service(app.stack_file, app.stack_service)
+        if sha is not None:
+            check_file_committed(app, app.stack_file, sha, "stack file")
 
 
 def engine_preflight(engines: AppEngines, app: AppConfig, environments: Sequence[str]) -> None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from orchestrator import gitrepo
 from orchestrator.compose import Compose, ComposeError, project_name
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
-from orchestrator.errors import BadInput
 from orchestrator.logging import get_logger
 from orchestrator.machine import PROD, STAGING
 from orchestrator.runtimes import Published, RuntimeView
@@ -33,29 +31,6 @@ def check_services(app: AppConfig) -> None:
     assert app.compose_file is not None
     compose = Compose(app.compose_file, app.override_file, project=project_name(app.name))
     compose.check_services(app.service(STAGING), app.service(PROD))
-
-
-def check_committed(app: AppConfig, sha: str) -> None:
-    """A compose file inside the app's repository must be the one committed at the run's sha: an
-    uncommitted edit (an extra variable, a host mount) would otherwise reach prod with no trace. A compose
-    file kept elsewhere is not the commit's to judge; its hash is recorded with every release instead."""
-    assert app.compose_file is not None
-    try:
-        rel = app.compose_file.resolve().relative_to(app.source.resolve())
-    except ValueError:
-        return
-    committed = gitrepo.file_at(app.source, sha, rel.as_posix())
-    if committed is None:
-        raise BadInput(
-            f"compose file {rel} is not in commit {sha[:12]} of {app.source}: commit it, or keep it outside "
-            "the app's repository"
-        )
-    if committed != app.compose_file.read_bytes():
-        raise BadInput(
-            f"compose file {app.compose_file} differs from its version in commit {sha[:12]}: commit the "
-            "change (and start a run of that commit) or restore the file ('git checkout -- "
-            f"{rel}'); nothing was deployed"
-        )
 
 
 def env_project(app: AppConfig, env: str) -> str:

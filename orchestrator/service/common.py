@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import identity
-from orchestrator.config import LOCAL_ENGINE, AppConfig, Config, EngineTarget
+from orchestrator.config import LOCAL_ENGINE, AppConfig, Config, EngineTarget, Settings
 from orchestrator.engines import AppEngines
-from orchestrator.errors import BadInput
+from orchestrator.errors import BadInput, InfraUnavailable
 from orchestrator.holder import Holder
 from orchestrator.lifecycle import Heartbeat
 from orchestrator.machine import PROD, STAGING, Edge, State
@@ -32,8 +32,11 @@ def connect_engine() -> DockerEngine:
     return DockerEngine.connect()
 
 
-def connect_target(target: EngineTarget, what: str = "an environment") -> DockerEngine:
-    """Another machine's engine (``docker_host``); exit 4 naming the host when it does not answer."""
+def connect_target(
+    target: EngineTarget, what: str = "an environment", settings: Settings | None = None
+) -> DockerEngine:
+    """Another machine's engine (``docker_host``); exit 4 naming the host when it does not answer
+    within ``engine_connect_timeout_s``."""
     from orchestrator.docker_engine import DockerEngine
 
     assert target.url is not None, "the local engine comes from the engine factory"
@@ -45,7 +48,15 @@ def connect_target(target: EngineTarget, what: str = "an environment") -> Docker
             f"the TLS files for {what} on {target.host} are missing: {', '.join(missing)} "
             "(tls_ca, tls_cert, tls_key are paths relative to orchestrator.toml)"
         )
-    return DockerEngine.connect_remote(target.url, host=target.host, what=what, tls_files=tls)
+    settings = settings or Settings(database_url="")
+    return DockerEngine.connect_remote(
+        target.url,
+        host=target.host,
+        what=what,
+        tls_files=tls,
+        connect_timeout_s=settings.engine_connect_timeout_s,
+        ssh_multiplex=settings.ssh_multiplex,
+    )
 
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -89,24 +100,36 @@ class LazyEngine:
     """The engines of one command, each connected on first use: recovery of a transition that never
     reached Docker needs none, and a staging edge never connects to prod's host. ``factory`` makes this
     machine's engine (tests hand in their own); an environment's ``docker_host`` is connected with
-    ``connect``."""
+    ``connect`` (by default with ``settings``' connect timeout and ssh sharing).
+
+    An engine that could not be reached is remembered for the command: asking again (prod and staging
+    on the same host that is down) fails at once instead of waiting out the connect timeout twice."""
 
     def __init__(
         self,
         factory: Callable[[], DockerEngine],
-        connect: Callable[[EngineTarget, str], DockerEngine] = connect_target,
+        connect: Callable[[EngineTarget, str], DockerEngine] | None = None,
+        *,
+        settings: Settings | None = None,
     ) -> None:
         self._factory = factory
-        self._connect = connect
+        self._connect = connect or (lambda target, what: connect_target(target, what, settings))
         self._engines: dict[str, DockerEngine] = {}
+        self._unreachable: dict[str, InfraUnavailable] = {}
 
     def get(self, target: EngineTarget | None = None, what: str = "an environment") -> DockerEngine:
         key = LOCAL_ENGINE.key if target is None else target.key
+        if key in self._unreachable:
+            raise self._unreachable[key]
         if key not in self._engines:
-            if target is None or target.is_local:
-                self._engines[key] = self._factory()
-            else:
-                self._engines[key] = self._connect(target, what)
+            try:
+                if target is None or target.is_local:
+                    self._engines[key] = self._factory()
+                else:
+                    self._engines[key] = self._connect(target, what)
+            except InfraUnavailable as exc:
+                self._unreachable[key] = exc
+                raise
         return self._engines[key]
 
     def for_app(self, app: AppConfig) -> AppEngines:

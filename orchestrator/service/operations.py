@@ -53,7 +53,7 @@ class Operations:
     @contextmanager
     def engine(self) -> Iterator[LazyEngine]:
         """An engine connected on first use and closed at the end, for operator actions."""
-        engine = LazyEngine(self.engine_factory)
+        engine = LazyEngine(self.engine_factory, settings=self.config.settings)
         try:
             yield engine
         finally:

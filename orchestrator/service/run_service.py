@@ -70,7 +70,7 @@ class RunService(Operations):
         target = State.parse(to)
         check_wait(wait_s)
         run = self.store.get_run(run_id)
-        engine = LazyEngine(self.engine_factory)
+        engine = LazyEngine(self.engine_factory, settings=self.config.settings)
         try:
             return self._edges.advance(run, target, actor, wait_s, engine)
         finally:
@@ -90,7 +90,7 @@ class RunService(Operations):
         check_app_paths(config)
         self._edges.refuse_if_frozen(config.name)
         self._edges.preflight(config, sha, TO_STAGING)
-        engine = LazyEngine(self.engine_factory)
+        engine = LazyEngine(self.engine_factory, settings=self.config.settings)
         try:
             engine.connect_for(config, ENVIRONMENTS)
             run = self.start_run(config.name, sha, who)
@@ -115,7 +115,7 @@ class RunService(Operations):
         if app is not None:
             self.config.app(app)
         actor = parse_actor(actor)
-        engine = LazyEngine(self.engine_factory)
+        engine = LazyEngine(self.engine_factory, settings=self.config.settings)
         try:
             return self._recovery.recover(app, actor, engine)
         finally:

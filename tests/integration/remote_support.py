@@ -61,6 +61,7 @@ class RemoteEngine:
     port: int
     tls_url: str  # tcp://127.0.0.1:<port>: the same engine over TCP with mutual TLS
     tls_dir: Path  # ca.pem, cert.pem, key.pem: a client certificate the engine trusts
+    sshd_log: Path  # one "Accepted publickey" line per ssh connection (handshake) made to the engine
 
 
 def _free_port() -> int:
@@ -284,6 +285,7 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
             port,
             f"tcp://127.0.0.1:{tls_port}",
             tls_dir,
+            sshd_log,
         )
     finally:
         if engine is not None:

@@ -7,8 +7,15 @@ image can only get there through the registry, by digest, and must be the very i
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
+import socket
+import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -242,11 +249,20 @@ def test_a_runner_killed_mid_swap_on_the_remote_engine_is_recovered_there(
     orch = Orchestrator(app.workspace.path)
     run_id = orch.start_run(app.name, app.commit("B"))
     orch.advance(run_id, "deploy-staging").ok()
+    dirs = ssh_dirs()
     died = orch.advance(run_id, "deploy", crash_at="after:prod_stop")
     assert died.returncode == -9, died.describe()
     assert remote_prod(app, remote_engine) is None  # the kill left the remote prod without a container
+    # Its ssh processes died with it (they get SIGTERM when it dies); only its directory is left.
+    for _ in range(100):
+        if not ssh_leftovers(dirs)[0]:
+            break
+        time.sleep(0.05)
+    procs, left = ssh_leftovers(dirs)
+    assert procs == [] and len(left) == 1, (procs, left)
 
     recovered = orch.run("recover", app.name, "--json")
+    assert ssh_leftovers(dirs) == ([], [])  # the next connection swept the dead process's directory
     reports = recovered.ok()["recovered"]
     assert len(reports) == 1 and reports[0]["outcome"] == "aborted", reports
     seen = remote_prod(app, remote_engine)
@@ -301,3 +317,174 @@ def test_prune_after_deploy_cleans_the_remote_engine_too(
     assert images[0] not in on_remote and images[1] not in on_remote, on_remote
     events = [e for e in store.events(app=app.name) if e.kind in ("pruned", "prune_failed")]
     assert events and all(e.kind == "pruned" for e in events), events
+
+
+def ssh_leftovers(before: set[str]) -> tuple[list[str], list[str]]:
+    """ssh processes whose argv names a private connection directory (orchestrator/ssh.py), and those
+    directories, that were not there ``before`` (a snapshot of ``ssh_dirs()``)."""
+    procs = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        named = {match.rstrip("/") for match in re.findall(r"/\S*?orch-ssh-[^/\s]+", cmdline)}
+        if named - before and "ControlPath=" in cmdline:
+            procs.append(cmdline)
+    return procs, sorted(ssh_dirs() - before)
+
+
+def ssh_dirs() -> set[str]:
+    return {str(p) for p in Path(tempfile.gettempdir()).glob("orch-ssh-*")}
+
+
+def handshakes(remote: RemoteEngine) -> int:
+    """ssh connections (each a full handshake) the second engine's sshd has accepted so far."""
+    return remote.sshd_log.read_text(errors="replace").count("Accepted publickey")
+
+
+def test_a_promotion_to_the_remote_engine_makes_one_ssh_connection(
+    remote_app: BusyboxApp, remote_engine: RemoteEngine
+) -> None:
+    """Hazard: one ssh handshake per engine request (the SDK's own transport), which made a remote
+    promotion ~9x slower than a local one. The prod edge, push, pull, tag, start, verification and all,
+    makes exactly one ssh connection to the host; when it ends no ssh process and no file is left."""
+    app = remote_app
+    before_dirs = ssh_dirs()
+    run_id = app.start(app.commit("one connection"))
+    app.advance(run_id, "deploy-staging").ok()
+    before = handshakes(remote_engine)
+    assert app.advance(run_id, "deploy").ok()["state"] == "deploy"
+    assert handshakes(remote_engine) - before == 1, remote_engine.sshd_log.read_text()[-3000:]
+    assert prod_release(app, run_id)["engine"] == f"root@127.0.0.1:{remote_engine.port}"
+    assert ssh_leftovers(before_dirs) == ([], [])
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections and never says a word: a blackholed host, as far as a
+    client can tell (no RST, no banner)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    yield server.getsockname()[1]
+    server.close()
+
+
+def test_a_blackholed_ssh_host_is_exit_4_within_the_connect_timeout(
+    registry_app: BusyboxApp, silent_port: int, store: Store
+) -> None:
+    """Hazard: a prod host whose packets go nowhere hangs the deploy (and the terminal, or the CI job)
+    forever. With ORCH_ENGINE_CONNECT_TIMEOUT_S=2 the prod edge, run as the real CLI, ends with exit 4
+    naming the host and the limit; nothing is recorded, no lock is held, nothing is left behind. (A
+    hang fails the test at the subprocess limit.)"""
+    from faults_support import Orchestrator
+
+    app = registry_app
+    orch = Orchestrator(app.workspace.path)
+    env = {
+        "ORCH_DOCKER_HOST_PROD": f"ssh://deploy@127.0.0.1:{silent_port}",
+        "ORCH_ENGINE_CONNECT_TIMEOUT_S": "2",
+    }
+    run_id = app.start(app.commit("blackholed"))
+    app.advance(run_id, "deploy-staging").ok()
+    before, dirs = len(app.show(run_id)["transitions"]), ssh_dirs()
+    running = orch.start("advance", run_id, "--to", "deploy", "--json", env=env)
+    try:
+        result = running.wait(timeout=60)
+    finally:
+        running.stop()
+    payload = json.loads(result.stdout)
+    assert result.returncode == 4 and payload["error"] == "infrastructure_unavailable", result.describe()
+    message = payload["message"]
+    assert f"deploy@127.0.0.1:{silent_port}" in message, message
+    assert "timed out" in message or "within 2 s" in message, message
+    assert len(app.show(run_id)["transitions"]) == before and store.locks(app.name) == []
+    assert ssh_leftovers(dirs) == ([], [])
+
+
+def test_sigterm_while_connecting_ends_ssh_and_leaves_nothing(
+    registry_app: BusyboxApp, silent_port: int
+) -> None:
+    """Hazard: a CLI stopped outside an edge (SIGTERM from a cancelled CI job during `status`) leaving
+    its ssh master running and its directory in /tmp. `status` waits on a host that never answers;
+    SIGTERM ends it with 143, its ssh processes ended and its directory removed."""
+    from faults_support import Orchestrator
+
+    app = registry_app
+    app.deploy(app.commit("deployed"))
+    orch = Orchestrator(app.workspace.path)
+    env = {
+        "ORCH_DOCKER_HOST_PROD": f"ssh://deploy@127.0.0.1:{silent_port}",
+        "ORCH_ENGINE_CONNECT_TIMEOUT_S": "120",
+    }
+    dirs = ssh_dirs()
+    running = orch.start("status", app.name, "--json", env=env)
+    try:
+        for _ in range(600):  # the connection's directory appears once the master is being started
+            mine = [d for d in ssh_dirs() - dirs if f"orch-ssh-{running.popen.pid}-" in d]
+            if mine and list(Path(mine[0]).glob("master.log")):
+                break
+            assert running.popen.poll() is None, running.output()
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"status never started connecting:\n{running.output()}")
+        running.popen.send_signal(signal.SIGTERM)
+        result = running.wait(timeout=30)
+    finally:
+        running.stop()
+    assert result.returncode == 143, result.describe()
+    assert ssh_leftovers(dirs) == ([], [])
+
+
+def test_status_reports_every_environment_and_exits_4_when_one_host_is_down(
+    remote_app: BusyboxApp, remote_engine: RemoteEngine, free_port: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hazard: one remote host down hiding the state of every other environment (status failing as a
+    whole). Prod on the second engine, then its host goes away (prod pointed at a dead port): status
+    still shows staging (local, healthy), shows prod as unreachable with the host and ssh's reason,
+    in text and --json, and exits 4 after the report."""
+    app = remote_app
+    app.deploy(app.commit("seen"))
+    dead = f"root@127.0.0.1:{free_port()}"
+    monkeypatch.setenv("ORCH_DOCKER_HOST_PROD", f"ssh://{dead}")
+    result = app.cli("status", app.name, as_json=True)
+    assert result.exit_code == 4, result.describe()
+    envs = {e["environment"]: e for e in result.payload["environments"]}
+    assert envs["staging"]["ok"] and envs["staging"]["reachable"] and envs["staging"]["healthy"]
+    prod = envs["prod"]
+    assert not prod["ok"] and not prod["reachable"] and prod["cause"] == "unreachable", prod
+    assert prod["engine"] == dead and dead in prod["unreachable"], prod
+    assert "Connection refused" in prod["unreachable"], prod
+    assert result.payload["ok"] is False
+
+    text = app.cli("status", app.name)
+    assert text.exit_code == 4, text.describe()
+    lines = text.stdout.splitlines()
+    assert any(app.name in line and "staging" in line and "healthy" in line for line in lines), text.stdout
+    assert any("prod" in line and "UNREACHABLE" in line and dead in line for line in lines), text.stdout
+    assert any("problem: unreachable:" in line and "Connection refused" in line for line in lines), (
+        text.stdout
+    )
+
+
+def test_sigterm_mid_promotion_undoes_it_and_ends_the_ssh_connection(
+    remote_app: BusyboxApp, remote_engine: RemoteEngine
+) -> None:
+    """Hazard: a cancelled CI job (SIGTERM) during a remote promotion leaving ssh processes or files
+    behind while the edge undoes its work. SIGTERM right after the pull on the second engine: the CLI
+    exits 143, the remote prod still runs A, and no ssh process or directory of it is left."""
+    from faults_support import Orchestrator
+
+    app = remote_app
+    rel_a = prod_release(app, app.deploy(app.commit("A")))
+    orch = Orchestrator(app.workspace.path)
+    run_id = orch.start_run(app.name, app.commit("B"))
+    orch.advance(run_id, "deploy-staging").ok()
+    dirs = ssh_dirs()
+    stopped = orch.advance(run_id, "deploy", crash_at="after:prod_pull", crash_signal="TERM")
+    assert stopped.returncode == 143, stopped.describe()
+    seen = remote_prod(app, remote_engine)
+    assert seen is not None and seen[0] == rel_a["image_id"], seen
+    assert ssh_leftovers(dirs) == ([], [])
+    assert "Traceback" not in stopped.stderr, stopped.stderr

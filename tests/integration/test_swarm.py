@@ -452,6 +452,35 @@ def test_a_stack_file_is_pinned_like_compose_only_the_app_service_by_digest(
     assert prod["ok"] and prod["service"]["name"] == web, prod
 
 
+def test_an_uncommitted_stack_file_change_is_refused_before_prod_is_touched(
+    busybox_image: Callable[..., Any],  # first: its image outlives the stack's services at teardown
+    swarm_app: SwarmApp,
+) -> None:
+    """Hazard: the stack file read from the working tree, so an edit made after staging was checked (a
+    host mount, another image for a neighbour service) reaches prod with no trace in the history. Like a
+    compose file, a stack file inside the app's repository must be the run's committed one: edited
+    between the edges, the prod edge is refused (exit 2, nothing recorded) and prod stays on A; restored,
+    the same run promotes."""
+    app = swarm_app
+    cache = busybox_image(revision=None, tag=f"{app.name}-cache:1")
+    stack_file, stack_text = app.use_stack(cache.tags[0])
+    first = prod_release(app, app.app.deploy(app.commit("stack A")))
+    run_b = app.app.start(app.commit("stack B"))
+    app.app.advance(run_b, "deploy-staging").ok()
+    transitions = len(app.app.show(run_b)["transitions"])
+
+    stack_file.write_text(stack_text.replace("replicas: 2", "replicas: 3"), encoding="utf-8")
+    message = app.app.advance(run_b, "deploy").error(2, "bad_input")
+    assert message.startswith(f"stack file {stack_file} differs from its version in commit"), message
+    assert len(app.app.show(run_b)["transitions"]) == transitions
+    spec = app.client.api.inspect_service(f"{app.name}_web")["Spec"]
+    assert spec["TaskTemplate"]["ContainerSpec"]["Image"] == first["digest"]
+    assert spec["Mode"]["Replicated"]["Replicas"] == 2
+
+    stack_file.write_text(stack_text, encoding="utf-8")
+    assert app.app.advance(run_b, "deploy").ok()["state"] == "deploy"
+
+
 def test_a_first_prod_deploy_that_crash_loops_fails_fast_and_takes_the_service_down(
     swarm_app: SwarmApp,
 ) -> None:

@@ -92,6 +92,23 @@ def test_an_unreachable_host_propagates_before_any_other_engine_is_used() -> Non
     assert "shop prod on deploy@prod:22" in exc.value.message
 
 
+def test_a_host_found_unreachable_is_not_waited_for_twice_in_one_command() -> None:
+    """Hazard: staging and prod on one host that is down, each waiting out the connect timeout (status
+    asks for both). The second ask fails at once with the first answer."""
+    attempts: list[str] = []
+
+    def refuse(target: EngineTarget, what: str) -> Any:
+        attempts.append(what)
+        raise InfraUnavailable(f"the Docker engine of {what} on {target.host} is unreachable")
+
+    engines = LazyEngine(lambda: Stand("local"), refuse)  # type: ignore[arg-type,return-value]
+    shop = app(staging=PROD, prod=PROD)
+    for env in ("staging", "prod"):
+        with pytest.raises(InfraUnavailable):
+            engines.for_app(shop).of(env)
+    assert len(attempts) == 1
+
+
 def test_missing_tls_files_are_bad_input_naming_them(tmp_path: Path) -> None:
     from orchestrator.config import TlsFiles
     from orchestrator.errors import BadInput

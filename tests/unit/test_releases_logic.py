@@ -256,6 +256,22 @@ def test_an_unhealthy_environment_is_not_ok_without_being_drift() -> None:
     assert found.problem == "unhealthy: HTTP 500"
 
 
+def test_an_unreachable_engine_is_its_own_cause_whatever_was_recorded() -> None:
+    """Hazard: a host that is down reported as "container gone" (an operator would redeploy into a host
+    that is not there) or as fine. Nothing was observed: the cause is unreachable, with the reason."""
+    reason = "ssh: Connection refused"
+    found = EnvStatus("shop", "prod", release(3, IMG_A, SHA_A), Observed(), [], "deploy@prod-1:22", reason)
+    assert (found.ok, found.cause, found.drift) == (False, "unreachable", False)
+    assert found.problem == "unreachable: ssh: Connection refused"
+    shown = found.as_dict()
+    assert (shown["reachable"], shown["unreachable"], shown["engine"]) == (
+        False,
+        "ssh: Connection refused",
+        "deploy@prod-1:22",
+    )
+    assert EnvStatus("shop", "prod", None, running()).as_dict()["reachable"] is True
+
+
 DIGEST_A = "reg:5000/shop@sha256:" + "a" * 64
 DIGEST_B = "reg:5000/shop@sha256:" + "b" * 64
 
