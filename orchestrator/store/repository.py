@@ -13,7 +13,7 @@ history.py read through (``_session``), and ``prod_history`` for `metrics`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +105,24 @@ def _held_by(holder: Holder, prefix: str = "held") -> tuple[str, dict[str, Any]]
     return f"holder_host = :{prefix}_host AND holder_pid = :{prefix}_pid AND {start}", params
 
 
+def transition_records(tx: Transaction, rows: list[Row]) -> list[TransitionRecord]:
+    """Transitions with their gate results and steps: one query each for the whole list."""
+    ids = [row.id for row in rows]
+    checks: dict[int, list[Row]] = {i: [] for i in ids}
+    steps: dict[int, list[Row]] = {i: [] for i in ids}
+    for chunk in _chunks(ids):
+        marks, params = in_list("t", chunk)
+        for found, table in ((checks, "gate_results"), (steps, "transition_steps")):
+            for child in tx.rows(
+                f"SELECT * FROM {table} WHERE transition_id IN {marks} ORDER BY position, id", params
+            ):
+                found[child.transition_id].append(child)
+    for row in rows:
+        row.gate_results = checks[row.id]
+        row.steps = steps[row.id]
+    return [_transition(row) for row in rows]  # type: ignore[arg-type]
+
+
 _UNFINISHED_IN, _UNFINISHED = in_list("unfinished", [str(o) for o in UNFINISHED])
 
 
@@ -165,10 +183,11 @@ class Store:
             if hasattr(row, "ci_url") and row.ci_url is None:
                 row.ci_url = self.ci_url
 
-    def _write(self) -> Any:
+    def _write(self) -> AbstractContextManager[Transaction]:
         return self._db.transaction(write=True)
 
-    def _read(self) -> Any:
+    def reading(self) -> AbstractContextManager[Transaction]:
+        """A read transaction, also for the read-side queries of store/listing.py."""
         return self._db.transaction(write=False)
 
     def _insert(
@@ -183,24 +202,6 @@ class Store:
         values.setdefault("at", utcnow())
         values.setdefault("details", {})
         return self._insert(tx, "events", values)
-
-    @staticmethod
-    def _transitions(tx: Transaction, rows: list[Row]) -> list[TransitionRecord]:
-        """Transitions with their gate results and steps: one query each for the whole list."""
-        ids = [row.id for row in rows]
-        checks: dict[int, list[Row]] = {i: [] for i in ids}
-        steps: dict[int, list[Row]] = {i: [] for i in ids}
-        for chunk in _chunks(ids):
-            marks, params = in_list("t", chunk)
-            for found, table in ((checks, "gate_results"), (steps, "transition_steps")):
-                for child in tx.rows(
-                    f"SELECT * FROM {table} WHERE transition_id IN {marks} ORDER BY position, id", params
-                ):
-                    found[child.transition_id].append(child)
-        for row in rows:
-            row.gate_results = checks[row.id]
-            row.steps = steps[row.id]
-        return [_transition(row) for row in rows]
 
     @staticmethod
     def _unfinished(tx: Transaction, run_id: int) -> Row | None:
@@ -230,7 +231,7 @@ class Store:
         return RunRecord.of(Row(id=run_id, **values))  # type: ignore[arg-type]
 
     def get_run(self, run_id: int) -> RunRecord:
-        with self._read() as tx:
+        with self.reading() as tx:
             row = tx.one("SELECT * FROM runs WHERE id = :id", {"id": run_id})
         if row is None:
             raise BadInput(f"unknown run {run_id}: 'orchestrator runs list' shows the runs there are")
@@ -240,16 +241,16 @@ class Store:
         self, *, app: str | None = None, state: str | None = None, limit: int = 20
     ) -> list[RunRecord]:
         where, params = _where(app=app, state=state)
-        with self._read() as tx:
+        with self.reading() as tx:
             rows = tx.rows(
                 f"SELECT * FROM runs{where} ORDER BY id DESC LIMIT :limit", {**params, "limit": limit}
             )
         return [RunRecord.of(r) for r in rows]  # type: ignore[arg-type]
 
     def transitions(self, run_id: int) -> list[TransitionRecord]:
-        with self._read() as tx:
+        with self.reading() as tx:
             rows = tx.rows("SELECT * FROM transitions WHERE run_id = :run_id ORDER BY id", {"run_id": run_id})
-            return self._transitions(tx, rows)
+            return transition_records(tx, rows)
 
     # transitions ----------------------------------------------------------------------------------
 
@@ -283,7 +284,7 @@ class Store:
                     raise Conflict(f"run {run_id} is no longer in {from_state}: another runner moved it")
                 unfinished = self._unfinished(tx, run_id)
                 if unfinished is not None:
-                    raise UnfinishedTransition(self._transitions(tx, [unfinished])[0])
+                    raise UnfinishedTransition(transition_records(tx, [unfinished])[0])
                 run = tx.one("SELECT id, app FROM runs WHERE id = :id", {"id": run_id})
                 assert run is not None
                 newer = _newer_contender(tx, run, to_state, target_environment)
@@ -379,7 +380,7 @@ class Store:
             marks, envs = in_list("env", list(environments))
             where += (" AND" if where else " WHERE") + f" environment IN {marks}"
             params.update(envs)
-        with self._read() as tx:
+        with self.reading() as tx:
             rows = tx.rows(f"SELECT * FROM environment_locks{where} ORDER BY app, environment", params)
         return [LockRecord.of(row) for row in rows]  # type: ignore[arg-type]
 
@@ -390,8 +391,8 @@ class Store:
         if app is not None:
             query += " AND t.run_id IN (SELECT id FROM runs WHERE app = :app)"
             params["app"] = app
-        with self._read() as tx:
-            return self._transitions(tx, tx.rows(query + " ORDER BY t.id", params))
+        with self.reading() as tx:
+            return transition_records(tx, tx.rows(query + " ORDER BY t.id", params))
 
     def claim_transition(
         self, transition_id: int, expected: Holder | None, me: Holder, lease_s: float, actor: str
@@ -551,7 +552,7 @@ class Store:
         return _release(Row(id=release_id, **values))  # type: ignore[arg-type]
 
     def releases(self, app: str, environment: str, *, limit: int = 20) -> list[ReleaseRecord]:
-        with self._read() as tx:
+        with self.reading() as tx:
             rows = tx.rows(
                 "SELECT * FROM releases WHERE app = :app AND environment = :env "
                 "ORDER BY id DESC LIMIT :limit",
@@ -705,13 +706,13 @@ class Store:
             return found
 
     def freezes(self) -> list[FreezeRecord]:
-        with self._read() as tx:
+        with self.reading() as tx:
             rows = tx.rows("SELECT * FROM freezes ORDER BY app")
         return [FreezeRecord.of(r) for r in rows]  # type: ignore[arg-type]
 
     def frozen(self, app: str) -> FreezeRecord | None:
         """The freeze that stops ``app``: its own, else the one for every app."""
-        with self._read() as tx:
+        with self.reading() as tx:
             rows = {
                 row.app: row
                 for row in tx.rows(
@@ -750,7 +751,7 @@ class Store:
         self, *, app: str | None = None, run_id: int | None = None, limit: int = 50
     ) -> list[EventRecord]:
         where, params = _where(app=app, run_id=run_id)
-        with self._read() as tx:
+        with self.reading() as tx:
             rows = tx.rows(
                 f"SELECT * FROM events{where} ORDER BY id DESC LIMIT :limit", {**params, "limit": limit}
             )
@@ -759,13 +760,13 @@ class Store:
     # approvals ------------------------------------------------------------------------------------
 
     def approvals(self, run_id: int) -> list[ApprovalRecord]:
-        with self._read() as tx:
+        with self.reading() as tx:
             rows = tx.rows("SELECT * FROM approvals WHERE run_id = :run_id ORDER BY id", {"run_id": run_id})
         return [ApprovalRecord.of(r) for r in rows]  # type: ignore[arg-type]
 
     def newer_contender(self, run_id: int, to_state: str, environment: str) -> tuple[int, str] | None:
         """The newer run of the same app that would supersede ``run_id`` on its next claim, and why."""
-        with self._read() as tx:
+        with self.reading() as tx:
             run = tx.one("SELECT id, app FROM runs WHERE id = :id", {"id": run_id})
             if run is None:
                 raise BadInput(f"unknown run {run_id}: 'orchestrator runs list' shows the runs there are")
@@ -1038,20 +1039,20 @@ class Store:
             assert found == 1, f"unknown step {step_id}"
 
     def get_transition(self, transition_id: int) -> TransitionRecord:
-        with self._read() as tx:
+        with self.reading() as tx:
             row = tx.one("SELECT * FROM transitions WHERE id = :id", {"id": transition_id})
             if row is None:
                 raise BadInput(f"unknown transition {transition_id}")
-            return self._transitions(tx, [row])[0]
+            return transition_records(tx, [row])[0]
 
     def releases_of_run(self, run_id: int) -> list[ReleaseRecord]:
-        with self._read() as tx:
+        with self.reading() as tx:
             rows = tx.rows("SELECT * FROM releases WHERE run_id = :run_id ORDER BY id", {"run_id": run_id})
         return [_release(r) for r in rows]  # type: ignore[arg-type]
 
     def latest_release_outside(self, app: str, environment: str, transition_id: int) -> ReleaseRecord | None:
         """The environment's latest release not made by ``transition_id``: what it ran before."""
-        with self._read() as tx:
+        with self.reading() as tx:
             row = tx.one(
                 "SELECT * FROM releases WHERE app = :app AND environment = :env "
                 "AND (transition_id IS NULL OR transition_id != :tid) ORDER BY id DESC LIMIT 1",
@@ -1060,7 +1061,7 @@ class Store:
         return _release(row) if row else None  # type: ignore[arg-type]
 
     def releases_of_transition(self, transition_id: int) -> list[ReleaseRecord]:
-        with self._read() as tx:
+        with self.reading() as tx:
             rows = tx.rows(
                 "SELECT * FROM releases WHERE transition_id = :tid ORDER BY id", {"tid": transition_id}
             )
@@ -1097,7 +1098,7 @@ class Store:
             raise Conflict(f"run {run_id} is no longer in {from_state}: another {moved_by} moved it")
         unfinished = self._unfinished(tx, run_id)
         if unfinished is not None:
-            raise under_way(self._transitions(tx, [unfinished])[0])
+            raise under_way(transition_records(tx, [unfinished])[0])
         return self._insert(
             tx,
             "transitions",

@@ -21,7 +21,7 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -211,6 +211,8 @@ class Database:
             self._integrity = (psycopg.IntegrityError,)
             self._operational = (psycopg.OperationalError, psycopg.InterfaceError)
         self._conn: Any = None
+        # Called with every statement as sent and its parameters: tests count queries and read plans.
+        self.trace: Callable[[str, Mapping[str, Any]], None] | None = None
         self._lock = threading.RLock()
         self._statements: dict[str, str] = {}
 
@@ -358,8 +360,11 @@ class Transaction:
         self.sqlite = database.backend == SQLITE
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        statement, values = self._db.statement(sql), self._db.adapt(params or {})
+        if self._db.trace is not None:
+            self._db.trace(statement, values)
         try:
-            return self._conn.execute(self._db.statement(sql), self._db.adapt(params or {}))
+            return self._conn.execute(statement, values)
         except self._db._integrity as exc:
             raise IntegrityViolation(_first_line(exc)) from exc
 
