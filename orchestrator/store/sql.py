@@ -21,6 +21,7 @@ import json
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ _SQLITE_DRIVER_ARGS = (
     "cached_statements",
 )
 _PG_CONNECT_TIMEOUT_S = 10
+# A PostgreSQL connection idle longer than this is tested before use (see Database._alive).
+_PG_IDLE_CHECK_S = 30.0
 
 
 class IntegrityViolation(Exception):
@@ -211,6 +214,7 @@ class Database:
             self._integrity = (psycopg.IntegrityError,)
             self._operational = (psycopg.OperationalError, psycopg.InterfaceError)
         self._conn: Any = None
+        self._used = 0.0
         # Called with every statement as sent and its parameters: tests count queries and read plans.
         self.trace: Callable[[str, Mapping[str, Any]], None] | None = None
         self._lock = threading.RLock()
@@ -220,10 +224,26 @@ class Database:
 
     def _connection(self) -> Any:
         conn = self._conn
-        if conn is not None and not (self.backend == POSTGRESQL and (conn.closed or conn.broken)):
-            return conn
-        self._conn = self._connect_sqlite() if self.backend == SQLITE else self._connect_pg()
-        return self._conn
+        if conn is not None and self.backend == POSTGRESQL:
+            idle = time.monotonic() - self._used
+            if conn.closed or conn.broken or (idle > _PG_IDLE_CHECK_S and not self._alive(conn)):
+                conn.close()
+                conn = None
+        if conn is None:
+            conn = self._conn = self._connect_sqlite() if self.backend == SQLITE else self._connect_pg()
+        self._used = time.monotonic()
+        return conn
+
+    def _alive(self, conn: Any) -> bool:
+        """A long-lived process (``serve``, a deploy waiting for a lock) may find its connection cut
+        by a server restart or a proxy's idle timeout: test it before use, as SQLAlchemy's pool did
+        (pool_pre_ping), but only after a while idle instead of a round trip per transaction."""
+        try:
+            conn.execute("SELECT 1")
+            conn.rollback()
+        except self._operational:
+            return False
+        return True
 
     def _connect_sqlite(self) -> sqlite3.Connection:
         try:

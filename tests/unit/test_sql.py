@@ -306,3 +306,20 @@ def test_named_placeholders_are_rewritten_once_for_psycopg() -> None:
         "SELECT '100%%' FROM t WHERE a = %(a)s AND b IN (%(b0)s, %(b1)s) AND c::text = %(c)s"
     )
     assert database.statement(text) is database.statement(text)
+
+
+def test_a_postgresql_connection_cut_while_idle_is_replaced(
+    ci_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server restart or a proxy's idle timeout cuts a long-lived process's connection (``serve``,
+    a deploy waiting for a lock): the next call reconnects instead of failing, as SQLAlchemy's
+    pre-ping did."""
+    if ci_store._db.backend != sql.POSTGRESQL:
+        pytest.skip("SQLite has no server to lose")
+    run = ci_store.create_run("shop", "f" * 40, "a", "development")
+    with ci_store.reading() as tx:
+        pid = tx.scalar("SELECT pg_backend_pid()")
+    with ci_store.engine.connect() as other:
+        other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    monkeypatch.setattr(sql, "_PG_IDLE_CHECK_S", 0.0)
+    assert ci_store.get_run(run.id).id == run.id

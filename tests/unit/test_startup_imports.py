@@ -106,6 +106,9 @@ def test_store_command_imports_no_sqlalchemy_once_the_schema_is_current(tmp_path
         pytest.param(["deploy", "--app", "demo", "--sha", "{sha}", "--json"], id="deploy"),
         pytest.param(["audit", "--json"], id="audit"),
         pytest.param(["releases", "demo", "--json"], id="releases"),
+        pytest.param(["lock", "demo", "--env", "prod", "--json"], id="lock"),
+        pytest.param(["freeze", "demo", "--reason", "incident", "--json"], id="freeze"),
+        pytest.param(["status", "--json"], id="status"),
     ],
 )
 def test_the_ci_commands_import_neither_sqlalchemy_nor_alembic(
