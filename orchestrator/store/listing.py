@@ -258,6 +258,23 @@ class Listing:
             rows = tx.rows(query + " ORDER BY r.id DESC LIMIT :limit OFFSET :offset", params)
         return [RunRecord.of(r) for r in rows]  # type: ignore[arg-type]
 
+    def count_runs(self, f: RunFilter) -> int:
+        """How many runs match (the dashboard's page count)."""
+        conditions, params = _conditions(f, rare_outcome=False)
+        if f.actor:
+            conditions.append(
+                "(r.actor = :f_actor OR EXISTS "
+                "(SELECT 1 FROM transitions t WHERE t.run_id = r.id AND t.actor = :f_actor))"
+            )
+            params["f_actor"] = f.actor
+        with self._store.reading() as tx:
+            return int(tx.scalar("SELECT count(*) FROM runs r WHERE 1 = 1" + _and(conditions), params) or 0)
+
+    def apps(self) -> list[str]:
+        """Every app with a recorded run."""
+        with self._store.reading() as tx:
+            return sorted(row.app for row in tx.rows("SELECT DISTINCT app FROM runs"))
+
     def summaries(self, runs: Sequence[RunRecord]) -> list[RunSummary]:
         """Each run with its last transition, in one query for the page."""
         from orchestrator.store.repository import transition_records

@@ -42,12 +42,17 @@ def test_every_filter_and_page_matches_a_plain_reading_of_the_history(
     expected = _expected(history, f)
     found = Listing(store)
     assert [r.id for r in found.runs(f, limit=1000)] == expected
+    assert found.count_runs(f) == len(expected)
     for limit in (1, 4):
         pages = [
             [r.id for r in found.runs(f, limit=limit, offset=offset)]
             for offset in range(0, len(expected) + limit, limit)
         ]
         assert [i for page in pages for i in page] == expected, f"pages of {limit}"
+
+
+def test_apps_are_every_app_with_a_run(store: Store, history: list[Known]) -> None:
+    assert Listing(store).apps() == ["docs", "shop"]
 
 
 def test_the_range_after_a_sha_prefix() -> None:
