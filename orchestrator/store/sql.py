@@ -142,7 +142,7 @@ def _pg_target(url: str, masked: str) -> Target:
         ) from None
     args: dict[str, Any] = {}
     if parts.hostname:
-        # urlsplit lower-cases hostname; the raw netloc keeps an IPv6 literal's brackets off.
+        # The host as written (urlsplit's .hostname lower-cases it), an IPv6 literal without brackets.
         host = parts.netloc.rpartition("@")[2]
         host = host.rsplit(":", 1)[0] if parts.port is not None else host
         args["host"] = unquote(host.strip("[]"))
