@@ -391,7 +391,7 @@ def runs_list(
     """List runs, newest first, with the outcome and reason of each one's last transition."""
     from orchestrator.gates import first_line
     from orchestrator.machine import State
-    from orchestrator.store.history import RunFilter, parse_when
+    from orchestrator.store.listing import RunFilter, parse_when
 
     if state is not None:
         state = State.parse(state).value
@@ -458,7 +458,7 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
     if sys.stdout.isatty():
         _print_run_tables(history)
         return
-    from orchestrator.store.history import revision_evidence
+    from orchestrator.store.listing import revision_evidence
     from orchestrator.tables import took
 
     record, transitions, releases = history.run, history.transitions, history.releases
@@ -494,7 +494,7 @@ def _print_run_tables(history: RunHistory) -> None:
     each edge's gates with the revision expected and found, and the whole reason of every failed gate
     (the evidence: a container's log) below its table, where a table cell would cut it to one line."""
     from orchestrator.gates import first_line
-    from orchestrator.store.history import revision_evidence
+    from orchestrator.store.listing import revision_evidence
     from orchestrator.tables import Column, render, took, when
 
     record, transitions, releases = history.run, history.transitions, history.releases
@@ -595,7 +595,7 @@ def _print_run_tables(history: RunHistory) -> None:
 def audit_cmd(inv: Invocation, app: str | None, *, since: str | None, limit: int, as_json: bool) -> None:
     """Who did what, in time order: runs, transitions, locks, freezes, rollbacks, recoveries, with the
     CI job each came from."""
-    from orchestrator.store.history import parse_when
+    from orchestrator.store.listing import parse_when
 
     entries = inv.service().history().audit(app, parse_when(since) if since else None, limit)
     if as_json:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from orchestrator.operator import Unlocked
     from orchestrator.prune import PruneResult
     from orchestrator.releases import EnvStatus, RollbackResult
-    from orchestrator.store.history import History
+    from orchestrator.store.listing import Listing
 
 
 class Operations:
@@ -130,12 +130,12 @@ class Operations:
 
         return metrics(self.config, self.store, app, since)
 
-    def history(self) -> History:
-        """The read-only history queries (runs with filters, audit, release periods) for the CLI and
-        the dashboard."""
-        from orchestrator.store.history import History
+    def history(self) -> Listing:
+        """The read-only history queries the CLI lists (runs with filters, audit, release periods),
+        without SQLAlchemy; the dashboard's reports are store/history.py's."""
+        from orchestrator.store.listing import Listing
 
-        return History(self.store)
+        return Listing(self.store)
 
     def status(self, app: str | None) -> list[EnvStatus]:
         from orchestrator.releases import status

@@ -16,17 +16,17 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
-
 from orchestrator.config import DEFAULT_DB_PATH
 from orchestrator.errors import BadInput, InfraUnavailable
 from orchestrator.logging import get_logger
 
+# SQLAlchemy and Alembic are imported inside the functions that need them: the CLI's store
+# (store/sql.py) opens the database without them, and only an upgrade or a report query pays for them.
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
     from alembic.script import ScriptDirectory
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.exc import DBAPIError
 
 _MIGRATION_LOCK_KEY = 0x6F726368  # "orch": an arbitrary, fixed pg_advisory_lock key
 
@@ -71,6 +71,12 @@ SQLITE_TIMEOUT_S = 30
 
 
 def make_engine(url: str) -> Engine:
+    """A SQLAlchemy engine for what needs one: Alembic upgrades and the report queries (history,
+    metrics, the dashboard). The CLI's own reads and writes go through store/sql.py instead."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     masked = safe_url(url)
     try:
         parsed = make_url(url)
@@ -83,11 +89,11 @@ def make_engine(url: str) -> Engine:
     backend = parsed.get_backend_name()
     kwargs: dict[str, Any] = {"future": True}
     if backend == "sqlite":
-        _prepare_sqlite_file(parsed.database, masked)
+        prepare_sqlite_file(parsed.database, masked)
         # Wait for a concurrent writer instead of failing at once with "database is locked".
         kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     else:
-        _refuse_ambiguous_at(url, masked)
+        refuse_ambiguous_at(url, masked)
         kwargs["pool_pre_ping"] = True
         if backend == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 10}
@@ -100,11 +106,11 @@ def make_engine(url: str) -> Engine:
     except (ArgumentError, ValueError, TypeError) as exc:  # a query argument the dialect rejects
         raise BadInput(f"ORCH_DATABASE_URL {masked!r} is not usable: {exc}") from None
     if backend == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "connect", sqlite_pragmas)
     return engine
 
 
-def _refuse_ambiguous_at(url: str, masked: str) -> None:
+def refuse_ambiguous_at(url: str, masked: str) -> None:
     """An unescaped '@' in a password makes SQLAlchemy read the rest as the host name, which the
     driver's error would then print: refuse before connecting."""
     rest = url.partition("://")[2] or url
@@ -153,7 +159,7 @@ def _ignore_in_git(folder: Path, database: Path) -> None:
         get_logger().warning("gitignore_not_written", path=str(folder / ".gitignore"), error=exc.strerror)
 
 
-def _prepare_sqlite_file(database: str | None, masked: str) -> None:
+def prepare_sqlite_file(database: str | None, masked: str) -> None:
     """Create the database file 0600 (and the default directory 0700) before SQLite opens it: SQLite
     would create it with the process umask, usually world-readable. An existing file keeps its mode
     (a group-shared database is a choice; its -wal and -shm files follow it), except that no other user
@@ -211,7 +217,7 @@ def _close_to_others(path: Path, masked: str) -> None:
             ) from None
 
 
-def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+def sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     cur = dbapi_conn.cursor()
     # The connect timeout already installs a busy handler; say it explicitly so that a pragma below, or
     # a later change of driver arguments, cannot lose it.
@@ -244,6 +250,8 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
 
 
 def connect(engine: Engine) -> Connection:
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
     try:
         return engine.connect()
     except OperationalError as exc:
@@ -282,6 +290,8 @@ def known_revisions() -> set[str]:
 
 
 def current_revision(connection: Connection) -> str | None:
+    import sqlalchemy as sa
+
     try:
         return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     except sa.exc.DBAPIError:
@@ -316,6 +326,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
     advisory lock, on SQLite inside one write transaction (BEGIN IMMEDIATE waits out the busy timeout).
     Without that, twenty CI jobs starting on a fresh database race to create the same tables.
     """
+    import sqlalchemy as sa
     from alembic import command
 
     with connect(engine) as conn:
@@ -342,6 +353,8 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
 def _revision_under_lock(connection: Connection) -> str | None:
     """Like ``current_revision``, but without a failing query, whose rollback would end SQLite's write
     transaction and with it the lock that keeps other processes out."""
+    import sqlalchemy as sa
+
     if not sa.inspect(connection).has_table("alembic_version"):
         return None
     return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()

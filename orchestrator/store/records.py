@@ -9,23 +9,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import views
 from orchestrator.errors import Conflict
 from orchestrator.holder import Holder, Liveness, holder_of
-from orchestrator.store.models import (
-    Approval,
-    EnvironmentLock,
-    Event,
-    Freeze,
-    Release,
-    Run,
-    StepRow,
-    Transition,
-    utcnow,
-)
 from orchestrator.verdict import GateResult, GateStatus, TransitionOutcome
+
+# The converters below read ORM objects (history.py) and the store's DB-API rows (store/sql.py) alike:
+# both answer the columns as attributes. The models are named for type checking only, so that the
+# CLI's path never imports SQLAlchemy.
+if TYPE_CHECKING:
+    from orchestrator.store.models import (
+        Approval,
+        EnvironmentLock,
+        Event,
+        Freeze,
+        Release,
+        Run,
+        StepRow,
+        Transition,
+    )
 
 IN_PROGRESS = TransitionOutcome.IN_PROGRESS
 INTERRUPTED = TransitionOutcome.INTERRUPTED
@@ -39,6 +43,10 @@ ALL_APPS = "*"
 RUN_LOCK = "run"
 OPERATOR_LOCK = "operator"
 MANUAL_LOCK = "manual"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def _aware(value: datetime | None) -> datetime | None:
