@@ -19,7 +19,8 @@ import sqlalchemy as sa
 
 from orchestrator.gates import GateResult, GateStatus
 from orchestrator.holder import Holder
-from orchestrator.store.history import History, RunFilter, _after_prefix
+from orchestrator.store.history import History, RunFilter
+from orchestrator.store.listing import after_prefix as _after_prefix
 from orchestrator.store.repository import Store
 
 ACTORS = ("ci", "alice", "bob")
@@ -115,7 +116,7 @@ def test_every_filter_and_page_matches_a_plain_reading_of_the_history(
     """Both ways `--outcome` is answered (a rare outcome from its transitions, a common one run by run,
     newest first) give the same runs; here every outcome is rare unless the threshold says none is."""
     if not rare:
-        monkeypatch.setattr("orchestrator.store.history.RARE_OUTCOME", 0)
+        monkeypatch.setattr("orchestrator.store.listing.RARE_OUTCOME", 0)
     expected = _expected(history, f)
     found = History(store)
     assert [r.id for r in found.runs(f, limit=1000)] == expected
@@ -151,24 +152,6 @@ def counted(store: Store) -> Iterator[list[tuple[str, object]]]:
         sa.event.remove(store.engine, "before_cursor_execute", seen)
 
 
-def test_a_run_and_a_page_of_runs_are_read_in_a_fixed_number_of_queries(
-    store: Store, history: list[Known]
-) -> None:
-    """Not two more queries per transition (its gate results, its steps, loaded lazily one by one)."""
-    busiest = max(history, key=lambda k: len(store.transitions(k.id)))
-    assert len(store.transitions(busiest.id)) >= 3
-    with counted(store) as statements:
-        transitions = store.transitions(busiest.id)
-    assert all(len(t.checks) == 2 for t in transitions)
-    assert len(statements) <= 3, statements
-    found = History(store)
-    page = found.runs(RunFilter(), limit=20)
-    with counted(store) as statements:
-        summaries = found.summaries(page)
-    assert sum(1 for s in summaries if s.last is not None) >= 10
-    assert len(statements) <= 3, statements
-
-
 @pytest.fixture
 def sqlite_only(db_backend: str) -> None:
     if db_backend != "sqlite":
@@ -177,17 +160,8 @@ def sqlite_only(db_backend: str) -> None:
 
 @pytest.mark.usefixtures("sqlite_only")
 def test_history_reads_use_their_indexes(store: Store, history: list[Known]) -> None:
-    """What keeps `runs list --sha/--actor` and `metrics` bounded on a long history: each reads its
-    index (migration 0006), not every run, transition or release."""
-    found = History(store)
-    with counted(store) as statements:
-        found.runs(RunFilter(sha_prefix="a0"))
-    plans = [_explain(store, *s) for s in statements]
-    assert any("ix_runs_sha" in p for p in plans), plans
-    with counted(store) as statements:
-        found.runs(RunFilter(actor="bob"))
-    plans = [_explain(store, *s) for s in statements]
-    assert any("ix_runs_actor_id" in p and "ix_transitions_actor_run_id" in p for p in plans), plans
+    """What keeps `metrics` bounded on a long history: it reads its indexes (migration 0006), not
+    every transition or release (`runs list`'s queries: tests/unit/test_listing.py)."""
     with counted(store) as statements:
         store.prod_history(None, datetime.now(UTC) - timedelta(days=30))
     plans = "\n".join(_explain(store, *s) for s in statements)
