@@ -72,21 +72,26 @@ class DoraAggregates:
     days: dict[tuple[str, date], DoraCounts] | None = None
 
 
-def _micros(column: Any, dialect: str) -> Any:
-    """A stored timestamp as integer microseconds since the epoch, exactly.
+def _duration_us(later: Any, earlier: Any, dialect: str) -> Any:
+    """``later - earlier`` (two stored timestamps) in integer microseconds, exactly.
 
-    SQLite keeps the text SQLAlchemy wrote, ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC: the whole seconds
-    go through julianday() (a float of days, but exact once rounded to whole seconds) and the fraction
-    is read as its six digits. julianday() of the text with its fraction would round microseconds away
-    (it keeps milliseconds) and make a median differ from the one computed in Python; strftime('%s')
-    would round the fraction to milliseconds too (.9996 s becomes the next second), and parses slower.
-    """
+    SQLite keeps the text SQLAlchemy wrote, ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC: whole seconds come
+    from julianday() of the text without its fraction (a float of days, exact once the difference is
+    rounded to whole seconds), and the fractions from their six digits. julianday() or strftime('%s')
+    of the text with its fraction would round it to milliseconds (.9996 s to the next second) and
+    make a median differ from the one computed in Python."""
     if dialect == "sqlite":
-        text = sa.type_coerce(column, sa.String)
-        days = sa.func.julianday(sa.func.substr(text, 1, 19)) - UNIX_EPOCH_JULIAN_DAY
+        a, b = sa.type_coerce(later, sa.String), sa.type_coerce(earlier, sa.String)
+        days = sa.func.julianday(sa.func.substr(a, 1, 19)) - sa.func.julianday(sa.func.substr(b, 1, 19))
         seconds = sa.cast(sa.func.round(days * 86400), sa.BigInteger)
-        return seconds * 1_000_000 + sa.cast(sa.func.substr(text, 21, 6), sa.BigInteger)
-    return sa.cast(sa.func.round(sa.extract("epoch", column) * 1_000_000), sa.BigInteger)
+        fractions = sa.cast(sa.func.substr(a, 21, 6), sa.BigInteger) - sa.cast(
+            sa.func.substr(b, 21, 6), sa.BigInteger
+        )
+        return seconds * 1_000_000 + fractions
+    # The epoch of a timestamp is numeric in PostgreSQL: exact to the microsecond.
+    return sa.cast(
+        sa.func.round((sa.extract("epoch", later) - sa.extract("epoch", earlier)) * 1_000_000), sa.BigInteger
+    )
 
 
 def _utc_day(column: Any, dialect: str) -> Any:
@@ -103,14 +108,20 @@ def _at_least_zero(value: Any, dialect: str) -> Any:
 
 def _list_of(value: Any, dialect: str) -> Any:
     """The group's values (integers) as one comma-separated text, in no particular order."""
-    text = sa.cast(value, sa.String)
-    return sa.func.group_concat(text, ",") if dialect == "sqlite" else sa.func.string_agg(text, ",")
+    if dialect == "sqlite":
+        return sa.func.group_concat(value, ",")
+    return sa.func.string_agg(sa.cast(value, sa.String), ",")
 
 
-def _rollbacks(app: str | None, since: datetime) -> sa.Subquery:
-    """The prod releases `orchestrator rollback` made since ``since`` (a few, next to the promotions),
-    each with the release it replaced: the app's prod release just before it. A rollback made by a
-    failed promotion's own restore has a transition and is not one: that failure counts already."""
+def _rolled_back(app: str | None, since: datetime) -> sa.Subquery:
+    """The transitions whose prod release `orchestrator rollback` rolled prod back from, since
+    ``since`` (a few hundred in half a year, next to tens of thousands of promotions): the
+    transition, when its release was made, and the first rollback away from it.
+
+    A rollback replaces the app's prod release just before it. That release counts as the promotion's
+    only if it is the newest prod release its transition made (a retried record step makes two). A
+    rollback made by a failed promotion's own restore has a transition and is not one: that failure
+    counts already."""
     earlier = aliased(Release)
     replaced = (
         sa.select(sa.func.max(earlier.id))
@@ -118,85 +129,101 @@ def _rollbacks(app: str | None, since: datetime) -> sa.Subquery:
         .correlate(Release)
         .scalar_subquery()
     )
-    q = sa.select(replaced.label("replaced"), sa.func.min(Release.created_at).label("at")).where(
+    rollbacks = sa.select(replaced.label("replaced"), sa.func.min(Release.created_at).label("at")).where(
         Release.environment == PROD,
         Release.kind == "rollback",
         Release.transition_id.is_(None),
         Release.created_at >= since,
     )
     if app is not None:
-        q = q.where(Release.app == app)
-    # A release is rolled back once as far as failures go: from the first rollback away from it.
-    return q.group_by(replaced).subquery("rollback")
-
-
-def _window(dialect: str, app: str | None, since: datetime, until: datetime) -> sa.Subquery:
-    """The prod-edge transitions that finished in [since, until) and reached prod (succeeded, or
-    failed after a prod step began), one row each: app, UTC day, whether it succeeded, its lead time,
-    whether it was rolled back, and its restore time (a failure's own, or until the rollback).
-
-    Each row costs a few probes of an index (the window's transitions, the run, the release a success
-    made, the newest were there two); nothing outside the window is read but the window's rollbacks."""
-    us = lambda column: _micros(column, dialect)  # noqa: E731 - a shorthand, read many times below
-    succeeded = Transition.outcome == "succeeded"
-    touched = (
-        sa.select(sa.func.min(StepRow.started_at))
-        .where(StepRow.transition_id == Transition.id, StepRow.environment == PROD)
-        .correlate(Transition)
+        rollbacks = rollbacks.where(Release.app == app)
+    first = rollbacks.group_by(replaced).subquery("rollback")
+    undone = aliased(Release)
+    sibling = aliased(Release)
+    newest_of_its_transition = (
+        sa.select(sa.func.max(sibling.id))
+        .where(sibling.transition_id == undone.transition_id, sibling.environment == PROD)
+        .correlate(undone)
         .scalar_subquery()
-    )
-    made = (
-        sa.select(sa.func.max(Release.id))
-        .where(Release.transition_id == Transition.id, Release.environment == PROD)
-        .correlate(Transition)
-        .scalar_subquery()
-    )
-    inner = (
-        sa.select(
-            Run.app.label("app"),
-            _utc_day(Transition.finished_at, dialect).label("day"),
-            sa.case((succeeded, 1), else_=0).label("ok"),
-            sa.case(
-                (
-                    sa.and_(succeeded, Run.committed_at.is_not(None)),
-                    us(Transition.finished_at) - us(Run.committed_at),
-                )
-            ).label("lead_us"),
-            sa.case((succeeded, sa.null()), else_=touched).label("touched_at"),
-            Transition.finished_at.label("finished_at"),
-            sa.case((succeeded, made)).label("release_id"),
-        )
-        .join(Run, Run.id == Transition.run_id)
-        .where(
-            Transition.to_state == State.DEPLOY.value,
-            Transition.outcome.in_(("succeeded", "failed")),
-            Transition.finished_at >= since,
-            Transition.finished_at < until,
-        )
-    )
-    if app is not None:
-        inner = inner.where(Run.app == app)
-    rows = inner.subquery("promotion")
-    rollbacks = _rollbacks(app, since)
-    released_at = (
-        sa.select(Release.created_at).where(Release.id == rows.c.release_id).correlate(rows).scalar_subquery()
-    )
-    restore = sa.case(
-        (rows.c.ok == 0, _at_least_zero(us(rows.c.finished_at) - us(rows.c.touched_at), dialect)),
-        (rollbacks.c.at.is_not(None), _at_least_zero(us(rollbacks.c.at) - us(released_at), dialect)),
     )
     return (
         sa.select(
-            rows.c.app,
-            rows.c.day,
-            rows.c.ok,
-            rows.c.lead_us,
-            sa.case((rollbacks.c.at.is_not(None), 1), else_=0).label("rolled"),
-            restore.label("restore_us"),
+            undone.transition_id.label("transition_id"),
+            undone.created_at.label("released_at"),
+            first.c.at.label("at"),
         )
-        .select_from(rows.outerjoin(rollbacks, rollbacks.c.replaced == rows.c.release_id))
-        .where(sa.or_(rows.c.ok == 1, rows.c.touched_at.is_not(None)))
-        .subquery("window")
+        .join(undone, undone.id == first.c.replaced)
+        .where(undone.transition_id.is_not(None), undone.id == newest_of_its_transition)
+        .subquery("rolled_back")
+    )
+
+
+def _in_window(app: str | None, since: datetime, until: datetime) -> list[sa.ColumnElement[bool]]:
+    """Prod-edge transitions that ended (succeeded or failed) in [since, until), of ``app`` if named."""
+    found = [
+        Transition.to_state == State.DEPLOY.value,
+        Transition.outcome.in_(("succeeded", "failed")),
+        Transition.finished_at >= since,
+        Transition.finished_at < until,
+    ]
+    if app is not None:
+        found.append(Run.app == app)
+    return found
+
+
+def _promotions(dialect: str, app: str | None, since: datetime, until: datetime) -> sa.Select[Any]:
+    """The window's promotions, one row each: app, UTC day, 1 (an attempt), whether it succeeded, 0
+    (not counted as rolled back here), its lead time, and a failure's restore time (from its first
+    prod step to its end). A failed transition that never began a prod step did not reach prod and is
+    left out. Each row costs two probes of an index (the transition in the window's index, its run),
+    a failure one more (its steps)."""
+    succeeded = Transition.outcome == "succeeded"
+    prod_step = sa.and_(StepRow.transition_id == Transition.id, StepRow.environment == PROD)
+    touched = (
+        sa.select(sa.func.min(StepRow.started_at)).where(prod_step).correlate(Transition).scalar_subquery()
+    )
+    return (
+        sa.select(
+            Run.app.label("app"),
+            _utc_day(Transition.finished_at, dialect).label("day"),
+            sa.literal(1).label("attempts"),
+            sa.case((succeeded, 1), else_=0).label("ok"),
+            sa.literal(0).label("rolled"),
+            sa.case(
+                (
+                    sa.and_(succeeded, Run.committed_at.is_not(None)),
+                    _duration_us(Transition.finished_at, Run.committed_at, dialect),
+                )
+            ).label("lead_us"),
+            sa.case(
+                (succeeded, sa.null()),
+                else_=_at_least_zero(_duration_us(Transition.finished_at, touched, dialect), dialect),
+            ).label("restore_us"),
+        )
+        .join(Run, Run.id == Transition.run_id)
+        .where(*_in_window(app, since, until), sa.or_(succeeded, sa.exists().where(prod_step)))
+    )
+
+
+def _rollbacks_of_window(dialect: str, app: str | None, since: datetime, until: datetime) -> sa.Select[Any]:
+    """The window's successful promotions that were rolled back, one row each, as an addition to their
+    day: app, day, no attempt (``_promotions`` counts it), rolled back, and the restore time from the
+    release to the first rollback away from it."""
+    rolled = _rolled_back(app, since)
+    return (
+        sa.select(
+            Run.app,
+            _utc_day(Transition.finished_at, dialect),
+            sa.literal(0),
+            sa.literal(0),
+            sa.literal(1),
+            sa.null(),
+            _at_least_zero(_duration_us(rolled.c.at, rolled.c.released_at, dialect), dialect),
+        )
+        .select_from(rolled)
+        .join(Transition, Transition.id == rolled.c.transition_id)
+        .join(Run, Run.id == Transition.run_id)
+        .where(Transition.outcome == "succeeded", *_in_window(app, since, until))
     )
 
 
@@ -209,16 +236,18 @@ def dora_aggregates(
     the day's lead and restore times as integer lists. Medians and percentiles are ranks, which do not
     add up, so the ranking is done here over those lists (a number per promotion, not a row)."""
     dialect = store.engine.dialect.name
-    w = _window(dialect, app, since, until)
+    rows = sa.union_all(
+        _promotions(dialect, app, since, until), _rollbacks_of_window(dialect, app, since, until)
+    ).subquery("row")
     q = sa.select(
-        w.c.app,
-        w.c.day,
-        sa.func.count(),
-        sa.func.sum(w.c.ok),
-        sa.func.sum(w.c.rolled),
-        _list_of(w.c.lead_us, dialect),
-        _list_of(w.c.restore_us, dialect),
-    ).group_by(w.c.app, w.c.day)
+        rows.c.app,
+        rows.c.day,
+        sa.func.sum(rows.c.attempts),
+        sa.func.sum(rows.c.ok),
+        sa.func.sum(rows.c.rolled),
+        _list_of(rows.c.lead_us, dialect),
+        _list_of(rows.c.restore_us, dialect),
+    ).group_by(rows.c.app, rows.c.day)
     with store._session() as s:
         conn = s.connection()
         if dialect == "postgresql":
@@ -229,14 +258,16 @@ def dora_aggregates(
     return _assemble(since, until, groups, by_day=by_day)
 
 
-def _micros_list(text: str | None) -> list[int]:
-    return [int(v) for v in text.split(",")] if text else []
+def _seconds(text: str | None) -> list[float]:
+    """A group's durations, sent as comma-separated integer microseconds, in seconds as
+    ``timedelta.total_seconds()`` makes them: microseconds / 10**6 correctly rounded (an integer this
+    size is exact as a float, so dividing by the float 1e6 is that same division)."""
+    return [int(v) / 1e6 for v in text.split(",")] if text else []
 
 
-def _rank(values: list[int]) -> Ranked:
-    """The median and 90th percentile ``metrics.compute`` gives for these durations, each converted to
-    seconds as ``timedelta.total_seconds()`` converts it (microseconds / 10**6)."""
-    median, p90 = median_and_p90([v / 1_000_000 for v in values])
+def _rank(values: list[float]) -> Ranked:
+    """What ``metrics.compute`` makes of these durations (its very functions)."""
+    median, p90 = median_and_p90(values)
     return Ranked(len(values), median, p90)
 
 
@@ -247,25 +278,19 @@ def _day(value: Any) -> date:
 def _assemble(since: datetime, until: datetime, groups: Iterable[Any], *, by_day: bool) -> DoraAggregates:
     """Per app, for every app, and (``by_day``) per app and day, from the rows per app and day."""
     apps: dict[str, _Sums] = {}
-    total = _Sums()
     days: dict[tuple[str, date], DoraCounts] = {}
     for app, raw_day, attempts, ok, rolled, leads, restores in groups:
-        day = _Sums(
-            int(attempts), int(ok or 0), int(rolled or 0), _micros_list(leads), _micros_list(restores)
-        )
+        day = _Sums(int(attempts), int(ok or 0), int(rolled or 0), _seconds(leads), _seconds(restores))
         if day.deployments:
             day.days.add(_day(raw_day))
         apps.setdefault(app, _Sums()).add(day)
-        total.add(day)
         if by_day:
             days[(app, _day(raw_day))] = day.counts()
-    return DoraAggregates(
-        since,
-        until,
-        {app: sums.counts() for app, sums in apps.items()},
-        total.counts(),
-        days if by_day else None,
-    )
+    per_app = {app: sums.counts() for app, sums in apps.items()}
+    total = _Sums()
+    for sums in apps.values():  # sorted by counts(): the total's sort merges those runs
+        total.add(sums)
+    return DoraAggregates(since, until, per_app, total.counts(), days if by_day else None)
 
 
 @dataclass
@@ -273,8 +298,8 @@ class _Sums:
     attempts: int = 0
     deployments: int = 0
     rolled_back: int = 0
-    leads: list[int] = field(default_factory=list)
-    restores: list[int] = field(default_factory=list)
+    leads: list[float] = field(default_factory=list)
+    restores: list[float] = field(default_factory=list)
     days: set[date] = field(default_factory=set)
 
     def add(self, other: _Sums) -> None:
@@ -286,6 +311,8 @@ class _Sums:
         self.days |= other.days
 
     def counts(self) -> DoraCounts:
+        self.leads.sort()
+        self.restores.sort()
         return DoraCounts(
             deployments=self.deployments,
             deploy_days=len(self.days),
