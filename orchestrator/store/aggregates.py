@@ -88,17 +88,15 @@ def _duration_us(later: Any, earlier: Any, dialect: str) -> Any:
             sa.func.substr(b, 21, 6), sa.BigInteger
         )
         return seconds * 1_000_000 + fractions
-    # The epoch of a timestamp is numeric in PostgreSQL: exact to the microsecond.
-    return sa.cast(
-        sa.func.round((sa.extract("epoch", later) - sa.extract("epoch", earlier)) * 1_000_000), sa.BigInteger
-    )
+    # The epoch (seconds) of an interval is numeric in PostgreSQL (>= 14): exact to the microsecond.
+    return sa.cast(sa.func.round(sa.extract("epoch", later - earlier) * 1_000_000), sa.BigInteger)
 
 
 def _utc_day(column: Any, dialect: str) -> Any:
-    """The UTC calendar day of a timestamp, as ``YYYY-MM-DD`` text."""
+    """The UTC calendar day of a timestamp (``YYYY-MM-DD`` text on SQLite, a date on PostgreSQL)."""
     if dialect == "sqlite":
         return sa.func.substr(sa.type_coerce(column, sa.String), 1, 10)  # the stored text is UTC
-    return sa.func.to_char(sa.func.timezone("UTC", column), "YYYY-MM-DD")
+    return sa.cast(sa.func.timezone("UTC", column), sa.Date)
 
 
 def _at_least_zero(value: Any, dialect: str) -> Any:
@@ -201,7 +199,7 @@ def _promotions(dialect: str, app: str | None, since: datetime, until: datetime)
             ).label("restore_us"),
         )
         .join(Run, Run.id == Transition.run_id)
-        .where(*_in_window(app, since, until), sa.or_(succeeded, sa.exists().where(prod_step)))
+        .where(*_in_window(app, since, until), sa.or_(succeeded, touched.is_not(None)))
     )
 
 
