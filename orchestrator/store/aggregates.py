@@ -2,10 +2,10 @@
 
 ``metrics.compute`` defines the keys over a list of promotions; loading that list costs a row and an
 object per promotion, thousands in a month. Here the database reads the window only (through the index
-on transitions (to_state, finished_at)), works out each promotion's lead and restore time, and groups
-them by app and UTC day: one row per app and day comes back, with its counts (which add up to the app's
-and every app's) and its durations as lists of integers. Medians and percentiles are ranks, which do
-not add up over days, so they are taken here from those lists.
+on transitions (to_state, finished_at, ...), migration 0008), works out each promotion's lead and
+restore time, and groups them by app and UTC day: one row per app and day comes back, with its counts
+(which add up to the app's and every app's) and its durations as lists of integers. Medians and
+percentiles are ranks, which do not add up over days, so they are taken here from those lists.
 
 The results equal ``metrics.compute`` exactly (tests/unit/test_metrics_sql.py compares them on both
 databases): durations are integer microseconds computed in SQL from the stored timestamps, and become
@@ -28,13 +28,6 @@ from orchestrator.store.models import Release, Run, StepRow, Transition
 
 if TYPE_CHECKING:
     from orchestrator.store.repository import Store
-
-LEAD = "lead"
-RESTORE = "restore"
-TOTAL = "*"
-UNIX_EPOCH_JULIAN_DAY = (
-    2440587.5  # the group of every app together (not an app name: those are DNS-like labels)
-)
 
 
 @dataclass(frozen=True)
@@ -176,9 +169,13 @@ def _promotions(dialect: str, app: str | None, since: datetime, until: datetime)
     left out. Each row costs two probes of an index (the transition in the window's index, its run),
     a failure one more (its steps)."""
     succeeded = Transition.outcome == "succeeded"
-    prod_step = sa.and_(StepRow.transition_id == Transition.id, StepRow.environment == PROD)
+    # A correlated aggregate, also where only whether there is one matters: PostgreSQL may answer an
+    # EXISTS with a hash of every prod step ever recorded (the whole history), not a probe per failure.
     touched = (
-        sa.select(sa.func.min(StepRow.started_at)).where(prod_step).correlate(Transition).scalar_subquery()
+        sa.select(sa.func.min(StepRow.started_at))
+        .where(StepRow.transition_id == Transition.id, StepRow.environment == PROD)
+        .correlate(Transition)
+        .scalar_subquery()
     )
     return (
         sa.select(
