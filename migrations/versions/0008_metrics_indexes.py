@@ -2,7 +2,9 @@
 
 `metrics` (store/aggregates.py) reads each prod-edge transition of its window for its outcome and run:
 with those in the window's index, that is an index-only scan (PostgreSQL: when the table is vacuumed)
-instead of a row fetch per promotion. The index replaces (to_state, finished_at), its prefix. /metrics
+instead of a row fetch per promotion. The outcome comes before the time so that both conditions bound
+the scan (PostgreSQL otherwise combined it with the index on outcome, every transition's). The index
+replaces (to_state, finished_at): its queries (Store.prod_history) read it the same way. /metrics
 counts runs per app and state over the whole history: from (app, state) that is a scan of the index,
 not of every run.
 
@@ -24,8 +26,8 @@ depends_on: str | Sequence[str] | None = None
 NEW = (
     (
         "transitions",
-        "ix_transitions_to_state_finished_at_outcome_run_id",
-        ["to_state", "finished_at", "outcome", "run_id", "id"],
+        "ix_transitions_to_state_outcome_finished_at",
+        ["to_state", "outcome", "finished_at", "run_id", "id"],
     ),
     ("runs", "ix_runs_app_state", ["app", "state"]),
 )

@@ -2,7 +2,7 @@
 
 ``metrics.compute`` defines the keys over a list of promotions; loading that list costs a row and an
 object per promotion, thousands in a month. Here the database reads the window only (through the index
-on transitions (to_state, finished_at, ...), migration 0008), works out each promotion's lead and
+on transitions (to_state, outcome, finished_at, ...), migration 0008), works out each promotion's lead and
 restore time, and groups them by app and UTC day: one row per app and day comes back, with its counts
 (which add up to the app's and every app's) and its durations as lists of integers. Medians and
 percentiles are ranks, which do not add up over days, so they are taken here from those lists.
@@ -245,12 +245,22 @@ def dora_aggregates(
     ).group_by(rows.c.app, rows.c.day)
     with store._session() as s:
         conn = s.connection()
-        if dialect == "postgresql":
-            # The planner's estimate for a long window is high enough to compile the query to machine
-            # code first, which costs more (a quarter of a second) than running it.
-            conn.exec_driver_sql("SET LOCAL jit = off")
+        _plan_for_this_window(conn)
         groups = conn.execute(q).all()
     return _assemble(since, until, groups, by_day=by_day)
+
+
+def _plan_for_this_window(conn: sa.Connection) -> None:
+    """On PostgreSQL, for the transaction: a plan for this window's length every time, and no
+    compiling of the query to machine code first.
+
+    psycopg prepares a statement on its fifth execution, and PostgreSQL may then keep one generic plan
+    for every window, made without knowing the times: the one a month's window got took 5 s over half
+    a year's (a probe per promotion where a hash was due). The estimate for a long window is high
+    enough to start the JIT compiler, which costs more (a quarter of a second) than the query."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+        conn.exec_driver_sql("SET LOCAL jit = off")
 
 
 def _seconds(text: str | None) -> list[float]:
@@ -341,4 +351,6 @@ def promoted_without_commit_time(
     if app is not None:
         q = q.where(Run.app == app)
     with store._session() as s:
-        return [(int(i), a, sha) for i, a, sha in s.execute(q)]
+        conn = s.connection()
+        _plan_for_this_window(conn)
+        return [(int(i), a, sha) for i, a, sha in conn.execute(q)]
