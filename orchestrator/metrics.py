@@ -14,15 +14,17 @@ Definitions, as computed here (README, "DORA metrics"):
   it ran a good one again: a failed promotion's own automatic restore (first prod step to the end of
   the transition), or a rollback (the bad release to the rollback release).
 
-Everything below ``compute`` is a pure function of values the store hands over, so it is tested with
-constructed histories, without a database.
+``compute`` (with ``report`` and ``daily``) is that definition as a pure function of a list of
+promotions, tested with constructed histories. What `metrics`, `/metrics` and the dashboard read is the
+same keys aggregated by the database over the window (``load``, store/aggregates.py), which must equal
+``compute`` over the promotions ``Store.prod_history`` loads (tests/unit/test_metrics_sql.py).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,7 @@ from orchestrator.errors import BadInput
 
 if TYPE_CHECKING:
     from orchestrator.config import Config
+    from orchestrator.store.aggregates import DoraAggregates, DoraCounts
     from orchestrator.store.repository import Store
 
 # Runs recorded before commit times were get theirs from git by `metrics`, this many per call: each is
@@ -80,19 +83,28 @@ class Rollback:
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..1); None without samples."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]
+    return _nearest_rank(sorted(values), q) if values else None
 
 
 def _median(values: Sequence[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
+    return _middle(sorted(values)) if values else None
+
+
+def _nearest_rank(ordered: Sequence[float], q: float) -> float:
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+def _middle(ordered: Sequence[float]) -> float:
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def median_and_p90(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """``_median`` and ``_percentile(0.9)`` of the same values, sorted once (store/aggregates.py)."""
+    if not values:
+        return None, None
+    ordered = sorted(values)
+    return _middle(ordered), _nearest_rank(ordered, 0.9)
 
 
 @dataclass(frozen=True)
@@ -258,63 +270,112 @@ def daily(
     for p in promotions:
         if since <= p.finished_at < until:
             by_day.setdefault(p.finished_at.astimezone(UTC).date(), []).append(p)
-    points: list[DayPoint] = []
+    return [
+        DayPoint(day, compute(by_day.get(day, []), rollbacks, start, end))
+        for day, start, end in _days(since, until)
+    ]
+
+
+@dataclass(frozen=True)
+class DoraHistory:
+    """The keys of a window as the database aggregated them (store/aggregates.py), per app and for
+    every app together, and per app and day when loaded with ``by_day``; the apps asked for."""
+
+    aggregates: DoraAggregates
+    apps: list[str]
+
+    @property
+    def since(self) -> datetime:
+        return self.aggregates.since
+
+    @property
+    def until(self) -> datetime:
+        return self.aggregates.until
+
+    def report(self) -> MetricsReport:
+        """Per app (every app named, with zeros when it has no history) and for all of them together:
+        what ``report`` computes from the promotions."""
+        from orchestrator.store.aggregates import DoraCounts
+
+        a = self.aggregates
+        empty = DoraCounts()
+        per_app = {name: _dora(a.apps.get(name, empty), a.since, a.until) for name in self.apps}
+        return MetricsReport(a.since, a.until, per_app, _dora(a.total, a.since, a.until))
+
+    def daily(self, app: str) -> list[DayPoint]:
+        """What ``daily`` computes from the app's promotions: each UTC day of the window, the first and
+        last clipped to it."""
+        days = self.aggregates.days
+        if days is None:
+            raise ValueError("DoraHistory.daily needs the history loaded with by_day=True")
+        from orchestrator.store.aggregates import DoraCounts
+
+        empty = DoraCounts()
+        return [
+            DayPoint(day, _dora(days.get((app, day), empty), start, end))
+            for day, start, end in _days(self.since, self.until)
+        ]
+
+
+def _days(since: datetime, until: datetime) -> list[tuple[date, datetime, datetime]]:
+    """Each UTC calendar day of [since, until) with its part of the window."""
+    found = []
     day = since.astimezone(UTC).date()
     last = (until - timedelta(microseconds=1)).astimezone(UTC).date()
     while day <= last:
         start = max(since, datetime.combine(day, time.min, UTC))
         end = min(until, datetime.combine(day + timedelta(days=1), time.min, UTC))
-        points.append(DayPoint(day, compute(by_day.get(day, []), rollbacks, start, end)))
+        found.append((day, start, end))
         day += timedelta(days=1)
-    return points
+    return found
 
 
-@dataclass(frozen=True)
-class DoraHistory:
-    """What the keys are computed from: the window's promotions and rollbacks, and the apps asked for."""
-
-    promotions: list[Promotion]
-    rollbacks: list[Rollback]
-    since: datetime
-    until: datetime
-    apps: list[str]
-
-    def report(self) -> MetricsReport:
-        return report(self.promotions, self.rollbacks, self.since, self.until, self.apps)
-
-    def daily(self, app: str) -> list[DayPoint]:
-        return daily(
-            [p for p in self.promotions if p.app == app],
-            [r for r in self.rollbacks if r.app == app],
-            self.since,
-            self.until,
-        )
+def _dora(c: DoraCounts, since: datetime, until: datetime) -> Dora:
+    """A group's aggregates as the keys ``compute`` returns for the same promotions and window."""
+    days = max((until - since).total_seconds() / 86400, 1e-9)
+    return Dora(
+        deployments=c.deployments,
+        deploys_per_day=c.deployments / days,
+        deploy_days=c.deploy_days,
+        lead_time_median_s=c.lead.median_s,
+        lead_time_p90_s=c.lead.p90_s,
+        lead_time_samples=c.lead.samples,
+        lead_time_missing=c.lead_missing,
+        attempts=c.attempts,
+        failures=c.failed_in_prod + c.rolled_back,
+        failed_in_prod=c.failed_in_prod,
+        rolled_back=c.rolled_back,
+        time_to_restore_median_s=c.restore.median_s,
+        time_to_restore_samples=c.restore.samples,
+    )
 
 
 def load(
-    config: Config, store: Store, app: str | None, since_raw: str, *, now: datetime | None = None
+    config: Config,
+    store: Store,
+    app: str | None,
+    since_raw: str,
+    *,
+    now: datetime | None = None,
+    by_day: bool = False,
 ) -> DoraHistory:
-    """The history of ``app`` (or every app) since ``since_raw``. Runs recorded before commit times
-    were (or whose repository was unreadable then) get theirs from git now, where the app's
-    repository is here; the others stay out of the lead time, counted as ``missing``."""
+    """The keys of ``app`` (or every app) since ``since_raw``, per day too with ``by_day`` (the
+    dashboard's charts). Runs recorded before commit times were (or whose repository was unreadable
+    then) get theirs from git first, where the app's repository is here; the others stay out of the
+    lead time, counted as ``missing``."""
     from orchestrator.gitrepo import commit_time
+    from orchestrator.store.aggregates import dora_aggregates, promoted_without_commit_time
 
     until = now or datetime.now(UTC)
     since = parse_since(since_raw, until)
     names = [config.app(app).name] if app is not None else sorted(config.apps)
-    promotions, rollbacks = store.prod_history(app, since)
-    missing = [p for p in promotions if p.succeeded and p.committed_at is None][:BACKFILL_LIMIT]
-    filled: dict[int, datetime] = {}
-    for p in missing:
-        run = store.get_run(p.run_id)
-        source = config.apps[run.app].source if run.app in config.apps else None
-        found = commit_time(source, run.sha) if source is not None and source.is_dir() else None
+    for run_id, run_app, sha in promoted_without_commit_time(store, app, since, until, BACKFILL_LIMIT):
+        source = config.apps[run_app].source if run_app in config.apps else None
+        found = commit_time(source, sha) if source is not None and source.is_dir() else None
         if found is not None:
-            store.set_commit_time(run.id, found)
-            filled[run.id] = found
-    promotions = [replace(p, committed_at=filled[p.run_id]) if p.run_id in filled else p for p in promotions]
-    names = sorted(set(names) | {p.app for p in promotions})
-    return DoraHistory(promotions, rollbacks, since, until, names)
+            store.set_commit_time(run_id, found)
+    aggregates = dora_aggregates(store, app, since, until, by_day=by_day)
+    return DoraHistory(aggregates, sorted(set(names) | set(aggregates.apps)))
 
 
 def metrics(

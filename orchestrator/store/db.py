@@ -32,7 +32,7 @@ _MIGRATION_LOCK_KEY = 0x6F726368  # "orch": an arbitrary, fixed pg_advisory_lock
 
 # The newest migration. Checking the stored revision against it is one query and no Alembic import,
 # which keeps every CLI call fast; tests/unit/test_store.py fails if a migration is added without it.
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 
 
 def migrations_dir() -> Path:

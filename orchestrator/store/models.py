@@ -45,6 +45,8 @@ class Run(Base):
         Index("ix_runs_app_id", "app", "id"),
         Index("ix_runs_actor_id", "actor", "id"),
         Index("ix_runs_sha", "sha"),
+        # /metrics: runs per app and state, from the index alone (0008).
+        Index("ix_runs_app_state", "app", "state"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -71,11 +73,19 @@ class Transition(Base):
 
     __tablename__ = "transitions"
     # (run_id, id): a run's last transition (its outcome in `runs list`) from the index alone;
-    # (actor, run_id): runs moved by an actor, newest first; (to_state, finished_at): `metrics`' window.
+    # (actor, run_id): runs moved by an actor, newest first; (to_state, outcome, finished_at, ...): `metrics`'
+    # window, with what it reads of each transition, so the index alone answers it (0008).
     __table_args__ = (
         Index("ix_transitions_run_id_id", "run_id", "id"),
         Index("ix_transitions_actor_run_id", "actor", "run_id"),
-        Index("ix_transitions_to_state_finished_at", "to_state", "finished_at"),
+        Index(
+            "ix_transitions_to_state_outcome_finished_at",
+            "to_state",
+            "outcome",
+            "finished_at",
+            "run_id",
+            "id",
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

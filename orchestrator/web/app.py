@@ -96,10 +96,10 @@ class Backend:
             record_failures(store, notifier.close())
 
     def dora_history(self) -> DoraHistory:
-        """Every app's promotions and rollbacks over the metrics window, read now."""
+        """Every app's keys over the metrics window, and per day for the charts, read now."""
         from orchestrator.metrics import load
 
-        return load(self.config, self.store, None, self.metrics_window)
+        return load(self.config, self.store, None, self.metrics_window, by_day=True)
 
     def snapshot(self) -> Snapshot:
         """What one /metrics scrape reports, read now (orchestrator/web/prometheus.py)."""

@@ -9,6 +9,7 @@ the plan's use of the indexes of migration 0006.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 
 from orchestrator.gates import GateResult, GateStatus
 from orchestrator.holder import Holder
+from orchestrator.store.aggregates import dora_aggregates
 from orchestrator.store.history import History, RunFilter
 from orchestrator.store.listing import after_prefix as _after_prefix
 from orchestrator.store.repository import Store
@@ -165,9 +167,26 @@ def test_history_reads_use_their_indexes(store: Store, history: list[Known]) -> 
     with counted(store) as statements:
         store.prod_history(None, datetime.now(UTC) - timedelta(days=30))
     plans = "\n".join(_explain(store, *s) for s in statements)
-    assert "ix_transitions_to_state_finished_at" in plans, plans
+    assert "ix_transitions_to_state_outcome_finished_at" in plans, plans
     assert "ix_releases_transition_id" in plans or "ix_releases_kind_created_at" in plans, plans
     assert "SCAN releases" not in plans.replace("SCAN releases USING", ""), plans
+
+
+@pytest.mark.usefixtures("sqlite_only")
+def test_metrics_reads_its_window_and_counts_runs_from_indexes(store: Store, history: list[Known]) -> None:
+    """`metrics` and the dashboard's charts read the window's transitions from the index alone and
+    every other table by probes (no scan of a table: the work grows with the window, not the history);
+    /metrics counts runs per app and state from its index (migration 0008)."""
+    now = datetime.now(UTC)
+    with counted(store) as statements:
+        dora_aggregates(store, None, now - timedelta(days=30), now, by_day=True)
+    plans = "\n".join(_explain(store, *s) for s in statements)
+    assert "SEARCH transitions USING COVERING INDEX ix_transitions_to_state_outcome_finished_at" in plans
+    assert not re.search(r"SCAN (transitions|runs|releases|transition_steps)\b", plans), plans
+    with counted(store) as statements:
+        History(store).run_counts()
+    plans = "\n".join(_explain(store, *s) for s in statements)
+    assert "USING COVERING INDEX ix_runs_app_state" in plans, plans
 
 
 def _explain(store: Store, statement: str, params: object) -> str:

@@ -236,3 +236,34 @@ def test_metrics_from_recorded_history(cli: Cli, workspace: Workspace, store: St
     assert "change failure rate    67% (2 of 3: 1 failed in prod, 1 rolled back)" in human.stdout
     assert "unknown app 'nope'" in cli("metrics", "nope").error(2, "bad_input")
     assert "--since" in cli("metrics", "--since", "soon", as_json=True).error(2, "bad_input")
+
+
+@pytest.mark.usefixtures("docker_free_gates")
+def test_metrics_fills_missing_commit_times_from_git(cli: Cli, workspace: Workspace, store: Store) -> None:
+    """Runs recorded before commit times were get theirs from the app's repository when `metrics`
+    reads them (and keep it); where the repository is gone they are counted as missing, not guessed."""
+    import sqlalchemy as sa
+
+    from orchestrator.store.models import Run
+
+    runs = [
+        cli("run", "start", "--app", "demo", "--sha", workspace.repo.sha, as_json=True).ok()["run_id"]
+        for _ in range(2)
+    ]
+    for run_id in runs:
+        cli("advance", run_id, "--to", "deploy-staging", as_json=True).ok()
+        promote_to_prod(store, run_id)
+    with store.engine.begin() as conn:  # as a history recorded before 0004 left them
+        conn.execute(sa.update(Run).values(committed_at=None))
+
+    lead = cli("metrics", "demo", "--since", "1d", as_json=True).ok()["apps"]["demo"]["lead_time_for_changes"]
+    assert (lead["samples"], lead["missing_commit_time"]) == (2, 0)
+    with store.engine.connect() as conn:
+        kept = conn.execute(sa.select(Run.committed_at).where(Run.id.in_(runs))).scalars().all()
+    assert len(kept) == 2 and None not in kept
+
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(Run).values(committed_at=None))
+    workspace.set_apps({"demo": workspace.path / "gone"})
+    lead = cli("metrics", "demo", "--since", "1d", as_json=True).ok()["apps"]["demo"]["lead_time_for_changes"]
+    assert (lead["samples"], lead["missing_commit_time"]) == (0, 2)
