@@ -278,6 +278,9 @@ class ProxiedRuntime(_Containers):
     def _takeover(self, env: str, container: ContainerInfo) -> None:
         """Wait until the proxy sends requests to ``container``: only then may the others leave."""
         with self.steps.step(f"{env}_takeover", env) as step:
+            # A slot drained for a release retired earlier may be the one DNS gives ``container``.
+            if undrained := self.proxy(env).undrain():
+                step.changed(undrained=undrained)
             now = self.engines.of(env).container(container.id)
             address = now.addresses.get(self.network(env)) if now is not None else None
             if address is None:
@@ -307,14 +310,19 @@ class ProxiedRuntime(_Containers):
             )
 
     def _retire_others(self, env: str, keep: ContainerInfo) -> None:
-        """Every container of ``env`` but ``keep`` is stopped (SIGTERM, then SIGKILL after the grace),
-        then removed. Order matters: stopped on the network, a leaving process closes its connections
-        and refuses new ones, which the proxy retries on ``keep`` at once; taken off the network first,
-        it would vanish mid-answer and leave the proxy waiting on a connection nobody answers (seen:
-        a request hanging past the client's timeout)."""
+        """Every container of ``env`` but ``keep`` is drained, then stopped (SIGTERM, then SIGKILL after
+        the grace), then removed. Drained first: the proxy sends it no new request and the ones it is
+        answering end, which a process that exits on SIGTERM would otherwise cut mid-answer (the proxy
+        retries a request that got no answer, not one whose answer had begun). Stopped on the network:
+        a leaving process refuses new connections, which the proxy retries on ``keep`` at once; taken
+        off the network first, it would vanish mid-answer and leave the proxy waiting on a connection
+        nobody answers (seen: a request hanging past the client's timeout)."""
         for other in self.backends(env):
             if other.id == keep.id:
                 continue
+            address = other.addresses.get(self.network(env))
+            if other.running and address is not None:
+                self._drain(env, other, address)
             with self.steps.step(f"{env}_retire", env) as step:
                 step.changed(container_id=other.id, container=other.name, image_id=other.image_id)
                 try:
@@ -324,6 +332,26 @@ class ProxiedRuntime(_Containers):
                     # ``keep`` serves already: a leftover beside it is for settle (recover, the next
                     # deploy), not a reason to undo a hand-over that has happened.
                     step.fail(exc.message)
+
+    def _drain(self, env: str, other: ContainerInfo, address: str) -> None:
+        """Recorded as ``<env>_drain``: the requests in flight when it began, how many were left when the
+        wait ended (more than 0: ``drain_s`` ran out) and how long it waited. A proxy that cannot be
+        asked fails the step but not the hand-over: ``keep`` serves already, and stopping the old
+        release undrained is what happened before draining existed."""
+        with self.steps.step(f"{env}_drain", env) as step:
+            step.changed(container_id=other.id, container=other.name, address=address)
+            try:
+                drained = self.proxy(env).drain(address, timeout_s=self.settings.drain_s)
+            except DockerError as exc:
+                step.fail(exc.message)
+                return
+            step.changed(
+                servers=list(drained.servers),
+                in_flight=drained.in_flight,
+                left=drained.left,
+                waited_s=drained.waited_s,
+                drain_s=self.settings.drain_s,
+            )
 
     def discard(self, env: str, container: ContainerInfo) -> None:
         with self.steps.step(f"{env}_discard", env) as step:

@@ -12,15 +12,11 @@ rollback loops see refused connections and the failing release takes prod down b
 
 from __future__ import annotations
 
-import threading
-import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from client_loop import client_loop
 from faults_support import Orchestrator
 
 if TYPE_CHECKING:
@@ -33,44 +29,42 @@ pytestmark = pytest.mark.docker
 
 PORT_INSIDE = 8080
 OTHER_SHA = "f" * 40  # what the wrong_version variant serves (conftest.OTHER_SHA)
+SLOW_S = 1.5  # how long /cgi-bin/slow takes to answer, its first line sent at once
+# A CGI of the app that begins its answer at once (so the proxy cannot retry it elsewhere once it is
+# cut) and ends it SLOW_S later; both lines name the release that answered.
+SLOW_CGI = f"""#!/bin/busybox sh
+echo "Content-Type: text/plain"
+echo ""
+/bin/busybox cat /www/version
+/bin/busybox sleep {SLOW_S}
+/bin/busybox cat /www/version
+"""
 
 
-@dataclass
-class Loop:
-    """A client asking ``url`` every 20 ms on a thread: failed requests, and which revisions answered."""
-
-    url: str
-    ok: int = 0
-    failed: list[str] = field(default_factory=list)
-    bodies: set[str] = field(default_factory=set)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as answer:
-                    self.bodies.add(answer.read().decode().strip())
-                    self.ok += 1
-            except Exception as exc:
-                self.failed.append(repr(exc))
-            time.sleep(0.02)
-
-    def summary(self) -> str:
-        return f"{len(self.failed)} of {self.ok + len(self.failed)} requests failed: {self.failed[:5]}"
+def prod_loop(app: BusyboxApp, path: str = "/version", **options: Any) -> Any:
+    """The client loop on ``path`` of prod's port (what a user of prod sees)."""
+    return client_loop(f"http://127.0.0.1:{app.port('prod')}{path}", **options)
 
 
-@contextmanager
-def client_loop(app: BusyboxApp, env: str = "prod") -> Iterator[Loop]:
-    loop = Loop(f"http://127.0.0.1:{app.port(env)}/version")
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    try:
-        time.sleep(0.2)  # a few answers from what served before
-        yield loop
-        time.sleep(0.5)  # and a few from what serves after
-    finally:
-        loop.stop.set()
-        thread.join(timeout=10)
+def slow_loop(app: BusyboxApp) -> Any:
+    """Slow requests (SLOW_S each) kept in flight back to back on three staggered threads: whenever the
+    old release is stopped, it is answering some of them."""
+    return prod_loop(
+        app,
+        "/cgi-bin/slow",
+        interval_s=0,
+        workers=3,
+        stagger_s=SLOW_S / 3,
+        before_s=0,
+        after_s=0,
+        complete=slow_answer_complete,
+    )
+
+
+def slow_answer_complete(body: str) -> bool:
+    """Both lines of SLOW_CGI, from one release: anything else was cut when its release exited."""
+    lines = body.split("\n")
+    return len(lines) == 2 and lines[0] == lines[1]
 
 
 def zero_downtime(app: BusyboxApp, haproxy_image: str) -> None:
@@ -89,11 +83,14 @@ def commit(app: BusyboxApp, message: str, **variant: Any) -> str:
     listen = 'exec $bb httpd -f -p "127.0.0.1:$PORT" -h /www'
     assert listen in serve
     # PID 1 ignores SIGTERM unless it handles it: like a real app, stop when asked (docker stop).
-    graceful = 'trap "exit 0" TERM\n$bb httpd -f -p "0.0.0.0:$PORT" -h /www &\nwait'
+    # It exits at once, whatever it is answering: what drains the old release is the proxy.
+    graceful = (
+        '$bb chmod +x /www/cgi-bin/slow\ntrap "exit 0" TERM\n$bb httpd -f -p "0.0.0.0:$PORT" -h /www &\nwait'
+    )
     return str(
         app.repo.commit(
-            f"{message}: listen on 0.0.0.0, stop on SIGTERM",
-            {"rootfs/serve.sh": serve.replace(listen, graceful)},
+            f"{message}: listen on 0.0.0.0, stop on SIGTERM, a slow endpoint",
+            {"rootfs/serve.sh": serve.replace(listen, graceful), "rootfs/www/cgi-bin/slow": SLOW_CGI},
         )
     )
 
@@ -154,7 +151,7 @@ def test_promotion_and_rollback_cost_no_request(app: BusyboxApp, docker_client: 
     new = commit(app, "new")
     run_id = app.start(new)
     app.advance(run_id, "deploy-staging").ok()
-    with client_loop(app) as promotion:
+    with prod_loop(app) as promotion:
         result = app.advance(run_id, "deploy").ok()
     assert result["state"] == "deploy", result
     assert promotion.failed == [], promotion.summary()
@@ -162,7 +159,7 @@ def test_promotion_and_rollback_cost_no_request(app: BusyboxApp, docker_client: 
     second = assert_serves(docker_client, app, "prod", new)
     assert second.id != first.id
 
-    with client_loop(app) as rollback:
+    with prod_loop(app) as rollback:
         back = app.cli("rollback", app.name, "--env", "prod", as_json=True).ok()
     assert back["to_release"]["revision"] == old, back
     assert rollback.failed == [], rollback.summary()
@@ -175,6 +172,41 @@ def test_promotion_and_rollback_cost_no_request(app: BusyboxApp, docker_client: 
     serving_before = assert_serves(docker_client, app, "prod", old)
     app.cli("prune", app.name, as_json=True).ok()
     assert assert_serves(docker_client, app, "prod", old).id == serving_before.id
+
+
+def drains(app: BusyboxApp, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [s["changes"] for s in steps if s["name"] == "prod_drain"]
+
+
+def test_a_request_in_flight_finishes_on_the_release_that_began_it(
+    app: BusyboxApp, docker_client: docker.DockerClient
+) -> None:
+    """The old release is stopped while it answers slow requests (begun before the swap): the proxy
+    stops sending it new ones and waits for those to end before it is stopped, so each completes, from
+    the release that began it; the fast loop beside them sees no failure either. Without the drain the
+    release exits mid-answer and the client gets a cut response (IncompleteRead)."""
+    old = commit(app, "old")
+    app.deploy(old)
+    new = commit(app, "new")
+    run_id = app.start(new)
+    app.advance(run_id, "deploy-staging").ok()
+
+    with prod_loop(app) as fast, slow_loop(app) as slow:
+        app.advance(run_id, "deploy").ok()
+    assert slow.failed == [], slow.summary()
+    assert fast.failed == [], fast.summary()
+    assert f"{old}\n{old}" in slow.bodies, slow.bodies
+    drained = drains(app, app.show(run_id)["transitions"][-1]["steps"])
+    assert len(drained) == 1, drained
+    assert drained[0]["in_flight"] >= 1 and drained[0]["left"] == 0, drained
+    assert_serves(docker_client, app, "prod", new)
+
+    with prod_loop(app) as fast, slow_loop(app) as slow:
+        app.cli("rollback", app.name, "--env", "prod", as_json=True).ok()
+    assert slow.failed == [], slow.summary()
+    assert fast.failed == [], fast.summary()
+    assert f"{new}\n{new}" in slow.bodies, slow.bodies
+    assert_serves(docker_client, app, "prod", old)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +227,7 @@ def test_a_failing_release_never_takes_traffic(
     bad = commit(app, "bad", **variant)
     run_id = app.start(bad)
     app.advance(run_id, "deploy-staging").ok()
-    with client_loop(app) as loop:
+    with prod_loop(app) as loop:
         result = app.advance(run_id, "deploy")
     assert result.exit_code == 1, result.describe()
     assert loop.failed == [], loop.summary()
@@ -235,7 +267,7 @@ def test_sigkill_mid_hand_over_then_recover(
     run_id = orch.start_run(app.name, new)
     orch.advance(run_id, "deploy-staging").ok()
 
-    with client_loop(app) as loop:
+    with prod_loop(app) as loop:
         proc = orch.advance(run_id, "deploy", crash_at=crash_at)
         assert proc.returncode == -9, proc.describe()
         if crash_at == "after:prod_start":
@@ -264,7 +296,7 @@ def test_sigterm_with_two_containers_serving_puts_the_old_release_back(
     run_id = orch.start_run(app.name, commit(app, "new"))
     orch.advance(run_id, "deploy-staging").ok()
 
-    with client_loop(app) as loop:
+    with prod_loop(app) as loop:
         proc = orch.advance(run_id, "deploy", crash_at="after:prod_connect", crash_signal="TERM")
     assert proc.returncode != 0, proc.describe()
     assert loop.failed == [], loop.summary()

@@ -1,0 +1,94 @@
+"""The client of an environment during a swap: threads asking one URL over and over, counting every
+failed request and the longest gap between two answers. One copy for the zero-downtime tests and
+benchmarks/zero_downtime.py (which puts this folder on its path), so what the tests assert and what the
+benchmark reports are measured the same way.
+
+Two shapes of the same client: the issue's fast loop (one request every 20 ms), and slow requests kept
+in flight back to back (``workers`` threads, staggered), so that one is being answered at whatever
+moment the old release is stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+INTERVAL_S = 0.02
+
+
+@dataclass
+class Loop:
+    """Requests to ``url`` on ``workers`` threads, each waiting ``interval_s`` between its requests."""
+
+    url: str
+    interval_s: float = INTERVAL_S
+    timeout_s: float = 5.0
+    workers: int = 1
+    # A body that fails this was cut short: counted as a failed request. A response without a length
+    # ends when the connection does, so a cut one reads as a complete (shorter) body.
+    complete: Callable[[str], bool] | None = None
+    ok: int = 0
+    failed: list[str] = field(default_factory=list)
+    bodies: set[str] = field(default_factory=set)
+    answered_at: list[float] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=self.timeout_s) as answer:
+                    body = answer.read().decode().strip()
+                if self.complete is not None and not self.complete(body):
+                    raise ValueError(f"cut short: {body!r}")
+                with self._lock:
+                    self.bodies.add(body)
+                    self.ok += 1
+                    self.answered_at.append(time.monotonic())
+            except Exception as exc:
+                with self._lock:
+                    self.failed.append(repr(exc))
+            self.stop.wait(self.interval_s)
+
+    @property
+    def longest_gap_s(self) -> float:
+        times = sorted(self.answered_at)
+        return max((b - a for a, b in itertools.pairwise(times)), default=float("nan"))
+
+    def summary(self) -> str:
+        return f"{len(self.failed)} of {self.ok + len(self.failed)} requests failed: {self.failed[:5]}"
+
+
+@contextmanager
+def client_loop(
+    url: str,
+    *,
+    before_s: float = 0.2,
+    after_s: float = 0.5,
+    interval_s: float = INTERVAL_S,
+    timeout_s: float = 5.0,
+    workers: int = 1,
+    stagger_s: float = 0.0,
+    complete: Callable[[str], bool] | None = None,
+) -> Iterator[Loop]:
+    """``before_s`` of answers from what served before the body runs, ``after_s`` from what serves
+    after. Threads start ``stagger_s`` apart, so slow requests overlap instead of ending together;
+    leaving waits for every request in flight to end (each is counted)."""
+    loop = Loop(url, interval_s=interval_s, timeout_s=timeout_s, workers=workers, complete=complete)
+    threads = [threading.Thread(target=loop.run, daemon=True) for _ in range(workers)]
+    try:
+        for thread in threads:
+            thread.start()
+            time.sleep(stagger_s)
+        time.sleep(before_s)
+        yield loop
+        time.sleep(after_s)
+    finally:
+        loop.stop.set()
+        for thread in threads:
+            thread.join(timeout=timeout_s + 5)
