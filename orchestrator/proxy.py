@@ -56,6 +56,13 @@ ADMIN_LABEL = "orchestrator.proxy.admin"
 BACKEND = "app"  # the haproxy backend (and server-template prefix) every request goes to
 # haproxy's srv_admin_state bits (`show servers state`): drain forced through the API.
 _FDRAIN = 0x08
+RISE, FALL = 1, 2  # checks passed to be up, failed to be down
+# A server's state (`show servers state`): running, its last check an HTTP answer that passed, at full
+# health. haproxy puts a server it has just resolved up at `rise` health before any check, and one
+# failed check takes it down again: full health means a check passed since it was resolved.
+_RUNNING = "2"
+_L7OK = "15"
+_FULL_HEALTH = str(RISE + FALL - 1)
 _DRAIN_POLL_S = 0.05
 
 
@@ -116,10 +123,13 @@ def render(spec: ProxySpec) -> str:
             f"  http-request set-var(txn.orch_probe) bool(true) if {{ req.hdr({PROBE_HEADER}) -m found }}",
             f"  http-response set-header {BACKEND_HEADER} %si if {{ var(txn.orch_probe) -m bool }}",
             f"  option httpchk GET {spec.health_path}",
-            # observe: the first failed connection marks the backend down at once, so only one request
-            # pays the connect timeout for a backend that has gone.
-            f"  default-server inter {spec.check_ms}ms fall 2 rise 1 check resolvers docker init-addr none"
-            " observe layer4 error-limit 1 on-error mark-down",
+            # Only the health check decides whether a backend is up, never a request's failed connect
+            # (`observe layer4`): a backend haproxy has just resolved is up before its first check, so
+            # requests sent to it before its network answers fail up to `timeout connect` later, by then
+            # after its check passed and it answered others, and marked the only backend left down (a
+            # 503 for everyone until the next check). A backend leaving is drained or out of DNS first.
+            f"  default-server inter {spec.check_ms}ms fall {FALL} rise {RISE} check resolvers docker"
+            " init-addr none",
             f"  server-template {BACKEND} {spec.slots} {spec.backend}:{spec.backend_port}",
             "",
         ]
@@ -244,6 +254,16 @@ class Proxy:
         # The first line is the format's version (one number); every server line starts with be_id.
         rows = [line for line in lines if line[0].isdigit() and " " in line]
         return [dict(zip(names, row.split(), strict=False)) for row in rows]
+
+    def checked_up(self, address: str) -> bool:
+        """Whether haproxy's own health check has found the backend at ``address`` up (not merely
+        resolved): only then may the backends it replaces leave."""
+        return any(
+            (s.get("srv_op_state"), s.get("srv_check_status"), s.get("srv_check_health"))
+            == (_RUNNING, _L7OK, _FULL_HEALTH)
+            for s in self.servers()
+            if s.get("srv_addr") == address
+        )
 
     def in_flight(self, servers: Iterable[str]) -> int:
         """Requests on ``servers`` now: being answered (scur) or queued for them (qcur)."""

@@ -276,10 +276,15 @@ class ProxiedRuntime(_Containers):
         self._retire_others(env, container)
 
     def _takeover(self, env: str, container: ContainerInfo) -> None:
-        """Wait until the proxy sends requests to ``container``: only then may the others leave."""
+        """Wait until the proxy sends requests to ``container`` and its health check found it up: only
+        then may the others leave. An answer alone is not enough: haproxy sends requests to a backend it
+        has just resolved before checking it, and its first check, sent before the backend's network
+        answered, may still fail after that answer and take it down (seen as a 503 under load once
+        the old backend was gone)."""
         with self.steps.step(f"{env}_takeover", env) as step:
+            proxy = self.proxy(env)
             # A slot drained for a release retired earlier may be the one DNS gives ``container``.
-            if undrained := self.proxy(env).undrain():
+            if undrained := proxy.undrain():
                 step.changed(undrained=undrained)
             now = self.engines.of(env).container(container.id)
             address = now.addresses.get(self.network(env)) if now is not None else None
@@ -287,21 +292,27 @@ class ProxiedRuntime(_Containers):
                 raise DockerError(f"{container.name} has no address on {self.network(env)} (not running)")
             url = f"http://{LOOPBACK}:{env_port(self.app, env)}{self.app.health_path}"
             deadline = time.monotonic() + self.settings.health_timeout_s
-            started, tries, answers, seen = time.monotonic(), 0, 0, ""
-            while answers < _TAKEOVER_ANSWERS:
+            started, tries, answers, seen, checked = time.monotonic(), 0, 0, "", False
+            while answers < _TAKEOVER_ANSWERS or not checked:
                 if time.monotonic() > deadline:
                     raise DockerError(
-                        f"the proxy {self.proxy(env).spec.name} did not send a request to {container.name} "
-                        f"({address}) within {self.settings.health_timeout_s:g}s ({tries} tries, last "
-                        f"answered by {seen or 'nothing'}): see 'docker logs {self.proxy(env).spec.name}'"
+                        f"the proxy {proxy.spec.name} did not take {container.name} ({address}) into "
+                        f"service within {self.settings.health_timeout_s:g}s ({tries} tries, last "
+                        f"answer by {seen or 'nothing'}): see 'docker logs {proxy.spec.name}'"
                     )
                 tries += 1
-                answer = httpclient.request(url, headers={PROBE_HEADER: "1"}, timeout=2.0, limit=0)
-                seen = answer.header(BACKEND_HEADER) or (answer.error or f"HTTP {answer.status}")
-                if answer.ok and answer.header(BACKEND_HEADER) == address:
-                    answers += 1
+                if answers < _TAKEOVER_ANSWERS:
+                    answer = httpclient.request(url, headers={PROBE_HEADER: "1"}, timeout=2.0, limit=0)
+                    seen = answer.header(BACKEND_HEADER) or (answer.error or f"HTTP {answer.status}")
+                    if answer.ok and answer.header(BACKEND_HEADER) == address:
+                        answers += 1
+                        continue
+                elif proxy.checked_up(address):
+                    checked = True
+                    continue
                 else:
-                    time.sleep(_TAKEOVER_POLL_S)
+                    seen = f"{address}, not yet up by the proxy's health check"
+                time.sleep(_TAKEOVER_POLL_S)
             step.changed(
                 container_id=container.id,
                 address=address,

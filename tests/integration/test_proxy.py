@@ -3,42 +3,23 @@ client keeps hitting its port, and the client never sees a failed request."""
 
 from __future__ import annotations
 
-import threading
+import os
+import stat
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from client_loop import client_loop
 
 from orchestrator.docker_engine import DockerEngine
-from orchestrator.proxy import Proxy, ProxySpec
+from orchestrator.proxy import ADMIN_LABEL, ADMIN_SOCKET, LISTEN, Proxy, ProxySpec
 
 HTTPD = (
     "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n"
     'CMD ["/bin/busybox", "httpd", "-f", "-p", "8000", "-h", "/www"]\n'
 )
-
-
-@dataclass
-class Loop:
-    """A client hitting ``url`` every 20 ms on a thread: how many requests failed, what answered."""
-
-    url: str
-    ok: int = 0
-    failed: list[str] = field(default_factory=list)
-    bodies: set[str] = field(default_factory=set)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as answer:
-                    self.bodies.add(answer.read().decode().strip())
-                    self.ok += 1
-            except Exception as exc:
-                self.failed.append(repr(exc))
-            time.sleep(0.02)
 
 
 @pytest.fixture
@@ -101,24 +82,53 @@ def test_backends_replaced_behind_the_proxy_cost_no_request(
     url = f"http://127.0.0.1:{port}/health"
     wait_until(answers(url, "old"))
 
-    loop = Loop(url)
-    client = threading.Thread(target=loop.run, daemon=True)
-    client.start()
-    try:
-        time.sleep(0.3)
-        engine.run(new, new_image.id, **run)  # type: ignore[attr-defined]
-        wait_until(lambda: "new" in loop.bodies)
+    with client_loop(url, before_s=0.3, after_s=0, timeout_s=2) as loop:
+        backend = engine.run(new, new_image.id, **run)  # type: ignore[attr-defined]
+        # The hand-over the runtimes make: the old backend leaves once haproxy's own check has found
+        # the new one up, not at its first answer (haproxy sends requests to a backend it has just
+        # resolved before checking it; a first check that then fails takes it down).
+        wait_until(lambda: "new" in loop.bodies and proxy.checked_up(backend.addresses[network]))
         engine.remove_container(old)
         time.sleep(1.5)
         # After the old backend left, only the new one answers.
         loop.bodies.clear()
         time.sleep(0.5)
-    finally:
-        loop.stop.set()
-        client.join(timeout=5)
     assert loop.failed == [], f"{len(loop.failed)} of {loop.ok + len(loop.failed)} requests failed"
     assert loop.bodies == {"new"}
     assert loop.ok > 50
+
+
+def test_the_admin_socket_is_a_unix_socket_only_its_user_reaches(
+    network: str,
+    engine: DockerEngine,
+    haproxy_image: str,
+    unique_name: Callable[[str], str],
+    docker_cleanup: Callable[..., None],
+    free_port: Callable[[], int],
+) -> None:
+    """The runtime API can stop a backend from getting requests: no TCP port for it (the host's other
+    users and the backends on the proxy's network would reach one), only a socket in a directory of
+    the orchestrator's user, mode 0700, that the proxy removes with itself."""
+    spec = ProxySpec(
+        name=unique_name("proxy"),
+        network=network,
+        backend=unique_name("backend"),
+        backend_port=8000,
+        port=free_port(),
+        health_path="/health",
+        image=haproxy_image,
+    )
+    docker_cleanup(container=spec.name)
+    proxy = Proxy(engine, spec)
+    started = proxy.ensure()
+    admin = Path(started.labels[ADMIN_LABEL])
+    assert stat.S_IMODE(admin.stat().st_mode) == 0o700 and admin.stat().st_uid == os.geteuid()
+    wait_until(lambda: (admin / ADMIN_SOCKET).exists())
+    sock = (admin / ADMIN_SOCKET).stat()
+    assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o600 and sock.st_uid == os.geteuid()
+    assert list(started.ports) == [LISTEN], started.ports  # nothing published but the environment's port
+    assert "Name: HAProxy" in proxy.admin("show info")
+    assert proxy.remove() and not admin.exists()
 
 
 def test_a_changed_configuration_recreates_the_proxy(
