@@ -112,7 +112,11 @@ def render(spec: ProxySpec) -> str:
             "resolvers docker",
             "  nameserver dns 127.0.0.11:53",
             "  accepted_payload_size 8192",
-            "  hold valid 1s",
+            # Asked every 200 ms (`hold valid` is the interval between two resolutions): a swarm task
+            # Swarm replaces leaves the service's DNS 2 s before it is stopped (its fixed gossip delay),
+            # and that is all the drain it gets; each second haproxy kept sending it requests would be
+            # a second less for the last of them to end.
+            "  hold valid 200ms",
             "  hold obsolete 0s",
             "  timeout resolve 200ms",
             "  timeout retry 200ms",

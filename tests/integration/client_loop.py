@@ -17,8 +17,20 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 INTERVAL_S = 0.02
+SLOW_S = 1.5  # how long /cgi-bin/slow takes to answer, its first line sent at once
+# A CGI for the test apps (www/cgi-bin/slow, made executable when the app starts): it begins its
+# answer at once, so the proxy cannot retry it elsewhere once it is cut, and ends it SLOW_S later; both
+# lines name the release that answered.
+SLOW_CGI = f"""#!/bin/busybox sh
+echo "Content-Type: text/plain"
+echo ""
+/bin/busybox cat /www/version
+/bin/busybox sleep {SLOW_S}
+/bin/busybox cat /www/version
+"""
 
 
 @dataclass
@@ -92,3 +104,23 @@ def client_loop(
         loop.stop.set()
         for thread in threads:
             thread.join(timeout=timeout_s + 5)
+
+
+def slow_answer_complete(body: str) -> bool:
+    """Both lines of SLOW_CGI, from one release: anything else was cut when its release exited."""
+    lines = body.split("\n")
+    return len(lines) == 2 and lines[0] == lines[1]
+
+
+def slow_client_loop(url: str) -> Any:
+    """Slow requests (SLOW_S each, to SLOW_CGI at ``url``) kept in flight back to back on three
+    staggered threads: whenever an old release is stopped, it is answering some of them."""
+    return client_loop(
+        url,
+        interval_s=0,
+        workers=3,
+        stagger_s=SLOW_S / 3,
+        before_s=0,
+        after_s=0,
+        complete=slow_answer_complete,
+    )

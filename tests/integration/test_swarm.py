@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import docker
 import docker.errors
 import pytest
+from client_loop import SLOW_CGI, client_loop, slow_client_loop
 
 from orchestrator.docker_engine import DockerEngine
 from orchestrator.health import get as http_get
@@ -36,18 +36,25 @@ REVISION_LABEL = "org.opencontainers.image.revision"
 SERVE = """\
 bb=/bin/busybox
 echo "$APP_REVISION" > /www/version
+$bb chmod +x /www/cgi-bin/slow
 if [ "$ORCH_ENVIRONMENT" = prod ]; then
   {broken}
 fi
-exec $bb httpd -f -p "0.0.0.0:$PORT" -h /www
+{serve}
 """
+# busybox httpd as PID 1 ignores SIGTERM (Docker kills it after the stop grace period); an app that exits
+# at once when asked to stop instead leaves a task no time to finish what it is answering.
+SERVE_FOREVER = 'exec $bb httpd -f -p "0.0.0.0:$PORT" -h /www'
+EXIT_ON_SIGTERM = 'trap "exit 0" TERM\n$bb httpd -f -p "0.0.0.0:$PORT" -h /www &\nwait'
 HEALTHCHECK = (
     'HEALTHCHECK --interval=1s --timeout=1s --retries=2 CMD ["/bin/busybox", "wget", '
     '"-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"]\n'
 )
 
 
-def render(app: str, marker: str, *, healthcheck: bool, broken: bool) -> dict[str, str]:
+def render(
+    app: str, marker: str, *, healthcheck: bool, broken: bool, exits_on_sigterm: bool = False
+) -> dict[str, str]:
     return {
         "Dockerfile": (
             "FROM scratch\nCOPY busybox /bin/busybox\n"
@@ -57,9 +64,13 @@ def render(app: str, marker: str, *, healthcheck: bool, broken: bool) -> dict[st
             + (HEALTHCHECK if healthcheck else "")
             + 'CMD ["/bin/busybox", "sh", "/serve.sh"]\n'
         ),
-        "rootfs/serve.sh": SERVE.format(broken="$bb rm -f /www/health" if broken else ":"),
+        "rootfs/serve.sh": SERVE.format(
+            broken="$bb rm -f /www/health" if broken else ":",
+            serve=EXIT_ON_SIGTERM if exits_on_sigterm else SERVE_FOREVER,
+        ),
         "rootfs/www/health": "ok\n",
         "rootfs/www/index.html": f"{app} {marker}\n",
+        "rootfs/www/cgi-bin/slow": SLOW_CGI,
     }
 
 
@@ -109,8 +120,10 @@ class SwarmApp:
             f"swarm_network = {json.dumps(self.network)}\n"
         )
 
-    def commit(self, marker: str, *, healthcheck: bool = True, broken: bool = False) -> str:
-        return self.app.repo.commit(marker, render(self.name, marker, healthcheck=healthcheck, broken=broken))
+    def commit(self, marker: str, *, healthcheck: bool = True, broken: bool = False, **variant: bool) -> str:
+        return self.app.repo.commit(
+            marker, render(self.name, marker, healthcheck=healthcheck, broken=broken, **variant)
+        )
 
     def spec_image(self, env: str) -> str:
         attrs = self.client.api.inspect_service(self.service(env))
@@ -386,34 +399,46 @@ def test_no_request_fails_during_a_promotion_and_a_rollback(swarm_app: SwarmApp)
     old task killed with requests in flight, the proxy sending to a task that is gone). A client hits
     prod's /version through the proxy every 20 ms while B is promoted over A and while prod is rolled
     back to A: not one request fails, and both revisions were seen."""
-    from test_proxy import Loop
-
     app = swarm_app
     first = prod_release(app, app.app.deploy(app.commit("A")))
     run_id = app.app.start(app.commit("B"))
     app.app.advance(run_id, "deploy-staging").ok()
     url = f"http://127.0.0.1:{app.app.port('prod')}/version"
     for action in ("promotion", "rollback"):
-        loop = Loop(url)
-        client = threading.Thread(target=loop.run, daemon=True)
-        client.start()
-        try:
-            time.sleep(0.5)
+        with client_loop(url, before_s=0.5, timeout_s=2) as loop:
             if action == "promotion":
                 app.app.advance(run_id, "deploy").ok()
             else:
                 app.app.cli(
                     "rollback", app.name, "--env", "prod", "--to", first["release_id"], as_json=True
                 ).ok()
-            time.sleep(0.5)
-        finally:
-            loop.stop.set()
-            client.join(timeout=5)
         assert loop.failed == [], (
             f"{action}: {len(loop.failed)} of {loop.ok + len(loop.failed)} failed: {loop.failed[:3]}"
         )
         assert loop.ok > 50, action
         assert len(loop.bodies) == 2, (action, loop.bodies)  # the old revision, then the new one
+
+
+def test_a_request_in_flight_finishes_on_the_task_that_began_it(swarm_app: SwarmApp) -> None:
+    """Slow requests kept in flight while B is promoted over A and prod rolled back: each completes on
+    the task that began it, though the app exits at once on SIGTERM."""
+    app = swarm_app
+    first = prod_release(app, app.app.deploy(app.commit("A", exits_on_sigterm=True)))
+    run_id = app.app.start(app.commit("B", exits_on_sigterm=True))
+    app.app.advance(run_id, "deploy-staging").ok()
+    base = f"http://127.0.0.1:{app.app.port('prod')}"
+    for action in ("promotion", "rollback"):
+        fast_loop = client_loop(f"{base}/version", timeout_s=2)
+        with fast_loop as fast, slow_client_loop(f"{base}/cgi-bin/slow") as slow:
+            if action == "promotion":
+                app.app.advance(run_id, "deploy").ok()
+            else:
+                app.app.cli(
+                    "rollback", app.name, "--env", "prod", "--to", first["release_id"], as_json=True
+                ).ok()
+        assert slow.failed == [], (action, slow.summary())
+        assert fast.failed == [], (action, fast.summary())
+        assert len(slow.bodies) == 2, (action, slow.bodies)
 
 
 def test_a_stack_file_is_pinned_like_compose_only_the_app_service_by_digest(

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from client_loop import client_loop
+from client_loop import SLOW_CGI, client_loop, slow_client_loop
 from faults_support import Orchestrator
 
 if TYPE_CHECKING:
@@ -29,16 +29,6 @@ pytestmark = pytest.mark.docker
 
 PORT_INSIDE = 8080
 OTHER_SHA = "f" * 40  # what the wrong_version variant serves (conftest.OTHER_SHA)
-SLOW_S = 1.5  # how long /cgi-bin/slow takes to answer, its first line sent at once
-# A CGI of the app that begins its answer at once (so the proxy cannot retry it elsewhere once it is
-# cut) and ends it SLOW_S later; both lines name the release that answered.
-SLOW_CGI = f"""#!/bin/busybox sh
-echo "Content-Type: text/plain"
-echo ""
-/bin/busybox cat /www/version
-/bin/busybox sleep {SLOW_S}
-/bin/busybox cat /www/version
-"""
 
 
 def prod_loop(app: BusyboxApp, path: str = "/version", **options: Any) -> Any:
@@ -47,24 +37,7 @@ def prod_loop(app: BusyboxApp, path: str = "/version", **options: Any) -> Any:
 
 
 def slow_loop(app: BusyboxApp) -> Any:
-    """Slow requests (SLOW_S each) kept in flight back to back on three staggered threads: whenever the
-    old release is stopped, it is answering some of them."""
-    return prod_loop(
-        app,
-        "/cgi-bin/slow",
-        interval_s=0,
-        workers=3,
-        stagger_s=SLOW_S / 3,
-        before_s=0,
-        after_s=0,
-        complete=slow_answer_complete,
-    )
-
-
-def slow_answer_complete(body: str) -> bool:
-    """Both lines of SLOW_CGI, from one release: anything else was cut when its release exited."""
-    lines = body.split("\n")
-    return len(lines) == 2 and lines[0] == lines[1]
+    return slow_client_loop(f"http://127.0.0.1:{app.port('prod')}/cgi-bin/slow")
 
 
 def zero_downtime(app: BusyboxApp, haproxy_image: str) -> None:
