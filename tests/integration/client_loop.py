@@ -117,7 +117,8 @@ def slow_client_loop(url: str) -> Any:
     staggered threads: whenever an old release is stopped, it is answering some of them."""
     return client_loop(
         url,
-        interval_s=0,
+        # Not 0: a refused request must not spin (and count) thousands of times while nothing listens.
+        interval_s=INTERVAL_S,
         workers=3,
         stagger_s=SLOW_S / 3,
         before_s=0,
