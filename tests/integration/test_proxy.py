@@ -47,29 +47,39 @@ def answers(url: str, body: str) -> Callable[[], bool]:
     return check
 
 
-def test_backends_replaced_behind_the_proxy_cost_no_request(
-    network: str,  # first: set up before, torn down after, the containers on it
-    engine: DockerEngine,
+@pytest.fixture
+def spec(
+    network: str,  # first: set up before, torn down after, the proxy on it
     haproxy_image: str,
-    busybox_image: Callable[..., object],
     unique_name: Callable[[str], str],
     docker_cleanup: Callable[..., None],
     free_port: Callable[[], int],
-) -> None:
-    old_image = busybox_image(dockerfile=HTTPD, files={"www/health": b"old\n"})
-    new_image = busybox_image(dockerfile=HTTPD, files={"www/health": b"new\n"})
-    alias = unique_name("backend")
-    port = free_port()
-    spec = ProxySpec(
+) -> ProxySpec:
+    """A proxy on its own network and free port (removed after the test), for backends named by a
+    unique alias on port 8000."""
+    made = ProxySpec(
         name=unique_name("proxy"),
         network=network,
-        backend=alias,
+        backend=unique_name("backend"),
         backend_port=8000,
-        port=port,
+        port=free_port(),
         health_path="/health",
         image=haproxy_image,
     )
-    docker_cleanup(container=spec.name)
+    docker_cleanup(container=made.name)
+    return made
+
+
+def test_backends_replaced_behind_the_proxy_cost_no_request(
+    spec: ProxySpec,  # first: set up before, torn down after, the containers on its network
+    engine: DockerEngine,
+    busybox_image: Callable[..., object],
+    unique_name: Callable[[str], str],
+    docker_cleanup: Callable[..., None],
+) -> None:
+    old_image = busybox_image(dockerfile=HTTPD, files={"www/health": b"old\n"})
+    new_image = busybox_image(dockerfile=HTTPD, files={"www/health": b"new\n"})
+    network, alias, port = spec.network, spec.backend, spec.port
     proxy = Proxy(engine, spec)
     started = proxy.ensure()
     assert proxy.ensure().id == started.id, "an unchanged proxy is kept, not recreated"
@@ -99,26 +109,11 @@ def test_backends_replaced_behind_the_proxy_cost_no_request(
 
 
 def test_the_admin_socket_is_a_unix_socket_only_its_user_reaches(
-    network: str,
-    engine: DockerEngine,
-    haproxy_image: str,
-    unique_name: Callable[[str], str],
-    docker_cleanup: Callable[..., None],
-    free_port: Callable[[], int],
+    spec: ProxySpec, engine: DockerEngine
 ) -> None:
     """The runtime API can stop a backend from getting requests: no TCP port for it (the host's other
     users and the backends on the proxy's network would reach one), only a socket in a directory of
     the orchestrator's user, mode 0700, that the proxy removes with itself."""
-    spec = ProxySpec(
-        name=unique_name("proxy"),
-        network=network,
-        backend=unique_name("backend"),
-        backend_port=8000,
-        port=free_port(),
-        health_path="/health",
-        image=haproxy_image,
-    )
-    docker_cleanup(container=spec.name)
     proxy = Proxy(engine, spec)
     started = proxy.ensure()
     admin = Path(started.labels[ADMIN_LABEL])
@@ -131,24 +126,7 @@ def test_the_admin_socket_is_a_unix_socket_only_its_user_reaches(
     assert proxy.remove() and not admin.exists()
 
 
-def test_a_changed_configuration_recreates_the_proxy(
-    network: str,
-    engine: DockerEngine,
-    haproxy_image: str,
-    unique_name: Callable[[str], str],
-    docker_cleanup: Callable[..., None],
-    free_port: Callable[[], int],
-) -> None:
-    spec = ProxySpec(
-        name=unique_name("proxy"),
-        network=network,
-        backend=unique_name("backend"),
-        backend_port=8000,
-        port=free_port(),
-        health_path="/health",
-        image=haproxy_image,
-    )
-    docker_cleanup(container=spec.name)
+def test_a_changed_configuration_recreates_the_proxy(spec: ProxySpec, engine: DockerEngine) -> None:
     first = Proxy(engine, spec).ensure()
     second = Proxy(engine, ProxySpec(**{**spec.__dict__, "health_path": "/ready"})).ensure()
     assert second.id != first.id
