@@ -365,11 +365,15 @@ class ProxiedRuntime(_Containers):
             )
 
     def discard(self, env: str, container: ContainerInfo) -> None:
+        now = self.engines.of(env).container(container.id)
+        # Handed over, it may be answering requests: drained first (its own step), then stopped politely.
+        handed_over = now is not None and self.network(env) in now.aliases
+        address = now.addresses.get(self.network(env)) if now is not None else None
+        if handed_over and now is not None and now.running and address is not None:
+            self._drain(env, now, address)
         with self.steps.step(f"{env}_discard", env) as step:
             step.changed(container_id=container.id, container=container.name, image_id=container.image_id)
-            now = self.engines.of(env).container(container.id)
-            if now is not None and self.network(env) in now.aliases:
-                # Handed over but the proxy was not seen using it: it may hold a request; stop politely.
+            if handed_over:
                 self.engines.of(env).stop_container(container.id, timeout_s=RETIRE_GRACE_S)
             self.engines.of(env).remove_container(container.id)
 
