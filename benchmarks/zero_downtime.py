@@ -109,6 +109,8 @@ class Phase:
     # Slow requests (SLOW_S each) kept in flight through the swap: cut (or refused), and all of them.
     slow_failed: list[int] = field(default_factory=list)
     slow_requests: list[int] = field(default_factory=list)
+    # What each recorded prod_drain step found (proxied promotions): in_flight, left, waited_s.
+    drains: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, seconds: float, loop: Loop, slow: Loop) -> None:
         self.seconds.append(seconds)
@@ -128,6 +130,7 @@ class Phase:
             "gaps_s": [round(x, 3) for x in self.gaps],
             "slow_failed_requests": self.slow_failed,
             "slow_requests": self.slow_requests,
+            "drains": [{k: d.get(k) for k in ("in_flight", "left", "waited_s")} for d in self.drains],
         }
 
 
@@ -212,6 +215,8 @@ class Side:
             self.cli("advance", run_id, "--to", "deploy")
             seconds = time.perf_counter() - t0
         self.promotion.add(seconds, loop, slow)
+        steps = self.cli("runs", "show", run_id)["transitions"][-1]["steps"]
+        self.promotion.drains.extend(s["changes"] for s in steps if s["name"] == "prod_drain")
         with self.clients() as (loop, slow):
             t0 = time.perf_counter()
             self.cli("rollback", self.app, "--env", "prod")
@@ -298,6 +303,10 @@ def print_table(result: dict[str, Any], out: Any) -> None:
                 f"{slow:>21}",
                 file=out,
             )
+    for label, side in result["sides"].items():
+        if drains := side["promotion"]["drains"]:
+            found = ", ".join(f"{d['in_flight']} in flight, {d['waited_s']} s" for d in drains)
+            print(f"{label} promotions drained the old release: {found}", file=out)
     print(f"promotion time proxied / plain: {result['promotion_ratio_proxied_over_plain']}", file=out)
     print(f"rollback time proxied / plain:  {result['rollback_ratio_proxied_over_plain']}", file=out)
 
