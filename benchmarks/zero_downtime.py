@@ -55,7 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # The client the zero-downtime tests assert with, so what they assert and what this reports are measured
 # the same way.
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT))
 from client_loop import INTERVAL_S, SLOW_CGI, SLOW_S, Loop, client_loop, slow_client_loop  # noqa: E402
+
+from orchestrator.proxy import forget_admin_dirs  # noqa: E402
 
 HAPROXY = Path("/usr/sbin/haproxy")
 CONTAINER_PORT = 8080
@@ -256,6 +259,7 @@ def cleanup(prefix: str, dirs: Sequence[Path], image: str | None) -> list[str]:
         attempt("remove images", ["docker", "rmi", *refs])
     for path in dirs:
         shutil.rmtree(path, ignore_errors=True)
+    forget_admin_dirs(prefix)
     return problems
 
 

@@ -169,6 +169,15 @@ def _admin_base() -> Path:
     return base
 
 
+def forget_admin_dirs(prefix: str) -> list[Path]:
+    """Remove the admin directories of proxies named ``prefix``* that were removed by other means than
+    ``Proxy.remove`` (``docker rm -f``, a test's or benchmark's sweep); returns what it removed."""
+    gone = sorted(_admin_base().glob(f"{prefix}*-*"))
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return gone
+
+
 class Proxy:
     """Keeps one environment's proxy container running with ``spec``'s configuration, and drains its
     backends through haproxy's runtime API."""

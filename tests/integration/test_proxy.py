@@ -14,7 +14,7 @@ import pytest
 from client_loop import client_loop
 
 from orchestrator.docker_engine import DockerEngine
-from orchestrator.proxy import ADMIN_LABEL, ADMIN_SOCKET, LISTEN, Proxy, ProxySpec
+from orchestrator.proxy import ADMIN_LABEL, ADMIN_SOCKET, LISTEN, Proxy, ProxySpec, forget_admin_dirs
 
 HTTPD = (
     "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n"
@@ -54,7 +54,7 @@ def spec(
     unique_name: Callable[[str], str],
     docker_cleanup: Callable[..., None],
     free_port: Callable[[], int],
-) -> ProxySpec:
+) -> Iterator[ProxySpec]:
     """A proxy on its own network and free port (removed after the test), for backends named by a
     unique alias on port 8000."""
     made = ProxySpec(
@@ -67,7 +67,8 @@ def spec(
         image=haproxy_image,
     )
     docker_cleanup(container=made.name)
-    return made
+    yield made
+    forget_admin_dirs(made.name)
 
 
 def test_backends_replaced_behind_the_proxy_cost_no_request(

@@ -22,6 +22,7 @@ from client_loop import SLOW_CGI, client_loop, slow_client_loop
 
 from orchestrator.docker_engine import DockerEngine
 from orchestrator.health import get as http_get
+from orchestrator.proxy import forget_admin_dirs
 
 if TYPE_CHECKING:
     from conftest import BusyboxApp, LocalRegistry
@@ -211,6 +212,7 @@ class SwarmApp:
         for env in ("staging", "prod"):
             with contextlib.suppress(docker.errors.NotFound):
                 self.client.api.remove_container(f"{self.name}-{env}-proxy", force=True)
+            forget_admin_dirs(f"{self.name}-{env}-proxy")
         stack_networks = [
             n["Name"]
             for n in self.client.api.networks(filters={"label": "com.docker.stack.namespace"})

@@ -19,6 +19,8 @@ import pytest
 from client_loop import SLOW_CGI, client_loop, slow_client_loop
 from faults_support import Orchestrator
 
+from orchestrator.proxy import forget_admin_dirs
+
 if TYPE_CHECKING:
     import docker
     from conftest import BusyboxApp
@@ -109,6 +111,7 @@ def app(
     # The networks are the app's too (the fixture's sweep, later, removes containers and images only).
     for container in docker_client.containers.list(all=True, filters={"name": f"^/{busybox_app.name}-"}):
         container.remove(force=True)
+    forget_admin_dirs(f"{busybox_app.name}-")
     for env in ("staging", "prod"):
         for suffix in ("", "-new"):
             for network in docker_client.networks.list(names=[f"{busybox_app.name}-{env}{suffix}"]):
