@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from client_loop import SLOW_CGI, client_loop, slow_client_loop
+from client_loop import SLOW_CGI, SLOW_S, client_loop, slow_client_loop
 from faults_support import Orchestrator
 
 from orchestrator.proxy import forget_admin_dirs
@@ -183,6 +183,23 @@ def test_a_request_in_flight_finishes_on_the_release_that_began_it(
     assert fast.failed == [], fast.summary()
     assert f"{new}\n{new}" in slow.bodies, slow.bodies
     assert_serves(docker_client, app, "prod", old)
+
+
+def test_the_drain_is_bounded_by_drain_s_and_says_what_it_left(app: BusyboxApp) -> None:
+    """A release answering requests longer than ``drain_s`` is stopped when ``drain_s`` runs out (a
+    promotion never waits on a hung request), and the step says how many requests it left in flight."""
+    config = app.workspace.config_path.read_text(encoding="utf-8")
+    app.workspace.write_config(config.replace("[orchestrator]\n", "[orchestrator]\ndrain_s = 0.2\n", 1))
+    app.deploy(commit(app, "old"))
+    run_id = app.start(commit(app, "new"))
+    app.advance(run_id, "deploy-staging").ok()
+
+    with slow_loop(app) as slow:
+        app.advance(run_id, "deploy").ok()
+    (drained,) = drains(app, app.show(run_id)["transitions"][-1]["steps"])
+    assert drained["drain_s"] == 0.2 and drained["waited_s"] < SLOW_S, drained
+    assert drained["left"] >= 1, drained
+    assert any("cut short" in failure for failure in slow.failed), slow.summary()
 
 
 @pytest.mark.parametrize(
