@@ -11,7 +11,8 @@ traffic; an old one leaves DNS and a request that hits it while it stops is retr
 backend (``retry-on`` + ``redispatch``). No reload, so nothing to get half-done.
 
 A retry covers a request the old backend never began to answer, not one it is answering when it exits.
-So before an old container is stopped it is drained through haproxy's runtime API: its server is set to
+So before an old container is stopped (direct containers: ``ProxySpec.admin_socket``) it is drained
+through haproxy's runtime API: its server is set to
 ``drain`` (no new requests; those in flight go on) and the orchestrator waits, bounded, until haproxy
 counts none in flight on it. The API is a unix socket in a directory of this machine bind-mounted into the
 proxy (0700, the orchestrator's user; haproxy runs as that user): no TCP port, so neither the host's other
@@ -81,6 +82,10 @@ class ProxySpec:
     slots: int = 8
     # haproxy's check interval: how soon a new backend takes traffic and a dead one stops getting it.
     check_ms: int = 200
+    # The runtime API socket (drain before stop). Only where the orchestrator stops backends itself
+    # (direct containers, on this machine's engine: the socket's directory is bind-mounted from here);
+    # Swarm stops its tasks itself, and a remote engine's host is not where this process can connect.
+    admin_socket: bool = False
 
 
 def render(spec: ProxySpec) -> str:
@@ -91,7 +96,11 @@ def render(spec: ProxySpec) -> str:
             # Server state changes reach `docker logs`; requests themselves are not logged.
             "  log stdout format raw local0 notice",
             # Only the orchestrator's user reaches it (see the module docstring).
-            f"  stats socket {ADMIN_DIR}/{ADMIN_SOCKET} mode 600 level admin",
+            *(
+                [f"  stats socket {ADMIN_DIR}/{ADMIN_SOCKET} mode 600 level admin"]
+                if spec.admin_socket
+                else []
+            ),
             "defaults",
             "  mode http",
             "  log global",
@@ -197,16 +206,38 @@ class Proxy:
         want = config_hash(text)
         self.engine.ensure_network(self.spec.network, driver=self.driver, labels={ROLE_LABEL: "app-network"})
         current = self.engine.container(self.spec.name)
+        admin = current.labels.get(ADMIN_LABEL) if current is not None else None
+        admin_kept = not self.spec.admin_socket or (admin is not None and Path(admin).is_dir())
         if (
             current is not None
             and current.running
             and current.labels.get(CONFIG_LABEL) == want
-            and Path(current.labels.get(ADMIN_LABEL, "/nonexistent")).is_dir()
+            and admin_kept
         ):
             return current
         if current is not None:
             self.remove()
+        labels = {CONFIG_LABEL: want, ROLE_LABEL: "proxy"}
+        if not self.spec.admin_socket:
+            return self._run(text, labels)
         admin = tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=_admin_base())
+        # As the orchestrator's user, so the socket haproxy creates is ours (mode 600) in a directory
+        # nobody else may enter; binding the unprivileged LISTEN needs no root.
+        return self._run(
+            text,
+            {**labels, ADMIN_LABEL: admin},
+            user=f"{os.geteuid()}:{os.getegid()}",
+            binds={admin: ADMIN_DIR},
+        )
+
+    def _run(
+        self,
+        text: str,
+        labels: dict[str, str],
+        *,
+        user: str | None = None,
+        binds: dict[str, str] | None = None,
+    ) -> ContainerInfo:
         return self.engine.run(
             self.spec.name,
             self.spec.image,
@@ -215,13 +246,11 @@ class Proxy:
             host_network=False,
             network=self.spec.network,
             publish={LISTEN: ("127.0.0.1", self.spec.port)},
-            labels={CONFIG_LABEL: want, ROLE_LABEL: "proxy", ADMIN_LABEL: admin},
+            labels=labels,
             restart=True,
             files={CONFIG_PATH: text.encode()},
-            # As the orchestrator's user, so the socket haproxy creates is ours (mode 600) in a
-            # directory nobody else may enter; binding the unprivileged LISTEN needs no root.
-            user=f"{os.geteuid()}:{os.getegid()}",
-            binds={admin: ADMIN_DIR},
+            user=user,
+            binds=binds,
         )
 
     def remove(self) -> bool:

@@ -176,6 +176,7 @@ class ProxiedRuntime(_Containers):
                 port=env_port(self.app, env),
                 health_path=self.app.health_path,
                 image=self.app.proxy_image,
+                admin_socket=True,
             ),
         )
 

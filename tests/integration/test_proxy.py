@@ -65,6 +65,7 @@ def spec(
         port=free_port(),
         health_path="/health",
         image=haproxy_image,
+        admin_socket=True,  # as the direct runtime's: the hand-over below asks haproxy's check
     )
     docker_cleanup(container=made.name)
     yield made
