@@ -4,8 +4,10 @@
 The scenario (issue 14, "Zero-downtime promotion"): a client asks prod's port every 20 ms (loopback) while
 ``orchestrator advance --to deploy`` promotes a new commit, and again while ``orchestrator rollback``
 returns prod to the previous release. Counted: failed requests (refused, reset, timed out, non-2xx) and
-the longest gap between two successful answers. Timed: the promotion (``advance --to deploy``, a
-separate process, as an operator runs it) and the rollback.
+the longest gap between two successful answers; and, for slow requests (1.5 s each, three kept in flight
+through the swap, so the old release is answering some when it is stopped), how many were cut or failed.
+Timed: the promotion (``advance --to deploy``, a separate process, as an operator runs it) and the
+rollback.
 
 Two apps side by side, the same busybox image recipe, repetitions interleaved so that a slow moment of
 the machine hurts both alike:
@@ -29,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import itertools
 import json
 import os
 import re
@@ -41,9 +42,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +52,15 @@ from typing import Any
 from _common import BUSYBOX, GIT_IDENTITY, LOOPBACK, BenchmarkError, checked, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
+# The client the zero-downtime tests assert with, so what they assert and what this reports are measured
+# the same way.
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT))
+from client_loop import INTERVAL_S, SLOW_CGI, SLOW_S, Loop, client_loop, slow_client_loop  # noqa: E402
+
+from orchestrator.proxy import forget_admin_dirs  # noqa: E402
+
 HAPROXY = Path("/usr/sbin/haproxy")
-INTERVAL_S = 0.02
 CONTAINER_PORT = 8080
 
 DOCKERFILE = """\
@@ -68,6 +74,7 @@ CMD ["/bin/busybox", "sh", "/serve.sh"]
 """
 # Stops when asked (SIGTERM), as a real app does; PID 1 would otherwise ignore it.
 SERVE = """\
+/bin/busybox chmod +x /www/cgi-bin/slow
 trap "exit 0" TERM
 /bin/busybox httpd -f -p "{bind}:$PORT" -h /www &
 wait
@@ -97,58 +104,24 @@ def build_haproxy_image(tag: str) -> None:
 
 
 @dataclass
-class Loop:
-    """A client asking ``url`` every 20 ms on a thread: failures and the longest gap between answers."""
-
-    url: str
-    ok: int = 0
-    failed: list[str] = field(default_factory=list)
-    answered_at: list[float] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as answer:
-                    answer.read()
-                self.ok += 1
-                self.answered_at.append(time.monotonic())
-            except Exception as exc:
-                self.failed.append(type(exc).__name__)
-            time.sleep(INTERVAL_S)
-
-    @property
-    def longest_gap_s(self) -> float:
-        times = self.answered_at
-        return max((b - a for a, b in itertools.pairwise(times)), default=float("nan"))
-
-
-@contextlib.contextmanager
-def client_loop(port: int) -> Iterator[Loop]:
-    loop = Loop(f"http://{LOOPBACK}:{port}/version")
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    try:
-        time.sleep(0.3)
-        yield loop
-        time.sleep(0.5)
-    finally:
-        loop.stop.set()
-        thread.join(timeout=10)
-
-
-@dataclass
 class Phase:
     seconds: list[float] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     requests: list[int] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)
+    # Slow requests (SLOW_S each) kept in flight through the swap: cut (or refused), and all of them.
+    slow_failed: list[int] = field(default_factory=list)
+    slow_requests: list[int] = field(default_factory=list)
+    # What each recorded prod_drain step found (proxied promotions): in_flight, left, waited_s.
+    drains: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, seconds: float, loop: Loop) -> None:
+    def add(self, seconds: float, loop: Loop, slow: Loop) -> None:
         self.seconds.append(seconds)
         self.failed.append(len(loop.failed))
         self.requests.append(loop.ok + len(loop.failed))
         self.gaps.append(loop.longest_gap_s)
+        self.slow_failed.append(len(slow.failed))
+        self.slow_requests.append(slow.ok + len(slow.failed))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -158,6 +131,9 @@ class Phase:
             "requests": self.requests,
             "longest_gap_s": round(max(self.gaps), 3),
             "gaps_s": [round(x, 3) for x in self.gaps],
+            "slow_failed_requests": self.slow_failed,
+            "slow_requests": self.slow_requests,
+            "drains": [{k: d.get(k) for k in ("in_flight", "left", "waited_s")} for d in self.drains],
         }
 
 
@@ -191,6 +167,8 @@ class Side:
         bind = LOOPBACK if self.proxy_image is None else "0.0.0.0"
         (rootfs / "serve.sh").write_text(SERVE.format(bind=bind), encoding="utf-8")
         (rootfs / "www" / "health").write_text("ok\n", encoding="utf-8")
+        (rootfs / "www" / "cgi-bin").mkdir()
+        (rootfs / "www" / "cgi-bin" / "slow").write_text(SLOW_CGI, encoding="utf-8")
         self.git("init", "-q")
         proxied = ""
         if self.proxy_image is not None:
@@ -235,14 +213,26 @@ class Side:
     def once(self) -> None:
         """Promote a new commit over the current one, then roll back to it, each under the client loop."""
         run_id = self.start()
-        with client_loop(self.prod_port) as loop:
+        with self.clients() as (loop, slow):
             t0 = time.perf_counter()
             self.cli("advance", run_id, "--to", "deploy")
-            self.promotion.add(time.perf_counter() - t0, loop)
-        with client_loop(self.prod_port) as loop:
+            seconds = time.perf_counter() - t0
+        self.promotion.add(seconds, loop, slow)
+        steps = self.cli("runs", "show", run_id)["transitions"][-1]["steps"]
+        self.promotion.drains.extend(s["changes"] for s in steps if s["name"] == "prod_drain")
+        with self.clients() as (loop, slow):
             t0 = time.perf_counter()
             self.cli("rollback", self.app, "--env", "prod")
-            self.rollback.add(time.perf_counter() - t0, loop)
+            seconds = time.perf_counter() - t0
+        self.rollback.add(seconds, loop, slow)
+
+    @contextlib.contextmanager
+    def clients(self) -> Iterator[tuple[Loop, Loop]]:
+        """The fast loop on /version and slow requests in flight on /cgi-bin/slow, both on prod's port."""
+        base = f"http://{LOOPBACK}:{self.prod_port}"
+        fast = client_loop(f"{base}/version", before_s=0.3)
+        with fast as loop, slow_client_loop(f"{base}/cgi-bin/slow") as slow:
+            yield loop, slow
 
 
 def cleanup(prefix: str, dirs: Sequence[Path], image: str | None) -> list[str]:
@@ -269,6 +259,7 @@ def cleanup(prefix: str, dirs: Sequence[Path], image: str | None) -> list[str]:
         attempt("remove images", ["docker", "rmi", *refs])
     for path in dirs:
         shutil.rmtree(path, ignore_errors=True)
+    forget_admin_dirs(prefix)
     return problems
 
 
@@ -288,7 +279,8 @@ def summary(plain: Side, proxied: Side) -> dict[str, Any]:
     a, b = statistics.median(plain.promotion.seconds), statistics.median(proxied.promotion.seconds)
     ra, rb = statistics.median(plain.rollback.seconds), statistics.median(proxied.rollback.seconds)
     return {
-        "client": f"GET /version every {INTERVAL_S * 1000:.0f} ms on 127.0.0.1:<prod port>",
+        "client": f"GET /version every {INTERVAL_S * 1000:.0f} ms on 127.0.0.1:<prod port>, and GET "
+        f"/cgi-bin/slow ({SLOW_S:g} s each, 3 kept in flight)",
         "sides": {
             s.label: {"promotion": s.promotion.as_dict(), "rollback": s.rollback.as_dict()}
             for s in (plain, proxied)
@@ -301,16 +293,24 @@ def summary(plain: Side, proxied: Side) -> dict[str, Any]:
 def print_table(result: dict[str, Any], out: Any) -> None:
     print(f"client: {result['client']}", file=out)
     print(
-        f"{'side':<8} {'phase':<10} {'median s':>9} {'failed/requests':>18} {'longest gap s':>14}", file=out
+        f"{'side':<8} {'phase':<10} {'median s':>9} {'failed/requests':>18} {'longest gap s':>14} "
+        f"{'slow failed/requests':>21}",
+        file=out,
     )
     for label, side in result["sides"].items():
         for phase in ("promotion", "rollback"):
             p = side[phase]
             failed = f"{sum(p['failed_requests'])}/{sum(p['requests'])}"
+            slow = f"{sum(p['slow_failed_requests'])}/{sum(p['slow_requests'])}"
             print(
-                f"{label:<8} {phase:<10} {p['median_s']:>9.3f} {failed:>18} {p['longest_gap_s']:>14.3f}",
+                f"{label:<8} {phase:<10} {p['median_s']:>9.3f} {failed:>18} {p['longest_gap_s']:>14.3f} "
+                f"{slow:>21}",
                 file=out,
             )
+    for label, side in result["sides"].items():
+        if drains := side["promotion"]["drains"]:
+            found = ", ".join(f"{d['in_flight']} in flight, {d['waited_s']} s" for d in drains)
+            print(f"{label} promotions drained the old release: {found}", file=out)
     print(f"promotion time proxied / plain: {result['promotion_ratio_proxied_over_plain']}", file=out)
     print(f"rollback time proxied / plain:  {result['rollback_ratio_proxied_over_plain']}", file=out)
 

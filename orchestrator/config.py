@@ -233,6 +233,9 @@ class Settings:
     image_freshness_repos: frozenset[str] = frozenset()
     health_timeout_s: float = 30.0
     health_interval_s: float = 0.05
+    # zero_downtime: how long the proxy may wait for the requests an old release is answering to end
+    # before it is stopped anyway (those still in flight then are cut).
+    drain_s: float = 5.0
     registry: str | None = None
     keep_releases: int = 5
     # How long a step may take before it is ended as a timeout (StepTimeout, exit 4): a hung registry or
@@ -315,6 +318,8 @@ ENV_VARS: dict[str, str] = {
     "ORCH_IMAGE_FRESHNESS_REPOS": "comma-separated apps the freshness check applies to (empty: all)",
     "ORCH_HEALTH_TIMEOUT_S": "seconds a health check waits for a green answer (default 30)",
     "ORCH_HEALTH_INTERVAL_S": "seconds between health polls (default 0.05)",
+    "ORCH_DRAIN_S": "zero_downtime: seconds the proxy waits for an old release's requests in flight to end "
+    "before it is stopped (default 5)",
     "ORCH_REGISTRY": "registry (host:port[/namespace]) apps push promoted images to (default: none)",
     "ORCH_KEEP_RELEASES": "releases kept per environment: their images and override anchors are never pruned "
     "(default 5)",
@@ -457,6 +462,8 @@ def _parse_settings(
         values["health_timeout_s"] = _parse_float(*got, minimum=0.1)
     if got := pick("health_interval_s"):
         values["health_interval_s"] = _parse_float(*got, minimum=0.01)
+    if got := pick("drain_s"):
+        values["drain_s"] = _parse_float(*got, minimum=0)
     if got := pick("registry"):
         values["registry"] = _parse_registry(*got) or None
     if got := pick("keep_releases"):

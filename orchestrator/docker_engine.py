@@ -680,13 +680,17 @@ class DockerEngine:
         network: str | None = None,
         aliases: Sequence[str] = (),
         files: Mapping[str, bytes] | None = None,
+        user: str | None = None,
+        binds: Mapping[str, str] | None = None,
     ) -> ContainerInfo:
         """Start a detached container. With ``host_network`` the app binds PORT itself; otherwise
         ``publish`` maps container ports to (host ip, host port; None: one the engine picks, read it
         from the returned ``ports``), which callers keep on 127.0.0.1, and
         ``network`` attaches it to that network under ``aliases`` (names other containers resolve).
         ``files`` (absolute path -> content) are written into the container before it starts: a
-        bind mount would name a path on the engine's host, which for a remote engine is not ours."""
+        bind mount would name a path on the engine's host, which for a remote engine is not ours.
+        ``binds`` (host directory -> path inside) are for what only this machine's engine can use (a
+        unix socket shared with the container); ``user`` is ``uid:gid`` to run it as (None: the image's)."""
         api = self._client.api
         if network is not None and host_network:
             raise ValueError("a container on the host network cannot join another network")
@@ -694,6 +698,7 @@ class DockerEngine:
             network_mode="host" if host_network else network,
             port_bindings=None if host_network or not publish else dict(publish),
             restart_policy={"Name": "unless-stopped"} if restart else None,
+            binds=[f"{host}:{inside}:rw" for host, inside in (binds or {}).items()] or None,
         )
         networking = (
             api.create_networking_config({network: api.create_endpoint_config(aliases=list(aliases))})
@@ -709,6 +714,7 @@ class DockerEngine:
                 name=name,
                 environment=dict(environment or {}),
                 labels=dict(labels or {}),
+                user=user,
                 ports=None if host_network or not publish else list(publish),
                 host_config=host_config,
                 networking_config=networking,

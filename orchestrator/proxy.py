@@ -10,15 +10,33 @@ changes during a promotion: a new backend appears in DNS, passes haproxy's own h
 traffic; an old one leaves DNS and a request that hits it while it stops is retried on another
 backend (``retry-on`` + ``redispatch``). No reload, so nothing to get half-done.
 
+A retry covers a request the old backend never began to answer, not one it is answering when it exits.
+So before an old container is stopped (direct containers: ``ProxySpec.admin_socket``) it is drained
+through haproxy's runtime API: its server is set to ``drain`` (no new requests; those in flight go on)
+and the orchestrator waits, bounded, until haproxy counts none in flight on it. The API is a unix socket in a directory of this machine bind-mounted into the
+proxy (0700, the orchestrator's user; haproxy runs as that user): no TCP port, so neither the host's other
+users nor the backends on the proxy's network can reach it. Why the runtime API and not a reload without
+the old server: the servers come from DNS (``server-template``), which a configuration cannot leave one
+address out of, and a reload would change the configuration this module keeps fixed; ``drain`` changes one
+server's state, nothing else, and ``show stat`` says when its last request ended.
+
 Where a cluster has a working routing mesh, services can publish through it instead and need no proxy.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
-from orchestrator.docker_engine import ContainerInfo, DockerEngine
+from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
 
 # Where the configuration goes inside the container: the official haproxy image's default path.
 CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
@@ -31,6 +49,21 @@ CONFIG_LABEL = "orchestrator.proxy.config"
 PROBE_HEADER = "X-Orch-Probe"
 BACKEND_HEADER = "X-Orch-Backend"
 ROLE_LABEL = "orchestrator.role"
+# The admin socket: ADMIN_DIR inside the container is the host directory named by ADMIN_LABEL.
+ADMIN_DIR = "/run/orchestrator-proxy"
+ADMIN_SOCKET = "admin.sock"
+ADMIN_LABEL = "orchestrator.proxy.admin"
+BACKEND = "app"  # the haproxy backend (and server-template prefix) every request goes to
+# haproxy's srv_admin_state bits (`show servers state`): drain forced through the API.
+_FDRAIN = 0x08
+RISE, FALL = 1, 2  # checks passed to be up, failed to be down
+# A server's state (`show servers state`): running, its last check an HTTP answer that passed, at full
+# health. haproxy puts a server it has just resolved up at `rise` health before any check, and one
+# failed check takes it down again: full health means a check passed since it was resolved.
+_RUNNING = "2"
+_L7OK = "15"
+_FULL_HEALTH = str(RISE + FALL - 1)
+_DRAIN_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -48,6 +81,10 @@ class ProxySpec:
     slots: int = 8
     # haproxy's check interval: how soon a new backend takes traffic and a dead one stops getting it.
     check_ms: int = 200
+    # The runtime API socket (drain before stop). Only where the orchestrator stops backends itself
+    # (direct containers, on this machine's engine: the socket's directory is bind-mounted from here);
+    # Swarm stops its tasks itself, and a remote engine's host is not where this process can connect.
+    admin_socket: bool = False
 
 
 def render(spec: ProxySpec) -> str:
@@ -57,6 +94,12 @@ def render(spec: ProxySpec) -> str:
             "global",
             # Server state changes reach `docker logs`; requests themselves are not logged.
             "  log stdout format raw local0 notice",
+            # Only the orchestrator's user reaches it (see the module docstring).
+            *(
+                [f"  stats socket {ADMIN_DIR}/{ADMIN_SOCKET} mode 600 level admin"]
+                if spec.admin_socket
+                else []
+            ),
             "defaults",
             "  mode http",
             "  log global",
@@ -77,22 +120,29 @@ def render(spec: ProxySpec) -> str:
             "resolvers docker",
             "  nameserver dns 127.0.0.11:53",
             "  accepted_payload_size 8192",
-            "  hold valid 1s",
+            # Asked every 200 ms (`hold valid` is the interval between two resolutions): a swarm task
+            # Swarm replaces leaves the service's DNS 2 s before it is stopped (its fixed gossip delay),
+            # and that is all the drain it gets; each second haproxy kept sending it requests would be
+            # a second less for the last of them to end.
+            "  hold valid 200ms",
             "  hold obsolete 0s",
             "  timeout resolve 200ms",
             "  timeout retry 200ms",
             "frontend app",
             f"  bind :{LISTEN}",
-            "  default_backend app",
-            "backend app",
+            f"  default_backend {BACKEND}",
+            f"backend {BACKEND}",
             f"  http-request set-var(txn.orch_probe) bool(true) if {{ req.hdr({PROBE_HEADER}) -m found }}",
             f"  http-response set-header {BACKEND_HEADER} %si if {{ var(txn.orch_probe) -m bool }}",
             f"  option httpchk GET {spec.health_path}",
-            # observe: the first failed connection marks the backend down at once, so only one request
-            # pays the connect timeout for a backend that has gone.
-            f"  default-server inter {spec.check_ms}ms fall 2 rise 1 check resolvers docker init-addr none"
-            " observe layer4 error-limit 1 on-error mark-down",
-            f"  server-template app {spec.slots} {spec.backend}:{spec.backend_port}",
+            # Only the health check decides whether a backend is up, never a request's failed connect
+            # (`observe layer4`): a backend haproxy has just resolved is up before its first check, so
+            # requests sent to it before its network answers fail up to `timeout connect` later, by then
+            # after its check passed and it answered others, and marked the only backend left down (a
+            # 503 for everyone until the next check). A backend leaving is drained or out of DNS first.
+            f"  default-server inter {spec.check_ms}ms fall {FALL} rise {RISE} check resolvers docker"
+            " init-addr none",
+            f"  server-template {BACKEND} {spec.slots} {spec.backend}:{spec.backend_port}",
             "",
         ]
     )
@@ -102,8 +152,43 @@ def config_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Drained:
+    """What draining one backend found: the haproxy servers holding its address, the requests in flight
+    on them when the drain began, how many were still in flight when the wait ended (0: all finished;
+    more: ``drain_s`` ran out and they will be cut), and how long it waited."""
+
+    address: str
+    servers: tuple[str, ...]
+    in_flight: int
+    left: int
+    waited_s: float
+
+
+def _admin_base() -> Path:
+    """Where the proxies' admin directories live: under /run for root (a tmpfs cleared at boot, never by a
+    temp cleaner while the proxy runs), else the user's runtime directory."""
+    if os.geteuid() == 0:
+        base = Path("/run/orchestrator/proxy")
+    else:
+        runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        base = Path(runtime) / f"orchestrator-{os.geteuid()}" / "proxy"
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return base
+
+
+def forget_admin_dirs(prefix: str) -> list[Path]:
+    """Remove the admin directories of proxies named ``prefix``* that were removed by other means than
+    ``Proxy.remove`` (``docker rm -f``, a test's or benchmark's sweep); returns what it removed."""
+    gone = sorted(_admin_base().glob(f"{prefix}*-*"))
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return gone
+
+
 class Proxy:
-    """Keeps one environment's proxy container running with ``spec``'s configuration."""
+    """Keeps one environment's proxy container running with ``spec``'s configuration, and drains its
+    backends through haproxy's runtime API."""
 
     def __init__(self, engine: DockerEngine, spec: ProxySpec, *, overlay: bool = False) -> None:
         self.engine = engine
@@ -114,15 +199,44 @@ class Proxy:
     def ensure(self) -> ContainerInfo:
         """The proxy runs with this configuration: kept when it already does (the usual case, so a
         promotion never touches it), otherwise (re)created. Recreating drops the port for as long as
-        haproxy takes to start; it happens only when the configuration itself changed."""
+        haproxy takes to start; it happens only when the configuration itself changed (or its admin
+        directory is gone: a reboot empties /run)."""
         text = render(self.spec)
         want = config_hash(text)
         self.engine.ensure_network(self.spec.network, driver=self.driver, labels={ROLE_LABEL: "app-network"})
         current = self.engine.container(self.spec.name)
-        if current is not None and current.running and current.labels.get(CONFIG_LABEL) == want:
+        admin = current.labels.get(ADMIN_LABEL) if current is not None else None
+        admin_kept = not self.spec.admin_socket or (admin is not None and Path(admin).is_dir())
+        if (
+            current is not None
+            and current.running
+            and current.labels.get(CONFIG_LABEL) == want
+            and admin_kept
+        ):
             return current
         if current is not None:
-            self.engine.remove_container(self.spec.name)
+            self.remove()
+        labels = {CONFIG_LABEL: want, ROLE_LABEL: "proxy"}
+        if not self.spec.admin_socket:
+            return self._run(text, labels)
+        admin = tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=_admin_base())
+        # As the orchestrator's user, so the socket haproxy creates is ours (mode 600) in a directory
+        # nobody else may enter; binding the unprivileged LISTEN needs no root.
+        return self._run(
+            text,
+            {**labels, ADMIN_LABEL: admin},
+            user=f"{os.geteuid()}:{os.getegid()}",
+            binds={admin: ADMIN_DIR},
+        )
+
+    def _run(
+        self,
+        text: str,
+        labels: dict[str, str],
+        *,
+        user: str | None = None,
+        binds: dict[str, str] | None = None,
+    ) -> ContainerInfo:
         return self.engine.run(
             self.spec.name,
             self.spec.image,
@@ -131,11 +245,95 @@ class Proxy:
             host_network=False,
             network=self.spec.network,
             publish={LISTEN: ("127.0.0.1", self.spec.port)},
-            labels={CONFIG_LABEL: want, ROLE_LABEL: "proxy"},
+            labels=labels,
             restart=True,
             files={CONFIG_PATH: text.encode()},
+            user=user,
+            binds=binds,
         )
 
     def remove(self) -> bool:
         """Take the proxy down (the environment stops answering); True when something was removed."""
-        return self.engine.remove_container(self.spec.name)
+        current = self.engine.container(self.spec.name)
+        removed = self.engine.remove_container(self.spec.name)
+        if current is not None and (admin := current.labels.get(ADMIN_LABEL)):
+            shutil.rmtree(admin, ignore_errors=True)
+        return removed
+
+    # the runtime API ------------------------------------------------------------------------------
+
+    def admin(self, command: str) -> str:
+        """One command on the admin socket, its whole answer."""
+        current = self.engine.container(self.spec.name)
+        admin = current.labels.get(ADMIN_LABEL) if current is not None else None
+        if current is None or not current.running or not admin:
+            raise DockerError(f"the proxy {self.spec.name} is not running (or predates its admin socket)")
+        path = Path(admin) / ADMIN_SOCKET
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(5)
+                conn.connect(str(path))
+                conn.sendall(command.encode() + b"\n")
+                chunks = []
+                while chunk := conn.recv(65536):
+                    chunks.append(chunk)
+        except OSError as exc:
+            raise DockerError(
+                f"the proxy {self.spec.name}'s admin socket {path} did not answer {command!r}: {exc}; "
+                f"see 'docker logs {self.spec.name}'"
+            ) from exc
+        return b"".join(chunks).decode(errors="replace")
+
+    def servers(self) -> list[dict[str, str]]:
+        """``show servers state`` of the backend: one dict per server slot (srv_name, srv_addr,
+        srv_admin_state, ...)."""
+        lines = [line for line in self.admin(f"show servers state {BACKEND}").splitlines() if line.strip()]
+        header = next((line for line in lines if line.startswith("# ")), None)
+        if header is None:
+            return []
+        names = header[2:].split()
+        # The first line is the format's version (one number); every server line starts with be_id.
+        rows = [line for line in lines if line[0].isdigit() and " " in line]
+        return [dict(zip(names, row.split(), strict=False)) for row in rows]
+
+    def checked_up(self, address: str) -> bool:
+        """Whether haproxy's own health check has found the backend at ``address`` up (not merely
+        resolved): only then may the backends it replaces leave."""
+        return any(
+            (s.get("srv_op_state"), s.get("srv_check_status"), s.get("srv_check_health"))
+            == (_RUNNING, _L7OK, _FULL_HEALTH)
+            for s in self.servers()
+            if s.get("srv_addr") == address
+        )
+
+    def in_flight(self, servers: Iterable[str]) -> int:
+        """Requests on ``servers`` now: being answered (scur) or queued for them (qcur)."""
+        wanted = set(servers)
+        text = self.admin("show stat").removeprefix("# ")
+        total = 0
+        for row in csv.DictReader(text.splitlines()):
+            if row.get("pxname") == BACKEND and row.get("svname") in wanted:
+                total += int(row.get("scur") or 0) + int(row.get("qcur") or 0)
+        return total
+
+    def drain(self, address: str, *, timeout_s: float) -> Drained:
+        """No new request for the backend at ``address``; wait (up to ``timeout_s``) until none it
+        began is in flight. Its server keeps the drain state until ``undrain``: the container is stopped
+        next, and a slot that came back to life would take requests again."""
+        servers = tuple(s["srv_name"] for s in self.servers() if s.get("srv_addr") == address)
+        for name in servers:
+            self.admin(f"set server {BACKEND}/{name} state drain")
+        started = time.monotonic()
+        in_flight = left = self.in_flight(servers) if servers else 0
+        while left and time.monotonic() - started < timeout_s:
+            time.sleep(_DRAIN_POLL_S)
+            left = self.in_flight(servers)
+        return Drained(address, servers, in_flight, left, round(time.monotonic() - started, 3))
+
+    def undrain(self) -> list[str]:
+        """Every drained server slot back to ready: once its container is gone, haproxy gives the slot to
+        whatever address DNS names next (the next release), which must take requests."""
+        names = [s["srv_name"] for s in self.servers() if int(s.get("srv_admin_state") or 0) & _FDRAIN]
+        for name in names:
+            self.admin(f"set server {BACKEND}/{name} state ready")
+        return names

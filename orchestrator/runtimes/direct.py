@@ -176,6 +176,7 @@ class ProxiedRuntime(_Containers):
                 port=env_port(self.app, env),
                 health_path=self.app.health_path,
                 image=self.app.proxy_image,
+                admin_socket=True,
             ),
         )
 
@@ -276,29 +277,43 @@ class ProxiedRuntime(_Containers):
         self._retire_others(env, container)
 
     def _takeover(self, env: str, container: ContainerInfo) -> None:
-        """Wait until the proxy sends requests to ``container``: only then may the others leave."""
+        """Wait until the proxy sends requests to ``container`` and its health check found it up: only
+        then may the others leave. An answer alone is not enough: haproxy sends requests to a backend it
+        has just resolved before checking it, and its first check, sent before the backend's network
+        answered, may still fail after that answer and take it down (seen as a 503 under load once
+        the old backend was gone)."""
         with self.steps.step(f"{env}_takeover", env) as step:
+            proxy = self.proxy(env)
+            # A slot drained for a release retired earlier may be the one DNS gives ``container``.
+            if undrained := proxy.undrain():
+                step.changed(undrained=undrained)
             now = self.engines.of(env).container(container.id)
             address = now.addresses.get(self.network(env)) if now is not None else None
             if address is None:
                 raise DockerError(f"{container.name} has no address on {self.network(env)} (not running)")
             url = f"http://{LOOPBACK}:{env_port(self.app, env)}{self.app.health_path}"
             deadline = time.monotonic() + self.settings.health_timeout_s
-            started, tries, answers, seen = time.monotonic(), 0, 0, ""
-            while answers < _TAKEOVER_ANSWERS:
+            started, tries, answers, seen, checked = time.monotonic(), 0, 0, "", False
+            while answers < _TAKEOVER_ANSWERS or not checked:
                 if time.monotonic() > deadline:
                     raise DockerError(
-                        f"the proxy {self.proxy(env).spec.name} did not send a request to {container.name} "
-                        f"({address}) within {self.settings.health_timeout_s:g}s ({tries} tries, last "
-                        f"answered by {seen or 'nothing'}): see 'docker logs {self.proxy(env).spec.name}'"
+                        f"the proxy {proxy.spec.name} did not take {container.name} ({address}) into "
+                        f"service within {self.settings.health_timeout_s:g}s ({tries} tries, last "
+                        f"answer by {seen or 'nothing'}): see 'docker logs {proxy.spec.name}'"
                     )
                 tries += 1
-                answer = httpclient.request(url, headers={PROBE_HEADER: "1"}, timeout=2.0, limit=0)
-                seen = answer.header(BACKEND_HEADER) or (answer.error or f"HTTP {answer.status}")
-                if answer.ok and answer.header(BACKEND_HEADER) == address:
-                    answers += 1
+                if answers < _TAKEOVER_ANSWERS:
+                    answer = httpclient.request(url, headers={PROBE_HEADER: "1"}, timeout=2.0, limit=0)
+                    seen = answer.header(BACKEND_HEADER) or (answer.error or f"HTTP {answer.status}")
+                    if answer.ok and answer.header(BACKEND_HEADER) == address:
+                        answers += 1
+                        continue
+                elif proxy.checked_up(address):
+                    checked = True
+                    continue
                 else:
-                    time.sleep(_TAKEOVER_POLL_S)
+                    seen = f"{address}, not yet up by the proxy's health check"
+                time.sleep(_TAKEOVER_POLL_S)
             step.changed(
                 container_id=container.id,
                 address=address,
@@ -307,14 +322,19 @@ class ProxiedRuntime(_Containers):
             )
 
     def _retire_others(self, env: str, keep: ContainerInfo) -> None:
-        """Every container of ``env`` but ``keep`` is stopped (SIGTERM, then SIGKILL after the grace),
-        then removed. Order matters: stopped on the network, a leaving process closes its connections
-        and refuses new ones, which the proxy retries on ``keep`` at once; taken off the network first,
-        it would vanish mid-answer and leave the proxy waiting on a connection nobody answers (seen:
-        a request hanging past the client's timeout)."""
+        """Every container of ``env`` but ``keep`` is drained, then stopped (SIGTERM, then SIGKILL after
+        the grace), then removed. Drained first: the proxy sends it no new request and the ones it is
+        answering end, which a process that exits on SIGTERM would otherwise cut mid-answer (the proxy
+        retries a request that got no answer, not one whose answer had begun). Stopped on the network:
+        a leaving process refuses new connections, which the proxy retries on ``keep`` at once; taken
+        off the network first, it would vanish mid-answer and leave the proxy waiting on a connection
+        nobody answers (seen: a request hanging past the client's timeout)."""
         for other in self.backends(env):
             if other.id == keep.id:
                 continue
+            address = other.addresses.get(self.network(env))
+            if other.running and address is not None:
+                self._drain(env, other, address)
             with self.steps.step(f"{env}_retire", env) as step:
                 step.changed(container_id=other.id, container=other.name, image_id=other.image_id)
                 try:
@@ -325,12 +345,36 @@ class ProxiedRuntime(_Containers):
                     # deploy), not a reason to undo a hand-over that has happened.
                     step.fail(exc.message)
 
+    def _drain(self, env: str, other: ContainerInfo, address: str) -> None:
+        """Recorded as ``<env>_drain``: the requests in flight when it began, how many were left when the
+        wait ended (more than 0: ``drain_s`` ran out) and how long it waited. A proxy that cannot be
+        asked fails the step but not the hand-over: ``keep`` serves already, and stopping the old
+        release undrained is what happened before draining existed."""
+        with self.steps.step(f"{env}_drain", env) as step:
+            step.changed(container_id=other.id, container=other.name, address=address)
+            try:
+                drained = self.proxy(env).drain(address, timeout_s=self.settings.drain_s)
+            except DockerError as exc:
+                step.fail(exc.message)
+                return
+            step.changed(
+                servers=list(drained.servers),
+                in_flight=drained.in_flight,
+                left=drained.left,
+                waited_s=drained.waited_s,
+                drain_s=self.settings.drain_s,
+            )
+
     def discard(self, env: str, container: ContainerInfo) -> None:
+        now = self.engines.of(env).container(container.id)
+        # Handed over, it may be answering requests: drained first (its own step), then stopped politely.
+        handed_over = now is not None and self.network(env) in now.aliases
+        address = now.addresses.get(self.network(env)) if now is not None else None
+        if handed_over and now is not None and now.running and address is not None:
+            self._drain(env, now, address)
         with self.steps.step(f"{env}_discard", env) as step:
             step.changed(container_id=container.id, container=container.name, image_id=container.image_id)
-            now = self.engines.of(env).container(container.id)
-            if now is not None and self.network(env) in now.aliases:
-                # Handed over but the proxy was not seen using it: it may hold a request; stop politely.
+            if handed_over:
                 self.engines.of(env).stop_container(container.id, timeout_s=RETIRE_GRACE_S)
             self.engines.of(env).remove_container(container.id)
 

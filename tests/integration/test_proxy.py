@@ -3,42 +3,23 @@ client keeps hitting its port, and the client never sees a failed request."""
 
 from __future__ import annotations
 
-import threading
+import os
+import stat
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from client_loop import client_loop
 
 from orchestrator.docker_engine import DockerEngine
-from orchestrator.proxy import Proxy, ProxySpec
+from orchestrator.proxy import ADMIN_LABEL, ADMIN_SOCKET, LISTEN, Proxy, ProxySpec, forget_admin_dirs
 
 HTTPD = (
     "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n"
     'CMD ["/bin/busybox", "httpd", "-f", "-p", "8000", "-h", "/www"]\n'
 )
-
-
-@dataclass
-class Loop:
-    """A client hitting ``url`` every 20 ms on a thread: how many requests failed, what answered."""
-
-    url: str
-    ok: int = 0
-    failed: list[str] = field(default_factory=list)
-    bodies: set[str] = field(default_factory=set)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as answer:
-                    self.bodies.add(answer.read().decode().strip())
-                    self.ok += 1
-            except Exception as exc:
-                self.failed.append(repr(exc))
-            time.sleep(0.02)
 
 
 @pytest.fixture
@@ -66,29 +47,41 @@ def answers(url: str, body: str) -> Callable[[], bool]:
     return check
 
 
-def test_backends_replaced_behind_the_proxy_cost_no_request(
-    network: str,  # first: set up before, torn down after, the containers on it
-    engine: DockerEngine,
+@pytest.fixture
+def spec(
+    network: str,  # first: set up before, torn down after, the proxy on it
     haproxy_image: str,
-    busybox_image: Callable[..., object],
     unique_name: Callable[[str], str],
     docker_cleanup: Callable[..., None],
     free_port: Callable[[], int],
+) -> Iterator[ProxySpec]:
+    """A proxy on its own network and free port (removed after the test), for backends named by a
+    unique alias on port 8000."""
+    made = ProxySpec(
+        name=unique_name("proxy"),
+        network=network,
+        backend=unique_name("backend"),
+        backend_port=8000,
+        port=free_port(),
+        health_path="/health",
+        image=haproxy_image,
+        admin_socket=True,  # as the direct runtime's: the hand-over below asks haproxy's check
+    )
+    docker_cleanup(container=made.name)
+    yield made
+    forget_admin_dirs(made.name)
+
+
+def test_backends_replaced_behind_the_proxy_cost_no_request(
+    spec: ProxySpec,  # first: set up before, torn down after, the containers on its network
+    engine: DockerEngine,
+    busybox_image: Callable[..., object],
+    unique_name: Callable[[str], str],
+    docker_cleanup: Callable[..., None],
 ) -> None:
     old_image = busybox_image(dockerfile=HTTPD, files={"www/health": b"old\n"})
     new_image = busybox_image(dockerfile=HTTPD, files={"www/health": b"new\n"})
-    alias = unique_name("backend")
-    port = free_port()
-    spec = ProxySpec(
-        name=unique_name("proxy"),
-        network=network,
-        backend=alias,
-        backend_port=8000,
-        port=port,
-        health_path="/health",
-        image=haproxy_image,
-    )
-    docker_cleanup(container=spec.name)
+    network, alias, port = spec.network, spec.backend, spec.port
     proxy = Proxy(engine, spec)
     started = proxy.ensure()
     assert proxy.ensure().id == started.id, "an unchanged proxy is kept, not recreated"
@@ -101,44 +94,41 @@ def test_backends_replaced_behind_the_proxy_cost_no_request(
     url = f"http://127.0.0.1:{port}/health"
     wait_until(answers(url, "old"))
 
-    loop = Loop(url)
-    client = threading.Thread(target=loop.run, daemon=True)
-    client.start()
-    try:
-        time.sleep(0.3)
-        engine.run(new, new_image.id, **run)  # type: ignore[attr-defined]
-        wait_until(lambda: "new" in loop.bodies)
+    with client_loop(url, before_s=0.3, after_s=0, timeout_s=2) as loop:
+        backend = engine.run(new, new_image.id, **run)  # type: ignore[attr-defined]
+        # The hand-over the runtimes make: the old backend leaves once haproxy's own check has found
+        # the new one up, not at its first answer (haproxy sends requests to a backend it has just
+        # resolved before checking it; a first check that then fails takes it down).
+        wait_until(lambda: "new" in loop.bodies and proxy.checked_up(backend.addresses[network]))
         engine.remove_container(old)
         time.sleep(1.5)
         # After the old backend left, only the new one answers.
         loop.bodies.clear()
         time.sleep(0.5)
-    finally:
-        loop.stop.set()
-        client.join(timeout=5)
     assert loop.failed == [], f"{len(loop.failed)} of {loop.ok + len(loop.failed)} requests failed"
     assert loop.bodies == {"new"}
     assert loop.ok > 50
 
 
-def test_a_changed_configuration_recreates_the_proxy(
-    network: str,
-    engine: DockerEngine,
-    haproxy_image: str,
-    unique_name: Callable[[str], str],
-    docker_cleanup: Callable[..., None],
-    free_port: Callable[[], int],
+def test_the_admin_socket_is_a_unix_socket_only_its_user_reaches(
+    spec: ProxySpec, engine: DockerEngine
 ) -> None:
-    spec = ProxySpec(
-        name=unique_name("proxy"),
-        network=network,
-        backend=unique_name("backend"),
-        backend_port=8000,
-        port=free_port(),
-        health_path="/health",
-        image=haproxy_image,
-    )
-    docker_cleanup(container=spec.name)
+    """The runtime API can stop a backend from getting requests: no TCP port for it (the host's other
+    users and the backends on the proxy's network would reach one), only a socket in a directory of
+    the orchestrator's user, mode 0700, that the proxy removes with itself."""
+    proxy = Proxy(engine, spec)
+    started = proxy.ensure()
+    admin = Path(started.labels[ADMIN_LABEL])
+    assert stat.S_IMODE(admin.stat().st_mode) == 0o700 and admin.stat().st_uid == os.geteuid()
+    wait_until(lambda: (admin / ADMIN_SOCKET).exists())
+    sock = (admin / ADMIN_SOCKET).stat()
+    assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o600 and sock.st_uid == os.geteuid()
+    assert list(started.ports) == [LISTEN], started.ports  # nothing published but the environment's port
+    assert "Name: HAProxy" in proxy.admin("show info")
+    assert proxy.remove() and not admin.exists()
+
+
+def test_a_changed_configuration_recreates_the_proxy(spec: ProxySpec, engine: DockerEngine) -> None:
     first = Proxy(engine, spec).ensure()
     second = Proxy(engine, ProxySpec(**{**spec.__dict__, "health_path": "/ready"})).ensure()
     assert second.id != first.id

@@ -12,16 +12,14 @@ rollback loops see refused connections and the failing release takes prod down b
 
 from __future__ import annotations
 
-import threading
-import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from client_loop import SLOW_CGI, SLOW_S, client_loop, slow_client_loop
 from faults_support import Orchestrator
+
+from orchestrator.proxy import forget_admin_dirs
 
 if TYPE_CHECKING:
     import docker
@@ -35,42 +33,13 @@ PORT_INSIDE = 8080
 OTHER_SHA = "f" * 40  # what the wrong_version variant serves (conftest.OTHER_SHA)
 
 
-@dataclass
-class Loop:
-    """A client asking ``url`` every 20 ms on a thread: failed requests, and which revisions answered."""
-
-    url: str
-    ok: int = 0
-    failed: list[str] = field(default_factory=list)
-    bodies: set[str] = field(default_factory=set)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as answer:
-                    self.bodies.add(answer.read().decode().strip())
-                    self.ok += 1
-            except Exception as exc:
-                self.failed.append(repr(exc))
-            time.sleep(0.02)
-
-    def summary(self) -> str:
-        return f"{len(self.failed)} of {self.ok + len(self.failed)} requests failed: {self.failed[:5]}"
+def prod_loop(app: BusyboxApp, path: str = "/version", **options: Any) -> Any:
+    """The client loop on ``path`` of prod's port (what a user of prod sees)."""
+    return client_loop(f"http://127.0.0.1:{app.port('prod')}{path}", **options)
 
 
-@contextmanager
-def client_loop(app: BusyboxApp, env: str = "prod") -> Iterator[Loop]:
-    loop = Loop(f"http://127.0.0.1:{app.port(env)}/version")
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    try:
-        time.sleep(0.2)  # a few answers from what served before
-        yield loop
-        time.sleep(0.5)  # and a few from what serves after
-    finally:
-        loop.stop.set()
-        thread.join(timeout=10)
+def slow_loop(app: BusyboxApp) -> Any:
+    return slow_client_loop(f"http://127.0.0.1:{app.port('prod')}/cgi-bin/slow")
 
 
 def zero_downtime(app: BusyboxApp, haproxy_image: str) -> None:
@@ -89,11 +58,14 @@ def commit(app: BusyboxApp, message: str, **variant: Any) -> str:
     listen = 'exec $bb httpd -f -p "127.0.0.1:$PORT" -h /www'
     assert listen in serve
     # PID 1 ignores SIGTERM unless it handles it: like a real app, stop when asked (docker stop).
-    graceful = 'trap "exit 0" TERM\n$bb httpd -f -p "0.0.0.0:$PORT" -h /www &\nwait'
+    # It exits at once, whatever it is answering: what drains the old release is the proxy.
+    graceful = (
+        '$bb chmod +x /www/cgi-bin/slow\ntrap "exit 0" TERM\n$bb httpd -f -p "0.0.0.0:$PORT" -h /www &\nwait'
+    )
     return str(
         app.repo.commit(
-            f"{message}: listen on 0.0.0.0, stop on SIGTERM",
-            {"rootfs/serve.sh": serve.replace(listen, graceful)},
+            f"{message}: listen on 0.0.0.0, stop on SIGTERM, a slow endpoint",
+            {"rootfs/serve.sh": serve.replace(listen, graceful), "rootfs/www/cgi-bin/slow": SLOW_CGI},
         )
     )
 
@@ -139,6 +111,7 @@ def app(
     # The networks are the app's too (the fixture's sweep, later, removes containers and images only).
     for container in docker_client.containers.list(all=True, filters={"name": f"^/{busybox_app.name}-"}):
         container.remove(force=True)
+    forget_admin_dirs(f"{busybox_app.name}-")
     for env in ("staging", "prod"):
         for suffix in ("", "-new"):
             for network in docker_client.networks.list(names=[f"{busybox_app.name}-{env}{suffix}"]):
@@ -154,7 +127,7 @@ def test_promotion_and_rollback_cost_no_request(app: BusyboxApp, docker_client: 
     new = commit(app, "new")
     run_id = app.start(new)
     app.advance(run_id, "deploy-staging").ok()
-    with client_loop(app) as promotion:
+    with prod_loop(app) as promotion:
         result = app.advance(run_id, "deploy").ok()
     assert result["state"] == "deploy", result
     assert promotion.failed == [], promotion.summary()
@@ -162,7 +135,7 @@ def test_promotion_and_rollback_cost_no_request(app: BusyboxApp, docker_client: 
     second = assert_serves(docker_client, app, "prod", new)
     assert second.id != first.id
 
-    with client_loop(app) as rollback:
+    with prod_loop(app) as rollback:
         back = app.cli("rollback", app.name, "--env", "prod", as_json=True).ok()
     assert back["to_release"]["revision"] == old, back
     assert rollback.failed == [], rollback.summary()
@@ -175,6 +148,58 @@ def test_promotion_and_rollback_cost_no_request(app: BusyboxApp, docker_client: 
     serving_before = assert_serves(docker_client, app, "prod", old)
     app.cli("prune", app.name, as_json=True).ok()
     assert assert_serves(docker_client, app, "prod", old).id == serving_before.id
+
+
+def drains(app: BusyboxApp, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [s["changes"] for s in steps if s["name"] == "prod_drain"]
+
+
+def test_a_request_in_flight_finishes_on_the_release_that_began_it(
+    app: BusyboxApp, docker_client: docker.DockerClient
+) -> None:
+    """The old release is stopped while it answers slow requests (begun before the swap): the proxy
+    stops sending it new ones and waits for those to end before it is stopped, so each completes, from
+    the release that began it; the fast loop beside them sees no failure either. Without the drain the
+    release exits mid-answer and the client gets a cut response (IncompleteRead)."""
+    old = commit(app, "old")
+    app.deploy(old)
+    new = commit(app, "new")
+    run_id = app.start(new)
+    app.advance(run_id, "deploy-staging").ok()
+
+    with prod_loop(app) as fast, slow_loop(app) as slow:
+        app.advance(run_id, "deploy").ok()
+    assert slow.failed == [], slow.summary()
+    assert fast.failed == [], fast.summary()
+    assert f"{old}\n{old}" in slow.bodies, slow.bodies
+    drained = drains(app, app.show(run_id)["transitions"][-1]["steps"])
+    assert len(drained) == 1, drained
+    assert drained[0]["in_flight"] >= 1 and drained[0]["left"] == 0, drained
+    assert_serves(docker_client, app, "prod", new)
+
+    with prod_loop(app) as fast, slow_loop(app) as slow:
+        app.cli("rollback", app.name, "--env", "prod", as_json=True).ok()
+    assert slow.failed == [], slow.summary()
+    assert fast.failed == [], fast.summary()
+    assert f"{new}\n{new}" in slow.bodies, slow.bodies
+    assert_serves(docker_client, app, "prod", old)
+
+
+def test_the_drain_is_bounded_by_drain_s_and_says_what_it_left(app: BusyboxApp) -> None:
+    """A release answering requests longer than ``drain_s`` is stopped when ``drain_s`` runs out (a
+    promotion never waits on a hung request), and the step says how many requests it left in flight."""
+    config = app.workspace.config_path.read_text(encoding="utf-8")
+    app.workspace.write_config(config.replace("[orchestrator]\n", "[orchestrator]\ndrain_s = 0.2\n", 1))
+    app.deploy(commit(app, "old"))
+    run_id = app.start(commit(app, "new"))
+    app.advance(run_id, "deploy-staging").ok()
+
+    with slow_loop(app) as slow:
+        app.advance(run_id, "deploy").ok()
+    (drained,) = drains(app, app.show(run_id)["transitions"][-1]["steps"])
+    assert drained["drain_s"] == 0.2 and drained["waited_s"] < SLOW_S, drained
+    assert drained["left"] >= 1, drained
+    assert any("cut short" in failure for failure in slow.failed), slow.summary()
 
 
 @pytest.mark.parametrize(
@@ -195,7 +220,7 @@ def test_a_failing_release_never_takes_traffic(
     bad = commit(app, "bad", **variant)
     run_id = app.start(bad)
     app.advance(run_id, "deploy-staging").ok()
-    with client_loop(app) as loop:
+    with prod_loop(app) as loop:
         result = app.advance(run_id, "deploy")
     assert result.exit_code == 1, result.describe()
     assert loop.failed == [], loop.summary()
@@ -235,7 +260,7 @@ def test_sigkill_mid_hand_over_then_recover(
     run_id = orch.start_run(app.name, new)
     orch.advance(run_id, "deploy-staging").ok()
 
-    with client_loop(app) as loop:
+    with prod_loop(app) as loop:
         proc = orch.advance(run_id, "deploy", crash_at=crash_at)
         assert proc.returncode == -9, proc.describe()
         if crash_at == "after:prod_start":
@@ -264,7 +289,7 @@ def test_sigterm_with_two_containers_serving_puts_the_old_release_back(
     run_id = orch.start_run(app.name, commit(app, "new"))
     orch.advance(run_id, "deploy-staging").ok()
 
-    with client_loop(app) as loop:
+    with prod_loop(app) as loop:
         proc = orch.advance(run_id, "deploy", crash_at="after:prod_connect", crash_signal="TERM")
     assert proc.returncode != 0, proc.describe()
     assert loop.failed == [], loop.summary()

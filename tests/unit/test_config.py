@@ -67,7 +67,7 @@ def test_defaults_for_a_minimal_app(write_config: WriteConfig, tmp_path: Path) -
     s = cfg.settings
     assert (s.log_format, s.log_level) == ("auto", "info")
     assert s.image_freshness_enabled is True and s.image_freshness_repos == frozenset()
-    assert (s.health_timeout_s, s.health_interval_s) == (30.0, 0.05)
+    assert (s.health_timeout_s, s.health_interval_s, s.drain_s) == (30.0, 0.05, 5.0)
     assert cfg.path == (tmp_path / "conf" / CONFIG_FILENAME).resolve()
 
 
@@ -164,6 +164,7 @@ def test_settings_from_the_orchestrator_table(write_config: WriteConfig) -> None
             'image_freshness_repos = ["shop", " blog "]\n'
             "health_timeout_s = 5\n"
             "health_interval_s = 0.5\n"
+            "drain_s = 0\n"
             f'[apps.shop]\nsource = "."\n[apps.blog]\nsource = "."{OTHER_PORTS}'
         ),
         env={},
@@ -176,6 +177,7 @@ def test_settings_from_the_orchestrator_table(write_config: WriteConfig) -> None
         image_freshness_repos=frozenset({"shop", "blog"}),
         health_timeout_s=5.0,
         health_interval_s=0.5,
+        drain_s=0.0,
     )
 
 
@@ -413,11 +415,12 @@ def test_documented_settings_variables_are_read(tmp_path: Path, monkeypatch: pyt
             "ORCH_IMAGE_FRESHNESS_REPOS": "shop",
             "ORCH_HEALTH_TIMEOUT_S": "2.5",
             "ORCH_HEALTH_INTERVAL_S": "0.25",
+            "ORCH_DRAIN_S": "12.5",
         }
     ).settings
     assert (s.database_url, s.log_format, s.log_level) == ("sqlite://", "json", "error")
     assert s.image_freshness_enabled is True and s.image_freshness_repos == frozenset({"shop"})
-    assert (s.health_timeout_s, s.health_interval_s) == (2.5, 0.25)
+    assert (s.health_timeout_s, s.health_interval_s, s.drain_s) == (2.5, 0.25, 12.5)
 
 
 @pytest.mark.parametrize(
