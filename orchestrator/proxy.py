@@ -13,9 +13,10 @@ backend (``retry-on`` + ``redispatch``). No reload, so nothing to get half-done.
 A retry covers a request the old backend never began to answer, not one it is answering when it exits.
 So before an old container is stopped (direct containers: ``ProxySpec.admin_socket``) it is drained
 through haproxy's runtime API: its server is set to ``drain`` (no new requests; those in flight go on)
-and the orchestrator waits, bounded, until haproxy counts none in flight on it. The API is a unix socket in a directory of this machine bind-mounted into the
-proxy (0700, the orchestrator's user; haproxy runs as that user): no TCP port, so neither the host's other
-users nor the backends on the proxy's network can reach it. Why the runtime API and not a reload without
+and the orchestrator waits, bounded, until haproxy counts none in flight on it. The API is a unix socket
+in a directory of this machine bind-mounted into the proxy (0700, the orchestrator's user; haproxy runs as
+that user): no TCP port, so neither the host's other users nor the backends on the proxy's network can
+reach it. Why the runtime API and not a reload without
 the old server: the servers come from DNS (``server-template``), which a configuration cannot leave one
 address out of, and a reload would change the configuration this module keeps fixed; ``drain`` changes one
 server's state, nothing else, and ``show stat`` says when its last request ended.
