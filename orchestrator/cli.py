@@ -599,7 +599,7 @@ def audit_cmd(inv: Invocation, app: str | None, *, since: str | None, limit: int
 
     entries = inv.service().history().audit(app, parse_when(since) if since else None, limit)
     if as_json:
-        _print_json({"entries": [e.as_dict() for e in entries]})
+        _print_json(views.audit(entries))
         return
     if not entries:
         _echo("nothing recorded")
@@ -635,7 +635,7 @@ def releases_cmd(inv: Invocation, app: str, *, environment: str | None, limit: i
         environment = parse_environment(environment)
     periods = inv.service().history().release_periods(app, environment, limit)
     if as_json:
-        _print_json({"app": app, "releases": [p.as_dict() for p in periods]})
+        _print_json(views.releases(app, periods))
         return
     if not periods:
         _echo(f"no releases of {app}")
@@ -725,7 +725,7 @@ def metrics_cmd(inv: Invocation, app: str | None, *, since: str, as_json: bool) 
     changes, change failure rate, time to restore."""
     found = inv.service().metrics(app, since)
     if as_json:
-        _print_json(found.as_dict())
+        _print_json(views.metrics(found))
         return
     _echo(f"since {found.since:%Y-%m-%d %H:%M} UTC ({(found.until - found.since).days} days)")
     rows = [("all apps", found.total)] if app is None else []

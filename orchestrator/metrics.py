@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import BadInput
 
@@ -127,35 +127,6 @@ class Dora:
     def change_failure_rate(self) -> float | None:
         return self.failures / self.attempts if self.attempts else None
 
-    def as_dict(self) -> dict[str, Any]:
-        def r(value: float | None) -> float | None:
-            return None if value is None else round(value, 3)
-
-        return {
-            "deployment_frequency": {
-                "deployments": self.deployments,
-                "per_day": round(self.deploys_per_day, 4),
-                "days_with_deployments": self.deploy_days,
-            },
-            "lead_time_for_changes": {
-                "median_s": r(self.lead_time_median_s),
-                "p90_s": r(self.lead_time_p90_s),
-                "samples": self.lead_time_samples,
-                "missing_commit_time": self.lead_time_missing,
-            },
-            "change_failure_rate": {
-                "rate": r(self.change_failure_rate),
-                "failures": self.failures,
-                "failed_in_prod": self.failed_in_prod,
-                "rolled_back": self.rolled_back,
-                "promotions": self.attempts,
-            },
-            "time_to_restore": {
-                "median_s": r(self.time_to_restore_median_s),
-                "samples": self.time_to_restore_samples,
-            },
-        }
-
 
 def compute(
     promotions: Iterable[Promotion], rollbacks: Iterable[Rollback], since: datetime, until: datetime
@@ -208,15 +179,6 @@ class MetricsReport:
     until: datetime
     apps: dict[str, Dora]
     total: Dora
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "since": self.since.isoformat(),
-            "until": self.until.isoformat(),
-            "window_days": round((self.until - self.since).total_seconds() / 86400, 4),
-            "all": self.total.as_dict(),
-            "apps": {name: m.as_dict() for name, m in sorted(self.apps.items())},
-        }
 
 
 def report(

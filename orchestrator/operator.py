@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from orchestrator import views
 from orchestrator.config import Config
 from orchestrator.errors import BadInput, Conflict
 from orchestrator.machine import parse_environment
@@ -83,7 +84,7 @@ def unlock(
         raise Conflict(
             f"{held.describe()} and its holder ({held.process.describe() if held.process else 'unknown'}) "
             f"is alive: wait for it, or 'orchestrator unlock {app} --env {env} --force' to take it away",
-            details={"lock": held.as_dict()},
+            details={"lock": views.lock_record(held)},
         )
     store.delete_lock(app, env, actor=who, why=f"forced by {who} while {held.describe()}")
     return Unlocked(held, "forced")

@@ -465,7 +465,7 @@ def _locked(app: str, locks: Sequence[LockRecord]) -> Conflict:
     first = locks[0].describe() if locks else f"{app} was locked a moment ago"
     return Conflict(
         f"{first}: nothing pruned; prune {app} once that is finished ('orchestrator locks {app}')",
-        details={"locks": [lk.as_dict() for lk in locks]},
+        details={"locks": [views.lock_record(lk) for lk in locks]},
     )
 
 

@@ -48,17 +48,6 @@ class RollbackResult:
     release: ReleaseRecord
     details: dict[str, Any]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "app": self.app,
-            "environment": self.environment,
-            "outcome": "rolled_back",
-            "from_release": self.from_release.as_dict(),
-            "to_release": self.to_release.as_dict(),
-            "release": self.release.as_dict(),
-            "details": self.details,
-        }
-
 
 ROLLBACK_KIND = "rollback"
 
@@ -392,31 +381,6 @@ class EnvStatus:
         if cause == "unhealthy" and self.observed.health_detail:
             text += f": {self.observed.health_detail}"
         return text
-
-    def as_dict(self) -> dict[str, Any]:
-        o = self.observed
-        return {
-            "app": self.app,
-            "environment": self.environment,
-            "engine": self.engine,
-            "reachable": self.unreachable is None,
-            "unreachable": self.unreachable,
-            "container": o.container,
-            "container_id": o.container_id,
-            "container_status": o.status,
-            "image_id": o.image_id,
-            "digests": list(o.digests),
-            "revision": o.revision,
-            "healthy": o.healthy,
-            "health": o.health_detail,
-            "release": self.release.as_dict() if self.release else None,
-            "ok": self.ok,
-            "cause": self.cause,
-            "problem": self.problem,
-            "drift": self.drift,
-            "differences": self.differences,
-            "service": o.runtime.as_dict() if o.runtime else None,
-        }
 
 
 def observe(deployer: Deployer, env: str) -> Observed:

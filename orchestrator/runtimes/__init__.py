@@ -47,16 +47,6 @@ class RuntimeView:
     tasks: tuple[str, ...] = ()
     task_images: tuple[str, ...] = ()
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "pinned": self.pinned,
-            "replicas": self.replicas,
-            "update_state": self.update_state,
-            "tasks": list(self.tasks),
-        }
-
 
 def env_port(app: AppConfig, env: str) -> int:
     """The host port an environment answers on (health checks and the staging check go there)."""

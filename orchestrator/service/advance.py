@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from orchestrator import views
 from orchestrator.config import AppConfig
 from orchestrator.errors import Conflict, InfraUnavailable
 from orchestrator.gates import (
@@ -55,7 +56,7 @@ class EdgeRunner:
             what = "" if frozen.app == "*" else f" {app}"
             raise Conflict(
                 f"{frozen.describe()}: no run of {app} may advance until 'orchestrator unfreeze{what}'",
-                details={"freeze": frozen.as_dict()},
+                details={"freeze": views.freeze_record(frozen)},
             )
 
     def preflight(self, app: AppConfig, sha: str, edge: Edge) -> None:

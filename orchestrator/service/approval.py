@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from orchestrator import views
 from orchestrator.config import AppConfig
 from orchestrator.errors import AwaitingApproval, Rejected
 from orchestrator.gates import GateResult, GateStatus
@@ -77,7 +78,7 @@ class ApprovalWait:
         what = decision.describe() if decision else "rejected"
         return Rejected(
             f"run {run_id} was {what}; it will not be promoted (start a new run to deploy again)",
-            details={"run_id": run_id, "approval": decision.as_dict() if decision else None},
+            details={"run_id": run_id, "approval": views.approval(decision) if decision else None},
         )
 
     def record(self, transition_id: int, approval: ApprovalRecord) -> None:

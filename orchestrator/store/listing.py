@@ -24,7 +24,6 @@ from orchestrator.store.records import (
     RunRecord,
     TransitionRecord,
     _aware,
-    _iso,
     _release,
     utcnow,
 )
@@ -111,19 +110,6 @@ class AuditEntry:
     run_id: int | None
     transition_id: int | None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "at": _iso(self.at),
-            "kind": self.kind,
-            "app": self.app,
-            "environment": self.environment,
-            "actor": self.actor,
-            "ci_url": self.ci_url,
-            "message": self.message,
-            "run_id": self.run_id,
-            "transition_id": self.transition_id,
-        }
-
 
 @dataclass(frozen=True)
 class ReleasePeriod:
@@ -131,16 +117,6 @@ class ReleasePeriod:
     actor: str | None
     since: datetime
     until: datetime | None = None  # None: still the environment's newest release
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            **self.release.as_dict(),
-            "actor": self.actor,
-            "ci_url": self.release.ci_url,
-            "since": _iso(self.since),
-            "until": _iso(self.until),
-            "current": self.until is None,
-        }
 
 
 def revision_evidence(details: Any) -> tuple[str | None, str | None]:

@@ -56,11 +56,6 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def _iso(value: datetime | None) -> str | None:
-    value = _aware(value)
-    return value.isoformat() if value else None
-
-
 @dataclass(frozen=True)
 class RunRecord:
     id: int
@@ -85,17 +80,6 @@ class RunRecord:
             row.ci_url,
         )
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.id,
-            "app": self.app,
-            "sha": self.sha,
-            "state": self.state,
-            "actor": self.actor,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-        }
-
 
 @dataclass(frozen=True)
 class StepRecord:
@@ -108,18 +92,6 @@ class StepRecord:
     finished_at: datetime | None
     changes: dict[str, Any]
     error: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "position": self.position,
-            "name": self.name,
-            "environment": self.environment,
-            "status": self.status,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "changes": self.changes,
-            "error": self.error,
-        }
 
 
 def _step(row: StepRow) -> StepRecord:
@@ -154,21 +126,6 @@ class TransitionRecord:
     lease_expires_at: datetime | None = None
     ci_url: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "transition_id": self.id,
-            "from": self.from_state,
-            "to": self.to_state,
-            "actor": self.actor,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "outcome": self.outcome,
-            "reason": self.reason,
-            "result_state": self.result_state,
-            "checks": [views.gate_result(c) for c in self.checks],
-            "steps": [st.as_dict() for st in self.steps],
-        }
-
 
 @dataclass(frozen=True)
 class ReleaseRecord:
@@ -186,22 +143,6 @@ class ReleaseRecord:
     compose_sha256: str | None = None
     ci_url: str | None = None
     engine: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "release_id": self.id,
-            "app": self.app,
-            "environment": self.environment,
-            "image_id": self.image_id,
-            "digest": self.digest,
-            "revision": self.revision,
-            "run_id": self.run_id,
-            "kind": self.kind,
-            "reason": self.reason,
-            "created_at": _iso(self.created_at),
-            "compose_sha256": self.compose_sha256,
-            "engine": self.engine,
-        }
 
 
 def _release(row: Release) -> ReleaseRecord:
@@ -265,7 +206,7 @@ class UnfinishedTransition(Conflict):
         super().__init__(
             f"run {transition.run_id} has an unfinished transition {transition.id} "
             f"({transition.from_state}->{transition.to_state}, {transition.outcome}, "
-            f"started {_iso(transition.started_at)}) by {who}: {advice}"
+            f"started {views.iso(transition.started_at)}) by {who}: {advice}"
         )
 
 
@@ -334,22 +275,7 @@ class LockRecord:
             who = f"run {self.run_id} ({self.holder})"
         else:
             who = self.holder
-        return f"{self.app} {self.environment} is locked by {who} since {_iso(self.acquired_at)}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "app": self.app,
-            "environment": self.environment,
-            "kind": self.kind,
-            "holder": self.holder,
-            "run_id": self.run_id,
-            "transition_id": self.transition_id,
-            "acquired_at": _iso(self.acquired_at),
-            "reason": self.reason,
-            "process": self.process.describe() if self.process else None,
-            "lease_expires_at": _iso(self.lease_expires_at),
-            "liveness": self.liveness(),
-        }
+        return f"{self.app} {self.environment} is locked by {who} since {views.iso(self.acquired_at)}"
 
 
 class LockHeld(Conflict):
@@ -369,7 +295,7 @@ class LockHeld(Conflict):
                 message += ": its holder is gone; 'orchestrator recover' frees it"
             else:
                 message += ": wait for it to finish, or pass --wait SECONDS"
-        super().__init__(message, details={"locks": [lk.as_dict() for lk in self.locks]})
+        super().__init__(message, details={"locks": [views.lock_record(lk) for lk in self.locks]})
 
 
 @dataclass(frozen=True)
@@ -386,10 +312,7 @@ class FreezeRecord:
 
     def describe(self) -> str:
         scope = "every app" if self.app == ALL_APPS else self.app
-        return f"{scope} frozen by {self.actor} since {_iso(self.since)}: {self.reason}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"app": self.app, "actor": self.actor, "reason": self.reason, "since": _iso(self.since)}
+        return f"{scope} frozen by {self.actor} since {views.iso(self.since)}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -422,20 +345,6 @@ class EventRecord:
             row.ci_url,
         )
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "event_id": self.id,
-            "at": _iso(self.at),
-            "app": self.app,
-            "environment": self.environment,
-            "kind": self.kind,
-            "actor": self.actor,
-            "message": self.message,
-            "run_id": self.run_id,
-            "transition_id": self.transition_id,
-            "details": self.details,
-        }
-
 
 @dataclass(frozen=True)
 class ApprovalRecord:
@@ -455,15 +364,4 @@ class ApprovalRecord:
 
     def describe(self) -> str:
         why = f": {self.reason}" if self.reason else ""
-        return f"{self.decision} for {self.environment} by {self.actor} at {_iso(self.at)}{why}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "approval_id": self.id,
-            "run_id": self.run_id,
-            "environment": self.environment,
-            "decision": self.decision,
-            "actor": self.actor,
-            "reason": self.reason,
-            "at": _iso(self.at),
-        }
+        return f"{self.decision} for {self.environment} by {self.actor} at {views.iso(self.at)}{why}"

@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import views
 from orchestrator.errors import BadInput, Conflict, InfraUnavailable
 from orchestrator.holder import Holder
 from orchestrator.store import db, sql
@@ -42,7 +43,6 @@ from orchestrator.store.records import (  # noqa: F401 - re-exported: callers im
     TransitionRecord,
     UnfinishedTransition,
     _aware,
-    _iso,
     _release,
     _step,
     _transition,
@@ -639,7 +639,7 @@ class Store:
                 message=why,
                 run_id=found.run_id,
                 transition_id=found.transition_id,
-                details={"lock": found.as_dict()},
+                details={"lock": views.lock_record(found)},
             )
             return found
 
@@ -804,7 +804,7 @@ class Store:
             found = next(a for a in self.approvals(run_id) if a.environment == environment)
             raise Conflict(
                 f"run {run_id} was already {found.describe()}: nothing to do",
-                details={"approval": found.as_dict()},
+                details={"approval": views.approval(found)},
             ) from None
 
     def _approval(self, tx: Transaction, approval: ApprovalRecord) -> int:

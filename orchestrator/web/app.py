@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, abort, jsonify, render_template, request
 
+from orchestrator import views
 from orchestrator.config import Config, load_config
 from orchestrator.errors import BadInput, OrchestratorError
 from orchestrator.machine import State
@@ -196,9 +197,9 @@ def run_detail(store: Store, run_id: int) -> dict[str, Any]:
     """`orchestrator runs show RUN --json`."""
     record = store.get_run(run_id)
     return {
-        **record.as_dict(),
-        "transitions": [t.as_dict() for t in store.transitions(run_id)],
-        "releases": [r.as_dict() for r in store.releases_of_run(run_id)],
+        **views.run(record),
+        "transitions": [views.transition(t) for t in store.transitions(run_id)],
+        "releases": [views.release(r) for r in store.releases_of_run(run_id)],
     }
 
 
@@ -208,7 +209,7 @@ def status_payload(backend: Backend, found: list[EnvStatus]) -> dict[str, Any]:
         **backend.sources(),
         "ok": all(e.ok for e in found),
         "drift": any(e.drift for e in found),
-        "environments": [e.as_dict() for e in found],
+        "environments": [views.env_status(e) for e in found],
     }
 
 
@@ -280,7 +281,7 @@ def create_app(backend: Backend | None = None) -> Flask:
     def api_runs() -> Response:
         found, limit, page = _filter_from_query()
         runs = History(backend.store).runs(found, limit=limit, offset=(page - 1) * limit)
-        return jsonify({"runs": [r.as_dict() for r in runs]})
+        return jsonify({"runs": [views.run(r) for r in runs]})
 
     @app.get("/api/runs/<int:run_id>")
     def api_run(run_id: int) -> Response:
@@ -296,19 +297,19 @@ def create_app(backend: Backend | None = None) -> Flask:
         env = request.args.get("env") or None
         history = History(backend.store)
         if app_name:
-            return jsonify(
-                {"app": app_name, "releases": [p.as_dict() for p in history.release_periods(app_name, env)]}
-            )
+            return jsonify(views.releases(app_name, history.release_periods(app_name, env)))
         names = _app_names(backend)
-        return jsonify({"apps": {n: [p.as_dict() for p in history.release_periods(n, env)] for n in names}})
+        return jsonify(
+            {"apps": {n: [views.release_period(p) for p in history.release_periods(n, env)] for n in names}}
+        )
 
     @app.get("/api/locks")
     def api_locks() -> Response:
         store = backend.store
         return jsonify(
             {
-                "locks": [lk.as_dict() for lk in store.locks()],
-                "freezes": [f.as_dict() for f in store.freezes()],
+                "locks": [views.lock_record(lk) for lk in store.locks()],
+                "freezes": [views.freeze_record(f) for f in store.freezes()],
             }
         )
 
@@ -318,7 +319,7 @@ def create_app(backend: Backend | None = None) -> Flask:
         entries = History(backend.store).audit(
             request.args.get("app") or None, parse_when(since) if since else None
         )
-        return jsonify({"entries": [e.as_dict() for e in entries]})
+        return jsonify(views.audit(entries))
 
     actions.register(app, backend)
 

@@ -32,6 +32,8 @@ from faults_support import (  # noqa: E402
     wait_until,
 )
 
+from orchestrator import views  # noqa: E402
+
 if TYPE_CHECKING:
     import docker
     from conftest import BusyboxApp
@@ -110,7 +112,7 @@ def assert_serves_latest_release(app: BusyboxApp, store: Store, env: str) -> dic
     assert health.status == 200, health
     version = app.get(env, "/version")
     assert (version.status, version.body.strip()) == (200, release.revision), version
-    return release.as_dict()
+    return views.release(release)
 
 
 def assert_consistent(app: BusyboxApp, orch: Orchestrator, store: Store) -> None:

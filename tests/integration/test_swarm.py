@@ -20,6 +20,7 @@ import docker.errors
 import pytest
 from client_loop import SLOW_CGI, client_loop, slow_client_loop
 
+from orchestrator import views
 from orchestrator.docker_engine import DockerEngine
 from orchestrator.health import get as http_get
 from orchestrator.proxy import forget_admin_dirs
@@ -387,7 +388,7 @@ def test_sigkill_mid_update_then_recover_ends_on_a_recorded_release(
     latest = store.latest_release(app.name, "prod")
     assert latest is not None
     app.wait_settled("prod")
-    assert_converged_on(app, "prod", latest.as_dict())
+    assert_converged_on(app, "prod", views.release(latest))
     status = orch.status(app.name)
     assert status["drift"] is False and all(e["ok"] for e in status["environments"]), status
     assert orch.locks() == []

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from dashboard_support import GOOD_SHA, dashboard
 
+from orchestrator import views
 from orchestrator.store.repository import Store
 from orchestrator.web.actions import MIN_TOKEN_LENGTH, api_actor, authorize
 
@@ -210,7 +211,7 @@ def test_the_right_token_acts_through_the_service_as_the_api_actor(
         "api",
         "db migration",
     )
-    assert answer == {"lock": held.as_dict()}, "the CLI's 'lock --json' object"
+    assert answer == {"lock": views.lock_record(held)}, "the CLI's 'lock --json' object"
     status, answer, _ = post(f"{site}/api/apps/demo/prod/unlock", {}, token=TOKEN)
     assert status == 200, answer
     assert store.locks() == []
@@ -219,7 +220,7 @@ def test_the_right_token_acts_through_the_service_as_the_api_actor(
     assert status == 200, answer
     (frozen,) = store.freezes()
     assert (frozen.app, frozen.actor, frozen.reason) == ("demo", "api", "holiday")
-    assert answer == {"freeze": frozen.as_dict()}
+    assert answer == {"freeze": views.freeze_record(frozen)}
     status, answer, _ = post(f"{site}/api/unfreeze", {"app": "demo"}, token=TOKEN)
     assert status == 200 and store.freezes() == []
 

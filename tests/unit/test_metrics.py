@@ -11,6 +11,7 @@ from dashboard_support import promote_to_prod
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator import views
 from orchestrator.errors import BadInput
 from orchestrator.metrics import Promotion, Rollback, compute, daily, parse_since, report
 from orchestrator.store.repository import Store
@@ -67,7 +68,7 @@ def test_no_history_is_not_a_zero_failure_rate() -> None:
         None,
         None,
     )
-    assert m.as_dict()["change_failure_rate"]["rate"] is None
+    assert views.dora(m)["change_failure_rate"]["rate"] is None
 
 
 def test_a_release_rolled_back_twice_is_one_failure() -> None:
@@ -91,7 +92,7 @@ def test_report_per_app_and_all() -> None:
     )
     assert {n: m.deployments for n, m in r.apps.items()} == {"a": 1, "b": 1, "quiet": 0}
     assert (r.total.deployments, r.total.attempts, r.total.failures) == (2, 3, 1)
-    assert list(r.as_dict()["apps"]) == ["a", "b", "quiet"]
+    assert list(views.metrics(r)["apps"]) == ["a", "b", "quiet"]
 
 
 promotion = st.builds(

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from orchestrator import views
 from orchestrator.errors import BadInput, Conflict
 from orchestrator.releases import EnvStatus, Observed, choose_target, compute_drift
 from orchestrator.runtimes import RuntimeView
@@ -244,7 +245,7 @@ def test_status_names_one_cause(recorded: bool, seen: Observed, cause: str | Non
     found = EnvStatus("shop", "prod", rel, seen, compute_drift(rel, seen, app="shop", env="prod"))
     assert found.cause == cause
     assert found.ok is (cause is None)
-    assert found.as_dict()["cause"] == cause
+    assert views.env_status(found)["cause"] == cause
     assert (found.problem is None) is (cause is None)
 
 
@@ -263,13 +264,13 @@ def test_an_unreachable_engine_is_its_own_cause_whatever_was_recorded() -> None:
     found = EnvStatus("shop", "prod", release(3, IMG_A, SHA_A), Observed(), [], "deploy@prod-1:22", reason)
     assert (found.ok, found.cause, found.drift) == (False, "unreachable", False)
     assert found.problem == "unreachable: ssh: Connection refused"
-    shown = found.as_dict()
+    shown = views.env_status(found)
     assert (shown["reachable"], shown["unreachable"], shown["engine"]) == (
         False,
         "ssh: Connection refused",
         "deploy@prod-1:22",
     )
-    assert EnvStatus("shop", "prod", None, running()).as_dict()["reachable"] is True
+    assert views.env_status(EnvStatus("shop", "prod", None, running()))["reachable"] is True
 
 
 DIGEST_A = "reg:5000/shop@sha256:" + "a" * 64
