@@ -1,9 +1,9 @@
-"""The history queries behind `runs list`, `runs show` and /api/runs, on the session's backend (``--db``):
-every filter and page gives what a plain reading of the whole history gives, and the reads that must
-stay fast over 100,000 runs (benchmarks/scale.py) use their index and a fixed number of queries.
+"""The history every history test reads (36 runs of two apps, with a plain reading of what each filter
+should find; tests/unit/test_listing.py checks `runs list`'s queries against it), and the report queries
+that must stay fast over 100,000 runs (benchmarks/scale.py): `metrics` and /metrics read their indexes.
 
-Times are not asserted (they depend on the machine); what makes them is: the query count, and on SQLite
-the plan's use of the indexes of migration 0006.
+Times are not asserted (they depend on the machine); what makes them is: on SQLite, the plan's use of the
+indexes of migrations 0006 and 0008.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from orchestrator.gates import GateResult, GateStatus
 from orchestrator.holder import Holder
 from orchestrator.store.aggregates import dora_aggregates
 from orchestrator.store.history import History, RunFilter
-from orchestrator.store.listing import after_prefix as _after_prefix
 from orchestrator.store.repository import Store
 
 ACTORS = ("ci", "alice", "bob")
@@ -108,35 +107,6 @@ FILTERS = [
     *(RunFilter(sha_prefix=p) for p in ("9", "9f", "a", "A", "af", "a0", "b", "f", "ff", "f" * 40, "0")),
     RunFilter(sha_prefix="a", actor="ci"),
 ]
-
-
-@pytest.mark.parametrize("rare", [True, False], ids=["outcome-from-transitions", "outcome-run-by-run"])
-@pytest.mark.parametrize("f", FILTERS, ids=repr)
-def test_every_filter_and_page_matches_a_plain_reading_of_the_history(
-    store: Store, history: list[Known], f: RunFilter, rare: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Both ways `--outcome` is answered (a rare outcome from its transitions, a common one run by run,
-    newest first) give the same runs; here every outcome is rare unless the threshold says none is."""
-    if not rare:
-        monkeypatch.setattr("orchestrator.store.listing.RARE_OUTCOME", 0)
-    expected = _expected(history, f)
-    found = History(store)
-    assert [r.id for r in found.runs(f, limit=1000)] == expected
-    assert found.count_runs(f) == len(expected)
-    for limit in (1, 4):
-        pages = [
-            [r.id for r in found.runs(f, limit=limit, offset=offset)]
-            for offset in range(0, len(expected) + limit, limit)
-        ]
-        assert [i for page in pages for i in page] == expected, f"pages of {limit}"
-
-
-def test_the_range_after_a_sha_prefix() -> None:
-    assert _after_prefix("ab9") == "aba"
-    assert _after_prefix("abf") == "ac"
-    assert _after_prefix("9") == "a"
-    assert _after_prefix("0ff") == "1"
-    assert _after_prefix("fff") is None
 
 
 @contextmanager

@@ -58,6 +58,8 @@ def test_apps_are_every_app_with_a_run(store: Store, history: list[Known]) -> No
 def test_the_range_after_a_sha_prefix() -> None:
     assert after_prefix("ab9") == "aba"
     assert after_prefix("abf") == "ac"
+    assert after_prefix("9") == "a"
+    assert after_prefix("0ff") == "1"
     assert after_prefix("fff") is None
 
 
