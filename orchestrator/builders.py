@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from orchestrator.docker_engine import DockerError
-from orchestrator.errors import InfraUnavailable, StepTimeout
+from orchestrator.errors import DockerError, InfraUnavailable, StepTimeout
 
 
 class BuilderKind(StrEnum):

@@ -12,12 +12,12 @@ import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator import health, redact, verify
 from orchestrator.config import AppConfig, Settings
-from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
 from orchestrator.engines import AppEngines
+from orchestrator.errors import DockerError
 from orchestrator.machine import STAGING
 from orchestrator.runtimes import Published, Runtime, StagedRuntime, env_port, runtime_for
 from orchestrator.steps import StepLog
@@ -26,6 +26,9 @@ from orchestrator.steps.build import Build
 from orchestrator.steps.publish import Publisher
 from orchestrator.steps.staging_check import run_staging_check
 from orchestrator.verdict import Verdict
+
+if TYPE_CHECKING:  # the engine arrives connected; importing the SDK is the connecting code's cost
+    from orchestrator.docker_engine import ContainerInfo, DockerEngine
 
 __all__ = ["Build", "Deployed", "Deployer", "Published"]
 
@@ -143,7 +146,14 @@ class Deployer:
 
     def build(self, sha: str) -> Build:
         return build_steps.build(
-            self.engine, self.app, self.settings, self.steps, sha, self.redact, self.recorded_images
+            self.engine,
+            self.app,
+            self.settings,
+            self.steps,
+            sha,
+            self.redact,
+            self.recorded_images,
+            ahead=self.engines.build_ahead,
         )
 
     def verify_image(self, image_id: str, sha: str) -> Verdict:

@@ -54,7 +54,8 @@ import docker.transport  # noqa: E402
 import requests.exceptions  # noqa: E402
 import urllib3.exceptions  # noqa: E402
 
-from orchestrator.errors import InfraUnavailable, StepTimeout  # noqa: E402
+from orchestrator.docker_wire import PendingBuild  # noqa: E402
+from orchestrator.errors import DockerError, InfraUnavailable, StepTimeout  # noqa: E402
 from orchestrator.ssh import SshBridge, SshOptions, SshUnreachable  # noqa: E402
 
 # A streamed answer (build, push, pull) is read through urllib3 directly, so its read timeouts and broken
@@ -66,15 +67,6 @@ _UNREACHABLE = (
     ConnectionError,
     *_TIMEOUTS,
 )
-
-
-class DockerError(Exception):
-    """The engine answered and refused: a build failed, a name is taken, an image is gone."""
-
-    def __init__(self, message: str, *, log: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.log = log
 
 
 @dataclass(frozen=True)
@@ -273,6 +265,31 @@ class _OneRequest:
             self.response.close()
 
 
+class _BuildOutput:
+    """What a legacy build's messages say: its log, the image it made, or the error it stopped at."""
+
+    def __init__(self, tag: str, on_line: Callable[[str], None] | None) -> None:
+        self.tag = tag
+        self.on_line = on_line
+        self.log: list[str] = []
+        self.image_id: str | None = None
+
+    def read(self, chunk: Mapping[str, Any]) -> None:
+        if "stream" in chunk:
+            self.log.append(chunk["stream"])
+            if self.on_line is not None:
+                self.on_line(chunk["stream"])
+        if "error" in chunk:
+            raise DockerError(f"build of {self.tag} failed: {chunk['error'].strip()}", log="".join(self.log))
+        aux = chunk.get("aux") or {}
+        if "ID" in aux:
+            self.image_id = aux["ID"]
+
+    def no_image(self) -> DockerError:
+        what = f"build of {self.tag} reported success but produced no image"
+        return DockerError(what, log="".join(self.log))
+
+
 def _log_tail(log: list[str] | None, lines: int = 20) -> dict[str, str]:
     """The end of a build log for a StepTimeout's details: which step was running when time ran out."""
     if not log:
@@ -337,6 +354,8 @@ class DockerEngine:
         self.cli_args = cli_args
         # The shared ssh connection of a remote engine, ended with it.
         self._bridge: SshBridge | None = None
+        # This engine's unix socket, when it is a local one: a build sent there ahead is this engine's.
+        self.socket_path: str | None = None
 
     @classmethod
     def connect(cls, base_url: str | None = None, timeout: int = 120) -> DockerEngine:
@@ -355,7 +374,10 @@ class DockerEngine:
                 "Start it ('systemctl start docker'; not installed: 'apt-get install docker.io', or Docker "
                 "Engine from docs.docker.com), or point DOCKER_HOST at a running engine, and try again"
             ) from None
-        return cls(client)
+        engine = cls(client)
+        if where.startswith("unix://"):
+            engine.socket_path = os.path.realpath(where[len("unix://") :])
+        return engine
 
     @classmethod
     def connect_remote(
@@ -478,24 +500,10 @@ class DockerEngine:
         past it, the build is cancelled (the engine kills and removes the step's container; no image is
         tagged) and StepTimeout is raised, with the end of the log in its details. ``on_line`` gets the
         build's output as it comes (progress on a terminal: orchestrator/progress.py)."""
-        log: list[str] = []
-        image_id: str | None = None
+        output = _BuildOutput(tag, on_line)
         deadline = (
             None if timeout_s is None else _Deadline(f"build of {tag}", timeout_s, "ORCH_BUILD_TIMEOUT_S")
         )
-
-        def read(chunk: dict[str, Any]) -> None:
-            nonlocal image_id
-            if "stream" in chunk:
-                log.append(chunk["stream"])
-                if on_line is not None:
-                    on_line(chunk["stream"])
-            if "error" in chunk:
-                raise DockerError(f"build of {tag} failed: {chunk['error'].strip()}", log="".join(log))
-            aux = chunk.get("aux") or {}
-            if "ID" in aux:
-                image_id = aux["ID"]
-
         source: dict[str, Any] = (
             {"path": str(context)}
             if isinstance(context, Path)
@@ -520,14 +528,72 @@ class DockerEngine:
             )
 
         try:
-            self._stream(deadline, request, read, log=log)
+            self._stream(deadline, request, output.read, log=output.log)
         except _UNREACHABLE as exc:
             raise InfraUnavailable(f"Docker engine stopped answering during build of {tag}: {exc}") from None
         except docker.errors.APIError as exc:
-            raise DockerError(f"build of {tag} failed: {exc.explanation or exc}", log="".join(log)) from None
-        found = self.image(image_id or tag)
+            raise DockerError(
+                f"build of {tag} failed: {exc.explanation or exc}", log="".join(output.log)
+            ) from None
+        found = self.image(output.image_id or tag)
         if found is None:
-            raise DockerError(f"build of {tag} reported success but produced no image", log="".join(log))
+            raise output.no_image()
+        return found
+
+    def context_files(self, context: Path, dockerfile: str) -> list[str]:
+        """The paths of ``context`` the SDK sends to build it (``.dockerignore`` applied), sorted: a build
+        sent ahead (docker_wire.py) is taken only if it sent exactly these."""
+        from docker.utils.build import exclude_paths
+
+        ignore = context / ".dockerignore"
+        lines = ignore.read_text().splitlines() if ignore.exists() else []
+        patterns = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        return sorted(exclude_paths(str(context), patterns, dockerfile=dockerfile))
+
+    def adopt_build(
+        self,
+        pending: PendingBuild,
+        *,
+        tag: str,
+        timeout_s: float | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> ImageInfo:
+        """Finish a build sent ahead to this engine (docker_wire.PendingBuild) as ``build`` would: the
+        same log, errors and deadline (counted from when it was sent), then the tag the request left
+        out."""
+        output = _BuildOutput(tag, on_line)
+        deadline = (
+            None
+            if timeout_s is None
+            else _Deadline(f"build of {tag}", timeout_s, "ORCH_BUILD_TIMEOUT_S", started=pending.started)
+        )
+
+        def wait_s() -> float | None:
+            if deadline is None:
+                return None
+            if deadline.remaining() <= 0:
+                raise deadline.exceeded(**_log_tail(output.log))
+            return deadline.remaining()
+
+        try:
+            for message in pending.messages(wait_s):
+                output.read(message)
+        except TimeoutError:
+            assert deadline is not None
+            raise deadline.exceeded(**_log_tail(output.log)) from None
+        except ConnectionError as exc:
+            raise InfraUnavailable(f"Docker engine stopped answering during build of {tag}: {exc}") from None
+        except RuntimeError as exc:  # the engine refused the request itself
+            raise DockerError(f"build of {tag} failed: {exc}", log="".join(output.log)) from None
+        finally:
+            pending.cancel()
+        if output.image_id is None:
+            raise output.no_image()
+        repository, _, name = tag.rpartition(":")
+        self.tag(output.image_id, repository, name)
+        found = self.image(output.image_id)
+        if found is None:
+            raise output.no_image()
         return found
 
     def _stream(

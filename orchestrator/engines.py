@@ -16,6 +16,7 @@ from orchestrator.config import AppConfig, EngineTarget
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
+    from orchestrator.steps.build import BuildAhead
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class AppEngines:
 
     app: AppConfig
     get: Callable[[EngineTarget], DockerEngine]
+    # The run's build, already sent to the build engine (steps/build.py BuildAhead), if it was.
+    build_ahead: BuildAhead | None = None
 
     @classmethod
     def single(cls, app: AppConfig, engine: DockerEngine) -> AppEngines:

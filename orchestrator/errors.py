@@ -78,3 +78,15 @@ class Rejected(OrchestratorError):
 
     exit_code = 1
     kind = "rejected"
+
+
+class DockerError(Exception):
+    """The engine answered and refused: a build failed, a name is taken, an image is gone. Not an
+    OrchestratorError: a caller turns it into a failed gate with the evidence, or into one of those.
+    Here rather than in docker_engine.py so that code which only catches it (the build step, the
+    builders) does not import the docker SDK to do so."""
+
+    def __init__(self, message: str, *, log: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.log = log

@@ -13,8 +13,7 @@ from typing import Any
 
 from orchestrator import health, views
 from orchestrator.deploy import Build, Deployed, Deployer
-from orchestrator.docker_engine import DockerError
-from orchestrator.errors import GateFailed
+from orchestrator.errors import DockerError, GateFailed
 from orchestrator.gates import (
     PROD_OUTCOME,
     ROLLBACK_PROD,

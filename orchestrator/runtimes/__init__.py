@@ -11,15 +11,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from orchestrator.config import AppConfig, Settings
-from orchestrator.docker_engine import ContainerInfo
 from orchestrator.engines import AppEngines
 from orchestrator.errors import BadInput
 from orchestrator.machine import STAGING
 from orchestrator.steps import StepLog
 from orchestrator.verdict import Verdict
+
+if TYPE_CHECKING:  # preflight runs before an engine (and the docker SDK) is needed
+    from orchestrator.docker_engine import ContainerInfo
 
 LOOPBACK = "127.0.0.1"
 

@@ -6,6 +6,7 @@ edge stopped without a verdict is undone here, or left ``interrupted`` with its 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from orchestrator import views
 from orchestrator.config import AppConfig
@@ -22,7 +23,15 @@ from orchestrator.gates import (
 )
 from orchestrator.lifecycle import Interrupted, interruptible, signals_deferred
 from orchestrator.logging import bound_context, get_logger
-from orchestrator.machine import EDGE_ENVIRONMENTS, ENVIRONMENTS, TO_STAGING, Edge, RunMachine, State
+from orchestrator.machine import (
+    EDGE_ENVIRONMENTS,
+    ENVIRONMENTS,
+    STAGING,
+    TO_STAGING,
+    Edge,
+    RunMachine,
+    State,
+)
 from orchestrator.records import record_release
 from orchestrator.service.approval import ApprovalWait
 from orchestrator.service.claims import Claims
@@ -37,6 +46,9 @@ from orchestrator.service.common import (
 )
 from orchestrator.service.results import AdvanceResult, edge_reason
 from orchestrator.store.repository import RunRecord
+
+if TYPE_CHECKING:
+    from orchestrator.steps.build import BuildAhead
 
 
 class EdgeRunner:
@@ -95,6 +107,8 @@ class EdgeRunner:
         gates = gates_for(edge)
         if not preflighted:
             self.preflight(app, run.sha, edge)
+        if edge == TO_STAGING and engine.build_ahead is None:
+            engine.build_ahead = self.build_ahead(app, run.sha)
         # Connect before anything is written: an engine that does not answer changes nothing at all (exit
         # 4 naming its host). The edge's environments' engines and the build engine; no other host.
         if any(g.needs_docker for g in gates):
@@ -232,6 +246,17 @@ class EdgeRunner:
         return AdvanceResult(
             run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
         )
+
+    def build_ahead(self, app: AppConfig, sha: str) -> BuildAhead | None:
+        """The staging build of ``sha`` sent now, before the engine is connected and the edge claimed,
+        so that the engine builds while this process gets there (steps/build.py BuildAhead). None
+        where it could differ from the build step's own, or cannot help (the staging edge waits for
+        an approval first: it may never come)."""
+        if STAGING in app.require_approval or not any(g.needs_docker for g in gates_for(TO_STAGING)):
+            return None
+        from orchestrator.steps.build import BuildAhead
+
+        return BuildAhead.start(app, self.config.settings, sha, self._recorded_images(app))
 
     def _recorded_images(self, app: AppConfig) -> list[str]:
         """The images this orchestrator built and released for ``app``, newest first: the builds' cache

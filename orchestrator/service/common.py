@@ -23,6 +23,7 @@ from orchestrator.verdict import TransitionOutcome
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
+    from orchestrator.steps.build import BuildAhead
 
 
 def connect_engine() -> DockerEngine:
@@ -116,6 +117,8 @@ class LazyEngine:
         self._connect = connect or (lambda target, what: connect_target(target, what, settings))
         self._engines: dict[str, DockerEngine] = {}
         self._unreachable: dict[str, InfraUnavailable] = {}
+        # The run's build, sent before the engine was connected (steps/build.py); ended on close.
+        self.build_ahead: BuildAhead | None = None
 
     def get(self, target: EngineTarget | None = None, what: str = "an environment") -> DockerEngine:
         key = LOCAL_ENGINE.key if target is None else target.key
@@ -134,7 +137,7 @@ class LazyEngine:
 
     def for_app(self, app: AppConfig) -> AppEngines:
         """The engines of ``app``'s build and environments, each connected when first asked for."""
-        return AppEngines(app, self.get)
+        return AppEngines(app, self.get, self.build_ahead)
 
     def connect_for(self, app: AppConfig, environments: Sequence[str]) -> None:
         """Connect now to the build engine and each of ``environments``' engines: an engine that does
@@ -149,6 +152,9 @@ class LazyEngine:
         return next(iter(self._engines.values()), None)
 
     def close(self) -> None:
+        if self.build_ahead is not None:
+            self.build_ahead.close()
+            self.build_ahead = None
         for engine in self._engines.values():
             engine.close()
         self._engines.clear()

@@ -92,6 +92,7 @@ class RunService(Operations):
         self._edges.preflight(config, sha, TO_STAGING)
         engine = LazyEngine(self.engine_factory, settings=self.config.settings)
         try:
+            engine.build_ahead = self._edges.build_ahead(config, sha)
             engine.connect_for(config, ENVIRONMENTS)
             run = self.start_run(config.name, sha, who)
             done: list[AdvanceResult] = []

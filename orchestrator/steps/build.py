@@ -11,22 +11,27 @@ before it starts, naming the feature; a base image whose registry does not answe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator import builders, gitrepo, progress, verify
+from orchestrator import builders, docker_wire, gitrepo, progress, verify
 from orchestrator.builders import BuilderChoice, BuilderKind
 from orchestrator.config import AppConfig, Settings
-from orchestrator.docker_engine import DockerEngine, DockerError, ImageInfo
-from orchestrator.errors import BadInput, GateFailed, InfraUnavailable, StepTimeout
+from orchestrator.errors import BadInput, DockerError, GateFailed, InfraUnavailable, StepTimeout
 from orchestrator.logging import get_logger
 from orchestrator.steps import StepLog
 from orchestrator.verdict import Verdict
+
+if TYPE_CHECKING:  # the SDK is imported by whoever connects an engine, not by the build's preflight
+    from orchestrator.docker_engine import DockerEngine, ImageInfo
+    from orchestrator.docker_wire import PendingBuild
 
 
 @dataclass(frozen=True)
@@ -211,10 +216,12 @@ def build(
     sha: str,
     redact: Callable[[str], str],
     recorded_images: Sequence[str] = (),
+    ahead: BuildAhead | None = None,
 ) -> Build:
     """Build from the committed tree with GIT_SHA, tagged <app>:<sha>. ``recorded_images``: the image ids
     this orchestrator built and recorded for the app, the only ones whose layers the legacy builder's
-    cache may reuse."""
+    cache may reuse. ``ahead``: the same build, already sent (BuildAhead); taken if it is the same
+    request to the same engine, else cancelled and built here."""
     tag = build_tag(app, sha)
     log = get_logger()
     with steps.step("build") as step:
@@ -231,6 +238,26 @@ def build(
         cache = CachePolicy.trusting(recorded_images)
         t0 = time.perf_counter()
         log.info("build_started", tag=tag, builder=choice.why, dockerfile=dockerfile, context=app.context)
+        request = LegacyRequest.of(app, sha, dockerfile, cache)
+        pending = ahead.take(request, engine) if ahead is not None and choice.cli is None else None
+        if pending is not None:
+            step.changed(sent_ahead_s=round(time.monotonic() - pending.started, 3))
+            try:
+                image = engine.adopt_build(
+                    pending,
+                    tag=tag,
+                    timeout_s=settings.build_timeout_s,
+                    on_line=lambda line: progress.line("build", redact(line)),
+                )
+            except StepTimeout as exc:
+                if "log_tail" in exc.details:
+                    exc.details["log_tail"] = redact(str(exc.details["log_tail"]))
+                raise
+            except DockerError as exc:
+                _explain_failure(engine, choice, exc, text, build_args)
+                raise
+            step.changed(cache_from=len(cache.cache_from), image_id=image.id, tag=tag)
+            return Build(image, tag, time.perf_counter() - t0, choice.kind.value)
         with gitrepo.extracted(app.source, sha) as tree:
             context_dir = tree / app.context
             try:
@@ -269,6 +296,150 @@ def build(
                 raise
         step.changed(image_id=image.id, tag=tag)
     return Build(image, tag, time.perf_counter() - t0, choice.kind.value)
+
+
+@dataclass(frozen=True)
+class LegacyRequest:
+    """What the legacy builder is asked to build: a build sent ahead is taken only for the same."""
+
+    sha: str
+    context: str
+    dockerfile: str  # the Dockerfile's path in the commit
+    build_args: tuple[tuple[str, str], ...]
+    target: str | None
+    cache_from: tuple[str, ...]
+
+    @classmethod
+    def of(cls, app: AppConfig, sha: str, dockerfile: str, cache: CachePolicy) -> LegacyRequest:
+        args = {**app.build_args, "GIT_SHA": sha}
+        return cls(sha, app.context, dockerfile, tuple(args.items()), app.target, cache.cache_from)
+
+    @property
+    def in_context(self) -> str | None:
+        """The Dockerfile's path inside the context, or None when it lies outside it."""
+        rel = posixpath.relpath(self.dockerfile, posixpath.normpath(self.context))
+        return None if rel == ".." or rel.startswith("../") else rel
+
+
+class BuildAhead:
+    """The staging build, sent to the engine before the rest of the process is ready (issue 12).
+
+    A deploy spends about 150 ms before its build on work that does not decide the build: importing
+    the docker SDK, opening the database, recording the run and claiming staging. Sent first, the
+    engine builds meanwhile; preparing it (``git archive``, the context's tar) runs on a thread of its
+    own, mostly waiting for git, so the process goes on at once. Nothing is decided early: the request
+    names no tag, so until the build step takes it (``take``: same request, same engine, the same
+    files the SDK would send) it is an anonymous build; a run that never gets there cancels it on
+    close, and the engine drops it.
+
+    Only where the outcome cannot differ from the build step's own request: the legacy builder (what
+    ``ORCH_BUILDER`` gives whatever the engine says), a local engine, no build secrets, a Dockerfile
+    inside the context, and a docker client config that adds nothing to the request
+    (docker_wire.client_config_is_plain). Anywhere else nothing is sent and the step builds as always."""
+
+    def __init__(
+        self, app: AppConfig, settings: Settings, sha: str, recorded: Sequence[str], socket_path: str
+    ) -> None:
+        self._app, self._settings, self._sha = app, settings, sha
+        self._cache = CachePolicy.trusting(recorded)
+        self._socket_path = socket_path
+        self._stack = contextlib.ExitStack()
+        self.request: LegacyRequest | None = None
+        self._pending: PendingBuild | None = None
+        self._files: list[str] = []
+        self._context: Path | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._send, name="build-ahead-send", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start(
+        cls,
+        app: AppConfig,
+        settings: Settings,
+        sha: str,
+        recorded_images: Sequence[str],
+        environ: Mapping[str, str] = os.environ,
+    ) -> BuildAhead | None:
+        socket_path = docker_wire.local_socket(environ)
+        if (
+            socket_path is None
+            or not app.builds_on.is_local
+            or app.secrets
+            or not docker_wire.client_config_is_plain(environ)
+        ):
+            return None
+        choice = builders.choose(settings.builder, settings.docker_cli, lambda: True)
+        if choice.kind is not BuilderKind.LEGACY:
+            return None  # BuildKit, or a choice the engine's answer decides
+        return cls(app, settings, sha, recorded_images, socket_path)
+
+    def _send(self) -> None:
+        app, sha = self._app, self._sha
+        try:
+            dockerfile = resolve_dockerfile(app, sha)
+            text = (gitrepo.file_at(app.source, sha, dockerfile) or b"").decode(errors="replace")
+            request = LegacyRequest.of(app, sha, dockerfile, self._cache)
+            if builders.buildkit_features(text) or request.in_context is None:
+                return  # the build step refuses the first, naming the feature; the SDK sends the second
+            context = self._stack.enter_context(gitrepo.extracted(app.source, sha)) / app.context
+            files = docker_wire.context_files(context, request.in_context)
+            query = docker_wire.build_query(
+                dockerfile=request.in_context,
+                buildargs=dict(request.build_args),
+                target=request.target,
+                cache_from=request.cache_from,
+                nocache=self._cache.nocache,
+            )
+            with self._lock:
+                if self._closed:
+                    return
+                self._pending = docker_wire.PendingBuild(
+                    self._socket_path,
+                    query,
+                    docker_wire.context_tar(context, files),
+                    self._settings.build_timeout_s,
+                )
+                self.request, self._files, self._context = request, files, context
+        except GateFailed:
+            return  # the build step fails it, with the evidence
+        except Exception as exc:  # an optimisation never fails a deploy: the build step builds as always
+            get_logger().warning("build_ahead_skipped", reason=f"{type(exc).__name__}: {exc}")
+
+    def take(self, request: LegacyRequest, engine: DockerEngine) -> PendingBuild | None:
+        """The build in flight, if it is ``request`` on ``engine`` with the files the SDK would send;
+        otherwise None, and it is cancelled. Taken once."""
+        self._thread.join()
+        with self._lock:
+            pending, self._pending = self._pending, None
+            self._closed = True
+        try:
+            if pending is None or self._context is None:
+                return None
+            same = (
+                request == self.request
+                and engine.socket_path == pending.socket_path
+                and request.in_context is not None
+                and engine.context_files(self._context, request.in_context) == self._files
+            )
+            if not same:
+                get_logger().info("build_ahead_discarded", reason="not the build this step asks for")
+                pending.discard()
+                return None
+            return pending
+        finally:
+            self._stack.close()
+
+    def close(self) -> None:
+        """End a build never taken (the run stopped before its build): cancelled, its image removed."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            self._closed = True
+        if pending is not None:
+            pending.discard()
+        self._thread.join(timeout=30)
+        self._stack.close()
 
 
 def _show_line(log: Any, line: str) -> None:

@@ -4,15 +4,19 @@ undo it."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from orchestrator import progress
 from orchestrator.config import AppConfig, Settings
-from orchestrator.docker_engine import DockerEngine, DockerError
 from orchestrator.engines import AppEngines
-from orchestrator.errors import InfraUnavailable
+from orchestrator.errors import DockerError, InfraUnavailable
 from orchestrator.machine import PROD, STAGING
 from orchestrator.registry import Registry, RegistryError
 from orchestrator.runtimes import Published
 from orchestrator.steps import StepLog
+
+if TYPE_CHECKING:
+    from orchestrator.docker_engine import DockerEngine
 
 
 def local_tags(env: str) -> tuple[str, ...]:

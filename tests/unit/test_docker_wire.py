@@ -1,0 +1,124 @@
+"""docker_wire.py: a build sent ahead must send exactly the files the SDK's own build would send.
+
+The SDK's ``exclude_paths`` is the reference (it is what DockerEngine.build sends); the build step also
+compares the two at run time and rebuilds on any difference, so a divergence here costs speed, never
+correctness. These tests keep the two in step on trees and .dockerignore files of many shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from docker.utils.build import exclude_paths
+
+from orchestrator.docker_wire import client_config_is_plain, context_files, local_socket
+
+NAMES = ["a", "b.py", "node_modules", "src", "Dockerfile", ".git", "x.log", "build", "README.md", "Sub"]
+PATTERNS = [
+    "*.log",
+    "node_modules",
+    "!node_modules/keep",
+    "src/**/test*",
+    "**/*.py",
+    "build/",
+    "!build/out",
+    ".git",
+    "sub/*",
+    "!sub/b.py",
+    "*",
+    "!src",
+    "[ab]*",
+    "[!a]*",
+    "a/../b.py",
+    "/src/",
+    "**",
+    "?",
+    "src/**",
+    "**/b.py",
+    "# a comment",
+    "",
+    "  README.md  ",
+    "Dockerfile",
+]
+
+
+def _tree(root: Path, rng: random.Random) -> None:
+    for _ in range(15):
+        path = root.joinpath(*(rng.choice(NAMES) for _ in range(rng.randint(1, 3))))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                path.write_text("x")
+        except (NotADirectoryError, FileExistsError, IsADirectoryError):
+            pass  # a name already taken by a file (or a directory): another shape of tree
+
+
+def _sdk(root: Path, lines: list[str], dockerfile: str) -> list[str]:
+    patterns = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    return sorted(exclude_paths(str(root), patterns, dockerfile=dockerfile))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_files_sent_are_the_ones_the_sdk_sends(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    for trial in range(8):
+        root = tmp_path / str(trial)
+        root.mkdir()
+        _tree(root, rng)
+        if not (root / "Dockerfile").exists():
+            (root / "Dockerfile").write_text("FROM scratch\n")
+        lines = rng.sample(PATTERNS, rng.randint(0, 6))
+        (root / ".dockerignore").write_text("\n".join(lines))
+        assert context_files(root, "Dockerfile") == _sdk(root, lines, "Dockerfile"), lines
+
+
+def test_an_excluded_directory_with_an_exception_inside_is_entered(tmp_path: Path) -> None:
+    (tmp_path / "build" / "out").mkdir(parents=True)
+    (tmp_path / "build" / "out" / "app").write_text("x")
+    (tmp_path / "build" / "junk").write_text("x")
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / ".dockerignore").write_text("build\n!build/out\n")
+    assert context_files(tmp_path, "Dockerfile") == [
+        ".dockerignore",
+        "Dockerfile",
+        "build/out",
+        "build/out/app",
+    ]
+
+
+def test_only_a_local_socket_is_sent_to(tmp_path: Path) -> None:
+    sock = tmp_path / "docker.sock"
+    sock.write_text("")
+    assert local_socket({"DOCKER_HOST": f"unix://{sock}"}) == str(sock.resolve())
+    assert local_socket({"DOCKER_HOST": "tcp://127.0.0.1:2376"}) is None
+    assert local_socket({"DOCKER_HOST": "ssh://deploy@host"}) is None
+    assert local_socket({"DOCKER_HOST": f"unix://{tmp_path}/missing.sock"}) is None
+
+
+@pytest.mark.parametrize(
+    ("config", "plain"),
+    [
+        (None, True),
+        ({}, True),
+        ({"detachKeys": "ctrl-x"}, True),
+        ({"auths": {}}, True),
+        ({"auths": {"registry.example": {"auth": "dTpw"}}}, False),
+        ({"credsStore": "pass"}, False),
+        ({"credHelpers": {"registry.example": "ecr-login"}}, False),
+        ({"proxies": {"default": {"httpProxy": "http://proxy:3128"}}}, False),
+        ("not json", False),
+    ],
+)
+def test_a_client_config_that_adds_to_the_request_keeps_the_build_for_the_sdk(
+    tmp_path: Path, config: object, plain: bool
+) -> None:
+    folder = tmp_path / "docker"
+    folder.mkdir()
+    if isinstance(config, dict):
+        (folder / "config.json").write_text(json.dumps(config))
+    elif config is not None:
+        (folder / "config.json").write_text(str(config))
+    assert client_config_is_plain({"DOCKER_CONFIG": str(folder)}) is plain
