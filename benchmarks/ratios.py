@@ -15,10 +15,12 @@ Printed with medians of interleaved pairs (orchestrator side and plain side alte
   Docker API requests one deploy makes (the SDK's HTTP session wrapped in a counter, benchmark only).
 
 Both sides build with the legacy builder (the plain side with DOCKER_BUILDKIT=0, the orchestrator with
-ORCH_BUILDER=legacy) so that the same build is compared. The machine may be shared: the load average is
-printed before and after; compare ratios, not absolute times.
+ORCH_BUILDER=legacy) so that the same build is compared; ``--builder buildkit`` compares BuildKit builds
+instead (both sides through the same docker CLI that builds with BuildKit, the plain one with
+DOCKER_BUILDKIT=1), what ``ORCH_BUILDER=auto`` picks where such a CLI exists. The machine may be shared:
+the load average is printed before and after; compare ratios, not absolute times.
 
-Run: ``.venv/bin/python benchmarks/ratios.py --pairs 5``.
+Run: ``.venv/bin/python benchmarks/ratios.py --pairs 5 [--builder buildkit]``.
 """
 
 from __future__ import annotations
@@ -175,8 +177,21 @@ def three_calls(ws: Workspace, app: str, sha: str) -> None:
         _check_advance(ws.cli("advance", run_id, "--to", to, "--actor", "benchmark"), to)
 
 
+def use_builder(ws: Workspace, builder: str) -> None:
+    """Both sides build with ``builder``: the same engine builder, so that the same build is compared."""
+    ws.orch_env["ORCH_BUILDER"] = builder
+    if builder == "buildkit":
+        from orchestrator.builders import find_buildkit_cli
+
+        cli = find_buildkit_cli()
+        if cli is None or cli.buildx:
+            raise BenchmarkError("--builder buildkit needs a docker CLI that builds with DOCKER_BUILDKIT=1")
+        ws.orch_env["ORCH_DOCKER_CLI"] = cli.path
+        ws.docker_cli = cli.path
+        ws.docker_env["DOCKER_BUILDKIT"] = "1"
+
+
 def run(ws: Workspace, pairs: int, warmup: int) -> dict[str, Any]:
-    ws.orch_env["ORCH_BUILDER"] = "legacy"
     inproc = InProcess(ws)
     app = ws.orch.name
     sides: dict[str, Callable[[str], None]] = {
@@ -243,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed pairs first (default 1)")
     parser.add_argument("--orchestrator", default=None, help="console script (default: next to python)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout too")
+    parser.add_argument(
+        "--builder", choices=("legacy", "buildkit"), default="legacy", help="what both sides build with"
+    )
     args = parser.parse_args(argv)
     workspaces: list[Workspace] = []
 
@@ -251,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         ws = Workspace(find_orchestrator(args.orchestrator))
         workspaces.append(ws)
         ws.setup(1)
-        print(f"workspace {ws.dir}, apps bench-{ws.suffix}-*", file=sys.stderr)
+        use_builder(ws, args.builder)
+        print(f"workspace {ws.dir}, apps bench-{ws.suffix}-*, builder {args.builder}", file=sys.stderr)
         start = startup(ws, args.pairs)
         deploys = run(ws, args.pairs, args.warmup)
         config = ("--config", str(ws.config))

@@ -169,6 +169,7 @@ class Workspace:
         self.suffix = secrets.token_hex(3)
         self.orchestrator_bin = orchestrator_bin
         self.docker_env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+        self.docker_cli = "docker"  # the plain side's CLI (ratios.py --builder buildkit names one)
         ports = free_ports(8)
         self.orch = App(f"bench-{self.suffix}-orch", "Dockerfile", ports[0], ports[1])
         self.plain = App(f"bench-{self.suffix}-plain", "Dockerfile", ports[2], ports[3])
@@ -224,7 +225,7 @@ class Workspace:
             ) from exc
 
     def docker(self, *args: str, what: str, stdin: bytes | None = None) -> str:
-        return checked(["docker", *args], what=what, env=self.docker_env, stdin=stdin).strip()
+        return checked([self.docker_cli, *args], what=what, env=self.docker_env, stdin=stdin).strip()
 
     def cleanup(self) -> list[str]:
         """Remove containers, then image tags, then the temp dir. Returns what could not be removed."""

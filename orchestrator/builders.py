@@ -317,6 +317,46 @@ _ENGINE_DOWN = re.compile(
 )
 
 
+def buildkit_argv(
+    cli: BuildKitCli,
+    *,
+    context_dir: Path,
+    dockerfile: Path,
+    iidfile: Path,
+    tag: str | None,
+    build_args: Mapping[str, str],
+    labels: Mapping[str, str] | None = None,
+    target: str | None = None,
+    secrets: Sequence[Secret] = (),
+    engine_args: Sequence[str] = (),
+) -> list[str]:
+    """The CLI's command line for a build; without ``tag`` the image is left unnamed (a build sent
+    ahead, steps/build.py BuildAhead: the build step names the one it takes)."""
+    program, *command = cli.argv
+    argv = [
+        program,
+        *engine_args,
+        *command,
+        "--progress=plain",
+        "--iidfile",
+        str(iidfile),
+        "-f",
+        str(dockerfile),
+    ]
+    if tag is not None:
+        argv += ["-t", tag]
+    for name, value in build_args.items():
+        argv += ["--build-arg", f"{name}={value}"]
+    for name, value in (labels or {}).items():
+        argv += ["--label", f"{name}={value}"]
+    if target:
+        argv += ["--target", target]
+    for secret in secrets:
+        argv += ["--secret", secret.flag()]
+    argv.append(str(context_dir))
+    return argv
+
+
 def buildkit_build(
     cli: BuildKitCli,
     *,
@@ -339,40 +379,21 @@ def buildkit_build(
     so the build lands on the engine the image is then read from."""
     with tempfile.TemporaryDirectory(prefix="orchestrator-build-") as scratch:
         iidfile = Path(scratch) / "iid"
-        program, *command = cli.argv
-        argv = [
-            program,
-            *engine_args,
-            *command,
-            "--progress=plain",
-            "--iidfile",
-            str(iidfile),
-            "-f",
-            str(dockerfile),
-            "-t",
-            tag,
-        ]
-        for name, value in build_args.items():
-            argv += ["--build-arg", f"{name}={value}"]
-        for name, value in (labels or {}).items():
-            argv += ["--label", f"{name}={value}"]
-        if target:
-            argv += ["--target", target]
-        for secret in secrets:
-            argv += ["--secret", secret.flag()]
-        argv.append(str(context_dir))
-        log = _run_streaming(argv, {**os.environ, **cli.env}, context_dir, tag, timeout_s, on_line)
-        if not log.ok:
-            text = "".join(log.lines)
-            if _ENGINE_DOWN.search(text):
-                raise InfraUnavailable(f"Docker engine did not answer the build of {tag}: {_last(text)}")
-            raise DockerError(f"build of {tag} failed: {_last(text)}", log=text)
-        image_id = iidfile.read_text().strip() if iidfile.is_file() else ""
-        if not image_id:
-            raise DockerError(
-                f"build of {tag} reported success but wrote no image id", log="".join(log.lines)
-            )
-        return image_id
+        argv = buildkit_argv(
+            cli,
+            context_dir=context_dir,
+            dockerfile=dockerfile,
+            iidfile=iidfile,
+            tag=tag,
+            build_args=build_args,
+            labels=labels,
+            target=target,
+            secrets=secrets,
+            engine_args=engine_args,
+        )
+        running = CliBuild(argv, {**os.environ, **cli.env}, context_dir, tag, iidfile)
+        running.attach(on_line)
+        return running.finish(timeout_s)
 
 
 def _last(text: str) -> str:
@@ -381,76 +402,96 @@ def _last(text: str) -> str:
     return lines[-1][-500:] if lines else "no output"
 
 
-@dataclass
-class _Output:
-    lines: list[str]
-    ok: bool = False
+class CliBuild:
+    """A build the docker CLI runs: started at once, its output collected as it comes (the CLI would
+    block on a full pipe), and handed to whoever ``attach``es, the lines so far first, in the
+    attaching caller's context (so log lines carry its run, app, sha and edge)."""
 
+    def __init__(self, argv: list[str], env: Mapping[str, str], cwd: Path, tag: str, iidfile: Path) -> None:
+        self.tag = tag
+        self.iidfile = iidfile
+        self.started = time.monotonic()
+        self.lines: list[str] = []
+        self._on_line: Callable[[str], None] | None = None
+        self._context: contextvars.Context | None = None
+        self._lock = threading.Lock()
+        try:
+            self._proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(env),
+                cwd=cwd,
+                text=True,
+                errors="replace",
+            )
+        except OSError as exc:
+            raise InfraUnavailable(f"could not run {argv[0]} for the build of {tag}: {exc}") from None
+        self._reader = threading.Thread(target=self._pump, name=f"build-output-{tag}", daemon=True)
+        self._reader.start()
 
-def _run_streaming(
-    argv: list[str],
-    env: Mapping[str, str],
-    cwd: Path,
-    tag: str,
-    timeout_s: float | None,
-    on_line: Callable[[str], None] | None,
-) -> _Output:
-    output = _Output([])
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=dict(env),
-            cwd=cwd,
-            text=True,
-            errors="replace",
-        )
-    except OSError as exc:
-        raise InfraUnavailable(f"could not run {argv[0]} for the build of {tag}: {exc}") from None
+    def _pump(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            with self._lock:
+                self.lines.append(line)
+                on_line, context = self._on_line, self._context
+            if on_line is not None and context is not None:
+                context.run(on_line, line.rstrip("\n"))
 
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.lines.append(line)
-            if on_line is not None:
+    def attach(self, on_line: Callable[[str], None] | None) -> None:
+        """From now on each line goes to ``on_line``, in the attaching caller's context."""
+        with self._lock:
+            earlier = list(self.lines)
+            self._on_line = on_line
+            self._context = contextvars.copy_context()
+        if on_line is not None:
+            for line in earlier:
                 on_line(line.rstrip("\n"))
 
-    # In the caller's context: the log lines ``on_line`` writes carry the run, app, sha and edge.
-    reader = threading.Thread(
-        target=contextvars.copy_context().run, args=(pump,), name=f"build-output-{tag}", daemon=True
-    )
-    reader.start()
-    started = time.monotonic()
-    try:
-        code = proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        # SIGTERM: the CLI closes its session and the engine cancels the solve (no image is tagged).
-        proc.terminate()
+    def finish(self, timeout_s: float | None) -> str:
+        """Wait for the build (``timeout_s`` counted from its start) and return the image id it wrote."""
+        remaining = None if timeout_s is None else max(0.0, timeout_s - (time.monotonic() - self.started))
         try:
-            proc.wait(timeout=10)
+            code = self._proc.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=5)
-        tail = "".join("".join(output.lines).splitlines(keepends=True)[-20:])
-        raise StepTimeout(
-            f"build of {tag} did not finish within {timeout_s:g} s (ORCH_BUILD_TIMEOUT_S)",
-            details={
-                "timeout_s": timeout_s,
-                "setting": "ORCH_BUILD_TIMEOUT_S",
-                "elapsed_s": round(time.monotonic() - started, 1),
-                "log_tail": tail,
-            },
-        ) from None
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    reader.join()
-    output.ok = code == 0
-    return output
+            self.cancel()
+            tail = "".join("".join(self.lines).splitlines(keepends=True)[-20:])
+            raise StepTimeout(
+                f"build of {self.tag} did not finish within {timeout_s:g} s (ORCH_BUILD_TIMEOUT_S)",
+                details={
+                    "timeout_s": timeout_s,
+                    "setting": "ORCH_BUILD_TIMEOUT_S",
+                    "elapsed_s": round(time.monotonic() - self.started, 1),
+                    "log_tail": tail,
+                },
+            ) from None
+        except BaseException:
+            self._proc.kill()
+            self._proc.wait()
+            raise
+        self._reader.join()
+        text = "".join(self.lines)
+        if code != 0:
+            if _ENGINE_DOWN.search(text):
+                raise InfraUnavailable(f"Docker engine did not answer the build of {self.tag}: {_last(text)}")
+            raise DockerError(f"build of {self.tag} failed: {_last(text)}", log=text)
+        image_id = self.iidfile.read_text().strip() if self.iidfile.is_file() else ""
+        if not image_id:
+            raise DockerError(f"build of {self.tag} reported success but wrote no image id", log=text)
+        return image_id
+
+    def cancel(self) -> None:
+        """Stop the CLI: SIGTERM closes its session and the engine cancels the solve (nothing tagged)."""
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._reader.join(timeout=5)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -550,17 +550,17 @@ class DockerEngine:
         patterns = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
         return sorted(exclude_paths(str(context), patterns, dockerfile=dockerfile))
 
-    def adopt_build(
+    def finish_build(
         self,
         pending: PendingBuild,
         *,
         tag: str,
         timeout_s: float | None = None,
         on_line: Callable[[str], None] | None = None,
-    ) -> ImageInfo:
-        """Finish a build sent ahead to this engine (docker_wire.PendingBuild) as ``build`` would: the
-        same log, errors and deadline (counted from when it was sent), then the tag the request left
-        out."""
+    ) -> str:
+        """Read a build sent ahead to this engine (docker_wire.PendingBuild) to its end as ``build``
+        would: the same log, errors and deadline (counted from when it was sent). Returns the id of the
+        image it made, still unnamed (``tag`` names the build in messages)."""
         output = _BuildOutput(tag, on_line)
         deadline = (
             None
@@ -589,12 +589,7 @@ class DockerEngine:
             pending.cancel()
         if output.image_id is None:
             raise output.no_image()
-        repository, _, name = tag.rpartition(":")
-        self.tag(output.image_id, repository, name)
-        found = self.image(output.image_id)
-        if found is None:
-            raise output.no_image()
-        return found
+        return output.image_id
 
     def _stream(
         self,

@@ -34,8 +34,6 @@ from typing import IO, Any
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 _EOF = object()
-# The legacy builder's line after each step it committed: " ---> <image id>".
-_STEP = re.compile(r"^ ---> ([0-9a-f]{12,64})\s*$")
 
 
 def local_socket(environ: Mapping[str, str]) -> str | None:
@@ -261,7 +259,6 @@ class PendingBuild:
         self.socket_path = socket_path
         self.started = time.monotonic()
         self.image_id: str | None = None
-        self.last_step: str | None = None  # the image the last finished step committed
         self._messages: queue.Queue[Any] = queue.Queue()
         self._conn = _UnixConnection(socket_path, timeout_s)
         body.seek(0, os.SEEK_END)
@@ -307,9 +304,6 @@ class PendingBuild:
                         aux = message.get("aux")
                         if isinstance(aux, dict) and "ID" in aux:
                             self.image_id = str(aux["ID"])
-                        step = _STEP.match(str(message.get("stream", "")))
-                        if step:
-                            self.last_step = step.group(1)
                         self._messages.put(message)
             self._messages.put(_EOF)
         except Exception as exc:  # handed to the reader of the messages
@@ -331,28 +325,11 @@ class PendingBuild:
                 raise ConnectionError(f"the engine's answer to the build broke off: {item}") from None
             yield item
 
-    def discard(self) -> None:
-        """Cancel, and remove what the build made: its image if it finished, else the last step it
-        committed, each with the untagged parents only it had (the engine's own pruning on delete). Not
-        one of them is in any recorded image's ancestry, so no build the cache policy allows could
-        reuse them (steps/build.py CachePolicy). An image something else uses or names is refused by
-        the engine and stays."""
-        self.cancel()
-        made = self.image_id or self.last_step
-        if made is None:
-            return
-        conn = _UnixConnection(self.socket_path, 30)
-        try:
-            conn.request("DELETE", f"/images/{urllib.parse.quote(made)}")
-            conn.getresponse().read()
-        except OSError:
-            pass  # the engine went away: nothing more to tidy from here
-        finally:
-            conn.close()
-
     def cancel(self) -> None:
         """Close the connection: the engine cancels a build whose client went away (it kills and removes
-        the step's container; nothing is tagged, since the request named no tag)."""
+        the step's container; nothing is tagged, since the request named no tag). A build that had
+        finished leaves its image unnamed, and it is not removed here: another process building the
+        same commit gets the very same image id (same content, same cache), and may be about to tag it."""
         sock = self._conn.sock
         if sock is not None:
             with contextlib.suppress(OSError):

@@ -250,10 +250,12 @@ class EdgeRunner:
     def build_ahead(self, app: AppConfig, sha: str) -> BuildAhead | None:
         """The staging build of ``sha`` sent now, before the engine is connected and the edge claimed,
         so that the engine builds while this process gets there (steps/build.py BuildAhead). None
-        where it could differ from the build step's own, or cannot help (the staging edge waits for
-        an approval first: it may never come)."""
+        where it could differ from the build step's own, or is unlikely to be taken: the edge waits
+        for an approval first, or staging is held (by another run, or by hand)."""
         if STAGING in app.require_approval or not any(g.needs_docker for g in gates_for(TO_STAGING)):
             return None
+        if self.store.locks(app.name, [STAGING]):
+            return None  # another run or an operator holds staging: this edge waits or is refused
         from orchestrator.steps.build import BuildAhead
 
         return BuildAhead.start(app, self.config.settings, sha, self._recorded_images(app))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -238,81 +239,77 @@ def build(
         cache = CachePolicy.trusting(recorded_images)
         t0 = time.perf_counter()
         log.info("build_started", tag=tag, builder=choice.why, dockerfile=dockerfile, context=app.context)
-        request = LegacyRequest.of(app, sha, dockerfile, cache)
-        pending = ahead.take(request, engine) if ahead is not None and choice.cli is None else None
-        if pending is not None:
-            step.changed(sent_ahead_s=round(time.monotonic() - pending.started, 3))
-            try:
-                image = engine.adopt_build(
-                    pending,
-                    tag=tag,
-                    timeout_s=settings.build_timeout_s,
-                    on_line=lambda line: progress.line("build", redact(line)),
-                )
-            except StepTimeout as exc:
-                if "log_tail" in exc.details:
-                    exc.details["log_tail"] = redact(str(exc.details["log_tail"]))
-                raise
-            except DockerError as exc:
-                _explain_failure(engine, choice, exc, text, build_args)
-                raise
-            step.changed(cache_from=len(cache.cache_from), image_id=image.id, tag=tag)
-            return Build(image, tag, time.perf_counter() - t0, choice.kind.value)
-        with gitrepo.extracted(app.source, sha) as tree:
-            context_dir = tree / app.context
-            try:
-                if choice.cli is not None:
-                    image = _buildkit(
-                        engine,
-                        choice,
-                        context_dir,
-                        tree / dockerfile,
-                        tag,
-                        build_args,
-                        app,
-                        secrets,
-                        settings,
-                        lambda line: _show_line(log, redact(line)),
-                    )
-                else:
-                    image = engine.build(
-                        context_dir,
-                        tag=tag,
-                        dockerfile=str(tree / dockerfile),
-                        buildargs=build_args,
-                        target=app.target,
-                        timeout_s=settings.build_timeout_s,
-                        cache_from=cache.cache_from,
-                        nocache=cache.nocache,
-                        on_line=lambda line: progress.line("build", redact(line)),
-                    )
-                    step.changed(cache_from=len(cache.cache_from))
-            except StepTimeout as exc:
-                if "log_tail" in exc.details:
-                    exc.details["log_tail"] = redact(str(exc.details["log_tail"]))
-                raise
-            except DockerError as exc:
-                _explain_failure(engine, choice, exc, text, build_args)
-                raise
+        request = BuildRequest.of(app, sha, dockerfile, cache, choice)
+        taken = ahead.take(request, engine) if ahead is not None else None
+        try:
+            image = None
+            if taken is not None:
+                step.changed(sent_ahead_s=round(time.monotonic() - taken.started, 3))
+                image = _finish_ahead(engine, taken, tag, settings, redact)
+                if image is None:
+                    log.warning("build_ahead_lost", reason="its image went before it was named; building")
+            if image is None:
+                with gitrepo.extracted(app.source, sha) as tree:
+                    context_dir = tree / app.context
+                    if choice.cli is not None:
+                        image = _buildkit(
+                            engine,
+                            choice,
+                            context_dir,
+                            tree / dockerfile,
+                            tag,
+                            build_args,
+                            app,
+                            secrets,
+                            settings,
+                            lambda line: _show_line(log, redact(line)),
+                        )
+                    else:
+                        image = engine.build(
+                            context_dir,
+                            tag=tag,
+                            dockerfile=str(tree / dockerfile),
+                            buildargs=build_args,
+                            target=app.target,
+                            timeout_s=settings.build_timeout_s,
+                            cache_from=cache.cache_from,
+                            nocache=cache.nocache,
+                            on_line=lambda line: progress.line("build", redact(line)),
+                        )
+            if choice.cli is None:
+                step.changed(cache_from=len(cache.cache_from))
+        except StepTimeout as exc:
+            if "log_tail" in exc.details:
+                exc.details["log_tail"] = redact(str(exc.details["log_tail"]))
+            raise
+        except DockerError as exc:
+            _explain_failure(engine, choice, exc, text, build_args)
+            raise
         step.changed(image_id=image.id, tag=tag)
     return Build(image, tag, time.perf_counter() - t0, choice.kind.value)
 
 
 @dataclass(frozen=True)
-class LegacyRequest:
-    """What the legacy builder is asked to build: a build sent ahead is taken only for the same."""
+class BuildRequest:
+    """What a builder is asked to build: a build sent ahead is taken only for the very same request."""
 
     sha: str
     context: str
     dockerfile: str  # the Dockerfile's path in the commit
     build_args: tuple[tuple[str, str], ...]
     target: str | None
-    cache_from: tuple[str, ...]
+    builder: BuilderKind
+    cli: builders.BuildKitCli | None  # the docker CLI that runs a BuildKit build
+    cache_from: tuple[str, ...]  # the legacy builder's cache policy (BuildKit keeps its own cache)
 
     @classmethod
-    def of(cls, app: AppConfig, sha: str, dockerfile: str, cache: CachePolicy) -> LegacyRequest:
-        args = {**app.build_args, "GIT_SHA": sha}
-        return cls(sha, app.context, dockerfile, tuple(args.items()), app.target, cache.cache_from)
+    def of(
+        cls, app: AppConfig, sha: str, dockerfile: str, cache: CachePolicy, choice: BuilderChoice
+    ) -> BuildRequest:
+        args = tuple({**app.build_args, "GIT_SHA": sha}.items())
+        legacy = choice.kind is BuilderKind.LEGACY
+        cache_from = cache.cache_from if legacy else ()
+        return cls(sha, app.context, dockerfile, args, app.target, choice.kind, choice.cli, cache_from)
 
     @property
     def in_context(self) -> str | None:
@@ -321,36 +318,71 @@ class LegacyRequest:
         return None if rel == ".." or rel.startswith("../") else rel
 
 
+def _finish_ahead(
+    engine: DockerEngine,
+    taken: PendingBuild | builders.CliBuild,
+    tag: str,
+    settings: Settings,
+    redact: Callable[[str], str],
+) -> ImageInfo | None:
+    """The image of a build sent ahead, named ``tag`` now that the build step took it; its output
+    shown and logged as the step's own build would (redacted)."""
+    if isinstance(taken, builders.CliBuild):
+        log = get_logger()
+        taken.attach(lambda line: _show_line(log, redact(line)))
+        image_id = taken.finish(settings.build_timeout_s)
+    else:
+        image_id = engine.finish_build(
+            taken,
+            tag=tag,
+            timeout_s=settings.build_timeout_s,
+            on_line=lambda line: progress.line("build", redact(line)),
+        )
+    return _name(engine, image_id, tag)
+
+
+def _name(engine: DockerEngine, image_id: str, tag: str) -> ImageInfo | None:
+    """Tag a build sent ahead; None if its unnamed image went before it could be (``docker image
+    prune`` meanwhile): the step then builds it again."""
+    if engine.image(image_id) is None:
+        return None
+    repository, _, name = tag.rpartition(":")
+    engine.tag(image_id, repository, name)
+    return engine.image(image_id)
+
+
 class BuildAhead:
-    """The staging build, sent to the engine before the rest of the process is ready (issue 12).
+    """The staging build, started before the rest of the process is ready (issue 12).
 
     A deploy spends about 150 ms before its build on work that does not decide the build: importing
-    the docker SDK, opening the database, recording the run and claiming staging. Sent first, the
-    engine builds meanwhile; preparing it (``git archive``, the context's tar) runs on a thread of its
-    own, mostly waiting for git, so the process goes on at once. Nothing is decided early: the request
-    names no tag, so until the build step takes it (``take``: same request, same engine, the same
-    files the SDK would send) it is an anonymous build; a run that never gets there cancels it on
-    close, and the engine drops it.
+    the docker SDK, opening the database, recording the run and claiming staging. Started first, the
+    engine builds meanwhile; preparing it (``git archive``, for the legacy builder the context's tar)
+    runs on a thread of its own, mostly waiting for git, so the process goes on at once. Nothing is
+    decided early: the build names no image, so until the build step takes it (``take``: the same
+    request on the same engine; for the legacy builder, the same files the SDK would send) it is an
+    anonymous build; a run that never gets there cancels it on close.
 
-    Only where the outcome cannot differ from the build step's own request: the legacy builder (what
-    ``ORCH_BUILDER`` gives whatever the engine says), a local engine, no build secrets, a Dockerfile
-    inside the context, and a docker client config that adds nothing to the request
-    (docker_wire.client_config_is_plain). Anywhere else nothing is sent and the step builds as always."""
+    The legacy builder's request goes over the engine's socket (docker_wire.py, no SDK); a BuildKit
+    build is the docker CLI, started with the arguments the build step would give it. Only where the
+    outcome cannot differ from the build step's own: a local engine, no build secrets, a Dockerfile
+    inside the context, and (legacy) a docker client config that adds nothing to the request
+    (docker_wire.client_config_is_plain). Anywhere else nothing is started and the step builds as
+    always."""
 
     def __init__(
-        self, app: AppConfig, settings: Settings, sha: str, recorded: Sequence[str], socket_path: str
+        self, app: AppConfig, settings: Settings, sha: str, request: Callable[[str], BuildRequest]
     ) -> None:
         self._app, self._settings, self._sha = app, settings, sha
-        self._cache = CachePolicy.trusting(recorded)
-        self._socket_path = socket_path
+        self._make_request = request
+        self._socket_path = docker_wire.local_socket(os.environ)
         self._stack = contextlib.ExitStack()
-        self.request: LegacyRequest | None = None
-        self._pending: PendingBuild | None = None
+        self.request: BuildRequest | None = None
+        self._build: PendingBuild | builders.CliBuild | None = None
         self._files: list[str] = []
         self._context: Path | None = None
         self._closed = False
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._send, name="build-ahead-send", daemon=True)
+        self._thread = threading.Thread(target=self._start, name="build-ahead", daemon=True)
         self._thread.start()
 
     @classmethod
@@ -362,82 +394,110 @@ class BuildAhead:
         recorded_images: Sequence[str],
         environ: Mapping[str, str] = os.environ,
     ) -> BuildAhead | None:
-        socket_path = docker_wire.local_socket(environ)
-        if (
-            socket_path is None
-            or not app.builds_on.is_local
-            or app.secrets
-            or not docker_wire.client_config_is_plain(environ)
-        ):
+        if docker_wire.local_socket(environ) is None or not app.builds_on.is_local or app.secrets:
             return None
+        # What the build step will choose, if the engine runs BuildKit (a local 18.09+ engine does; if
+        # not, the step chooses the legacy builder and this build is not taken).
         choice = builders.choose(settings.builder, settings.docker_cli, lambda: True)
-        if choice.kind is not BuilderKind.LEGACY:
-            return None  # BuildKit, or a choice the engine's answer decides
-        return cls(app, settings, sha, recorded_images, socket_path)
+        if choice.kind is BuilderKind.LEGACY and not docker_wire.client_config_is_plain(environ):
+            return None
+        cache = CachePolicy.trusting(recorded_images)
+        return cls(
+            app, settings, sha, lambda dockerfile: BuildRequest.of(app, sha, dockerfile, cache, choice)
+        )
 
-    def _send(self) -> None:
+    def _start(self) -> None:
         app, sha = self._app, self._sha
         try:
             dockerfile = resolve_dockerfile(app, sha)
+            request = self._make_request(dockerfile)
             text = (gitrepo.file_at(app.source, sha, dockerfile) or b"").decode(errors="replace")
-            request = LegacyRequest.of(app, sha, dockerfile, self._cache)
-            if builders.buildkit_features(text) or request.in_context is None:
-                return  # the build step refuses the first, naming the feature; the SDK sends the second
-            context = self._stack.enter_context(gitrepo.extracted(app.source, sha)) / app.context
-            files = docker_wire.context_files(context, request.in_context)
-            query = docker_wire.build_query(
-                dockerfile=request.in_context,
-                buildargs=dict(request.build_args),
-                target=request.target,
-                cache_from=request.cache_from,
-                nocache=self._cache.nocache,
-            )
+            legacy = request.cli is None
+            if request.in_context is None or (legacy and builders.buildkit_features(text)):
+                return  # the SDK sends the first; the build step refuses the second, naming the feature
+            tree = self._stack.enter_context(gitrepo.extracted(app.source, sha))
+            context = tree / app.context
             with self._lock:
                 if self._closed:
                     return
-                self._pending = docker_wire.PendingBuild(
-                    self._socket_path,
-                    query,
-                    docker_wire.context_tar(context, files),
-                    self._settings.build_timeout_s,
-                )
-                self.request, self._files, self._context = request, files, context
+                if request.cli is None:
+                    self._files = docker_wire.context_files(context, request.in_context)
+                    self._build = docker_wire.PendingBuild(
+                        str(self._socket_path),
+                        docker_wire.build_query(
+                            dockerfile=request.in_context,
+                            buildargs=dict(request.build_args),
+                            target=request.target,
+                            cache_from=request.cache_from,
+                            nocache=not request.cache_from,
+                        ),
+                        docker_wire.context_tar(context, self._files),
+                        self._settings.build_timeout_s,
+                    )
+                else:
+                    scratch = Path(
+                        self._stack.enter_context(tempfile.TemporaryDirectory(prefix="orchestrator-build-"))
+                    )
+                    argv = builders.buildkit_argv(
+                        request.cli,
+                        context_dir=context,
+                        dockerfile=tree / dockerfile,
+                        iidfile=scratch / "iid",
+                        tag=None,
+                        build_args=dict(request.build_args),
+                        target=request.target,
+                    )
+                    env = {**os.environ, **request.cli.env}
+                    self._build = builders.CliBuild(argv, env, context, build_tag(app, sha), scratch / "iid")
+                self.request, self._context = request, context
         except GateFailed:
             return  # the build step fails it, with the evidence
         except Exception as exc:  # an optimisation never fails a deploy: the build step builds as always
             get_logger().warning("build_ahead_skipped", reason=f"{type(exc).__name__}: {exc}")
 
-    def take(self, request: LegacyRequest, engine: DockerEngine) -> PendingBuild | None:
-        """The build in flight, if it is ``request`` on ``engine`` with the files the SDK would send;
-        otherwise None, and it is cancelled. Taken once."""
+    def take(self, request: BuildRequest, engine: DockerEngine) -> PendingBuild | builders.CliBuild | None:
+        """The build under way, if it is ``request`` on ``engine`` (for the legacy builder, with the
+        files the SDK would send); otherwise None, and it is ended. Taken once."""
         self._thread.join()
         with self._lock:
-            pending, self._pending = self._pending, None
+            taken, self._build = self._build, None
             self._closed = True
-        try:
-            if pending is None or self._context is None:
-                return None
-            same = (
-                request == self.request
-                and engine.socket_path == pending.socket_path
-                and request.in_context is not None
-                and engine.context_files(self._context, request.in_context) == self._files
+        if taken is None or self._context is None:
+            return None
+        same = (
+            request == self.request
+            and engine.socket_path is not None
+            and engine.socket_path == self._socket_path
+            and not engine.cli_args
+            and (
+                request.cli is not None
+                or (
+                    request.in_context is not None
+                    and engine.context_files(self._context, request.in_context) == self._files
+                )
             )
-            if not same:
-                get_logger().info("build_ahead_discarded", reason="not the build this step asks for")
-                pending.discard()
-                return None
-            return pending
-        finally:
-            self._stack.close()
+        )
+        if not same:
+            get_logger().info("build_ahead_discarded", reason="not the build this step asks for")
+            self._discard(taken)
+            return None
+        return taken
+
+    @staticmethod
+    def _discard(build: PendingBuild | builders.CliBuild) -> None:
+        """Cancel it. An image it had already finished stays unnamed, as a cancelled build's layers do:
+        removing it by id could take away the image another process building the same commit is
+        about to tag (same content, same id)."""
+        build.cancel()
 
     def close(self) -> None:
-        """End a build never taken (the run stopped before its build): cancelled, its image removed."""
+        """End a build never taken (the run stopped before its build): cancelled, and the context it
+        was started from removed."""
         with self._lock:
-            pending, self._pending = self._pending, None
+            build, self._build = self._build, None
             self._closed = True
-        if pending is not None:
-            pending.discard()
+        if build is not None:
+            self._discard(build)
         self._thread.join(timeout=30)
         self._stack.close()
 
