@@ -22,8 +22,6 @@ random histories (tests/unit/test_metrics_sql.py), and nothing here needs it.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
@@ -52,17 +50,6 @@ def parse_since(raw: str, now: datetime) -> datetime:
     if found >= now:
         raise BadInput(f"--since {raw!r} is not in the past: the window would be empty (use e.g. 30d)")
     return found
-
-
-def median_and_p90(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """The median and the nearest-rank 90th percentile of the same values, sorted once
-    (store/aggregates.py); None and None without samples."""
-    if not values:
-        return None, None
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return median, ordered[max(1, math.ceil(0.9 * len(ordered))) - 1]
 
 
 @dataclass(frozen=True)

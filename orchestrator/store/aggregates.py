@@ -15,6 +15,7 @@ seconds as ``timedelta.total_seconds()`` makes them, ranked as the definition ra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -24,7 +25,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 
 from orchestrator.machine import PROD, State
-from orchestrator.metrics import median_and_p90
 from orchestrator.store.models import Release, Run, StepRow, Transition
 
 if TYPE_CHECKING:
@@ -272,9 +272,14 @@ def _seconds(text: str | None) -> list[float]:
 
 
 def _rank(values: list[float]) -> Ranked:
-    """The median and nearest-rank 90th percentile of these durations, as the definition takes them."""
-    median, p90 = median_and_p90(values)
-    return Ranked(len(values), median, p90)
+    """The median (the mean of the middle two of an even count) and the nearest-rank 90th percentile
+    of these durations, as the definition takes them."""
+    if not values:
+        return Ranked()
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return Ranked(len(ordered), median, ordered[max(1, math.ceil(0.9 * len(ordered))) - 1])
 
 
 def _day(value: Any) -> date:
