@@ -493,7 +493,7 @@ def _print_run_tables(history: RunHistory) -> None:
     """`runs show` for a person at a terminal: the edges as a table (how long each took, how it ended),
     each edge's gates with the revision expected and found, and the whole reason of every failed gate
     (the evidence: a container's log) below its table, where a table cell would cut it to one line."""
-    from orchestrator.gates import first_line
+    from orchestrator.gates import GateStatus, first_line
     from orchestrator.store.listing import revision_evidence
     from orchestrator.tables import Column, render, took, when
 
@@ -557,7 +557,7 @@ def _print_run_tables(history: RunHistory) -> None:
         if t.steps:
             _echo("  steps: " + ", ".join(_step_text(st) for st in t.steps))
         for c in t.checks:
-            if c.status == "fail" and "\n" in c.reason.strip():
+            if c.status == GateStatus.FAIL and "\n" in c.reason.strip():
                 _echo(f"  evidence of {c.name}:")
                 _echo(_hanging("    ", c.reason.strip()))
     if releases:

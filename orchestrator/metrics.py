@@ -14,16 +14,14 @@ Definitions, as computed here (README, "DORA metrics"):
   it ran a good one again: a failed promotion's own automatic restore (first prod step to the end of
   the transition), or a rollback (the bad release to the rollback release).
 
-``compute`` (with ``report`` and ``daily``) is that definition as a pure function of a list of
-promotions, tested with constructed histories. What `metrics`, `/metrics` and the dashboard read is the
-same keys aggregated by the database over the window (``load``, store/aggregates.py), which must equal
-``compute`` over the promotions ``Store.prod_history`` loads (tests/unit/test_metrics_sql.py).
+What `metrics`, `/metrics` and the dashboard read is these keys aggregated by the database over the
+window (``load``, store/aggregates.py). The definition itself, as a pure function of a list of
+promotions, lives with the tests (tests/metrics_reference.py): the aggregates must equal it exactly on
+random histories (tests/unit/test_metrics_sql.py), and nothing here needs it.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
@@ -55,59 +53,6 @@ def parse_since(raw: str, now: datetime) -> datetime:
 
 
 @dataclass(frozen=True)
-class Promotion:
-    """One prod-edge transition that reached prod: it succeeded, or failed after touching prod."""
-
-    app: str
-    run_id: int
-    transition_id: int
-    succeeded: bool
-    finished_at: datetime
-    committed_at: datetime | None = None
-    # When prod first got the change (the transition's first prod step): for a failure's restore time.
-    prod_touched_at: datetime | None = None
-    # The prod release a successful promotion recorded, which a later rollback may roll back from.
-    release_id: int | None = None
-    released_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Rollback:
-    """A rollback release in prod, and the release that ran before it (the one rolled back from)."""
-
-    app: str
-    release_id: int
-    at: datetime
-    replaced_release_id: int | None
-
-
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..1); None without samples."""
-    return _nearest_rank(sorted(values), q) if values else None
-
-
-def _median(values: Sequence[float]) -> float | None:
-    return _middle(sorted(values)) if values else None
-
-
-def _nearest_rank(ordered: Sequence[float], q: float) -> float:
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
-
-
-def _middle(ordered: Sequence[float]) -> float:
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def median_and_p90(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """``_median`` and ``_percentile(0.9)`` of the same values, sorted once (store/aggregates.py)."""
-    if not values:
-        return None, None
-    ordered = sorted(values)
-    return _middle(ordered), _nearest_rank(ordered, 0.9)
-
-
-@dataclass(frozen=True)
 class Dora:
     deployments: int
     deploys_per_day: float
@@ -128,75 +73,12 @@ class Dora:
         return self.failures / self.attempts if self.attempts else None
 
 
-def compute(
-    promotions: Iterable[Promotion], rollbacks: Iterable[Rollback], since: datetime, until: datetime
-) -> Dora:
-    """DORA keys of the promotions that finished in [since, until). Rollbacks may be later than
-    ``until`` (a change released in the window and rolled back after it still failed)."""
-    window = [p for p in promotions if since <= p.finished_at < until]
-    succeeded = [p for p in window if p.succeeded]
-    failed = [p for p in window if not p.succeeded]
-    by_release = {p.release_id: p for p in succeeded if p.release_id is not None}
-    # A release is rolled back from once at most as far as failure counting goes (the first rollback).
-    rolled: dict[int, Rollback] = {}
-    for rb in sorted(rollbacks, key=lambda r: r.at):
-        if rb.replaced_release_id in by_release and rb.replaced_release_id not in rolled:
-            rolled[rb.replaced_release_id] = rb
-    days = max((until - since).total_seconds() / 86400, 1e-9)
-
-    leads = [
-        (p.finished_at - p.committed_at).total_seconds() for p in succeeded if p.committed_at is not None
-    ]
-    restores: list[float] = []
-    for p in failed:
-        start = p.prod_touched_at or p.finished_at
-        restores.append(max(0.0, (p.finished_at - start).total_seconds()))
-    for release_id, rb in rolled.items():
-        bad = by_release[release_id]
-        start = bad.released_at or bad.finished_at
-        restores.append(max(0.0, (rb.at - start).total_seconds()))
-
-    return Dora(
-        deployments=len(succeeded),
-        deploys_per_day=len(succeeded) / days,
-        deploy_days=len({p.finished_at.astimezone(UTC).date() for p in succeeded}),
-        lead_time_median_s=_median(leads),
-        lead_time_p90_s=_percentile(leads, 0.9),
-        lead_time_samples=len(leads),
-        lead_time_missing=len(succeeded) - len(leads),
-        attempts=len(window),
-        failures=len(failed) + len(rolled),
-        failed_in_prod=len(failed),
-        rolled_back=len(rolled),
-        time_to_restore_median_s=_median(restores),
-        time_to_restore_samples=len(restores),
-    )
-
-
 @dataclass(frozen=True)
 class MetricsReport:
     since: datetime
     until: datetime
     apps: dict[str, Dora]
     total: Dora
-
-
-def report(
-    promotions: Sequence[Promotion],
-    rollbacks: Sequence[Rollback],
-    since: datetime,
-    until: datetime,
-    apps: Iterable[str],
-) -> MetricsReport:
-    """Per app (every app named, with zeros when it has no history) and for all of them together."""
-    names = sorted(set(apps) | {p.app for p in promotions})
-    per_app = {
-        name: compute(
-            [p for p in promotions if p.app == name], [r for r in rollbacks if r.app == name], since, until
-        )
-        for name in names
-    }
-    return MetricsReport(since, until, per_app, compute(promotions, rollbacks, since, until))
 
 
 def human_duration(seconds: float | None) -> str:
@@ -222,22 +104,6 @@ class DayPoint:
     dora: Dora
 
 
-def daily(
-    promotions: Sequence[Promotion], rollbacks: Sequence[Rollback], since: datetime, until: datetime
-) -> list[DayPoint]:
-    """The keys per UTC calendar day of [since, until), first and last day clipped to the window, for
-    the dashboard's charts. Each day is ``compute`` on that day's promotions, so a chart can never
-    disagree with the numbers: a rollback after the day still counts against the release it undid."""
-    by_day: dict[date, list[Promotion]] = {}
-    for p in promotions:
-        if since <= p.finished_at < until:
-            by_day.setdefault(p.finished_at.astimezone(UTC).date(), []).append(p)
-    return [
-        DayPoint(day, compute(by_day.get(day, []), rollbacks, start, end))
-        for day, start, end in _days(since, until)
-    ]
-
-
 @dataclass(frozen=True)
 class DoraHistory:
     """The keys of a window as the database aggregated them (store/aggregates.py), per app and for
@@ -255,8 +121,7 @@ class DoraHistory:
         return self.aggregates.until
 
     def report(self) -> MetricsReport:
-        """Per app (every app named, with zeros when it has no history) and for all of them together:
-        what ``report`` computes from the promotions."""
+        """Per app (every app named, with zeros when it has no history) and for all of them together."""
         from orchestrator.store.aggregates import DoraCounts
 
         a = self.aggregates
@@ -265,8 +130,10 @@ class DoraHistory:
         return MetricsReport(a.since, a.until, per_app, _dora(a.total, a.since, a.until))
 
     def daily(self, app: str) -> list[DayPoint]:
-        """What ``daily`` computes from the app's promotions: each UTC day of the window, the first and
-        last clipped to it."""
+        """The app's keys per UTC calendar day of the window (the dashboard's charts), the first and last
+        day clipped to it; each day's keys are those of the promotions that finished in it, so the
+        charts never disagree with the window's numbers (a rollback after the day still counts against
+        the release it undid)."""
         days = self.aggregates.days
         if days is None:
             raise ValueError("DoraHistory.daily needs the history loaded with by_day=True")
@@ -293,7 +160,7 @@ def _days(since: datetime, until: datetime) -> list[tuple[date, datetime, dateti
 
 
 def _dora(c: DoraCounts, since: datetime, until: datetime) -> Dora:
-    """A group's aggregates as the keys ``compute`` returns for the same promotions and window."""
+    """A group's aggregates as the keys of the same promotions and window."""
     days = max((until - since).total_seconds() / 86400, 1e-9)
     return Dora(
         deployments=c.deployments,

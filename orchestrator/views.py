@@ -23,7 +23,6 @@ if TYPE_CHECKING:
         ContainerRemoval,
         ImageRemoval,
         Kept,
-        Plan,
         PruneProgress,
         PruneResult,
         Skipped,
@@ -481,17 +480,6 @@ def _removals(
         "images": [_image_removal(i) for i in images],
         "containers": [_container_removal(c) for c in containers],
         "anchors": [_anchor_removal(a) for a in anchors],
-    }
-
-
-def prune_plan(plan: Plan) -> Json:
-    return {
-        "app": plan.app,
-        "keep_releases": plan.keep_releases,
-        "kept_releases": {env: list(ids) for env, ids in plan.kept_releases.items()},
-        **_removals(plan.images, plan.containers, plan.anchors),
-        "bytes": plan.bytes,
-        "kept": [_kept(k) for k in plan.kept],
     }
 
 

@@ -59,5 +59,6 @@ def start_receiver(mode: str = "ok") -> Receiver:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     receiver.server = server
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() waits for the loop to look up: every 0.5 s by default, per receiver, per test.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return receiver

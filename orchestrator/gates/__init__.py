@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from orchestrator.deploy import Deployer
     from orchestrator.engines import AppEngines
     from orchestrator.steps.build import Build
+    from orchestrator.store.records import ReleaseRecord
 
 
 # The compensation that puts prod back after a failed promotion (gates/image.py), and the key of its
@@ -88,8 +89,10 @@ class ReleaseIntent:
     override: str | None = None
 
     @classmethod
-    def rollback(cls, environment: str, to: Any, *, reason: str, override: str | None) -> ReleaseIntent:
-        """``environment`` runs recorded release ``to`` again (a ReleaseRecord)."""
+    def rollback(
+        cls, environment: str, to: ReleaseRecord, *, reason: str, override: str | None
+    ) -> ReleaseIntent:
+        """``environment`` runs recorded release ``to`` again."""
         return cls(
             environment,
             to.image_id,
@@ -124,9 +127,9 @@ class GateContext:
     # The app's engines (build, and each environment's), connected on first use; None: no Docker.
     engines: AppEngines | None = None
     # The latest release per environment before this transition started: what a rollback restores.
-    previous_releases: Mapping[str, Any] = field(default_factory=dict)
-    # Every release this run made so far (ReleaseRecords): what the run's own edges put where.
-    run_releases: Sequence[Any] = ()
+    previous_releases: Mapping[str, ReleaseRecord | None] = field(default_factory=dict)
+    # Every release this run made so far: what the run's own edges put where.
+    run_releases: Sequence[ReleaseRecord] = ()
     # Image ids this orchestrator built and recorded for the app (its releases): the only images whose
     # layers a build may reuse from the engine's cache (steps/build.py, CachePolicy).
     recorded_images: Sequence[str] = ()

@@ -15,7 +15,7 @@ from orchestrator.machine import EDGE_ENVIRONMENTS, ENVIRONMENTS, RunMachine, ed
 from orchestrator.service.common import ABORTED, FAILED, SUCCEEDED, LazyEngine, Shared, target_environment
 from orchestrator.service.results import RecoveryReport
 from orchestrator.store.repository import LockRecord, TransitionRecord
-from orchestrator.verdict import TransitionOutcome
+from orchestrator.verdict import GateStatus, TransitionOutcome
 
 
 class Recovery:
@@ -125,7 +125,7 @@ class Recovery:
         actions: dict[str, str] = {}
         # A gate had already said no before the runner was lost: that verdict stands. The edge is
         # undone (never finished, whatever now runs) and the run goes back to development.
-        rejected = next((c for c in transition.checks if c.status == "fail"), None)
+        rejected = next((c for c in transition.checks if c.status == GateStatus.FAIL), None)
         undone_state, undone_outcome = (
             (RunMachine(edge.source).fail(), FAILED) if rejected is not None else (edge.source, ABORTED)
         )

@@ -1,19 +1,21 @@
 """The DORA keys as SQL aggregates (`orchestrator metrics`, `/metrics`, the dashboard's charts).
 
-``metrics.compute`` defines the keys over a list of promotions; loading that list costs a row and an
-object per promotion, thousands in a month. Here the database reads the window only (through the index
+The keys are defined over a list of promotions (metrics.py; the definition as code is the tests'
+reference, tests/metrics_reference.py); loading that list costs a row and an object per promotion,
+thousands in a month. Here the database reads the window only (through the index
 on transitions (to_state, outcome, finished_at, ...), migration 0008), works out each promotion's lead and
 restore time, and groups them by app and UTC day: one row per app and day comes back, with its counts
 (which add up to the app's and every app's) and its durations as lists of integers. Medians and
 percentiles are ranks, which do not add up over days, so they are taken here from those lists.
 
-The results equal ``metrics.compute`` exactly (tests/unit/test_metrics_sql.py compares them on both
+The results equal that reference exactly (tests/unit/test_metrics_sql.py compares them on both
 databases): durations are integer microseconds computed in SQL from the stored timestamps, and become
-seconds as ``timedelta.total_seconds()`` makes them, ranked as ``metrics`` ranks them.
+seconds as ``timedelta.total_seconds()`` makes them, ranked as the definition ranks them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -23,7 +25,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 
 from orchestrator.machine import PROD, State
-from orchestrator.metrics import median_and_p90
 from orchestrator.store.models import Release, Run, StepRow, Transition
 
 if TYPE_CHECKING:
@@ -271,9 +272,14 @@ def _seconds(text: str | None) -> list[float]:
 
 
 def _rank(values: list[float]) -> Ranked:
-    """What ``metrics.compute`` makes of these durations (its very functions)."""
-    median, p90 = median_and_p90(values)
-    return Ranked(len(values), median, p90)
+    """The median (the mean of the middle two of an even count) and the nearest-rank 90th percentile
+    of these durations, as the definition takes them."""
+    if not values:
+        return Ranked()
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return Ranked(len(ordered), median, ordered[max(1, math.ceil(0.9 * len(ordered))) - 1])
 
 
 def _day(value: Any) -> date:

@@ -338,6 +338,11 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         try:
             before = _revision_under_lock(conn)
+            if before == HEAD_REVISION:
+                # Another process migrated while this one queued for the lock: let the queue move on.
+                # Loading Alembic's scripts here (tenths of a second each) made the last of twenty jobs
+                # on a fresh database wait for all of them, past SQLite's busy timeout under load.
+                return before, before
             _refuse_unknown_revision(engine, before)
             command.upgrade(_alembic_config(conn), "head")
             conn.commit()

@@ -7,7 +7,7 @@ The queries run over DB-API (store/sql.py), not SQLAlchemy: every CI call of the
 this store, and importing the ORM, configuring its mappers and compiling its statements cost more than
 the command's own work before it talks to Docker (issue 12). SQLAlchemy is still here for what is off
 that path, imported on first use: Alembic upgrades (``engine``), the ORM sessions the report queries of
-history.py read through (``_session``), and ``prod_history`` for `metrics`.
+history.py read through (``_session``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from orchestrator.store.records import (  # noqa: F401 - re-exported: callers im
     Superseded,
     TransitionRecord,
     UnfinishedTransition,
-    _aware,
     _release,
     _step,
     _transition,
@@ -53,8 +52,6 @@ from orchestrator.store.sql import IntegrityViolation, Row, Transaction, in_list
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session, sessionmaker
-
-    from orchestrator.metrics import Promotion, Rollback
 
 
 def __getattr__(name: str) -> Any:
@@ -79,18 +76,6 @@ def _chunks(ids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
     """IN lists of bounded length (SQLite limits bound parameters per statement)."""
     for start in range(0, len(ids), size):
         yield ids[start : start + size]
-
-
-def _time(value: str | datetime | None) -> datetime | None:
-    """A timestamp read as SQLite stores it (ISO text), or natively: timezone-aware, UTC."""
-    if isinstance(value, str):
-        # SQLite's text has no offset and means UTC; parsing it with one is cheaper than .replace().
-        return (
-            datetime.fromisoformat(value + "+00:00")
-            if value[-6] not in "+-"
-            else datetime.fromisoformat(value)
-        )
-    return _aware(value)
 
 
 def _held_by(holder: Holder, prefix: str = "held") -> tuple[str, dict[str, Any]]:
@@ -888,119 +873,6 @@ class Store:
             return True
 
     # DORA history ---------------------------------------------------------------------------------
-
-    def prod_history(self, app: str | None, since: datetime) -> tuple[list[Promotion], list[Rollback]]:
-        """What `metrics` computes from: the prod-edge transitions that finished since ``since`` and
-        reached prod (succeeded, or failed after a prod step began), and prod's rollback releases
-        since then with the release each replaced. Three queries, whatever the size of the window, each
-        reading the window through an index (0006), not the whole history."""
-        # A report, not the CLI's hot path: it stays on SQLAlchemy, imported here.
-        import sqlalchemy as sa
-        from sqlalchemy.orm import aliased
-
-        from orchestrator.metrics import Promotion, Rollback
-        from orchestrator.store.models import Release, Run, StepRow, Transition
-
-        def _raw_time(column: Any, sqlite: bool) -> Any:
-            """A timestamp column as SQLite stores it (ISO text), for ``_time`` to parse: SQLAlchemy's
-            own conversion (a regular expression per value) costs more than the query when `metrics`
-            reads a window of thousands of promotions. Other databases hand over timestamps natively."""
-            return sa.type_coerce(column, sa.String) if sqlite else column
-
-        with self._session() as s:
-            # The prod release each successful promotion made comes in the same query (by the index on
-            # releases.transition_id), not by one more query per 500 promotions.
-            sqlite = self.engine.dialect.name == "sqlite"
-            q = (
-                sa.select(
-                    Transition.id,
-                    Transition.run_id,
-                    Transition.outcome,
-                    _raw_time(Transition.finished_at, sqlite).label("finished_at"),
-                    Run.app,
-                    _raw_time(Run.committed_at, sqlite).label("committed_at"),
-                    Release.id.label("release_id"),
-                    _raw_time(Release.created_at, sqlite).label("released_at"),
-                )
-                .join(Run, Run.id == Transition.run_id)
-                .outerjoin(
-                    Release,
-                    sa.and_(
-                        Release.transition_id == Transition.id,
-                        Release.environment == "prod",
-                        Transition.outcome == "succeeded",
-                    ),
-                )
-                .where(
-                    Transition.to_state == "deploy",
-                    Transition.outcome.in_(("succeeded", "failed")),
-                    Transition.finished_at >= since,
-                )
-            )
-            if app is not None:
-                q = q.where(Run.app == app)
-            # A window holds thousands of promotions: read as plain rows (no ORM result processing).
-            found = s.connection().execute(q).all()
-            # A transition that recorded two prod releases (a retried record step) counts once, with
-            # its newest. Rows are unpacked by position: thousands of them, read by name, cost more
-            # than the query.
-            released: dict[int, tuple[int, Any]] = {}
-            rows: dict[int, tuple[Any, ...]] = {}
-            for row in found:
-                tid, release_id, released_at = row[0], row[6], row[7]
-                rows[tid] = tuple(row)
-                if release_id is not None and (tid not in released or release_id > released[tid][0]):
-                    released[tid] = (release_id, released_at)
-            failed_ids = [tid for tid, row in rows.items() if row[2] == "failed"]
-            touched: dict[int, datetime] = {}
-            for chunk in _chunks(failed_ids):
-                touched.update(
-                    s.execute(
-                        sa.select(StepRow.transition_id, sa.func.min(StepRow.started_at))
-                        .where(StepRow.transition_id.in_(chunk), StepRow.environment == "prod")
-                        .group_by(StepRow.transition_id)
-                    ).all()
-                )
-            promotions = []
-            for tid, run_id, outcome, finished_at, app_name, committed_at, _, _ in rows.values():
-                succeeded = outcome == "succeeded"
-                if not succeeded and tid not in touched:
-                    continue
-                release = released.get(tid)
-                promotions.append(
-                    Promotion(
-                        app=app_name,
-                        run_id=run_id,
-                        transition_id=tid,
-                        succeeded=succeeded,
-                        finished_at=_time(finished_at),  # type: ignore[arg-type]
-                        committed_at=_time(committed_at),
-                        prod_touched_at=_aware(touched.get(tid)),
-                        release_id=release[0] if release else None,
-                        released_at=_time(release[1]) if release else None,
-                    )
-                )
-            earlier = aliased(Release)
-            replaced = (
-                sa.select(sa.func.max(earlier.id))
-                .where(earlier.app == Release.app, earlier.environment == "prod", earlier.id < Release.id)
-                .scalar_subquery()
-            )
-            # `orchestrator rollback` only (no transition): a failed promotion's own restore undoes the
-            # promotion that failed (already counted), not the good release it brings back.
-            rq = sa.select(Release.app, Release.id, Release.created_at, replaced).where(
-                Release.environment == "prod",
-                Release.kind == "rollback",
-                Release.transition_id.is_(None),
-                Release.created_at >= since,
-            )
-            if app is not None:
-                rq = rq.where(Release.app == app)
-            rollbacks = [
-                Rollback(app=a, release_id=i, at=_aware(at), replaced_release_id=prev)  # type: ignore[arg-type]
-                for a, i, at, prev in s.execute(rq).all()
-            ]
-        return promotions, rollbacks
 
     def set_commit_time(self, run_id: int, committed_at: datetime) -> None:
         with self._write() as tx:

@@ -1,7 +1,7 @@
 """The dashboard's DORA charts: per-day series laid out as bar charts, drawn as SVG by a Jinja template.
 
 Server-rendered, so nothing is downloaded into the browser (no chart library, no script) and what the
-page shows is exactly what the server computed from ``metrics.daily``. The geometry is computed here,
+page shows is exactly what the server computed (``DoraHistory.daily``). The geometry is computed here,
 in plain numbers that tests can check; templates/charts.html only writes it out. Each bar carries a
 ``<title>`` (hover text, read by screen readers) and each chart a title and a description, and every
 chart has its numbers in a table beside it for those who cannot see the drawing.

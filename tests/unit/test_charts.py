@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from metrics_reference import Promotion, daily
 
-from orchestrator.metrics import Promotion, daily
 from orchestrator.web.charts import BOTTOM, HEIGHT, TOP, bar_chart, dora_charts
 
 D0 = date(2026, 11, 1)

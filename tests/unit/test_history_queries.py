@@ -131,18 +131,6 @@ def sqlite_only(db_backend: str) -> None:
 
 
 @pytest.mark.usefixtures("sqlite_only")
-def test_history_reads_use_their_indexes(store: Store, history: list[Known]) -> None:
-    """What keeps `metrics` bounded on a long history: it reads its indexes (migration 0006), not
-    every transition or release (`runs list`'s queries: tests/unit/test_listing.py)."""
-    with counted(store) as statements:
-        store.prod_history(None, datetime.now(UTC) - timedelta(days=30))
-    plans = "\n".join(_explain(store, *s) for s in statements)
-    assert "ix_transitions_to_state_outcome_finished_at" in plans, plans
-    assert "ix_releases_transition_id" in plans or "ix_releases_kind_created_at" in plans, plans
-    assert "SCAN releases" not in plans.replace("SCAN releases USING", ""), plans
-
-
-@pytest.mark.usefixtures("sqlite_only")
 def test_metrics_reads_its_window_and_counts_runs_from_indexes(store: Store, history: list[Known]) -> None:
     """`metrics` and the dashboard's charts read the window's transitions from the index alone and
     every other table by probes (no scan of a table: the work grows with the window, not the history);

@@ -1,5 +1,6 @@
-"""DORA keys: the pure computation on constructed histories (examples and properties), then the
-store's history query and `orchestrator metrics` through the CLI on the session's database."""
+"""DORA keys: the definition (tests/metrics_reference.py, which the SQL aggregates must equal) on
+constructed histories (examples and properties), then `orchestrator metrics` through the CLI on the
+session's database."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import pytest
 from dashboard_support import promote_to_prod
 from hypothesis import given
 from hypothesis import strategies as st
+from metrics_reference import Promotion, Rollback, compute, daily, report
 
 from orchestrator import views
 from orchestrator.errors import BadInput
-from orchestrator.metrics import Promotion, Rollback, compute, daily, parse_since, report
+from orchestrator.metrics import parse_since
 from orchestrator.store.repository import Store
 
 if TYPE_CHECKING:

@@ -1,6 +1,7 @@
 """The DORA keys as the database aggregates them (store/aggregates.py) equal, exactly, what
-``metrics.compute`` makes of the promotions ``Store.prod_history`` loads: for random histories written
-into the session's database (``--db``), per app, for every app, and per day for the charts.
+the definition (tests/metrics_reference.py) makes of the promotions its ``prod_history`` loads through
+the ORM: for random histories written into the session's database (``--db``), per app, for every app,
+and per day for the charts.
 
 Exactly, not approximately: the medians and percentiles are of durations in microseconds, so the
 histories have timestamps with every kind of fraction (SQLite's date functions round to milliseconds,
@@ -18,8 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from metrics_reference import daily, prod_history, report
 
-from orchestrator.metrics import DoraHistory, daily, report
+from orchestrator.metrics import DoraHistory
 from orchestrator.store import models
 from orchestrator.store.aggregates import dora_aggregates
 from orchestrator.store.repository import Store
@@ -187,7 +189,7 @@ def test_sql_aggregates_equal_the_computation_over_loaded_promotions(
     since, until = T0 + timedelta(hours=offset_h), T0 + timedelta(days=30)
     names = sorted({*APPS})
 
-    promoted, rolled = store.prod_history(app, since)
+    promoted, rolled = prod_history(store, app, since)
     expected = report(promoted, rolled, since, until, names)
     found = DoraHistory(dora_aggregates(store, app, since, until, by_day=True), names)
     assert found.report() == expected
@@ -207,5 +209,19 @@ def test_a_failed_promotions_own_restore_is_not_a_rollback_of_the_release_before
         _write(store, [good, bad], undo, list(range(1 + len(undo))))
         m = DoraHistory(dora_aggregates(store, None, since, until), ["shop"]).report().apps["shop"]
         assert (m.failed_in_prod, m.rolled_back, m.failures) == (1, rolled_back, 1 + rolled_back)
-        promoted, rolled = store.prod_history(None, since)
+        promoted, rolled = prod_history(store, None, since)
         assert report(promoted, rolled, since, until, ["shop"]).apps["shop"] == m
+
+
+def test_a_rollback_rolls_back_the_release_just_before_it(store: Store) -> None:
+    """Two good promotions, then `orchestrator rollback`: it undoes the second release (the one running),
+    not the first, and prod was restored a day minus a second after the second release. Random
+    histories find this only now and then (it needs two prod releases of one app before a rollback)."""
+    first = Promotion("shop", "succeeded", US_PER_DAY, None, (), (("prod", 1_000_000),))
+    second = Promotion("shop", "succeeded", 2 * US_PER_DAY, None, (), (("prod", 1_000_000),))
+    _write(store, [first, second], [RollbackSpec("shop", 3 * US_PER_DAY, None)], [0, 1, 2])
+    since, until = T0, T0 + timedelta(days=30)
+    m = DoraHistory(dora_aggregates(store, None, since, until), ["shop"]).report().apps["shop"]
+    assert (m.rolled_back, m.time_to_restore_samples, m.time_to_restore_median_s) == (1, 1, 86_399.0)
+    promoted, rolled = prod_history(store, None, since)
+    assert report(promoted, rolled, since, until, ["shop"]).apps["shop"] == m

@@ -104,6 +104,14 @@ def test_a_hung_receiver_is_abandoned_within_the_budget(receivers: dict[str, Rec
     assert len(ok.requests) == 1, "a hung receiver must not keep the others from being told"
 
 
+def test_the_one_setting_bounds_the_whole_wait() -> None:
+    """README: a command waits for its notifications "at most about three times" ``notify_timeout_s``.
+    The back-offs between attempts are parts of that timeout, so a short timeout is a short wait (not
+    1.5 s of fixed back-off whatever the setting), and the default's budget is what it always was."""
+    assert Notifier(timeout_s=5.0).budget_s == pytest.approx(3 * 5.0 + 0.5 + 1.0)
+    assert Notifier(timeout_s=0.2).budget_s == pytest.approx(3.3 * 0.2)
+
+
 def test_no_urls_means_no_threads() -> None:
     notifier = Notifier([])
     notifier.send(note())
@@ -176,6 +184,10 @@ def test_every_outcome_is_announced_and_failed_deliveries_recorded(
     failures = [e for e in store.events(limit=500) if e.kind == "notify_failed"]
     assert len(failures) == 2 * len(seen), "each outcome failed once at the 500 and once at the hung one"
     assert {e.details["url"] for e in failures} == {safe_url(bad.url), safe_url(hang.url)}
+    # Every command gave the hung receiver up (its own timeouts, or the budget when they ran over it):
+    # nothing waited for it to answer.
+    hung = [e.message for e in failures if e.details["url"] == safe_url(hang.url)]
+    assert len(hung) == len(seen) and all("timed out" in m or "abandoned" in m for m in hung), hung
     assert all(
         "SECRET-TOKEN" not in e.message and "SECRET-TOKEN" not in json.dumps(e.details) for e in failures
     )

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import prometheus_client
 import pytest
 from dashboard_support import dashboard, parse_metrics, promote_to_prod, scrape
+from metrics_reference import Promotion, report
 
-from orchestrator.metrics import Promotion, report
 from orchestrator.store.repository import Store
 from orchestrator.web.prometheus import Snapshot, exposition, registry_for
 
