@@ -62,6 +62,9 @@ class RemoteEngine:
     tls_url: str  # tcp://127.0.0.1:<port>: the same engine over TCP with mutual TLS
     tls_dir: Path  # ca.pem, cert.pem, key.pem: a client certificate the engine trusts
     sshd_log: Path  # one "Accepted publickey" line per ssh connection (handshake) made to the engine
+    # The same sshd and engine on a second port whose connections may forward to the host's loopback
+    # (AllowTcpForwarding local: zero_downtime's checks and drain); ``url``'s port refuses forwarding.
+    forwarding_url: str = ""
 
 
 def _free_port() -> int:
@@ -223,9 +226,10 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
         _keygen(ssh_dir / "client_key")
         shutil.copyfile(ssh_dir / "client_key.pub", ssh_dir / "authorized_keys")
         (ssh_dir / "authorized_keys").chmod(0o600)
-        port = _free_port()
+        port, forwarding_port = _free_port(), _free_port()
         (ssh_dir / "sshd_config").write_text(
             f"Port {port}\n"
+            f"Port {forwarding_port}\n"
             "ListenAddress 127.0.0.1\n"
             f"HostKey {ssh_dir / 'host_key'}\n"
             f"PidFile {root / 'sshd.pid'}\n"
@@ -238,7 +242,11 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
             "StrictModes no\n"
             "AllowTcpForwarding no\n"
             "X11Forwarding no\n"
-            f"SetEnv DOCKER_HOST=unix://{sock}\n",
+            f"SetEnv DOCKER_HOST=unix://{sock}\n"
+            "AllowStreamLocalForwarding no\n"
+            f"Match LocalPort {forwarding_port}\n"
+            "  AllowTcpForwarding local\n"
+            "  AllowStreamLocalForwarding local\n",
             encoding="utf-8",
         )
         # sshd's privilege separation directory (Debian creates it when the service starts).
@@ -259,7 +267,9 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
 
         _wait("sshd", sshd_listens, sshd, sshd_log)
         host_key = (ssh_dir / "host_key.pub").read_text().split()
-        (ssh_dir / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+        (ssh_dir / "known_hosts").write_text(
+            "".join(f"[127.0.0.1]:{p} {host_key[0]} {host_key[1]}\n" for p in (port, forwarding_port))
+        )
         (ssh_dir / "ssh_config").write_text(
             "Host 127.0.0.1\n"
             f"  IdentityFile {ssh_dir / 'client_key'}\n"
@@ -286,6 +296,7 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
             f"tcp://127.0.0.1:{tls_port}",
             tls_dir,
             sshd_log,
+            f"ssh://root@127.0.0.1:{forwarding_port}",
         )
     finally:
         if engine is not None:
