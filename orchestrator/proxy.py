@@ -374,17 +374,24 @@ class Proxy:
 
     # the runtime API ------------------------------------------------------------------------------
 
-    def admin(self, command: str) -> str:
-        """One command on the admin socket, its whole answer."""
+    def admin_socket(self) -> tuple[str, Path]:
+        """The admin socket's path on the engine's host, and where this process connects to reach it:
+        the same path here, a forward of it in the ssh connection's private directory for a remote
+        host (recorded by the drain step, so a record shows which way it went)."""
         current = self.engine.container(self.spec.name)
         admin = current.labels.get(ADMIN_LABEL) if current is not None else None
         if current is None or not current.running or not admin:
             raise DockerError(f"the proxy {self.spec.name} is not running (or predates its admin socket)")
         path = f"{admin}/{ADMIN_SOCKET}"
+        return path, self.host.socket(path)
+
+    def admin(self, command: str) -> str:
+        """One command on the admin socket, its whole answer."""
+        path, local = self.admin_socket()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
                 conn.settimeout(5)
-                conn.connect(str(self.host.socket(path)))
+                conn.connect(str(local))
                 conn.sendall(command.encode() + b"\n")
                 chunks = []
                 while chunk := conn.recv(65536):

@@ -382,6 +382,7 @@ class ProxiedRuntime(_Containers):
                 return
             step.changed(
                 via=proxy.host.via(),
+                admin_socket=str(proxy.admin_socket()[1]),
                 servers=list(drained.servers),
                 in_flight=drained.in_flight,
                 left=drained.left,

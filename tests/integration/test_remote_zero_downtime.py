@@ -148,6 +148,9 @@ def assert_through_ssh(app: BusyboxApp, remote: RemoteEngine, steps: list[dict[s
     drain = step(steps, "prod_drain")
     assert drain["status"] != "failed", drain
     assert drain["changes"]["via"] == via and drain["changes"]["servers"], drain
+    # Asked through the socket's forward in the ssh connection's private directory, not the path on
+    # the host (which, the host being this machine, would also answer).
+    assert "/orch-ssh-" in drain["changes"]["admin_socket"], drain
     assert drain["changes"]["left"] == 0, drain
 
 
