@@ -152,6 +152,50 @@ def _keygen(path: Path) -> None:
     )
 
 
+def copy_image(remote: RemoteEngine, tag: str) -> None:
+    """This machine's engine's image ``tag`` onto the second engine under that tag (it has no Docker Hub
+    either). Saved by that tag: ``Image.save`` names it by its first tag, which may be another
+    session's (a byte-identical image has one id for all)."""
+    import docker
+
+    local, other = docker.from_env(timeout=300), docker.DockerClient(base_url=remote.socket_url, timeout=300)
+    try:
+        other.images.load(b"".join(local.api.get_image(tag)))
+    finally:
+        local.close()
+        other.close()
+
+
+def routed_network(remote: RemoteEngine, name: str, labels: dict[str, str]) -> Callable[[], None]:
+    """Make the bridge network ``name`` on the second engine, with a bridge of our own name, and let
+    traffic within that one bridge through the host's FORWARD chain; returns what undoes the rule (the
+    network goes with the engine, or with whoever removes it).
+
+    Why: the second engine runs with ``--iptables=false`` on the host of the first, whose FORWARD policy
+    is DROP with bridged traffic passed to iptables (br_netfilter): packets between two containers of a
+    bridge the first engine does not know are dropped. A real remote host's engine manages its own
+    rules. The rule (in DOCKER-USER, meant for this) admits only traffic that enters and leaves that
+    bridge, as the first engine does for its own bridges. The orchestrator keeps a network that exists,
+    so making it first is enough for what it later creates on it."""
+    import docker
+
+    bridge = f"orz{uuid.uuid4().hex[:8]}"
+    client = docker.DockerClient(base_url=remote.socket_url)
+    try:
+        client.networks.create(
+            name, driver="bridge", labels=labels, options={"com.docker.network.bridge.name": bridge}
+        )
+    finally:
+        client.close()
+    rule = ["DOCKER-USER", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+    subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
+
+    def undo() -> None:
+        subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)
+
+    return undo
+
+
 @contextlib.contextmanager
 def remote_engine(root: Path) -> Iterator[RemoteEngine]:
     """Start the second engine and its sshd under ``root``; stop both and remove ``root`` at the end."""

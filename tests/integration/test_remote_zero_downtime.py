@@ -14,8 +14,6 @@ Before this, ``zero_downtime`` with a remote ``docker_host`` was refused at load
 from __future__ import annotations
 
 import os
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import docker
 import pytest
 from client_loop import client_loop, slow_client_loop
+from remote_support import copy_image, routed_network
 from test_remote import handshakes, ssh_dirs, ssh_leftovers, sweep_remote
 from test_zero_downtime import assert_serves, backends, commit, zero_downtime
 
@@ -36,19 +35,11 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="session")
-def remote_haproxy_image(haproxy_image: str, remote_engine: RemoteEngine, engine: Any) -> Iterator[str]:
-    """The suite's haproxy image, copied onto the second engine (it has no Docker Hub either)."""
-    local = docker.DockerClient(base_url=os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
-    remote = docker.DockerClient(base_url=remote_engine.socket_url)
-    try:
-        # Saved by this session's tag (Image.save names it by its first tag, which may be another
-        # session's: the image is byte-identical across sessions).
-        remote.images.load(b"".join(local.api.get_image(haproxy_image)))
-        yield haproxy_image
-    finally:
-        remote.images.remove(haproxy_image, force=True)
-        local.close()
-        remote.close()
+def remote_haproxy_image(haproxy_image: str, remote_engine: RemoteEngine) -> Iterator[str]:
+    """The suite's haproxy image, copied onto the second engine."""
+    copy_image(remote_engine, haproxy_image)
+    yield haproxy_image
+    remote_engine.engine.remove_image(haproxy_image)
 
 
 @pytest.fixture
@@ -70,33 +61,15 @@ def sweep_zero_downtime(client: docker.DockerClient, app: str) -> None:
 
 
 @pytest.fixture
-def serving_network(remote_client: docker.DockerClient) -> Iterator[Any]:
-    """Makes ``<app>-prod``, the network the remote proxy reaches its backends on, before the
-    orchestrator would (it keeps a network that exists), with a bridge name of our own, and lets traffic
-    within that one bridge through the host's FORWARD chain for the test.
-
-    Why: the second engine runs with ``--iptables=false`` on the host of the first, whose FORWARD policy
-    is DROP with bridged traffic passed to iptables (br_netfilter): packets between two containers of a
-    bridge the first engine does not know are dropped, so the proxy would never reach a backend. A real
-    remote host's engine manages its own rules. The rule (in DOCKER-USER, meant for this) admits only
-    traffic that enters and leaves that bridge, as the first engine does for its own; removed after."""
-    made: list[tuple[str, list[str]]] = []
-
-    def make(app: str) -> None:
-        bridge = f"orz{uuid.uuid4().hex[:8]}"
-        remote_client.networks.create(
-            f"{app}-prod",
-            driver="bridge",
-            labels={"orchestrator.role": "app-network"},
-            options={"com.docker.network.bridge.name": bridge},
-        )
-        rule = ["DOCKER-USER", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
-        subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
-        made.append((bridge, rule))
-
-    yield make
-    for _bridge, rule in made:
-        subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)
+def serving_network(remote_engine: RemoteEngine) -> Iterator[Any]:
+    """Makes ``<app>-prod`` on the second engine routable between its containers (see
+    remote_support.routed_network: a quirk of two engines on one host, not of a remote one)."""
+    undo: list[Any] = []
+    yield lambda app: undo.append(
+        routed_network(remote_engine, f"{app}-prod", {"orchestrator.role": "app-network"})
+    )
+    for step in undo:
+        step()
 
 
 def prod_on(app: BusyboxApp, url: str, monkeypatch: pytest.MonkeyPatch, remote: RemoteEngine) -> None:
