@@ -11,7 +11,7 @@ opens a handful of sessions over one ssh connection.
 
 Why dial-stdio sessions rather than forwarding the engine's socket (``ssh -L sock:/var/run/docker.sock``,
 slightly faster per connection): forwarding needs ``AllowStreamLocalForwarding``/``AllowTcpForwarding``,
-which hardened hosts (and the test host) turn off, and the path of the remote socket (a rootless engine,
+which hardened hosts (and the test host's main port) turn off, and the path of the remote socket (a rootless engine,
 a context, DOCKER_HOST on the host); dial-stdio works wherever ``ssh host docker version`` does, exactly
 what the SDK's transport needed before.
 
