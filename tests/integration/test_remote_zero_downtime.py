@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import docker
 import pytest
 from client_loop import client_loop, slow_client_loop
+from faults_support import Orchestrator
 from remote_support import copy_image, routed_network
 from test_remote import handshakes, ssh_dirs, ssh_leftovers, sweep_remote
 from test_zero_downtime import assert_serves, backends, commit, zero_downtime
@@ -30,6 +31,8 @@ from orchestrator.proxy import ADMIN_LABEL, forget_admin_dirs
 if TYPE_CHECKING:
     from conftest import BusyboxApp
     from remote_support import RemoteEngine
+
+    from orchestrator.store.repository import Store
 
 pytestmark = pytest.mark.docker
 
@@ -238,3 +241,29 @@ def test_zero_downtime_on_a_tcp_engine_is_refused_naming_ssh(
     monkeypatch.setenv("ORCH_DOCKER_HOST_PROD", remote_engine.tls_url)
     message = app.cli("status", app.name, as_json=True).error(2, "bad_input")
     assert "tcp://" in message and "ssh://user@host" in message, message
+
+
+def test_a_runner_killed_mid_hand_over_on_the_remote_engine_is_settled_by_recover(
+    app: BusyboxApp, remote_engine: RemoteEngine, remote_client: docker.DockerClient, store: Store
+) -> None:
+    """SIGKILL with the new release in the alias beside the old one (two serving): ``recover``, a new
+    process with its own ssh connection, takes the new one over, drains and retires the old one through
+    that connection, and prod answers throughout."""
+    orch = Orchestrator(app.workspace.path)
+    old = commit(app, "old")
+    app.deploy(old)
+    new = commit(app, "new")
+    run_id = orch.start_run(app.name, new)
+    orch.advance(run_id, "deploy-staging").ok()
+
+    with prod_loop(app) as loop:
+        proc = orch.advance(run_id, "deploy", crash_at="after:prod_connect")
+        assert proc.returncode == -9, proc.describe()
+        assert len(backends(remote_client, app, "prod")) == 2
+        reports = orch.recover(app.name)
+    assert reports, proc.describe()
+    assert loop.failed == [], loop.summary()
+    assert_serves(remote_client, app, "prod", new)
+    release = store.latest_release(app.name, "prod")
+    assert release is not None and release.revision == new
+    assert orch.locks() == []
