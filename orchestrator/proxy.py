@@ -399,13 +399,25 @@ class Proxy:
         except OSError as exc:
             raise DockerError(
                 f"the proxy {self.spec.name}'s admin socket {path} did not answer {command!r}: {exc}; "
-                f"see 'docker logs {self.spec.name}'"
+                + self._why_no_answer()
             ) from exc
-        # haproxy answers every command with at least a newline: nothing at all is a forward the
-        # host's sshd closed at once.
-        if not chunks and (refused := self.host.refused()):
-            raise DockerError(f"the proxy {self.spec.name}'s admin socket is out of reach: {refused}")
+        # haproxy answers every command with at least a newline: nothing at all is a forward the host's
+        # sshd closed at once (refused, or no socket there), which must not read as "no servers".
+        if not chunks:
+            raise DockerError(
+                f"the proxy {self.spec.name}'s admin socket {path} gave no answer to {command!r}: "
+                + self._why_no_answer()
+            )
         return b"".join(chunks).decode(errors="replace")
+
+    def _why_no_answer(self) -> str:
+        if not self.host.remote:
+            return f"see 'docker logs {self.spec.name}'"
+        return self.host.refused() or (
+            "its forward over the ssh connection was closed at once: the host's sshd refuses unix socket "
+            "forwarding (allow it: AllowStreamLocalForwarding local), or the proxy made no socket (see "
+            f"'docker logs {self.spec.name}' there)"
+        )
 
     def servers(self) -> list[dict[str, str]]:
         """``show servers state`` of the backend: one dict per server slot (srv_name, srv_addr,

@@ -11,9 +11,9 @@ opens a handful of sessions over one ssh connection.
 
 Why dial-stdio sessions rather than forwarding the engine's socket (``ssh -L sock:/var/run/docker.sock``,
 slightly faster per connection): forwarding needs ``AllowStreamLocalForwarding``/``AllowTcpForwarding``,
-which hardened hosts (and the test host's main port) turn off, and the path of the remote socket (a rootless engine,
-a context, DOCKER_HOST on the host); dial-stdio works wherever ``ssh host docker version`` does, exactly
-what the SDK's transport needed before.
+which hardened hosts (and the test host's main sshd port) turn off, and the path of the remote socket (a
+rootless engine, a context, DOCKER_HOST on the host); dial-stdio works wherever ``ssh host docker
+version`` does, exactly what the SDK's transport needed before.
 
 The same master also reaches the engine host's loopback, for zero-downtime promotions (proxy.py): a
 port published on the host's 127.0.0.1 (a release checked before it takes traffic, the proxy's port) is

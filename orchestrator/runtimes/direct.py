@@ -284,7 +284,8 @@ class ProxiedRuntime(_Containers):
         passed its health check. Any answer (a 503 while no backend is up, a refused connection while
         haproxy starts) proves the forward; only the host's refusal fails."""
         url = proxy.host.url(env_port(self.app, env), self.app.health_path)
-        httpclient.request(url, timeout=2.0, limit=0)
+        if httpclient.request(url, timeout=2.0, limit=0).status is None:
+            time.sleep(0.1)  # the master logs a refusal as it closes the channel: read it after that
         if refused := proxy.host.refused():
             raise DockerError(f"{env} on {proxy.engine.where}: {refused}; nothing was started")
 

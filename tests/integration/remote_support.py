@@ -65,6 +65,8 @@ class RemoteEngine:
     # The same sshd and engine on a second port whose connections may forward to the host's loopback
     # (AllowTcpForwarding local: zero_downtime's checks and drain); ``url``'s port refuses forwarding.
     forwarding_url: str = ""
+    # A third port: TCP forwarding allowed, unix socket forwarding not (a half-open host).
+    tcp_forwarding_url: str = ""
 
 
 def _free_port() -> int:
@@ -270,10 +272,11 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
         _keygen(ssh_dir / "client_key")
         shutil.copyfile(ssh_dir / "client_key.pub", ssh_dir / "authorized_keys")
         (ssh_dir / "authorized_keys").chmod(0o600)
-        port, forwarding_port = _free_port(), _free_port()
+        port, forwarding_port, tcp_port = _free_port(), _free_port(), _free_port()
         (ssh_dir / "sshd_config").write_text(
             f"Port {port}\n"
             f"Port {forwarding_port}\n"
+            f"Port {tcp_port}\n"
             "ListenAddress 127.0.0.1\n"
             f"HostKey {ssh_dir / 'host_key'}\n"
             f"PidFile {root / 'sshd.pid'}\n"
@@ -290,7 +293,9 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
             "AllowStreamLocalForwarding no\n"
             f"Match LocalPort {forwarding_port}\n"
             "  AllowTcpForwarding local\n"
-            "  AllowStreamLocalForwarding local\n",
+            "  AllowStreamLocalForwarding local\n"
+            f"Match LocalPort {tcp_port}\n"
+            "  AllowTcpForwarding local\n",
             encoding="utf-8",
         )
         # sshd's privilege separation directory (Debian creates it when the service starts).
@@ -312,7 +317,9 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
         _wait("sshd", sshd_listens, sshd, sshd_log)
         host_key = (ssh_dir / "host_key.pub").read_text().split()
         (ssh_dir / "known_hosts").write_text(
-            "".join(f"[127.0.0.1]:{p} {host_key[0]} {host_key[1]}\n" for p in (port, forwarding_port))
+            "".join(
+                f"[127.0.0.1]:{p} {host_key[0]} {host_key[1]}\n" for p in (port, forwarding_port, tcp_port)
+            )
         )
         (ssh_dir / "ssh_config").write_text(
             "Host 127.0.0.1\n"
@@ -341,6 +348,7 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
             tls_dir,
             sshd_log,
             f"ssh://root@127.0.0.1:{forwarding_port}",
+            f"ssh://root@127.0.0.1:{tcp_port}",
         )
     finally:
         if engine is not None:

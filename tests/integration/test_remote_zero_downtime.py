@@ -267,3 +267,25 @@ def test_a_runner_killed_mid_hand_over_on_the_remote_engine_is_settled_by_recove
     release = store.latest_release(app.name, "prod")
     assert release is not None and release.revision == new
     assert orch.locks() == []
+
+
+def test_a_host_that_refuses_unix_socket_forwarding_fails_the_takeover_saying_so(
+    app: BusyboxApp,
+    remote_engine: RemoteEngine,
+    remote_client: docker.DockerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TCP forwarding allowed, unix socket forwarding not: the proxy's admin socket is out of reach, so
+    whether haproxy checked the new release up cannot be known. The hand-over fails naming the sshd
+    setting (an empty answer is never read as "no servers"), and the release is removed."""
+    prod_on(app, remote_engine.tcp_forwarding_url, monkeypatch, remote_engine)
+    run_id = app.start(commit(app, "half-open"))
+    app.advance(run_id, "deploy-staging").ok()
+    result = app.advance(run_id, "deploy")
+    assert result.exit_code != 0, result.describe()
+    assert "AllowStreamLocalForwarding" in result.stdout, result.describe()
+    steps = app.show(run_id)["transitions"][-1]["steps"]
+    failed = step(steps, "prod_takeover")
+    assert failed["status"] == "failed" and "AllowStreamLocalForwarding" in str(failed), failed
+    assert step(steps, "prod_start")["status"] != "failed"  # its checks went through the TCP forward
+    assert backends(remote_client, app, "prod") == []
