@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any
 import docker
 import pytest
 from client_loop import client_loop, slow_client_loop
-from faults_support import Orchestrator
 from remote_support import copy_image, routed_network
 from test_remote import handshakes, ssh_dirs, ssh_leftovers, sweep_remote
-from test_zero_downtime import assert_serves, backends, commit, zero_downtime
+from test_zero_downtime import assert_serves, backends, commit, killed_then_recovered, zero_downtime
 
 from orchestrator.proxy import ADMIN_LABEL, forget_admin_dirs
 
@@ -249,24 +248,7 @@ def test_a_runner_killed_mid_hand_over_on_the_remote_engine_is_settled_by_recove
     """SIGKILL with the new release in the alias beside the old one (two serving): ``recover``, a new
     process with its own ssh connection, takes the new one over, drains and retires the old one through
     that connection, and prod answers throughout."""
-    orch = Orchestrator(app.workspace.path)
-    old = commit(app, "old")
-    app.deploy(old)
-    new = commit(app, "new")
-    run_id = orch.start_run(app.name, new)
-    orch.advance(run_id, "deploy-staging").ok()
-
-    with prod_loop(app) as loop:
-        proc = orch.advance(run_id, "deploy", crash_at="after:prod_connect")
-        assert proc.returncode == -9, proc.describe()
-        assert len(backends(remote_client, app, "prod")) == 2
-        reports = orch.recover(app.name)
-    assert reports, proc.describe()
-    assert loop.failed == [], loop.summary()
-    assert_serves(remote_client, app, "prod", new)
-    release = store.latest_release(app.name, "prod")
-    assert release is not None and release.revision == new
-    assert orch.locks() == []
+    killed_then_recovered(app, store, remote_client, "after:prod_connect", serves_new=True)
 
 
 def test_a_host_that_refuses_unix_socket_forwarding_fails_the_takeover_saying_so(
