@@ -178,7 +178,8 @@ def routed_network(remote: RemoteEngine, name: str, labels: dict[str, str]) -> C
     bridge the first engine does not know are dropped. A real remote host's engine manages its own
     rules. The rule (in DOCKER-USER, meant for this) admits only traffic that enters and leaves that
     bridge, as the first engine does for its own bridges. The orchestrator keeps a network that exists,
-    so making it first is enough for what it later creates on it."""
+    so making it first is enough for what it later creates on it. Call the undo once the network is
+    removed or its engine stopped: it also deletes the bridge interface a stopped engine leaves."""
     import docker
 
     bridge = f"orz{uuid.uuid4().hex[:8]}"
@@ -194,6 +195,9 @@ def routed_network(remote: RemoteEngine, name: str, labels: dict[str, str]) -> C
 
     def undo() -> None:
         subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)
+        # A network still there when its engine stopped keeps its bridge interface on the host.
+        if Path(f"/sys/class/net/{bridge}").exists():
+            subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True)
 
     return undo
 
