@@ -16,6 +16,13 @@ the machine hurts both alike:
 - **proxied**: ``zero_downtime = true`` with ``container_port``: a kept haproxy container owns the port,
   the new release starts beside the old one, is checked on its own port and takes traffic first.
 
+With ``--remote``, a third side:
+- **remote**: proxied, with prod on a second dockerd behind a key-only sshd on a loopback port (the tests'
+  set-up, tests/integration/remote_support.py; root), reached as ``ssh://`` with forwarding allowed:
+  the new release is checked and the old one drained through the engine's ssh connection. Images go
+  there through a loopback docker-registry by digest. The client asks the remote host's prod port
+  (the host is this machine). Also printed: ssh handshakes per promotion.
+
 The proxy image is built from Debian's /usr/sbin/haproxy and the libraries it links (no Docker Hub here),
 as the tests do; ``--proxy-image`` names another. Nothing here asserts a threshold: it prints counts,
 seconds and the ratio proxied / plain of the promotion time.
@@ -145,6 +152,13 @@ class Side:
     staging_port: int
     prod_port: int
     proxy_image: str | None  # None: the plain runtime
+    # Remote side: extra app keys (registry), prod's docker_host, PATH first (the private ssh wrapper),
+    # and the sshd log whose "Accepted publickey" lines count handshakes.
+    extra: str = ""
+    prod_host: str | None = None
+    path_first: str | None = None
+    sshd_log: Path | None = None
+    handshakes: list[int] = field(default_factory=list)
     promotion: Phase = field(default_factory=Phase)
     rollback: Phase = field(default_factory=Phase)
     count: int = 0
@@ -157,6 +171,8 @@ class Side:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
         env["ORCH_DATABASE_URL"] = f"sqlite:///{(self.dir / 'orchestrator.db').as_posix()}"
         env["PYTHONPATH"] = str(ROOT)
+        if self.path_first:
+            env["PATH"] = f"{self.path_first}:{env['PATH']}"
         return env
 
     def setup(self) -> None:
@@ -178,7 +194,8 @@ class Side:
             )
         (self.dir / "orchestrator.toml").write_text(
             f'[apps."{self.app}"]\nsource = "repo"\nhealth_path = "/health"\nversion_path = "/version"\n'
-            f"staging_port = {self.staging_port}\nprod_port = {self.prod_port}\n{proxied}",
+            f"staging_port = {self.staging_port}\nprod_port = {self.prod_port}\n{proxied}{self.extra}"
+            + (f'[apps."{self.app}".prod]\ndocker_host = "{self.prod_host}"\n' if self.prod_host else ""),
             encoding="utf-8",
         )
 
@@ -213,10 +230,13 @@ class Side:
     def once(self) -> None:
         """Promote a new commit over the current one, then roll back to it, each under the client loop."""
         run_id = self.start()
+        before = self.accepted()
         with self.clients() as (loop, slow):
             t0 = time.perf_counter()
             self.cli("advance", run_id, "--to", "deploy")
             seconds = time.perf_counter() - t0
+        if self.sshd_log is not None:
+            self.handshakes.append(self.accepted() - before)
         self.promotion.add(seconds, loop, slow)
         steps = self.cli("runs", "show", run_id)["transitions"][-1]["steps"]
         self.promotion.drains.extend(s["changes"] for s in steps if s["name"] == "prod_drain")
@@ -225,6 +245,12 @@ class Side:
             self.cli("rollback", self.app, "--env", "prod")
             seconds = time.perf_counter() - t0
         self.rollback.add(seconds, loop, slow)
+
+    def accepted(self) -> int:
+        """ssh connections (handshakes) the remote engine's sshd has accepted so far (0: no remote)."""
+        if self.sshd_log is None:
+            return 0
+        return self.sshd_log.read_text(errors="replace").count("Accepted publickey")
 
     @contextlib.contextmanager
     def clients(self) -> Iterator[tuple[Loop, Loop]]:
@@ -264,6 +290,46 @@ def cleanup(prefix: str, dirs: Sequence[Path], image: str | None) -> list[str]:
 
 
 @contextlib.contextmanager
+def remote_side(prefix: str, base: Path, staging_port: int, prod_port: int, image: str) -> Iterator[Side]:
+    """The proxied side with prod on a second engine over ssh: a loopback registry, the second engine
+    and its sshd (remote_support), the proxy image copied there, prod's serving network routable on
+    this host (remote_support.routed_network); all of it stopped and removed after."""
+    from remote import start_registry
+    from remote_support import copy_image, remote_engine, routed_network
+
+    app = f"{prefix}-remote"
+    registry, address = start_registry(base / "registry")
+    undo: Any = None
+    try:
+        with remote_engine(base / "engine") as remote:
+            copy_image(remote, image)
+            undo = routed_network(remote, f"{app}-prod", {"orchestrator.role": "app-network"})
+            yield Side(
+                "remote",
+                app,
+                base / "remote",
+                staging_port,
+                prod_port,
+                image,
+                extra=f'registry = "{address}"\n',
+                prod_host=remote.forwarding_url,
+                path_first=str(remote.ssh_bin),
+                sshd_log=remote.sshd_log,
+            )
+    finally:
+        if undo is not None:
+            undo()
+        registry.terminate()
+        registry.wait(timeout=10)
+        # What the registry pushes left on this engine: <registry>/<app>:<tag>.
+        listed = subprocess.run(
+            ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True
+        ).stdout.split()
+        if refs := [r for r in listed if r.startswith(f"{address}/{app}")]:
+            subprocess.run(["docker", "rmi", "-f", *refs], capture_output=True)
+
+
+@contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     def raise_interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -275,7 +341,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def summary(plain: Side, proxied: Side) -> dict[str, Any]:
+def summary(plain: Side, proxied: Side, *others: Side) -> dict[str, Any]:
     a, b = statistics.median(plain.promotion.seconds), statistics.median(proxied.promotion.seconds)
     ra, rb = statistics.median(plain.rollback.seconds), statistics.median(proxied.rollback.seconds)
     return {
@@ -283,8 +349,9 @@ def summary(plain: Side, proxied: Side) -> dict[str, Any]:
         f"/cgi-bin/slow ({SLOW_S:g} s each, 3 kept in flight)",
         "sides": {
             s.label: {"promotion": s.promotion.as_dict(), "rollback": s.rollback.as_dict()}
-            for s in (plain, proxied)
+            for s in (plain, proxied, *others)
         },
+        "ssh_handshakes_per_promotion": {s.label: s.handshakes for s in others if s.sshd_log is not None},
         "promotion_ratio_proxied_over_plain": round(b / a, 2) if a > 0 else None,
         "rollback_ratio_proxied_over_plain": round(rb / ra, 2) if ra > 0 else None,
     }
@@ -311,6 +378,8 @@ def print_table(result: dict[str, Any], out: Any) -> None:
         if drains := side["promotion"]["drains"]:
             found = ", ".join(f"{d['in_flight']} in flight, {d['waited_s']} s" for d in drains)
             print(f"{label} promotions drained the old release: {found}", file=out)
+    for label, shakes in result.get("ssh_handshakes_per_promotion", {}).items():
+        print(f"{label} promotions: ssh handshakes each {shakes}", file=out)
     print(f"promotion time proxied / plain: {result['promotion_ratio_proxied_over_plain']}", file=out)
     print(f"rollback time proxied / plain:  {result['rollback_ratio_proxied_over_plain']}", file=out)
 
@@ -320,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="promotion+rollback pairs per side (default 3)")
     parser.add_argument("--proxy-image", default=None, help="haproxy image (default: built from Debian's)")
     parser.add_argument("--json", action="store_true", help="one JSON summary on stdout, the table on stderr")
+    parser.add_argument(
+        "--remote", action="store_true", help="a third side: prod on a second engine over ssh (root)"
+    )
     args = parser.parse_args(argv)
     for needed in (BUSYBOX, HAPROXY):
         if not needed.is_file() and not (needed == HAPROXY and args.proxy_image):
@@ -328,25 +400,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"bench-zdt-{secrets.token_hex(3)}"
     image = args.proxy_image or f"{prefix}-haproxy:bench"
     base = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
-    ports = free_ports(4)
+    ports = free_ports(6)
     plain = Side("plain", f"{prefix}-plain", base / "plain", ports[0], ports[1], None)
     proxied = Side("proxied", f"{prefix}-proxied", base / "proxied", ports[2], ports[3], image)
+    sides = [plain, proxied]
     code = 0
     with sigterm_as_interrupt():
         try:
-            if args.proxy_image is None:
-                build_haproxy_image(image)
-            for side in (plain, proxied):
-                side.dir.mkdir(parents=True)
-                side.setup()
-                side.warmup()  # builds the cache, and a release in prod to promote over
-            for _ in range(args.repeat):
-                for side in (plain, proxied):
-                    side.once()
-            result = summary(plain, proxied)
-            print_table(result, sys.stderr if args.json else sys.stdout)
-            if args.json:
-                print(json.dumps(result, indent=2))
+            # Closed before the clean-up below: the second engine lives under ``base``.
+            with contextlib.ExitStack() as stack:
+                if args.proxy_image is None:
+                    build_haproxy_image(image)
+                if args.remote:
+                    sides.append(stack.enter_context(remote_side(prefix, base, ports[4], ports[5], image)))
+                for side in sides:
+                    side.dir.mkdir(parents=True, exist_ok=True)
+                    side.setup()
+                    side.warmup()  # builds the cache, and a release in prod to promote over
+                for _ in range(args.repeat):
+                    for side in sides:
+                        side.once()
+                result = summary(*sides)
+                print_table(result, sys.stderr if args.json else sys.stdout)
+                if args.json:
+                    print(json.dumps(result, indent=2))
         except BenchmarkError as exc:
             print(f"benchmark failed: {exc}", file=sys.stderr)
             code = 1

@@ -725,11 +725,8 @@ def _parse_app(
             "the environment's port on the engine host's loopback): unset docker_host/build_host for this "
             "app, or point DOCKER_HOST at a swarm manager for the whole orchestrator"
         )
-    if values.get("zero_downtime") and values["engines"]:
-        raise BadInput(
-            f"{where}: zero_downtime works on this machine's engine only for now (a new release is checked "
-            "on a loopback port of the engine's host): unset docker_host for this app, or zero_downtime"
-        )
+    if values.get("zero_downtime"):
+        _zero_downtime_engines(where, values["engines"], settings)
     app = AppConfig(**values)
     if app.staging_port == app.prod_port and app.engine("staging").address == app.engine("prod").address:
         raise BadInput(f"{where}: staging_port and prod_port are both {app.prod_port}; they must differ")
@@ -1039,6 +1036,29 @@ def _parse_zero_downtime(where: str, table: Mapping[str, Any], values: Mapping[s
             f"127.0.0.1:<env port>; add e.g. container_port = 8080 to {where}"
         )
     return found
+
+
+def _zero_downtime_engines(where: str, engines: Mapping[str, EngineTarget], settings: Settings) -> None:
+    """A new release is checked on a loopback port of the engine's host, and drained through a unix
+    socket there (proxy.py): this machine's, or a remote host's reached through the engine's shared ssh
+    connection. A tcp:// engine offers no such way in: publishing the unchecked release and the proxy's
+    admin API on the host's network instead would put both within reach of anyone who can reach it."""
+    for env, target in engines.items():
+        url = target.url or ""
+        if url.startswith("tcp://"):
+            raise BadInput(
+                f"{where}: zero_downtime needs the {env} engine's host loopback, which a tcp:// engine "
+                "does not reach (a new release is checked there before it takes traffic, and the proxy "
+                f"is drained through a socket there): point {env}'s docker_host at "
+                "ssh://user@host instead (the same engine, through the host's sshd), or leave "
+                "zero_downtime out"
+            )
+        if url.startswith("ssh://") and not settings.ssh_multiplex:
+            raise BadInput(
+                f"{where}: zero_downtime on the ssh:// engine of {env} reaches the host's loopback through "
+                "the shared ssh connection, which ssh_multiplex = false turns off: set it back to true "
+                "(ORCH_SSH_MULTIPLEX), or leave zero_downtime out"
+            )
 
 
 def _parse_approval(name: str, raw: Any) -> frozenset[str]:

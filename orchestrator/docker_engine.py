@@ -455,6 +455,12 @@ class DockerEngine:
         engine._bridge = bridge
         return engine
 
+    @property
+    def ssh(self) -> SshBridge | None:
+        """The shared ssh connection of an ``ssh://`` engine (None: a socket or tcp:// engine), which
+        also reaches the engine host's loopback (zero-downtime checks and drain, proxy.py)."""
+        return self._bridge
+
     def close(self) -> None:
         self._client.close()
         if self._bridge is not None:

@@ -21,23 +21,33 @@ the old server: the servers come from DNS (``server-template``), which a configu
 address out of, and a reload would change the configuration this module keeps fixed; ``drain`` changes one
 server's state, nothing else, and ``show stat`` says when its last request ended.
 
+On a remote engine (``ssh://``) "this machine" is the engine's host, reached through the engine's one
+ssh connection (EngineHost, orchestrator/ssh.py): the admin directory is made there by a session (0700,
+the ssh user's, the proxy running as that user's uid), its socket forwarded to one in this process's
+private directory, and the ports checked on the host's loopback forwarded to ports on ours. No port is
+published on the host's public interfaces for it, and no second handshake is made.
+
 Where a cluster has a working routing mesh, services can publish through it instead and need no proxy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
+import shlex
 import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
+from orchestrator.ssh import SshBridge, SshUnreachable, sh
 
 # Where the configuration goes inside the container: the official haproxy image's default path.
 CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
@@ -65,6 +75,10 @@ _RUNNING = "2"
 _L7OK = "15"
 _FULL_HEALTH = str(RISE + FALL - 1)
 _DRAIN_POLL_S = 0.05
+LOOPBACK = "127.0.0.1"
+# mkdtemp's and mktemp's random part: how an admin directory of one proxy is told from another's.
+_ADMIN_SUFFIX = "????????"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -83,9 +97,12 @@ class ProxySpec:
     # haproxy's check interval: how soon a new backend takes traffic and a dead one stops getting it.
     check_ms: int = 200
     # The runtime API socket (drain before stop). Only where the orchestrator stops backends itself
-    # (direct containers, on this machine's engine: the socket's directory is bind-mounted from here);
-    # Swarm stops its tasks itself, and a remote engine's host is not where this process can connect.
+    # (direct containers: the socket's directory is bind-mounted from the engine's host, reached over
+    # the engine's ssh connection when that is another machine); Swarm stops its tasks itself.
     admin_socket: bool = False
+    # The host address the port is published on: loopback, or every interface for a remote engine's
+    # environment (as the plain runtime publishes it there: where clients and health checks reach it).
+    bind: str = LOOPBACK
 
 
 def render(spec: ProxySpec) -> str:
@@ -149,8 +166,10 @@ def render(spec: ProxySpec) -> str:
     )
 
 
-def config_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def config_hash(text: str, bind: str = LOOPBACK) -> str:
+    """What CONFIG_LABEL holds: a proxy whose configuration or published address differs is recreated.
+    The default address adds nothing, so the proxies made before it was configurable are kept."""
+    return hashlib.sha256((text if bind == LOOPBACK else f"{text}\n# bind {bind}").encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -178,6 +197,97 @@ def _admin_base() -> Path:
     return base
 
 
+class EngineHost:
+    """The host an engine runs on, as this process reaches its loopback and its files: this machine (the
+    local engine, a unix:// one), or another machine through the ssh connection the engine already keeps
+    (``DockerEngine.ssh``): sessions and forwards on its master, no second handshake."""
+
+    def __init__(self, engine: DockerEngine) -> None:
+        self.engine = engine
+        self.ssh: SshBridge | None = engine.ssh
+
+    @property
+    def remote(self) -> bool:
+        return self.ssh is not None
+
+    def loopback(self, port: int) -> tuple[str, int]:
+        """Where this process connects to reach ``127.0.0.1:<port>`` of the engine's host."""
+        if self.ssh is None:
+            return LOOPBACK, port
+        return LOOPBACK, self._ssh("forward a port", lambda ssh: ssh.forward_port(port))
+
+    def url(self, port: int, path: str = "") -> str:
+        address, local = self.loopback(port)
+        return f"http://{address}:{local}{path}"
+
+    def via(self) -> str:
+        """How the host's loopback is reached, for records: ``local``, or ``ssh <user@host:port>``."""
+        return "local" if self.ssh is None else f"ssh {self.engine.where}"
+
+    def make_admin_dir(self, name: str) -> tuple[str, str]:
+        """A new 0700 directory for proxy ``name``'s admin socket on the engine's host, and the
+        ``uid:gid`` the proxy runs as (the directory's owner). Directories of ``name`` left by a proxy
+        removed by other means (``docker rm -f``) are removed first: the proxy is being (re)created, so
+        none of them is in use."""
+        if self.ssh is None:
+            base = _admin_base()
+            for stale in base.glob(f"{name}-{_ADMIN_SUFFIX}"):
+                shutil.rmtree(stale, ignore_errors=True)
+            made = tempfile.mkdtemp(prefix=f"{name}-", dir=base)
+            return made, f"{os.geteuid()}:{os.getegid()}"
+        # The same places as _admin_base, on the host, for its ssh user; umask 077: 0700 all the way.
+        script = (
+            "umask 077; "
+            'if [ "$(id -u)" = 0 ]; then b=/run/orchestrator/proxy; '
+            'else b="${XDG_RUNTIME_DIR:-/tmp}/orchestrator-$(id -u)/proxy"; fi; '
+            f'mkdir -p "$b" && rm -rf "$b"/{shlex.quote(name)}-{_ADMIN_SUFFIX} && '
+            f'd=$(mktemp -d "$b"/{shlex.quote(name)}-XXXXXXXX) && echo "$(id -u):$(id -g) $d"'
+        )
+        answer = self._ssh("make the proxy's admin directory", lambda ssh: ssh.run(sh(script))).split()
+        if len(answer) != 2 or not answer[1].startswith("/"):
+            raise DockerError(
+                f"making the proxy's admin directory on {self.engine.where} answered {answer!r}"
+            )
+        return answer[1], answer[0]
+
+    def has_dir(self, path: str) -> bool:
+        if self.ssh is None:
+            return Path(path).is_dir()
+        try:
+            self._ssh(
+                "look for the proxy's admin directory", lambda ssh: ssh.run(f"test -d {shlex.quote(path)}")
+            )
+        except DockerError:
+            return False
+        return True
+
+    def remove_dir(self, path: str) -> None:
+        """Remove an admin directory and end the forward to its socket (best effort: the proxy is gone)."""
+        if self.ssh is None:
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        self.ssh.cancel(f"{path}/{ADMIN_SOCKET}")
+        with contextlib.suppress(SshUnreachable):  # else the next (re)creation of this proxy removes it
+            self.ssh.run(f"rm -rf {shlex.quote(path)}")
+
+    def socket(self, path: str) -> Path:
+        """Where this process connects to reach the unix socket ``path`` of the engine's host."""
+        if self.ssh is None:
+            return Path(path)
+        return self._ssh("forward the admin socket", lambda ssh: ssh.forward_socket(path))
+
+    def refused(self) -> str | None:
+        """The host's sshd refused a forward (see SshBridge.forward_refused)."""
+        return self.ssh.forward_refused() if self.ssh is not None else None
+
+    def _ssh(self, what: str, action: Callable[[SshBridge], _T]) -> _T:
+        assert self.ssh is not None
+        try:
+            return action(self.ssh)
+        except SshUnreachable as exc:
+            raise DockerError(f"could not {what} on {self.engine.where} over ssh: {exc.reason}") from None
+
+
 def forget_admin_dirs(prefix: str) -> list[Path]:
     """Remove the admin directories of proxies named ``prefix``* that were removed by other means than
     ``Proxy.remove`` (``docker rm -f``, a test's or benchmark's sweep); returns what it removed."""
@@ -194,6 +304,7 @@ class Proxy:
     def __init__(self, engine: DockerEngine, spec: ProxySpec, *, overlay: bool = False) -> None:
         self.engine = engine
         self.spec = spec
+        self.host = EngineHost(engine)
         # Swarm services need a swarm-scoped (overlay) network; plain containers share a bridge.
         self.driver = "overlay" if overlay else "bridge"
 
@@ -203,16 +314,14 @@ class Proxy:
         haproxy takes to start; it happens only when the configuration itself changed (or its admin
         directory is gone: a reboot empties /run)."""
         text = render(self.spec)
-        want = config_hash(text)
+        want = config_hash(text, self.spec.bind)
         self.engine.ensure_network(self.spec.network, driver=self.driver, labels={ROLE_LABEL: "app-network"})
         current = self.engine.container(self.spec.name)
-        admin = current.labels.get(ADMIN_LABEL) if current is not None else None
-        admin_kept = not self.spec.admin_socket or (admin is not None and Path(admin).is_dir())
         if (
             current is not None
             and current.running
             and current.labels.get(CONFIG_LABEL) == want
-            and admin_kept
+            and self._admin_kept(current)
         ):
             return current
         if current is not None:
@@ -220,15 +329,17 @@ class Proxy:
         labels = {CONFIG_LABEL: want, ROLE_LABEL: "proxy"}
         if not self.spec.admin_socket:
             return self._run(text, labels)
-        admin = tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=_admin_base())
-        # As the orchestrator's user, so the socket haproxy creates is ours (mode 600) in a directory
-        # nobody else may enter; binding the unprivileged LISTEN needs no root.
-        return self._run(
-            text,
-            {**labels, ADMIN_LABEL: admin},
-            user=f"{os.geteuid()}:{os.getegid()}",
-            binds={admin: ADMIN_DIR},
-        )
+        admin, user = self.host.make_admin_dir(self.spec.name)
+        # As the user owning the directory (ours, or the ssh user's on a remote host), so the socket
+        # haproxy creates is theirs (mode 600) in a directory nobody else may enter; binding the
+        # unprivileged LISTEN needs no root.
+        return self._run(text, {**labels, ADMIN_LABEL: admin}, user=user, binds={admin: ADMIN_DIR})
+
+    def _admin_kept(self, current: ContainerInfo) -> bool:
+        if not self.spec.admin_socket:
+            return True
+        admin = current.labels.get(ADMIN_LABEL)
+        return admin is not None and self.host.has_dir(admin)
 
     def _run(
         self,
@@ -245,7 +356,7 @@ class Proxy:
             command=["-W", "-db", "-f", CONFIG_PATH],
             host_network=False,
             network=self.spec.network,
-            publish={LISTEN: ("127.0.0.1", self.spec.port)},
+            publish={LISTEN: (self.spec.bind, self.spec.port)},
             labels=labels,
             restart=True,
             files={CONFIG_PATH: text.encode()},
@@ -258,22 +369,29 @@ class Proxy:
         current = self.engine.container(self.spec.name)
         removed = self.engine.remove_container(self.spec.name)
         if current is not None and (admin := current.labels.get(ADMIN_LABEL)):
-            shutil.rmtree(admin, ignore_errors=True)
+            self.host.remove_dir(admin)
         return removed
 
     # the runtime API ------------------------------------------------------------------------------
 
-    def admin(self, command: str) -> str:
-        """One command on the admin socket, its whole answer."""
+    def admin_socket(self) -> tuple[str, Path]:
+        """The admin socket's path on the engine's host, and where this process connects to reach it:
+        the same path here, a forward of it in the ssh connection's private directory for a remote
+        host (recorded by the drain step, so a record shows which way it went)."""
         current = self.engine.container(self.spec.name)
         admin = current.labels.get(ADMIN_LABEL) if current is not None else None
         if current is None or not current.running or not admin:
             raise DockerError(f"the proxy {self.spec.name} is not running (or predates its admin socket)")
-        path = Path(admin) / ADMIN_SOCKET
+        path = f"{admin}/{ADMIN_SOCKET}"
+        return path, self.host.socket(path)
+
+    def admin(self, command: str) -> str:
+        """One command on the admin socket, its whole answer."""
+        path, local = self.admin_socket()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
                 conn.settimeout(5)
-                conn.connect(str(path))
+                conn.connect(str(local))
                 conn.sendall(command.encode() + b"\n")
                 chunks = []
                 while chunk := conn.recv(65536):
@@ -281,9 +399,25 @@ class Proxy:
         except OSError as exc:
             raise DockerError(
                 f"the proxy {self.spec.name}'s admin socket {path} did not answer {command!r}: {exc}; "
-                f"see 'docker logs {self.spec.name}'"
+                + self._why_no_answer()
             ) from exc
+        # haproxy answers every command with at least a newline: nothing at all is a forward the host's
+        # sshd closed at once (refused, or no socket there), which must not read as "no servers".
+        if not chunks:
+            raise DockerError(
+                f"the proxy {self.spec.name}'s admin socket {path} gave no answer to {command!r}: "
+                + self._why_no_answer()
+            )
         return b"".join(chunks).decode(errors="replace")
+
+    def _why_no_answer(self) -> str:
+        if not self.host.remote:
+            return f"see 'docker logs {self.spec.name}'"
+        return self.host.refused() or (
+            "its forward over the ssh connection was closed at once: the host's sshd refuses unix socket "
+            "forwarding (allow it: AllowStreamLocalForwarding local), or the proxy made no socket (see "
+            f"'docker logs {self.spec.name}' there)"
+        )
 
     def servers(self) -> list[dict[str, str]]:
         """``show servers state`` of the backend: one dict per server slot (srv_name, srv_addr,

@@ -11,9 +11,17 @@ opens a handful of sessions over one ssh connection.
 
 Why dial-stdio sessions rather than forwarding the engine's socket (``ssh -L sock:/var/run/docker.sock``,
 slightly faster per connection): forwarding needs ``AllowStreamLocalForwarding``/``AllowTcpForwarding``,
-which hardened hosts (and the test host) turn off, and the path of the remote socket (a rootless engine,
-a context, DOCKER_HOST on the host); dial-stdio works wherever ``ssh host docker version`` does, exactly
-what the SDK's transport needed before.
+which hardened hosts (and the test host's main sshd port) turn off, and the path of the remote socket (a
+rootless engine, a context, DOCKER_HOST on the host); dial-stdio works wherever ``ssh host docker
+version`` does, exactly what the SDK's transport needed before.
+
+The same master also reaches the engine host's loopback, for zero-downtime promotions (proxy.py): a
+port published on the host's 127.0.0.1 (a release checked before it takes traffic, the proxy's port) is
+forwarded to a port on this machine's loopback, and the proxy's admin socket (a unix socket in a 0700
+directory made on the host by a session) to a socket in the private directory here (``-O forward``,
+handled by the master: no handshake, nothing published on the host's other interfaces). Those need the
+host's sshd to allow ``AllowTcpForwarding local`` and ``AllowStreamLocalForwarding local`` (both on by
+default); a refusal shows in the master's log and is named by ``forward_refused``.
 
 Still the system ssh client: ~/.ssh/config, the agent's keys and known_hosts apply as for ``ssh host``;
 our options only add connection sharing and limits (ConnectTimeout, ServerAlive*), which command-line
@@ -31,8 +39,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import math
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -104,7 +114,9 @@ def ssh_argv(
     ]  # fmt: skip
     if master:
         # -N: no command, the connection only carries the sessions; ControlPersist=no: it ends with us.
-        argv += ["-M", "-N", "-o", "ControlMaster=yes", "-o", "ControlPersist=no"]
+        # LogLevel INFO (ssh's default, whatever the config says): a channel the host refuses is logged
+        # at that level, and its log is only read by forward_refused and for a failure's reason.
+        argv += ["-M", "-N", "-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-o", "LogLevel=INFO"]
     else:
         # A session rides the master; were it gone, ssh would connect on its own (slower, still bounded).
         argv += ["-o", "ControlMaster=no"]
@@ -113,6 +125,22 @@ def ssh_argv(
     if dest.port:
         argv += ["-p", str(dest.port)]
     return [*argv, "--", dest.host]
+
+
+def _before_host(argv: list[str], *options: str) -> list[str]:
+    """``argv`` (from ``ssh_argv``) with ``options`` before its ``-- host``."""
+    return [*argv[:-2], *options, *argv[-2:]]
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# What the master logs when the host's sshd refuses a forwarded channel (AllowTcpForwarding no, ...).
+_PROHIBITED = "administratively prohibited"
+_FORWARD_ATTEMPTS = 3
 
 
 def _libc_prctl() -> Any:
@@ -228,6 +256,8 @@ class SshBridge:
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._sessions: list[subprocess.Popen[bytes]] = []
+        # Forwards the master holds: the remote end ("127.0.0.1:<port>" or a socket path) -> the local one.
+        self._forwards: dict[str, str] = {}
         self._lock = threading.Lock()
         self._closed = False
         _TermRaises.enter()
@@ -260,6 +290,121 @@ class SshBridge:
 
     def _argv(self, *, master: bool = False) -> list[str]:
         return ssh_argv(self._ssh, self.dest, self.control, self.options, master=master)
+
+    # the engine host's loopback, through the master ----------------------------------------------
+
+    def run(self, command: str, *, timeout_s: float | None = None) -> str:
+        """``command`` (run by the host's shell) as a session on the master; its stdout. A failure raises
+        SshUnreachable with the host's last word (e.g. ``mkdir: cannot create directory``)."""
+        timeout = timeout_s if timeout_s is not None else max(5.0, self.options.connect_timeout_s)
+        try:
+            done = subprocess.run(
+                [*self._argv(), command],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise SshUnreachable(f"a command on {self.dest.host} did not end within {timeout:g} s") from None
+        if done.returncode != 0:
+            reason = _reason(done.stderr.decode(errors="replace"))
+            raise SshUnreachable(reason or f"a command on {self.dest.host} exited with {done.returncode}")
+        return done.stdout.decode(errors="replace")
+
+    def forward_port(self, port: int) -> int:
+        """A port on this machine's loopback whose connections reach ``127.0.0.1:<port>`` on the host,
+        as channels of the master (kept until ``close``; asking twice returns the same port)."""
+        remote = f"127.0.0.1:{port}"
+        with self._lock:
+            if (known := self._forwards.get(remote)) is not None:
+                return int(known)
+        last = ""
+        for _ in range(_FORWARD_ATTEMPTS):
+            # Free when asked, taken by someone else before the master binds it: the master says so
+            # ("Port forwarding failed") and another is tried.
+            local = _free_loopback_port()
+            try:
+                self._forward(f"127.0.0.1:{local}:{remote}")
+            except SshUnreachable as exc:
+                last = exc.reason
+                continue
+            with self._lock:
+                self._forwards[remote] = str(local)
+            return local
+        raise SshUnreachable(f"could not forward a local port to {remote} on {self.dest.host}: {last}")
+
+    def forward_socket(self, path: str) -> Path:
+        """A unix socket in the private directory whose connections reach the unix socket ``path`` on
+        the host (OpenSSH's streamlocal forwarding), kept until ``cancel`` or ``close``."""
+        with self._lock:
+            if (known := self._forwards.get(path)) is not None:
+                return Path(known)
+        local = self.dir / f"fwd-{hashlib.sha256(path.encode()).hexdigest()[:12]}.sock"
+        local.unlink(missing_ok=True)
+        self._forward(f"{local}:{path}")
+        with self._lock:
+            self._forwards[path] = str(local)
+        return local
+
+    def cancel(self, remote: str) -> bool:
+        """End the forward to ``remote`` (a socket path, or ``127.0.0.1:<port>``) and remove its local
+        socket; True when there was one."""
+        with self._lock:
+            local = self._forwards.pop(remote, None)
+        if local is None:
+            return False
+        spec = f"127.0.0.1:{local}:{remote}" if local.isdigit() else f"{local}:{remote}"
+        with contextlib.suppress(SshUnreachable):
+            self._control("cancel", spec)
+        if not local.isdigit():
+            Path(local).unlink(missing_ok=True)
+        return True
+
+    @property
+    def forwards(self) -> dict[str, str]:
+        """The forwards held now (remote end -> local end), for records and tests."""
+        with self._lock:
+            return dict(self._forwards)
+
+    def forward_refused(self) -> str | None:
+        """Why the host refused a forwarded channel, when it did (its sshd forbids forwarding), else
+        None: the reason a check through a forward saw its connection closed at once."""
+        try:
+            text = (self.dir / "master.log").read_text(errors="replace")
+        except OSError:
+            return None
+        if _PROHIBITED not in text:
+            return None
+        return (
+            f"the ssh server of {self.dest.host} refuses forwarding ({_PROHIBITED}): zero_downtime on a "
+            "remote engine reaches the host's loopback through the ssh connection; allow it there "
+            "(sshd_config: AllowTcpForwarding local, AllowStreamLocalForwarding local)"
+        )
+
+    def _forward(self, spec: str) -> None:
+        self._control("forward", spec)
+
+    def _control(self, operation: str, spec: str) -> None:
+        """``ssh -O forward|cancel -L spec``: asks the master, which binds (or unbinds) the local end."""
+        argv = _before_host(self._argv(), "-O", operation, "-L", spec)
+        try:
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=max(5.0, self.options.connect_timeout_s),
+                start_new_session=True,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise SshUnreachable(f"the ssh master did not answer '-O {operation}'") from None
+        if done.returncode != 0:
+            raise SshUnreachable(
+                _reason(done.stderr.decode(errors="replace")) or f"'-O {operation}' exited {done.returncode}"
+            )
 
     def _start_master(self) -> None:
         log = self.dir / "master.log"
@@ -317,12 +462,14 @@ class SshBridge:
                     get_logger().warning("ssh_session_failed", host=self.dest.host, error=str(exc))
 
     def close(self) -> None:
-        """End every ssh process and remove the directory; safe to call twice."""
+        """End every ssh process and remove the directory; safe to call twice. The master's forwards
+        end with it (their local ports unbound), their local sockets go with the directory."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             sessions, self._sessions = self._sessions, []
+            self._forwards.clear()
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
@@ -342,6 +489,11 @@ class SshBridge:
                 proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
         _TermRaises.leave()
+
+
+def sh(script: str) -> str:
+    """``script`` as one command for the host's login shell, whatever it is: ``sh -c '<script>'``."""
+    return f"sh -c {shlex.quote(script)}"
 
 
 @contextlib.contextmanager

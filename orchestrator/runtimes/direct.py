@@ -177,6 +177,9 @@ class ProxiedRuntime(_Containers):
                 health_path=self.app.health_path,
                 image=self.app.proxy_image,
                 admin_socket=True,
+                # Where the plain runtime publishes it too: a remote environment's port is where its
+                # clients and the orchestrator's status and staging checks reach it.
+                bind=LOOPBACK if self.app.engine(env).is_local else ALL_INTERFACES,
             ),
         )
 
@@ -216,7 +219,9 @@ class ProxiedRuntime(_Containers):
             raise DockerError(
                 f"{container.name} has no published port for {self.container_port} (not running)"
             )
-        return f"http://{LOOPBACK}:{port}"
+        # Published on the engine host's loopback only: on a remote host, reached through its ssh
+        # connection (a forward), so an unchecked release is never on the host's public interfaces.
+        return self.proxy(env).host.url(port)
 
     # the work -------------------------------------------------------------------------------------
 
@@ -248,6 +253,8 @@ class ProxiedRuntime(_Containers):
                 container=started.name,
                 image_id=started.image_id,
                 port=started.ports.get(self.container_port),
+                checked_at=self.probe_base(env, started),
+                via=self.proxy(env).host.via(),
             )
         return started
 
@@ -268,6 +275,19 @@ class ProxiedRuntime(_Containers):
             step.changed(
                 proxy=running.name, proxy_id=running.id, recreated=found is None or running.id != found.id
             )
+            if proxy.host.remote:
+                self._check_reach(env, proxy)
+
+    def _check_reach(self, env: str, proxy: Proxy) -> None:
+        """On a remote host, one request to the proxy through the forward before anything starts: a
+        host whose sshd refuses forwarding fails here, saying so, rather than as a release that never
+        passed its health check. Any answer (a 503 while no backend is up, a refused connection while
+        haproxy starts) proves the forward; only the host's refusal fails."""
+        url = proxy.host.url(env_port(self.app, env), self.app.health_path)
+        if httpclient.request(url, timeout=2.0, limit=0).status is None:
+            time.sleep(0.1)  # the master logs a refusal as it closes the channel: read it after that
+        if refused := proxy.host.refused():
+            raise DockerError(f"{env} on {proxy.engine.where}: {refused}; nothing was started")
 
     def hand_over(self, env: str, container: ContainerInfo) -> None:
         with self.steps.step(f"{env}_connect", env) as step:
@@ -291,7 +311,7 @@ class ProxiedRuntime(_Containers):
             address = now.addresses.get(self.network(env)) if now is not None else None
             if address is None:
                 raise DockerError(f"{container.name} has no address on {self.network(env)} (not running)")
-            url = f"http://{LOOPBACK}:{env_port(self.app, env)}{self.app.health_path}"
+            url = proxy.host.url(env_port(self.app, env), self.app.health_path)
             deadline = time.monotonic() + self.settings.health_timeout_s
             started, tries, answers, seen, checked = time.monotonic(), 0, 0, "", False
             while answers < _TAKEOVER_ANSWERS or not checked:
@@ -299,7 +319,8 @@ class ProxiedRuntime(_Containers):
                     raise DockerError(
                         f"the proxy {proxy.spec.name} did not take {container.name} ({address}) into "
                         f"service within {self.settings.health_timeout_s:g}s ({tries} tries, last "
-                        f"answer by {seen or 'nothing'}): see 'docker logs {proxy.spec.name}'"
+                        f"answer by {seen or 'nothing'}): "
+                        + (proxy.host.refused() or f"see 'docker logs {proxy.spec.name}'")
                     )
                 tries += 1
                 if answers < _TAKEOVER_ANSWERS:
@@ -319,6 +340,8 @@ class ProxiedRuntime(_Containers):
                 address=address,
                 tries=tries,
                 waited_s=round(time.monotonic() - started, 3),
+                checked_at=url,
+                via=proxy.host.via(),
             )
 
     def _retire_others(self, env: str, keep: ContainerInfo) -> None:
@@ -352,12 +375,15 @@ class ProxiedRuntime(_Containers):
         release undrained is what happened before draining existed."""
         with self.steps.step(f"{env}_drain", env) as step:
             step.changed(container_id=other.id, container=other.name, address=address)
+            proxy = self.proxy(env)
             try:
-                drained = self.proxy(env).drain(address, timeout_s=self.settings.drain_s)
+                drained = proxy.drain(address, timeout_s=self.settings.drain_s)
             except DockerError as exc:
                 step.fail(exc.message)
                 return
             step.changed(
+                via=proxy.host.via(),
+                admin_socket=str(proxy.admin_socket()[1]),
                 servers=list(drained.servers),
                 in_flight=drained.in_flight,
                 left=drained.left,

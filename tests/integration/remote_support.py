@@ -62,6 +62,11 @@ class RemoteEngine:
     tls_url: str  # tcp://127.0.0.1:<port>: the same engine over TCP with mutual TLS
     tls_dir: Path  # ca.pem, cert.pem, key.pem: a client certificate the engine trusts
     sshd_log: Path  # one "Accepted publickey" line per ssh connection (handshake) made to the engine
+    # The same sshd and engine on a second port whose connections may forward to the host's loopback
+    # (AllowTcpForwarding local: zero_downtime's checks and drain); ``url``'s port refuses forwarding.
+    forwarding_url: str = ""
+    # A third port: TCP forwarding allowed, unix socket forwarding not (a half-open host).
+    tcp_forwarding_url: str = ""
 
 
 def _free_port() -> int:
@@ -149,6 +154,54 @@ def _keygen(path: Path) -> None:
     )
 
 
+def copy_image(remote: RemoteEngine, tag: str) -> None:
+    """This machine's engine's image ``tag`` onto the second engine under that tag (it has no Docker Hub
+    either). Saved by that tag: ``Image.save`` names it by its first tag, which may be another
+    session's (a byte-identical image has one id for all)."""
+    import docker
+
+    local, other = docker.from_env(timeout=300), docker.DockerClient(base_url=remote.socket_url, timeout=300)
+    try:
+        other.images.load(b"".join(local.api.get_image(tag)))
+    finally:
+        local.close()
+        other.close()
+
+
+def routed_network(remote: RemoteEngine, name: str, labels: dict[str, str]) -> Callable[[], None]:
+    """Make the bridge network ``name`` on the second engine, with a bridge of our own name, and let
+    traffic within that one bridge through the host's FORWARD chain; returns what undoes the rule (the
+    network goes with the engine, or with whoever removes it).
+
+    Why: the second engine runs with ``--iptables=false`` on the host of the first, whose FORWARD policy
+    is DROP with bridged traffic passed to iptables (br_netfilter): packets between two containers of a
+    bridge the first engine does not know are dropped. A real remote host's engine manages its own
+    rules. The rule (in DOCKER-USER, meant for this) admits only traffic that enters and leaves that
+    bridge, as the first engine does for its own bridges. The orchestrator keeps a network that exists,
+    so making it first is enough for what it later creates on it. Call the undo once the network is
+    removed or its engine stopped: it also deletes the bridge interface a stopped engine leaves."""
+    import docker
+
+    bridge = f"orz{uuid.uuid4().hex[:8]}"
+    client = docker.DockerClient(base_url=remote.socket_url)
+    try:
+        client.networks.create(
+            name, driver="bridge", labels=labels, options={"com.docker.network.bridge.name": bridge}
+        )
+    finally:
+        client.close()
+    rule = ["DOCKER-USER", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+    subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
+
+    def undo() -> None:
+        subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)
+        # A network still there when its engine stopped keeps its bridge interface on the host.
+        if Path(f"/sys/class/net/{bridge}").exists():
+            subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True)
+
+    return undo
+
+
 @contextlib.contextmanager
 def remote_engine(root: Path) -> Iterator[RemoteEngine]:
     """Start the second engine and its sshd under ``root``; stop both and remove ``root`` at the end."""
@@ -223,9 +276,11 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
         _keygen(ssh_dir / "client_key")
         shutil.copyfile(ssh_dir / "client_key.pub", ssh_dir / "authorized_keys")
         (ssh_dir / "authorized_keys").chmod(0o600)
-        port = _free_port()
+        port, forwarding_port, tcp_port = _free_port(), _free_port(), _free_port()
         (ssh_dir / "sshd_config").write_text(
             f"Port {port}\n"
+            f"Port {forwarding_port}\n"
+            f"Port {tcp_port}\n"
             "ListenAddress 127.0.0.1\n"
             f"HostKey {ssh_dir / 'host_key'}\n"
             f"PidFile {root / 'sshd.pid'}\n"
@@ -238,7 +293,13 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
             "StrictModes no\n"
             "AllowTcpForwarding no\n"
             "X11Forwarding no\n"
-            f"SetEnv DOCKER_HOST=unix://{sock}\n",
+            f"SetEnv DOCKER_HOST=unix://{sock}\n"
+            "AllowStreamLocalForwarding no\n"
+            f"Match LocalPort {forwarding_port}\n"
+            "  AllowTcpForwarding local\n"
+            "  AllowStreamLocalForwarding local\n"
+            f"Match LocalPort {tcp_port}\n"
+            "  AllowTcpForwarding local\n",
             encoding="utf-8",
         )
         # sshd's privilege separation directory (Debian creates it when the service starts).
@@ -259,7 +320,11 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
 
         _wait("sshd", sshd_listens, sshd, sshd_log)
         host_key = (ssh_dir / "host_key.pub").read_text().split()
-        (ssh_dir / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+        (ssh_dir / "known_hosts").write_text(
+            "".join(
+                f"[127.0.0.1]:{p} {host_key[0]} {host_key[1]}\n" for p in (port, forwarding_port, tcp_port)
+            )
+        )
         (ssh_dir / "ssh_config").write_text(
             "Host 127.0.0.1\n"
             f"  IdentityFile {ssh_dir / 'client_key'}\n"
@@ -286,6 +351,8 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
             f"tcp://127.0.0.1:{tls_port}",
             tls_dir,
             sshd_log,
+            f"ssh://root@127.0.0.1:{forwarding_port}",
+            f"ssh://root@127.0.0.1:{tcp_port}",
         )
     finally:
         if engine is not None:

@@ -133,3 +133,21 @@ def test_a_changed_configuration_recreates_the_proxy(spec: ProxySpec, engine: Do
     second = Proxy(engine, ProxySpec(**{**spec.__dict__, "health_path": "/ready"})).ensure()
     assert second.id != first.id
     assert engine.container(spec.name) is not None and engine.container(spec.name).running  # type: ignore[union-attr]
+
+
+def test_admin_dirs_of_a_proxy_removed_outside_are_removed_when_it_is_made_again(
+    spec: ProxySpec, engine: DockerEngine
+) -> None:
+    """A proxy removed by ``docker rm -f`` (not by Proxy.remove) leaves its admin directory behind;
+    the next creation of that proxy removes it (and any other of its name), never another proxy's."""
+    first = Path(Proxy(engine, spec).ensure().labels[ADMIN_LABEL])
+    other = first.with_name(f"{spec.name}x-abcdefgh")  # a proxy whose name only begins like this one's
+    other.mkdir(mode=0o700)
+    try:
+        engine.remove_container(spec.name)
+        assert first.is_dir()
+        second = Path(Proxy(engine, spec).ensure().labels[ADMIN_LABEL])
+        assert second != first and second.is_dir() and not first.exists(), (first, second)
+        assert other.is_dir()
+    finally:
+        other.rmdir()

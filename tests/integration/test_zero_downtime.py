@@ -253,6 +253,15 @@ def test_sigkill_mid_hand_over_then_recover(
 ) -> None:
     """A runner killed at each point of the hand-over: `recover` leaves prod on one verified container
     (the new one once it had been handed the traffic, else the old one) and nothing beside it."""
+    killed_then_recovered(app, store, docker_client, crash_at, serves_new)
+
+
+def killed_then_recovered(
+    app: BusyboxApp, store: Store, docker_client: docker.DockerClient, crash_at: str, serves_new: bool
+) -> None:
+    """Deploy, then SIGKILL the promotion of a new commit at ``crash_at`` and ``recover``, under the
+    client loop on prod's port (prod's engine read through ``docker_client``): no failed request, prod
+    on the release expected, nothing beside it, the run's outcome and no lock left."""
     orch = Orchestrator(app.workspace.path)
     old = commit(app, "old")
     app.deploy(old)

@@ -60,3 +60,38 @@ def test_zero_downtime_without_container_port_is_refused(load: Callable[[str], o
 )
 def test_mistakes_are_refused(load: Callable[[str], object], table: str, says: str) -> None:
     assert says in refused(load, table)
+
+
+ZERO_DOWNTIME = "zero_downtime = true\ncontainer_port = 8080\n"
+
+
+def test_zero_downtime_on_an_ssh_engine_loads(load: Callable[[str], object]) -> None:
+    """The remote engine's host loopback is reached through the engine's ssh connection (proxy.py
+    EngineHost): allowed for the whole app's docker_host or one environment's, and for a unix:// engine
+    (this machine's loopback)."""
+    app = load(ZERO_DOWNTIME + 'docker_host = "ssh://deploy@db.example:2222"\n')
+    assert app.zero_downtime and app.engine("prod").url == "ssh://deploy@db.example:2222"  # type: ignore[attr-defined]
+    app = load(ZERO_DOWNTIME + '[apps.shop.prod]\ndocker_host = "ssh://deploy@prod.example"\n')
+    assert app.engine("prod").url == "ssh://deploy@prod.example" and app.engine("staging").is_local  # type: ignore[attr-defined]
+    assert load(ZERO_DOWNTIME + 'docker_host = "unix:///run/other/docker.sock"\n').zero_downtime  # type: ignore[attr-defined]
+
+
+def test_zero_downtime_on_a_tcp_engine_is_refused_naming_ssh(load: Callable[[str], object]) -> None:
+    """No ssh connection to reach the host's loopback through: refused at load, saying what to use."""
+    message = refused(load, ZERO_DOWNTIME + '[apps.shop.prod]\ndocker_host = "tcp://127.0.0.1:2376"\n')
+    assert "[apps.shop]" in message and "prod" in message and "tcp://" in message
+    assert "ssh://user@host" in message and "zero_downtime" in message
+
+
+def test_zero_downtime_on_ssh_without_multiplexing_is_refused(tmp_path: Path) -> None:
+    """Without the shared connection (ssh_multiplex = false) there is no master to forward through."""
+    path = tmp_path / CONFIG_FILENAME
+    path.write_text(
+        f'[orchestrator]\nssh_multiplex = false\n[apps.shop]\nsource = "."\n{ZERO_DOWNTIME}'
+        'docker_host = "ssh://deploy@db.example"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(BadInput) as excinfo:
+        load_config(path, env={})
+    assert excinfo.value.exit_code == 2
+    assert "ssh_multiplex" in excinfo.value.message and "ORCH_SSH_MULTIPLEX" in excinfo.value.message

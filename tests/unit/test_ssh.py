@@ -21,7 +21,9 @@ from orchestrator.ssh import (
     SshDestination,
     SshOptions,
     SshUnreachable,
+    _before_host,
     _reason,
+    sh,
     ssh_argv,
     sweep_stale,
 )
@@ -51,6 +53,24 @@ def test_the_master_is_bounded_shared_and_ends_with_us() -> None:
     assert option(argv, "ControlPath") == "/tmp/orch-ssh-1-x/master"
     assert option(argv, "ConnectTimeout") == "10"
     assert (option(argv, "ServerAliveInterval"), option(argv, "ServerAliveCountMax")) == ("4", "3")
+
+
+def test_the_master_logs_what_a_refused_forward_says() -> None:
+    """Hazard: a host whose sshd refuses forwarding, seen only as checks that never answer. ssh logs the
+    refusal at INFO, which a LogLevel ERROR in ~/.ssh/config would hide: the master asks for INFO (its log
+    is ours alone, read for forward_refused and a failure's reason)."""
+    dest = SshDestination.parse("ssh://deploy@prod-1.example.com")
+    assert option(ssh_argv("ssh", dest, Path("/m"), SshOptions(), master=True), "LogLevel") == "INFO"
+    assert option(ssh_argv("ssh", dest, Path("/m"), SshOptions()), "LogLevel") is None
+
+
+def test_control_commands_and_remote_scripts_keep_the_host_last() -> None:
+    """``-O forward -L spec`` goes before ``-- host`` (after it, ssh would run it as a command), and a
+    script reaches the host's login shell, whatever it is, as one ``sh -c`` word."""
+    dest = SshDestination.parse("ssh://deploy@prod-1.example.com")
+    argv = _before_host(ssh_argv("ssh", dest, Path("/m"), SshOptions()), "-O", "forward", "-L", "a:b")
+    assert argv[-6:] == ["-O", "forward", "-L", "a:b", "--", "prod-1.example.com"]
+    assert sh("umask 077; echo '$HOME'") == """sh -c 'umask 077; echo '"'"'$HOME'"'"''"""
 
 
 def test_a_session_rides_the_master() -> None:
