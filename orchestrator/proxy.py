@@ -41,9 +41,12 @@ from orchestrator.docker_engine import ContainerInfo, DockerEngine, DockerError
 
 # Where the configuration goes inside the container: the official haproxy image's default path.
 CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
-# The port haproxy listens on inside its container (published on 127.0.0.1:<env port>).
+# The port haproxy listens on inside its container (published on ProxySpec.address:<env port>).
 LISTEN = 8080
 CONFIG_LABEL = "orchestrator.proxy.config"
+# The address the port is published on, when it is not loopback (a proxy without it publishes there).
+PUBLISH_LABEL = "orchestrator.proxy.address"
+_LOOPBACK = "127.0.0.1"
 # A request carrying PROBE_HEADER gets BACKEND_HEADER back: the address of the backend that answered.
 # That is how a hand-over knows the proxy sends traffic to a new backend before the old one leaves;
 # ordinary clients never see backend addresses.
@@ -75,7 +78,7 @@ class ProxySpec:
     network: str  # the Docker network the backends and the proxy share
     backend: str  # DNS name of the backends: "tasks.<service>" (swarm) or a network alias (containers)
     backend_port: int  # the port the app listens on inside its container
-    port: int  # the environment's port on 127.0.0.1
+    port: int  # the environment's port on ``address`` of the engine's host
     health_path: str  # haproxy's own check, so a backend takes traffic only once it answers
     image: str
     # Upper bound of backends resolved at once (replicas, plus the new ones of a start-first update).
@@ -86,6 +89,9 @@ class ProxySpec:
     # (direct containers, on this machine's engine: the socket's directory is bind-mounted from here);
     # Swarm stops its tasks itself, and a remote engine's host is not where this process can connect.
     admin_socket: bool = False
+    # Where the port is published on the engine's host: loopback on this machine's engine; every
+    # interface on a remote one, whose port the orchestrator health-checks from another machine.
+    address: str = _LOOPBACK
 
 
 def render(spec: ProxySpec) -> str:
@@ -212,12 +218,15 @@ class Proxy:
             current is not None
             and current.running
             and current.labels.get(CONFIG_LABEL) == want
+            and current.labels.get(PUBLISH_LABEL, _LOOPBACK) == self.spec.address
             and admin_kept
         ):
             return current
         if current is not None:
             self.remove()
         labels = {CONFIG_LABEL: want, ROLE_LABEL: "proxy"}
+        if self.spec.address != _LOOPBACK:
+            labels[PUBLISH_LABEL] = self.spec.address
         if not self.spec.admin_socket:
             return self._run(text, labels)
         admin = tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=_admin_base())
@@ -245,7 +254,7 @@ class Proxy:
             command=["-W", "-db", "-f", CONFIG_PATH],
             host_network=False,
             network=self.spec.network,
-            publish={LISTEN: ("127.0.0.1", self.spec.port)},
+            publish={LISTEN: (self.spec.address, self.spec.port)},
             labels=labels,
             restart=True,
             files={CONFIG_PATH: text.encode()},

@@ -97,10 +97,29 @@ def test_an_engine_that_is_not_a_swarm_manager_is_exit_4_saying_swarm_init(tmp_p
     assert "docker swarm init --advertise-addr 127.0.0.1" in exc.value.message
 
 
-def test_swarm_on_a_remote_engine_is_refused_for_now(tmp_path: Path) -> None:
-    with pytest.raises(BadInput) as exc:
-        load(tmp_path, APP + 'runtime = "swarm"\ndocker_host = "ssh://deploy@prod.example:22"\n')
-    assert "this machine's engine only for now" in exc.value.message
+def test_swarm_on_a_remote_manager_over_ssh_loads(tmp_path: Path) -> None:
+    """Issue 14: prod on another host's swarm manager; health checks go to that host's address."""
+    app = load(tmp_path, APP + 'runtime = "swarm"\ndocker_host = "ssh://deploy@prod.example:22"\n')
+    assert app.swarm_environments == {"staging", "prod"}
+    prod = app.engine("prod")
+    assert (prod.url, prod.address, prod.is_local) == ("ssh://deploy@prod.example:22", "prod.example", False)
+
+
+def test_swarm_on_a_remote_manager_over_tcp_with_tls_and_a_build_host_loads(tmp_path: Path) -> None:
+    text = (
+        APP + 'runtime = { prod = "swarm" }\nbuild_host = "ssh://build@ci.example"\n'
+        '[apps.shop.prod]\ndocker_host = "tcp://10.0.0.5:2376"\ntls_ca = "ca.pem"\n'
+        'tls_cert = "cert.pem"\ntls_key = "key.pem"\nhealth_host = "203.0.113.7"\n'
+    )
+    app = load(tmp_path, text)
+    assert (app.runtime_of("staging"), app.runtime_of("prod")) == ("direct", "swarm")
+    assert app.engine("prod").tls is not None and app.engine("prod").address == "203.0.113.7"
+    assert app.builds_on.url == "ssh://build@ci.example"
+
+
+def test_swarm_on_a_remote_manager_from_the_environment_variable(tmp_path: Path) -> None:
+    app = load(tmp_path, APP + 'runtime = "swarm"\n', {"ORCH_DOCKER_HOST_PROD": "ssh://deploy@prod.example"})
+    assert app.engine("prod").url == "ssh://deploy@prod.example" and app.engine("staging").is_local
 
 
 def test_a_stack_app_pins_its_service_through_an_override_beside_the_stack_file(tmp_path: Path) -> None:
