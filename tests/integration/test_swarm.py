@@ -78,6 +78,10 @@ def render(
 
 @pytest.fixture(scope="session")
 def swarm_mode(engine: DockerEngine) -> None:
+    ensure_swarm(engine)
+
+
+def ensure_swarm(engine: DockerEngine) -> None:
     """CI starts from a fresh engine: make it a single-node swarm if it is not one (never leave it)."""
     if engine.swarm.manager():
         return
