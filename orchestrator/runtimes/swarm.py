@@ -291,7 +291,12 @@ class SwarmRuntime:
                 raise DockerError(reason)
         found = self.current(env)
         if found is None:
-            raise DockerError(f"{name} converged but no task container of it is on this engine")
+            # The health check and verification look at one task's container, on the manager's node.
+            raise DockerError(
+                f"{name} converged but none of its tasks runs on the node of the engine at "
+                f"{self.engines.of(env).where}: the promotion checks one task's container there; let the "
+                "manager run tasks ('docker node update --availability active <node>')"
+            )
         return found
 
     def _submit(self, env: str, spec: ServiceSpec) -> None:

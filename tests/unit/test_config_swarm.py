@@ -183,3 +183,27 @@ def test_a_swarm_app_names_its_proxy_image_and_cannot_also_be_zero_downtime(tmp_
     with pytest.raises(BadInput) as exc:
         load(tmp_path, APP + 'runtime = "swarm"\nzero_downtime = true\ncontainer_port = 8080\n')
     assert "behind their own proxy already" in exc.value.message
+
+
+def test_stack_deploy_reaches_the_environments_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hazard: `docker stack deploy` run with this process's DOCKER_HOST while the environment's manager
+    is another host: the stack would be deployed on the wrong engine. The CLI gets the engine's own
+    flags (DockerEngine.cli_args: the shared ssh connection's socket, or tcp:// and its TLS files).
+    Only the argv is checked here, with a stand-in `docker` that records it."""
+    from orchestrator.stack import Stack
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    seen = tmp_path / "argv"
+    fake = bin_dir / "docker"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {seen}\n', encoding="utf-8")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    stack_file = tmp_path / "stack.yml"
+    stack_file.write_text('version: "3.8"\nservices:\n  web:\n    image: shop\n', encoding="utf-8")
+    flags = ("--host", "tcp://10.0.0.5:2376", "--tlsverify", "--tlscacert", "ca.pem")
+    Stack(stack_file, tmp_path / "o.yml", "shop", cli_args=flags).deploy()
+    argv = seen.read_text().splitlines()
+    assert argv[: len(flags) + 2] == [*flags, "stack", "deploy"], argv
