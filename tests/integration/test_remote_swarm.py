@@ -191,3 +191,40 @@ def test_a_promotion_to_a_remote_manager_makes_one_ssh_connection(
     assert app.app.advance(run_id, "deploy").ok()["state"] == "deploy"
     assert handshakes(manager_over_ssh) - before == 1, manager_over_ssh.sshd_log.read_text()[-3000:]
     assert_converged_on(app, "prod", prod_release(app, run_id))
+
+
+def test_a_changed_publish_address_recreates_the_proxy_and_an_unchanged_one_keeps_it(
+    engine: DockerEngine,
+    docker_client: docker.DockerClient,
+    haproxy_image: str,
+    unique_name: Callable[[str], str],
+    docker_cleanup: Callable[..., None],
+    free_port: Callable[[], int],
+) -> None:
+    """Hazard: a proxy kept on the engine host's loopback after its environment became one that is
+    health-checked from another machine (a remote manager's proxy publishes on every interface): the
+    configuration text is the same, so only the publish address tells the two apart."""
+    from orchestrator.proxy import Proxy, ProxySpec
+
+    network = unique_name("net")
+    spec = ProxySpec(
+        name=unique_name("proxy"),
+        network=network,
+        backend=unique_name("backend"),
+        backend_port=8000,
+        port=free_port(),
+        health_path="/health",
+        image=haproxy_image,
+    )
+    docker_cleanup(container=spec.name)
+    try:
+        first = Proxy(engine, spec).ensure()
+        wider = ProxySpec(**{**spec.__dict__, "address": "0.0.0.0"})
+        second = Proxy(engine, wider).ensure()
+        assert second.id != first.id
+        bindings = docker_client.api.inspect_container(spec.name)["HostConfig"]["PortBindings"]
+        assert [b["HostIp"] for found in bindings.values() for b in found] == ["0.0.0.0"], bindings
+        assert Proxy(engine, wider).ensure().id == second.id
+    finally:
+        engine.remove_container(spec.name)
+        engine.remove_network(network)
