@@ -49,12 +49,18 @@ _TASK_FAILED = ("failed", "rejected")
 
 
 def not_a_manager(target: EngineTarget) -> InfraUnavailable:
-    """Exit 4, before anything is recorded: swarm services need a manager."""
-    where = "" if target.is_local else f" at {target.host}"
+    """Exit 4, before anything is recorded: swarm services need a manager. On another host, a swarm
+    advertised on loopback could never take a second node: the message asks for the host's address."""
+    if target.is_local:
+        return InfraUnavailable(
+            "the Docker engine is not a swarm manager, so it cannot run swarm services: run "
+            "'docker swarm init --advertise-addr 127.0.0.1' (a single-node swarm), or point DOCKER_HOST "
+            "at a manager of your swarm"
+        )
     return InfraUnavailable(
-        f"the Docker engine{where} is not a swarm manager, so it cannot run swarm services: run "
-        "'docker swarm init --advertise-addr 127.0.0.1' there (a single-node swarm), or point "
-        "DOCKER_HOST at a manager of your swarm"
+        f"the Docker engine at {target.host} is not a swarm manager, so it cannot run swarm services: run "
+        "'docker swarm init --advertise-addr <its address on the nodes' network>' there, or point "
+        "docker_host at a manager of your swarm"
     )
 
 

@@ -97,6 +97,20 @@ def test_an_engine_that_is_not_a_swarm_manager_is_exit_4_saying_swarm_init(tmp_p
     assert "docker swarm init --advertise-addr 127.0.0.1" in exc.value.message
 
 
+def test_a_remote_engine_that_is_not_a_manager_is_not_told_to_advertise_loopback(tmp_path: Path) -> None:
+    """Hazard: following the local advice on another host makes a swarm no second node can join."""
+    from orchestrator.engines import AppEngines
+    from orchestrator.errors import InfraUnavailable
+    from orchestrator.runtimes import engine_preflight
+
+    app = load(tmp_path, APP + 'runtime = "swarm"\n', {"ORCH_DOCKER_HOST_PROD": "ssh://deploy@prod.example"})
+    engines = AppEngines.single(app, _NotAManager())  # type: ignore[arg-type]
+    with pytest.raises(InfraUnavailable) as exc:
+        engine_preflight(engines, app, ["prod"])
+    assert "at deploy@prod.example is not a swarm manager" in exc.value.message
+    assert "127.0.0.1" not in exc.value.message and "docker_host at a manager" in exc.value.message
+
+
 def test_swarm_on_a_remote_manager_over_ssh_loads(tmp_path: Path) -> None:
     """Issue 14: prod on another host's swarm manager; health checks go to that host's address."""
     app = load(tmp_path, APP + 'runtime = "swarm"\ndocker_host = "ssh://deploy@prod.example:22"\n')
