@@ -228,3 +228,30 @@ def test_a_changed_publish_address_recreates_the_proxy_and_an_unchanged_one_keep
     finally:
         engine.remove_container(spec.name)
         engine.remove_network(network)
+
+
+def test_a_stack_app_wholly_on_the_remote_manager_never_uses_this_machines_engine(
+    busybox_image: Callable[..., Any],  # first: its image outlives the stack's services at teardown
+    remote_swarm: SwarmApp,
+    manager_over_ssh: SshEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hazard: `docker stack deploy` (a CLI call, not the SDK) run against this process's DOCKER_HOST
+    while the app's manager is another host: the stack lands on the wrong engine. The whole app (build,
+    staging, the prod stack) is on the manager over ssh, and DOCKER_HOST points nowhere: the stack is
+    deployed there anyway, its service on the release's digest with the drain time as grace period, and
+    the stack's other service as its stack file says."""
+    app = remote_swarm
+    cache = busybox_image(revision=None, tag=f"{app.name}-cache:1")
+    app.use_stack(cache.tags[0])
+    config = app.app.workspace.config_path
+    config.write_text(config.read_text() + f'docker_host = "{manager_over_ssh.url}"\n', encoding="utf-8")
+    monkeypatch.delenv("ORCH_DOCKER_HOST_PROD")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    release = prod_release(app, app.app.deploy(app.commit("stack over ssh")))
+    assert release["engine"] == engine_name(manager_over_ssh), release
+    web = app.client.api.inspect_service(f"{app.name}_web")
+    assert web["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == release["digest"]
+    assert web["Spec"]["TaskTemplate"]["ContainerSpec"]["StopGracePeriod"] == 5_000_000_000
+    cache_spec = app.client.api.inspect_service(f"{app.name}_cache")["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert cache_spec["Image"] == cache.tags[0]
