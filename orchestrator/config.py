@@ -717,14 +717,6 @@ def _parse_app(
             "apps only for now: a compose app's environments run on this machine's engine (unset them, or "
             "set DOCKER_HOST for the whole orchestrator)"
         )
-    if "swarm" in dict(values.get("runtime") or {}).values() and (
-        values["engines"] or values.get("build_engine")
-    ):
-        raise BadInput(
-            f'{where}: runtime = "swarm" works on this machine\'s engine only for now (its proxy publishes '
-            "the environment's port on the engine host's loopback): unset docker_host/build_host for this "
-            "app, or point DOCKER_HOST at a swarm manager for the whole orchestrator"
-        )
     if values.get("zero_downtime"):
         _zero_downtime_engines(where, values["engines"], settings)
     app = AppConfig(**values)

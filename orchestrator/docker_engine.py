@@ -988,6 +988,9 @@ class ServiceSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     container_labels: Mapping[str, str] = field(default_factory=dict)
     monitor_s: float = 5.0
+    # How long a task told to stop may take before it is killed: the drain time (Settings.drain_s),
+    # so an app that finishes what it is answering before it exits is not cut mid-request.
+    stop_grace_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -1020,6 +1023,10 @@ class TaskInfo:
     error: str | None
     message: str | None
     updated_at: str | None
+    # The swarm node the task was scheduled on ("" while it is not assigned yet).
+    node_id: str = ""
+    # The labels its spec puts on its container (the same on every node: they are part of the spec).
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -1048,7 +1055,8 @@ def _service(attrs: Mapping[str, Any]) -> ServiceInfo:
 
 def _task(attrs: Mapping[str, Any]) -> TaskInfo:
     status = attrs.get("Status") or {}
-    container = ((attrs.get("Spec") or {}).get("ContainerSpec") or {}).get("Image", "")
+    spec = (attrs.get("Spec") or {}).get("ContainerSpec") or {}
+    container = spec.get("Image", "")
     return TaskInfo(
         id=attrs["ID"],
         slot=attrs.get("Slot"),
@@ -1059,6 +1067,8 @@ def _task(attrs: Mapping[str, Any]) -> TaskInfo:
         error=status.get("Err") or None,
         message=status.get("Message") or None,
         updated_at=attrs.get("UpdatedAt"),
+        node_id=attrs.get("NodeID") or "",
+        labels=dict(spec.get("Labels") or {}),
     )
 
 
@@ -1076,6 +1086,12 @@ class SwarmEngine:
         info = self._engine._call("engine info", self._api.info)
         swarm = info.get("Swarm") or {}
         return swarm.get("LocalNodeState") == "active" and bool(swarm.get("ControlAvailable"))
+
+    def node_id(self) -> str:
+        """This engine's own swarm node ("" outside a swarm): a task whose NodeID is this one has its
+        container here; any other task's container lives on another node's engine."""
+        info = self._engine._call("engine info", self._api.info)
+        return str((info.get("Swarm") or {}).get("NodeID") or "")
 
     def service(self, name: str) -> ServiceInfo | None:
         try:
@@ -1101,7 +1117,9 @@ class SwarmEngine:
             env=dict(spec.environment),
             labels=dict(spec.container_labels),
             # The app's own HEALTHCHECK (if any) decides when a task is up; none is added here.
-            stop_grace_period=1_000_000_000,
+            # Swarm takes a task out of DNS ~2 s before its SIGTERM; the grace period after it is
+            # what an app that drains on SIGTERM has left to finish its requests.
+            stop_grace_period=int(spec.stop_grace_s * 1_000_000_000),
         )
         return types.TaskTemplate(
             container,

@@ -51,9 +51,10 @@ from orchestrator.ssh import SshBridge, SshUnreachable, sh
 
 # Where the configuration goes inside the container: the official haproxy image's default path.
 CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
-# The port haproxy listens on inside its container (published on 127.0.0.1:<env port>).
+# The port haproxy listens on inside its container (published on ProxySpec.address:<env port>).
 LISTEN = 8080
 CONFIG_LABEL = "orchestrator.proxy.config"
+# The address the port is published on, when it is not loopback (a proxy without it publishes there).
 # A request carrying PROBE_HEADER gets BACKEND_HEADER back: the address of the backend that answered.
 # That is how a hand-over knows the proxy sends traffic to a new backend before the old one leaves;
 # ordinary clients never see backend addresses.
@@ -89,7 +90,7 @@ class ProxySpec:
     network: str  # the Docker network the backends and the proxy share
     backend: str  # DNS name of the backends: "tasks.<service>" (swarm) or a network alias (containers)
     backend_port: int  # the port the app listens on inside its container
-    port: int  # the environment's port on 127.0.0.1
+    port: int  # the environment's port on ``address`` of the engine's host
     health_path: str  # haproxy's own check, so a backend takes traffic only once it answers
     image: str
     # Upper bound of backends resolved at once (replicas, plus the new ones of a start-first update).
@@ -100,9 +101,10 @@ class ProxySpec:
     # (direct containers: the socket's directory is bind-mounted from the engine's host, reached over
     # the engine's ssh connection when that is another machine); Swarm stops its tasks itself.
     admin_socket: bool = False
-    # The host address the port is published on: loopback, or every interface for a remote engine's
-    # environment (as the plain runtime publishes it there: where clients and health checks reach it).
-    bind: str = LOOPBACK
+    # The host address the port is published on: loopback on this machine's engine; every interface on a
+    # remote one (as the plain runtime publishes it there: where clients and the orchestrator's health
+    # checks from another machine reach it).
+    address: str = LOOPBACK
 
 
 def render(spec: ProxySpec) -> str:
@@ -166,10 +168,11 @@ def render(spec: ProxySpec) -> str:
     )
 
 
-def config_hash(text: str, bind: str = LOOPBACK) -> str:
+def config_hash(text: str, address: str = LOOPBACK) -> str:
     """What CONFIG_LABEL holds: a proxy whose configuration or published address differs is recreated.
     The default address adds nothing, so the proxies made before it was configurable are kept."""
-    return hashlib.sha256((text if bind == LOOPBACK else f"{text}\n# bind {bind}").encode()).hexdigest()[:16]
+    extra = "" if address == LOOPBACK else f"\n# bind {address}"
+    return hashlib.sha256(f"{text}{extra}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -314,7 +317,7 @@ class Proxy:
         haproxy takes to start; it happens only when the configuration itself changed (or its admin
         directory is gone: a reboot empties /run)."""
         text = render(self.spec)
-        want = config_hash(text, self.spec.bind)
+        want = config_hash(text, self.spec.address)
         self.engine.ensure_network(self.spec.network, driver=self.driver, labels={ROLE_LABEL: "app-network"})
         current = self.engine.container(self.spec.name)
         if (
@@ -356,7 +359,7 @@ class Proxy:
             command=["-W", "-db", "-f", CONFIG_PATH],
             host_network=False,
             network=self.spec.network,
-            publish={LISTEN: (self.spec.bind, self.spec.port)},
+            publish={LISTEN: (self.spec.address, self.spec.port)},
             labels=labels,
             restart=True,
             files={CONFIG_PATH: text.encode()},

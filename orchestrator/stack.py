@@ -4,9 +4,10 @@ A stack file names images by tag, as people write them; deploying it as written 
 resolve the tag on its own, at its own time. So the orchestrator never edits the stack file: it writes
 an override beside it (``.deploy/stack-<env>.override.deploy.yml``) naming only the app's service, by
 registry digest, with the update settings a promotion relies on (start-first, the monitor window,
-failure action rollback), the labels verification reads back, and the app's overlay network (where the
-proxy reaches its tasks), and runs ``docker stack deploy -c <stack file> -c <override> <stack>``. Every
-other service (a database, a cache) is deployed exactly as the stack file says.
+failure action rollback, a stop grace period of the drain time), the labels verification reads back,
+and the app's overlay network (where the proxy reaches its tasks), and runs
+``docker stack deploy -c <stack file> -c <override> <stack>``. Every other service (a database, a
+cache) is deployed exactly as the stack file says.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class StackPin:
     monitor_s: float
     labels: Mapping[str, str]
     container_labels: Mapping[str, str]
+    # The drain time (Settings.drain_s): see ServiceSpec.stop_grace_s.
+    stop_grace_s: float = 5.0
 
 
 def _duration(seconds: float) -> str:
@@ -68,6 +71,7 @@ def render_override(pin: StackPin) -> str:
         "services:",
         f"  {q(pin.service)}:",
         f"    image: {q(pin.image)}",
+        f"    stop_grace_period: {_duration(pin.stop_grace_s)}",
         "    networks:",
         "      default: {}",
         "      orchestrator: {}",
@@ -113,11 +117,22 @@ def _docker() -> str:
 class Stack:
     """One stack (``name``) deployed from ``stack_file`` plus the override at ``override_file``."""
 
-    def __init__(self, stack_file: Path, override_file: Path, name: str, *, timeout_s: float = 600) -> None:
+    def __init__(
+        self,
+        stack_file: Path,
+        override_file: Path,
+        name: str,
+        *,
+        timeout_s: float = 600,
+        cli_args: tuple[str, ...] = (),
+    ) -> None:
         self.stack_file = stack_file
         self.override_file = override_file
         self.name = name
         self.timeout_s = timeout_s
+        # The docker CLI's flags that reach the environment's engine (DockerEngine.cli_args): a remote
+        # manager's shared ssh connection or its TLS files; none for this machine's engine.
+        self.cli_args = cli_args
 
     def service_name(self, service: str) -> str:
         """What Swarm calls a stack's service."""
@@ -134,6 +149,7 @@ class Stack:
         other services run as their stack file says."""
         argv = [
             _docker(),
+            *self.cli_args,
             "stack",
             "deploy",
             "--resolve-image",

@@ -179,7 +179,7 @@ class ProxiedRuntime(_Containers):
                 admin_socket=True,
                 # Where the plain runtime publishes it too: a remote environment's port is where its
                 # clients and the orchestrator's status and staging checks reach it.
-                bind=LOOPBACK if self.app.engine(env).is_local else ALL_INTERFACES,
+                address=LOOPBACK if self.app.engine(env).is_local else ALL_INTERFACES,
             ),
         )
 

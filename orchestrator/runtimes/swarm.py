@@ -12,7 +12,7 @@ not on swarm (``runtime = { prod = "swarm" }``) run as direct containers.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.compose import project_name
@@ -28,8 +28,8 @@ from orchestrator.engines import AppEngines
 from orchestrator.errors import InfraUnavailable
 from orchestrator.machine import PROD
 from orchestrator.proxy import Proxy, ProxySpec
-from orchestrator.runtimes import Published, RuntimeView, env_port
-from orchestrator.runtimes.direct import DirectRuntime
+from orchestrator.runtimes import LOOPBACK, Published, RuntimeView, env_port
+from orchestrator.runtimes.direct import ALL_INTERFACES, DirectRuntime
 from orchestrator.stack import Stack, StackError, StackPin
 from orchestrator.steps import StepLog
 from orchestrator.verdict import Verdict
@@ -49,12 +49,18 @@ _TASK_FAILED = ("failed", "rejected")
 
 
 def not_a_manager(target: EngineTarget) -> InfraUnavailable:
-    """Exit 4, before anything is recorded: swarm services need a manager."""
-    where = "" if target.is_local else f" at {target.host}"
+    """Exit 4, before anything is recorded: swarm services need a manager. On another host, a swarm
+    advertised on loopback could never take a second node: the message asks for the host's address."""
+    if target.is_local:
+        return InfraUnavailable(
+            "the Docker engine is not a swarm manager, so it cannot run swarm services: run "
+            "'docker swarm init --advertise-addr 127.0.0.1' (a single-node swarm), or point DOCKER_HOST "
+            "at a manager of your swarm"
+        )
     return InfraUnavailable(
-        f"the Docker engine{where} is not a swarm manager, so it cannot run swarm services: run "
-        "'docker swarm init --advertise-addr 127.0.0.1' there (a single-node swarm), or point "
-        "DOCKER_HOST at a manager of your swarm"
+        f"the Docker engine at {target.host} is not a swarm manager, so it cannot run swarm services: run "
+        "'docker swarm init --advertise-addr <its address on the nodes' network>' there, or point "
+        "docker_host at a manager of your swarm"
     )
 
 
@@ -165,6 +171,7 @@ class SwarmRuntime:
             override.with_name(f"stack-{env}.override.deploy.yml"),
             base if env == PROD else f"{base}-{env}",
             timeout_s=self.settings.swarm_timeout_s,
+            cli_args=self.engines.of(env).cli_args,
         )
 
     def service_name(self, env: str) -> str:
@@ -190,6 +197,8 @@ class SwarmRuntime:
             image=self.app.proxy_image,
             # Room for every task of a start-first update: the old ones and their replacements.
             slots=max(8, 2 * self.app.replicas + 2),
+            # On a remote manager the port must answer from here, where health checks come from.
+            address=LOOPBACK if self.app.engine(env).is_local else ALL_INTERFACES,
         )
         return Proxy(self.engines.of(env), spec, overlay=True)
 
@@ -199,12 +208,13 @@ class SwarmRuntime:
         return self.engines.of(env).swarm.tasks(self.service_name(env))
 
     def current(self, env: str) -> ContainerInfo | None:
-        """A running task's container: the newest one (after an update, every running task runs the
-        same image; verification checks them all)."""
+        """A running task's container on the engine we talk to: the newest one (after an update, every
+        running task runs the same image; verification checks them all, wherever they run)."""
         if not self.on_swarm(env):
             return self.direct.current(env)
+        here = self.engines.of(env).swarm.node_id()
         running = sorted(
-            (t for t in self._tasks(env) if t.running and t.container_id),
+            (t for t in self._tasks(env) if t.running and t.container_id and (not here or t.node_id == here)),
             key=lambda t: t.updated_at or "",
             reverse=True,
         )
@@ -250,6 +260,7 @@ class SwarmRuntime:
             labels={**labels, RUN_LABEL: str(run_id or "")},
             container_labels={**labels, **({TASK_REVISION_LABEL: revision} if revision else {})},
             monitor_s=self.app.update_monitor_s,
+            stop_grace_s=self.settings.drain_s,
         )
 
     def start(self, env: str, published: Published, *, run_id: int | None) -> ContainerInfo:
@@ -286,7 +297,12 @@ class SwarmRuntime:
                 raise DockerError(reason)
         found = self.current(env)
         if found is None:
-            raise DockerError(f"{name} converged but no task container of it is on this engine")
+            # The health check and verification look at one task's container, on the manager's node.
+            raise DockerError(
+                f"{name} converged but none of its tasks runs on the node of the engine at "
+                f"{self.engines.of(env).where}: the promotion checks one task's container there; let the "
+                "manager run tasks ('docker node update --availability active <node>')"
+            )
         return found
 
     def _submit(self, env: str, spec: ServiceSpec) -> None:
@@ -317,6 +333,7 @@ class SwarmRuntime:
             monitor_s=spec.monitor_s,
             labels=spec.labels,
             container_labels=spec.container_labels,
+            stop_grace_s=spec.stop_grace_s,
         )
         with self.steps.step(f"{env}_pin", env) as step:
             self._override = stack.pin(pin)
@@ -397,40 +414,41 @@ class SwarmRuntime:
 
     def verify(self, env: str, image_id: str, revision: str) -> list[Verdict]:
         """Every running task, not one container: the service spec names ``image_id``'s digest, as many
-        tasks as replicas run it (task spec image and container image), each started for ``revision``,
-        and no task runs anything else (an old digest left behind by an update that did not finish, or
-        an old task still stopping)."""
+        tasks as replicas run it, each started for ``revision``, and no task runs anything else (an old
+        digest left behind by an update that did not finish, or an old task still stopping). How each
+        task is checked depends on where it runs (``check_task``); the evidence says, per task."""
         if not self.on_swarm(env):
             return []
         name = self.service_name(env)
-        service = self.engines.of(env).swarm.service(name)
+        engine = self.engines.of(env)
+        service = engine.swarm.service(name)
         if service is None:
             return [Verdict.failed(f"service {name} does not exist")]
-        image = self.engines.of(env).image(image_id)
-        digests = set(image.repo_digests) if image else set()
+        image = engine.image(image_id)
+        digests = frozenset(image.repo_digests) if image else frozenset()
         tasks = self._tasks(env)
         running = [t for t in tasks if t.running]
         # Old tasks told to stop but still running: they may still answer (see judge).
         stray = [t for t in tasks if t.state == "running" and not t.running and t.image not in digests]
-        wrong: list[str] = []
-        for task in running:
-            container = self.engines.of(env).container(task.container_id) if task.container_id else None
-            if task.image not in digests:
-                wrong.append(f"task {task.id[:12]} runs {task.image}")
-            elif container is None:
-                wrong.append(f"task {task.id[:12]} has no container on this engine")
-            elif container.image_id != image_id:
-                wrong.append(f"task {task.id[:12]} container runs image {container.image_id[:19]}")
-            elif container.labels.get(TASK_REVISION_LABEL) != revision:
-                wrong.append(
-                    f"task {task.id[:12]} was started for revision "
-                    f"{container.labels.get(TASK_REVISION_LABEL)!r}, not {revision!r}"
-                )
+        here = engine.swarm.node_id()
+        checks = [
+            check_task(
+                task,
+                here=here,
+                digests=digests,
+                image_id=image_id,
+                revision=revision,
+                inspect=engine.container,
+            )
+            for task in running
+        ]
+        wrong = [c.problem for c in checks if c.problem is not None]
         evidence = {
             "service": name,
             "service_image": service.image,
             "running_tasks": len(running),
             "task_images": sorted({t.image for t in running}),
+            "tasks": [c.evidence() for c in checks],
         }
         return [
             Verdict.check(
@@ -441,3 +459,80 @@ class SwarmRuntime:
             ),
             self._tasks_verdict(running, stray, wrong, service.replicas, image_id, revision, evidence),
         ]
+
+
+# How a running task was checked (TaskCheck.how).
+BY_CONTAINER = "container"
+BY_DIGEST = "task spec digest"
+
+
+@dataclass(frozen=True)
+class TaskCheck:
+    """One running task's verification: where it runs, how it was checked, and what was wrong (None:
+    nothing)."""
+
+    task: str
+    node: str
+    how: str
+    problem: str | None
+
+    def evidence(self) -> dict[str, object]:
+        return {
+            "task": self.task[:12],
+            "node": self.node[:12],
+            "checked": self.how,
+            "ok": self.problem is None,
+        }
+
+
+def check_task(
+    task: TaskInfo,
+    *,
+    here: str,
+    digests: frozenset[str],
+    image_id: str,
+    revision: str,
+    inspect: Callable[[str], ContainerInfo | None],
+) -> TaskCheck:
+    """Pure but for ``inspect`` (the engine we talk to): is ``task`` running the release?
+
+    Every task: its spec (from the manager's task list, whichever node runs it) names one of the
+    image's registry digests and carries the revision label. A task on the engine we talk to (its
+    NodeID is that engine's own node, ``here``) is also checked at its container: the image id it runs
+    and the revision label on it, as on a single node.
+
+    A task on another node has no container here, and reaching that node's engine would mean an agent
+    or a connection per node (which we do not build: we drive Docker's own). Its spec's digest is enough:
+    ``repo@sha256:...`` is content-addressed, the node's engine pulls by it and checks what it got
+    against it, so it can run nothing but the manifest that digest names, whose config digest is the
+    image id (and the image's labels, the revision among them, are inside that config). That digest is
+    the one pushed from the image staging verified (``digests`` are that image's own repo digests), so
+    the check by digest is a check of the very content staging verified. What it cannot see is a node
+    whose engine lies about what it runs; nothing short of that node's engine could."""
+    local = not here or task.node_id == here
+    how = BY_CONTAINER if local else BY_DIGEST
+    name = task.id[:12]
+
+    def found(problem: str | None) -> TaskCheck:
+        return TaskCheck(task.id, task.node_id, how, problem)
+
+    if task.image not in digests:
+        return found(f"task {name} runs {task.image}")
+    if not local:
+        label = task.labels.get(TASK_REVISION_LABEL)
+        if label != revision:
+            return found(
+                f"task {name} (node {task.node_id[:12]}) was started for revision {label!r}, not {revision!r}"
+            )
+        return found(None)
+    container = inspect(task.container_id) if task.container_id else None
+    if container is None:
+        return found(f"task {name} has no container on this engine")
+    if container.image_id != image_id:
+        return found(f"task {name} container runs image {container.image_id[:19]}")
+    if container.labels.get(TASK_REVISION_LABEL) != revision:
+        return found(
+            f"task {name} was started for revision "
+            f"{container.labels.get(TASK_REVISION_LABEL)!r}, not {revision!r}"
+        )
+    return found(None)

@@ -202,6 +202,125 @@ def routed_network(remote: RemoteEngine, name: str, labels: dict[str, str]) -> C
     return undo
 
 
+def _start_sshd(
+    root: Path, docker_host: str, *, forwarding: bool = False
+) -> tuple[int, Path, subprocess.Popen[bytes], Path, tuple[int, int]]:
+    """A key-only sshd on a free loopback port whose sessions get ``DOCKER_HOST=docker_host``, and the
+    client side under ``root``: (port, ``bin`` holding the ``ssh`` wrapper, the sshd process, its log,
+    the forwarding ports). The main port refuses forwarding; with ``forwarding`` two more ports of the
+    same sshd allow it: the first TCP and unix-socket forwarding (zero_downtime's checks and drain),
+    the second TCP only (a half-open host). The caller stops the process (``_stop``)."""
+    ssh_dir = root / "ssh"
+    ssh_dir.mkdir(mode=0o700)
+    _keygen(ssh_dir / "host_key")
+    _keygen(ssh_dir / "client_key")
+    shutil.copyfile(ssh_dir / "client_key.pub", ssh_dir / "authorized_keys")
+    (ssh_dir / "authorized_keys").chmod(0o600)
+    port = _free_port()
+    extra = (_free_port(), _free_port()) if forwarding else ()
+    (ssh_dir / "sshd_config").write_text(
+        f"Port {port}\n" + "".join(f"Port {p}\n" for p in extra) + "ListenAddress 127.0.0.1\n"
+        f"HostKey {ssh_dir / 'host_key'}\n"
+        f"PidFile {root / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {ssh_dir / 'authorized_keys'}\n"
+        "PubkeyAuthentication yes\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\n"
+        "UsePAM no\n"
+        "StrictModes no\n"
+        "AllowTcpForwarding no\n"
+        "X11Forwarding no\n"
+        f"SetEnv DOCKER_HOST={docker_host}\n"
+        "AllowStreamLocalForwarding no\n"
+        + (
+            f"Match LocalPort {extra[0]}\n"
+            "  AllowTcpForwarding local\n"
+            "  AllowStreamLocalForwarding local\n"
+            f"Match LocalPort {extra[1]}\n"
+            "  AllowTcpForwarding local\n"
+            if extra
+            else ""
+        ),
+        encoding="utf-8",
+    )
+    # sshd's privilege separation directory (Debian creates it when the service starts).
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    sshd_log = root / "sshd.log"
+    with sshd_log.open("wb") as out:
+        sshd = subprocess.Popen(
+            [str(SSHD), "-D", "-e", "-f", str(ssh_dir / "sshd_config")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def sshd_listens() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.5)
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        _wait("sshd", sshd_listens, sshd, sshd_log)
+    except BaseException:
+        _stop(sshd)
+        raise
+    host_key = (ssh_dir / "host_key.pub").read_text().split()
+    (ssh_dir / "known_hosts").write_text(
+        "".join(f"[127.0.0.1]:{p} {host_key[0]} {host_key[1]}\n" for p in (port, *extra))
+    )
+    (ssh_dir / "ssh_config").write_text(
+        "Host 127.0.0.1\n"
+        f"  IdentityFile {ssh_dir / 'client_key'}\n"
+        "  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {ssh_dir / 'known_hosts'}\n"
+        "  GlobalKnownHostsFile /dev/null\n"
+        "  StrictHostKeyChecking yes\n"
+        "  BatchMode yes\n"
+        "  ConnectTimeout 10\n"
+        "  LogLevel ERROR\n",
+        encoding="utf-8",
+    )
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "ssh"
+    wrapper.write_text(f'#!/bin/sh\nexec {SSH} -F {ssh_dir / "ssh_config"} "$@"\n', encoding="utf-8")
+    wrapper.chmod(0o755)
+    return port, bin_dir, sshd, sshd_log, (extra[0], extra[1]) if extra else (0, 0)
+
+
+@dataclass(frozen=True)
+class SshEngine:
+    """An engine that is already running (the suite's own) reached over ssh: what a swarm manager on
+    another host looks like to the orchestrator, with no second engine (a swarm needs the first)."""
+
+    url: str  # ssh://root@127.0.0.1:<port>
+    ssh_bin: Path  # put first on PATH to reach the engine through the private ssh config
+    port: int
+    sshd_log: Path  # one "Accepted publickey" line per ssh connection (handshake)
+
+
+@contextlib.contextmanager
+def ssh_to_engine(root: Path, docker_host: str = "unix:///var/run/docker.sock") -> Iterator[SshEngine]:
+    """An sshd like ``remote_engine``'s whose sessions reach ``docker_host`` (this machine's engine by
+    default); stopped and ``root`` removed at the end. Starts no dockerd."""
+    if os.geteuid() != 0:
+        raise RemoteUnavailable("sshd needs root")
+    for binary in (SSHD, Path(SSH)):
+        if not binary.is_file():
+            raise RemoteUnavailable(f"{binary} is missing (apt-get install -y openssh-server)")
+    root.mkdir(parents=True, exist_ok=True)
+    sshd: subprocess.Popen[bytes] | None = None
+    try:
+        port, bin_dir, sshd, sshd_log, _ = _start_sshd(root, docker_host)
+        yield SshEngine(f"ssh://root@127.0.0.1:{port}", bin_dir, port, sshd_log)
+    finally:
+        gc.collect()
+        _quiet_exit_finalizers()
+        _stop(sshd)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def remote_engine(root: Path) -> Iterator[RemoteEngine]:
     """Start the second engine and its sshd under ``root``; stop both and remove ``root`` at the end."""
@@ -270,78 +389,9 @@ def remote_engine(root: Path) -> Iterator[RemoteEngine]:
             )
         engine = DockerEngine.connect(f"unix://{sock}", timeout=60)
 
-        ssh_dir = root / "ssh"
-        ssh_dir.mkdir(mode=0o700)
-        _keygen(ssh_dir / "host_key")
-        _keygen(ssh_dir / "client_key")
-        shutil.copyfile(ssh_dir / "client_key.pub", ssh_dir / "authorized_keys")
-        (ssh_dir / "authorized_keys").chmod(0o600)
-        port, forwarding_port, tcp_port = _free_port(), _free_port(), _free_port()
-        (ssh_dir / "sshd_config").write_text(
-            f"Port {port}\n"
-            f"Port {forwarding_port}\n"
-            f"Port {tcp_port}\n"
-            "ListenAddress 127.0.0.1\n"
-            f"HostKey {ssh_dir / 'host_key'}\n"
-            f"PidFile {root / 'sshd.pid'}\n"
-            f"AuthorizedKeysFile {ssh_dir / 'authorized_keys'}\n"
-            "PubkeyAuthentication yes\n"
-            "PasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\n"
-            "PermitRootLogin prohibit-password\n"
-            "UsePAM no\n"
-            "StrictModes no\n"
-            "AllowTcpForwarding no\n"
-            "X11Forwarding no\n"
-            f"SetEnv DOCKER_HOST=unix://{sock}\n"
-            "AllowStreamLocalForwarding no\n"
-            f"Match LocalPort {forwarding_port}\n"
-            "  AllowTcpForwarding local\n"
-            "  AllowStreamLocalForwarding local\n"
-            f"Match LocalPort {tcp_port}\n"
-            "  AllowTcpForwarding local\n",
-            encoding="utf-8",
+        port, bin_dir, sshd, sshd_log, (forwarding_port, tcp_port) = _start_sshd(
+            root, f"unix://{sock}", forwarding=True
         )
-        # sshd's privilege separation directory (Debian creates it when the service starts).
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        sshd_log = root / "sshd.log"
-        with sshd_log.open("wb") as out:
-            sshd = subprocess.Popen(
-                [str(SSHD), "-D", "-e", "-f", str(ssh_dir / "sshd_config")],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-        def sshd_listens() -> bool:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.settimeout(0.5)
-                return probe.connect_ex(("127.0.0.1", port)) == 0
-
-        _wait("sshd", sshd_listens, sshd, sshd_log)
-        host_key = (ssh_dir / "host_key.pub").read_text().split()
-        (ssh_dir / "known_hosts").write_text(
-            "".join(
-                f"[127.0.0.1]:{p} {host_key[0]} {host_key[1]}\n" for p in (port, forwarding_port, tcp_port)
-            )
-        )
-        (ssh_dir / "ssh_config").write_text(
-            "Host 127.0.0.1\n"
-            f"  IdentityFile {ssh_dir / 'client_key'}\n"
-            "  IdentitiesOnly yes\n"
-            f"  UserKnownHostsFile {ssh_dir / 'known_hosts'}\n"
-            "  GlobalKnownHostsFile /dev/null\n"
-            "  StrictHostKeyChecking yes\n"
-            "  BatchMode yes\n"
-            "  ConnectTimeout 10\n"
-            "  LogLevel ERROR\n",
-            encoding="utf-8",
-        )
-        bin_dir = root / "bin"
-        bin_dir.mkdir()
-        wrapper = bin_dir / "ssh"
-        wrapper.write_text(f'#!/bin/sh\nexec {SSH} -F {ssh_dir / "ssh_config"} "$@"\n', encoding="utf-8")
-        wrapper.chmod(0o755)
         yield RemoteEngine(
             f"ssh://root@127.0.0.1:{port}",
             f"unix://{sock}",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import docker
 import docker.errors
 import pytest
-from client_loop import SLOW_CGI, client_loop, slow_client_loop
+from client_loop import INTERVAL_S, SLOW_CGI, SLOW_S, client_loop, slow_answer_complete, slow_client_loop
 
 from orchestrator import views
 from orchestrator.docker_engine import DockerEngine
@@ -38,7 +38,7 @@ REVISION_LABEL = "org.opencontainers.image.revision"
 SERVE = """\
 bb=/bin/busybox
 echo "$APP_REVISION" > /www/version
-$bb chmod +x /www/cgi-bin/slow
+$bb chmod +x /www/cgi-bin/slow /www/cgi-bin/long
 if [ "$ORCH_ENVIRONMENT" = prod ]; then
   {broken}
 fi
@@ -48,6 +48,10 @@ fi
 # at once when asked to stop instead leaves a task no time to finish what it is answering.
 SERVE_FOREVER = 'exec $bb httpd -f -p "0.0.0.0:$PORT" -h /www'
 EXIT_ON_SIGTERM = 'trap "exit 0" TERM\n$bb httpd -f -p "0.0.0.0:$PORT" -h /www &\nwait'
+# A request longer than what Swarm's own delay gives a task it replaces (it leaves DNS ~2 s before its
+# SIGTERM), shorter than the default drain time (ORCH_DRAIN_S, 5 s) that the stop grace period adds.
+LONG_S = 5
+LONG_CGI = SLOW_CGI.replace(f"sleep {SLOW_S}", f"sleep {LONG_S}")
 HEALTHCHECK = (
     'HEALTHCHECK --interval=1s --timeout=1s --retries=2 CMD ["/bin/busybox", "wget", '
     '"-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"]\n'
@@ -73,11 +77,16 @@ def render(
         "rootfs/www/health": "ok\n",
         "rootfs/www/index.html": f"{app} {marker}\n",
         "rootfs/www/cgi-bin/slow": SLOW_CGI,
+        "rootfs/www/cgi-bin/long": LONG_CGI,
     }
 
 
 @pytest.fixture(scope="session")
 def swarm_mode(engine: DockerEngine) -> None:
+    ensure_swarm(engine)
+
+
+def ensure_swarm(engine: DockerEngine) -> None:
     """CI starts from a fresh engine: make it a single-node swarm if it is not one (never leave it)."""
     if engine.swarm.manager():
         return
@@ -423,6 +432,34 @@ def test_no_request_fails_during_a_promotion_and_a_rollback(swarm_app: SwarmApp)
         assert len(loop.bodies) == 2, (action, loop.bodies)  # the old revision, then the new one
         assert slow.failed == [], (action, slow.summary())
         assert len(slow.bodies) == 2, (action, slow.bodies)
+
+
+def test_a_request_longer_than_swarms_dns_delay_finishes_during_a_promotion(swarm_app: SwarmApp) -> None:
+    """Hazard: a stop grace period too short for the requests in flight. Swarm takes a replaced task out
+    of DNS, sends it SIGTERM ~2 s later and kills it one grace period after that: with the fixed 1 s, a
+    request still being answered 3 s after the task left DNS was cut, even from an app that finishes its
+    requests before it exits (here the app keeps answering after SIGTERM: busybox httpd as PID 1 ignores
+    it). With the grace period of the drain time (5 s), 5 s requests kept in flight back to back on three
+    staggered threads across the promotion, so both old tasks are answering some when they are stopped,
+    all complete, answered by the old release and then by the new one."""
+    app = swarm_app
+    app.app.deploy(app.commit("A"))
+    run_id = app.app.start(app.commit("B"))
+    app.app.advance(run_id, "deploy-staging").ok()
+    url = f"http://127.0.0.1:{app.app.port('prod')}/cgi-bin/long"
+    with client_loop(
+        url,
+        interval_s=INTERVAL_S,
+        workers=3,
+        stagger_s=LONG_S / 3,
+        before_s=0,
+        after_s=LONG_S + 1,  # until the new release has answered some
+        timeout_s=LONG_S + 10,
+        complete=slow_answer_complete,
+    ) as slow:
+        app.app.advance(run_id, "deploy").ok()
+    assert slow.failed == [], slow.summary()
+    assert len(slow.bodies) == 2, slow.bodies  # the old revision, then the new one
 
 
 def test_a_stack_file_is_pinned_like_compose_only_the_app_service_by_digest(

@@ -97,10 +97,43 @@ def test_an_engine_that_is_not_a_swarm_manager_is_exit_4_saying_swarm_init(tmp_p
     assert "docker swarm init --advertise-addr 127.0.0.1" in exc.value.message
 
 
-def test_swarm_on_a_remote_engine_is_refused_for_now(tmp_path: Path) -> None:
-    with pytest.raises(BadInput) as exc:
-        load(tmp_path, APP + 'runtime = "swarm"\ndocker_host = "ssh://deploy@prod.example:22"\n')
-    assert "this machine's engine only for now" in exc.value.message
+def test_a_remote_engine_that_is_not_a_manager_is_not_told_to_advertise_loopback(tmp_path: Path) -> None:
+    """Hazard: following the local advice on another host makes a swarm no second node can join."""
+    from orchestrator.engines import AppEngines
+    from orchestrator.errors import InfraUnavailable
+    from orchestrator.runtimes import engine_preflight
+
+    app = load(tmp_path, APP + 'runtime = "swarm"\n', {"ORCH_DOCKER_HOST_PROD": "ssh://deploy@prod.example"})
+    engines = AppEngines.single(app, _NotAManager())  # type: ignore[arg-type]
+    with pytest.raises(InfraUnavailable) as exc:
+        engine_preflight(engines, app, ["prod"])
+    assert "at deploy@prod.example is not a swarm manager" in exc.value.message
+    assert "127.0.0.1" not in exc.value.message and "docker_host at a manager" in exc.value.message
+
+
+def test_swarm_on_a_remote_manager_over_ssh_loads(tmp_path: Path) -> None:
+    """Issue 14: prod on another host's swarm manager; health checks go to that host's address."""
+    app = load(tmp_path, APP + 'runtime = "swarm"\ndocker_host = "ssh://deploy@prod.example:22"\n')
+    assert app.swarm_environments == {"staging", "prod"}
+    prod = app.engine("prod")
+    assert (prod.url, prod.address, prod.is_local) == ("ssh://deploy@prod.example:22", "prod.example", False)
+
+
+def test_swarm_on_a_remote_manager_over_tcp_with_tls_and_a_build_host_loads(tmp_path: Path) -> None:
+    text = (
+        APP + 'runtime = { prod = "swarm" }\nbuild_host = "ssh://build@ci.example"\n'
+        '[apps.shop.prod]\ndocker_host = "tcp://10.0.0.5:2376"\ntls_ca = "ca.pem"\n'
+        'tls_cert = "cert.pem"\ntls_key = "key.pem"\nhealth_host = "203.0.113.7"\n'
+    )
+    app = load(tmp_path, text)
+    assert (app.runtime_of("staging"), app.runtime_of("prod")) == ("direct", "swarm")
+    assert app.engine("prod").tls is not None and app.engine("prod").address == "203.0.113.7"
+    assert app.builds_on.url == "ssh://build@ci.example"
+
+
+def test_swarm_on_a_remote_manager_from_the_environment_variable(tmp_path: Path) -> None:
+    app = load(tmp_path, APP + 'runtime = "swarm"\n', {"ORCH_DOCKER_HOST_PROD": "ssh://deploy@prod.example"})
+    assert app.engine("prod").url == "ssh://deploy@prod.example" and app.engine("staging").is_local
 
 
 def test_a_stack_app_pins_its_service_through_an_override_beside_the_stack_file(tmp_path: Path) -> None:
@@ -164,3 +197,27 @@ def test_a_swarm_app_names_its_proxy_image_and_cannot_also_be_zero_downtime(tmp_
     with pytest.raises(BadInput) as exc:
         load(tmp_path, APP + 'runtime = "swarm"\nzero_downtime = true\ncontainer_port = 8080\n')
     assert "behind their own proxy already" in exc.value.message
+
+
+def test_stack_deploy_reaches_the_environments_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hazard: `docker stack deploy` run with this process's DOCKER_HOST while the environment's manager
+    is another host: the stack would be deployed on the wrong engine. The CLI gets the engine's own
+    flags (DockerEngine.cli_args: the shared ssh connection's socket, or tcp:// and its TLS files).
+    Only the argv is checked here, with a stand-in `docker` that records it."""
+    from orchestrator.stack import Stack
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    seen = tmp_path / "argv"
+    fake = bin_dir / "docker"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {seen}\n', encoding="utf-8")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    stack_file = tmp_path / "stack.yml"
+    stack_file.write_text('version: "3.8"\nservices:\n  web:\n    image: shop\n', encoding="utf-8")
+    flags = ("--host", "tcp://10.0.0.5:2376", "--tlsverify", "--tlscacert", "ca.pem")
+    Stack(stack_file, tmp_path / "o.yml", "shop", cli_args=flags).deploy()
+    argv = seen.read_text().splitlines()
+    assert argv[: len(flags) + 2] == [*flags, "stack", "deploy"], argv

@@ -36,8 +36,19 @@ def service(image: str = NEW, state: str | None = "completed", started: str | No
     )
 
 
-def task(n: int, image: str = NEW, state: str = "running", desired: str = "running", err: str | None = None):  # type: ignore[no-untyped-def]
-    return TaskInfo(f"t{n}" * 6, n, image, desired, state, f"c{n}", err, None, f"2026-11-25T10:00:0{n}Z")
+def task(
+    n: int,
+    image: str = NEW,
+    state: str = "running",
+    desired: str = "running",
+    err: str | None = None,
+    node: str = "node-a",
+    revision: str | None = None,
+):  # type: ignore[no-untyped-def]
+    labels = {"orchestrator.revision": revision} if revision else {}
+    return TaskInfo(
+        f"t{n}" * 6, n, image, desired, state, f"c{n}", err, None, f"2026-11-25T10:00:0{n}Z", node, labels
+    )
 
 
 def test_converged_when_every_replica_runs_the_pinned_digest() -> None:
@@ -126,6 +137,9 @@ class _FakeSwarm:
     def tasks(self, name: str) -> list[TaskInfo]:
         return self._tasks
 
+    def node_id(self) -> str:
+        return "node-a"  # the engine we talk to; tasks on any other node have no container here
+
 
 class _FakeEngine:
     def __init__(
@@ -179,3 +193,47 @@ def test_one_task_off_is_a_failed_verification(
 ) -> None:
     found = verify(svc, tasks, containers)
     assert not found.ok and fragment in found.reason, found.reason
+
+
+# --- many nodes: a task elsewhere is checked by its spec's digest, one here at its container ---------
+
+
+def test_tasks_on_other_nodes_are_verified_by_their_spec_digest_and_say_so() -> None:
+    """Hazard: verification that reads every task's container on the manager's engine, so a service
+    with a task on another node (no container here) can never verify. The task on node-b passes by the
+    digest and revision label in its spec; the one here by its container; the evidence says which."""
+    tasks = [task(1), task(2, node="node-b", revision=SHA)]
+    found = verify(service(), tasks, {"c1": (IMAGE_ID, SHA)})
+    assert found.ok, found.reason
+    assert found.details["tasks"] == [
+        {"task": ("t1" * 6)[:12], "node": "node-a", "checked": "container", "ok": True},
+        {"task": ("t2" * 6)[:12], "node": "node-b", "checked": "task spec digest", "ok": True},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tasks", "fragment"),
+    [
+        ([task(1), task(2, node="node-b", revision="d" * 40)], "(node node-b) was started for revision"),
+        ([task(1), task(2, node="node-b")], "was started for revision None"),
+    ],
+)
+def test_a_task_on_another_node_started_for_another_revision_fails(
+    tasks: list[TaskInfo], fragment: str
+) -> None:
+    found = verify(service(), tasks, {"c1": (IMAGE_ID, SHA)})
+    assert not found.ok and fragment in found.reason, found.reason
+
+
+def test_the_stop_grace_period_is_the_drain_time() -> None:
+    """Hazard: the fixed 1 s grace period, which cut requests still in flight when a task was stopped."""
+    from orchestrator.runtimes import Published
+    from orchestrator.stack import StackPin, render_override
+
+    app = AppConfig(name="shop", source=Path("."), registry="reg:5000", runtime={"prod": "swarm"})
+    engines = AppEngines.single(app, _FakeEngine(service(), [], {}))  # type: ignore[arg-type]
+    runtime = SwarmRuntime(engines, app, Settings("sqlite://", drain_s=7.5), StepLog(), {})
+    spec = runtime._spec("prod", Published(IMAGE_ID, NEW, "sha256:" + "b" * 64), 3, SHA)
+    assert spec.stop_grace_s == 7.5
+    pin = StackPin("web", NEW, "orch-shop", 1, {}, {}, stop_grace_s=spec.stop_grace_s)
+    assert "    stop_grace_period: 7500ms\n" in render_override(pin)
