@@ -308,10 +308,6 @@ def _image(obj: Any) -> ImageInfo:
     )
 
 
-def _container(obj: Any) -> ContainerInfo:
-    return _container_from(obj.attrs)
-
-
 def _container_from(attrs: Mapping[str, Any]) -> ContainerInfo:
     state = attrs.get("State") or {}
     settings = attrs.get("NetworkSettings") or {}
@@ -863,24 +859,6 @@ class DockerEngine:
             network,
             aliases=list(aliases),
         )
-
-    def leave_network(self, container: str, network: str) -> bool:
-        """Detach ``container`` from ``network`` (its aliases there go with it); True when it was
-        attached, False when it or the attachment was already gone."""
-        try:
-            self._call(
-                f"disconnect {container} from {network}",
-                self._client.api.disconnect_container_from_network,
-                container,
-                network,
-            )
-            return True
-        except docker.errors.NotFound:
-            return False
-        except DockerError as exc:
-            if "is not connected" in exc.message:
-                return False
-            raise
 
     def remove_network(self, name: str) -> bool:
         """Remove the network; True when something was removed (False: none of that name)."""

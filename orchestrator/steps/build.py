@@ -79,19 +79,23 @@ class CachePolicy:
         return cls(tuple(dict.fromkeys(i for i in recorded_images if i)))
 
 
-def resolve_dockerfile(app: AppConfig, sha: str) -> str:
+def resolve_dockerfile(app: AppConfig, sha: str, in_commit: Callable[[str], bool] | None = None) -> str:
     """The Dockerfile's path in the commit (relative to the app's source): ``dockerfile`` read against the
     context as Docker does; failing that, against the repository root (what it meant before ``context``
-    existed). A context or Dockerfile missing from the commit fails the build as not buildable."""
+    existed). A context or Dockerfile missing from the commit fails the build as not buildable.
+    ``in_commit`` answers whether a path is in the commit (default: ask git; a build that has the
+    commit's tree unpacked already looks there instead)."""
+    if in_commit is None:
+        in_commit = lambda path: gitrepo.path_in_commit(app.source, sha, path)  # noqa: E731
     context = posixpath.normpath(app.context)
-    if context != "." and not gitrepo.path_in_commit(app.source, sha, context):
+    if context != "." and not in_commit(context):
         raise GateFailed(f"build context {context}/ is not in commit {sha[:12]} of {app.source}")
     in_context = posixpath.normpath(posixpath.join(context, app.dockerfile))
-    if gitrepo.path_in_commit(app.source, sha, in_context):
+    if in_commit(in_context):
         return in_context
     from_root = posixpath.normpath(app.dockerfile)
     inside = from_root != ".." and not from_root.startswith("../")
-    if from_root != in_context and inside and gitrepo.path_in_commit(app.source, sha, from_root):
+    if from_root != in_context and inside and in_commit(from_root):
         return from_root
     looked = in_context if from_root == in_context else f"{in_context} (nor {from_root})"
     raise GateFailed(f"{looked} is not in commit {sha[:12]} of {app.source}")
@@ -409,13 +413,14 @@ class BuildAhead:
     def _start(self) -> None:
         app, sha = self._app, self._sha
         try:
-            dockerfile = resolve_dockerfile(app, sha)
+            # One git process (the archive) instead of one per question: the tree answers the rest.
+            tree = self._stack.enter_context(gitrepo.extracted(app.source, sha))
+            dockerfile = resolve_dockerfile(app, sha, lambda path: os.path.lexists(tree / path))
             request = self._make_request(dockerfile)
-            text = (gitrepo.file_at(app.source, sha, dockerfile) or b"").decode(errors="replace")
+            text = (tree / dockerfile).read_bytes().decode(errors="replace")
             legacy = request.cli is None
             if request.in_context is None or (legacy and builders.buildkit_features(text)):
                 return  # the SDK sends the first; the build step refuses the second, naming the feature
-            tree = self._stack.enter_context(gitrepo.extracted(app.source, sha))
             context = tree / app.context
             with self._lock:
                 if self._closed:
