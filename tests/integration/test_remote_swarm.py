@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 import pytest
-from test_swarm import SwarmApp, assert_converged_on, ensure_swarm, prod_release
+from test_swarm import SwarmApp, assert_converged_on, configured_swarm_app, ensure_swarm, prod_release
 
 from orchestrator.docker_engine import DockerEngine
 
@@ -63,18 +63,9 @@ def remote_swarm(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[SwarmApp]:
     """A swarm app (both environments on swarm) whose prod manager is reached over ssh."""
-    from conftest import remove_registry_tags
-
     monkeypatch.setenv("ORCH_DOCKER_HOST_PROD", manager_over_ssh.url)
     monkeypatch.setenv("PATH", f"{manager_over_ssh.ssh_bin}:{os.environ['PATH']}")
-    app = SwarmApp(busybox_app, registry, unique_name("net"), haproxy_image, docker_client)
-    app.configure()
-    try:
-        yield app
-    finally:
-        errors = app.teardown() + remove_registry_tags(docker_client, registry, app.name)
-        if errors:
-            pytest.fail("cleanup failed: " + "; ".join(errors))
+    yield from configured_swarm_app(busybox_app, registry, haproxy_image, docker_client, unique_name)
 
 
 def engine_name(ssh: SshEngine) -> str:

@@ -254,6 +254,17 @@ def swarm_app(
     docker_client: docker.DockerClient,
     unique_name: Callable[[str], str],
 ) -> Iterator[SwarmApp]:
+    yield from configured_swarm_app(busybox_app, registry, haproxy_image, docker_client, unique_name)
+
+
+def configured_swarm_app(
+    busybox_app: BusyboxApp,
+    registry: LocalRegistry,
+    haproxy_image: str,
+    docker_client: docker.DockerClient,
+    unique_name: Callable[[str], str],
+) -> Iterator[SwarmApp]:
+    """A configured SwarmApp for a fixture to yield; torn down (its registry tags too) afterwards."""
     from conftest import remove_registry_tags
 
     app = SwarmApp(busybox_app, registry, unique_name("net"), haproxy_image, docker_client)
