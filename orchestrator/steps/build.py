@@ -422,39 +422,45 @@ class BuildAhead:
             if request.in_context is None or (legacy and builders.buildkit_features(text)):
                 return  # the SDK sends the first; the build step refuses the second, naming the feature
             context = tree / app.context
-            with self._lock:
-                if self._closed:
-                    return
-                if request.cli is None:
-                    self._files = docker_wire.context_files(context, request.in_context)
-                    self._build = docker_wire.PendingBuild(
-                        str(self._socket_path),
-                        docker_wire.build_query(
-                            dockerfile=request.in_context,
-                            buildargs=dict(request.build_args),
-                            target=request.target,
-                            cache_from=request.cache_from,
-                            nocache=not request.cache_from,
-                        ),
-                        docker_wire.context_tar(context, self._files),
-                        self._settings.build_timeout_s,
-                    )
-                else:
-                    scratch = Path(
-                        self._stack.enter_context(tempfile.TemporaryDirectory(prefix="orchestrator-build-"))
-                    )
-                    argv = builders.buildkit_argv(
-                        request.cli,
-                        context_dir=context,
-                        dockerfile=tree / dockerfile,
-                        iidfile=scratch / "iid",
-                        tag=None,
-                        build_args=dict(request.build_args),
+            if self._closed:
+                return
+            # Not under the lock: sending a big context takes a while, and ``close`` must not wait for it.
+            build: PendingBuild | builders.CliBuild
+            files: list[str] = []
+            if request.cli is None:
+                files = docker_wire.context_files(context, request.in_context)
+                build = docker_wire.PendingBuild(
+                    str(self._socket_path),
+                    docker_wire.build_query(
+                        dockerfile=request.in_context,
+                        buildargs=dict(request.build_args),
                         target=request.target,
-                    )
-                    env = {**os.environ, **request.cli.env}
-                    self._build = builders.CliBuild(argv, env, context, build_tag(app, sha), scratch / "iid")
-                self.request, self._context = request, context
+                        cache_from=request.cache_from,
+                        nocache=not request.cache_from,
+                    ),
+                    docker_wire.context_tar(context, files),
+                    self._settings.build_timeout_s,
+                )
+            else:
+                scratch = Path(
+                    self._stack.enter_context(tempfile.TemporaryDirectory(prefix="orchestrator-build-"))
+                )
+                argv = builders.buildkit_argv(
+                    request.cli,
+                    context_dir=context,
+                    dockerfile=tree / dockerfile,
+                    iidfile=scratch / "iid",
+                    tag=None,
+                    build_args=dict(request.build_args),
+                    target=request.target,
+                )
+                env = {**os.environ, **request.cli.env}
+                build = builders.CliBuild(argv, env, context, build_tag(app, sha), scratch / "iid")
+            with self._lock:
+                if self._closed:  # the run ended (or took nothing) meanwhile
+                    build.cancel()
+                    return
+                self._build, self.request, self._context, self._files = build, request, context, files
         except GateFailed:
             return  # the build step fails it, with the evidence
         except Exception as exc:  # an optimisation never fails a deploy: the build step builds as always
