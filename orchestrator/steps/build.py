@@ -246,7 +246,7 @@ def build(
         request = BuildRequest.of(app, sha, dockerfile, cache, choice)
         taken = ahead.take(request, engine) if ahead is not None else None
         try:
-            image = None
+            image: ImageInfo | None = None
             if taken is not None:
                 step.changed(sent_ahead_s=round(time.monotonic() - taken.started, 3))
                 image = _finish_ahead(engine, taken, tag, settings, redact)
@@ -289,6 +289,7 @@ def build(
         except DockerError as exc:
             _explain_failure(engine, choice, exc, text, build_args)
             raise
+        assert image is not None  # built, or taken from the build ahead
         step.changed(image_id=image.id, tag=tag)
     return Build(image, tag, time.perf_counter() - t0, choice.kind.value)
 
