@@ -54,7 +54,7 @@ import docker.transport  # noqa: E402
 import requests.exceptions  # noqa: E402
 import urllib3.exceptions  # noqa: E402
 
-from orchestrator.docker_wire import PendingBuild  # noqa: E402
+from orchestrator.docker_wire import PendingBuild, read_dockerignore  # noqa: E402
 from orchestrator.errors import DockerError, InfraUnavailable, StepTimeout  # noqa: E402
 from orchestrator.ssh import SshBridge, SshOptions, SshUnreachable  # noqa: E402
 
@@ -547,9 +547,7 @@ class DockerEngine:
         sent ahead (docker_wire.py) is taken only if it sent exactly these."""
         from docker.utils.build import exclude_paths
 
-        ignore = context / ".dockerignore"
-        lines = ignore.read_text().splitlines() if ignore.exists() else []
-        patterns = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        patterns = read_dockerignore(context)  # the lines the SDK's build reads, the same way
         return sorted(exclude_paths(str(context), patterns, dockerfile=dockerfile))
 
     def finish_build(
