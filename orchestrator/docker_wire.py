@@ -6,8 +6,9 @@ build (imports, the database, recording the run and its transition) adds about 1
 in series before the engine starts the longest step. Sent ahead on the engine's unix socket with the
 standard library alone, the build runs while that work is done (issue 12). The request is exactly the
 one DockerEngine.build sends through the SDK: the same context (the files ``.dockerignore`` leaves in,
-as docker's rules select them), the same query; DockerEngine.adopt_build reads its answer as the build
-step's own, and takes it only if the SDK, once loaded, selects the same files.
+as docker's rules select them), the same query, less the tag; DockerEngine.finish_build reads its answer
+as the build step's own, which takes it only if the SDK, once loaded, selects the same files
+(steps/build.py BuildAhead).
 
 Only a local engine (a unix socket) is sent ahead to; a remote one goes through the SDK as always.
 """
@@ -258,7 +259,6 @@ class PendingBuild:
     def __init__(self, socket_path: str, query: Mapping[str, str], body: IO[bytes], timeout_s: float) -> None:
         self.socket_path = socket_path
         self.started = time.monotonic()
-        self.image_id: str | None = None
         self._messages: queue.Queue[Any] = queue.Queue()
         self._conn = _UnixConnection(socket_path, timeout_s)
         body.seek(0, os.SEEK_END)
@@ -269,7 +269,7 @@ class PendingBuild:
                 "POST",
                 "/build?" + urllib.parse.urlencode(query),
                 body=body,
-                headers={"Content-Type": "application/x-tar", "Content-Length": str(size)},
+                headers={"Content-Type": "application/tar", "Content-Length": str(size)},
             )
         except http.client.HTTPException as exc:
             self._conn.close()
@@ -301,9 +301,6 @@ class PendingBuild:
                         break  # the rest of this message is still on its way
                     buffer = buffer[end:]
                     if isinstance(message, dict):
-                        aux = message.get("aux")
-                        if isinstance(aux, dict) and "ID" in aux:
-                            self.image_id = str(aux["ID"])
                         self._messages.put(message)
             self._messages.put(_EOF)
         except Exception as exc:  # handed to the reader of the messages
