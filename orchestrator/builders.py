@@ -317,21 +317,24 @@ _ENGINE_DOWN = re.compile(
 )
 
 
-def buildkit_argv(
+def start_buildkit(
     cli: BuildKitCli,
     *,
+    scratch: Path,
+    name: str,
     context_dir: Path,
     dockerfile: Path,
-    iidfile: Path,
     tag: str | None,
     build_args: Mapping[str, str],
     labels: Mapping[str, str] | None = None,
     target: str | None = None,
     secrets: Sequence[Secret] = (),
     engine_args: Sequence[str] = (),
-) -> list[str]:
-    """The CLI's command line for a build; without ``tag`` the image is left unnamed (a build sent
-    ahead, steps/build.py BuildAhead: the build step names the one it takes)."""
+) -> CliBuild:
+    """Start the CLI's build of ``context_dir``; its image id goes to ``scratch``/iid, and ``name`` names
+    the build in messages. Without ``tag`` the image is left unnamed (a build sent ahead,
+    steps/build.py BuildAhead: the build step names the one it takes)."""
+    iidfile = scratch / "iid"
     program, *command = cli.argv
     argv = [
         program,
@@ -345,16 +348,16 @@ def buildkit_argv(
     ]
     if tag is not None:
         argv += ["-t", tag]
-    for name, value in build_args.items():
-        argv += ["--build-arg", f"{name}={value}"]
-    for name, value in (labels or {}).items():
-        argv += ["--label", f"{name}={value}"]
+    for key, value in build_args.items():
+        argv += ["--build-arg", f"{key}={value}"]
+    for key, value in (labels or {}).items():
+        argv += ["--label", f"{key}={value}"]
     if target:
         argv += ["--target", target]
     for secret in secrets:
         argv += ["--secret", secret.flag()]
     argv.append(str(context_dir))
-    return argv
+    return CliBuild(argv, {**os.environ, **cli.env}, context_dir, name, iidfile)
 
 
 def buildkit_build(
@@ -378,12 +381,12 @@ def buildkit_build(
     the CLI's global flags that reach the build engine (``--host ssh://...``; none for this machine's),
     so the build lands on the engine the image is then read from."""
     with tempfile.TemporaryDirectory(prefix="orchestrator-build-") as scratch:
-        iidfile = Path(scratch) / "iid"
-        argv = buildkit_argv(
+        running = start_buildkit(
             cli,
+            scratch=Path(scratch),
+            name=tag,
             context_dir=context_dir,
             dockerfile=dockerfile,
-            iidfile=iidfile,
             tag=tag,
             build_args=build_args,
             labels=labels,
@@ -391,7 +394,6 @@ def buildkit_build(
             secrets=secrets,
             engine_args=engine_args,
         )
-        running = CliBuild(argv, {**os.environ, **cli.env}, context_dir, tag, iidfile)
         running.attach(on_line)
         return running.finish(timeout_s)
 

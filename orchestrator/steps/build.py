@@ -239,11 +239,11 @@ def build(
         if choice.kind is BuilderKind.LEGACY:
             _refuse_on_legacy(app, settings, choice, dockerfile, text)
         secrets = _secrets(app)
-        build_args = {**app.build_args, "GIT_SHA": sha}
         cache = CachePolicy.trusting(recorded_images)
+        request = BuildRequest.of(app, sha, dockerfile, cache, choice)
+        build_args = dict(request.build_args)
         t0 = time.perf_counter()
         log.info("build_started", tag=tag, builder=choice.why, dockerfile=dockerfile, context=app.context)
-        request = BuildRequest.of(app, sha, dockerfile, cache, choice)
         taken = ahead.take(request, engine) if ahead is not None else None
         try:
             image: ImageInfo | None = None
@@ -375,11 +375,16 @@ class BuildAhead:
     always."""
 
     def __init__(
-        self, app: AppConfig, settings: Settings, sha: str, request: Callable[[str], BuildRequest]
+        self,
+        app: AppConfig,
+        settings: Settings,
+        sha: str,
+        request: Callable[[str], BuildRequest],
+        socket_path: str,
     ) -> None:
         self._app, self._settings, self._sha = app, settings, sha
         self._make_request = request
-        self._socket_path = docker_wire.local_socket(os.environ)
+        self._socket_path = socket_path
         self._stack = contextlib.ExitStack()
         self.request: BuildRequest | None = None
         self._build: PendingBuild | builders.CliBuild | None = None
@@ -399,7 +404,8 @@ class BuildAhead:
         recorded_images: Sequence[str],
         environ: Mapping[str, str] = os.environ,
     ) -> BuildAhead | None:
-        if docker_wire.local_socket(environ) is None or not app.builds_on.is_local or app.secrets:
+        socket_path = docker_wire.local_socket(environ)
+        if socket_path is None or not app.builds_on.is_local or app.secrets:
             return None
         # What the build step will choose, if the engine runs BuildKit (a local 18.09+ engine does; if
         # not, the step chooses the legacy builder and this build is not taken).
@@ -408,7 +414,11 @@ class BuildAhead:
             return None
         cache = CachePolicy.trusting(recorded_images)
         return cls(
-            app, settings, sha, lambda dockerfile: BuildRequest.of(app, sha, dockerfile, cache, choice)
+            app,
+            settings,
+            sha,
+            lambda dockerfile: BuildRequest.of(app, sha, dockerfile, cache, choice),
+            socket_path,
         )
 
     def _start(self) -> None:
@@ -431,7 +441,7 @@ class BuildAhead:
             if request.cli is None:
                 files = docker_wire.context_files(context, request.in_context)
                 build = docker_wire.PendingBuild(
-                    str(self._socket_path),
+                    self._socket_path,
                     docker_wire.build_query(
                         dockerfile=request.in_context,
                         buildargs=dict(request.build_args),
@@ -446,17 +456,16 @@ class BuildAhead:
                 scratch = Path(
                     self._stack.enter_context(tempfile.TemporaryDirectory(prefix="orchestrator-build-"))
                 )
-                argv = builders.buildkit_argv(
+                build = builders.start_buildkit(
                     request.cli,
+                    scratch=scratch,
+                    name=build_tag(app, sha),
                     context_dir=context,
                     dockerfile=tree / dockerfile,
-                    iidfile=scratch / "iid",
                     tag=None,
                     build_args=dict(request.build_args),
                     target=request.target,
                 )
-                env = {**os.environ, **request.cli.env}
-                build = builders.CliBuild(argv, env, context, build_tag(app, sha), scratch / "iid")
             with self._lock:
                 if self._closed:  # the run ended (or took nothing) meanwhile
                     build.cancel()
@@ -478,7 +487,6 @@ class BuildAhead:
             return None
         same = (
             request == self.request
-            and engine.socket_path is not None
             and engine.socket_path == self._socket_path
             and not engine.cli_args
             and (
