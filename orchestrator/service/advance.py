@@ -105,10 +105,12 @@ class EdgeRunner:
         approval, wait_s = self.approvals.wait(run, edge, app, actor, wait_s)
 
         gates = gates_for(edge)
+        if edge == TO_STAGING and engine.build_ahead is None:
+            # Before the preflight, whose git reads run while the build is prepared; a refusal cancels
+            # it (the caller closes the engine).
+            engine.build_ahead = self.build_ahead(app, run.sha)
         if not preflighted:
             self.preflight(app, run.sha, edge)
-        if edge == TO_STAGING and engine.build_ahead is None:
-            engine.build_ahead = self.build_ahead(app, run.sha)
         # Connect before anything is written: an engine that does not answer changes nothing at all (exit
         # 4 naming its host). The edge's environments' engines and the build engine; no other host.
         if any(g.needs_docker for g in gates):

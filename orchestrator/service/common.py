@@ -106,6 +106,11 @@ class LazyEngine:
     An engine that could not be reached is remembered for the command: asking again (prod and staging
     on the same host that is down) fails at once instead of waiting out the connect timeout twice."""
 
+    # How long connecting an engine waits for the build ahead to be sent first (steps/build.py
+    # BuildAhead.wait_sent): long enough for any context that sends fast, short enough that a huge one
+    # does not hold up recording the run.
+    AHEAD_FIRST_S = 1.0
+
     def __init__(
         self,
         factory: Callable[[], DockerEngine],
@@ -125,6 +130,8 @@ class LazyEngine:
         if key in self._unreachable:
             raise self._unreachable[key]
         if key not in self._engines:
+            if self.build_ahead is not None:
+                self.build_ahead.wait_sent(self.AHEAD_FIRST_S)
             try:
                 if target is None or target.is_local:
                     self._engines[key] = self._factory()

@@ -89,10 +89,12 @@ class RunService(Operations):
         check_wait(wait_s)
         check_app_paths(config)
         self._edges.refuse_if_frozen(config.name)
-        self._edges.preflight(config, sha, TO_STAGING)
         engine = LazyEngine(self.engine_factory, settings=self.config.settings)
         try:
+            # The build first: the preflight's git reads run while it is prepared, and a refusal
+            # cancels it (engine.close).
             engine.build_ahead = self._edges.build_ahead(config, sha)
+            self._edges.preflight(config, sha, TO_STAGING)
             engine.connect_for(config, ENVIRONMENTS)
             run = self.start_run(config.name, sha, who)
             done: list[AdvanceResult] = []

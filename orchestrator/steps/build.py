@@ -476,6 +476,13 @@ class BuildAhead:
         except Exception as exc:  # an optimisation never fails a deploy: the build step builds as always
             get_logger().warning("build_ahead_skipped", reason=f"{type(exc).__name__}: {exc}")
 
+    def wait_sent(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until the build is on its way to the engine, or was not sent.
+        What the process does next (importing the docker SDK, connecting) would hold the interpreter
+        lock that preparing and sending the build needs: the build is on the critical path, so it goes
+        first, and the rest happens while the engine builds."""
+        self._thread.join(timeout_s)
+
     def take(self, request: BuildRequest, engine: DockerEngine) -> PendingBuild | builders.CliBuild | None:
         """The build under way, if it is ``request`` on ``engine`` (for the legacy builder, with the
         files the SDK would send); otherwise None, and it is ended. Taken once."""

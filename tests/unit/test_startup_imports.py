@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from orchestrator.entry import YOUNG_THRESHOLD
 from orchestrator.store.repository import Store
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ HEAVY = ("sqlalchemy", "docker", "transitions", "alembic", "structlog", "rich", 
 _PROBE = """
 import json, sys
 HEAVY = {heavy}
-from orchestrator.cli import main
+from orchestrator.entry import main
 sys.argv = ["orchestrator", *json.loads(sys.argv[1])]
 try:
     main()
@@ -147,3 +148,30 @@ print("after", "paramiko.transport" in sys.modules)
     assert lines[0] == "before False", proc.stdout + proc.stderr
     assert lines[1].startswith("error paramiko"), proc.stdout + proc.stderr  # paramiko's refused connection
     assert lines[2] == "after True", proc.stdout + proc.stderr
+
+
+def test_the_console_script_collects_less_often_and_freezes_the_heap_at_exit(tmp_path: Path) -> None:
+    """The console script (and ``python -m orchestrator``) go through entry.main, which sets the young
+    generation's threshold for a short-lived process and freezes the heap as the last exit handler
+    (orchestrator/entry.py); a test importing cli.py keeps the interpreter's defaults."""
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["orchestrator"] == "orchestrator.entry:main"
+    code = """
+import atexit, gc, sys
+atexit.register(
+    lambda: print("at exit", gc.get_threshold()[0], "frozen", gc.get_freeze_count() > 0, file=sys.stderr)
+)
+print("default", gc.get_threshold()[0], file=sys.stderr)
+sys.argv = ["orchestrator", "--version"]
+import runpy
+runpy.run_module("orchestrator", run_name="__main__")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert "default 700" in proc.stderr, proc.stderr
+    assert "version" in proc.stdout, proc.stdout + proc.stderr
+    # The probe's handler was registered before entry.main's, so it runs after it (last in, first out).
+    assert f"at exit {YOUNG_THRESHOLD} frozen True" in proc.stderr, proc.stderr
