@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 
 def _defer_paramiko() -> None:
@@ -45,28 +45,61 @@ def _defer_paramiko() -> None:
     sys.modules["paramiko"] = stand_in
 
 
-_defer_paramiko()
+def _sdk() -> Any:
+    """The docker SDK, imported on first use: a local engine's deploy path goes through
+    docker_wire.EngineApi and never needs it (issue 12); builds through the SDK, push, pull, logs,
+    networks, swarm and remote engines do."""
+    if "docker" not in sys.modules:
+        _defer_paramiko()  # before the SDK's first import, which would import paramiko
+    import docker
+    import docker.errors
+    import docker.tls
+    import docker.transport
 
-import docker  # noqa: E402 - after _defer_paramiko, which changes what it imports
-import docker.errors  # noqa: E402
-import docker.tls  # noqa: E402
-import docker.transport  # noqa: E402
-import requests.exceptions  # noqa: E402
-import urllib3.exceptions  # noqa: E402
+    return docker
 
-from orchestrator.docker_wire import PendingBuild, read_dockerignore  # noqa: E402
+
+def _timeouts() -> tuple[type[BaseException], ...]:
+    """What a call that ran out of time raises: the standard library's, and, once the SDK is loaded,
+    requests' and urllib3's (a streamed answer is read through urllib3 directly)."""
+    found: list[type[BaseException]] = [TimeoutError]
+    if (requests := sys.modules.get("requests.exceptions")) is not None:
+        found.append(requests.Timeout)
+    if (urllib3 := sys.modules.get("urllib3.exceptions")) is not None:
+        found.append(urllib3.TimeoutError)
+    return tuple(found)
+
+
+def _unreachable() -> tuple[type[BaseException], ...]:
+    """What a call to an engine that stopped answering raises (see _timeouts)."""
+    found: list[type[BaseException]] = [ConnectionError, *_timeouts()]
+    if (requests := sys.modules.get("requests.exceptions")) is not None:
+        found.append(requests.ConnectionError)
+    if (urllib3 := sys.modules.get("urllib3.exceptions")) is not None:
+        found.append(urllib3.ProtocolError)
+    return tuple(found)
+
+
+def _sdk_error(exc: BaseException, name: str) -> bool:
+    """Whether ``exc`` is the SDK's ``docker.errors.<name>`` (False when the SDK was never loaded)."""
+    errors = sys.modules.get("docker.errors")
+    return errors is not None and isinstance(exc, getattr(errors, name))
+
+
+from orchestrator.docker_wire import (  # noqa: E402
+    EngineApi,
+    EngineNotFound,
+    EngineRefused,
+    PendingBuild,
+    client_config_is_plain,
+    local_socket,
+    read_dockerignore,
+)
 from orchestrator.errors import DockerError, InfraUnavailable, StepTimeout  # noqa: E402
 from orchestrator.ssh import SshBridge, SshOptions, SshUnreachable  # noqa: E402
 
-# A streamed answer (build, push, pull) is read through urllib3 directly, so its read timeouts and broken
-# connections arrive as urllib3's exceptions, not requests' wrappers.
-_TIMEOUTS = (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
-_UNREACHABLE = (
-    requests.exceptions.ConnectionError,
-    urllib3.exceptions.ProtocolError,
-    ConnectionError,
-    *_TIMEOUTS,
-)
+if TYPE_CHECKING:
+    import docker
 
 
 @dataclass(frozen=True)
@@ -115,6 +148,7 @@ def _tls_client(url: str, tls: Any, timeout: int) -> docker.DockerClient:
     machine that sets them (many do, for a corporate proxy) the engine's own certificate would be judged
     against the wrong roots and refused. ``version="auto"`` asks the engine inside the constructor,
     before trust_env can be turned off, so the version is asked first by a probe that has it off."""
+    docker = _sdk()
     probe = docker.APIClient(base_url=url, timeout=timeout, version=_PROBE_API, tls=tls)
     probe.trust_env = False
     try:
@@ -126,22 +160,22 @@ def _tls_client(url: str, tls: Any, timeout: int) -> docker.DockerClient:
     return client
 
 
-class _OnePoolUnixAdapter(docker.transport.UnixHTTPAdapter):  # type: ignore[misc]
-    """The SDK's unix adapter keeps one connection pool per request URL (``/containers/x/json``,
+def _one_pool(client: docker.DockerClient, pool_size: int = 4) -> None:
+    """Every request of ``client`` (on a unix socket) through one pool of at most ``pool_size`` kept
+    connections; more are opened when more requests run at once, and closed after.
+
+    The SDK's unix adapter keeps one connection pool per request URL (``/containers/x/json``,
     ``/images/y/json``, ... each its own, up to 25), and each pool its own idle connection. On a local
     socket that costs nothing; over ssh every connection is a ``docker system dial-stdio`` session, and
     sshd allows 10 per connection (MaxSessions): past that each request would pay a new ssh handshake.
     One pool for every URL: a handful of connections, reused."""
 
-    def get_connection(self, url: str, proxies: Any = None) -> Any:
-        return super().get_connection("http+docker://localhost", proxies)
+    class OnePoolUnixAdapter(_sdk().transport.UnixHTTPAdapter):  # type: ignore[misc]
+        def get_connection(self, url: str, proxies: Any = None) -> Any:
+            return super().get_connection("http+docker://localhost", proxies)
 
-
-def _one_pool(client: docker.DockerClient, pool_size: int = 4) -> None:
-    """Every request of ``client`` (on a unix socket) through one pool of at most ``pool_size`` kept
-    connections; more are opened when more requests run at once, and closed after."""
     api = client.api
-    adapter = _OnePoolUnixAdapter(api.base_url, api.timeout, max_pool_size=pool_size)
+    adapter = OnePoolUnixAdapter(api.base_url, api.timeout, max_pool_size=pool_size)
     adapter.socket_path = api._custom_adapter.socket_path
     api._custom_adapter.close()
     api._custom_adapter = adapter
@@ -172,12 +206,18 @@ def _translated(what: str) -> Iterator[None]:
     """An engine that does not answer is InfraUnavailable (exit 4); one that answers "no" is DockerError."""
     try:
         yield
-    except _UNREACHABLE as exc:
-        raise InfraUnavailable(f"Docker engine stopped answering during {what}: {exc}") from None
-    except docker.errors.NotFound:
+    except EngineNotFound:
         raise  # callers that look things up turn "not found" into None
-    except docker.errors.APIError as exc:
-        raise DockerError(f"{what}: {exc.explanation or exc}") from None
+    except EngineRefused as exc:
+        raise DockerError(f"{what}: {exc}") from None
+    except Exception as exc:
+        if isinstance(exc, _unreachable()):
+            raise InfraUnavailable(f"Docker engine stopped answering during {what}: {exc}") from None
+        if _sdk_error(exc, "NotFound"):  # the SDK's, as EngineApi's: one kind for callers to catch
+            raise EngineNotFound(str(getattr(exc, "explanation", None) or exc)) from None
+        if _sdk_error(exc, "APIError"):
+            raise DockerError(f"{what}: {getattr(exc, 'explanation', None) or exc}") from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -240,7 +280,7 @@ class _OneRequest:
         return self.response
 
     def _post_json(self, url: str, data: Any, **kwargs: Any) -> Any:
-        return docker.APIClient._post_json(self, url, data, **kwargs)  # so that it posts through _post
+        return _sdk().APIClient._post_json(self, url, data, **kwargs)  # so that it posts through _post
 
     def _read_timeout(self) -> float | None:
         if self._deadline is None:
@@ -297,8 +337,7 @@ def _log_tail(log: list[str] | None, lines: int = 20) -> dict[str, str]:
     return {"log_tail": "".join("".join(log).splitlines(keepends=True)[-lines:])}
 
 
-def _image(obj: Any) -> ImageInfo:
-    attrs = obj.attrs
+def _image(attrs: Mapping[str, Any]) -> ImageInfo:
     return ImageInfo(
         id=attrs["Id"],
         tags=tuple(attrs.get("RepoTags") or ()),
@@ -333,16 +372,31 @@ def _container_from(attrs: Mapping[str, Any]) -> ContainerInfo:
     )
 
 
+def _unreachable_message(where: str, exc: BaseException) -> str:
+    return (
+        f"Docker engine is unreachable at {where}: {exc}. "
+        "Start it ('systemctl start docker'; not installed: 'apt-get install docker.io', or Docker "
+        "Engine from docs.docker.com), or point DOCKER_HOST at a running engine, and try again"
+    )
+
+
 class DockerEngine:
     def __init__(
         self,
-        client: docker.DockerClient,
+        client: docker.DockerClient | None,
         where: str = "local",
         *,
         over_ssh: bool = False,
         cli_args: tuple[str, ...] = (),
+        api: EngineApi | None = None,
     ) -> None:
-        self._client = client
+        # The SDK's client; for an engine reached through ``api`` alone, made when first needed.
+        self._sdk_client = client
+        # The calls a deploy makes on its way (inspect, tag, create, start, stop, remove, list): the
+        # SDK's APIClient, or for a local engine EngineApi, which answers them without the SDK.
+        self._api: Any = api if api is not None else client.api if client is not None else None
+        if self._api is None:
+            raise ValueError("an engine needs an SDK client or an EngineApi")
         # What messages call this engine (``local``, or ``user@host:port`` of a remote one).
         self.where = where
         self._over_ssh = over_ssh
@@ -353,23 +407,47 @@ class DockerEngine:
         # This engine's unix socket, when it is a local one: a build sent there ahead is this engine's.
         self.socket_path: str | None = None
 
+    @property
+    def _client(self) -> docker.DockerClient:
+        """The SDK's client, made on first use for an engine connected through EngineApi: the same
+        socket and API version, so both speak to the engine alike."""
+        if self._sdk_client is None:
+            assert isinstance(self._api, EngineApi)
+            self._sdk_client = _sdk().DockerClient(
+                base_url=f"unix://{self._api.socket_path}",
+                timeout=int(self._api.timeout),
+                version=self._api.api_version,
+            )
+        return self._sdk_client
+
     @classmethod
     def connect(cls, base_url: str | None = None, timeout: int = 120) -> DockerEngine:
         """Connect (DOCKER_HOST or the default socket) and prove the engine answers: the API version
-        negotiation (``version="auto"``: GET /version) is that proof, so no separate ping follows."""
+        negotiation (``version="auto"``: GET /version) is that proof, so no separate ping follows.
+
+        A local socket with a docker client config that adds nothing to requests (no credentials,
+        helpers or proxies, which the SDK would apply) is spoken to through EngineApi, and the SDK is
+        loaded only if a call needs it; anything else through the SDK from the start."""
         where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        environ = {**os.environ, "DOCKER_HOST": where}
+        socket_path = local_socket(environ)
+        if socket_path is not None and client_config_is_plain(environ):
+            try:
+                api = EngineApi(socket_path, timeout)  # asks the engine's API version: the proof it answers
+            except (EngineRefused, EngineNotFound, OSError, ValueError, KeyError) as exc:
+                raise InfraUnavailable(_unreachable_message(where, exc)) from None
+            engine = cls(None, api=api)
+            engine.socket_path = socket_path
+            return engine
+        docker = _sdk()
         try:
             client = (
                 docker.DockerClient(base_url=base_url, timeout=timeout, version="auto")
                 if base_url
                 else docker.from_env(timeout=timeout, version="auto")
             )
-        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
-            raise InfraUnavailable(
-                f"Docker engine is unreachable at {where}: {exc}. "
-                "Start it ('systemctl start docker'; not installed: 'apt-get install docker.io', or Docker "
-                "Engine from docs.docker.com), or point DOCKER_HOST at a running engine, and try again"
-            ) from None
+        except (docker.errors.DockerException, *_unreachable()) as exc:
+            raise InfraUnavailable(_unreachable_message(where, exc)) from None
         engine = cls(client)
         if where.startswith("unix://"):
             engine.socket_path = os.path.realpath(where[len("unix://") :])
@@ -395,6 +473,7 @@ class DockerEngine:
         bounds the connection and the first answer: a host that drops packets is unreachable after it,
         not after TCP's minutes. ``host`` names the engine in messages: never a key or a certificate,
         only where it is."""
+        docker = _sdk()
         over_ssh = url.startswith("ssh://")
         bridge: SshBridge | None = None
         failed: str | None = None
@@ -421,7 +500,7 @@ class DockerEngine:
             client.api.timeout = timeout
         except SshUnreachable as exc:
             failed = exc.reason
-        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+        except (docker.errors.DockerException, *_unreachable()) as exc:
             failed = (bridge.session_error() if bridge is not None else None) or type(exc).__name__
         except BaseException:
             if bridge is not None:  # e.g. Interrupted while connecting: no ssh outlives the attempt
@@ -458,7 +537,10 @@ class DockerEngine:
         return self._bridge
 
     def close(self) -> None:
-        self._client.close()
+        if self._sdk_client is not None:
+            self._sdk_client.close()
+        if isinstance(self._api, EngineApi):
+            self._api.close()
         if self._bridge is not None:
             self._bridge.close()
         if self._over_ssh:
@@ -513,7 +595,7 @@ class DockerEngine:
         )
 
         def request(api: Any) -> Iterable[dict[str, Any]]:
-            return docker.APIClient.build(
+            return _sdk().APIClient.build(
                 api,
                 **source,
                 tag=tag,
@@ -531,12 +613,17 @@ class DockerEngine:
 
         try:
             self._stream(deadline, request, output.read, log=output.log)
-        except _UNREACHABLE as exc:
-            raise InfraUnavailable(f"Docker engine stopped answering during build of {tag}: {exc}") from None
-        except docker.errors.APIError as exc:
-            raise DockerError(
-                f"build of {tag} failed: {exc.explanation or exc}", log="".join(output.log)
-            ) from None
+        except Exception as exc:
+            if isinstance(exc, _unreachable()):
+                raise InfraUnavailable(
+                    f"Docker engine stopped answering during build of {tag}: {exc}"
+                ) from None
+            if _sdk_error(exc, "APIError"):
+                raise DockerError(
+                    f"build of {tag} failed: {getattr(exc, 'explanation', None) or exc}",
+                    log="".join(output.log),
+                ) from None
+            raise
         found = self.image(output.image_id or tag)
         if found is None:
             raise output.no_image()
@@ -545,6 +632,7 @@ class DockerEngine:
     def context_files(self, context: Path, dockerfile: str) -> list[str]:
         """The paths of ``context`` the SDK sends to build it (``.dockerignore`` applied), sorted: a build
         sent ahead (docker_wire.py) is taken only if it sent exactly these."""
+        _sdk()  # first: the SDK's own import, with paramiko deferred
         from docker.utils.build import exclude_paths
 
         patterns = read_dockerignore(context)  # the lines the SDK's build reads, the same way
@@ -607,7 +695,7 @@ class DockerEngine:
             for chunk in request(call):
                 read(chunk)
                 call.rearm()
-        except _TIMEOUTS:
+        except _timeouts():
             if deadline is not None and call.deadline_armed:
                 raise deadline.exceeded(**_log_tail(log)) from None
             raise
@@ -619,20 +707,20 @@ class DockerEngine:
 
     def supports_buildkit(self) -> bool:
         """Whether the engine can run BuildKit builds a docker CLI starts (Linux, API 1.39 / 18.09+)."""
-        version = self._call("engine version", self._client.version)
+        version = self._call("engine version", self._api.version)
         api = tuple(int(p) for p in str(version.get("ApiVersion", "0.0")).split(".")[:2] if p.isdigit())
         return str(version.get("Os", "")).lower() == "linux" and api >= (1, 39)
 
     def image(self, ref: str) -> ImageInfo | None:
         try:
-            return _image(self._call(f"inspect image {ref}", self._client.images.get, ref))
-        except docker.errors.NotFound:
+            return _image(self._call(f"inspect image {ref}", self._api.inspect_image, ref))
+        except EngineNotFound:
             return None
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         ok = self._call(
             f"tag {image_id} as {repository}:{tag}",
-            self._client.api.tag,
+            self._api.tag,
             image_id,
             repository,
             tag,
@@ -642,7 +730,7 @@ class DockerEngine:
             raise DockerError(f"engine refused to tag {image_id} as {repository}:{tag}")
 
     def remove_image(self, ref: str, *, force: bool = False) -> None:
-        with contextlib.suppress(docker.errors.ImageNotFound):
+        with contextlib.suppress(EngineNotFound):
             self._call(f"remove image {ref}", self._client.images.remove, ref, force=force, noprune=False)
 
     def push(
@@ -676,7 +764,7 @@ class DockerEngine:
         with _translated(what):
             self._stream(
                 deadline,
-                lambda api: docker.APIClient.push(api, repository, tag=tag, stream=True, decode=True),
+                lambda api: _sdk().APIClient.push(api, repository, tag=tag, stream=True, decode=True),
                 read,
             )
         if not digest:
@@ -701,13 +789,13 @@ class DockerEngine:
             with _translated(what):
                 self._stream(
                     deadline,
-                    lambda api: docker.APIClient.pull(
+                    lambda api: _sdk().APIClient.pull(
                         api, repository, tag=digest if sep else None, stream=True, decode=True
                     ),
                     read,
                 )
-        except docker.errors.NotFound as exc:  # for a pull, "not found" is a refusal, not a lookup miss
-            raise DockerError(f"{what} failed: {exc.explanation or exc}") from None
+        except EngineNotFound as exc:  # for a pull, "not found" is a refusal, not a lookup miss
+            raise DockerError(f"{what} failed: {exc}") from None
         found = self.image(reference)
         if found is None:
             raise DockerError(f"{what} reported success but no image is there")
@@ -721,10 +809,8 @@ class DockerEngine:
 
     def container(self, name: str) -> ContainerInfo | None:
         try:
-            return _container_from(
-                self._call(f"inspect container {name}", self._client.api.inspect_container, name)
-            )
-        except docker.errors.NotFound:
+            return _container_from(self._call(f"inspect container {name}", self._api.inspect_container, name))
+        except EngineNotFound:
             return None
 
     def run(
@@ -752,36 +838,26 @@ class DockerEngine:
         bind mount would name a path on the engine's host, which for a remote engine is not ours.
         ``binds`` (host directory -> path inside) are for what only this machine's engine can use (a
         unix socket shared with the container); ``user`` is ``uid:gid`` to run it as (None: the image's)."""
-        api = self._client.api
         if network is not None and host_network:
             raise ValueError("a container on the host network cannot join another network")
-        host_config = api.create_host_config(
+        config = _container_config(
+            image,
+            command=command,
+            environment=environment,
+            labels=labels,
+            user=user,
             network_mode="host" if host_network else network,
-            port_bindings=None if host_network or not publish else dict(publish),
-            restart_policy={"Name": "unless-stopped"} if restart else None,
-            binds=[f"{host}:{inside}:rw" for host, inside in (binds or {}).items()] or None,
-        )
-        networking = (
-            api.create_networking_config({network: api.create_endpoint_config(aliases=list(aliases))})
-            if network is not None
-            else None
+            publish=None if host_network else publish,
+            restart=restart,
+            binds=binds,
+            network=network,
+            aliases=aliases,
         )
         try:
             created = self._call(
-                f"create container {name}",
-                api.create_container,
-                image,
-                command=command,
-                name=name,
-                environment=dict(environment or {}),
-                labels=dict(labels or {}),
-                user=user,
-                ports=None if host_network or not publish else list(publish),
-                host_config=host_config,
-                networking_config=networking,
-                detach=True,
+                f"create container {name}", self._api.create_container_from_config, config, name=name
             )
-        except docker.errors.NotFound:
+        except EngineNotFound:
             # The engine refuses to create a container of an image it lacks (pruned, or never pulled
             # since the check that found it): a refusal of this step, not a lookup miss.
             raise DockerError(
@@ -790,33 +866,34 @@ class DockerEngine:
             ) from None
         if files:
             archive = _tar(files)
-            if not self._call(f"write files into {name}", api.put_archive, created["Id"], "/", archive):
+            if not self._call(f"write files into {name}", self._api.put_archive, created["Id"], "/", archive):
                 raise DockerError(f"write files into {name}: the engine refused the archive")
-        self._call(f"start container {name}", api.start, created["Id"])
-        return _container_from(self._call(f"inspect container {name}", api.inspect_container, created["Id"]))
+        self._call(f"start container {name}", self._api.start, created["Id"])
+        return _container_from(
+            self._call(f"inspect container {name}", self._api.inspect_container, created["Id"])
+        )
 
     def remove_container(self, name: str) -> bool:
         """Force-remove; True when something was removed."""
         try:
-            api = self._client.api
-            self._call(f"remove container {name}", api.remove_container, name, force=True, v=True)
+            self._call(f"remove container {name}", self._api.remove_container, name, force=True, v=True)
             return True
-        except docker.errors.NotFound:
+        except EngineNotFound:
             return False
 
     def stop_container(self, name: str, *, timeout_s: int = 1) -> bool:
         """Stop without removing (the container and its log stay for ``docker logs``); a stopped
         container is not restarted by its restart policy. True when something was stopped."""
         try:
-            self._call(f"stop container {name}", self._client.api.stop, name, timeout=timeout_s)
+            self._call(f"stop container {name}", self._api.stop, name, timeout=timeout_s)
             return True
-        except docker.errors.NotFound:
+        except EngineNotFound:
             return False
 
     def logs(self, name: str, *, tail: int = 50) -> str:
         try:
             raw = self._call(f"logs of {name}", self._client.api.logs, name, tail=tail)
-        except docker.errors.NotFound:
+        except EngineNotFound:
             return ""
         return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
@@ -863,7 +940,7 @@ class DockerEngine:
         try:
             self._call(f"remove network {name}", self._client.api.remove_network, name)
             return True
-        except docker.errors.NotFound:
+        except EngineNotFound:
             return False
 
     # housekeeping (orchestrator.prune) ------------------------------------------------------------
@@ -872,14 +949,14 @@ class DockerEngine:
         """Every image ``docker images`` shows (tagged or digested, and dangling ones; never the
         intermediate layers of a build), from one list call: inspecting each would cost one round trip
         per image on a busy engine. ``prune`` picks the app's own images out of these by name."""
-        rows = self._call("list images", self._client.api.images, all=False)
+        rows = self._call("list images", self._api.images, all=False)
         return [_listed_image(row) for row in rows]
 
     def containers(self, labels: Mapping[str, str] | None = None) -> list[ListedContainer]:
         """Every container, running or not, from one list call: an image any of them uses is in use,
         whichever app (or person) started it. ``labels`` keeps only those carrying all of them."""
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]} if labels else None
-        rows = self._call("list containers", self._client.api.containers, all=True, filters=filters)
+        rows = self._call("list containers", self._api.containers, all=True, filters=filters)
         return [_listed_container(row) for row in rows]
 
     def remove_stopped_container(self, container_id: str) -> bool:
@@ -887,11 +964,61 @@ class DockerEngine:
         running one (DockerError), so a container someone restarted since it was listed stays.
         Its anonymous volumes go with it. True when something was removed."""
         try:
-            obj = self._call(f"inspect container {container_id}", self._client.containers.get, container_id)
-            self._call(f"remove container {obj.name}", obj.remove, force=False, v=True)
+            found = self._call(f"inspect container {container_id}", self._api.inspect_container, container_id)
+            name = str(found["Name"]).lstrip("/")
+            self._call(
+                f"remove container {name}", self._api.remove_container, container_id, force=False, v=True
+            )
             return True
-        except docker.errors.NotFound:
+        except EngineNotFound:
             return False
+
+
+def _container_config(
+    image: str,
+    *,
+    command: list[str] | None,
+    environment: Mapping[str, str] | None,
+    labels: Mapping[str, str] | None,
+    user: str | None,
+    network_mode: str | None,
+    publish: Mapping[int, tuple[str, int | None]] | None,
+    restart: bool,
+    binds: Mapping[str, str] | None,
+    network: str | None,
+    aliases: Sequence[str],
+) -> dict[str, Any]:
+    """The body of ``POST /containers/create`` for a detached container, as the SDK's
+    ``create_container`` writes it for these arguments (docker/types/containers.py), built here once
+    for both ways of sending it (EngineApi, or the SDK's ``create_container_from_config``)."""
+    host_config: dict[str, Any] = {"NetworkMode": network_mode or "default"}
+    if publish:
+        host_config["PortBindings"] = {
+            f"{port}/tcp": [{"HostIp": ip, "HostPort": "" if host_port is None else str(host_port)}]
+            for port, (ip, host_port) in publish.items()
+        }
+    if restart:
+        host_config["RestartPolicy"] = {"Name": "unless-stopped"}
+    if binds:
+        host_config["Binds"] = [f"{host}:{inside}:rw" for host, inside in binds.items()]
+    endpoint = {"Aliases": list(aliases)} if aliases else {}
+    return {
+        "Image": image,
+        "Cmd": command,
+        "Env": [f"{k}={v}" for k, v in (environment or {}).items()],
+        "Labels": dict(labels or {}),
+        "User": user,
+        "ExposedPorts": {f"{port}/tcp": {} for port in publish} if publish else None,
+        "Tty": False,
+        "OpenStdin": False,
+        "StdinOnce": False,
+        "AttachStdin": False,
+        "AttachStdout": False,
+        "AttachStderr": False,
+        "NetworkDisabled": False,
+        "HostConfig": host_config,
+        "NetworkingConfig": {"EndpointsConfig": {network: endpoint}} if network is not None else None,
+    }
 
 
 def _tar(files: Mapping[str, bytes]) -> bytes:
@@ -1072,7 +1199,7 @@ class SwarmEngine:
     def service(self, name: str) -> ServiceInfo | None:
         try:
             return _service(self._engine._call(f"inspect service {name}", self._api.inspect_service, name))
-        except docker.errors.NotFound:
+        except EngineNotFound:
             return None
 
     def tasks(self, name: str) -> list[TaskInfo]:
@@ -1080,7 +1207,7 @@ class SwarmEngine:
         none when there is no such service."""
         try:
             rows = self._engine._call(f"list tasks of {name}", self._api.tasks, filters={"service": name})
-        except docker.errors.NotFound:  # no such service: no tasks
+        except EngineNotFound:  # no such service: no tasks
             return []
         return [_task(row) for row in rows if (row.get("ServiceID") and row.get("Spec"))]
 
@@ -1166,5 +1293,5 @@ class SwarmEngine:
         try:
             self._engine._call(f"remove service {name}", self._api.remove_service, name)
             return True
-        except docker.errors.NotFound:
+        except EngineNotFound:
             return False

@@ -1,16 +1,20 @@
-"""The build request a deploy sends before the docker SDK is loaded: part of the Docker adapter.
+"""The Docker adapter's calls that must not wait for the docker SDK: part of the Docker adapter.
 
-docker_engine.py is the adapter; this is its one piece that must not import the SDK. Importing the SDK
-(with requests and urllib3) costs a deploy process about 60 ms, and everything a deploy does before its
-build (imports, the database, recording the run and its transition) adds about 100 ms more, all of it
-in series before the engine starts the longest step. Sent ahead on the engine's unix socket with the
-standard library alone, the build runs while that work is done (issue 12). The request is exactly the
-one DockerEngine.build sends through the SDK: the same context (the files ``.dockerignore`` leaves in,
-as docker's rules select them), the same query, less the tag; DockerEngine.finish_build reads its answer
-as the build step's own, which takes it only if the SDK, once loaded, selects the same files
-(steps/build.py BuildAhead).
+docker_engine.py is the adapter; this is the piece of it written with the standard library alone.
+Importing the SDK (with requests and urllib3) costs a process about 55 ms (issue 12). Two things here
+spare a deploy that cost:
 
-Only a local engine (a unix socket) is sent ahead to; a remote one goes through the SDK as always.
+- The staging build, sent ahead. Everything a deploy does before its build (imports, the database,
+  recording the run and its transition) adds about 100 ms, all of it in series before the engine starts
+  the longest step. Sent ahead on the engine's unix socket, the build runs while that work is done. The
+  request is exactly the one DockerEngine.build sends through the SDK: the same context (the files
+  ``.dockerignore`` leaves in, as docker's rules select them), the same query, less the tag;
+  DockerEngine.finish_build reads its answer as the build step's own, which takes it only if the SDK,
+  once loaded, selects the same files (steps/build.py BuildAhead).
+- EngineApi: the calls a local deploy makes after its build (inspect, tag, create, start, stop,
+  remove, list), so a process that promotes to prod never loads the SDK at all.
+
+Only a local engine (a unix socket) is spoken to here; a remote one goes through the SDK as always.
 """
 
 from __future__ import annotations
@@ -338,3 +342,153 @@ class PendingBuild:
                 sock.shutdown(socket.SHUT_RDWR)
         self._conn.close()
         self._reader.join(timeout=5)
+
+
+# the engine's API for a local deploy ----------------------------------------------------------------
+
+
+class EngineNotFound(Exception):
+    """The engine has no such object (HTTP 404): lookups turn it into None."""
+
+
+class EngineRefused(Exception):
+    """The engine answered a request with an error (its own message)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _quote(ref: str) -> str:
+    return urllib.parse.quote(ref, safe="/:")  # what the SDK does to names in paths
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+class EngineApi:
+    """The calls a local deploy makes between its build and its end (inspect, tag, create, start, stop,
+    remove, list), over the engine's unix socket with the standard library: a process that promotes to
+    prod on this machine never imports the docker SDK (about 55 ms of every such process, issue 12).
+
+    Its methods are named and called like the SDK's ``APIClient`` ones, so DockerEngine makes each call
+    once for either; everything else (builds through the SDK, push, pull, logs, networks, swarm, remote
+    engines) is the SDK's, loaded when first needed. Connections are kept and reused like the SDK's pool:
+    one per concurrent call, each used by one call at a time."""
+
+    def __init__(self, socket_path: str, timeout: float, version: str | None = None) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._idle: list[_UnixConnection] = []
+        self._lock = threading.Lock()
+        self.api_version = version or str(self._request("GET", "/version", versioned=False)["ApiVersion"])
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        body: bytes | None = None,
+        json_body: Any = None,
+        versioned: bool = True,
+        timeout: float | None = None,
+    ) -> Any:
+        url = (f"/v{self.api_version}" if versioned else "") + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        headers = {}
+        if json_body is not None:
+            body = json.dumps({k: v for k, v in json_body.items() if v is not None}).encode()
+            headers["Content-Type"] = "application/json"
+        elif body is not None:
+            headers["Content-Type"] = "application/x-tar"
+        with self._lock:
+            conn = self._idle.pop() if self._idle else _UnixConnection(self.socket_path, self.timeout)
+        conn.timeout = self.timeout if timeout is None else timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(conn.timeout)
+        try:
+            conn.request(method, url, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (http.client.HTTPException, OSError) as exc:
+            conn.close()
+            if isinstance(exc, TimeoutError | ConnectionError):
+                raise
+            raise ConnectionError(f"{method} {path}: {exc}") from None
+        if response.will_close:
+            conn.close()
+        else:
+            with self._lock:
+                self._idle.append(conn)
+        if response.status >= 400:
+            message = data.decode(errors="replace").strip()
+            with contextlib.suppress(ValueError, AttributeError):
+                message = json.loads(message).get("message", message)
+            if response.status == 404:
+                raise EngineNotFound(message)
+            raise EngineRefused(response.status, message)
+        if data and response.getheader("Content-Type", "").startswith("application/json"):
+            return json.loads(data)
+        return data
+
+    def version(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/version")
+        return result
+
+    def inspect_image(self, image: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/images/{_quote(image)}/json")
+        return result
+
+    def tag(self, image: str, repository: str, tag: str | None = None, force: bool = False) -> bool:
+        params = {"repo": repository, "force": _flag(force), **({"tag": tag} if tag else {})}
+        self._request("POST", f"/images/{_quote(image)}/tag", params)
+        return True
+
+    def images(self, all: bool = False) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._request("GET", "/images/json", {"all": _flag(all)})
+        return result
+
+    def inspect_container(self, container: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/containers/{_quote(container)}/json")
+        return result
+
+    def containers(
+        self,
+        all: bool = False,
+        filters: Mapping[str, Sequence[str]] | None = None,
+    ) -> list[dict[str, Any]]:
+        params = {"all": _flag(all), **({"filters": json.dumps(dict(filters))} if filters else {})}
+        result: list[dict[str, Any]] = self._request("GET", "/containers/json", params)
+        return result
+
+    def create_container_from_config(
+        self, config: Mapping[str, Any], name: str | None = None
+    ) -> dict[str, Any]:
+        params = {"name": name} if name else None
+        result: dict[str, Any] = self._request("POST", "/containers/create", params, json_body=config)
+        return result
+
+    def start(self, container: str) -> None:
+        self._request("POST", f"/containers/{_quote(container)}/start")
+
+    def stop(self, container: str, timeout: int | None = None) -> None:
+        params = {} if timeout is None else {"t": str(timeout)}
+        wait = self.timeout + (10 if timeout is None else timeout)  # the engine answers after the stop
+        self._request("POST", f"/containers/{_quote(container)}/stop", params, timeout=wait)
+
+    def remove_container(self, container: str, v: bool = False, force: bool = False) -> None:
+        params = {"v": _flag(v), "force": _flag(force)}
+        self._request("DELETE", f"/containers/{_quote(container)}", params)
+
+    def put_archive(self, container: str, path: str, data: bytes) -> bool:
+        self._request("PUT", f"/containers/{_quote(container)}/archive", {"path": path}, body=data)
+        return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from docker.utils.build import exclude_paths
@@ -122,3 +123,82 @@ def test_a_client_config_that_adds_to_the_request_keeps_the_build_for_the_sdk(
     elif config is not None:
         (folder / "config.json").write_text(str(config))
     assert client_config_is_plain({"DOCKER_CONFIG": str(folder)}) is plain
+
+
+# The container a deploy creates, as the SDK would have asked for it --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({}, id="host-network"),
+        pytest.param({"restart": True, "environment": {"PORT": "8500", "X": "a b=c"}}, id="prod"),
+        pytest.param(
+            {
+                "host_network": False,
+                "network": "orch-net",
+                "aliases": ["app-prod", "backend"],
+                "publish": {8080: ("127.0.0.1", None), 9090: ("127.0.0.1", 19090)},
+                "labels": {"orchestrator.app": "demo"},
+                "command": ["haproxy", "-f", "/etc/haproxy.cfg"],
+                "user": "1000:1000",
+                "binds": {"/run/orch/admin": "/admin"},
+            },
+            id="proxied",
+        ),
+        pytest.param({"host_network": False, "publish": {80: ("127.0.0.1", 8080)}}, id="bridge-publish"),
+        pytest.param({"host_network": False, "network": "net-without-aliases"}, id="network-no-aliases"),
+    ],
+)
+def test_the_container_body_is_the_one_the_sdk_would_send(kwargs: dict[str, Any]) -> None:
+    """DockerEngine.run builds ``POST /containers/create``'s body itself (docker_engine._container_config)
+    for EngineApi and the SDK alike; it must be what the SDK's create_container sent for the same
+    arguments (as DockerEngine.run called it before), less the null fields its _post_json drops."""
+    import docker
+
+    from orchestrator.docker_engine import _container_config
+
+    host_network = kwargs.pop("host_network", True)
+    network, aliases, publish = kwargs.get("network"), kwargs.get("aliases", []), kwargs.get("publish")
+    restart, binds = kwargs.get("restart", False), kwargs.get("binds")
+    api = docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+    host_config = api.create_host_config(
+        network_mode="host" if host_network else network,
+        port_bindings=None if host_network or not publish else dict(publish),
+        restart_policy={"Name": "unless-stopped"} if restart else None,
+        binds=[f"{h}:{i}:rw" for h, i in (binds or {}).items()] or None,
+    )
+    networking = (
+        api.create_networking_config({network: api.create_endpoint_config(aliases=list(aliases))})
+        if network is not None
+        else None
+    )
+    sdk = api.create_container_config(
+        "sha256:" + "1" * 64,
+        command=kwargs.get("command"),
+        environment=dict(kwargs.get("environment") or {}),
+        labels=dict(kwargs.get("labels") or {}),
+        user=kwargs.get("user"),
+        ports=None if host_network or not publish else list(publish),
+        host_config=host_config,
+        networking_config=networking,
+        detach=True,
+    )
+    ours = _container_config(
+        "sha256:" + "1" * 64,
+        command=kwargs.get("command"),
+        environment=kwargs.get("environment"),
+        labels=kwargs.get("labels"),
+        user=kwargs.get("user"),
+        network_mode="host" if host_network else network,
+        publish=None if host_network else publish,
+        restart=restart,
+        binds=binds,
+        network=network,
+        aliases=aliases,
+    )
+
+    def sent(body: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(json.dumps({k: v for k, v in body.items() if v is not None}))
+
+    assert sent(ours) == sent(sdk)

@@ -130,12 +130,14 @@ def test_the_ci_commands_import_neither_sqlalchemy_nor_alembic(
 
 
 def test_the_engine_adapter_imports_paramiko_only_for_an_ssh_engine() -> None:
-    """docker-py imports paramiko (and invoke) with the SDK whenever it is installed; the adapter defers
-    it to the first ssh:// connection, which must still reach the real paramiko."""
+    """The adapter imports the SDK when a call first needs it (a local deploy never does); docker-py
+    imports paramiko (and invoke) with the SDK whenever it is installed, and the adapter defers that
+    to the first ssh:// connection, which must still reach the real paramiko."""
     code = """
 import sys
 import orchestrator.docker_engine
-import docker
+print("adapter alone", "docker" in sys.modules)
+docker = orchestrator.docker_engine._sdk()
 print("before", "paramiko.transport" in sys.modules)
 try:
     docker.APIClient(base_url="ssh://nobody@127.0.0.1:1", use_ssh_client=False, timeout=2)
@@ -145,9 +147,10 @@ print("after", "paramiko.transport" in sys.modules)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     lines = proc.stdout.split("\n")
-    assert lines[0] == "before False", proc.stdout + proc.stderr
-    assert lines[1].startswith("error paramiko"), proc.stdout + proc.stderr  # paramiko's refused connection
-    assert lines[2] == "after True", proc.stdout + proc.stderr
+    assert lines[0] == "adapter alone False", proc.stdout + proc.stderr  # the SDK loads on first use
+    assert lines[1] == "before False", proc.stdout + proc.stderr
+    assert lines[2].startswith("error paramiko"), proc.stdout + proc.stderr  # paramiko's refused connection
+    assert lines[3] == "after True", proc.stdout + proc.stderr
 
 
 def test_the_console_script_collects_less_often_and_freezes_the_heap_at_exit(tmp_path: Path) -> None:

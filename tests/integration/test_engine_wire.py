@@ -1,0 +1,121 @@
+"""A local engine without the docker SDK (docker_wire.EngineApi), on the real engine.
+
+The SDK (with requests and urllib3) cost every process that talks to Docker about 55 ms of start-up,
+paid three times per commit by the three-call CI path (issue 12). A local engine's deploy path (inspect,
+tag, create, start, stop, remove, list) now goes over the unix socket with the standard library, and
+the SDK is loaded only by what needs it. What must hold: the same answers as before (the rest of the
+suite runs every local deploy through this path), the engine's refusals still said as DockerError, and
+a promotion to prod that really imports no SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from orchestrator.docker_engine import DockerEngine
+from orchestrator.docker_wire import EngineApi
+from orchestrator.errors import DockerError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from conftest import BusyboxApp
+
+pytestmark = pytest.mark.docker
+
+# Runs in a fresh interpreter: what a process that only uses these calls imports.
+_PROBE = """
+import json, sys
+from orchestrator.docker_engine import DockerEngine
+name, image = sys.argv[1], sys.argv[2]
+engine = DockerEngine.connect(timeout=30)
+seen = {"api": type(engine._api).__name__, "missing_image": engine.image("orch-no-such-image:x") is None,
+        "missing_container": engine.container(name) is None}
+started = engine.run(name, image, labels={"orchestrator.tests": "1"}, environment={"A": "b c"})
+seen["running"] = engine.container(name).running
+seen["env"] = "A=b c" in engine._api.inspect_container(name)["Config"]["Env"]
+seen["listed"] = any(c.info.id == started.id for c in engine.containers({"orchestrator.tests": "1"}))
+seen["stopped"] = engine.stop_container(name, timeout_s=1)
+seen["removed"] = engine.remove_container(name) and engine.container(name) is None
+seen["sdk_loaded"] = "docker" in sys.modules
+engine.close()
+print(json.dumps(seen))
+"""
+
+
+def test_a_local_engine_answers_the_deploy_calls_without_loading_the_sdk(
+    busybox_image: Callable[..., Any], unique_name: Callable[[str], str], docker_cleanup: Callable[..., None]
+) -> None:
+    image = busybox_image()
+    name = unique_name("wire")
+    docker_cleanup(container=name)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, name, image.id], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout) == {
+        "api": "EngineApi",
+        "missing_image": True,
+        "missing_container": True,
+        "running": True,
+        "env": True,
+        "listed": True,
+        "stopped": True,
+        "removed": True,
+        "sdk_loaded": False,
+    }
+
+
+def test_the_engines_refusals_are_docker_errors_with_its_message(
+    engine: DockerEngine,
+    busybox_image: Callable[..., Any],
+    unique_name: Callable[[str], str],
+    docker_cleanup: Callable[..., None],
+) -> None:
+    assert isinstance(engine._api, EngineApi)
+    with pytest.raises(DockerError, match="is not on this engine"):
+        engine.run(unique_name("noimage"), "sha256:" + "0" * 64)
+    image = busybox_image()
+    name = unique_name("refused")
+    docker_cleanup(container=name)
+    engine.run(name, image.id, labels={"orchestrator.tests": "1"})
+    # A running container is not removed without force: the engine says why (409), and it stays.
+    with pytest.raises(DockerError, match=r"(?i)running container"):
+        engine.remove_stopped_container(name)
+    found = engine.container(name)
+    assert found is not None and found.running
+    # A second container of the same name: the engine's conflict, in its own words.
+    with pytest.raises(DockerError, match=r"(?i)already in use"):
+        engine.run(name, image.id)
+
+
+def test_a_promotion_to_prod_in_its_own_process_imports_no_docker_sdk(
+    busybox_app: BusyboxApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`advance --to deploy` as CI runs it (its own process, the console script's entry): promoted,
+    verified, and the SDK never imported."""
+    monkeypatch.setenv("ORCH_BUILDER", "legacy")
+    app = busybox_app
+    app.configure()
+    run_id = app.start(app.commit("promote without the sdk"))
+    app.advance(run_id, "deploy-staging").ok()
+    probe = (
+        "import sys\n"
+        "from orchestrator.entry import main\n"
+        f"sys.argv = ['orchestrator', 'advance', '{run_id}', '--to', 'deploy', '--json']\n"
+        "try:\n    main()\n"
+        "finally:\n    print('SDK=' + str('docker' in sys.modules), file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=app.workspace.path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["state"] == "deploy"
+    assert "SDK=False" in proc.stderr, proc.stderr[-3000:]
+    staged = app.running("prod")
+    assert staged is not None and staged.status == "running"
