@@ -91,7 +91,7 @@ from orchestrator.docker_wire import (  # noqa: E402
     EngineNotFound,
     EngineRefused,
     PendingBuild,
-    client_config_is_plain,
+    client_config_sets_no_proxies,
     local_socket,
     read_dockerignore,
 )
@@ -425,13 +425,13 @@ class DockerEngine:
         """Connect (DOCKER_HOST or the default socket) and prove the engine answers: the API version
         negotiation (``version="auto"``: GET /version) is that proof, so no separate ping follows.
 
-        A local socket with a docker client config that adds nothing to requests (no credentials,
-        helpers or proxies, which the SDK would apply) is spoken to through EngineApi, and the SDK is
-        loaded only if a call needs it; anything else through the SDK from the start."""
+        A local socket is spoken to through EngineApi, and the SDK is loaded only if a call needs it,
+        unless the docker client config sets proxies (the SDK adds them to every container it
+        creates); anything else through the SDK from the start."""
         where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         environ = {**os.environ, "DOCKER_HOST": where}
         socket_path = local_socket(environ)
-        if socket_path is not None and client_config_is_plain(environ):
+        if socket_path is not None and client_config_sets_no_proxies(environ):
             try:
                 api = EngineApi(socket_path, timeout)  # asks the engine's API version: the proof it answers
             except (EngineRefused, EngineNotFound, OSError, ValueError, KeyError) as exc:
@@ -731,7 +731,7 @@ class DockerEngine:
 
     def remove_image(self, ref: str, *, force: bool = False) -> None:
         with contextlib.suppress(EngineNotFound):
-            self._call(f"remove image {ref}", self._client.images.remove, ref, force=force, noprune=False)
+            self._call(f"remove image {ref}", self._api.remove_image, ref, force=force, noprune=False)
 
     def push(
         self,

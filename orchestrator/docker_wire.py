@@ -26,6 +26,7 @@ import os
 import posixpath
 import queue
 import re
+import select
 import socket
 import tarfile
 import tempfile
@@ -51,11 +52,9 @@ def local_socket(environ: Mapping[str, str]) -> str | None:
     return os.path.realpath(path) if os.path.exists(path) else None
 
 
-def client_config_is_plain(environ: Mapping[str, str]) -> bool:
-    """Whether the docker client config adds nothing to a build request: the SDK sends registry
-    credentials (``auths``, credential helpers) as a header and ``proxies`` as build args, which a build
-    sent ahead would lack. With any of them, or a config that cannot be read, the build waits for the
-    SDK. The SDK reads the first of these that exists."""
+def _client_config(environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """The docker client config the SDK would read (the first of these that exists; {} when none
+    does), or None when it cannot be read."""
     home = os.path.expanduser("~")
     folder = environ.get("DOCKER_CONFIG") or os.path.join(home, ".docker")
     for path in (os.path.join(folder, "config.json"), os.path.join(home, ".dockercfg")):
@@ -65,13 +64,30 @@ def client_config_is_plain(environ: Mapping[str, str]) -> bool:
         except FileNotFoundError:
             continue
         except (OSError, ValueError):
-            return False
+            return None
         if path.endswith(".dockercfg"):  # the legacy file holds nothing but credentials
-            return not config
-        return isinstance(config, dict) and not any(
-            config.get(k) for k in ("auths", "credsStore", "credHelpers", "proxies")
-        )
-    return True
+            return {"auths": config} if config else {}
+        return config if isinstance(config, dict) else None
+    return {}
+
+
+def client_config_is_plain(environ: Mapping[str, str]) -> bool:
+    """Whether the docker client config adds nothing to a build request: the SDK sends registry
+    credentials (``auths``, credential helpers) as a header and ``proxies`` as build args, which a build
+    sent ahead would lack. With any of them, or a config that cannot be read, the build waits for the
+    SDK."""
+    config = _client_config(environ)
+    return config is not None and not any(
+        config.get(k) for k in ("auths", "credsStore", "credHelpers", "proxies")
+    )
+
+
+def client_config_sets_no_proxies(environ: Mapping[str, str]) -> bool:
+    """Whether the docker client config leaves containers' environment alone: with ``proxies`` the SDK
+    adds HTTP_PROXY and the like to every container it creates, which EngineApi does not. Credentials
+    do not matter there: nothing EngineApi sends uses them."""
+    config = _client_config(environ)
+    return config is not None and not config.get("proxies")
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -390,6 +406,18 @@ class EngineApi:
         for conn in idle:
             conn.close()
 
+    def _connection(self) -> _UnixConnection:
+        """A kept connection the engine has not closed meanwhile (an engine restart closes them all;
+        a closed one reads as ready: its end of stream), else a new one."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return _UnixConnection(self.socket_path, self.timeout)
+                conn = self._idle.pop()
+            if conn.sock is not None and not select.select([conn.sock], [], [], 0)[0]:
+                return conn
+            conn.close()
+
     def _request(
         self,
         method: str,
@@ -410,8 +438,7 @@ class EngineApi:
             headers["Content-Type"] = "application/json"
         elif body is not None:
             headers["Content-Type"] = "application/x-tar"
-        with self._lock:
-            conn = self._idle.pop() if self._idle else _UnixConnection(self.socket_path, self.timeout)
+        conn = self._connection()
         conn.timeout = self.timeout if timeout is None else timeout
         if conn.sock is not None:
             conn.sock.settimeout(conn.timeout)
@@ -488,6 +515,10 @@ class EngineApi:
     def remove_container(self, container: str, v: bool = False, force: bool = False) -> None:
         params = {"v": _flag(v), "force": _flag(force)}
         self._request("DELETE", f"/containers/{_quote(container)}", params)
+
+    def remove_image(self, image: str, force: bool = False, noprune: bool = False) -> None:
+        params = {"force": _flag(force), "noprune": _flag(noprune)}
+        self._request("DELETE", f"/images/{_quote(image)}", params)
 
     def put_archive(self, container: str, path: str, data: bytes) -> bool:
         self._request("PUT", f"/containers/{_quote(container)}/archive", {"path": path}, body=data)

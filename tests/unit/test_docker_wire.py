@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 from docker.utils.build import exclude_paths
 
-from orchestrator.docker_wire import client_config_is_plain, context_files, local_socket
+from orchestrator.docker_wire import (
+    EngineApi,
+    client_config_is_plain,
+    client_config_sets_no_proxies,
+    context_files,
+    local_socket,
+)
 
 NAMES = ["a", "b.py", "node_modules", "src", "Dockerfile", ".git", "x.log", "build", "README.md", "Sub"]
 PATTERNS = [
@@ -100,22 +106,25 @@ def test_only_a_local_socket_is_sent_to(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("config", "plain"),
+    ("config", "plain", "no_proxies"),
     [
-        (None, True),
-        ({}, True),
-        ({"detachKeys": "ctrl-x"}, True),
-        ({"auths": {}}, True),
-        ({"auths": {"registry.example": {"auth": "dTpw"}}}, False),
-        ({"credsStore": "pass"}, False),
-        ({"credHelpers": {"registry.example": "ecr-login"}}, False),
-        ({"proxies": {"default": {"httpProxy": "http://proxy:3128"}}}, False),
-        ("not json", False),
+        (None, True, True),
+        ({}, True, True),
+        ({"detachKeys": "ctrl-x"}, True, True),
+        ({"auths": {}}, True, True),
+        ({"auths": {"registry.example": {"auth": "dTpw"}}}, False, True),
+        ({"credsStore": "pass"}, False, True),
+        ({"credHelpers": {"registry.example": "ecr-login"}}, False, True),
+        ({"proxies": {"default": {"httpProxy": "http://proxy:3128"}}}, False, False),
+        ("not json", False, False),
     ],
 )
 def test_a_client_config_that_adds_to_the_request_keeps_the_build_for_the_sdk(
-    tmp_path: Path, config: object, plain: bool
+    tmp_path: Path, config: object, plain: bool, no_proxies: bool
 ) -> None:
+    """The build sent ahead needs a config that adds nothing to a build request; EngineApi only one
+    that adds nothing to the containers it creates (proxies): credentials are for push, pull and
+    builds, which stay the SDK's."""
     folder = tmp_path / "docker"
     folder.mkdir()
     if isinstance(config, dict):
@@ -123,6 +132,7 @@ def test_a_client_config_that_adds_to_the_request_keeps_the_build_for_the_sdk(
     elif config is not None:
         (folder / "config.json").write_text(str(config))
     assert client_config_is_plain({"DOCKER_CONFIG": str(folder)}) is plain
+    assert client_config_sets_no_proxies({"DOCKER_CONFIG": str(folder)}) is no_proxies
 
 
 # The container a deploy creates, as the SDK would have asked for it --------------------------------------
@@ -202,3 +212,49 @@ def test_the_container_body_is_the_one_the_sdk_would_send(kwargs: dict[str, Any]
         return json.loads(json.dumps({k: v for k, v in body.items() if v is not None}))
 
     assert sent(ours) == sent(sdk)
+
+
+def test_a_kept_connection_the_engine_closed_is_not_reused(tmp_path: Path) -> None:
+    """EngineApi keeps its connections for the next call, as the SDK's pool does; an engine that
+    restarted (or dropped an idle connection) closed them, and a call must not fail on one: like
+    urllib3, a kept connection that reads as ready (its end of stream) is dropped before use. A local
+    HTTP server that closes every connection after one answer (while saying nothing of it) stands in
+    for the engine: this is about our HTTP client, not about Docker."""
+    import http.server
+    import socketserver
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = json.dumps({"ApiVersion": "1.41", "Path": self.path}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True  # closes after answering, without "Connection: close"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self) -> tuple[object, tuple[str, int]]:
+            conn, _ = super().get_request()
+            return conn, ("local", 0)  # http.server logs a client address
+
+    path = str(tmp_path / "engine.sock")
+    server = Server(path, Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = EngineApi(path, timeout=5)
+        assert api.api_version == "1.41"
+        for _ in range(3):  # each call after the first finds its kept connection closed
+            assert api.version()["Path"] == "/v1.41/version"
+        api.close()
+    finally:
+        server.shutdown()
+        server.server_close()
