@@ -842,16 +842,16 @@ class DockerEngine:
             raise ValueError("a container on the host network cannot join another network")
         config = _container_config(
             image,
-            command=command,
             environment=environment,
+            command=command,
+            host_network=host_network,
+            publish=publish,
             labels=labels,
-            user=user,
-            network_mode="host" if host_network else network,
-            publish=None if host_network else publish,
             restart=restart,
-            binds=binds,
             network=network,
             aliases=aliases,
+            user=user,
+            binds=binds,
         )
         try:
             created = self._call(
@@ -977,21 +977,22 @@ class DockerEngine:
 def _container_config(
     image: str,
     *,
-    command: list[str] | None,
-    environment: Mapping[str, str] | None,
-    labels: Mapping[str, str] | None,
-    user: str | None,
-    network_mode: str | None,
-    publish: Mapping[int, tuple[str, int | None]] | None,
-    restart: bool,
-    binds: Mapping[str, str] | None,
-    network: str | None,
-    aliases: Sequence[str],
+    environment: Mapping[str, str] | None = None,
+    command: list[str] | None = None,
+    host_network: bool = True,
+    publish: Mapping[int, tuple[str, int | None]] | None = None,
+    labels: Mapping[str, str] | None = None,
+    restart: bool = False,
+    network: str | None = None,
+    aliases: Sequence[str] = (),
+    user: str | None = None,
+    binds: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The body of ``POST /containers/create`` for a detached container, as the SDK's
-    ``create_container`` writes it for these arguments (docker/types/containers.py), built here once
-    for both ways of sending it (EngineApi, or the SDK's ``create_container_from_config``)."""
-    host_config: dict[str, Any] = {"NetworkMode": network_mode or "default"}
+    """The body of ``POST /containers/create`` for DockerEngine.run's arguments, as the SDK's
+    ``create_container`` wrote it for them (docker/types/containers.py), built here once for both
+    ways of sending it (EngineApi, or the SDK's ``create_container_from_config``)."""
+    publish = None if host_network else publish
+    host_config: dict[str, Any] = {"NetworkMode": "host" if host_network else network or "default"}
     if publish:
         host_config["PortBindings"] = {
             f"{port}/tcp": [{"HostIp": ip, "HostPort": "" if host_port is None else str(host_port)}]

@@ -194,19 +194,7 @@ def test_the_container_body_is_the_one_the_sdk_would_send(kwargs: dict[str, Any]
         networking_config=networking,
         detach=True,
     )
-    ours = _container_config(
-        "sha256:" + "1" * 64,
-        command=kwargs.get("command"),
-        environment=kwargs.get("environment"),
-        labels=kwargs.get("labels"),
-        user=kwargs.get("user"),
-        network_mode="host" if host_network else network,
-        publish=None if host_network else publish,
-        restart=restart,
-        binds=binds,
-        network=network,
-        aliases=aliases,
-    )
+    ours = _container_config("sha256:" + "1" * 64, host_network=host_network, **kwargs)
 
     def sent(body: dict[str, Any]) -> dict[str, Any]:
         return json.loads(json.dumps({k: v for k, v in body.items() if v is not None}))
