@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, Literal
 
 from orchestrator.errors import DockerError, InfraUnavailable, StepTimeout
 
@@ -278,6 +280,16 @@ def _candidates(override: str | None) -> list[str]:
 @functools.lru_cache(maxsize=8)
 def _find(override: str | None, search_path: str) -> BuildKitCli | None:
     candidates = _candidates(override)
+    key = json.dumps([override, _fingerprint(candidates)])
+    cache = _ProbeCache()
+    if (known := cache.get(key, candidates)) is not None:
+        return known or None
+    found = _probe(candidates)
+    cache.put(key, found)
+    return found
+
+
+def _probe(candidates: Sequence[str]) -> BuildKitCli | None:
     for path in candidates:
         if _answers([path, "buildx", "version"]) is not None:
             return BuildKitCli(path, buildx=True)
@@ -287,6 +299,80 @@ def _find(override: str | None, search_path: str) -> BuildKitCli | None:
         if version and (18, 9) <= (int(version.group(1)), int(version.group(2))) < (23, 0):
             return BuildKitCli(path, buildx=False)
     return None
+
+
+def _plugin_places() -> list[str]:
+    """Where the docker CLI looks for plugins (buildx among them), and its config, which may add more."""
+    config = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    return [
+        os.path.join(config, "cli-plugins"),
+        os.path.join(config, "config.json"),
+        *(f"/usr/{d}/docker/cli-plugins" for d in ("local/lib", "local/libexec", "lib", "libexec")),
+    ]
+
+
+def _fingerprint(candidates: Sequence[str]) -> list[list[object]]:
+    """What the probe's answer depends on, read without running anything: each candidate CLI's file,
+    and each place a buildx plugin could come from (installing or removing one changes its folder)."""
+    found: list[list[object]] = []
+    for path in [*candidates, *_plugin_places()]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append([path])
+            continue
+        found.append([path, st.st_ino, st.st_mtime_ns, st.st_size])
+    return found
+
+
+class _ProbeCache:
+    """The answer of the docker CLI probe, kept across processes.
+
+    Finding a BuildKit-capable CLI runs each candidate CLI once or twice (``buildx version``,
+    ``--version``): 30-90 ms of subprocesses in every process that builds, before the staging build
+    can be sent (issue 12). The answer changes only when a CLI or a plugin folder does, so it is kept
+    under the fingerprint of those files (inode, mtime, size) in the user's cache directory; any other
+    change asks again. A cache that cannot be read or written is only a slower start."""
+
+    ENTRIES = 8
+
+    def __init__(self) -> None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        self.path = os.path.join(base, "orchestrator", "docker-cli.json")
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, key: str, candidates: Sequence[str]) -> BuildKitCli | Literal[False] | None:
+        """The kept answer (False: none of the candidates builds with BuildKit), or None: ask."""
+        entry = self._read().get(key)
+        if not isinstance(entry, dict):
+            return None
+        if entry.get("path") is None:
+            return False
+        if entry["path"] not in candidates:  # only ever one of the CLIs found now
+            return None
+        return BuildKitCli(str(entry["path"]), buildx=bool(entry.get("buildx")))
+
+    def put(self, key: str, found: BuildKitCli | None) -> None:
+        data = self._read()
+        data.pop(key, None)
+        data[key] = {"path": found.path, "buildx": found.buildx} if found else {"path": None}
+        data = dict(list(data.items())[-self.ENTRIES :])
+        folder = os.path.dirname(self.path)
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            fd, temp = tempfile.mkstemp(dir=folder, prefix=".docker-cli-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(temp, self.path)
+        except OSError:
+            return
 
 
 def find_buildkit_cli(override: str | None = None) -> BuildKitCli | None:
