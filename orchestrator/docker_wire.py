@@ -406,6 +406,20 @@ class EngineApi:
         for conn in idle:
             conn.close()
 
+    def _send(
+        self,
+        conn: _UnixConnection,
+        timeout: float | None,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+    ) -> None:
+        conn.timeout = self.timeout if timeout is None else timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(conn.timeout)
+        conn.request(method, url, body=body, headers=dict(headers))
+
     def _connection(self) -> _UnixConnection:
         """A kept connection the engine has not closed meanwhile (an engine restart closes them all;
         a closed one reads as ready: its end of stream), else a new one."""
@@ -439,11 +453,18 @@ class EngineApi:
         elif body is not None:
             headers["Content-Type"] = "application/x-tar"
         conn = self._connection()
-        conn.timeout = self.timeout if timeout is None else timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(conn.timeout)
+        reused = conn.sock is not None
         try:
-            conn.request(method, url, body=body, headers=headers)
+            try:
+                self._send(conn, timeout, method, url, body, headers)
+            except (BrokenPipeError, ConnectionResetError):
+                if not reused:
+                    raise
+                # A kept connection the engine closed after it was checked, before it read this
+                # request: nothing was done, so the request goes once more on a new connection.
+                conn.close()
+                conn = _UnixConnection(self.socket_path, self.timeout)
+                self._send(conn, timeout, method, url, body, headers)
             response = conn.getresponse()
             data = response.read()
         except (http.client.HTTPException, OSError) as exc:
