@@ -59,6 +59,8 @@ class _FakeEngine:
     """The manager's engine: the swarm's task list, the image (pulled by its digest on the manager), and
     containers only for the tasks on its own node."""
 
+    where = "unix:///var/run/docker.sock"
+
     def __init__(self, tasks: list[TaskInfo]) -> None:
         self.swarm = _FakeSwarm(tasks)
         self.stopped: list[str] = []
@@ -252,3 +254,32 @@ def test_status_names_the_node_of_each_task_elsewhere() -> None:
     view = d.runtime.view("prod")
     assert view is not None
     assert view.tasks == (f"shop-prod.1 running {NEW}", f"shop-prod.2 running {NEW} on node node-b")
+
+
+def test_a_promotion_that_converged_with_no_task_here_goes_on_to_its_health_check(
+    proxy_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure the issue reports: "converged but none of its tasks runs on the node of the engine".
+    Submitting and converging are the integration tests' (faked here: the proxy, the update, the wait);
+    what follows them is the logic under test: start hands back the task elsewhere, and the deploy's
+    health step passes through the proxy while it watches that task in the manager's task list."""
+    from orchestrator.runtimes import Published
+    from orchestrator.runtimes.swarm import Progress
+
+    d, engine = deployer(ELSEWHERE, proxy_port)
+    runtime = d.runtime
+    engine.swarm.manager = lambda: True  # type: ignore[attr-defined]
+
+    class _Proxy:
+        def ensure(self) -> ContainerInfo:
+            return ContainerInfo("p1", "shop-prod-proxy", "sha256:" + "f" * 64, "running")
+
+    monkeypatch.setattr(runtime, "proxy", lambda env: _Proxy())
+    monkeypatch.setattr(runtime, "_submit", lambda env, spec: None)
+    monkeypatch.setattr(runtime, "converge", lambda env, ref: Progress(converged=True))
+    started = runtime.start("prod", Published(IMAGE_ID, NEW, "sha256:" + "b" * 64), run_id=3)  # type: ignore[attr-defined]
+    assert started.id == "c2"
+    details: dict[str, object] = {}
+    failure = d._check_started("prod", started, IMAGE_ID, details, Published(IMAGE_ID, NEW, NEW))
+    assert failure is None, failure.reason
+    assert details["health"]["url"] == f"http://127.0.0.1:{proxy_port}/health"  # type: ignore[index]
