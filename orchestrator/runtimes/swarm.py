@@ -274,7 +274,8 @@ class SwarmRuntime:
             image_id=image.id if image else "",
             status=status,
             labels=dict(task.labels),
-            started_at=task.updated_at if status == "running" else None,
+            # No start time or restart count: Swarm never restarts a task in place; a task that dies is
+            # replaced by another (another container), and this one reads as exited.
         )
 
     def view(self, env: str) -> RuntimeView | None:
