@@ -64,6 +64,16 @@ class _DrainedManager:
         return getattr(self._engine, name)
 
 
+class _Release:
+    """A recorded release, as `rollback` hands it to the deployer."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.id = int(row["release_id"])
+        self.image_id = str(row["image_id"])
+        self.digest = str(row["digest"])
+        self.revision = str(row["revision"])
+
+
 @pytest.fixture
 def swarm_app(
     busybox_app: BusyboxApp,
@@ -82,9 +92,19 @@ def test_a_service_with_no_task_on_the_managers_node_verifies_and_shows_through_
 ) -> None:
     app = swarm_app
     release = prod_release(app, app.app.deploy(app.commit("one")))
+    second = prod_release(app, app.app.deploy(app.commit("two")))
     config = load_config(app.app.workspace.config_path)
     drained = _DrainedManager(engine)
     d = Deployer(drained, config.app(app.name), config.settings)  # type: ignore[arg-type]
+
+    # A real update back to the first release (the rollback path: start, converge, health, verify),
+    # with no task on the engine's node: it failed with "converged but none of its tasks runs on the
+    # node of the engine" before.
+    back = d.redeploy("prod", _Release(release), run_id=None)
+    assert back.ok, back.reason
+    assert app.spec_image("prod") == release["digest"] != second["digest"]
+    assert back.details["health"]["healthy"]
+    assert {t["checked"] for t in back.details["tasks"]} == {"task spec digest"}
 
     found = d.current("prod")
     assert found is not None and found.running
