@@ -19,7 +19,15 @@ from orchestrator.config import AppConfig, Settings
 from orchestrator.engines import AppEngines
 from orchestrator.errors import DockerError
 from orchestrator.machine import STAGING
-from orchestrator.runtimes import Published, Runtime, StagedRuntime, env_port, runtime_for
+from orchestrator.runtimes import (
+    Elsewhere,
+    Published,
+    Runtime,
+    SpreadRuntime,
+    StagedRuntime,
+    env_port,
+    runtime_for,
+)
 from orchestrator.steps import StepLog
 from orchestrator.steps import build as build_steps
 from orchestrator.steps.build import Build
@@ -106,6 +114,8 @@ class Deployer:
         self.runtime: Runtime = runtime_for(self.engines, app, settings, self.steps, dict(pins or {}))
         # Zero-downtime runtimes start a release beside the serving one: checked alone, then handed over.
         self.staged: StagedRuntime | None = self.runtime if isinstance(self.runtime, StagedRuntime) else None
+        # Runtimes that may serve an environment from other hosts (swarm tasks on other nodes).
+        self.spread: SpreadRuntime | None = self.runtime if isinstance(self.runtime, SpreadRuntime) else None
         self.publisher = Publisher(self.engines, app, settings, self.steps)
 
     @property
@@ -186,6 +196,18 @@ class Deployer:
     def current(self, env: str) -> ContainerInfo | None:
         return self.runtime.current(env)
 
+    def inspect(self, env: str, container_id: str) -> ContainerInfo | None:
+        """A container of ``env`` as it is now: on ``env``'s engine or, for a swarm task on another node
+        (which that engine cannot inspect), as the manager sees the task."""
+        found = self.engines.of(env).container(container_id)
+        if found is None:
+            elsewhere = self._elsewhere(env, container_id)
+            return elsewhere.container if elsewhere else None
+        return found
+
+    def _elsewhere(self, env: str, container_id: str) -> Elsewhere | None:
+        return self.spread.elsewhere(env, container_id) if self.spread else None
+
     def stop(self, env: str) -> bool:
         """Take ``env`` down (no release to fall back to); True when something was removed."""
         return self.runtime.stop(env)
@@ -210,7 +232,7 @@ class Deployer:
             self.probe_base(env, container) + self.app.health_path,
             timeout=self.settings.health_timeout_s,
             interval=self.settings.health_interval_s,
-            watch=lambda: health.container_failure(container, self.engines.of(env).container(container.id)),
+            watch=lambda: health.container_failure(container, self.inspect(env, container.id)),
         )
 
     def deploy(self, env: str, image_id: str, revision: str, *, run_id: int | None) -> Deployed:
@@ -290,7 +312,7 @@ class Deployer:
         details["health"] = report.details()
         if not report.healthy:
             return self._failed(env, container, self._unhealthy(env, container, report), details, published)
-        now = self.engines.of(env).container(container.id)
+        now = self.inspect(env, container.id)
         if now is None or not now.running:
             # The answer came from somewhere else; our container is not what is serving.
             why = health.container_failure(container, now) or "is not running"
@@ -321,7 +343,8 @@ class Deployer:
         as staging, and ``docker logs`` still has the whole story."""
         evidence = self.container_evidence(env, container.id)
         reason = headline + self._log_block(evidence)
-        if env == STAGING and evidence.get("container_id"):
+        # Stopped on the engine we talk to; a task on another node is not there to stop.
+        if env == STAGING and evidence.get("container_id") and "node" not in evidence:
             evidence["stopped"] = self._halt(env, str(evidence["container_id"]))
         return Deployed.failed(reason, {**details, **evidence}, published)
 
@@ -332,7 +355,7 @@ class Deployer:
             settled = self._settled(env, container.id)
             failure = health.container_failure(container, settled) or report.container_failure
             return f"{container.name} {failure} before {report.url} answered {where}"
-        now = self.engines.of(env).container(container.id)
+        now = self.inspect(env, container.id)
         if not report.answered and now is not None and now.running:
             last = report.last.error if report.last else "no answer"
             where = urllib.parse.urlsplit(report.url).netloc
@@ -367,12 +390,11 @@ class Deployer:
         """The container once its current run has ended, if that happens within moments. The engine
         resets the exit code of a container it restarted to 0 while the new run lasts; a crash-looping
         one ends that run almost at once, and then its exit code is there to report."""
-        engine = self.engines.of(env)
         deadline = time.monotonic() + _SETTLE_S
-        found = engine.container(container_id)
+        found = self.inspect(env, container_id)
         while found is not None and found.running and time.monotonic() < deadline:
             time.sleep(0.05)
-            found = engine.container(container_id)
+            found = self.inspect(env, container_id)
         return found
 
     def _halt(self, env: str, container_id: str) -> bool:
@@ -386,6 +408,8 @@ class Deployer:
         name = evidence.get("container")
         if not name:
             return ""
+        if "logs_tail" not in evidence and evidence.get("logs"):
+            return f"\n--- {name} runs {evidence['logs']} ---"
         lines = [
             line if len(line) <= _LOG_LINE_MAX else line[:_LOG_LINE_MAX] + "..."
             for line in str(evidence.get("logs_tail") or "").splitlines()
@@ -443,7 +467,17 @@ class Deployer:
         engine = self.engines.of(env)
         found = engine.container(container_id)
         if found is None:
-            return {"container": None}
+            elsewhere = self._elsewhere(env, container_id)
+            if elsewhere is None:
+                return {"container": None}
+            # A swarm task on another node: its log is on that node's engine, not on this one.
+            return {
+                "container": elsewhere.container.name,
+                "container_id": elsewhere.container.id,
+                "container_status": elsewhere.container.status,
+                "node": elsewhere.node,
+                "logs": elsewhere.logs,
+            }
         return {
             "container": found.name,
             "container_id": found.id,
@@ -489,7 +523,8 @@ class Deployer:
     ) -> Verdict:
         """``found`` runs ``image_id``, stamped with ``sha``, and (where the app serves it) ``base``
         answers ``sha`` on the version path."""
-        running_image = self.engines.of(env).image(found.image_id)
+        # No image id: a swarm task elsewhere whose digest the manager's engine does not hold.
+        running_image = self.engines.of(env).image(found.image_id) if found.image_id else None
         checks = [
             Verdict.passed(f"{found.name} running", container_id=found.id),
             verify.same_image(image_id, found.image_id, f"{found.name}"),

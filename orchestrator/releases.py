@@ -389,7 +389,8 @@ def observe(deployer: Deployer, env: str) -> Observed:
     tag = engine.image(f"{deployer.app.name}:{env}")
     if container is None:
         return Observed(tag_image_id=tag.id if tag else None, runtime=deployer.runtime.view(env))
-    image = engine.image(container.image_id)
+    # No image id: a swarm task on another node whose digest this engine does not hold.
+    image = engine.image(container.image_id) if container.image_id else None
     probe = health.get(deployer.base_url(env) + deployer.app.health_path, timeout=2.0)
     return Observed(
         container=container.name,

@@ -122,6 +122,29 @@ class StagedRuntime(Runtime, Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Elsewhere:
+    """A container that serves an environment from another host than the engine we talk to (a swarm
+    task on another node), as that engine (the manager) sees it: ``container`` is built from the task,
+    ``node`` is where it runs, ``logs`` says where its log can be read (not on this engine)."""
+
+    container: ContainerInfo
+    node: str
+    logs: str
+
+
+@runtime_checkable
+class SpreadRuntime(Runtime, Protocol):
+    """A runtime whose environment may be served from other hosts than the engine we talk to: what
+    ``current`` returns may be a container elsewhere, which that engine cannot inspect; the deployer
+    then looks at it again, and gathers its evidence, through ``elsewhere``."""
+
+    def elsewhere(self, env: str, container_id: str) -> Elsewhere | None:
+        """The container ``container_id`` of ``env`` when it runs elsewhere, as it is now; None when it
+        is on the engine we talk to, or gone."""
+        ...
+
+
 def check_file_committed(app: AppConfig, path: Path, sha: str, what: str) -> None:
     """A deploy file (compose or stack file) inside the app's repository must be the one committed at
     the run's sha (exit 2 otherwise): an uncommitted edit (an extra variable, a host mount, another

@@ -28,7 +28,7 @@ from orchestrator.engines import AppEngines
 from orchestrator.errors import InfraUnavailable
 from orchestrator.machine import PROD
 from orchestrator.proxy import Proxy, ProxySpec
-from orchestrator.runtimes import LOOPBACK, Published, RuntimeView, env_port
+from orchestrator.runtimes import LOOPBACK, Elsewhere, Published, RuntimeView, env_port
 from orchestrator.runtimes.direct import ALL_INTERFACES, DirectRuntime
 from orchestrator.stack import Stack, StackError, StackPin
 from orchestrator.steps import StepLog
@@ -46,6 +46,17 @@ _ROLLING_BACK = ("rollback_started",)
 # new tasks crash-loop rather than start slowly: Swarm would retry them forever.
 _CRASH_LOOP_FAILURES = 2
 _TASK_FAILED = ("failed", "rejected")
+# A task's state as the status of a container (a task on another node has no container we can inspect):
+# one that ended reads as exited, so the health check's watch ends at once (health.container_failure).
+_TASK_STATUS = {
+    "running": "running",
+    "complete": "exited",
+    "shutdown": "exited",
+    "failed": "exited",
+    "rejected": "exited",
+    "orphaned": "exited",
+    "remove": "removing",
+}
 
 
 def not_a_manager(target: EngineTarget) -> InfraUnavailable:
@@ -208,22 +219,64 @@ class SwarmRuntime:
         return self.engines.of(env).swarm.tasks(self.service_name(env))
 
     def current(self, env: str) -> ContainerInfo | None:
-        """A running task's container on the engine we talk to: the newest one (after an update, every
-        running task runs the same image; verification checks them all, wherever they run)."""
+        """A running task's container: the newest one on the engine we talk to (after an update, every
+        running task runs the same image; verification checks them all, wherever they run) or, when no
+        task runs on that engine's node (a drained manager), the newest task elsewhere as the manager
+        sees it (``elsewhere``): the environment is served all the same, by the proxy on the manager."""
         if not self.on_swarm(env):
             return self.direct.current(env)
-        here = self.engines.of(env).swarm.node_id()
-        running = sorted(
-            (t for t in self._tasks(env) if t.running and t.container_id and (not here or t.node_id == here)),
+        engine = self.engines.of(env)
+        here = engine.swarm.node_id()
+        newest_first = sorted(
+            (t for t in self._tasks(env) if t.running),
             key=lambda t: t.updated_at or "",
             reverse=True,
         )
-        for task in running:
-            assert task.container_id is not None
-            found = self.engines.of(env).container(task.container_id)
-            if found is not None:
-                return found
+        for task in newest_first:
+            if task.container_id and (not here or task.node_id == here):
+                found = engine.container(task.container_id)
+                if found is not None:
+                    return found
+        remote = [t for t in newest_first if here and t.node_id != here]
+        return self._seen_from_manager(env, remote[0]) if remote else None
+
+    def elsewhere(self, env: str, container_id: str) -> Elsewhere | None:
+        """The task of ``env`` whose container is ``container_id``, when it runs on another node than the
+        engine we talk to, as the manager sees it now (its state, not its container's: that engine
+        cannot inspect a container on another node). A task Swarm replaced is still in its task list,
+        failed or shut down, so a watched task that dies is seen to die, not to vanish."""
+        if not self.on_swarm(env):
+            return None
+        here = self.engines.of(env).swarm.node_id()
+        if not here:
+            return None
+        for task in self._tasks(env):
+            if task.node_id != here and container_id in (task.container_id, task.id):
+                return Elsewhere(
+                    self._seen_from_manager(env, task),
+                    task.node_id,
+                    f"on node {task.node_id[:12]}: read its log with "
+                    f"'docker service logs {self.service_name(env)}' on a manager",
+                )
         return None
+
+    def _seen_from_manager(self, env: str, task: TaskInfo) -> ContainerInfo:
+        """A task on another node as a container: named as Docker names task containers, with the image
+        id its spec's digest names on the manager's engine (content-addressed, see ``check_task``; empty
+        when the manager no longer holds that image), the labels its spec puts on its container, and a
+        status from the task's state (a task that ended reads as an exited container)."""
+        # Only a digest is content: a tag would be whatever the manager's engine calls by that name.
+        image = self.engines.of(env).image(task.image) if "@sha256:" in task.image else None
+        status = _TASK_STATUS.get(task.state, "created")
+        return ContainerInfo(
+            id=task.container_id or task.id,
+            name=f"{self.service_name(env)}.{task.slot}.{task.id}",
+            image_id=image.id if image else "",
+            status=status,
+            labels=dict(task.labels),
+            # No start time or restart count: Swarm never restarts a task in place; a task that dies is
+            # replaced by another (another container), and this one reads as exited.
+        )
 
     def view(self, env: str) -> RuntimeView | None:
         if not self.on_swarm(env):
@@ -232,6 +285,7 @@ class SwarmRuntime:
         if service is None:
             return RuntimeView(kind="swarm", name=self.service_name(env))
         tasks = [t for t in self._tasks(env) if t.desired_state == "running" or t.state == "running"]
+        here = self.engines.of(env).swarm.node_id()
         return RuntimeView(
             kind="swarm",
             name=service.name,
@@ -240,6 +294,7 @@ class SwarmRuntime:
             update_state=service.update_state,
             tasks=tuple(
                 f"{self.service_name(env)}.{t.slot} {t.state} {t.image}"
+                + (f" on node {t.node_id[:12]}" if here and t.node_id and t.node_id != here else "")
                 + (f" ({t.error})" if t.error else "")
                 for t in sorted(tasks, key=lambda t: (t.slot or 0, t.updated_at or ""))
             ),
@@ -297,12 +352,8 @@ class SwarmRuntime:
                 raise DockerError(reason)
         found = self.current(env)
         if found is None:
-            # The health check and verification look at one task's container, on the manager's node.
-            raise DockerError(
-                f"{name} converged but none of its tasks runs on the node of the engine at "
-                f"{self.engines.of(env).where}: the promotion checks one task's container there; let the "
-                "manager run tasks ('docker node update --availability active <node>')"
-            )
+            # Converged means running tasks; none left means they died in the moment since.
+            raise DockerError(f"{name} converged on {published.ref} but no task of it is running any more")
         return found
 
     def _submit(self, env: str, spec: ServiceSpec) -> None:

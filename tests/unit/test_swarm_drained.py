@@ -1,0 +1,285 @@
+"""A swarm whose manager runs no task of the service (its node drained, as on many production swarms):
+the promotion, verification, `status`, rollback and recovery must judge the service from the manager's
+task list and through the proxy, not from a task container that is not on the manager's engine.
+
+Logic only (a fake engine serving the manager's view): this machine cannot host a second swarm node, so
+tasks on other nodes exist here only as task data. The single-node path is the integration tests'.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import AppConfig, Settings
+from orchestrator.deploy import Deployer
+from orchestrator.docker_engine import ContainerInfo, ImageInfo, ServiceInfo, TaskInfo
+from orchestrator.releases import observe
+
+NEW = "reg:5000/shop@sha256:" + "b" * 64
+OLD = "reg:5000/shop@sha256:" + "a" * 64
+IMAGE_ID = "sha256:" + "1" * 64
+OLD_ID = "sha256:" + "0" * 64
+SHA = "c" * 40
+HERE = "node-a"  # the manager's own node: only its tasks have a container on the engine we talk to
+
+
+def task(
+    n: int,
+    node: str,
+    image: str = NEW,
+    state: str = "running",
+    desired: str = "running",
+    revision: str | None = SHA,
+) -> TaskInfo:
+    labels = {"orchestrator.revision": revision} if revision else {}
+    updated = f"2026-11-26T08:00:0{n}Z"
+    return TaskInfo(f"t{n}" * 6, n, image, desired, state, f"c{n}", None, None, updated, node, labels)
+
+
+class _FakeSwarm:
+    def __init__(self, tasks: list[TaskInfo]) -> None:
+        self.tasks_now = tasks
+
+    def service(self, name: str) -> ServiceInfo:
+        return ServiceInfo("s1", name, 7, NEW, 2, {}, "completed", None)
+
+    def tasks(self, name: str) -> list[TaskInfo]:
+        return list(self.tasks_now)
+
+    def node_id(self) -> str:
+        return HERE
+
+
+class _FakeEngine:
+    """The manager's engine: the swarm's task list, the image (pulled by its digest on the manager), and
+    containers only for the tasks on its own node."""
+
+    where = "unix:///var/run/docker.sock"
+
+    def __init__(self, tasks: list[TaskInfo]) -> None:
+        self.swarm = _FakeSwarm(tasks)
+        self.stopped: list[str] = []
+
+    def image(self, ref: str) -> ImageInfo | None:
+        if ref in (IMAGE_ID, NEW):
+            return ImageInfo(IMAGE_ID, (), {"org.opencontainers.image.revision": SHA}, repo_digests=(NEW,))
+        if not ref:
+            raise ValueError("Resource ID was not provided")  # what the SDK raises (NullResource)
+        if ref in (OLD_ID, OLD):  # the release before, pulled here when it was promoted
+            return ImageInfo(OLD_ID, (), {"org.opencontainers.image.revision": "d" * 40}, repo_digests=(OLD,))
+        return None
+
+    def container(self, cid: str) -> ContainerInfo | None:
+        for t in self.swarm.tasks_now:
+            if t.container_id == cid and t.node_id == HERE:
+                status = "running" if t.state == "running" else "exited"
+                return ContainerInfo(cid, f"shop-prod.{t.slot}.{t.id}", IMAGE_ID, status, dict(t.labels))
+        return None
+
+    def logs(self, name: str, *, tail: int = 50) -> str:
+        return "local log line\n" if self.container(name) else ""
+
+    def stop_container(self, name: str, *, timeout_s: int = 1) -> bool:
+        self.stopped.append(name)
+        return self.container(name) is not None
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def proxy_port() -> Iterator[int]:
+    """What the proxy on the manager would answer on the environment's port (the tasks' health)."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def deployer(tasks: list[TaskInfo], port: int = 1) -> tuple[Deployer, _FakeEngine]:
+    app = AppConfig(
+        name="shop",
+        source=Path("."),
+        registry="reg:5000",
+        runtime={"staging": "swarm", "prod": "swarm"},
+        prod_port=port,
+        staging_port=port + 1 if port < 65535 else 2,
+    )
+    engine = _FakeEngine(tasks)
+    settings = Settings("sqlite://", health_timeout_s=5.0, health_interval_s=0.01)
+    return Deployer(engine, app, settings), engine  # type: ignore[arg-type]
+
+
+ELSEWHERE = [task(1, "node-b"), task(2, "node-c")]
+
+
+def test_with_no_task_on_the_managers_node_current_is_a_task_elsewhere_seen_by_the_manager() -> None:
+    """Hazard: `current` looked for a task container on the manager's engine only, so a drained manager
+    made the promotion fail after convergence ("none of its tasks runs on the node"), and status,
+    rollback and recovery saw prod as gone."""
+    d, _ = deployer(ELSEWHERE)
+    found = d.current("prod")
+    assert found is not None
+    assert found.running
+    # The newest running task, named as Docker names task containers; its image by the spec's digest.
+    assert (found.id, found.name, found.image_id) == ("c2", f"shop-prod.2.{'t2' * 6}", IMAGE_ID)
+    assert found.labels["orchestrator.revision"] == SHA
+
+
+def test_a_task_on_the_managers_node_is_still_the_one_looked_at() -> None:
+    d, _ = deployer([task(1, HERE), task(2, "node-b")])  # the remote one is newer
+    found = d.current("prod")
+    assert found is not None and found.id == "c1"
+
+
+def test_no_running_task_anywhere_is_none() -> None:
+    d, _ = deployer([task(1, "node-b", state="failed"), task(2, "node-c", state="starting")])
+    assert d.current("prod") is None
+
+
+@pytest.mark.parametrize(
+    "tasks",
+    [ELSEWHERE, [task(1, HERE), task(2, "node-b")]],
+    ids=["every task elsewhere", "one here, one elsewhere"],
+)
+def test_verification_passes_from_the_managers_task_list(tasks: list[TaskInfo]) -> None:
+    d, _ = deployer(tasks)
+    check = d.verify_running("prod", IMAGE_ID, SHA)
+    assert check.ok, check.reason
+    how = {t["node"]: t["checked"] for t in check.details["tasks"]}  # type: ignore[union-attr]
+    assert {n: h for n, h in how.items() if n != HERE} == {n: "task spec digest" for n in how if n != HERE}
+    assert how.get(HERE, "container") == "container"
+
+
+@pytest.mark.parametrize(
+    ("tasks", "fragment"),
+    [
+        ([task(1, "node-b"), task(2, "node-c", image=OLD)], f"is image {OLD_ID}"),
+        ([task(1, "node-b", image=OLD), task(2, "node-c")], f"runs {OLD}"),
+        ([task(1, "node-b"), task(2, "node-c", revision="d" * 40)], "(node node-c) was started for revision"),
+        ([task(1, "node-b"), task(2, "node-c", state="failed")], "only 1 of 2 tasks are running"),
+        ([task(1, "node-b"), task(2, "node-c", state="starting")], "only 1 of 2 tasks are running"),
+    ],
+    ids=["newest on the old digest", "older on the old digest", "wrong revision", "failed", "not started"],
+)
+def test_a_remote_task_off_fails_verification_with_no_task_here(tasks: list[TaskInfo], fragment: str) -> None:
+    d, _ = deployer(tasks)
+    check = d.verify_running("prod", IMAGE_ID, SHA)
+    assert not check.ok and fragment in check.reason, check.reason
+
+
+def test_health_of_a_task_elsewhere_is_checked_through_the_proxy(proxy_port: int) -> None:
+    """The health check goes to the environment's port (the proxy on the manager, which reaches every
+    task over the overlay network), while the task it watches is followed in the manager's task list."""
+    d, _ = deployer(ELSEWHERE, proxy_port)
+    found = d.current("prod")
+    assert found is not None
+    report = d.wait_healthy("prod", found)
+    assert report.healthy, report.reason
+    assert report.url == f"http://127.0.0.1:{proxy_port}/health"
+
+
+def test_a_task_elsewhere_that_fails_while_health_is_awaited_ends_the_wait() -> None:
+    """Hazard: watching a remote task's container on the manager's engine (where it is not) would call
+    it removed at once; not watching it at all would wait out the whole health timeout."""
+    d, engine = deployer(ELSEWHERE, port=1)  # nothing answers on port 1
+    found = d.current("prod")
+    assert found is not None
+    engine.swarm.tasks_now = [ELSEWHERE[0], task(2, "node-c", state="failed", desired="shutdown")]
+    report = d.wait_healthy("prod", found)
+    assert not report.healthy
+    assert report.container_failure == "exited"
+
+
+def test_serves_judges_a_service_with_no_task_here(proxy_port: int) -> None:
+    """What rollback (`runs_current`), `recover` and the repair of a stopped environment ask."""
+    d, _ = deployer(ELSEWHERE, proxy_port)
+    assert d.serves("prod", IMAGE_ID, SHA)
+    assert not d.serves("prod", "sha256:" + "9" * 64, SHA)
+
+
+def test_evidence_of_a_task_elsewhere_names_its_node_and_reads_no_log_from_the_manager() -> None:
+    """The manager's engine has no log of a container on another node: the evidence says where it runs
+    instead of "wrote nothing to its log", and a failed staging task there is not 'stopped' here."""
+    from orchestrator.runtimes import Published
+
+    d, engine = deployer(ELSEWHERE)
+    found = d.current("staging")
+    assert found is not None
+    failed = d._failed("staging", found, "unhealthy", {}, Published(IMAGE_ID, NEW, NEW))
+    assert failed.details["container"] == f"shop-staging.2.{'t2' * 6}"
+    assert failed.details["node"] == "node-c"
+    assert "wrote nothing" not in failed.reason
+    assert "docker service logs shop-staging" in failed.reason
+    assert engine.stopped == []
+
+
+def test_status_shows_a_service_with_no_task_here(proxy_port: int) -> None:
+    d, _ = deployer(ELSEWHERE, proxy_port)
+    seen = observe(d, "prod")
+    assert seen.container == f"shop-prod.2.{'t2' * 6}"
+    assert (seen.status, seen.image_id, seen.revision, seen.healthy) == ("running", IMAGE_ID, SHA, True)
+
+
+GONE = "reg:5000/shop@sha256:" + "e" * 64  # a digest the manager's engine does not hold (pruned there)
+
+
+def test_a_task_elsewhere_on_an_image_the_manager_lacks_fails_verification_and_shows_in_status() -> None:
+    """Hazard: no image id to look up (the manager holds no image of that digest) must read as unknown,
+    not reach the engine as an empty image name (the SDK raises NullResource: a traceback)."""
+    tasks = [task(1, "node-b", image=GONE), task(2, "node-c", image=GONE)]
+    d, _ = deployer(tasks)
+    check = d.verify_running("prod", IMAGE_ID, SHA)
+    assert not check.ok and "is image none" in check.reason, check.reason
+    seen = observe(d, "prod")
+    assert (seen.container, seen.image_id, seen.revision) == (f"shop-prod.2.{'t2' * 6}", "", None)
+
+
+def test_status_names_the_node_of_each_task_elsewhere() -> None:
+    d, _ = deployer([task(1, HERE), task(2, "node-b")])
+    view = d.runtime.view("prod")
+    assert view is not None
+    assert view.tasks == (f"shop-prod.1 running {NEW}", f"shop-prod.2 running {NEW} on node node-b")
+
+
+def test_a_promotion_that_converged_with_no_task_here_goes_on_to_its_health_check(
+    proxy_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure the issue reports: "converged but none of its tasks runs on the node of the engine".
+    Submitting and converging are the integration tests' (faked here: the proxy, the update, the wait);
+    what follows them is the logic under test: start hands back the task elsewhere, and the deploy's
+    health step passes through the proxy while it watches that task in the manager's task list."""
+    from orchestrator.runtimes import Published
+    from orchestrator.runtimes.swarm import Progress
+
+    d, engine = deployer(ELSEWHERE, proxy_port)
+    runtime = d.runtime
+    engine.swarm.manager = lambda: True  # type: ignore[attr-defined]
+
+    class _Proxy:
+        def ensure(self) -> ContainerInfo:
+            return ContainerInfo("p1", "shop-prod-proxy", "sha256:" + "f" * 64, "running")
+
+    monkeypatch.setattr(runtime, "proxy", lambda env: _Proxy())
+    monkeypatch.setattr(runtime, "_submit", lambda env, spec: None)
+    monkeypatch.setattr(runtime, "converge", lambda env, ref: Progress(converged=True))
+    started = runtime.start("prod", Published(IMAGE_ID, NEW, "sha256:" + "b" * 64), run_id=3)  # type: ignore[attr-defined]
+    assert started.id == "c2"
+    details: dict[str, object] = {}
+    failure = d._check_started("prod", started, IMAGE_ID, details, Published(IMAGE_ID, NEW, NEW))
+    assert failure is None, failure.reason
+    assert details["health"]["url"] == f"http://127.0.0.1:{proxy_port}/health"  # type: ignore[index]
