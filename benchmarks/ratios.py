@@ -12,7 +12,8 @@ Printed with medians of interleaved pairs (orchestrator side and plain side alte
 - ``orchestrator deploy`` (one process) and the three-call CI path (``run start``, ``advance --to
   deploy-staging``, ``advance --to deploy``) against that raw sequence;
 - the import time of each command (``python -X importtime``, the top-level modules summed), and how many
-  Docker API requests one deploy makes (the SDK's HTTP session wrapped in a counter, benchmark only).
+  Docker API requests one deploy makes (the SDK's HTTP session and docker_wire.EngineApi wrapped in a
+  counter, benchmark only).
 
 Both sides build with the legacy builder (the plain side with DOCKER_BUILDKIT=0, the orchestrator with
 ORCH_BUILDER=legacy) so that the same build is compared; ``--builder buildkit`` compares BuildKit builds
@@ -127,11 +128,22 @@ def counting_api_calls() -> Iterator[collections.Counter[str]]:
         counts[f"{method} {path}"] += 1
         return original(self, method, url, *args, **kwargs)
 
+    from orchestrator.docker_wire import EngineApi
+
+    original_wire = EngineApi._request
+
+    def wire_request(self: Any, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        # A local engine's calls go over its socket without the SDK (docker_wire.EngineApi).
+        counts[f"{method} " + re.sub(r"/(containers|images)/[^/]+(?=/|$)", r"/\1/{id}", path)] += 1
+        return original_wire(self, method, path, *args, **kwargs)
+
     requests.Session.request = request  # type: ignore[method-assign]
+    EngineApi._request = wire_request  # type: ignore[method-assign]
     try:
         yield counts
     finally:
         requests.Session.request = original  # type: ignore[method-assign]
+        EngineApi._request = original_wire  # type: ignore[method-assign]
 
 
 # deploys ------------------------------------------------------------------------------------------
