@@ -277,6 +277,14 @@ def build_query(
     return query
 
 
+def _engine_message(body: bytes) -> str:
+    """What the engine said in an error answer: its JSON ``message``, else the body as text."""
+    text = body.decode(errors="replace")
+    with contextlib.suppress(ValueError, AttributeError):
+        text = json.loads(text).get("message", text)
+    return text.strip()
+
+
 class PendingBuild:
     """A POST /build on its way: a thread reads the engine's JSON messages as they come (an unread
     answer would fill the socket's buffer and stall the build), and ``messages`` hands them on."""
@@ -311,10 +319,8 @@ class PendingBuild:
         try:
             response = self._conn.getresponse()
             if response.status != 200:
-                text = response.read().decode(errors="replace")
-                with contextlib.suppress(ValueError, AttributeError):
-                    text = json.loads(text).get("message", text)
-                self._messages.put(RuntimeError(f"the engine answered {response.status}: {text.strip()}"))
+                text = _engine_message(response.read())
+                self._messages.put(RuntimeError(f"the engine answered {response.status}: {text}"))
                 return
             decoder, buffer = json.JSONDecoder(), ""
             while chunk := response.read1(65536):
@@ -478,9 +484,7 @@ class EngineApi:
             with self._lock:
                 self._idle.append(conn)
         if response.status >= 400:
-            message = data.decode(errors="replace").strip()
-            with contextlib.suppress(ValueError, AttributeError):
-                message = json.loads(message).get("message", message)
+            message = _engine_message(data)
             if response.status == 404:
                 raise EngineNotFound(message)
             raise EngineRefused(response.status, message)
