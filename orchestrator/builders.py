@@ -403,11 +403,10 @@ _ENGINE_DOWN = re.compile(
 )
 
 
-def start_buildkit(
+def buildkit_argv(
     cli: BuildKitCli,
     *,
     scratch: Path,
-    name: str,
     context_dir: Path,
     dockerfile: Path,
     tag: str | None,
@@ -416,10 +415,10 @@ def start_buildkit(
     target: str | None = None,
     secrets: Sequence[Secret] = (),
     engine_args: Sequence[str] = (),
-) -> CliBuild:
-    """Start the CLI's build of ``context_dir``; its image id goes to ``scratch``/iid, and ``name`` names
-    the build in messages. Without ``tag`` the image is left unnamed (a build sent ahead,
-    steps/build.py BuildAhead: the build step names the one it takes)."""
+) -> tuple[list[str], dict[str, str]]:
+    """The command line (and environment) of the CLI's build of ``context_dir``: its image id goes to
+    ``scratch``/iid. Without ``tag`` the image is left unnamed (a build sent ahead, steps/ahead.py: the
+    build step names the one it takes)."""
     iidfile = scratch / "iid"
     program, *command = cli.argv
     argv = [
@@ -443,7 +442,37 @@ def start_buildkit(
     for secret in secrets:
         argv += ["--secret", secret.flag()]
     argv.append(str(context_dir))
-    return CliBuild(argv, {**os.environ, **cli.env}, context_dir, name, iidfile)
+    return argv, {**os.environ, **cli.env}
+
+
+def start_buildkit(
+    cli: BuildKitCli,
+    *,
+    scratch: Path,
+    name: str,
+    context_dir: Path,
+    dockerfile: Path,
+    tag: str | None,
+    build_args: Mapping[str, str],
+    labels: Mapping[str, str] | None = None,
+    target: str | None = None,
+    secrets: Sequence[Secret] = (),
+    engine_args: Sequence[str] = (),
+) -> CliBuild:
+    """Start the CLI's build (``buildkit_argv``); ``name`` names it in messages."""
+    argv, env = buildkit_argv(
+        cli,
+        scratch=scratch,
+        context_dir=context_dir,
+        dockerfile=dockerfile,
+        tag=tag,
+        build_args=build_args,
+        labels=labels,
+        target=target,
+        secrets=secrets,
+        engine_args=engine_args,
+    )
+    return CliBuild(argv, env, context_dir, name, scratch / "iid")
 
 
 def buildkit_build(
@@ -488,6 +517,32 @@ def _last(text: str) -> str:
     """The line that says why a BuildKit build failed (its last non-empty one)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1][-500:] if lines else "no output"
+
+
+def cli_build_timeout(tag: str, timeout_s: float | None, started: float, lines: Sequence[str]) -> StepTimeout:
+    """A CLI build past ``timeout_s`` (counted from ``started``), with the end of what it said."""
+    tail = "".join("".join(lines).splitlines(keepends=True)[-20:])
+    return StepTimeout(
+        f"build of {tag} did not finish within {timeout_s:g} s (ORCH_BUILD_TIMEOUT_S)",
+        details={
+            "timeout_s": timeout_s,
+            "setting": "ORCH_BUILD_TIMEOUT_S",
+            "elapsed_s": round(time.monotonic() - started, 1),
+            "log_tail": tail,
+        },
+    )
+
+
+def cli_build_result(tag: str, code: int, text: str, iidfile: Path) -> str:
+    """The image id a CLI build that exited with ``code`` wrote, or what went wrong, in its words."""
+    if code != 0:
+        if _ENGINE_DOWN.search(text):
+            raise InfraUnavailable(f"Docker engine did not answer the build of {tag}: {_last(text)}")
+        raise DockerError(f"build of {tag} failed: {_last(text)}", log=text)
+    image_id = iidfile.read_text().strip() if iidfile.is_file() else ""
+    if not image_id:
+        raise DockerError(f"build of {tag} reported success but wrote no image id", log=text)
+    return image_id
 
 
 class CliBuild:
@@ -545,30 +600,13 @@ class CliBuild:
             code = self._proc.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
             self.cancel()
-            tail = "".join("".join(self.lines).splitlines(keepends=True)[-20:])
-            raise StepTimeout(
-                f"build of {self.tag} did not finish within {timeout_s:g} s (ORCH_BUILD_TIMEOUT_S)",
-                details={
-                    "timeout_s": timeout_s,
-                    "setting": "ORCH_BUILD_TIMEOUT_S",
-                    "elapsed_s": round(time.monotonic() - self.started, 1),
-                    "log_tail": tail,
-                },
-            ) from None
+            raise cli_build_timeout(self.tag, timeout_s, self.started, self.lines) from None
         except BaseException:
             self._proc.kill()
             self._proc.wait()
             raise
         self._reader.join()
-        text = "".join(self.lines)
-        if code != 0:
-            if _ENGINE_DOWN.search(text):
-                raise InfraUnavailable(f"Docker engine did not answer the build of {self.tag}: {_last(text)}")
-            raise DockerError(f"build of {self.tag} failed: {_last(text)}", log=text)
-        image_id = self.iidfile.read_text().strip() if self.iidfile.is_file() else ""
-        if not image_id:
-            raise DockerError(f"build of {self.tag} reported success but wrote no image id", log=text)
-        return image_id
+        return cli_build_result(self.tag, code, "".join(self.lines), self.iidfile)
 
     def cancel(self) -> None:
         """Stop the CLI: SIGTERM closes its session and the engine cancels the solve (nothing tagged)."""

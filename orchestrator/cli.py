@@ -260,7 +260,7 @@ def run() -> None:
 @command
 def run_start(inv: Invocation, *, app: str, sha: str, actor: str | None, as_json: bool) -> None:
     """Start a run for APP at SHA in development."""
-    record = inv.service().start_run(app, sha, actor)
+    record = inv.service().start_run(app, sha, actor, send_build=True)
     if as_json:
         _print_json(views.run(record))
     else:

@@ -259,6 +259,9 @@ class Settings:
     # anchors that no kept release (keep_releases per environment) references: a host deploying many
     # times a day otherwise fills its disk with images nothing will ever run again.
     prune_after_deploy: bool = True
+    # `run start` sends the run's staging build at once and parks it for the staging advance
+    # (parking.py): off where the advance runs on another machine, whose build this one would waste.
+    build_at_run_start: bool = True
     # Webhooks told about every outcome (orchestrator/notify.py): a JSON POST each, never blocking a deploy.
     notify_urls: tuple[str, ...] = ()
     # Per attempt (3 attempts); a command waits at most about three times this for its notifications.
@@ -325,6 +328,8 @@ ENV_VARS: dict[str, str] = {
     "(default 5)",
     "ORCH_PRUNE_AFTER_DEPLOY": "prune what no kept release needs after each successful promotion to prod "
     "(default true)",
+    "ORCH_BUILD_AT_RUN_START": "`run start` sends the staging build at once, parked for the staging advance "
+    "(default true; false where the advance runs on another machine)",
     "ORCH_BUILD_TIMEOUT_S": "seconds a build may take before it is ended as a timeout (default 1800)",
     "ORCH_PUSH_TIMEOUT_S": "seconds a push may take before it is ended as a timeout (default 600)",
     "ORCH_PULL_TIMEOUT_S": "seconds a pull may take before it is ended as a timeout (default 600)",
@@ -470,6 +475,8 @@ def _parse_settings(
         values["keep_releases"] = _parse_int(*got, minimum=1)
     if got := pick("prune_after_deploy"):
         values["prune_after_deploy"] = parse_bool(*got)
+    if got := pick("build_at_run_start"):
+        values["build_at_run_start"] = parse_bool(*got)
     for key in _LIMIT_KEYS:
         if got := pick(key):
             values[key] = _parse_float(*got, minimum=1)

@@ -86,14 +86,16 @@ def _sdk_error(exc: BaseException, name: str) -> bool:
     return errors is not None and isinstance(exc, getattr(errors, name))
 
 
+from orchestrator.build_context import (  # noqa: E402
+    client_config_sets_no_proxies,
+    local_socket,
+    sdk_context_files,
+)
 from orchestrator.docker_wire import (  # noqa: E402
     EngineApi,
     EngineNotFound,
     EngineRefused,
     PendingBuild,
-    client_config_sets_no_proxies,
-    local_socket,
-    read_dockerignore,
 )
 from orchestrator.errors import DockerError, InfraUnavailable, StepTimeout  # noqa: E402
 from orchestrator.ssh import SshBridge, SshOptions, SshUnreachable  # noqa: E402
@@ -633,10 +635,7 @@ class DockerEngine:
         """The paths of ``context`` the SDK sends to build it (``.dockerignore`` applied), sorted: a build
         sent ahead (docker_wire.py) is taken only if it sent exactly these."""
         _sdk()  # first: the SDK's own import, with paramiko deferred
-        from docker.utils.build import exclude_paths
-
-        patterns = read_dockerignore(context)  # the lines the SDK's build reads, the same way
-        return sorted(exclude_paths(str(context), patterns, dockerfile=dockerfile))
+        return sdk_context_files(context, dockerfile)
 
     def finish_build(
         self,

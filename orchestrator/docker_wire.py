@@ -7,10 +7,10 @@ spare a deploy that cost:
 - The staging build, sent ahead. Everything a deploy does before its build (imports, the database,
   recording the run and its transition) adds about 100 ms, all of it in series before the engine starts
   the longest step. Sent ahead on the engine's unix socket, the build runs while that work is done. The
-  request is exactly the one DockerEngine.build sends through the SDK: the same context (the files
-  ``.dockerignore`` leaves in, as docker's rules select them), the same query, less the tag;
-  DockerEngine.finish_build reads its answer as the build step's own, which takes it only if the SDK,
-  once loaded, selects the same files (steps/build.py BuildAhead).
+  request is exactly the one DockerEngine.build sends through the SDK: the same context and query
+  (build_context.py prepares both), less the tag; DockerEngine.finish_build reads its answer as the
+  build step's own, which takes it only if the SDK, once loaded, selects the same files
+  (steps/ahead.py).
 - EngineApi: the calls a local deploy makes after its build (inspect, tag, create, start, stop,
   remove, list), so a process that promotes to prod never loads the SDK at all.
 
@@ -21,73 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
 import os
-import posixpath
 import queue
-import re
 import select
 import socket
-import tarfile
-import tempfile
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
-DEFAULT_SOCKET = "/var/run/docker.sock"
 _EOF = object()
-
-
-def local_socket(environ: Mapping[str, str]) -> str | None:
-    """The unix socket of the engine the SDK would connect to (DOCKER_HOST, else the default), or None
-    when that engine is not a local socket (tcp://, ssh://)."""
-    host = environ.get("DOCKER_HOST") or f"unix://{DEFAULT_SOCKET}"
-    if not host.startswith("unix://"):
-        return None
-    path = host[len("unix://") :]
-    return os.path.realpath(path) if os.path.exists(path) else None
-
-
-def _client_config(environ: Mapping[str, str]) -> dict[str, Any] | None:
-    """The docker client config the SDK would read (the first of these that exists; {} when none
-    does), or None when it cannot be read."""
-    home = os.path.expanduser("~")
-    folder = environ.get("DOCKER_CONFIG") or os.path.join(home, ".docker")
-    for path in (os.path.join(folder, "config.json"), os.path.join(home, ".dockercfg")):
-        try:
-            with open(path) as f:
-                config = json.load(f)
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError):
-            return None
-        if path.endswith(".dockercfg"):  # the legacy file holds nothing but credentials
-            return {"auths": config} if config else {}
-        return config if isinstance(config, dict) else None
-    return {}
-
-
-def client_config_is_plain(environ: Mapping[str, str]) -> bool:
-    """Whether the docker client config adds nothing to a build request: the SDK sends registry
-    credentials (``auths``, credential helpers) as a header and ``proxies`` as build args, which a build
-    sent ahead would lack. With any of them, or a config that cannot be read, the build waits for the
-    SDK."""
-    config = _client_config(environ)
-    return config is not None and not any(
-        config.get(k) for k in ("auths", "credsStore", "credHelpers", "proxies")
-    )
-
-
-def client_config_sets_no_proxies(environ: Mapping[str, str]) -> bool:
-    """Whether the docker client config leaves containers' environment alone: with ``proxies`` the SDK
-    adds HTTP_PROXY and the like to every container it creates, which EngineApi does not. Credentials
-    do not matter there: nothing EngineApi sends uses them."""
-    config = _client_config(environ)
-    return config is not None and not config.get("proxies")
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -107,182 +53,79 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-# .dockerignore: docker's rules (moby's patternmatcher, as the SDK applies them to a build context) --------
-
-
-def _clean(pattern: str) -> list[str]:
-    """A pattern's path elements, as docker cleans them: spaces trimmed, leading and trailing slashes and
-    ``.`` dropped, ``..`` taking the element before it away."""
-    parts: list[str] = []
-    for part in pattern.strip().split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    return parts
-
-
-def _regex(pattern: str) -> re.Pattern[str]:
-    """A cleaned pattern as the SDK matches it (the non-ahead build path, so the two select alike): ``*``
-    and ``?`` stay within one path element; ``**`` (and ``**/``) spans any number of directories, none
-    included; ``[...]`` is a class (``[!...]`` negated); nothing is quoted by a backslash."""
-    out, i, n = [], 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        i += 1
-        if c == "*" and pattern.startswith("*", i):
-            i += 1
-            if pattern.startswith("/", i):
-                i += 1
-            out.append(".*" if i >= n else "(?:.*/)?")
-        elif c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = i + 1 if pattern.startswith("!", i) else i
-            j = j + 1 if pattern.startswith("]", j) else j
-            end = pattern.find("]", j)
-            if end == -1:
-                out.append(re.escape(c))
-                continue
-            body = pattern[i:end].replace("\\", "\\\\")
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            elif body.startswith("^"):
-                body = "\\" + body
-            out.append(f"[{body}]")
-            i = end + 1
-        else:
-            out.append(re.escape(c))
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class _Pattern:
-    exclusion: bool
-    dirs: tuple[str, ...]
-    regex: re.Pattern[str]
-
-    @property
-    def cleaned(self) -> str:
-        return "/".join(self.dirs)
-
-    @classmethod
-    def parse(cls, text: str) -> _Pattern:
-        exclusion = text.startswith("!")
-        dirs = tuple(_clean(text[1:] if exclusion else text))
-        return cls(exclusion, dirs, _regex("/".join(dirs).lower()))  # the SDK matches ignoring case
-
-
-class _Ignore:
-    """Which paths of a context .dockerignore leaves out. A path is out when the last pattern matching it
-    (or one of its parent directories) is not a ``!`` exception; ``.dockerignore`` and the Dockerfile are
-    always sent (the engine reads both)."""
-
-    def __init__(self, lines: Sequence[str], dockerfile: str) -> None:
-        patterns = [_Pattern.parse(p) for p in (*lines, f"!{dockerfile}", "!.dockerignore")]
-        self.patterns = [p for p in patterns if p.dirs]
-
-    def excluded(self, path: str) -> bool:
-        out = False
-        path = path.lower()
-        parent = [p for p in posixpath.dirname(path).split("/") if p and p != "."]
-        for pattern in self.patterns:
-            hit = bool(pattern.regex.match(path))
-            if not hit and parent and len(pattern.dirs) <= len(parent):
-                hit = bool(pattern.regex.match("/".join(parent[: len(pattern.dirs)])))
-            if hit:
-                out = not pattern.exclusion
-        return out
-
-    def walk(self, root: Path, rel: str = "") -> Iterator[str]:
-        for name in os.listdir(root / rel if rel else root):
-            path = f"{rel}/{name}" if rel else name
-            out = self.excluded(path)
-            if not out:
-                yield path
-            full = root / path
-            if not full.is_dir() or full.is_symlink():
-                continue
-            # An excluded directory is still entered when an exception may bring back something inside.
-            if out and not any(p.exclusion and p.cleaned.startswith(path) for p in self.patterns):
-                continue
-            yield from self.walk(root, path)
-
-
-def read_dockerignore(context: Path) -> list[str]:
-    try:
-        text = (context / ".dockerignore").read_text()
-    except FileNotFoundError:
-        return []
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-
-
-def context_files(context: Path, dockerfile: str) -> list[str]:
-    """The context's paths a build sends, sorted, relative to ``context`` (``dockerfile`` relative too)."""
-    return sorted(_Ignore(read_dockerignore(context), dockerfile).walk(context))
-
-
-def context_tar(context: Path, files: Sequence[str]) -> IO[bytes]:
-    """The build context as the SDK makes it: each path's own tar header, in the given order."""
-    out = tempfile.SpooledTemporaryFile(max_size=32 << 20)  # noqa: SIM115 - the request's body, closed by it
-    with tarfile.open(mode="w", fileobj=out) as tar:
-        for path in files:
-            full = context / path
-            info = tar.gettarinfo(str(full), arcname=path)
-            if info is None:  # a socket: the SDK skips those too
-                continue
-            if info.mtime < 0 or info.mtime > 8**11 - 1:
-                info.mtime = int(info.mtime)
-            if info.isfile():
-                with open(full, "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info, None)
-    out.seek(0)
-    return out
-
-
-# the request -----------------------------------------------------------------------------------------
-
-
-def build_query(
-    *,
-    dockerfile: str,
-    buildargs: Mapping[str, str],
-    target: str | None,
-    cache_from: Sequence[str],
-    nocache: bool,
-) -> dict[str, str]:
-    """The query DockerEngine.build's SDK call sends, less the tag (the build step tags the image it
-    adopts: a build sent ahead and then not needed leaves no name behind)."""
-    query = {
-        "dockerfile": dockerfile,
-        "q": "false",
-        "nocache": "true" if nocache else "false",
-        "rm": "true",
-        "forcerm": "true",
-        "pull": "false",
-        "buildargs": json.dumps(dict(buildargs)),
-        "labels": json.dumps({}),
-    }
-    if target:
-        query["target"] = target
-    if cache_from:
-        query["cachefrom"] = json.dumps(list(cache_from))
-    return query
-
-
 def _engine_message(body: bytes) -> str:
     """What the engine said in an error answer: its JSON ``message``, else the body as text."""
     text = body.decode(errors="replace")
     with contextlib.suppress(ValueError, AttributeError):
         text = json.loads(text).get("message", text)
     return text.strip()
+
+
+def send_build(
+    socket_path: str, query: Mapping[str, str], body: IO[bytes], timeout_s: float
+) -> _UnixConnection:
+    """POST /build with ``body`` (the context's tar, closed here) on a new connection whose answer is
+    still to be read (by PendingBuild's thread)."""
+    conn = _UnixConnection(socket_path, timeout_s)
+    body.seek(0, os.SEEK_END)
+    size = body.tell()
+    body.seek(0)
+    headers = {"Content-Type": "application/tar", "Content-Length": str(size)}
+    try:
+        conn.request("POST", "/build?" + urllib.parse.urlencode(query), body=body, headers=headers)
+    except http.client.HTTPException as exc:
+        conn.close()
+        raise OSError(f"could not send the build: {exc}") from None
+    except OSError:
+        conn.close()
+        raise
+    finally:
+        body.close()
+    return conn
+
+
+class BuildRefused(RuntimeError):
+    """The engine refused the build request itself (a status other than 200), in its words."""
+
+
+def build_messages(response: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
+    """The engine's JSON messages answering a POST /build, in order, as they arrive (each chunk decoded
+    as soon as it is whole). A refusal is BuildRefused; a broken connection raises what the socket
+    raised."""
+    if response.status != 200:
+        raise BuildRefused(f"the engine answered {response.status}: {_engine_message(response.read())}")
+    decoder, buffer = json.JSONDecoder(), ""
+    while chunk := response.read1(65536):
+        buffer += chunk.decode("utf-8", errors="replace")
+        while buffer := buffer.lstrip():
+            try:
+                message, end = decoder.raw_decode(buffer)
+            except ValueError:
+                break  # the rest of this message is still on its way
+            buffer = buffer[end:]
+            if isinstance(message, dict):
+                yield message
+
+
+class _Socketlike:
+    """What http.client.HTTPResponse reads an answer from: a socket's ``makefile``."""
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        self._raw = raw
+
+    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(self._raw)  # type: ignore[arg-type]
+
+
+def answer_messages(raw: io.RawIOBase) -> Iterator[dict[str, Any]]:
+    """``build_messages`` of an answer to POST /build read from ``raw`` (a parked build's copy of it,
+    parking.py) rather than from the socket. An answer that ends before it is whole is ConnectionError."""
+    try:
+        response = http.client.HTTPResponse(_Socketlike(raw), method="POST")  # type: ignore[arg-type]
+        response.begin()
+        yield from build_messages(response)
+    except http.client.HTTPException as exc:
+        raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
 
 
 class PendingBuild:
@@ -293,46 +136,14 @@ class PendingBuild:
         self.socket_path = socket_path
         self.started = time.monotonic()
         self._messages: queue.Queue[Any] = queue.Queue()
-        self._conn = _UnixConnection(socket_path, timeout_s)
-        body.seek(0, os.SEEK_END)
-        size = body.tell()
-        body.seek(0)
-        try:
-            self._conn.request(
-                "POST",
-                "/build?" + urllib.parse.urlencode(query),
-                body=body,
-                headers={"Content-Type": "application/tar", "Content-Length": str(size)},
-            )
-        except http.client.HTTPException as exc:
-            self._conn.close()
-            raise OSError(f"could not send the build: {exc}") from None
-        except OSError:
-            self._conn.close()
-            raise
-        finally:
-            body.close()
+        self._conn = send_build(socket_path, query, body, timeout_s)
         self._reader = threading.Thread(target=self._read, name="build-ahead", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         try:
-            response = self._conn.getresponse()
-            if response.status != 200:
-                text = _engine_message(response.read())
-                self._messages.put(RuntimeError(f"the engine answered {response.status}: {text}"))
-                return
-            decoder, buffer = json.JSONDecoder(), ""
-            while chunk := response.read1(65536):
-                buffer += chunk.decode("utf-8", errors="replace")
-                while buffer := buffer.lstrip():
-                    try:
-                        message, end = decoder.raw_decode(buffer)
-                    except ValueError:
-                        break  # the rest of this message is still on its way
-                    buffer = buffer[end:]
-                    if isinstance(message, dict):
-                        self._messages.put(message)
+            for message in build_messages(self._conn.getresponse()):
+                self._messages.put(message)
             self._messages.put(_EOF)
         except Exception as exc:  # handed to the reader of the messages
             self._messages.put(exc)

@@ -16,7 +16,7 @@ from orchestrator.config import AppConfig, EngineTarget
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
-    from orchestrator.steps.build import BuildAhead
+    from orchestrator.steps.ahead import BuildAhead, ParkedAhead
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,8 @@ class AppEngines:
 
     app: AppConfig
     get: Callable[[EngineTarget], DockerEngine]
-    # The run's build, already sent to the build engine (steps/build.py BuildAhead), if it was.
-    build_ahead: BuildAhead | None = None
+    # The run's build, already sent to the build engine (steps/ahead.py), if it was.
+    build_ahead: BuildAhead | ParkedAhead | None = None
 
     @classmethod
     def single(cls, app: AppConfig, engine: DockerEngine) -> AppEngines:

@@ -112,15 +112,21 @@ def archive(repo: Path, sha: str) -> IO[bytes]:
     return out  # type: ignore[return-value]
 
 
-@contextmanager
-def extracted(repo: Path, sha: str) -> Iterator[Path]:
-    """``git archive`` of ``sha`` unpacked into a private temporary directory, removed afterwards: a
-    build context on disk that holds exactly the committed tree (for the docker CLI, which reads a
-    directory). The ``tar`` filter keeps every path inside the directory whatever the tree holds."""
-    with tempfile.TemporaryDirectory(prefix="orchestrator-context-") as folder, archive(repo, sha) as stream:
+def unpack(repo: Path, sha: str, folder: Path) -> None:
+    """``git archive`` of ``sha`` unpacked into ``folder`` (which exists). The ``tar`` filter keeps every
+    path inside the folder whatever the tree holds."""
+    with archive(repo, sha) as stream:
         try:
             with tarfile.open(fileobj=stream, mode="r:") as tar:
                 tar.extractall(folder, filter="tar")
         except (tarfile.TarError, OSError) as exc:
             raise GitError(f"could not unpack git archive {sha} of {repo} into {folder}: {exc}") from None
+
+
+@contextmanager
+def extracted(repo: Path, sha: str) -> Iterator[Path]:
+    """The committed tree of ``sha`` (``unpack``) in a private temporary directory, removed afterwards: a
+    build context on disk that holds exactly the commit (for the docker CLI, which reads a directory)."""
+    with tempfile.TemporaryDirectory(prefix="orchestrator-context-") as folder:
+        unpack(repo, sha, Path(folder))
         yield Path(folder)

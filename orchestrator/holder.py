@@ -69,6 +69,12 @@ def _me(pid: int) -> Holder:
     return Holder(_hostname(), pid, _start_time(pid))
 
 
+def process(pid: int) -> Holder:
+    """This host's process ``pid`` as it is now (a child just started, say), to ask later whether that
+    very process still runs."""
+    return Holder(_hostname(), pid, _start_time(pid))
+
+
 def holder_of(host: str | None, pid: int | None, start: str | None) -> Holder | None:
     if host is None or pid is None:
         return None

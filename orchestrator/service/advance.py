@@ -48,7 +48,7 @@ from orchestrator.service.results import AdvanceResult, edge_reason
 from orchestrator.store.repository import RunRecord
 
 if TYPE_CHECKING:
-    from orchestrator.steps.build import BuildAhead
+    from orchestrator.steps.ahead import BuildAhead, ParkedAhead
 
 
 class EdgeRunner:
@@ -107,8 +107,8 @@ class EdgeRunner:
         gates = gates_for(edge)
         if edge == TO_STAGING and engine.build_ahead is None:
             # Before the preflight, whose git reads run while the build is prepared; a refusal cancels
-            # it (the caller closes the engine).
-            engine.build_ahead = self.build_ahead(app, run.sha)
+            # it (the caller closes the engine). `run start` may have sent it already.
+            engine.build_ahead = self.build_ahead(app, run.sha, run_id=run.id)
         if not preflighted:
             self.preflight(app, run.sha, edge)
         # Connect before anything is written: an engine that does not answer changes nothing at all (exit
@@ -249,18 +249,36 @@ class EdgeRunner:
             run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
         )
 
-    def build_ahead(self, app: AppConfig, sha: str) -> BuildAhead | None:
+    def build_ahead(
+        self, app: AppConfig, sha: str, *, run_id: int | None = None, park: bool = False
+    ) -> BuildAhead | ParkedAhead | None:
         """The staging build of ``sha`` sent now, before the engine is connected and the edge claimed,
-        so that the engine builds while this process gets there (steps/build.py BuildAhead). None
-        where it could differ from the build step's own, or is unlikely to be taken: the edge waits
-        for an approval first, or staging is held (by another run, or by hand)."""
-        if STAGING in app.require_approval or not any(g.needs_docker for g in gates_for(TO_STAGING)):
+        so that the engine builds while this process gets there (steps/ahead.py). None where it could
+        differ from the build step's own, or is unlikely to be taken: the edge waits for an approval
+        first, or staging is held (by another run, or by hand).
+
+        With ``run_id``: the build `run start` parked for that run, if it did. With ``park`` (`run
+        start`, before the run is recorded): sent from a park, to be handed over (BuildAhead.park)."""
+        from orchestrator import parking
+        from orchestrator.steps.ahead import BuildAhead, ParkedAhead
+
+        if run_id is not None and (parked := ParkedAhead.find(app, self.config.settings, run_id, sha)):
+            return parked
+        if STAGING in app.require_approval:
+            return None
+        # `run start` does not import the gates to ask (7 ms of its ~80): the staging edge builds, and
+        # an edge that would not takes nothing and ends the park.
+        if not park and not any(g.needs_docker for g in gates_for(TO_STAGING)):
             return None
         if self.store.locks(app.name, [STAGING]):
             return None  # another run or an operator holds staging: this edge waits or is refused
-        from orchestrator.steps.build import BuildAhead
-
-        return BuildAhead.start(app, self.config.settings, sha, self._recorded_images(app))
+        return BuildAhead.start(
+            app,
+            self.config.settings,
+            sha,
+            self._recorded_images(app),
+            park=parking.root() if park else None,
+        )
 
     def _recorded_images(self, app: AppConfig) -> list[str]:
         """The images this orchestrator built and released for ``app``, newest first: the builds' cache

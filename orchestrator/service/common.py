@@ -23,7 +23,7 @@ from orchestrator.verdict import TransitionOutcome
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
-    from orchestrator.steps.build import BuildAhead
+    from orchestrator.steps.ahead import BuildAhead, ParkedAhead
 
 
 def connect_engine() -> DockerEngine:
@@ -123,7 +123,7 @@ class LazyEngine:
         self._engines: dict[str, DockerEngine] = {}
         self._unreachable: dict[str, InfraUnavailable] = {}
         # The run's build, sent before the engine was connected (steps/build.py); ended on close.
-        self.build_ahead: BuildAhead | None = None
+        self.build_ahead: BuildAhead | ParkedAhead | None = None
 
     def get(self, target: EngineTarget | None = None, what: str = "an environment") -> DockerEngine:
         key = LOCAL_ENGINE.key if target is None else target.key

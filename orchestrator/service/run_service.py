@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from orchestrator import views
 from orchestrator.config import Config, check_app_paths
 from orchestrator.errors import OrchestratorError
-from orchestrator.logging import get_logger
+from orchestrator.logging import bound_context, get_logger
 from orchestrator.machine import ENVIRONMENTS, TO_STAGING, State
 from orchestrator.notify import Notifier
 from orchestrator.service.advance import EdgeRunner
@@ -49,16 +49,39 @@ class RunService(Operations):
         self._recovery = Recovery(shared)
         self._edges = EdgeRunner(shared, ApprovalWait(shared), Claims(shared, self._recovery))
 
-    def start_run(self, app: str, sha: str, actor: str | None = None) -> RunRecord:
+    def start_run(
+        self, app: str, sha: str, actor: str | None = None, *, send_build: bool = False
+    ) -> RunRecord:
+        """Record a run of ``app`` at ``sha`` in development. With ``send_build`` (`run start`, the
+        first of the three CI calls) its staging build is sent now and parked for the staging advance
+        (parking.py), unless ``build_at_run_start`` is off: the engine builds while CI starts the next
+        process."""
         config = self.config.app(app)
         sha, actor = parse_sha(sha), parse_actor(actor)
         check_app_paths(config)
+        ahead = None
+        if send_build and self.config.settings.build_at_run_start:
+            ahead = self._edges.build_ahead(config, sha, park=True)
         from orchestrator.gitrepo import commit_time
 
-        run = self.store.create_run(
-            app, sha, actor, State.DEVELOPMENT.value, committed_at=commit_time(config.source, sha)
-        )
-        get_logger(run_id=run.id, app=run.app, sha=run.sha).info("run_started", actor=run.actor)
+        try:
+            run = self.store.create_run(
+                app, sha, actor, State.DEVELOPMENT.value, committed_at=commit_time(config.source, sha)
+            )
+        except BaseException:
+            if ahead is not None:
+                ahead.close()  # no run, nobody to take it
+            raise
+        log = get_logger(run_id=run.id, app=run.app, sha=run.sha)
+        if ahead is not None:
+            from orchestrator import parking
+            from orchestrator.steps.ahead import BuildAhead
+
+            assert isinstance(ahead, BuildAhead)  # sent from a park: never a park found (no run yet)
+
+            with bound_context(run_id=run.id, app=run.app, sha=run.sha):
+                ahead.park(parking.key(self.config.settings.database_url, run.id))
+        log.info("run_started", actor=run.actor)
         return run
 
     def refuse_if_frozen(self, app: str) -> None:

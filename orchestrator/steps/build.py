@@ -11,18 +11,15 @@ before it starts, naming the feature; a base image whose registry does not answe
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import builders, docker_wire, gitrepo, progress, verify
+from orchestrator import builders, gitrepo, parking, progress, verify
 from orchestrator.builders import BuilderChoice, BuilderKind
 from orchestrator.config import AppConfig, Settings
 from orchestrator.errors import BadInput, DockerError, GateFailed, InfraUnavailable, StepTimeout
@@ -33,6 +30,7 @@ from orchestrator.verdict import Verdict
 if TYPE_CHECKING:  # the SDK is imported by whoever connects an engine, not by the build's preflight
     from orchestrator.docker_engine import DockerEngine, ImageInfo
     from orchestrator.docker_wire import PendingBuild
+    from orchestrator.steps.ahead import BuildAhead, ParkedAhead
 
 
 @dataclass(frozen=True)
@@ -221,12 +219,12 @@ def build(
     sha: str,
     redact: Callable[[str], str],
     recorded_images: Sequence[str] = (),
-    ahead: BuildAhead | None = None,
+    ahead: BuildAhead | ParkedAhead | None = None,
 ) -> Build:
     """Build from the committed tree with GIT_SHA, tagged <app>:<sha>. ``recorded_images``: the image ids
     this orchestrator built and recorded for the app, the only ones whose layers the legacy builder's
-    cache may reuse. ``ahead``: the same build, already sent (BuildAhead); taken if it is the same
-    request to the same engine, else cancelled and built here."""
+    cache may reuse. ``ahead``: the same build, already sent (steps/ahead.py: by this process, or parked
+    by `run start`); taken if it is the same request to the same engine, else cancelled and built here."""
     tag = build_tag(app, sha)
     log = get_logger()
     with steps.step("build") as step:
@@ -248,10 +246,12 @@ def build(
         try:
             image: ImageInfo | None = None
             if taken is not None:
-                step.changed(sent_ahead_s=round(time.monotonic() - taken.started, 3))
+                assert ahead is not None
+                step.changed(sent_ahead_s=round(time.monotonic() - taken.started, 3), sent_by=ahead.sent_by)
                 image = _finish_ahead(engine, taken, tag, settings, redact)
                 if image is None:
-                    log.warning("build_ahead_lost", reason="its image went before it was named; building")
+                    step.changed(ahead_lost=True)
+                    log.warning("build_ahead_lost", reason="it was lost before it was named; building")
             if image is None:
                 with gitrepo.extracted(app.source, sha) as tree:
                     context_dir = tree / app.context
@@ -325,24 +325,29 @@ class BuildRequest:
 
 def _finish_ahead(
     engine: DockerEngine,
-    taken: PendingBuild | builders.CliBuild,
+    taken: PendingBuild | builders.CliBuild | parking.ParkedEngineBuild | parking.ParkedCliBuild,
     tag: str,
     settings: Settings,
     redact: Callable[[str], str],
 ) -> ImageInfo | None:
     """The image of a build sent ahead, named ``tag`` now that the build step took it; its output
-    shown and logged as the step's own build would (redacted)."""
-    if isinstance(taken, builders.CliBuild):
-        log = get_logger()
-        taken.attach(lambda line: _show_line(log, redact(line)))
-        image_id = taken.finish(settings.build_timeout_s)
-    else:
-        image_id = engine.finish_build(
-            taken,
-            tag=tag,
-            timeout_s=settings.build_timeout_s,
-            on_line=lambda line: progress.line("build", redact(line)),
-        )
+    shown and logged as the step's own build would (redacted). None when it was lost (its image pruned
+    before it could be named, or the process holding a parked build gone): the step builds again."""
+    log = get_logger()
+    try:
+        if isinstance(taken, builders.CliBuild | parking.ParkedCliBuild):
+            taken.attach(lambda line: _show_line(log, redact(line)))
+            image_id = taken.finish(settings.build_timeout_s)
+        else:
+            image_id = engine.finish_build(
+                taken,
+                tag=tag,
+                timeout_s=settings.build_timeout_s,
+                on_line=lambda line: progress.line("build", redact(line)),
+            )
+    except parking.ParkLost as exc:
+        log.warning("build_ahead_lost", reason=str(exc))
+        return None
     return _name(engine, image_id, tag)
 
 
@@ -354,179 +359,6 @@ def _name(engine: DockerEngine, image_id: str, tag: str) -> ImageInfo | None:
     repository, _, name = tag.rpartition(":")
     engine.tag(image_id, repository, name)
     return engine.image(image_id)
-
-
-class BuildAhead:
-    """The staging build, started before the rest of the process is ready (issue 12).
-
-    A deploy spends about 150 ms before its build on work that does not decide the build: importing
-    the docker SDK, opening the database, recording the run and claiming staging. Started first, the
-    engine builds meanwhile; preparing it (``git archive``, for the legacy builder the context's tar)
-    runs on a thread of its own, mostly waiting for git, so the process goes on at once. Nothing is
-    decided early: the build names no image, so until the build step takes it (``take``: the same
-    request on the same engine; for the legacy builder, the same files the SDK would send) it is an
-    anonymous build; a run that never gets there cancels it on close.
-
-    The legacy builder's request goes over the engine's socket (docker_wire.py, no SDK); a BuildKit
-    build is the docker CLI, started with the arguments the build step would give it. Only where the
-    outcome cannot differ from the build step's own: a local engine, no build secrets, a Dockerfile
-    inside the context, and (legacy) a docker client config that adds nothing to the request
-    (docker_wire.client_config_is_plain). Anywhere else nothing is started and the step builds as
-    always."""
-
-    def __init__(
-        self,
-        app: AppConfig,
-        settings: Settings,
-        sha: str,
-        request: Callable[[str], BuildRequest],
-        socket_path: str,
-    ) -> None:
-        self._app, self._settings, self._sha = app, settings, sha
-        self._make_request = request
-        self._socket_path = socket_path
-        self._stack = contextlib.ExitStack()
-        self.request: BuildRequest | None = None
-        self._build: PendingBuild | builders.CliBuild | None = None
-        self._files: list[str] = []
-        self._context: Path | None = None
-        self._closed = False
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._start, name="build-ahead", daemon=True)
-        self._thread.start()
-
-    @classmethod
-    def start(
-        cls,
-        app: AppConfig,
-        settings: Settings,
-        sha: str,
-        recorded_images: Sequence[str],
-        environ: Mapping[str, str] = os.environ,
-    ) -> BuildAhead | None:
-        socket_path = docker_wire.local_socket(environ)
-        if socket_path is None or not app.builds_on.is_local or app.secrets:
-            return None
-        # What the build step will choose, if the engine runs BuildKit (a local 18.09+ engine does; if
-        # not, the step chooses the legacy builder and this build is not taken).
-        choice = builders.choose(settings.builder, settings.docker_cli, lambda: True)
-        if choice.kind is BuilderKind.LEGACY and not docker_wire.client_config_is_plain(environ):
-            return None
-        cache = CachePolicy.trusting(recorded_images)
-        return cls(
-            app,
-            settings,
-            sha,
-            lambda dockerfile: BuildRequest.of(app, sha, dockerfile, cache, choice),
-            socket_path,
-        )
-
-    def _start(self) -> None:
-        app, sha = self._app, self._sha
-        try:
-            # One git process (the archive) instead of one per question: the tree answers the rest.
-            tree = self._stack.enter_context(gitrepo.extracted(app.source, sha))
-            dockerfile = resolve_dockerfile(app, sha, lambda path: os.path.lexists(tree / path))
-            request = self._make_request(dockerfile)
-            text = (tree / dockerfile).read_bytes().decode(errors="replace")
-            legacy = request.cli is None
-            if request.in_context is None or (legacy and builders.buildkit_features(text)):
-                return  # the SDK sends the first; the build step refuses the second, naming the feature
-            context = tree / app.context
-            if self._closed:
-                return
-            # Not under the lock: sending a big context takes a while, and ``close`` must not wait for it.
-            build: PendingBuild | builders.CliBuild
-            files: list[str] = []
-            if request.cli is None:
-                files = docker_wire.context_files(context, request.in_context)
-                build = docker_wire.PendingBuild(
-                    self._socket_path,
-                    docker_wire.build_query(
-                        dockerfile=request.in_context,
-                        buildargs=dict(request.build_args),
-                        target=request.target,
-                        cache_from=request.cache_from,
-                        nocache=not request.cache_from,
-                    ),
-                    docker_wire.context_tar(context, files),
-                    self._settings.build_timeout_s,
-                )
-            else:
-                scratch = Path(
-                    self._stack.enter_context(tempfile.TemporaryDirectory(prefix="orchestrator-build-"))
-                )
-                build = builders.start_buildkit(
-                    request.cli,
-                    scratch=scratch,
-                    name=build_tag(app, sha),
-                    context_dir=context,
-                    dockerfile=tree / dockerfile,
-                    tag=None,
-                    build_args=dict(request.build_args),
-                    target=request.target,
-                )
-            with self._lock:
-                if self._closed:  # the run ended (or took nothing) meanwhile
-                    build.cancel()
-                    return
-                self._build, self.request, self._context, self._files = build, request, context, files
-        except GateFailed:
-            return  # the build step fails it, with the evidence
-        except Exception as exc:  # an optimisation never fails a deploy: the build step builds as always
-            get_logger().warning("build_ahead_skipped", reason=f"{type(exc).__name__}: {exc}")
-
-    def wait_sent(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s``) until the build is on its way to the engine, or was not sent.
-        What the process does next (importing the docker SDK, connecting) would hold the interpreter
-        lock that preparing and sending the build needs: the build is on the critical path, so it goes
-        first, and the rest happens while the engine builds."""
-        self._thread.join(timeout_s)
-
-    def take(self, request: BuildRequest, engine: DockerEngine) -> PendingBuild | builders.CliBuild | None:
-        """The build under way, if it is ``request`` on ``engine`` (for the legacy builder, with the
-        files the SDK would send); otherwise None, and it is ended. Taken once."""
-        self._thread.join()
-        with self._lock:
-            taken, self._build = self._build, None
-            self._closed = True
-        if taken is None or self._context is None:
-            return None
-        same = (
-            request == self.request
-            and engine.socket_path == self._socket_path
-            and not engine.cli_args
-            and (
-                request.cli is not None
-                or (
-                    request.in_context is not None
-                    and engine.context_files(self._context, request.in_context) == self._files
-                )
-            )
-        )
-        if not same:
-            get_logger().info("build_ahead_discarded", reason="not the build this step asks for")
-            self._discard(taken)
-            return None
-        return taken
-
-    @staticmethod
-    def _discard(build: PendingBuild | builders.CliBuild) -> None:
-        """Cancel it. An image it had already finished stays unnamed, as a cancelled build's layers do:
-        removing it by id could take away the image another process building the same commit is
-        about to tag (same content, same id)."""
-        build.cancel()
-
-    def close(self) -> None:
-        """End a build never taken (the run stopped before its build): cancelled, and the context it
-        was started from removed."""
-        with self._lock:
-            build, self._build = self._build, None
-            self._closed = True
-        if build is not None:
-            self._discard(build)
-        self._thread.join(timeout=30)
-        self._stack.close()
 
 
 def _show_line(log: Any, line: str) -> None:

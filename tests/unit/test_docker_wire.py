@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from docker.utils.build import exclude_paths
 
-from orchestrator.docker_wire import (
-    EngineApi,
+from orchestrator.build_context import (
     client_config_is_plain,
     client_config_sets_no_proxies,
     context_files,
     local_socket,
+    selects,
 )
+from orchestrator.docker_wire import EngineApi
 
 NAMES = ["a", "b.py", "node_modules", "src", "Dockerfile", ".git", "x.log", "build", "README.md", "Sub"]
 PATTERNS = [
@@ -80,6 +81,27 @@ def test_the_files_sent_are_the_ones_the_sdk_sends(tmp_path: Path, seed: int) ->
         lines = rng.sample(PATTERNS, rng.randint(0, 6))
         (root / ".dockerignore").write_text("\n".join(lines))
         assert context_files(root, "Dockerfile") == _sdk(root, lines, "Dockerfile"), lines
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_without_a_dockerignore_every_path_is_sent_both_ways(tmp_path: Path, seed: int) -> None:
+    """What lets a build sent ahead skip importing the SDK to compare (build_context.selects): with no
+    .dockerignore, the SDK and context_files select the same, whatever the tree holds: symlinks to
+    files, to directories and to nothing, empty and hidden directories, a Dockerfile in a subdirectory."""
+    rng = random.Random(seed)
+    for trial in range(5):
+        root = tmp_path / str(trial)
+        root.mkdir()
+        _tree(root, rng)
+        (root / ".hidden" / "empty").mkdir(parents=True, exist_ok=True)
+        (root / "docker").mkdir(exist_ok=True)
+        (root / "docker" / "Dockerfile").write_text("FROM scratch\n")
+        for name, target in (("to-file", "docker/Dockerfile"), ("to-dir", "docker"), ("dangling", "gone")):
+            (root / name).symlink_to(target)
+        assert not selects(root)
+        assert context_files(root, "docker/Dockerfile") == _sdk(root, [], "docker/Dockerfile")
+    (root / ".dockerignore").write_text("")
+    assert selects(root)
 
 
 def test_an_excluded_directory_with_an_exception_inside_is_entered(tmp_path: Path) -> None:
