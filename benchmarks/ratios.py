@@ -10,7 +10,9 @@ Printed with medians of interleaved pairs (orchestrator side and plain side alte
   (staged_deploy.py's plain sequence: git archive | docker build, run staging, poll health, inspect the
   label, tag, run prod, poll health);
 - ``orchestrator deploy`` (one process) and the three-call CI path (``run start``, ``advance --to
-  deploy-staging``, ``advance --to deploy``) against that raw sequence;
+  deploy-staging``, ``advance --to deploy``) against that raw sequence; for the latter, who sent each
+  staging build (``run start`` parks it for the advance by default, parking.py), read from the records
+  after the timing;
 - the import time of each command (``python -X importtime``, the top-level modules summed), and how many
   Docker API requests one deploy makes (the SDK's HTTP session and docker_wire.EngineApi wrapped in a
   counter, benchmark only).
@@ -183,10 +185,27 @@ def one_shot(ws: Workspace, app: str, sha: str) -> None:
         raise BenchmarkError(f"deploy failed: {json.dumps(payload)[-3000:]}")
 
 
-def three_calls(ws: Workspace, app: str, sha: str) -> None:
+def three_calls(ws: Workspace, app: str, sha: str) -> str:
     run_id = str(ws.cli("run", "start", "--app", app, "--sha", sha)["run_id"])
     for to in ("deploy-staging", "deploy"):
         _check_advance(ws.cli("advance", run_id, "--to", to, "--actor", "benchmark"), to)
+    return run_id
+
+
+def staging_builds(ws: Workspace, run_ids: list[str]) -> dict[str, int]:
+    """Who sent each three-call run's staging build (its build step's record, read after the timing):
+    ``run start`` (parked for the advance), ``this process`` (the advance), or nobody; and how many parks
+    were lost and built again. Shows that the figure measured the path it names."""
+    counts: collections.Counter[str] = collections.Counter()
+    for run_id in run_ids:
+        shown = ws.cli("runs", "show", run_id)
+        for transition in shown["transitions"]:
+            for step in transition["steps"]:
+                if step["name"] == "build":
+                    changes = step.get("changes") or {}
+                    counts[str(changes.get("sent_by", "nobody ahead"))] += 1
+                    counts["lost and built again"] += bool(changes.get("ahead_lost"))
+    return dict(counts)
 
 
 def use_builder(ws: Workspace, builder: str) -> None:
@@ -206,10 +225,11 @@ def use_builder(ws: Workspace, builder: str) -> None:
 def run(ws: Workspace, pairs: int, warmup: int) -> dict[str, Any]:
     inproc = InProcess(ws)
     app = ws.orch.name
+    three_call_runs: list[str] = []
     sides: dict[str, Callable[[str], None]] = {
         GATES: lambda sha: inproc.deploy(app, sha),
         ONE_SHOT: lambda sha: one_shot(ws, app, sha),
-        THREE_CALLS: lambda sha: three_calls(ws, app, sha),
+        THREE_CALLS: lambda sha: three_call_runs.append(three_calls(ws, app, sha)),
     }
     times: dict[str, list[float]] = {k: [] for k in (*sides, PLAIN)}
     ratios: dict[str, list[float]] = {k: [] for k in sides}
@@ -233,7 +253,12 @@ def run(ws: Workspace, pairs: int, warmup: int) -> dict[str, Any]:
             inproc.deploy(app, ws.repo.new_revision("counted"))
     finally:
         inproc.close()
-    return {"times": times, "ratios": ratios, "api_calls": dict(counts)}
+    return {
+        "times": times,
+        "ratios": ratios,
+        "api_calls": dict(counts),
+        "three_call_staging_builds": staging_builds(ws, three_call_runs[warmup:]),
+    }
 
 
 def render(
@@ -257,6 +282,8 @@ def render(
         lines.append(
             f"  {name:<45} {median(times[name]):7.3f} s   ratio {r:5.2f} (target <= {target:.2f}: {verdict})"
         )
+    sent = ", ".join(f"{who}: {n}" for who, n in deploys["three_call_staging_builds"].items())
+    lines.append(f"  three-call staging builds sent by: {sent}")
     calls = deploys["api_calls"]
     lines += ["", f"Docker API requests of one deploy (in process): {sum(calls.values())}"]
     for key, n in sorted(calls.items(), key=lambda kv: -kv[1]):

@@ -14,7 +14,11 @@ to start:
   id to ``iid``, and a shell wrapper writes its exit status to ``rc``.
 
 ``ticket.json`` says what was asked (the build request, the engine's socket, the files sent) and which
-process holds it; the park's name says for which run of which database. The staging advance takes it
+process holds it. A park's directory is never renamed (a BuildKit build reads its context by absolute
+path while it runs, and BuildKit reuses a context it already transferred from the same path whose
+files have the same size and mtime, as two commits' trees unpacked in one second do); the run's name
+for it, which says for which run of which database, is a symbolic link made once the ticket is
+written. The staging advance takes it
 only for the very same request on the same engine (steps/ahead.py), reads those files as the build's
 own output, and removes the park. Nothing is decided by a park: the build step still tags, guards and
 records the image as its own build, and a park that is lost (its process killed by a CI job's
@@ -54,6 +58,7 @@ CLI = "cli"  # a BuildKit build, the docker CLI itself detached
 
 # A park made by a `run start` that died before handing it over is removed after this long.
 UNFINISHED_S = 3600.0
+PARK_PREFIX = "park-"  # a park's own directory; runs name parks by symbolic links to them
 _POLL_S = 0.005
 
 # The wrapper of a detached CLI build: its exit status, written atomically once it ended.
@@ -112,7 +117,7 @@ class Park:
 
     def __init__(self, where: Path) -> None:
         where.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = Path(tempfile.mkdtemp(prefix=".new-", dir=where))
+        self.path = Path(tempfile.mkdtemp(prefix=PARK_PREFIX, dir=where))
         self.tree = self.path / TREE
         self.tree.mkdir()
         self._sock: socket.socket | None = None  # legacy: the build's connection, its answer not read yet
@@ -127,9 +132,7 @@ class Park:
 
     def start_cli(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
         """Start a BuildKit CLI build detached: it outlives `run start`, and a signal to the park's
-        process group (``discard``, the advance ending a park it does not take) ends it and its build.
-        Paths in ``argv`` are relative to the park (its working directory), which is renamed once the
-        run is recorded."""
+        process group (``discard``, the advance ending a park it does not take) ends it and its build."""
         with open(self.path / OUTPUT, "wb") as output:
             self._cli = subprocess.Popen(
                 ["/bin/sh", "-c", _WRAPPER, "sh", *argv],
@@ -170,11 +173,14 @@ class Park:
         }
         (self.path / (TICKET + ".tmp")).write_text(json.dumps(data))
         (self.path / (TICKET + ".tmp")).rename(self.path / TICKET)
-        target = self.path.parent / name
-        if target.exists():  # left by an earlier database's run of the same name: never to be taken
-            Parked.at(target).discard()
-        self.path.rename(target)
-        self.path = target
+        link = self.path.parent / name
+        if os.path.lexists(link):  # left by an earlier database's run of the same name: never to be taken
+            earlier = _resolve(link)
+            if earlier is not None:
+                Parked.at(earlier).discard()
+        staged = self.path.parent / f".{name}.{self.path.name}"
+        os.symlink(self.path.name, staged)
+        os.replace(staged, link)
         self._cli = None
 
     def discard(self) -> None:
@@ -193,18 +199,36 @@ class Park:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def _resolve(link: Path) -> Path | None:
+    """The park a run's name points to, if it is one of ours (in the same folder)."""
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return None
+    return link.parent / target if target.startswith(PARK_PREFIX) and "/" not in target else None
+
+
 def sweep(where: Path, older_than_s: float, now: float | None = None) -> list[str]:
     """Remove the parks nobody took (the staging advance ran elsewhere, or never): handed over more
     than ``older_than_s`` ago (any build has ended by then, or been ended), or never finished by a
-    `run start` that died an hour ago. Returns the names removed."""
+    `run start` that died an hour ago; and the names left pointing at nothing. Returns what it
+    removed."""
     now = time.time() if now is None else now
     removed: list[str] = []
     try:
-        entries = list(os.scandir(where))
+        entries = sorted(os.scandir(where), key=lambda e: not e.name.startswith(PARK_PREFIX))
     except OSError:
         return removed
     for entry in entries:
         path = Path(entry.path)
+        if entry.is_symlink():
+            if not path.exists():
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed.append(entry.name)
+            continue
+        if not entry.name.startswith(PARK_PREFIX):
+            continue
         try:
             ticket = json.loads((path / TICKET).read_text())
             age = now - float(ticket["parked_at"])
@@ -239,12 +263,25 @@ class Parked:
         return cls(path, ticket if isinstance(ticket, dict) else {})
 
     @classmethod
-    def find(cls, where: Path, name: str) -> Parked | None:
-        path = where / name
-        if not (path / TICKET).is_file():
+    def claim(cls, where: Path, name: str) -> Parked | None:
+        """The park run ``name`` points to, made this process's by taking the name away (a rename,
+        atomic: of two advances of one run, one gets it, and the other, refused anyway, cannot end
+        it); None if there is none."""
+        taken = where / f".{name}.taken-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            os.rename(where / name, taken)
+        except OSError:
+            return None
+        path = _resolve(taken)
+        with contextlib.suppress(OSError):
+            taken.unlink()
+        if path is None or not path.is_dir():
             return None
         found = cls.at(path)
-        return found if found.ticket else None
+        if not found.ticket:
+            found.discard()
+            return None
+        return found
 
     @property
     def holder(self) -> Holder | None:

@@ -163,13 +163,11 @@ class BuildAhead:
 
             return PendingBuild(self._socket_path, query, body, self._settings.build_timeout_s)
         if park is not None:
-            # Paths relative to the park, its CLI's working directory (renamed once the run is recorded).
-            relative = Path(parking.TREE)
             argv, env = builders.buildkit_argv(
                 request.cli,
-                scratch=Path(),
-                context_dir=relative / context.relative_to(tree),
-                dockerfile=relative / dockerfile,
+                scratch=park.path,
+                context_dir=context,
+                dockerfile=tree / dockerfile,
                 tag=None,
                 build_args=dict(request.build_args),
                 target=request.target,
@@ -292,7 +290,7 @@ class ParkedAhead:
 
     @classmethod
     def find(cls, app: AppConfig, settings: Settings, run_id: int, sha: str) -> ParkedAhead | None:
-        parked = parking.Parked.find(parking.root(), parking.key(settings.database_url, run_id))
+        parked = parking.Parked.claim(parking.root(), parking.key(settings.database_url, run_id))
         if parked is None:
             return None
         if parked.ticket.get("sha") != sha:  # not this run's (another database's, named alike)

@@ -48,6 +48,8 @@ def _park_of(sha: str) -> Path | None:
     if not root.is_dir():
         return None
     for entry in root.iterdir():
+        if entry.is_symlink():  # a run's name for a park
+            continue
         try:
             ticket = json.loads((entry / parking.TICKET).read_text())
         except (OSError, ValueError):
@@ -55,6 +57,12 @@ def _park_of(sha: str) -> Path | None:
         if ticket.get("sha") == sha:
             return entry
     return None
+
+
+def _left(park: Path) -> list[str]:
+    """What is left of ``park``: its directory, and any name pointing at it."""
+    names = [p.name for p in park.parent.iterdir() if p.is_symlink() and os.readlink(p) == park.name]
+    return names + ([park.name] if park.exists() else [])
 
 
 def _ticket(park: Path) -> dict[str, Any]:
@@ -92,7 +100,7 @@ def test_run_start_parks_the_staging_build_and_the_advance_takes_it(
     assert park is not None, "run start parked no build"
     ticket = _ticket(park)
     assert ticket["kind"] == kind
-    assert park.name == parking.key(app.workspace.db_url, run_id)
+    assert os.readlink(park.parent / parking.key(app.workspace.db_url, run_id)) == park.name
 
     app.advance(run_id, "deploy-staging").ok()
     build = _build_step(app, run_id)
@@ -102,7 +110,7 @@ def test_run_start_parks_the_staging_build_and_the_advance_takes_it(
     assert image.id == build["image_id"] and image.labels[REVISION_LABEL] == sha
     running = app.running("staging")
     assert running is not None and running.image_id == build["image_id"]
-    assert not park.exists(), "the taken park was left behind"
+    assert _left(park) == [], "the taken park was left behind"
     assert _holder_ended(ticket), "the park's process outlived the advance"
 
 
@@ -131,7 +139,7 @@ def test_a_park_whose_process_was_killed_is_built_again_by_the_advance(
     assert image.id == build["image_id"] and image.labels[REVISION_LABEL] == sha
     running = app.running("staging")
     assert running is not None and running.image_id == image.id
-    assert not park.exists()
+    assert _left(park) == []
 
 
 @pytest.mark.skipif(not HAS_BUILDKIT, reason="no docker CLI here builds with BuildKit")
@@ -152,7 +160,7 @@ def test_a_park_that_is_not_the_build_asked_for_is_ended_and_built_anew(
     app.advance(run_id, "deploy-staging").ok()
     build = _build_step(app, run_id)
     assert build["builder"] == "buildkit" and "sent_by" not in build, build
-    assert not park.exists()
+    assert _left(park) == []
     assert _holder_ended(ticket), "the park not taken was left running"
     assert docker_client.images.get(f"{app.name}:{sha}").labels[REVISION_LABEL] == sha
 
@@ -174,7 +182,7 @@ def test_a_parked_build_that_fails_fails_the_gate_as_the_advance_own_would(
     assert build["sent_by"] == "run start"
     failed = [c for c in result.payload["checks"] if c["status"] == "fail"]
     assert failed and "doomed" in json.dumps(failed), result.describe()
-    assert not park.exists()
+    assert _left(park) == []
 
 
 def test_run_start_parks_nothing_when_told_not_to(
@@ -191,3 +199,26 @@ def test_run_start_parks_nothing_when_told_not_to(
     assert _park_of(sha) is None
     app.advance(run_id, "deploy-staging").ok()
     assert _build_step(app, run_id)["sent_by"] == "this process"
+
+
+@pytest.mark.parametrize(("setting", "kind"), BUILDERS)
+def test_commits_unpacked_alike_are_each_built_from_their_own_tree(
+    busybox_app: BusyboxApp, monkeypatch: pytest.MonkeyPatch, setting: str, kind: str
+) -> None:
+    """git archive stamps every file with its commit's time, so two commits made in the same second,
+    differing only in a file's content, unpack into trees of the same names, sizes and mtimes. BuildKit
+    reuses a context it already transferred from the same path when those match: a park whose context
+    path repeated (a relative one did) built the previous commit's files with this commit's build args.
+    Each park reads its own tree from a path of its own."""
+    monkeypatch.setenv("ORCH_BUILDER", setting)
+    for variable in ("GIT_COMMITTER_DATE", "GIT_AUTHOR_DATE"):
+        monkeypatch.setenv(variable, "2026-01-01T00:00:00+00:00")
+    app = busybox_app
+    app.configure()
+    for marker in ("release A", "release B"):
+        sha = app.commit(marker, marker=marker)
+        run_id = app.start(sha)
+        app.advance(run_id, "deploy-staging").ok()
+        assert _build_step(app, run_id)["sent_by"] == "run start"
+        served = app.get("staging", "/")
+        assert marker in served.body, f"staging serves {served.body!r} for the commit of {marker!r}"

@@ -189,33 +189,43 @@ def test_parks_nobody_took_are_swept_once_no_build_can_still_run(
     tmp_path: Path, sleeper: subprocess.Popen[bytes]
 ) -> None:
     now = time.time()
-    old = _park(tmp_path, "run-1-old", sleeper, parked_at=now - 7200)
-    recent = _park(tmp_path, "run-2-recent", None, parked_at=now - 60)
-    unfinished_old = tmp_path / ".new-old"  # a `run start` that died before handing its park over
+    old = _park(tmp_path, "park-old", sleeper, parked_at=now - 7200)
+    (tmp_path / "run-1").symlink_to("park-old")
+    recent = _park(tmp_path, "park-recent", None, parked_at=now - 60)
+    (tmp_path / "run-2").symlink_to("park-recent")
+    unfinished_old = tmp_path / "park-unfinished-old"  # a `run start` that died before handing it over
     unfinished_old.mkdir()
     os.utime(unfinished_old, (now - 7200, now - 7200))
-    unfinished_new = tmp_path / ".new-fresh"
+    unfinished_new = tmp_path / "park-unfinished-new"
     unfinished_new.mkdir()
-    later = now + parking.UNFINISHED_S + 10
     removed = parking.sweep(tmp_path, older_than_s=3600, now=now)
-    assert sorted(removed) == [".new-old", "run-1-old"]
+    assert sorted(removed) == ["park-old", "park-unfinished-old", "run-1"]
     assert not old.exists() and not unfinished_old.exists()
-    assert recent.exists() and unfinished_new.exists()
+    assert recent.exists() and unfinished_new.exists() and (tmp_path / "run-2").exists()
     assert sleeper.wait(timeout=5) is not None, "the swept park's process was ended"
-    assert sorted(parking.sweep(tmp_path, older_than_s=3600, now=later)) == [".new-fresh", "run-2-recent"]
+    later = now + parking.UNFINISHED_S + 10
+    assert sorted(parking.sweep(tmp_path, older_than_s=3600, now=later)) == [
+        "park-recent",
+        "park-unfinished-new",
+        "run-2",
+    ]
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_park_appears_under_its_name_whole(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
-    """A park made for a run: the ticket written, then renamed; a park of the same name left by another
-    database's run is ended first."""
-    stale = _park(tmp_path, "run-1", sleeper, sha="b" * 40)
+def test_a_park_is_named_for_its_run_once_whole(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    """A park made for a run: its ticket written, then the run's name made to point at it; a park of
+    the same name left by another database's run is ended first. Claimed once."""
+    stale = _park(tmp_path, "park-stale", sleeper, sha="b" * 40)
+    (tmp_path / "run-1").symlink_to("park-stale")
     park = parking.Park(tmp_path)
-    park.start_cli(["sh", "-c", "echo built; echo sha256:cafe > iid"], {"PATH": "/usr/bin:/bin"})
+    park.start_cli(
+        ["sh", "-c", f"echo built; echo sha256:cafe > {park.path / parking.IID}"], {"PATH": "/usr/bin:/bin"}
+    )
     park.hand_over("run-1", {"sha": "a" * 40})
-    assert park.path == stale
-    found = parking.Parked.find(tmp_path, "run-1")
-    assert found is not None and found.ticket["sha"] == "a" * 40 and found.ticket["kind"] == parking.CLI
-    assert sleeper.wait(timeout=5) is not None, "the stale park's process was ended"
+    assert not stale.exists() and sleeper.wait(timeout=5) is not None, "the stale park was ended"
+    found = parking.Parked.claim(tmp_path, "run-1")
+    assert found is not None and found.path == park.path
+    assert found.ticket["sha"] == "a" * 40 and found.ticket["kind"] == parking.CLI
+    assert parking.Parked.claim(tmp_path, "run-1") is None, "a park is claimed once"
     assert parking.ParkedCliBuild(found, "app:sha").finish(60) == "sha256:cafe"
-    assert [p.name for p in tmp_path.iterdir()] == []
+    assert list(tmp_path.iterdir()) == []
