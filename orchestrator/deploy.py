@@ -416,7 +416,8 @@ class Deployer:
         ]
         if not lines:
             return f"\n--- {name} wrote nothing to its log ---"
-        return f"\n--- last {len(lines)} log lines of {name} ---\n" + "\n".join(lines)
+        where = f" (on node {str(evidence['node'])[:12]})" if evidence.get("node") else ""
+        return f"\n--- last {len(lines)} log lines of {name}{where} ---\n" + "\n".join(lines)
 
     def redeploy(self, env: str, release: PreviousRelease, *, run_id: int | None) -> Deployed:
         """Put ``env`` back on a recorded release and verify what runs: the rollback path. Behind a
@@ -463,21 +464,29 @@ class Deployer:
 
     def container_evidence(self, env: str, container_id: str) -> dict[str, Any]:
         """What ``env``'s engine says of a container: status, exit code, restarts and the last 20 lines
-        of its log, redacted."""
+        of its log, redacted. For a swarm task on another node, what the manager says of the task, and
+        the same tail of its log as the manager relays it (with the same redaction)."""
         engine = self.engines.of(env)
         found = engine.container(container_id)
         if found is None:
             elsewhere = self._elsewhere(env, container_id)
-            if elsewhere is None:
+            if elsewhere is None or self.spread is None:
                 return {"container": None}
-            # A swarm task on another node: its log is on that node's engine, not on this one.
-            return {
+            # A swarm task on another node: its log is on that node's engine, relayed by the manager
+            # when it can be; otherwise the evidence says where to read it.
+            evidence: dict[str, Any] = {
                 "container": elsewhere.container.name,
                 "container_id": elsewhere.container.id,
                 "container_status": elsewhere.container.status,
                 "node": elsewhere.node,
                 "logs": elsewhere.logs,
             }
+            log = self.spread.log_of(env, elsewhere, tail=_LOG_LINES)
+            if log.text is None:
+                evidence["logs_error"] = log.error
+            else:
+                evidence["logs_tail"] = self.redact(log.text)[-_LOG_CHARS:]
+            return evidence
         return {
             "container": found.name,
             "container_id": found.id,
