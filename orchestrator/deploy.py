@@ -320,6 +320,11 @@ class Deployer:
                 env, container, f"{report.url} answered but {container.name} {why}", details, published
             )
         if now.image_id != image_id:
+            not_held = self._not_held(env, now, image_id)
+            if not_held is not None:
+                return Deployed.failed(
+                    f"post-deploy verification: {not_held.reason}", {**details, **not_held.details}, published
+                )
             # `docker compose up -d` against an unchanged tag succeeds and keeps the old container.
             return Deployed.failed(
                 f"post-deploy verification: {now.name} still runs image {now.image_id[:19]}, not "
@@ -536,7 +541,8 @@ class Deployer:
         running_image = self.engines.of(env).image(found.image_id) if found.image_id else None
         checks = [
             Verdict.passed(f"{found.name} running", container_id=found.id),
-            verify.same_image(image_id, found.image_id, f"{found.name}"),
+            self._not_held(env, found, image_id)
+            or verify.same_image(image_id, found.image_id, f"{found.name}"),
             verify.revision_label(running_image.labels if running_image else None, sha),
         ]
         if self.app.version_path:
@@ -551,6 +557,26 @@ class Deployer:
                 )
             )
         return verify.all_of(*checks)
+
+    def _not_held(self, env: str, found: ContainerInfo, image_id: str) -> Verdict | None:
+        """The failure that names what is missing when ``found`` is a swarm task on another node whose
+        digest the manager's engine holds no image of (so it has no image id); None otherwise."""
+        if found.image_id:
+            return None
+        elsewhere = self._elsewhere(env, found.id)
+        if elsewhere is None or not elsewhere.image:
+            return None
+        engine = self.engines.of(env)
+        expected = engine.image(image_id)
+        return verify.image_not_held(
+            found.name,
+            task=elsewhere.task,
+            node=elsewhere.node,
+            ref=elsewhere.image,
+            engine=engine.where,
+            expected_id=image_id,
+            expected_digests=expected.repo_digests if expected else None,
+        )
 
     def redact(self, text: str) -> str:
         """Evidence from the app (logs, check output) without the secrets we gave it."""

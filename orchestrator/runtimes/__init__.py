@@ -127,12 +127,15 @@ class Elsewhere:
     """A container that serves an environment from another host than the engine we talk to (a swarm
     task on another node), as that engine (the manager) sees it: ``container`` is built from the task,
     ``node`` is where it runs, ``logs`` says where its log can be read (not on this engine), ``task`` is
-    the swarm task whose container it is (the manager reads that task's log: ``SpreadRuntime.log_of``)."""
+    the swarm task whose container it is (the manager reads that task's log: ``SpreadRuntime.log_of``),
+    ``image`` the image reference its spec names (a digest; what verification names when the manager's
+    engine does not hold that image, and ``container.image_id`` is then empty)."""
 
     container: ContainerInfo
     node: str
     logs: str
     task: str = ""
+    image: str = ""
 
 
 @dataclass(frozen=True)

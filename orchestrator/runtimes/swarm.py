@@ -258,6 +258,7 @@ class SwarmRuntime:
                     f"on node {task.node_id[:12]}: read its log with "
                     f"'docker service logs {self.service_name(env)}' on a manager",
                     task.id,
+                    task.image,
                 )
         return None
 

@@ -280,9 +280,63 @@ def test_a_task_elsewhere_on_an_image_the_manager_lacks_fails_verification_and_s
     tasks = [task(1, "node-b", image=GONE), task(2, "node-c", image=GONE)]
     d, _ = deployer(tasks)
     check = d.verify_running("prod", IMAGE_ID, SHA)
-    assert not check.ok and "is image none" in check.reason, check.reason
+    assert not check.ok
     seen = observe(d, "prod")
     assert (seen.container, seen.image_id, seen.revision) == (f"shop-prod.2.{'t2' * 6}", "", None)
+
+
+def test_a_digest_the_manager_lacks_is_named_with_its_task_node_and_what_to_do() -> None:
+    """Hazard: the verdict said "is image none": not which task, on which node, runs what, nor that the
+    manager's engine is what lacks the image, nor what to do. Still a failure: the manager cannot tie
+    that digest to the release's image (the manager knows the release's image by another digest)."""
+    tasks = [task(1, "node-b", image=GONE), task(2, "node-c", image=GONE)]
+    d, _ = deployer(tasks)
+    check = d.verify_running("prod", IMAGE_ID, SHA)
+    assert not check.ok
+    assert "image none" not in check.reason
+    assert check.reason.startswith(f"shop-prod.2.{'t2' * 6}: task {'t2' * 6} on node node-c runs {GONE}, ")
+    assert f"not a digest of the expected image {IMAGE_ID[:19]}" in check.reason
+    assert f"(unix:///var/run/docker.sock) knows it as {NEW}" in check.reason
+    assert f"'docker pull {GONE}'" in check.reason and "roll back" in check.reason
+    details = check.details
+    assert (details["task_image"], details["node"], details["found_image_id"]) == (GONE, "node-c", None)
+
+
+PRUNED_ID = "sha256:" + "9" * 64  # a release whose image the manager's engine no longer holds at all
+PRUNED = "reg:5000/shop@sha256:" + "8" * 64
+
+
+def test_a_release_image_pruned_from_the_manager_asks_to_pull_it_there_and_stays_unverified() -> None:
+    """A drained manager runs no task of the service, so `docker image prune -a` there removes the image
+    every task runs elsewhere: the verdict says the manager holds neither, and to pull it there."""
+    d, _ = deployer([task(1, "node-b", image=PRUNED), task(2, "node-c", image=PRUNED)])
+    check = d.verify_running("prod", PRUNED_ID, SHA)
+    assert not check.ok
+    assert check.reason.startswith(f"shop-prod.2.{'t2' * 6}: task {'t2' * 6} on node node-c runs {PRUNED}; ")
+    assert f"holds no image by that digest, nor the expected image {PRUNED_ID[:19]} (pruned there?)" in (
+        check.reason
+    )
+    assert f"pull it on the manager ('docker pull {PRUNED}') and run this again" in check.reason
+    assert not d.serves("prod", PRUNED_ID, SHA)
+
+
+def test_a_promotion_that_converged_on_a_digest_the_manager_lacks_names_it(proxy_port: int) -> None:
+    """The check right after the health check said "still runs image , not ... (an unchanged tag made
+    'docker compose up -d' a no-op)": a compose hint for a swarm task elsewhere."""
+    from orchestrator.runtimes import Published
+
+    d, _ = deployer([task(1, "node-b", image=GONE), task(2, "node-c", image=GONE)], proxy_port)
+    started = d.current("prod")
+    assert started is not None
+    details: dict[str, object] = {}
+    failure = d._check_started("prod", started, IMAGE_ID, details, Published(IMAGE_ID, NEW, NEW))
+    assert failure is not None and not failure.ok
+    assert "compose" not in failure.reason
+    assert failure.reason.startswith(f"post-deploy verification: shop-prod.2.{'t2' * 6}: task "), (
+        failure.reason
+    )
+    assert f"on node node-c runs {GONE}" in failure.reason
+    assert failure.details["task_image"] == GONE
 
 
 def test_status_names_the_node_of_each_task_elsewhere() -> None:
