@@ -211,7 +211,7 @@ class SwarmRuntime:
             # On a remote manager the port must answer from here, where health checks come from.
             address=LOOPBACK if self.app.engine(env).is_local else ALL_INTERFACES,
         )
-        return Proxy(self.engines.of(env), spec, overlay=True)
+        return Proxy(self.engines.of(env), spec, overlay=True, pull_timeout_s=self.settings.pull_timeout_s)
 
     # reading --------------------------------------------------------------------------------------
 
