@@ -28,49 +28,54 @@ def failed_task(
     docker_client: docker.DockerClient,
     busybox_image: Callable[..., Any],
     unique_name: Callable[[str], str],
-) -> Iterator[tuple[str, str]]:
-    """A one-shot service whose only task writes a known line to stdout and one to stderr, then fails
-    (exit 3, never restarted); yields (task id, marker) once the task has ended."""
+) -> Iterator[Callable[[str], str]]:
+    """Factory: a one-shot service (never restarted) whose only task runs ``script`` under busybox's
+    shell and fails; returns the task's id once it has ended. The services are removed after."""
     ensure_swarm(engine)
-    image = busybox_image()
-    tag = image.tags[0]
-    marker = f"task-log-marker-{uuid.uuid4().hex}"
-    name = unique_name("tasklogs")
+    tag = busybox_image().tags[0]
     api = docker_client.api
-    template = docker.types.TaskTemplate(
-        docker.types.ContainerSpec(
-            tag,
-            ["/bin/busybox", "sh", "-c", f"echo {marker} out; echo {marker} err >&2; exit 3"],
-            labels={"orchestrator.tests": "1"},
-        ),
-        restart_policy=docker.types.RestartPolicy(condition="none"),
-    )
-    api.create_service(template, name=name)
-    try:
+    names: list[str] = []
+
+    def make(script: str) -> str:
+        name = unique_name("tasklogs")
+        template = docker.types.TaskTemplate(
+            docker.types.ContainerSpec(
+                tag, ["/bin/busybox", "sh", "-c", script], labels={"orchestrator.tests": "1"}
+            ),
+            restart_policy=docker.types.RestartPolicy(condition="none"),
+        )
+        api.create_service(template, name=name)
+        names.append(name)
         deadline = time.monotonic() + 60
         while True:
             tasks = api.tasks(filters={"service": name})
-            ended = [t for t in tasks if t["Status"]["State"] in ("failed", "complete")]
+            ended = [t for t in tasks if t["Status"]["State"] in ("failed", "complete", "rejected")]
             if ended:
                 break
             assert time.monotonic() < deadline, f"the task of {name} never ended: {tasks}"
             time.sleep(0.2)
         assert ended[0]["Status"]["State"] == "failed", ended[0]["Status"]
-        yield ended[0]["ID"], marker
+        return str(ended[0]["ID"])
+
+    try:
+        yield make
     finally:
-        with contextlib.suppress(docker.errors.NotFound):
-            api.remove_service(name)
+        for name in names:
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_service(name)
         deadline = time.monotonic() + 60
-        while api.containers(all=True, filters={"label": f"com.docker.swarm.service.name={name}"}):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        for name in names:
+            while api.containers(all=True, filters={"label": f"com.docker.swarm.service.name={name}"}):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
 
 
 def test_a_failed_tasks_log_is_read_through_the_tasks_endpoint(
-    engine: DockerEngine, failed_task: tuple[str, str]
+    engine: DockerEngine, failed_task: Callable[[str], str]
 ) -> None:
-    task_id, marker = failed_task
+    marker = f"task-log-marker-{uuid.uuid4().hex}"
+    task_id = failed_task(f"echo {marker} out; echo {marker} err >&2; exit 3")
     text = engine.swarm.task_logs(task_id, tail=20)
     # Both streams, demultiplexed: no frame headers left in the text.
     assert f"{marker} out" in text and f"{marker} err" in text, repr(text)
@@ -78,6 +83,13 @@ def test_a_failed_tasks_log_is_read_through_the_tasks_endpoint(
     # The tail is honoured: the last line only.
     last = engine.swarm.task_logs(task_id, tail=1)
     assert len(last.splitlines()) == 1 and marker in last, repr(last)
+
+
+def test_a_task_that_wrote_nothing_has_an_empty_log_at_once(
+    engine: DockerEngine, failed_task: Callable[[str], str]
+) -> None:
+    """Not a wait for lines that never come (early `docker service logs` hung on an empty log)."""
+    assert engine.swarm.task_logs(failed_task("exit 3"), tail=20) == ""
 
 
 def test_an_unknown_task_is_a_refusal_not_a_crash(engine: DockerEngine) -> None:
