@@ -320,6 +320,11 @@ class Deployer:
                 env, container, f"{report.url} answered but {container.name} {why}", details, published
             )
         if now.image_id != image_id:
+            not_held = self._not_held(env, now, image_id)
+            if not_held is not None:
+                return Deployed.failed(
+                    f"post-deploy verification: {not_held.reason}", {**details, **not_held.details}, published
+                )
             # `docker compose up -d` against an unchanged tag succeeds and keeps the old container.
             return Deployed.failed(
                 f"post-deploy verification: {now.name} still runs image {now.image_id[:19]}, not "
@@ -416,7 +421,8 @@ class Deployer:
         ]
         if not lines:
             return f"\n--- {name} wrote nothing to its log ---"
-        return f"\n--- last {len(lines)} log lines of {name} ---\n" + "\n".join(lines)
+        where = f" (on node {str(evidence['node'])[:12]})" if evidence.get("node") else ""
+        return f"\n--- last {len(lines)} log lines of {name}{where} ---\n" + "\n".join(lines)
 
     def redeploy(self, env: str, release: PreviousRelease, *, run_id: int | None) -> Deployed:
         """Put ``env`` back on a recorded release and verify what runs: the rollback path. Behind a
@@ -463,21 +469,29 @@ class Deployer:
 
     def container_evidence(self, env: str, container_id: str) -> dict[str, Any]:
         """What ``env``'s engine says of a container: status, exit code, restarts and the last 20 lines
-        of its log, redacted."""
+        of its log, redacted. For a swarm task on another node, what the manager says of the task, and
+        the same tail of its log as the manager relays it (with the same redaction)."""
         engine = self.engines.of(env)
         found = engine.container(container_id)
         if found is None:
             elsewhere = self._elsewhere(env, container_id)
-            if elsewhere is None:
+            if elsewhere is None or self.spread is None:
                 return {"container": None}
-            # A swarm task on another node: its log is on that node's engine, not on this one.
-            return {
+            # A swarm task on another node: its log is on that node's engine, relayed by the manager
+            # when it can be; otherwise the evidence says where to read it.
+            evidence: dict[str, Any] = {
                 "container": elsewhere.container.name,
                 "container_id": elsewhere.container.id,
                 "container_status": elsewhere.container.status,
                 "node": elsewhere.node,
                 "logs": elsewhere.logs,
             }
+            log = self.spread.log_of(env, elsewhere, tail=_LOG_LINES)
+            if log.text is None:
+                evidence["logs_error"] = log.error
+            else:
+                evidence["logs_tail"] = self.redact(log.text)[-_LOG_CHARS:]
+            return evidence
         return {
             "container": found.name,
             "container_id": found.id,
@@ -527,7 +541,8 @@ class Deployer:
         running_image = self.engines.of(env).image(found.image_id) if found.image_id else None
         checks = [
             Verdict.passed(f"{found.name} running", container_id=found.id),
-            verify.same_image(image_id, found.image_id, f"{found.name}"),
+            self._not_held(env, found, image_id)
+            or verify.same_image(image_id, found.image_id, f"{found.name}"),
             verify.revision_label(running_image.labels if running_image else None, sha),
         ]
         if self.app.version_path:
@@ -542,6 +557,26 @@ class Deployer:
                 )
             )
         return verify.all_of(*checks)
+
+    def _not_held(self, env: str, found: ContainerInfo, image_id: str) -> Verdict | None:
+        """The failure that names what is missing when ``found`` is a swarm task on another node whose
+        digest the manager's engine holds no image of (so it has no image id); None otherwise."""
+        if found.image_id:
+            return None
+        elsewhere = self._elsewhere(env, found.id)
+        if elsewhere is None or not elsewhere.image:
+            return None
+        engine = self.engines.of(env)
+        expected = engine.image(image_id)
+        return verify.image_not_held(
+            found.name,
+            task=elsewhere.task,
+            node=elsewhere.node,
+            ref=elsewhere.image,
+            engine=engine.where,
+            expected_id=image_id,
+            expected_digests=expected.repo_digests if expected else None,
+        )
 
     def redact(self, text: str) -> str:
         """Evidence from the app (logs, check output) without the secrets we gave it."""

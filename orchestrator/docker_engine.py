@@ -1211,6 +1211,34 @@ class SwarmEngine:
             return []
         return [_task(row) for row in rows if (row.get("ServiceID") and row.get("Spec"))]
 
+    def task_logs(self, task_id: str, *, tail: int = 50, timeout_s: float = 10) -> str:
+        """The last ``tail`` lines (stdout and stderr) of one task's container, wherever it runs: a
+        manager answers ``GET /tasks/{id}/logs`` for a task on any node by asking that node's agent, so
+        this reads the log of a task on another node without a connection to that node's engine.
+
+        The SDK has no call for it (only ``service_logs``, which mixes every task of a service): this is
+        its ``service_logs`` with the tasks endpoint, the same parameters and the same multiplexed
+        stream. Reads wait at most ``timeout_s`` for the manager: the agent of a node that is down never
+        answers it. A manager that refuses, does not know the task, or goes silent is a DockerError;
+        the caller keeps the log out of its evidence then."""
+        what = f"logs of task {task_id[:12]}"
+        api = self._api
+        try:
+            with _translated(what):
+                attrs = api.inspect_task(task_id)
+                tty = bool(((attrs.get("Spec") or {}).get("ContainerSpec") or {}).get("TTY"))
+                params = {"stdout": True, "stderr": True, "follow": False, "timestamps": False, "tail": tail}
+                response = api._get(
+                    api._url("/tasks/{0}/logs", task_id), params=params, stream=True, timeout=timeout_s
+                )
+                raw = api._get_result_tty(False, response, tty)
+        except EngineNotFound as exc:
+            raise DockerError(f"{what}: no such task ({exc})") from None
+        except InfraUnavailable as exc:
+            # The manager answered the inspection just before: a silent logs request is the node.
+            raise DockerError(f"{what}: nothing within {timeout_s:g} s ({exc})") from None
+        return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+
     @staticmethod
     def _template(spec: ServiceSpec) -> dict[str, Any]:
         from docker import types

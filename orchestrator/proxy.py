@@ -304,9 +304,13 @@ class Proxy:
     """Keeps one environment's proxy container running with ``spec``'s configuration, and drains its
     backends through haproxy's runtime API."""
 
-    def __init__(self, engine: DockerEngine, spec: ProxySpec, *, overlay: bool = False) -> None:
+    def __init__(
+        self, engine: DockerEngine, spec: ProxySpec, *, overlay: bool = False, pull_timeout_s: float = 600
+    ) -> None:
         self.engine = engine
         self.spec = spec
+        # How long pulling the proxy image may take, where the engine lacks it (ORCH_PULL_TIMEOUT_S).
+        self.pull_timeout_s = pull_timeout_s
         self.host = EngineHost(engine)
         # Swarm services need a swarm-scoped (overlay) network; plain containers share a bridge.
         self.driver = "overlay" if overlay else "bridge"
@@ -352,6 +356,7 @@ class Proxy:
         user: str | None = None,
         binds: dict[str, str] | None = None,
     ) -> ContainerInfo:
+        self._pull_if_missing()
         return self.engine.run(
             self.spec.name,
             self.spec.image,
@@ -366,6 +371,22 @@ class Proxy:
             user=user,
             binds=binds,
         )
+
+    def _pull_if_missing(self) -> None:
+        """``engine.run`` never pulls, and nothing else brings the proxy image to an engine: on a remote
+        host (or a fresh one) the first proxy would fail with "image ... is not on this engine". Pulled
+        here, by the engine that runs it, only when it lacks the image (one inspection per (re)creation,
+        which is rare); an image already there is used as it is, never pulled again behind its back."""
+        if self.engine.image(self.spec.image) is not None:
+            return
+        try:
+            self.engine.pull(self.spec.image, timeout_s=self.pull_timeout_s)
+        except DockerError as exc:
+            raise DockerError(
+                f"the proxy image {self.spec.image} is not on the engine ({self.engine.where}) and could not "
+                f"be pulled there ({exc}): pull it on that host, or set proxy_image to an image its engine "
+                "can pull"
+            ) from None
 
     def remove(self) -> bool:
         """Take the proxy down (the environment stops answering); True when something was removed."""

@@ -7,7 +7,7 @@ different case, whitespace, another commit) is a failure that says what was expe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchestrator.verdict import Verdict
@@ -46,6 +46,51 @@ def same_image(expected_id: str, found_id: str | None, what: str) -> Verdict:
     if found_id != expected_id:
         return Verdict.check(False, f"{what} is image {found_id or 'none'}, expected {expected_id}", evidence)
     return Verdict.check(True, f"{what} is image {expected_id[:19]}", evidence)
+
+
+def image_not_held(
+    what: str,
+    *,
+    task: str,
+    node: str,
+    ref: str,
+    engine: str,
+    expected_id: str,
+    expected_digests: Sequence[str] | None,
+) -> Verdict:
+    """A task on another node runs ``ref`` (its spec's digest), and the engine we verify through (the
+    swarm manager, ``engine``) holds no image by that digest: it cannot say which image id and revision
+    the task runs. Always a failure (fail-closed): only an image the manager holds ties a digest to an
+    image id, and the check by digest (runtimes/swarm.py, ``check_task``) needs the release's image and
+    its digests there too. ``expected_digests`` are the release's image's digests on that engine (None:
+    it does not hold that image either). The reason says which, because what to do differs: an image
+    pruned from the manager (a drained manager runs no task, so prune removes it) is pulled again; a
+    digest that is no digest of the release means the task runs something else."""
+    evidence = {
+        "expected_image_id": expected_id,
+        "found_image_id": None,
+        "task": task[:12],
+        "node": node[:12],
+        "task_image": ref,
+        "engine": engine,
+    }
+    where = f"{what}: task {task[:12]} on node {node[:12]} runs {ref}"
+    if expected_digests is None:
+        why = (
+            f"{where}; the swarm manager's engine ({engine}) holds no image by that digest, nor the "
+            f"expected image {expected_id[:19]} (pruned there?), so it cannot tell which image and "
+            f"revision the task runs: pull it on the manager ('docker pull {ref}') and run this again "
+            "(until then it counts as unverified)"
+        )
+    else:
+        known = ", ".join(expected_digests) or "no registry digest"
+        why = (
+            f"{where}, which is not a digest of the expected image {expected_id[:19]} (the swarm "
+            f"manager's engine ({engine}) knows it as {known}) and an image that engine does not hold: "
+            "the task runs something other than the release; roll back, or pull that digest on the "
+            f"manager ('docker pull {ref}') to see what it is"
+        )
+    return Verdict.check(False, why, evidence)
 
 
 def all_of(*checks: Verdict) -> Verdict:

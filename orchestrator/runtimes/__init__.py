@@ -126,11 +126,24 @@ class StagedRuntime(Runtime, Protocol):
 class Elsewhere:
     """A container that serves an environment from another host than the engine we talk to (a swarm
     task on another node), as that engine (the manager) sees it: ``container`` is built from the task,
-    ``node`` is where it runs, ``logs`` says where its log can be read (not on this engine)."""
+    ``node`` is where it runs, ``logs`` says where its log can be read (not on this engine), ``task`` is
+    the swarm task whose container it is (the manager reads that task's log: ``SpreadRuntime.log_of``),
+    ``image`` the image reference its spec names (a digest; what verification names when the manager's
+    engine does not hold that image, and ``container.image_id`` is then empty)."""
 
     container: ContainerInfo
     node: str
     logs: str
+    task: str = ""
+    image: str = ""
+
+
+@dataclass(frozen=True)
+class LogTail:
+    """A log read from another host: ``text`` (None when it could not be read) or ``error`` (why)."""
+
+    text: str | None
+    error: str | None = None
 
 
 @runtime_checkable
@@ -142,6 +155,12 @@ class SpreadRuntime(Runtime, Protocol):
     def elsewhere(self, env: str, container_id: str) -> Elsewhere | None:
         """The container ``container_id`` of ``env`` when it runs elsewhere, as it is now; None when it
         is on the engine we talk to, or gone."""
+        ...
+
+    def log_of(self, env: str, found: Elsewhere, *, tail: int) -> LogTail:
+        """The last ``tail`` lines of ``found``'s log as the manager relays them from its node, or why
+        they could not be read (the node is down, the manager refused): never an error, since it is
+        only evidence of a failure already decided."""
         ...
 
 

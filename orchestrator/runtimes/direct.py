@@ -181,6 +181,7 @@ class ProxiedRuntime(_Containers):
                 # clients and the orchestrator's status and staging checks reach it.
                 address=LOOPBACK if self.app.engine(env).is_local else ALL_INTERFACES,
             ),
+            pull_timeout_s=self.settings.pull_timeout_s,
         )
 
     # what runs ------------------------------------------------------------------------------------

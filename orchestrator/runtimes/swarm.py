@@ -28,7 +28,7 @@ from orchestrator.engines import AppEngines
 from orchestrator.errors import InfraUnavailable
 from orchestrator.machine import PROD
 from orchestrator.proxy import Proxy, ProxySpec
-from orchestrator.runtimes import LOOPBACK, Elsewhere, Published, RuntimeView, env_port
+from orchestrator.runtimes import LOOPBACK, Elsewhere, LogTail, Published, RuntimeView, env_port
 from orchestrator.runtimes.direct import ALL_INTERFACES, DirectRuntime
 from orchestrator.stack import Stack, StackError, StackPin
 from orchestrator.steps import StepLog
@@ -211,7 +211,7 @@ class SwarmRuntime:
             # On a remote manager the port must answer from here, where health checks come from.
             address=LOOPBACK if self.app.engine(env).is_local else ALL_INTERFACES,
         )
-        return Proxy(self.engines.of(env), spec, overlay=True)
+        return Proxy(self.engines.of(env), spec, overlay=True, pull_timeout_s=self.settings.pull_timeout_s)
 
     # reading --------------------------------------------------------------------------------------
 
@@ -257,8 +257,21 @@ class SwarmRuntime:
                     task.node_id,
                     f"on node {task.node_id[:12]}: read its log with "
                     f"'docker service logs {self.service_name(env)}' on a manager",
+                    task.id,
+                    task.image,
                 )
         return None
+
+    def log_of(self, env: str, found: Elsewhere, *, tail: int) -> LogTail:
+        """Read through the manager (``GET /tasks/{id}/logs``), which asks the task's node for it: no
+        connection to that node's engine. A node that is down or a manager that refuses leaves the
+        evidence as it was (where to read the log), with the reason beside it."""
+        if not found.task:
+            return LogTail(None, "no task id")
+        try:
+            return LogTail(self.engines.of(env).swarm.task_logs(found.task, tail=tail))
+        except (DockerError, InfraUnavailable) as exc:
+            return LogTail(None, str(exc))
 
     def _seen_from_manager(self, env: str, task: TaskInfo) -> ContainerInfo:
         """A task on another node as a container: named as Docker names task containers, with the image

@@ -38,6 +38,7 @@ REVISION_LABEL = "org.opencontainers.image.revision"
 SERVE = """\
 bb=/bin/busybox
 echo "$APP_REVISION" > /www/version
+echo "serving revision $APP_REVISION"
 $bb chmod +x /www/cgi-bin/slow /www/cgi-bin/long
 if [ "$ORCH_ENVIRONMENT" = prod ]; then
   {broken}

@@ -23,6 +23,7 @@ from orchestrator.config import load_config
 from orchestrator.deploy import Deployer
 from orchestrator.docker_engine import ContainerInfo, DockerEngine
 from orchestrator.releases import observe
+from orchestrator.runtimes import Published
 
 if TYPE_CHECKING:
     from conftest import BusyboxApp, LocalRegistry
@@ -128,6 +129,12 @@ def test_a_service_with_no_task_on_the_managers_node_verifies_and_shows_through_
     evidence = d.container_evidence("prod", found.id)
     node = engine.swarm.node_id()
     assert (evidence["container"], evidence["node"]) == (found.name, node)
+    # The task's own log, relayed by the manager (GET /tasks/{id}/logs), not a hint to go and read it;
+    # and it reaches the first thing an operator reads of a failure.
+    assert f"serving revision {release['revision']}" in evidence["logs_tail"], evidence
+    failed = d._failed("prod", found, "unhealthy", {}, Published(release["image_id"], release["digest"]))
+    assert f"log lines of {found.name} (on node {node[:12]})" in failed.reason, failed.reason
+    assert f"serving revision {release['revision']}" in failed.reason, failed.reason
     seen = observe(d, "prod")
     assert (seen.container, seen.image_id, seen.revision, seen.healthy) == (
         found.name,

@@ -18,6 +18,7 @@ import pytest
 from orchestrator.config import AppConfig, Settings
 from orchestrator.deploy import Deployer
 from orchestrator.docker_engine import ContainerInfo, ImageInfo, ServiceInfo, TaskInfo
+from orchestrator.errors import DockerError
 from orchestrator.releases import observe
 
 NEW = "reg:5000/shop@sha256:" + "b" * 64
@@ -44,6 +45,15 @@ def task(
 class _FakeSwarm:
     def __init__(self, tasks: list[TaskInfo]) -> None:
         self.tasks_now = tasks
+        # What the manager relays of a task's log (GET /tasks/{id}/logs); None: it cannot (node down).
+        self.task_log: dict[str, str] = {}
+        self.log_requests: list[tuple[str, int]] = []
+
+    def task_logs(self, task_id: str, *, tail: int = 50) -> str:
+        self.log_requests.append((task_id, tail))
+        if task_id not in self.task_log:
+            raise DockerError(f"logs of task {task_id[:12]}: nothing within 10 s (node down)")
+        return self.task_log[task_id]
 
     def service(self, name: str) -> ServiceInfo:
         return ServiceInfo("s1", name, 7, NEW, 2, {}, "completed", None)
@@ -110,7 +120,9 @@ def proxy_port() -> Iterator[int]:
     server.server_close()
 
 
-def deployer(tasks: list[TaskInfo], port: int = 1) -> tuple[Deployer, _FakeEngine]:
+def deployer(
+    tasks: list[TaskInfo], port: int = 1, env: dict[str, str] | None = None
+) -> tuple[Deployer, _FakeEngine]:
     app = AppConfig(
         name="shop",
         source=Path("."),
@@ -118,6 +130,7 @@ def deployer(tasks: list[TaskInfo], port: int = 1) -> tuple[Deployer, _FakeEngin
         runtime={"staging": "swarm", "prod": "swarm"},
         prod_port=port,
         staging_port=port + 1 if port < 65535 else 2,
+        env=env or {},
     )
     engine = _FakeEngine(tasks)
     settings = Settings("sqlite://", health_timeout_s=5.0, health_interval_s=0.01)
@@ -212,7 +225,7 @@ def test_serves_judges_a_service_with_no_task_here(proxy_port: int) -> None:
     assert not d.serves("prod", "sha256:" + "9" * 64, SHA)
 
 
-def test_evidence_of_a_task_elsewhere_names_its_node_and_reads_no_log_from_the_manager() -> None:
+def test_evidence_of_a_task_elsewhere_keeps_the_hint_when_the_manager_cannot_relay_its_log() -> None:
     """The manager's engine has no log of a container on another node: the evidence says where it runs
     instead of "wrote nothing to its log", and a failed staging task there is not 'stopped' here."""
     from orchestrator.runtimes import Published
@@ -225,7 +238,30 @@ def test_evidence_of_a_task_elsewhere_names_its_node_and_reads_no_log_from_the_m
     assert failed.details["node"] == "node-c"
     assert "wrote nothing" not in failed.reason
     assert "docker service logs shop-staging" in failed.reason
+    # The manager was asked for the task's log; it could not relay it (node down): the hint stays.
+    assert engine.swarm.log_requests == [("t2" * 6, 20)]
+    assert "node down" in failed.details["logs_error"]
+    assert "logs_tail" not in failed.details
     assert engine.stopped == []
+
+
+def test_the_log_of_a_failed_task_elsewhere_is_relayed_by_the_manager_and_redacted() -> None:
+    """Hazard: a task that fails on another node was reported with a hint to go and read its log, not
+    the log: the cause was not in the first thing an operator reads, as it is for a local container."""
+    from orchestrator.runtimes import Published
+
+    d, engine = deployer(ELSEWHERE, env={"API_TOKEN": "s3cr3t-value"})
+    engine.swarm.task_log["t2" * 6] = "booting\nusing token s3cr3t-value\npanic: cannot bind :8080\n"
+    found = d.current("staging")
+    assert found is not None
+    failed = d._failed("staging", found, "unhealthy", {}, Published(IMAGE_ID, NEW, NEW))
+    assert not failed.ok
+    assert engine.swarm.log_requests == [("t2" * 6, 20)]  # the same tail as a local container's
+    assert f"last 3 log lines of shop-staging.2.{'t2' * 6} (on node node-c)" in failed.reason
+    assert failed.reason.endswith("panic: cannot bind :8080"), failed.reason
+    assert "s3cr3t-value" not in failed.reason and "s3cr3t-value" not in failed.details["logs_tail"]
+    assert failed.details["node"] == "node-c" and "logs_error" not in failed.details
+    assert engine.stopped == []  # not on this engine: nothing to stop here
 
 
 def test_status_shows_a_service_with_no_task_here(proxy_port: int) -> None:
@@ -244,9 +280,63 @@ def test_a_task_elsewhere_on_an_image_the_manager_lacks_fails_verification_and_s
     tasks = [task(1, "node-b", image=GONE), task(2, "node-c", image=GONE)]
     d, _ = deployer(tasks)
     check = d.verify_running("prod", IMAGE_ID, SHA)
-    assert not check.ok and "is image none" in check.reason, check.reason
+    assert not check.ok
     seen = observe(d, "prod")
     assert (seen.container, seen.image_id, seen.revision) == (f"shop-prod.2.{'t2' * 6}", "", None)
+
+
+def test_a_digest_the_manager_lacks_is_named_with_its_task_node_and_what_to_do() -> None:
+    """Hazard: the verdict said "is image none": not which task, on which node, runs what, nor that the
+    manager's engine is what lacks the image, nor what to do. Still a failure: the manager cannot tie
+    that digest to the release's image (the manager knows the release's image by another digest)."""
+    tasks = [task(1, "node-b", image=GONE), task(2, "node-c", image=GONE)]
+    d, _ = deployer(tasks)
+    check = d.verify_running("prod", IMAGE_ID, SHA)
+    assert not check.ok
+    assert "image none" not in check.reason
+    assert check.reason.startswith(f"shop-prod.2.{'t2' * 6}: task {'t2' * 6} on node node-c runs {GONE}, ")
+    assert f"not a digest of the expected image {IMAGE_ID[:19]}" in check.reason
+    assert f"(unix:///var/run/docker.sock) knows it as {NEW}" in check.reason
+    assert f"'docker pull {GONE}'" in check.reason and "roll back" in check.reason
+    details = check.details
+    assert (details["task_image"], details["node"], details["found_image_id"]) == (GONE, "node-c", None)
+
+
+PRUNED_ID = "sha256:" + "9" * 64  # a release whose image the manager's engine no longer holds at all
+PRUNED = "reg:5000/shop@sha256:" + "8" * 64
+
+
+def test_a_release_image_pruned_from_the_manager_asks_to_pull_it_there_and_stays_unverified() -> None:
+    """A drained manager runs no task of the service, so `docker image prune -a` there removes the image
+    every task runs elsewhere: the verdict says the manager holds neither, and to pull it there."""
+    d, _ = deployer([task(1, "node-b", image=PRUNED), task(2, "node-c", image=PRUNED)])
+    check = d.verify_running("prod", PRUNED_ID, SHA)
+    assert not check.ok
+    assert check.reason.startswith(f"shop-prod.2.{'t2' * 6}: task {'t2' * 6} on node node-c runs {PRUNED}; ")
+    assert f"holds no image by that digest, nor the expected image {PRUNED_ID[:19]} (pruned there?)" in (
+        check.reason
+    )
+    assert f"pull it on the manager ('docker pull {PRUNED}') and run this again" in check.reason
+    assert not d.serves("prod", PRUNED_ID, SHA)
+
+
+def test_a_promotion_that_converged_on_a_digest_the_manager_lacks_names_it(proxy_port: int) -> None:
+    """The check right after the health check said "still runs image , not ... (an unchanged tag made
+    'docker compose up -d' a no-op)": a compose hint for a swarm task elsewhere."""
+    from orchestrator.runtimes import Published
+
+    d, _ = deployer([task(1, "node-b", image=GONE), task(2, "node-c", image=GONE)], proxy_port)
+    started = d.current("prod")
+    assert started is not None
+    details: dict[str, object] = {}
+    failure = d._check_started("prod", started, IMAGE_ID, details, Published(IMAGE_ID, NEW, NEW))
+    assert failure is not None and not failure.ok
+    assert "compose" not in failure.reason
+    assert failure.reason.startswith(f"post-deploy verification: shop-prod.2.{'t2' * 6}: task "), (
+        failure.reason
+    )
+    assert f"on node node-c runs {GONE}" in failure.reason
+    assert failure.details["task_image"] == GONE
 
 
 def test_status_names_the_node_of_each_task_elsewhere() -> None:
