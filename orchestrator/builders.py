@@ -406,7 +406,7 @@ _ENGINE_DOWN = re.compile(
 def buildkit_argv(
     cli: BuildKitCli,
     *,
-    scratch: Path,
+    iidfile: Path,
     context_dir: Path,
     dockerfile: Path,
     tag: str | None,
@@ -416,10 +416,9 @@ def buildkit_argv(
     secrets: Sequence[Secret] = (),
     engine_args: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, str]]:
-    """The command line (and environment) of the CLI's build of ``context_dir``: its image id goes to
-    ``scratch``/iid. Without ``tag`` the image is left unnamed (a build sent ahead, steps/ahead.py: the
-    build step names the one it takes)."""
-    iidfile = scratch / "iid"
+    """The command line (and environment) of the CLI's build of ``context_dir``, for CliBuild: its image
+    id goes to ``iidfile``. Without ``tag`` the image is left unnamed (a build sent ahead,
+    steps/ahead.py: the build step names the one it takes)."""
     program, *command = cli.argv
     argv = [
         program,
@@ -445,36 +444,6 @@ def buildkit_argv(
     return argv, {**os.environ, **cli.env}
 
 
-def start_buildkit(
-    cli: BuildKitCli,
-    *,
-    scratch: Path,
-    name: str,
-    context_dir: Path,
-    dockerfile: Path,
-    tag: str | None,
-    build_args: Mapping[str, str],
-    labels: Mapping[str, str] | None = None,
-    target: str | None = None,
-    secrets: Sequence[Secret] = (),
-    engine_args: Sequence[str] = (),
-) -> CliBuild:
-    """Start the CLI's build (``buildkit_argv``); ``name`` names it in messages."""
-    argv, env = buildkit_argv(
-        cli,
-        scratch=scratch,
-        context_dir=context_dir,
-        dockerfile=dockerfile,
-        tag=tag,
-        build_args=build_args,
-        labels=labels,
-        target=target,
-        secrets=secrets,
-        engine_args=engine_args,
-    )
-    return CliBuild(argv, env, context_dir, name, scratch / "iid")
-
-
 def buildkit_build(
     cli: BuildKitCli,
     *,
@@ -496,10 +465,10 @@ def buildkit_build(
     the CLI's global flags that reach the build engine (``--host ssh://...``; none for this machine's),
     so the build lands on the engine the image is then read from."""
     with tempfile.TemporaryDirectory(prefix="orchestrator-build-") as scratch:
-        running = start_buildkit(
+        iidfile = Path(scratch) / "iid"
+        argv, env = buildkit_argv(
             cli,
-            scratch=Path(scratch),
-            name=tag,
+            iidfile=iidfile,
             context_dir=context_dir,
             dockerfile=dockerfile,
             tag=tag,
@@ -509,6 +478,7 @@ def buildkit_build(
             secrets=secrets,
             engine_args=engine_args,
         )
+        running = CliBuild(argv, env, context_dir, tag, iidfile)
         running.attach(on_line)
         return running.finish(timeout_s)
 

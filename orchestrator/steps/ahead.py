@@ -162,29 +162,28 @@ class BuildAhead:
             from orchestrator.docker_wire import PendingBuild
 
             return PendingBuild(self._socket_path, query, body, self._settings.build_timeout_s)
-        if park is not None:
-            argv, env = builders.buildkit_argv(
-                request.cli,
-                scratch=park.path,
-                context_dir=context,
-                dockerfile=tree / dockerfile,
-                tag=None,
-                build_args=dict(request.build_args),
-                target=request.target,
-            )
-            park.start_cli(argv, env)
-            return park
-        scratch = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="orchestrator-build-")))
-        return builders.start_buildkit(
+        # BuildKit: the docker CLI. Its context path is the park's or a temporary directory's, never
+        # one used before: BuildKit reuses a context transferred from the same path whose files have the
+        # same size and mtime (parking.py), as two commits' trees unpacked in the same second do.
+        scratch = (
+            park.path
+            if park is not None
+            else Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="orchestrator-build-")))
+        )
+        iidfile = scratch / parking.IID
+        argv, env = builders.buildkit_argv(
             request.cli,
-            scratch=scratch,
-            name=build_tag(self._app, self._sha),
+            iidfile=iidfile,
             context_dir=context,
             dockerfile=tree / dockerfile,
             tag=None,
             build_args=dict(request.build_args),
             target=request.target,
         )
+        if park is not None:
+            park.start_cli(argv, env)
+            return park
+        return builders.CliBuild(argv, env, context, build_tag(self._app, self._sha), iidfile)
 
     def wait_sent(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s``) until the build is on its way to the engine, or was not sent.
