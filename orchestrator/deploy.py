@@ -201,11 +201,12 @@ class Deployer:
         (which that engine cannot inspect), as the manager sees the task."""
         found = self.engines.of(env).container(container_id)
         if found is None:
-            elsewhere = self._elsewhere(env, container_id)
+            elsewhere = self.elsewhere(env, container_id)
             return elsewhere.container if elsewhere else None
         return found
 
-    def _elsewhere(self, env: str, container_id: str) -> Elsewhere | None:
+    def elsewhere(self, env: str, container_id: str) -> Elsewhere | None:
+        """A container of ``env`` that is a swarm task on another node, as the manager sees it."""
         return self.spread.elsewhere(env, container_id) if self.spread else None
 
     def stop(self, env: str) -> bool:
@@ -474,7 +475,7 @@ class Deployer:
         engine = self.engines.of(env)
         found = engine.container(container_id)
         if found is None:
-            elsewhere = self._elsewhere(env, container_id)
+            elsewhere = self.elsewhere(env, container_id)
             if elsewhere is None or self.spread is None:
                 return {"container": None}
             # A swarm task on another node: its log is on that node's engine, relayed by the manager
@@ -563,7 +564,7 @@ class Deployer:
         digest the manager's engine holds no image of (so it has no image id); None otherwise."""
         if found.image_id:
             return None
-        elsewhere = self._elsewhere(env, found.id)
+        elsewhere = self.elsewhere(env, found.id)
         if elsewhere is None or not elsewhere.image:
             return None
         engine = self.engines.of(env)

@@ -257,6 +257,9 @@ class Observed:
     health_detail: str | None = None
     # A swarm service: its pinned image and its tasks (None for a plain container or compose).
     runtime: RuntimeView | None = None
+    # A swarm task on another node whose image this engine does not hold (so no image id, no label):
+    # the reference its spec names (repo@sha256:...).
+    image_ref: str | None = None
 
 
 def compute_drift(release: ReleaseRecord | None, seen: Observed, *, app: str, env: str) -> list[str]:
@@ -270,7 +273,9 @@ def compute_drift(release: ReleaseRecord | None, seen: Observed, *, app: str, en
     found: list[str] = []
     if seen.status != "running":
         found.append(f"{seen.container} is {seen.status}, not running")
-    if seen.image_id != release.image_id:
+    if not seen.image_id and seen.image_ref:
+        found.append(_not_held(release, seen.container, seen.image_ref))
+    elif seen.image_id != release.image_id:
         found.append(
             f"{seen.container} runs image {(seen.image_id or 'none')[:19]}, release {release.id} recorded "
             f"{release.image_id[:19]} (a container started by hand, or a tag moved under compose)"
@@ -278,11 +283,27 @@ def compute_drift(release: ReleaseRecord | None, seen: Observed, *, app: str, en
     label = verify.revision_label(
         {verify.REVISION_LABEL: seen.revision} if seen.revision else None, release.revision
     )
-    if not label.ok:
+    if not label.ok and not (not seen.image_id and seen.image_ref):  # unreadable, said above
         found.append(f"revision label: {label.reason}")
     if seen.tag_image_id is not None and seen.tag_image_id != release.image_id:
         found.append(f"tag {app}:{env} points at {seen.tag_image_id[:19]}, not release {release.id}'s image")
     return found + service_drift(release, seen.runtime)
+
+
+def _not_held(release: ReleaseRecord, container: str | None, ref: str) -> str:
+    """Drift (or not) of a swarm task on another node that runs ``ref``, an image the manager's engine
+    does not hold: its digest says whether it is the release's; what it cannot say is its label."""
+    digest = ref.rpartition("@")[2]
+    if release.digest and release.digest.rpartition("@")[2] == digest:
+        return (
+            f"{container} runs release {release.id}'s digest {digest[:19]}, but this engine does not hold "
+            f"that image, so its revision label cannot be read here: 'docker pull {ref}' on the manager"
+        )
+    recorded = release.digest or release.image_id[:19]
+    return (
+        f"{container} runs {ref}, not release {release.id}'s {recorded}, and this engine does not hold "
+        "that image (the service updated by hand, or Swarm rolled it back?)"
+    )
 
 
 def service_drift(release: ReleaseRecord, view: RuntimeView | None) -> list[str]:
@@ -391,6 +412,7 @@ def observe(deployer: Deployer, env: str) -> Observed:
         return Observed(tag_image_id=tag.id if tag else None, runtime=deployer.runtime.view(env))
     # No image id: a swarm task on another node whose digest this engine does not hold.
     image = engine.image(container.image_id) if container.image_id else None
+    elsewhere = deployer.elsewhere(env, container.id) if not container.image_id else None
     probe = health.get(deployer.base_url(env) + deployer.app.health_path, timeout=2.0)
     return Observed(
         container=container.name,
@@ -403,6 +425,7 @@ def observe(deployer: Deployer, env: str) -> Observed:
         healthy=probe.ok,
         health_detail=f"HTTP {probe.status}" if probe.status is not None else probe.error,
         runtime=deployer.runtime.view(env),
+        image_ref=(elsewhere.image or None) if elsewhere else None,
     )
 
 

@@ -283,6 +283,28 @@ def test_a_task_elsewhere_on_an_image_the_manager_lacks_fails_verification_and_s
     assert not check.ok
     seen = observe(d, "prod")
     assert (seen.container, seen.image_id, seen.revision) == (f"shop-prod.2.{'t2' * 6}", "", None)
+    assert seen.image_ref == GONE
+
+
+@pytest.mark.parametrize("recorded", [GONE, NEW], ids=["the-release-digest", "another-digest"])
+def test_status_of_a_task_on_an_image_the_manager_lacks_says_what_its_digest_tells(recorded: str) -> None:
+    """Hazard: status said "runs image none" and "no revision label" for a task on another node whose
+    image the manager's engine does not hold. Its digest still says whether it runs the release: the
+    drift says that, and that only the label cannot be read there (and how to make it readable)."""
+    from datetime import UTC, datetime
+
+    from orchestrator.releases import compute_drift
+    from orchestrator.store.repository import ReleaseRecord
+
+    d, _ = deployer([task(1, "node-b", image=GONE), task(2, "node-c", image=GONE)])
+    release = ReleaseRecord(7, "shop", "prod", IMAGE_ID, recorded, SHA, 3, "deploy", None, datetime.now(UTC))
+    diffs = compute_drift(release, observe(d, "prod"), app="shop", env="prod")
+    assert not any("image none" in x or "revision label:" in x for x in diffs), diffs
+    diff = diffs[0]  # the task's; the fake service's spec pins another digest (service_drift's line)
+    if recorded == GONE:
+        assert f"runs release 7's digest sha256:{'e' * 12}" in diff and f"'docker pull {GONE}'" in diff
+    else:
+        assert f"runs {GONE}, not release 7's {NEW}" in diff
 
 
 def test_a_digest_the_manager_lacks_is_named_with_its_task_node_and_what_to_do() -> None:
