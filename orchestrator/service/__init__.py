@@ -13,30 +13,64 @@ Where things are:
   recover.py      recovery from dead runners: abandoned transitions and locks, stopped environments
   operations.py   the operator façade the CLI and the dashboard call (lock, rollback, prune, ...)
   results.py      what advance, deploy and recover return
+  builds.py       whether the staging build is sent early, and from where (steps/ahead.py sends it)
   common.py       input parsing, the engine connected on first use, what every part shares
+
+Each name below is imported from its module when first asked for (PEP 562), not with the package: the
+package is then free to import, and `deploy` and `run start` send their build (builds.py) before the
+edges' modules are loaded (issue 12).
 """
 
-from orchestrator.service.approval import APPROVAL_POLL_S
-from orchestrator.service.claims import LOCK_POLL_S
-from orchestrator.service.common import (
-    ABORTED,
-    FAILED,
-    MAX_ACTOR,
-    SUCCEEDED,
-    connect_engine,
-    default_actor,
-    parse_actor,
-    parse_sha,
-)
-from orchestrator.service.operations import Holds, PruneReport, RunHistory
-from orchestrator.service.results import (
-    AdvanceResult,
-    DeployResult,
-    FailureSummary,
-    RecoveryReport,
-    edge_reason,
-)
-from orchestrator.service.run_service import RunService
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.service.approval import APPROVAL_POLL_S
+    from orchestrator.service.claims import LOCK_POLL_S
+    from orchestrator.service.common import (
+        ABORTED,
+        FAILED,
+        MAX_ACTOR,
+        SUCCEEDED,
+        connect_engine,
+        default_actor,
+        parse_actor,
+        parse_sha,
+    )
+    from orchestrator.service.operations import Holds, PruneReport, RunHistory
+    from orchestrator.service.results import (
+        AdvanceResult,
+        DeployResult,
+        FailureSummary,
+        RecoveryReport,
+        edge_reason,
+    )
+    from orchestrator.service.run_service import RunService
+
+_HOME = {
+    "APPROVAL_POLL_S": "approval",
+    "LOCK_POLL_S": "claims",
+    **dict.fromkeys(
+        [
+            "ABORTED",
+            "FAILED",
+            "MAX_ACTOR",
+            "SUCCEEDED",
+            "connect_engine",
+            "default_actor",
+            "parse_actor",
+            "parse_sha",
+        ],
+        "common",
+    ),
+    **dict.fromkeys(["Holds", "PruneReport", "RunHistory"], "operations"),
+    **dict.fromkeys(
+        ["AdvanceResult", "DeployResult", "FailureSummary", "RecoveryReport", "edge_reason"], "results"
+    ),
+    "RunService": "run_service",
+}
 
 __all__ = [
     "ABORTED",
@@ -59,3 +93,12 @@ __all__ = [
     "parse_actor",
     "parse_sha",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # asked once
+    return value

@@ -6,9 +6,7 @@ edge stopped without a verdict is undone here, or left ``interrupted`` with its 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from orchestrator import views
 from orchestrator.config import AppConfig
 from orchestrator.errors import Conflict, InfraUnavailable
 from orchestrator.gates import (
@@ -26,7 +24,6 @@ from orchestrator.logging import bound_context, get_logger
 from orchestrator.machine import (
     EDGE_ENVIRONMENTS,
     ENVIRONMENTS,
-    STAGING,
     TO_STAGING,
     Edge,
     RunMachine,
@@ -34,6 +31,7 @@ from orchestrator.machine import (
 )
 from orchestrator.records import record_release
 from orchestrator.service.approval import ApprovalWait
+from orchestrator.service.builds import StagingBuilds, recorded_images
 from orchestrator.service.claims import Claims
 from orchestrator.service.common import (
     ABORTED,
@@ -42,34 +40,26 @@ from orchestrator.service.common import (
     LazyEngine,
     Shared,
     parse_actor,
+    refuse_if_frozen,
     target_environment,
 )
 from orchestrator.service.results import AdvanceResult, edge_reason
 from orchestrator.store.repository import RunRecord
-
-if TYPE_CHECKING:
-    from orchestrator.steps.ahead import BuildAhead, ParkedAhead
 
 
 class EdgeRunner:
     """Crosses one edge for RunService (advance, and each edge of deploy); the engine it is handed
     belongs to the caller, which closes it."""
 
-    def __init__(self, shared: Shared, approvals: ApprovalWait, claims: Claims) -> None:
+    def __init__(
+        self, shared: Shared, approvals: ApprovalWait, claims: Claims, builds: StagingBuilds
+    ) -> None:
         self.shared = shared
         self.config = shared.config
         self.store = shared.store
         self.approvals = approvals
         self.claims = claims
-
-    def refuse_if_frozen(self, app: str) -> None:
-        frozen = self.store.frozen(app)
-        if frozen is not None:
-            what = "" if frozen.app == "*" else f" {app}"
-            raise Conflict(
-                f"{frozen.describe()}: no run of {app} may advance until 'orchestrator unfreeze{what}'",
-                details={"freeze": views.freeze_record(frozen)},
-            )
+        self.builds = builds
 
     def preflight(self, app: AppConfig, sha: str, edge: Edge) -> None:
         """What the edge's runtime and build would refuse anyway (exit 2 or 4), before anything is
@@ -100,7 +90,7 @@ class EdgeRunner:
         edge = machine.edge_to(target)
         app = self.config.app(run.app)
         actor = parse_actor(actor)
-        self.refuse_if_frozen(app.name)
+        refuse_if_frozen(self.store, app.name)
         # Before any preflight or claim: a run waiting for a person holds no environment meanwhile.
         approval, wait_s = self.approvals.wait(run, edge, app, actor, wait_s)
 
@@ -108,7 +98,7 @@ class EdgeRunner:
         if edge == TO_STAGING and engine.build_ahead is None:
             # Before the preflight, whose git reads run while the build is prepared; a refusal cancels
             # it (the caller closes the engine). `run start` may have sent it already.
-            engine.build_ahead = self.build_ahead(app, run.sha, run_id=run.id)
+            engine.build_ahead = self.builds.parked(app, run.sha, run.id) or self.builds.send(app, run.sha)
         if not preflighted:
             self.preflight(app, run.sha, edge)
         # Connect before anything is written: an engine that does not answer changes nothing at all (exit
@@ -165,7 +155,7 @@ class EdgeRunner:
             engines=engine.for_app(app) if engine.connected is not None else None,
             previous_releases=previous,
             run_releases=self.store.releases_of_run(run.id),
-            recorded_images=self._recorded_images(app),
+            recorded_images=recorded_images(self.store, app),
             steps=steps,
             on_release=release_now,
         )
@@ -248,47 +238,6 @@ class EdgeRunner:
         return AdvanceResult(
             run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
         )
-
-    def build_ahead(
-        self, app: AppConfig, sha: str, *, run_id: int | None = None, park: bool = False
-    ) -> BuildAhead | ParkedAhead | None:
-        """The staging build of ``sha`` sent now, before the engine is connected and the edge claimed,
-        so that the engine builds while this process gets there (steps/ahead.py). None where it could
-        differ from the build step's own, or is unlikely to be taken: the edge waits for an approval
-        first, or staging is held (by another run, or by hand).
-
-        With ``run_id``: the build `run start` parked for that run, if it did. With ``park`` (`run
-        start`, before the run is recorded): sent from a park, to be handed over (BuildAhead.park)."""
-        from orchestrator import parking
-        from orchestrator.steps.ahead import BuildAhead, ParkedAhead
-
-        if run_id is not None and (parked := ParkedAhead.find(app, self.config.settings, run_id, sha)):
-            return parked
-        if STAGING in app.require_approval:
-            return None
-        # `run start` does not import the gates to ask (7 ms of its ~80): the staging edge builds, and
-        # an edge that would not takes nothing and ends the park.
-        if not park and not any(g.needs_docker for g in gates_for(TO_STAGING)):
-            return None
-        if self.store.locks(app.name, [STAGING]):
-            return None  # another run or an operator holds staging: this edge waits or is refused
-        return BuildAhead.start(
-            app,
-            self.config.settings,
-            sha,
-            self._recorded_images(app),
-            park=parking.root() if park else None,
-        )
-
-    def _recorded_images(self, app: AppConfig) -> list[str]:
-        """The images this orchestrator built and released for ``app``, newest first: the builds' cache
-        may reuse their layers and nothing else (steps/build.py, CachePolicy)."""
-        found = [
-            release
-            for env in ENVIRONMENTS
-            for release in self.store.releases(app.name, env, limit=app.keep_releases)
-        ]
-        return [r.image_id for r in sorted(found, key=lambda r: r.id, reverse=True)]
 
     def _prune_after_deploy(self, run: RunRecord, actor: str, engine: LazyEngine) -> None:
         """Housekeeping once the promotion is recorded as succeeded (so nothing here can change its

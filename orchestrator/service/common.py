@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import identity
+from orchestrator import identity, views
 from orchestrator.config import LOCAL_ENGINE, AppConfig, Config, EngineTarget, Settings
 from orchestrator.engines import AppEngines
-from orchestrator.errors import BadInput, InfraUnavailable
+from orchestrator.errors import BadInput, Conflict, InfraUnavailable
 from orchestrator.holder import Holder
 from orchestrator.lifecycle import Heartbeat
 from orchestrator.machine import PROD, STAGING, Edge, State
@@ -91,6 +91,18 @@ def parse_sha(raw: str) -> str:
 def check_wait(wait_s: float) -> None:
     if wait_s < 0:
         raise BadInput(f"--wait must be 0 or more seconds (got {wait_s:g})")
+
+
+def refuse_if_frozen(store: Store, app: str) -> None:
+    """A freeze of ``app`` (or of every app) refuses any edge of its runs: exit 3, naming the freeze and
+    what lifts it."""
+    frozen = store.frozen(app)
+    if frozen is not None:
+        what = "" if frozen.app == "*" else f" {app}"
+        raise Conflict(
+            f"{frozen.describe()}: no run of {app} may advance until 'orchestrator unfreeze{what}'",
+            details={"freeze": views.freeze_record(frozen)},
+        )
 
 
 def target_environment(edge: Edge) -> str:

@@ -2,11 +2,15 @@
 mean, independent of how they are invoked. It owns the engine's lifetime for each call and hands the work
 to its collaborators: the edge (advance.py), which waits for approval (approval.py) and claims
 (claims.py), and recovery (recover.py). The operator commands come from its base class (operations.py).
+
+The collaborators are made, and their modules imported, when first used: `deploy` and `run start` send
+their staging build (builds.py) first, and a command that never crosses an edge never loads them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from orchestrator import views
@@ -15,9 +19,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.logging import bound_context, get_logger
 from orchestrator.machine import ENVIRONMENTS, TO_STAGING, State
 from orchestrator.notify import Notifier
-from orchestrator.service.advance import EdgeRunner
-from orchestrator.service.approval import ApprovalWait
-from orchestrator.service.claims import Claims
+from orchestrator.service.builds import StagingBuilds
 from orchestrator.service.common import (
     FAILED,
     LazyEngine,
@@ -26,14 +28,16 @@ from orchestrator.service.common import (
     connect_engine,
     parse_actor,
     parse_sha,
+    refuse_if_frozen,
 )
 from orchestrator.service.operations import Operations
-from orchestrator.service.recover import Recovery
-from orchestrator.service.results import AdvanceResult, DeployResult, RecoveryReport
 from orchestrator.store.repository import RunRecord, Store
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
+    from orchestrator.service.advance import EdgeRunner
+    from orchestrator.service.recover import Recovery
+    from orchestrator.service.results import AdvanceResult, DeployResult, RecoveryReport
 
 
 class RunService(Operations):
@@ -45,9 +49,23 @@ class RunService(Operations):
         notifier: Notifier | None = None,
     ) -> None:
         super().__init__(config, store, engine_factory, notifier if notifier is not None else Notifier())
-        shared = Shared(config, store, self.notifier)
-        self._recovery = Recovery(shared)
-        self._edges = EdgeRunner(shared, ApprovalWait(shared), Claims(shared, self._recovery))
+        self._shared = Shared(config, store, self.notifier)
+        self._builds = StagingBuilds(config, store)
+
+    @cached_property
+    def _recovery(self) -> Recovery:
+        from orchestrator.service.recover import Recovery
+
+        return Recovery(self._shared)
+
+    @cached_property
+    def _edges(self) -> EdgeRunner:
+        from orchestrator.service.advance import EdgeRunner
+        from orchestrator.service.approval import ApprovalWait
+        from orchestrator.service.claims import Claims
+
+        shared = self._shared
+        return EdgeRunner(shared, ApprovalWait(shared), Claims(shared, self._recovery), self._builds)
 
     def start_run(
         self, app: str, sha: str, actor: str | None = None, *, send_build: bool = False
@@ -59,9 +77,7 @@ class RunService(Operations):
         config = self.config.app(app)
         sha, actor = parse_sha(sha), parse_actor(actor)
         check_app_paths(config)
-        ahead = None
-        if send_build and self.config.settings.build_at_run_start:
-            ahead = self._edges.build_ahead(config, sha, park=True)
+        ahead = self._builds.park(config, sha) if send_build else None
         from orchestrator.gitrepo import commit_time
 
         try:
@@ -72,20 +88,16 @@ class RunService(Operations):
             if ahead is not None:
                 ahead.close()  # no run, nobody to take it
             raise
-        log = get_logger(run_id=run.id, app=run.app, sha=run.sha)
-        if ahead is not None:
-            from orchestrator import parking
-            from orchestrator.steps.ahead import BuildAhead
+        with bound_context(run_id=run.id, app=run.app, sha=run.sha):
+            if ahead is not None:
+                from orchestrator import parking
 
-            assert isinstance(ahead, BuildAhead)  # sent from a park: never a park found (no run yet)
-
-            with bound_context(run_id=run.id, app=run.app, sha=run.sha):
                 ahead.park(parking.key(self.config.settings.database_url, run.id))
-        log.info("run_started", actor=run.actor)
+            get_logger().info("run_started", actor=run.actor)
         return run
 
     def refuse_if_frozen(self, app: str) -> None:
-        self._edges.refuse_if_frozen(app)
+        refuse_if_frozen(self.store, app)
 
     def advance(
         self, run_id: int, to: str, actor: str | None = None, *, wait_s: float = 0.0
@@ -111,12 +123,16 @@ class RunService(Operations):
         sha, who = parse_sha(sha), parse_actor(actor)
         check_wait(wait_s)
         check_app_paths(config)
-        self._edges.refuse_if_frozen(config.name)
+        refuse_if_frozen(self.store, config.name)
         engine = LazyEngine(self.engine_factory, settings=self.config.settings)
         try:
-            # The build first: the preflight's git reads run while it is prepared, and a refusal
-            # cancels it (engine.close).
-            engine.build_ahead = self._edges.build_ahead(config, sha)
+            # The build first (issue 12): it is the critical path, and everything until the staging
+            # edge takes it (importing the edges' modules, the preflight, connecting, recording the
+            # run) runs while the engine builds. Waited for until it is sent, since that work would
+            # hold the interpreter lock its preparation needs. A refusal cancels it (engine.close).
+            engine.build_ahead = self._builds.send(config, sha)
+            if engine.build_ahead is not None:
+                engine.build_ahead.wait_sent(engine.AHEAD_FIRST_S)
             self._edges.preflight(config, sha, TO_STAGING)
             engine.connect_for(config, ENVIRONMENTS)
             run = self.start_run(config.name, sha, who)
@@ -132,6 +148,8 @@ class RunService(Operations):
             except OrchestratorError as exc:
                 exc.details = {**exc.details, "run_id": run.id, "edges": [views.advance(r) for r in done]}
                 raise
+            from orchestrator.service.results import DeployResult
+
             return DeployResult(self.store.get_run(run.id), tuple(done))
         finally:
             engine.close()

@@ -71,6 +71,9 @@ class BuildAhead:
         self._sent_at = 0.0
         self._closed = False
         self._lock = threading.Lock()
+        # Set once the build is prepared (the tree unpacked, the context's tar made) and about to go
+        # out, or not going out at all: ``wait_sent``.
+        self._prepared = threading.Event()
         self._thread = threading.Thread(target=self._start, name="build-ahead", daemon=True)
         self._thread.start()
 
@@ -136,6 +139,7 @@ class BuildAhead:
         except Exception as exc:  # an optimisation never fails a deploy: the build step builds as always
             get_logger().warning("build_ahead_skipped", reason=f"{type(exc).__name__}: {exc}")
         finally:
+            self._prepared.set()
             if park is not None:
                 park.discard()
         if self._park_in is not None:
@@ -157,10 +161,12 @@ class BuildAhead:
             )
             body = build_context.context_tar(context, self._files)
             if park is not None:
+                self._prepared.set()
                 park.send(self._socket_path, query, body, self._settings.build_timeout_s)
                 return park
             from orchestrator.docker_wire import PendingBuild
 
+            self._prepared.set()
             return PendingBuild(self._socket_path, query, body, self._settings.build_timeout_s)
         # BuildKit: the docker CLI. Its context path is the park's or a temporary directory's, never
         # one used before: BuildKit reuses a context transferred from the same path whose files have the
@@ -180,17 +186,19 @@ class BuildAhead:
             build_args=dict(request.build_args),
             target=request.target,
         )
+        self._prepared.set()
         if park is not None:
             park.start_cli(argv, env)
             return park
         return builders.CliBuild(argv, env, context, build_tag(self._app, self._sha), iidfile)
 
     def wait_sent(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s``) until the build is on its way to the engine, or was not sent.
-        What the process does next (importing the docker SDK, connecting) would hold the interpreter
-        lock that preparing and sending the build needs: the build is on the critical path, so it goes
-        first, and the rest happens while the engine builds."""
-        self._thread.join(timeout_s)
+        """Wait (at most ``timeout_s``) until the build is prepared and going out to the engine, or is
+        not sent. What the process does next (importing, connecting) would hold the interpreter lock
+        that unpacking the tree and making the context's tar need: the build is on the critical path,
+        so it goes first. The sending itself is the engine reading the context, which needs no lock:
+        the process goes on meanwhile."""
+        self._prepared.wait(timeout_s)
 
     def take(self, request: BuildRequest, engine: DockerEngine) -> PendingBuild | builders.CliBuild | None:
         """The build under way, if it is ``request`` on ``engine`` (for the legacy builder, with the

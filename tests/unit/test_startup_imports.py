@@ -178,3 +178,68 @@ runpy.run_module("orchestrator", run_name="__main__")
     assert "version" in proc.stdout, proc.stdout + proc.stderr
     # The probe's handler was registered before entry.main's, so it runs after it (last in, first out).
     assert f"at exit {YOUNG_THRESHOLD} frozen True" in proc.stderr, proc.stderr
+
+
+_SEND_PROBE = """
+import json, sys
+from orchestrator.service.builds import StagingBuilds
+EDGE_MODULES = {edge_modules}
+seen = {{}}
+for name in ("send", "park"):
+    def wrapped(self, *args, _orig=getattr(StagingBuilds, name), _name=name, **kwargs):
+        seen[_name] = sorted(m for m in EDGE_MODULES if m in sys.modules)
+        return _orig(self, *args, **kwargs)
+    setattr(StagingBuilds, name, wrapped)
+from orchestrator.entry import main
+sys.argv = ["orchestrator", *json.loads(sys.argv[1])]
+try:
+    main()
+except SystemExit:
+    pass
+print("\\nSENT=" + json.dumps(seen), file=sys.stderr)
+"""
+
+# What `deploy` and `run start` load only after their staging build is on its way (issue 12).
+EDGE_MODULES = (
+    "orchestrator.service.advance",
+    "orchestrator.service.claims",
+    "orchestrator.service.recover",
+    "orchestrator.gates",
+    "orchestrator.records",
+    "orchestrator.docker_engine",
+    "transitions",
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "sent_by"),
+    [
+        pytest.param(["deploy", "--app", "demo", "--sha", "{sha}", "--json"], "send", id="deploy"),
+        pytest.param(["run", "start", "--app", "demo", "--sha", "{sha}", "--json"], "park", id="run-start"),
+    ],
+)
+def test_the_staging_build_is_decided_before_the_edges_modules_are_imported(
+    args: list[str], sent_by: str, workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build is the critical path of `deploy` and of the three-call path: it goes to the engine
+    before the gates, records, claims and the docker SDK are imported (service/builds.py), which then
+    load while the engine builds. Whether it is sent needs only the config and the store."""
+    database = f"sqlite:///{(tmp_path / 'ci.db').as_posix()}"
+    Store(database).close()
+    monkeypatch.setenv("ORCH_DATABASE_URL", database)
+    argv = [a.replace("{sha}", workspace.repo.sha) for a in args]
+    code = _SEND_PROBE.replace("{edge_modules}", repr(EDGE_MODULES)).replace("{{}}", "{}")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(argv)],
+        cwd=workspace.path,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    marker = proc.stderr.rpartition("SENT=")[2].strip()
+    assert marker, f"the probe did not finish: {proc.stderr[-2000:]}"
+    seen = json.loads(marker)
+    assert sent_by in seen, f"{args[0]} never asked whether to send its build: {proc.stderr[-2000:]}"
+    assert seen[sent_by] == [], f"{args[0]} imported {seen[sent_by]} before sending its build"
