@@ -7,21 +7,26 @@ the Docker adapter (docker_wire.py speaks to the engine; this only prepares).
 - What a build sends: the context's files as ``.dockerignore`` leaves them in, by docker's rules as the
   SDK applies them (``context_files``; ``sdk_context_files`` asks the SDK itself, to compare), their tar
   as the SDK makes it, and the query of the SDK's build call less the tag.
-- ``post_build``: the one request a parked build sends (parking.py) from `run start`, written by hand
-  so that that process never imports ``http.client`` (7 ms of the ~30 ms `run start` spends on the
-  build it parks, issue 12). Its answer is read by ``cat`` and parsed later, in another process, by
-  http.client (parking.ParkedEngineBuild).
+- ``post_build``: the one request written by hand, so that the process sending a build ahead does not
+  import ``http.client`` before it (7-10 ms, on the critical path of `deploy` and `run start`, issue 12).
+  A parked build's answer is read by ``cat`` and parsed later, in another process
+  (parking.ParkedEngineBuild); a build sent ahead in this process is read as it comes (``PendingBuild``),
+  parsed by docker_wire.py once the request is out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
+import queue
 import re
 import socket
 import tarfile
 import tempfile
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -296,3 +301,58 @@ def post_build(
         return sock
     finally:
         body.close()
+
+
+_EOF = object()
+
+
+class PendingBuild:
+    """A POST /build on its way (``post_build``): a thread reads the engine's JSON messages as they come
+    (an unread answer would fill the socket's buffer and stall the build), and ``messages`` hands them
+    on. DockerEngine.finish_build reads them as the build step's own."""
+
+    def __init__(self, socket_path: str, query: Mapping[str, str], body: IO[bytes], timeout_s: float) -> None:
+        self.socket_path = socket_path
+        self.started = time.monotonic()
+        self._messages: queue.Queue[Any] = queue.Queue()
+        self._sock = post_build(socket_path, query, body, timeout_s)
+        self._reader = threading.Thread(target=self._read, name="build-ahead", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            # Here, not at the top: the request is out by now (http.client is not on its critical path).
+            from orchestrator.docker_wire import answer_messages
+
+            for message in answer_messages(self._sock.makefile("rb", buffering=0)):
+                self._messages.put(message)
+            self._messages.put(_EOF)
+        except Exception as exc:  # handed to the reader of the messages
+            self._messages.put(exc)
+
+    def messages(self, wait_s: Any) -> Iterator[dict[str, Any]]:
+        """The engine's messages in order. ``wait_s()`` says how long the next one may take (None: no
+        limit); past that, TimeoutError. A broken connection is ConnectionError; the engine's refusal
+        of the request itself, docker_wire.BuildRefused (a RuntimeError)."""
+        while True:
+            try:
+                item = self._messages.get(timeout=wait_s())
+            except queue.Empty:
+                raise TimeoutError("the build sent nothing within the time left") from None
+            if item is _EOF:
+                return
+            if isinstance(item, BaseException):
+                if isinstance(item, RuntimeError):
+                    raise item
+                raise ConnectionError(f"the engine's answer to the build broke off: {item}") from None
+            yield item
+
+    def cancel(self) -> None:
+        """Close the connection: the engine cancels a build whose client went away (it kills and removes
+        the step's container; nothing is tagged, since the request named no tag). A build that had
+        finished leaves its image unnamed, and it is not removed here: another process building the
+        same commit gets the very same image id (same content, same cache), and may be about to tag it."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._reader.join(timeout=5)

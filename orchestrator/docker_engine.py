@@ -87,16 +87,12 @@ def _sdk_error(exc: BaseException, name: str) -> bool:
 
 
 from orchestrator.build_context import (  # noqa: E402
+    PendingBuild,
     client_config_sets_no_proxies,
     local_socket,
     sdk_context_files,
 )
-from orchestrator.docker_wire import (  # noqa: E402
-    EngineApi,
-    EngineNotFound,
-    EngineRefused,
-    PendingBuild,
-)
+from orchestrator.docker_wire import EngineApi, EngineNotFound, EngineRefused  # noqa: E402
 from orchestrator.errors import DockerError, InfraUnavailable, StepTimeout  # noqa: E402
 from orchestrator.ssh import SshBridge, SshOptions, SshUnreachable  # noqa: E402
 
@@ -645,7 +641,7 @@ class DockerEngine:
         timeout_s: float | None = None,
         on_line: Callable[[str], None] | None = None,
     ) -> str:
-        """Read a build sent ahead to this engine (docker_wire.PendingBuild) to its end as ``build``
+        """Read a build sent ahead to this engine (build_context.PendingBuild) to its end as ``build``
         would: the same log, errors and deadline (counted from when it was sent). Returns the id of the
         image it made, still unnamed (``tag`` names the build in messages)."""
         output = _BuildOutput(tag, on_line)

@@ -4,7 +4,8 @@ docker_engine.py is the adapter; this is the piece of it written with the standa
 Importing the SDK (with requests and urllib3) costs a process about 55 ms (issue 12). Two things here
 spare a deploy that cost:
 
-- The staging build, sent ahead. Everything a deploy does before its build (imports, the database,
+- The staging build, sent ahead (build_context.py sends it, without even this module: its answer is
+  parsed here, ``build_messages``). Everything a deploy does before its build (imports, the database,
   recording the run and its transition) adds about 100 ms, all of it in series before the engine starts
   the longest step. Sent ahead on the engine's unix socket, the build runs while that work is done. The
   request is exactly the one DockerEngine.build sends through the SDK: the same context and query
@@ -23,17 +24,12 @@ import contextlib
 import http.client
 import io
 import json
-import os
-import queue
 import select
 import socket
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
-from typing import IO, Any
-
-_EOF = object()
+from typing import Any
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -59,29 +55,6 @@ def _engine_message(body: bytes) -> str:
     with contextlib.suppress(ValueError, AttributeError):
         text = json.loads(text).get("message", text)
     return text.strip()
-
-
-def send_build(
-    socket_path: str, query: Mapping[str, str], body: IO[bytes], timeout_s: float
-) -> _UnixConnection:
-    """POST /build with ``body`` (the context's tar, closed here) on a new connection whose answer is
-    still to be read (by PendingBuild's thread)."""
-    conn = _UnixConnection(socket_path, timeout_s)
-    body.seek(0, os.SEEK_END)
-    size = body.tell()
-    body.seek(0)
-    headers = {"Content-Type": "application/tar", "Content-Length": str(size)}
-    try:
-        conn.request("POST", "/build?" + urllib.parse.urlencode(query), body=body, headers=headers)
-    except http.client.HTTPException as exc:
-        conn.close()
-        raise OSError(f"could not send the build: {exc}") from None
-    except OSError:
-        conn.close()
-        raise
-    finally:
-        body.close()
-    return conn
 
 
 class BuildRefused(RuntimeError):
@@ -118,63 +91,15 @@ class _Socketlike:
 
 
 def answer_messages(raw: io.RawIOBase) -> Iterator[dict[str, Any]]:
-    """``build_messages`` of an answer to POST /build read from ``raw`` (a parked build's copy of it,
-    parking.py) rather than from the socket. An answer that ends before it is whole is ConnectionError."""
+    """``build_messages`` of an answer to POST /build read from ``raw``: the socket it was sent on
+    (build_context.PendingBuild), or a parked build's copy of it (parking.py). An answer that ends before
+    it is whole is ConnectionError."""
     try:
         response = http.client.HTTPResponse(_Socketlike(raw), method="POST")  # type: ignore[arg-type]
         response.begin()
         yield from build_messages(response)
     except http.client.HTTPException as exc:
         raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
-
-
-class PendingBuild:
-    """A POST /build on its way: a thread reads the engine's JSON messages as they come (an unread
-    answer would fill the socket's buffer and stall the build), and ``messages`` hands them on."""
-
-    def __init__(self, socket_path: str, query: Mapping[str, str], body: IO[bytes], timeout_s: float) -> None:
-        self.socket_path = socket_path
-        self.started = time.monotonic()
-        self._messages: queue.Queue[Any] = queue.Queue()
-        self._conn = send_build(socket_path, query, body, timeout_s)
-        self._reader = threading.Thread(target=self._read, name="build-ahead", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        try:
-            for message in build_messages(self._conn.getresponse()):
-                self._messages.put(message)
-            self._messages.put(_EOF)
-        except Exception as exc:  # handed to the reader of the messages
-            self._messages.put(exc)
-
-    def messages(self, wait_s: Any) -> Iterator[dict[str, Any]]:
-        """The engine's messages in order. ``wait_s()`` says how long the next one may take (None: no
-        limit); past that, TimeoutError. A broken connection is ConnectionError."""
-        while True:
-            try:
-                item = self._messages.get(timeout=wait_s())
-            except queue.Empty:
-                raise TimeoutError("the build sent nothing within the time left") from None
-            if item is _EOF:
-                return
-            if isinstance(item, BaseException):
-                if isinstance(item, RuntimeError):
-                    raise item
-                raise ConnectionError(f"the engine's answer to the build broke off: {item}") from None
-            yield item
-
-    def cancel(self) -> None:
-        """Close the connection: the engine cancels a build whose client went away (it kills and removes
-        the step's container; nothing is tagged, since the request named no tag). A build that had
-        finished leaves its image unnamed, and it is not removed here: another process building the
-        same commit gets the very same image id (same content, same cache), and may be about to tag it."""
-        sock = self._conn.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        self._conn.close()
-        self._reader.join(timeout=5)
 
 
 # the engine's API for a local deploy ----------------------------------------------------------------

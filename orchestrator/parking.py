@@ -356,7 +356,7 @@ class _Following(io.RawIOBase):
 
 
 class ParkedEngineBuild:
-    """A legacy build's answer as ``cat`` copied it, read like docker_wire.PendingBuild's (
+    """A legacy build's answer as ``cat`` copied it, read like build_context.PendingBuild's (
     DockerEngine.finish_build reads either)."""
 
     def __init__(self, parked: Parked) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator import build_context, builders, gitrepo, parking
+from orchestrator.build_context import PendingBuild
 from orchestrator.builders import BuilderKind
 from orchestrator.config import AppConfig, Settings
 from orchestrator.errors import GateFailed
@@ -24,7 +25,6 @@ from orchestrator.steps.build import BuildRequest, CachePolicy, build_tag, resol
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
-    from orchestrator.docker_wire import PendingBuild
 
 
 class BuildAhead:
@@ -160,13 +160,10 @@ class BuildAhead:
                 nocache=not request.cache_from,
             )
             body = build_context.context_tar(context, self._files)
+            self._prepared.set()
             if park is not None:
-                self._prepared.set()
                 park.send(self._socket_path, query, body, self._settings.build_timeout_s)
                 return park
-            from orchestrator.docker_wire import PendingBuild
-
-            self._prepared.set()
             return PendingBuild(self._socket_path, query, body, self._settings.build_timeout_s)
         # BuildKit: the docker CLI. Its context path is the park's or a temporary directory's, never
         # one used before: BuildKit reuses a context transferred from the same path whose files have the

@@ -28,8 +28,8 @@ from orchestrator.steps import StepLog
 from orchestrator.verdict import Verdict
 
 if TYPE_CHECKING:  # the SDK is imported by whoever connects an engine, not by the build's preflight
+    from orchestrator.build_context import PendingBuild
     from orchestrator.docker_engine import DockerEngine, ImageInfo
-    from orchestrator.docker_wire import PendingBuild
     from orchestrator.steps.ahead import BuildAhead, ParkedAhead
 
 
