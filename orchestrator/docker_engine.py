@@ -852,18 +852,34 @@ class DockerEngine:
             created = self._call(
                 f"create container {name}", self._api.create_container_from_config, config, name=name
             )
-        except EngineNotFound:
-            # The engine refuses to create a container of an image it lacks (pruned, or never pulled
-            # since the check that found it): a refusal of this step, not a lookup miss.
+        except EngineNotFound as exc:
+            # A refusal of this step, not a lookup miss: the engine lacks something the container
+            # needs. Its image (pruned, or never pulled since the check that found it) is the usual
+            # one; a network (removed by hand, or never created on this engine) the other.
+            if "network" in str(exc).lower():
+                raise DockerError(
+                    f"create container {name}: {exc}; 'docker network ls' there shows what it has"
+                ) from None
             raise DockerError(
                 f"create container {name}: image {image[:19]} is not on this engine (pruned or never "
                 "pulled); 'docker image ls' there shows what it has"
             ) from None
-        if files:
-            archive = _tar(files)
-            if not self._call(f"write files into {name}", self._api.put_archive, created["Id"], "/", archive):
-                raise DockerError(f"write files into {name}: the engine refused the archive")
-        self._call(f"start container {name}", self._api.start, created["Id"])
+        try:
+            if files:
+                archive = _tar(files)
+                if not self._call(
+                    f"write files into {name}", self._api.put_archive, created["Id"], "/", archive
+                ):
+                    raise DockerError(f"write files into {name}: the engine refused the archive")
+            self._call(f"start container {name}", self._api.start, created["Id"])
+        except (DockerError, EngineNotFound) as exc:
+            # Created but never started (a network the engine lacks, a port taken): removed, so that
+            # no half-made container stands under the environment's name.
+            with contextlib.suppress(DockerError, EngineNotFound, InfraUnavailable):
+                self._call(f"remove container {name}", self._api.remove_container, created["Id"], force=True)
+            if isinstance(exc, EngineNotFound):
+                raise DockerError(f"start container {name}: {exc}") from None
+            raise
         return _container_from(
             self._call(f"inspect container {name}", self._api.inspect_container, created["Id"])
         )

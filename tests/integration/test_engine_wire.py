@@ -81,6 +81,14 @@ def test_the_engines_refusals_are_docker_errors_with_its_message(
     with pytest.raises(DockerError, match="is not on this engine"):
         engine.run(unique_name("noimage"), "sha256:" + "0" * 64)
     image = busybox_image()
+    # A network the engine lacks is named as such, not taken for a missing image, and the container
+    # made for it is not left behind, created and never started, under its name.
+    lost = unique_name("nonet")
+    docker_cleanup(container=lost)
+    with pytest.raises(DockerError, match=r"(?i)network .*not found") as raised:
+        engine.run(lost, image.id, host_network=False, network=unique_name("no-such-network"))
+    assert "image" not in str(raised.value)
+    assert engine.container(lost) is None
     name = unique_name("refused")
     docker_cleanup(container=name)
     engine.run(name, image.id, labels={"orchestrator.tests": "1"})
