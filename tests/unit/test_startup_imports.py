@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -39,8 +39,11 @@ print("\\nLOADED=" + json.dumps(heavy), file=sys.stderr)
 """
 
 
-def loaded_heavy_modules(args: list[str], cwd: Path) -> tuple[list[str], subprocess.CompletedProcess[str]]:
-    code = _PROBE.replace("{heavy}", repr(HEAVY))
+def run_probe(
+    code: str, args: list[str], cwd: Path, marker: str
+) -> tuple[Any, subprocess.CompletedProcess[str]]:
+    """Run ``code`` with the command line ``args`` in a fresh interpreter; the JSON it printed after
+    ``marker=`` on stderr, as it exited."""
     proc = subprocess.run(
         [sys.executable, "-c", code, json.dumps(args)],
         cwd=cwd,
@@ -50,9 +53,13 @@ def loaded_heavy_modules(args: list[str], cwd: Path) -> tuple[list[str], subproc
         timeout=60,
         check=False,
     )
-    marker = proc.stderr.rpartition("LOADED=")[2].strip()
-    assert marker, f"the probe did not finish: {proc.stderr[-2000:]}"
-    return json.loads(marker), proc
+    found = proc.stderr.rpartition(f"{marker}=")[2].strip()
+    assert found, f"the probe did not finish: {proc.stderr[-2000:]}"
+    return json.loads(found), proc
+
+
+def loaded_heavy_modules(args: list[str], cwd: Path) -> tuple[list[str], subprocess.CompletedProcess[str]]:
+    return run_probe(_PROBE.replace("{heavy}", repr(HEAVY)), args, cwd, "LOADED")
 
 
 @pytest.mark.parametrize(
@@ -184,7 +191,7 @@ _SEND_PROBE = """
 import json, sys
 from orchestrator.service.builds import StagingBuilds
 EDGE_MODULES = {edge_modules}
-seen = {{}}
+seen = {}
 for name in ("send", "park"):
     def wrapped(self, *args, _orig=getattr(StagingBuilds, name), _name=name, **kwargs):
         seen[_name] = sorted(m for m in EDGE_MODULES if m in sys.modules)
@@ -228,18 +235,7 @@ def test_the_staging_build_is_decided_before_the_edges_modules_are_imported(
     Store(database).close()
     monkeypatch.setenv("ORCH_DATABASE_URL", database)
     argv = [a.replace("{sha}", workspace.repo.sha) for a in args]
-    code = _SEND_PROBE.replace("{edge_modules}", repr(EDGE_MODULES)).replace("{{}}", "{}")
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(argv)],
-        cwd=workspace.path,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    marker = proc.stderr.rpartition("SENT=")[2].strip()
-    assert marker, f"the probe did not finish: {proc.stderr[-2000:]}"
-    seen = json.loads(marker)
+    code = _SEND_PROBE.replace("{edge_modules}", repr(EDGE_MODULES))
+    seen, proc = run_probe(code, argv, workspace.path, "SENT")
     assert sent_by in seen, f"{args[0]} never asked whether to send its build: {proc.stderr[-2000:]}"
     assert seen[sent_by] == [], f"{args[0]} imported {seen[sent_by]} before sending its build"
