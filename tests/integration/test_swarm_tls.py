@@ -1,0 +1,182 @@
+"""Swarm on a manager reached over ``tcp://`` with mutual TLS (issue 14).
+
+The suite's engine is the swarm manager and cannot be restarted with ``-H tcp://``, so the manager is
+reached through a TLS front (remote_support.tls_front): Debian's haproxy on a free loopback port that
+completes TLS only for a client certificate the session's CA signed, and forwards each connection to
+the engine's unix socket. Prod's ``docker_host`` is that front's ``tcp://127.0.0.1:<port>`` with the
+client certificates in ``[apps.X.prod]``; staging runs on the same engine reached directly (another
+engine as far as the orchestrator knows: the image reaches prod through the registry, by digest). The
+front counts the sessions that passed TLS and logs the handshakes it refused, so a test can tell that
+the prod edge really went through it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import docker
+import pytest
+from test_remote_swarm import published_on, verify_evidence
+from test_swarm import SwarmApp, assert_converged_on, configured_swarm_app, ensure_swarm, prod_release
+
+from orchestrator.docker_engine import DockerEngine
+
+if TYPE_CHECKING:
+    from conftest import BusyboxApp, LocalRegistry
+    from remote_support import TlsFront
+
+    from orchestrator.store.repository import Store
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def manager_over_tls(engine: DockerEngine) -> Iterator[TlsFront]:
+    """The suite's engine, a swarm manager, behind its TLS front (stopped after the module)."""
+    from conftest import _unavailable
+    from remote_support import RemoteUnavailable, tls_front
+
+    ensure_swarm(engine)
+    root = Path(tempfile.mkdtemp(prefix="orch-tls-", dir="/tmp"))
+    try:
+        context = tls_front(root)
+        front = context.__enter__()
+    except RemoteUnavailable as exc:
+        _unavailable(f"no TLS front to the engine: {exc}")
+        raise
+    try:
+        yield front
+    finally:
+        context.__exit__(None, None, None)
+
+
+def prod_over(app: SwarmApp, url: str, tls: tuple[Path, Path, Path] | None) -> None:
+    """Prod's engine in orchestrator.toml (``[apps.X.prod]``), with its client certificates if given."""
+    config = app.app.workspace.config_path
+    table = f'\n[apps.{app.name}.prod]\ndocker_host = "{url}"\n'
+    if tls is not None:
+        ca, cert, key = tls
+        table += f'tls_ca = "{ca}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    config.write_text(config.read_text() + table, encoding="utf-8")
+
+
+def client_files(front: TlsFront) -> tuple[Path, Path, Path]:
+    return front.tls_dir / "ca.pem", front.tls_dir / "cert.pem", front.tls_dir / "key.pem"
+
+
+@pytest.fixture
+def tls_swarm(
+    busybox_app: BusyboxApp,
+    registry: LocalRegistry,
+    haproxy_image: str,
+    docker_client: docker.DockerClient,
+    unique_name: Callable[[str], str],
+    manager_over_tls: TlsFront,
+) -> Iterator[SwarmApp]:
+    """A swarm app (both environments on swarm) whose prod manager is reached over tcp:// with TLS."""
+    for app in configured_swarm_app(busybox_app, registry, haproxy_image, docker_client, unique_name):
+        prod_over(app, manager_over_tls.url, client_files(manager_over_tls))
+        yield app
+
+
+def engine_name(front: TlsFront) -> str:
+    return f"127.0.0.1:{front.port}"
+
+
+def test_a_promotion_over_tls_converges_on_the_verified_digest(
+    tls_swarm: SwarmApp, manager_over_tls: TlsFront
+) -> None:
+    """Hazard: a tcp:// manager configured with client certificates that are not really used (a plain
+    connection, or one of the edge's calls going to DOCKER_HOST instead), or swarm refused on it. Two
+    releases promoted to the manager through the TLS front: after each, the service spec and both
+    running tasks are on the digest staging verified, the release records the tcp engine, the proxy
+    publishes on every interface of the manager's host, and the prod edge opened sessions through the
+    front (each one a completed mutual-TLS handshake)."""
+    app, front = tls_swarm, manager_over_tls
+    for marker in ("one", "two"):
+        run_id = app.app.start(app.commit(marker))
+        app.app.advance(run_id, "deploy-staging").ok()
+        before = front.sessions()
+        assert app.app.advance(run_id, "deploy").ok()["state"] == "deploy"
+        assert front.sessions() > before, "the prod edge did not go through the TLS front"
+        release = prod_release(app, run_id)
+        assert release["engine"] == engine_name(front), release
+        staged = [r for r in app.app.show(run_id)["releases"] if r["environment"] == "staging"][-1]
+        assert staged["engine"] == "local", staged
+        assert (release["image_id"], release["revision"]) == (staged["image_id"], staged["revision"])
+        assert release["digest"].startswith(f"{app.registry.repository(app.name)}@sha256:")
+        assert_converged_on(app, "prod", release)
+        tasks = verify_evidence(app, run_id)
+        assert len(tasks) == 2 and all(t["checked"] == "container" and t["ok"] for t in tasks), tasks
+    assert app.running_tasks("prod", draining=True) == []
+    assert [host for host, _ in published_on(app, "prod")] == ["0.0.0.0"]
+    assert [host for host, _ in published_on(app, "staging")] == ["127.0.0.1"]
+
+
+def test_rollback_over_tls_to_a_kept_release_and_status_shows_it(
+    tls_swarm: SwarmApp, manager_over_tls: TlsFront
+) -> None:
+    """Hazard: rollback or status reading the tcp:// manager's environment from the local engine. After
+    A, B, C, `rollback --to A` puts the service on A's digest (every task), and `status` names the tcp
+    engine, the pinned digest and both tasks on it, read through the front."""
+    app, front = tls_swarm, manager_over_tls
+    rel_a, _, _ = [prod_release(app, app.app.deploy(app.commit(f"release {n}"))) for n in "ABC"]
+    before = front.sessions()
+    done = app.app.cli("rollback", app.name, "--env", "prod", "--to", rel_a["release_id"], as_json=True).ok()
+    assert done["outcome"] == "rolled_back" and done["release"]["digest"] == rel_a["digest"], done
+    assert front.sessions() > before
+    assert_converged_on(app, "prod", rel_a)
+    before = front.sessions()
+    status = app.app.cli("status", app.name, as_json=True).ok()
+    assert front.sessions() > before
+    (prod,) = [e for e in status["environments"] if e["environment"] == "prod"]
+    assert prod["ok"] and not prod["drift"], prod
+    assert prod["engine"] == engine_name(front), prod
+    assert prod["service"]["pinned"] == rel_a["digest"], prod
+    assert len(prod["service"]["tasks"]) == 2 and all(rel_a["digest"] in t for t in prod["service"]["tasks"])
+
+
+@pytest.fixture
+def stranger(tmp_path: Path) -> tuple[Path, Path]:
+    """A client certificate and key signed by another CA than the front's."""
+    from remote_support import _certificates
+
+    _certificates(tmp_path / "other")
+    return tmp_path / "other" / "cert.pem", tmp_path / "other" / "key.pem"
+
+
+@pytest.mark.parametrize("client", ["another CA's certificate", "no certificate"])
+def test_a_refused_client_is_exit_4_naming_the_host_with_nothing_recorded(
+    tls_swarm: SwarmApp,
+    manager_over_tls: TlsFront,
+    stranger: tuple[Path, Path],
+    store: Store,
+    client: str,
+) -> None:
+    """Hazard: a manager that refuses our certificate recorded as a failed gate (the commit blamed), a
+    lock left behind, or the edge carried on against another engine. Release A is in prod; for B the
+    prod edge presents a client certificate of another CA (or, with plain tcp:// to the loopback
+    port, none at all): the front refuses the handshake, the CLI exits 4 naming the host, nothing is
+    recorded for the edge, no lock is held, and prod still runs A."""
+    app, front = tls_swarm, manager_over_tls
+    good = prod_release(app, app.app.deploy(app.commit("A")))
+    run_id = app.app.start(app.commit("B"))
+    app.app.advance(run_id, "deploy-staging").ok()
+    app.configure()
+    if client == "no certificate":
+        prod_over(app, front.url, None)
+    else:
+        prod_over(app, front.url, (front.tls_dir / "ca.pem", *stranger))
+    before, refused = len(app.app.show(run_id)["transitions"]), front.handshake_failures()
+    result = app.app.advance(run_id, "deploy")
+    message = result.error(4, "infrastructure_unavailable")
+    assert engine_name(front) in message and "unreachable" in message, message
+    assert "PRIVATE KEY" not in message
+    shown = app.app.show(run_id)
+    assert shown["state"] == "deploy-staging" and len(shown["transitions"]) == before, shown
+    assert store.locks(app.name) == []
+    assert_converged_on(app, "prod", good)
+    assert front.handshake_failures() > refused, front.log.read_text()[-2000:]
