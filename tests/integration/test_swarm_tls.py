@@ -15,7 +15,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import docker
 import pytest
@@ -180,3 +180,35 @@ def test_a_refused_client_is_exit_4_naming_the_host_with_nothing_recorded(
     assert store.locks(app.name) == []
     assert_converged_on(app, "prod", good)
     assert front.handshake_failures() > refused, front.log.read_text()[-2000:]
+
+
+def test_a_stack_app_wholly_on_the_tls_manager_never_uses_this_machines_engine(
+    busybox_image: Callable[..., Any],  # first: its image outlives the stack's services at teardown
+    tls_swarm: SwarmApp,
+    manager_over_tls: TlsFront,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hazard: the docker CLI calls of the app (the BuildKit build, `docker stack deploy`) run without
+    the client certificates, or against this process's DOCKER_HOST: refused by the manager, or landing
+    on the wrong engine. The whole app (build, staging, the prod stack) is on the manager through the
+    TLS front, with the certificates for the app, and DOCKER_HOST points nowhere: the stack is deployed
+    there anyway, its service on the release's digest, the stack's other service as its file says."""
+    app, front = tls_swarm, manager_over_tls
+    cache = busybox_image(revision=None, tag=f"{app.name}-cache:1")
+    app.use_stack(cache.tags[0])
+    ca, cert, key = client_files(front)
+    config = app.app.workspace.config_path
+    config.write_text(
+        config.read_text()
+        + f'docker_host = "{front.url}"\ntls_ca = "{ca}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    before = front.sessions()
+    release = prod_release(app, app.app.deploy(app.commit("stack over tls")))
+    assert release["engine"] == engine_name(front), release
+    assert front.sessions() > before
+    web = app.client.api.inspect_service(f"{app.name}_web")
+    assert web["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == release["digest"]
+    cache_spec = app.client.api.inspect_service(f"{app.name}_cache")["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert cache_spec["Image"] == cache.tags[0]
