@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from conftest import BusyboxApp
     from remote_support import RemoteEngine
 
+    from orchestrator.store.repository import Store
+
 pytestmark = pytest.mark.docker
 
 
@@ -144,4 +146,82 @@ def test_a_request_in_flight_on_remote_staging_finishes_on_its_release(
     steps = app.show(run_id)["transitions"][-1]["steps"]
     assert_staging_through_ssh(remote_engine, steps)
     assert step(steps, "staging_drain")["changes"]["in_flight"] >= 1, step(steps, "staging_drain")
+    assert_serves(remote_client, app, "staging", new)
+
+
+def test_both_environments_on_the_remote_engine_deploy_in_one_command_without_a_failed_request(
+    app: BusyboxApp,
+    remote_engine: RemoteEngine,
+    remote_client: docker.DockerClient,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hazard: two kept proxies on one remote host mixed up by the one process that deploys both edges
+    over one ssh connection (a forward, an admin socket or a checked port of one environment used for
+    the other). `deploy` takes a commit through staging and prod, both on the second engine, while a
+    client loop runs on each environment's port: no request fails on either, both end on the new
+    release, and the whole command makes one ssh handshake."""
+    monkeypatch.setenv("ORCH_DOCKER_HOST_PROD", remote_engine.forwarding_url)
+    undo = routed_network(remote_engine, f"{app.name}-prod", {"orchestrator.role": "app-network"})
+    try:
+        old = commit(app, "old")
+        app.deploy(old)
+        assert_serves(remote_client, app, "staging", old)
+        assert_serves(remote_client, app, "prod", old)
+        assert app.engine.container(f"{app.name}-prod-proxy") is None
+
+        new = commit(app, "new")
+        before = handshakes(remote_engine)
+        prod_loop = client_loop(f"http://127.0.0.1:{app.port('prod')}/version")
+        with staging_loop(app) as staging, prod_loop as prod:
+            done = app.cli("deploy", "--app", app.name, "--sha", new, as_json=True).ok()
+        assert done["state"] == "deploy", done
+        assert handshakes(remote_engine) - before == 1, remote_engine.sshd_log.read_text()[-3000:]
+        assert staging.failed == [], staging.summary()
+        assert prod.failed == [], prod.summary()
+        assert staging.bodies == prod.bodies == {old, new}, (staging.bodies, prod.bodies)
+        assert_serves(remote_client, app, "staging", new)
+        assert_serves(remote_client, app, "prod", new)
+        transitions = app.show(done["run_id"])["transitions"]
+        assert_staging_through_ssh(remote_engine, transitions[-2]["steps"])
+        drain = step(transitions[-1]["steps"], "prod_drain")["changes"]
+        staging_drain = step(transitions[-2]["steps"], "staging_drain")["changes"]
+        assert drain["admin_socket"] != staging_drain["admin_socket"], (drain, staging_drain)
+        assert drain["left"] == 0 and drain["servers"], drain
+    finally:
+        sweep_zero_downtime(remote_client, app.name)
+        undo()
+
+
+def test_a_runner_killed_mid_staging_hand_over_on_the_remote_engine_is_settled_by_recover(
+    app: BusyboxApp,
+    remote_engine: RemoteEngine,
+    remote_client: docker.DockerClient,  # noqa: F811
+    store: Store,
+) -> None:
+    """SIGKILL with the new staging release in the alias beside the old one (two serving): `recover`, a
+    new process with its own ssh connection, settles staging on the new release through that
+    connection (recorded; the edge aborted, its staging check never ran), staging answers throughout,
+    no lock is left, and the edge advanced again goes through without a failed request."""
+    from faults_support import Orchestrator
+
+    orch = Orchestrator(app.workspace.path)
+    old = commit(app, "old")
+    app.deploy(old)
+    new = commit(app, "new")
+    run_id = orch.start_run(app.name, new)
+    with staging_loop(app) as loop:
+        proc = orch.advance(run_id, "deploy-staging", crash_at="after:staging_connect")
+        assert proc.returncode == -9, proc.describe()
+        reports = orch.recover(app.name)
+    assert reports, proc.describe()
+    assert loop.failed == [], loop.summary()
+    release = store.latest_release(app.name, "staging")
+    assert release is not None and release.revision == new, release
+    assert_serves(remote_client, app, "staging", new)
+    # Kept, but the edge is not finished: the staging check it owed never ran (recovery.edge_finished).
+    assert orch.show(run_id)["transitions"][-1]["outcome"] == "aborted", orch.show(run_id)
+    assert orch.locks() == []
+    with staging_loop(app) as again:
+        assert orch.advance(run_id, "deploy-staging").ok()["state"] == "deploy-staging"
+    assert again.failed == [], again.summary()
     assert_serves(remote_client, app, "staging", new)
