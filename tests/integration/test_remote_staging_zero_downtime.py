@@ -225,3 +225,41 @@ def test_a_runner_killed_mid_staging_hand_over_on_the_remote_engine_is_settled_b
         assert orch.advance(run_id, "deploy-staging").ok()["state"] == "deploy-staging"
     assert again.failed == [], again.summary()
     assert_serves(remote_client, app, "staging", new)
+
+
+@pytest.mark.parametrize(
+    ("variant", "why"),
+    [
+        pytest.param({"health": False}, "404", id="unhealthy"),
+        pytest.param({"version": "f" * 40}, "f" * 40, id="wrong_version"),
+    ],
+)
+def test_a_failing_release_never_takes_remote_staging_traffic(
+    app: BusyboxApp,
+    remote_client: docker.DockerClient,  # noqa: F811
+    variant: dict[str, Any],
+    why: str,
+) -> None:
+    """Hazard: a release that fails its checks on the remote host answering staging's clients (checked
+    through the proxy's port instead of its own, forwarded one), or the old release replaced before the
+    new one passed. The old staging container keeps serving untouched, the loop sees only it, and the
+    candidate is discarded from the remote engine."""
+    old = commit(app, "old")
+    app.deploy(old)
+    before = assert_serves(remote_client, app, "staging", old)
+    run_id = app.start(commit(app, "bad", **variant))
+    with staging_loop(app) as loop:
+        result = app.advance(run_id, "deploy-staging")
+    assert result.exit_code == 1, result.describe()
+    assert loop.failed == [], loop.summary()
+    assert loop.bodies == {old}, "the failing release answered a client"
+    after = assert_serves(remote_client, app, "staging", old)
+    assert after.id == before.id, "the old release's container was replaced, not kept serving"
+    steps = app.show(run_id)["transitions"][-1]["steps"]
+    names = [s["name"] for s in steps]
+    assert "staging_start" in names and "staging_discard" in names, names
+    assert not {"staging_connect", "staging_retire", "staging_stop"} & set(names), names
+    failed = next(s for s in steps if s["status"] == "failed")
+    assert why in str(failed), failed
+    start = step(steps, "staging_start")["changes"]
+    assert start["port"] != app.port("staging") and start["via"].startswith("ssh "), start

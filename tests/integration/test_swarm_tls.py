@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 import pytest
+from client_loop import client_loop
 from test_remote_swarm import published_on, verify_evidence
 from test_swarm import SwarmApp, assert_converged_on, configured_swarm_app, ensure_swarm, prod_release
 
+from orchestrator import views
 from orchestrator.docker_engine import DockerEngine
 
 if TYPE_CHECKING:
@@ -212,3 +214,82 @@ def test_a_stack_app_wholly_on_the_tls_manager_never_uses_this_machines_engine(
     assert web["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == release["digest"]
     cache_spec = app.client.api.inspect_service(f"{app.name}_cache")["Spec"]["TaskTemplate"]["ContainerSpec"]
     assert cache_spec["Image"] == cache.tags[0]
+
+
+def test_no_request_fails_during_a_promotion_and_a_rollback_over_tls(
+    tls_swarm: SwarmApp, manager_over_tls: TlsFront
+) -> None:
+    """Hazard: a start-first update on a tcp:// manager that drops requests (the proxy made on the wrong
+    engine, or published where the clients are not). A client hits prod's port every 20 ms while B is
+    promoted over A and while prod is rolled back to A: not one request fails, and both revisions were
+    seen each time."""
+    app = tls_swarm
+    first = prod_release(app, app.app.deploy(app.commit("A", exits_on_sigterm=True)))
+    run_id = app.app.start(app.commit("B", exits_on_sigterm=True))
+    app.app.advance(run_id, "deploy-staging").ok()
+    url = f"http://127.0.0.1:{app.app.port('prod')}/version"
+    for action in ("promotion", "rollback"):
+        with client_loop(url, before_s=0.5, timeout_s=2) as loop:
+            if action == "promotion":
+                app.app.advance(run_id, "deploy").ok()
+            else:
+                app.app.cli(
+                    "rollback", app.name, "--env", "prod", "--to", first["release_id"], as_json=True
+                ).ok()
+        assert loop.failed == [], (action, loop.summary())
+        assert loop.ok > 50 and len(loop.bodies) == 2, (action, loop.ok, loop.bodies)
+    assert_converged_on(app, "prod", first)
+
+
+def test_a_broken_health_check_over_tls_leaves_the_previous_digest_and_says_why(
+    tls_swarm: SwarmApp,
+) -> None:
+    """Hazard: a failed promotion on a tcp:// manager left half done, or put back on the local engine.
+    Release B's prod tasks never become healthy: Swarm rolls the update back, the service ends on A's
+    digest with both tasks, and the history names the failed converge step, then the restore's
+    verification."""
+    app = tls_swarm
+    good = prod_release(app, app.app.deploy(app.commit("good")))
+    run_id = app.app.start(app.commit("broken", broken=True))
+    app.app.advance(run_id, "deploy-staging").ok()
+    result = app.app.advance(run_id, "deploy")
+    assert result.exit_code == 1, result.describe()
+    app.wait_settled("prod")
+    assert_converged_on(app, "prod", good)
+    assert result.payload["failure"]["prod"]["action"] == "restored", result.payload["failure"]
+    steps = [
+        (s["name"], s["status"]) for t in app.app.show(run_id)["transitions"] for s in t.get("steps", [])
+    ]
+    assert ("prod_converge", "failed") in steps, steps
+    assert steps.index(("prod_converge", "failed")) < steps.index(("restore_prod_verify", "done")), steps
+
+
+def test_a_runner_killed_mid_update_over_tls_is_recovered_by_a_new_process(
+    tls_swarm: SwarmApp, manager_over_tls: TlsFront, store: Store
+) -> None:
+    """Hazard: `recover` (a new process, its own TLS connection) reconciling with this machine's engine
+    while the manager is the tcp:// one, or unable to connect with the certificates. The CLI is
+    SIGKILLed right after it submitted the update; `recover` ends prod converged on its latest recorded
+    release, with no drift, no lock, and the next promotion goes through."""
+    from faults_support import Orchestrator
+
+    app, front = tls_swarm, manager_over_tls
+    orch = Orchestrator(app.app.workspace.path)
+    app.app.deploy(app.commit("baseline"))
+    run_id = orch.start_run(app.name, app.commit("killed"))
+    orch.advance(run_id, "deploy-staging").ok()
+    proc = orch.advance(run_id, "deploy", crash_at="after:prod_update")
+    assert proc.returncode == -9, proc.describe()
+    assert {lock["liveness"] for lock in orch.locks()} == {"dead"}
+    before = front.sessions()
+    reports = orch.recover(app.name)
+    assert len(reports) == 1, reports
+    assert front.sessions() > before
+    latest = store.latest_release(app.name, "prod")
+    assert latest is not None and latest.engine == engine_name(front), latest
+    app.wait_settled("prod")
+    assert_converged_on(app, "prod", views.release(latest))
+    status = orch.status(app.name)
+    assert status["drift"] is False and all(e["ok"] for e in status["environments"]), status
+    assert orch.locks() == []
+    assert_converged_on(app, "prod", prod_release(app, orch.deploy(app.name, app.commit("after the kill"))))
