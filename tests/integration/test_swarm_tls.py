@@ -142,41 +142,56 @@ def test_rollback_over_tls_to_a_kept_release_and_status_shows_it(
 
 
 @pytest.fixture
-def stranger(tmp_path: Path) -> tuple[Path, Path]:
-    """A client certificate and key signed by another CA than the front's."""
+def stranger(tmp_path: Path) -> Path:
+    """Another CA, and a client certificate and key it signed (ca.pem, cert.pem, key.pem)."""
     from remote_support import _certificates
 
     _certificates(tmp_path / "other")
-    return tmp_path / "other" / "cert.pem", tmp_path / "other" / "key.pem"
+    return tmp_path / "other"
 
 
-@pytest.mark.parametrize("client", ["another CA's certificate", "no certificate"])
-def test_a_refused_client_is_exit_4_naming_the_host_with_nothing_recorded(
+# What the prod edge presents, and what its message must say is wrong (None: only that it is refused).
+REFUSALS = {
+    "another CA's client certificate": "refused the client certificate",
+    "another CA for the engine": "did not verify against tls_ca",
+    "no certificate": None,
+}
+
+
+@pytest.mark.parametrize("client", list(REFUSALS))
+def test_a_refused_tls_connection_is_exit_4_naming_the_host_and_the_side_with_nothing_recorded(
     tls_swarm: SwarmApp,
     manager_over_tls: TlsFront,
-    stranger: tuple[Path, Path],
+    stranger: Path,
     store: Store,
     client: str,
 ) -> None:
-    """Hazard: a manager that refuses our certificate recorded as a failed gate (the commit blamed), a
-    lock left behind, or the edge carried on against another engine. Release A is in prod; for B the
-    prod edge presents a client certificate of another CA (or, with plain tcp:// to the loopback
-    port, none at all): the front refuses the handshake, the CLI exits 4 naming the host, nothing is
-    recorded for the edge, no lock is held, and prod still runs A."""
+    """Hazard: a manager whose TLS handshake fails recorded as a failed gate (the commit blamed), a lock
+    left behind, the edge carried on against another engine, or a message that cannot tell the two
+    fixes apart (a client certificate the engine does not trust: have it signed by the engine's CA; an
+    engine certificate tls_ca did not sign: point tls_ca at that CA). Release A is in prod; for B the
+    prod edge presents a client certificate of another CA, or trusts another CA than the engine's, or
+    (plain tcp:// to the loopback port) presents none: the handshake fails, the CLI exits 4 naming the
+    host and which side refused, nothing is recorded for the edge, no lock is held, prod still runs A."""
     app, front = tls_swarm, manager_over_tls
     good = prod_release(app, app.app.deploy(app.commit("A")))
     run_id = app.app.start(app.commit("B"))
     app.app.advance(run_id, "deploy-staging").ok()
     app.configure()
+    ca, cert, key = client_files(front)
     if client == "no certificate":
         prod_over(app, front.url, None)
+    elif client == "another CA's client certificate":
+        prod_over(app, front.url, (ca, stranger / "cert.pem", stranger / "key.pem"))
     else:
-        prod_over(app, front.url, (front.tls_dir / "ca.pem", *stranger))
+        prod_over(app, front.url, (stranger / "ca.pem", cert, key))
     before, refused = len(app.app.show(run_id)["transitions"]), front.handshake_failures()
     result = app.app.advance(run_id, "deploy")
     message = result.error(4, "infrastructure_unavailable")
     assert engine_name(front) in message and "unreachable" in message, message
-    assert "PRIVATE KEY" not in message
+    assert "PRIVATE KEY" not in message and str(key) not in message, message
+    if REFUSALS[client] is not None:
+        assert REFUSALS[client] in message, message
     shown = app.app.show(run_id)
     assert shown["state"] == "deploy-staging" and len(shown["transitions"]) == before, shown
     assert store.locks(app.name) == []
