@@ -12,12 +12,15 @@ the prod edge really went through it.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import docker
+import docker.errors
 import pytest
 from client_loop import client_loop
 from test_remote_swarm import published_on, verify_evidence
@@ -222,13 +225,30 @@ def test_a_stack_app_wholly_on_the_tls_manager_never_uses_this_machines_engine(
     )
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     before = front.sessions()
-    release = prod_release(app, app.app.deploy(app.commit("stack over tls")))
-    assert release["engine"] == engine_name(front), release
-    assert front.sessions() > before
-    web = app.client.api.inspect_service(f"{app.name}_web")
-    assert web["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == release["digest"]
-    cache_spec = app.client.api.inspect_service(f"{app.name}_cache")["Spec"]["TaskTemplate"]["ContainerSpec"]
-    assert cache_spec["Image"] == cache.tags[0]
+    try:
+        release = prod_release(app, app.app.deploy(app.commit("stack over tls")))
+        assert release["engine"] == engine_name(front), release
+        assert front.sessions() > before
+        web = app.client.api.inspect_service(f"{app.name}_web")
+        assert web["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == release["digest"]
+        cache_spec = app.client.api.inspect_service(f"{app.name}_cache")["Spec"]["TaskTemplate"][
+            "ContainerSpec"
+        ]
+        assert cache_spec["Image"] == cache.tags[0]
+    finally:
+        remove_service_and_wait(app.client, f"{app.name}_cache")
+
+
+def remove_service_and_wait(client: docker.DockerClient, name: str, timeout_s: float = 60) -> None:
+    """The stack's ``cache`` service and its task containers gone before the image it runs is removed
+    (SwarmApp.teardown waits only for the orchestrator's own tasks; a task still running keeps the
+    image, and its removal fails the test's teardown)."""
+    with contextlib.suppress(docker.errors.NotFound):
+        client.api.remove_service(name)
+    deadline = time.monotonic() + timeout_s
+    label = f"com.docker.swarm.service.name={name}"
+    while client.api.containers(all=True, filters={"label": label}) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def test_no_request_fails_during_a_promotion_and_a_rollback_over_tls(
