@@ -158,6 +158,43 @@ def _tls_client(url: str, tls: Any, timeout: int) -> docker.DockerClient:
     return client
 
 
+# OpenSSL's names for the alerts an engine (or a TLS front) sends when it does not accept the client's
+# certificate: not signed by its CA, none given, or otherwise refused.
+_CLIENT_REFUSED = (
+    "ALERT_UNKNOWN_CA",
+    "ALERT_BAD_CERTIFICATE",
+    "ALERT_CERTIFICATE_REQUIRED",
+    "ALERT_CERTIFICATE_UNKNOWN",
+    "ALERT_HANDSHAKE_FAILURE",
+    "ALERT_ACCESS_DENIED",
+)
+
+
+def _tls_refusal(exc: BaseException, tls_files: tuple[Path, Path, Path] | None) -> str | None:
+    """Which side of a failed TLS handshake said no, from OpenSSL's reason in ``exc``. The SDK's
+    ``SSLError`` alone cannot tell an engine that refuses our client certificate (have it signed by the
+    CA the engine trusts) from an engine certificate ``tls_ca`` did not sign or that names another host
+    (point tls_ca at the engine's CA, or fix its SAN), and the two fixes are on different machines.
+    Names the certificate and CA files (where they are), never their content or the key."""
+    if tls_files is None:
+        return None
+    text = str(exc)
+    ca, cert, _ = tls_files
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        detail = text.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip(" '\"")
+        return f"the engine's certificate did not verify against tls_ca {ca}" + (
+            f": {detail}" if detail and detail != text else ""
+        )
+    alert = next((name for name in _CLIENT_REFUSED if name in text), None)
+    if alert is not None:
+        said = alert.removeprefix("ALERT_").lower().replace("_", " ")
+        return (
+            f"the engine refused the client certificate tls_cert {cert} (TLS alert: {said}): it must be "
+            "signed by the CA the engine trusts (its --tlscacert)"
+        )
+    return None
+
+
 def _one_pool(client: docker.DockerClient, pool_size: int = 4) -> None:
     """Every request of ``client`` (on a unix socket) through one pool of at most ``pool_size`` kept
     connections; more are opened when more requests run at once, and closed after.
@@ -499,7 +536,11 @@ class DockerEngine:
         except SshUnreachable as exc:
             failed = exc.reason
         except (docker.errors.DockerException, *_unreachable()) as exc:
-            failed = (bridge.session_error() if bridge is not None else None) or type(exc).__name__
+            failed = (
+                (bridge.session_error() if bridge is not None else None)
+                or _tls_refusal(exc, tls_files)
+                or type(exc).__name__
+            )
         except BaseException:
             if bridge is not None:  # e.g. Interrupted while connecting: no ssh outlives the attempt
                 bridge.close()

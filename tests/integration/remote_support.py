@@ -321,6 +321,109 @@ def ssh_to_engine(root: Path, docker_host: str = "unix:///var/run/docker.sock") 
         shutil.rmtree(root, ignore_errors=True)
 
 
+HAPROXY = Path("/usr/sbin/haproxy")
+
+
+@dataclass(frozen=True)
+class TlsFront:
+    """An engine that is already running (the suite's own, a swarm manager) reached over ``tcp://`` with
+    mutual TLS: what a manager started with ``-H tcp://... --tlsverify`` on another host looks like to
+    the orchestrator, without restarting the suite's engine."""
+
+    url: str  # tcp://127.0.0.1:<port>
+    tls_dir: Path  # ca.pem, cert.pem, key.pem: a client certificate the front requires
+    port: int
+    stats_socket: Path  # haproxy's runtime API: `show stat` counts the sessions that passed TLS
+    log: Path  # one "engine_tls/1: <reason>" line per connection refused at the TLS handshake
+
+    def sessions(self) -> int:
+        """Connections that completed the TLS handshake with a client certificate the CA signed and were
+        forwarded to the engine (the frontend's cumulative sessions)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(5)
+            conn.connect(str(self.stats_socket))
+            conn.sendall(b"show stat\n")
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        lines = b"".join(chunks).decode().removeprefix("# ").splitlines()
+        names = lines[0].split(",")
+        for line in lines[1:]:
+            row = dict(zip(names, line.split(","), strict=False))
+            if row.get("svname") == "FRONTEND":
+                return int(row["stot"] or 0)
+        raise AssertionError(f"no FRONTEND row in haproxy's stats: {lines}")
+
+    def handshake_failures(self) -> int:
+        """Connections refused before anything reached the engine (haproxy logs them as
+        ``engine_tls/1: <reason>``: a certificate not trusted, no TLS at all, ...; a forwarded session
+        as ``engine_tls~ engine/engine``)."""
+        return self.log.read_text(errors="replace").count(" engine_tls/1: ")
+
+
+@contextlib.contextmanager
+def tls_front(root: Path, engine_socket: str = "/var/run/docker.sock") -> Iterator[TlsFront]:
+    """Debian's haproxy on a free loopback port, TLS only, requiring a client certificate the session's
+    CA signed (``verify required``), each connection forwarded byte for byte (mode tcp: hijacked
+    streams, attach and logs included) to ``engine_socket``; stopped and ``root`` removed at the end.
+    Starts no dockerd."""
+    if os.geteuid() != 0:
+        raise RemoteUnavailable("the engine's socket needs root")
+    if not HAPROXY.is_file():
+        raise RemoteUnavailable(f"{HAPROXY} is missing (apt-get install -y haproxy)")
+    root.mkdir(parents=True, exist_ok=True)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        tls_dir = root / "tls"
+        _certificates(tls_dir)
+        server = tls_dir / "server.pem"  # haproxy takes the certificate and its key in one file
+        server.write_bytes(
+            (tls_dir / "server-cert.pem").read_bytes() + (tls_dir / "server-key.pem").read_bytes()
+        )
+        port = _free_port()
+        stats = root / "stats.sock"
+        config = root / "haproxy.cfg"
+        config.write_text(
+            "global\n"
+            "  log stdout format raw local0 info\n"
+            f"  stats socket {stats} mode 600 level admin\n"
+            "defaults\n"
+            "  mode tcp\n"
+            "  log global\n"
+            "  option tcplog\n"
+            "  timeout connect 5s\n"
+            # An engine request may stream for long (events, logs, a pull): no idle cut-off shorter
+            # than what the SDK's own timeout allows.
+            "  timeout client 1h\n"
+            "  timeout server 1h\n"
+            "frontend engine_tls\n"
+            f"  bind 127.0.0.1:{port} ssl crt {server} ca-file {tls_dir / 'ca.pem'} verify required\n"
+            "  default_backend engine\n"
+            "backend engine\n"
+            f"  server engine {engine_socket}\n",
+            encoding="utf-8",
+        )
+        log = root / "haproxy.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(HAPROXY), "-db", "-f", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def listens() -> bool:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                return probe.connect_ex(("127.0.0.1", port)) == 0 and stats.exists()
+
+        _wait("haproxy (the TLS front)", listens, proc, log)
+        yield TlsFront(f"tcp://127.0.0.1:{port}", tls_dir, port, stats, log)
+    finally:
+        _stop(proc)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def remote_engine(root: Path) -> Iterator[RemoteEngine]:
     """Start the second engine and its sshd under ``root``; stop both and remove ``root`` at the end."""
