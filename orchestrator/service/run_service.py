@@ -127,12 +127,10 @@ class RunService(Operations):
         engine = LazyEngine(self.engine_factory, settings=self.config.settings)
         try:
             # The build first (issue 12): it is the critical path, and everything until the staging
-            # edge takes it (importing the edges' modules, the preflight, connecting, recording the
-            # run) runs while the engine builds. Waited for until it is sent, since that work would
-            # hold the interpreter lock its preparation needs. A refusal cancels it (engine.close).
+            # edge takes it (importing the edges' modules, the preflight's git reads, connecting,
+            # recording the run) runs while it is prepared and built. A refusal cancels it
+            # (engine.close).
             engine.build_ahead = self._builds.send(config, sha)
-            if engine.build_ahead is not None:
-                engine.build_ahead.wait_sent(engine.AHEAD_FIRST_S)
             self._edges.preflight(config, sha, TO_STAGING)
             engine.connect_for(config, ENVIRONMENTS)
             run = self.start_run(config.name, sha, who)

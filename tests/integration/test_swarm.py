@@ -211,14 +211,26 @@ class SwarmApp:
             if service["Spec"]["Name"].startswith(self.name):
                 with contextlib.suppress(docker.errors.NotFound):
                     self.client.api.remove_service(service["ID"])
-        # Task containers go away asynchronously; the network can only go once they have.
+        # Task containers go away asynchronously; the network (and an image a task runs) can only go
+        # once they have: the app's own, and those of a stack's other services (not labelled as ours).
         deadline = time.monotonic() + 60
+        owners = [
+            [f"orchestrator.app={self.name}", "com.docker.swarm.task.id"],
+            *([f"com.docker.stack.namespace={ns}"] for ns in (self.name, f"{self.name}-staging")),
+        ]
         while time.monotonic() < deadline:
-            left = self.client.api.containers(
-                all=True, filters={"label": [f"orchestrator.app={self.name}", "com.docker.swarm.task.id"]}
-            )
+            left = [
+                c
+                for labels in owners
+                for c in self.client.api.containers(all=True, filters={"label": labels})
+            ]
             if not left:
                 break
+            # Swarm stops a removed service's tasks with its 10 s grace period, which the test apps
+            # (a shell as PID 1, deaf to SIGTERM) sit out whole: they go at once instead.
+            for container in left:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.client.api.remove_container(container["Id"], force=True)
             time.sleep(0.2)
         for env in ("staging", "prod"):
             with contextlib.suppress(docker.errors.NotFound):
