@@ -1,5 +1,6 @@
-"""What a build sends, and to which engine, decided without the docker SDK or an HTTP client: part of
-the Docker adapter (docker_wire.py speaks to the engine; this only prepares).
+"""What a build sends, and to which engine, decided without the docker SDK or an HTTP client, and the
+one request that sends it ahead: part of the Docker adapter (docker_wire.py speaks to the engine
+otherwise, and parses what it answers to this request).
 
 - Which engine: the local unix socket DOCKER_HOST names (or the default), and whether the docker client
   config adds anything to a request (credentials, proxies) that a request sent without the SDK would
