@@ -895,12 +895,10 @@ class DockerEngine:
             )
         except EngineNotFound as exc:
             # A refusal of this step, not a lookup miss: the engine lacks something the container
-            # needs. Its image (pruned, or never pulled since the check that found it) is the usual
-            # one; a network (removed by hand, or never created on this engine) the other.
-            if "network" in str(exc).lower():
-                raise DockerError(
-                    f"create container {name}: {exc}; 'docker network ls' there shows what it has"
-                ) from None
+            # needs, in its own words. Its image (pruned, or never pulled since the check that found
+            # it) is the usual one, and says what to do.
+            if "image" not in str(exc).lower():
+                raise DockerError(f"create container {name}: {exc}") from None
             raise DockerError(
                 f"create container {name}: image {image[:19]} is not on this engine (pruned or never "
                 "pulled); 'docker image ls' there shows what it has"

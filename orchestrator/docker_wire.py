@@ -33,13 +33,8 @@ from typing import Any
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    # The body goes out in blocks this big (http.client's default is 8 KiB): each block is one trip
-    # through the interpreter lock, which the rest of the process, importing meanwhile, holds for up
-    # to 5 ms at a time; a 2 MB context took 35-50 ms in 8 KiB blocks.
-    BLOCK = 1 << 20
-
     def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout, blocksize=self.BLOCK)
+        super().__init__("localhost", timeout=timeout)
         self._path = path
 
     def connect(self) -> None:
