@@ -16,14 +16,17 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import docker
 import pytest
 from test_swarm import SwarmApp, assert_converged_on, configured_swarm_app, ensure_swarm, prod_release
 
 from orchestrator.docker_engine import DockerEngine
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from conftest import BusyboxApp, LocalRegistry
@@ -35,19 +38,30 @@ pytestmark = pytest.mark.docker
 @pytest.fixture(scope="module")
 def manager_over_ssh(engine: DockerEngine) -> Iterator[SshEngine]:
     """The suite's engine, a swarm manager, behind its own key-only sshd (stopped after the module)."""
+    from remote_support import ssh_to_engine
+
+    yield from manager_behind(engine, ssh_to_engine, "orch-rsw-", "sshd")
+
+
+def manager_behind(
+    engine: DockerEngine, front: Callable[[Path], AbstractContextManager[T]], prefix: str, what: str
+) -> Iterator[T]:
+    """The suite's engine made a swarm manager and put behind ``front`` (remote_support: an sshd, a TLS
+    front), started in a fresh directory under /tmp named ``prefix...`` and stopped when the module is
+    done; a ``front`` that cannot start is ``what`` the skip (or CI's failure) names."""
     from conftest import _unavailable
-    from remote_support import RemoteUnavailable, ssh_to_engine
+    from remote_support import RemoteUnavailable
 
     ensure_swarm(engine)
-    root = Path(tempfile.mkdtemp(prefix="orch-rsw-", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     try:
-        context = ssh_to_engine(root)
-        ssh = context.__enter__()
+        context = front(root)
+        started = context.__enter__()
     except RemoteUnavailable as exc:
-        _unavailable(f"no sshd to the engine: {exc}")
+        _unavailable(f"no {what} to the engine: {exc}")
         raise
     try:
-        yield ssh
+        yield started
     finally:
         context.__exit__(None, None, None)
 

@@ -14,7 +14,6 @@ lost during a promotion, a broken health check rolled back) is tested on the loc
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import docker
 import docker.errors
 import pytest
-from test_remote_swarm import published_on, verify_evidence
-from test_swarm import SwarmApp, assert_converged_on, configured_swarm_app, ensure_swarm, prod_release
+from test_remote_swarm import manager_behind, published_on, verify_evidence
+from test_swarm import SwarmApp, assert_converged_on, configured_swarm_app, prod_release
 
 from orchestrator import views
 from orchestrator.docker_engine import DockerEngine
@@ -40,21 +39,9 @@ pytestmark = pytest.mark.docker
 @pytest.fixture(scope="module")
 def manager_over_tls(engine: DockerEngine) -> Iterator[TlsFront]:
     """The suite's engine, a swarm manager, behind its TLS front (stopped after the module)."""
-    from conftest import _unavailable
-    from remote_support import RemoteUnavailable, tls_front
+    from remote_support import tls_front
 
-    ensure_swarm(engine)
-    root = Path(tempfile.mkdtemp(prefix="orch-tls-", dir="/tmp"))
-    try:
-        context = tls_front(root)
-        front = context.__enter__()
-    except RemoteUnavailable as exc:
-        _unavailable(f"no TLS front to the engine: {exc}")
-        raise
-    try:
-        yield front
-    finally:
-        context.__exit__(None, None, None)
+    yield from manager_behind(engine, tls_front, "orch-tls-", "TLS front")
 
 
 def prod_over(app: SwarmApp, url: str, tls: tuple[Path, Path, Path] | None) -> None:
