@@ -124,14 +124,28 @@ def test_a_promotion_over_ssh_converges_on_the_verified_digest(
     app = remote_swarm
     for marker in ("one", "two"):
         run_id = app.app.deploy(app.commit(marker))
-        release = prod_release(app, run_id)
-        assert release["engine"] == engine_name(manager_over_ssh), release
-        staged = [r for r in app.app.show(run_id)["releases"] if r["environment"] == "staging"][-1]
-        assert (release["image_id"], release["revision"]) == (staged["image_id"], staged["revision"])
-        assert release["digest"].startswith(f"{app.registry.repository(app.name)}@sha256:")
-        assert_converged_on(app, "prod", release)
-        tasks = verify_evidence(app, run_id)
-        assert len(tasks) == 2 and all(t["checked"] == "container" and t["ok"] for t in tasks), tasks
+        assert_prod_runs_what_staging_verified(app, run_id, engine_name(manager_over_ssh))
+    assert_no_old_task_and_published_as_configured(app)
+
+
+def assert_prod_runs_what_staging_verified(app: SwarmApp, run_id: int, engine: str) -> None:
+    """``run_id``'s prod release is recorded on ``engine`` (staging on this machine's), is the image
+    staging verified, pinned by its registry digest; the service converged on it and both running tasks
+    were checked."""
+    release = prod_release(app, run_id)
+    assert release["engine"] == engine, release
+    staged = [r for r in app.app.show(run_id)["releases"] if r["environment"] == "staging"][-1]
+    assert staged["engine"] == "local", staged
+    assert (release["image_id"], release["revision"]) == (staged["image_id"], staged["revision"])
+    assert release["digest"].startswith(f"{app.registry.repository(app.name)}@sha256:")
+    assert_converged_on(app, "prod", release)
+    tasks = verify_evidence(app, run_id)
+    assert len(tasks) == 2 and all(t["checked"] == "container" and t["ok"] for t in tasks), tasks
+
+
+def assert_no_old_task_and_published_as_configured(app: SwarmApp) -> None:
+    """No prod task left draining; prod's proxy published on every interface of the manager's host,
+    staging's on loopback."""
     assert app.running_tasks("prod", draining=True) == []
     assert [host for host, _ in published_on(app, "prod")] == ["0.0.0.0"]
     assert [host for host, _ in published_on(app, "staging")] == ["127.0.0.1"]

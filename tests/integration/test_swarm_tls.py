@@ -21,7 +21,11 @@ from typing import TYPE_CHECKING, Any
 import docker
 import docker.errors
 import pytest
-from test_remote_swarm import manager_behind, published_on, verify_evidence
+from test_remote_swarm import (
+    assert_no_old_task_and_published_as_configured,
+    assert_prod_runs_what_staging_verified,
+    manager_behind,
+)
 from test_swarm import SwarmApp, assert_converged_on, configured_swarm_app, prod_release
 
 from orchestrator import views
@@ -93,18 +97,8 @@ def test_a_promotion_over_tls_converges_on_the_verified_digest(
         before = front.sessions()
         assert app.app.advance(run_id, "deploy").ok()["state"] == "deploy"
         assert front.sessions() > before, "the prod edge did not go through the TLS front"
-        release = prod_release(app, run_id)
-        assert release["engine"] == engine_name(front), release
-        staged = [r for r in app.app.show(run_id)["releases"] if r["environment"] == "staging"][-1]
-        assert staged["engine"] == "local", staged
-        assert (release["image_id"], release["revision"]) == (staged["image_id"], staged["revision"])
-        assert release["digest"].startswith(f"{app.registry.repository(app.name)}@sha256:")
-        assert_converged_on(app, "prod", release)
-        tasks = verify_evidence(app, run_id)
-        assert len(tasks) == 2 and all(t["checked"] == "container" and t["ok"] for t in tasks), tasks
-    assert app.running_tasks("prod", draining=True) == []
-    assert [host for host, _ in published_on(app, "prod")] == ["0.0.0.0"]
-    assert [host for host, _ in published_on(app, "staging")] == ["127.0.0.1"]
+        assert_prod_runs_what_staging_verified(app, run_id, engine_name(front))
+    assert_no_old_task_and_published_as_configured(app)
 
 
 def test_rollback_over_tls_to_a_kept_release_and_status_shows_it(
