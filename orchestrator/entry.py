@@ -29,6 +29,10 @@ def main() -> None:
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
     atexit.register(gc.freeze)
+    # Before the first dataclass is made (cli.py's imports make dozens): see codecache.py.
+    from orchestrator import codecache
+
+    codecache.install()
 
     from orchestrator.cli import main as cli_main
 

@@ -1,0 +1,123 @@
+"""The generated-code cache (codecache.py): a dataclass made from a cached text is the same class as one
+compiled afresh, a changed class compiles anew, and a file that is not plainly ours is never run."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import codecache
+from orchestrator.codecache import GeneratedCode
+
+
+def make_point(cache: GeneratedCode, *fields: str) -> type:
+    """A frozen dataclass made while ``dataclasses`` compiles through ``cache``, as the CLI has it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataclasses, "exec", cache.exec, raising=False)
+        return dataclasses.make_dataclass("Point", [(f, int) for f in fields], frozen=True)
+
+
+def test_a_class_made_from_cached_code_behaves_as_one_compiled_afresh(tmp_path: Path) -> None:
+    path = str(tmp_path / "code")
+    first = GeneratedCode(path)
+    make_point(first, "x", "y")
+    assert first.added > 0
+    first.save()
+
+    second = GeneratedCode(path)
+    point = make_point(second, "x", "y")
+    assert second.added == 0, "every text was in the file: nothing should have been compiled"
+    a, b = point(1, 2), point(x=1, y=2)
+    assert a == b and hash(a) == hash(b) and repr(a) == "Point(x=1, y=2)"
+    assert a != point(2, 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.x = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        point(1)  # the generated __init__ still requires y
+
+
+def test_a_class_whose_fields_changed_compiles_anew(tmp_path: Path) -> None:
+    path = str(tmp_path / "code")
+    first = GeneratedCode(path)
+    make_point(first, "x", "y")
+    first.save()
+
+    second = GeneratedCode(path)
+    point = make_point(second, "x", "y", "z")
+    assert second.added > 0
+    assert repr(point(1, 2, 3)) == "Point(x=1, y=2, z=3)"
+
+
+def test_a_file_others_may_write_is_not_read(tmp_path: Path) -> None:
+    """What the file holds is run: one that another user could have written is ignored, not trusted."""
+    path = tmp_path / "code"
+    first = GeneratedCode(str(path))
+    make_point(first, "x")
+    first.save()
+    assert GeneratedCode(str(path)).known
+
+    path.chmod(0o666)
+    assert GeneratedCode(str(path)).known == {}
+
+
+@pytest.mark.parametrize("content", [b"", b"not a cache at all", b"\x00" * 64])
+def test_a_file_of_another_python_or_garbage_costs_only_the_compile(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "code"
+    path.write_bytes(content)
+    cache = GeneratedCode(str(path))
+    assert cache.known == {}
+    point = make_point(cache, "x")
+    assert point(1) == point(1)
+    cache.save()  # and the next process reads a good file again
+    assert GeneratedCode(str(path)).known.keys() == cache.known.keys()
+
+
+def test_past_the_limit_a_save_keeps_only_what_this_process_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "code")
+    old = GeneratedCode(path)
+    make_point(old, "old_field")
+    old.save()
+
+    monkeypatch.setattr(codecache, "MAX_ENTRIES", 1)
+    new = GeneratedCode(path)
+    make_point(new, "new_field")
+    new.save()
+    kept = GeneratedCode(path).known
+    assert kept and all("old_field" not in source for _, source in kept)
+    assert any("new_field" in source for _, source in kept)
+
+
+def test_an_unwritable_folder_is_only_a_slower_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    cache = GeneratedCode(str(blocker / "orchestrator" / "code"))
+    make_point(cache, "x")
+    cache.save()  # no exception
+    assert cache.added > 0
+
+
+def test_the_console_script_keeps_its_generated_code_between_calls(tmp_path: Path) -> None:
+    """The real entry point: the first call writes the cache, the second reads it and writes nothing."""
+    script = Path(sys.executable).with_name("orchestrator")
+    if not script.is_file():
+        pytest.fail("the 'orchestrator' console script is not installed: pip install -e '.[dev]'")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    path = Path(codecache.default_path(env))
+
+    def version() -> None:
+        proc = subprocess.run([str(script), "--version"], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+
+    version()
+    assert path.is_file() and path.stat().st_mode & 0o077 == 0, "private to this user"
+    written = path.stat().st_mtime_ns
+    assert GeneratedCode(str(path)).known, "the first call compiled dataclasses and kept their code"
+    version()
+    assert path.stat().st_mtime_ns == written, "the second call found every text and wrote nothing"
