@@ -2,11 +2,11 @@
 
 Why (issue 12): every ``@dataclass`` writes its ``__init__``, ``__repr__``, ``__eq__``, ``__hash__`` and,
 when frozen, ``__setattr__`` and ``__delattr__`` as source text and compiles each with ``exec``. The
-orchestrator's values are frozen dataclasses (STYLE.md), and a CLI call creates 40 to 80 of them
-before its first request to the engine: measured on a 2-core runner, 45 ms of `run start`'s start-up
-and 100 ms of `advance --to deploy`'s, nearly all of it in ``compile``. CPython caches the bytecode of
-modules (``__pycache__``) but not of text compiled at run time, so each of the three processes of a CI
-pipeline paid it again.
+orchestrator's values are frozen dataclasses (STYLE.md), and a CLI call makes dozens of them before its
+first request to the engine: `runs list` 39 (50-70 ms on a 2-core runner), `advance --to deploy` 79
+(about 100 ms), nearly all of it in ``compile`` (measured by timing the class processing in-process).
+CPython caches the bytecode of modules (``__pycache__``) but not of text compiled at run time, so each
+of the three processes of a CI pipeline paid it again.
 
 The same text always compiles to the same code, so the text is the key: a class whose fields change
 generates another text and misses. The cache holds code objects marshalled under this interpreter's

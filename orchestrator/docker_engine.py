@@ -458,7 +458,8 @@ class DockerEngine:
     @classmethod
     def connect(cls, base_url: str | None = None, timeout: int = 120) -> DockerEngine:
         """Connect (DOCKER_HOST or the default socket) and prove the engine answers: the API version
-        negotiation (``version="auto"``: GET /version) is that proof, so no separate ping follows.
+        negotiation (EngineApi's ping; the SDK's ``version="auto"``: GET /version) is that proof, so
+        nothing else is asked first.
 
         A local socket is spoken to through EngineApi, and the SDK is loaded only if a call needs it,
         unless the docker client config sets proxies (the SDK adds them to every container it
@@ -468,7 +469,7 @@ class DockerEngine:
         socket_path = local_socket(environ)
         if socket_path is not None and client_config_sets_no_proxies(environ):
             try:
-                api = EngineApi(socket_path, timeout)  # asks the engine's API version: the proof it answers
+                api = EngineApi(socket_path, timeout)  # pings for the API version: the proof it answers
             except (EngineRefused, EngineNotFound, OSError, ValueError, KeyError) as exc:
                 raise InfraUnavailable(_unreachable_message(where, exc)) from None
             engine = cls(None, api=api)
@@ -743,9 +744,13 @@ class DockerEngine:
 
     def supports_buildkit(self) -> bool:
         """Whether the engine can run BuildKit builds a docker CLI starts (Linux, API 1.39 / 18.09+)."""
-        version = self._call("engine version", self._api.version)
-        api = tuple(int(p) for p in str(version.get("ApiVersion", "0.0")).split(".")[:2] if p.isdigit())
-        return str(version.get("Os", "")).lower() == "linux" and api >= (1, 39)
+        if isinstance(self._api, EngineApi) and self._api.os_type:
+            os_type, api_version = self._api.os_type, self._api.api_version  # its ping said both
+        else:
+            version = self._call("engine version", self._api.version)
+            os_type, api_version = str(version.get("Os", "")), str(version.get("ApiVersion", "0.0"))
+        api = tuple(int(p) for p in api_version.split(".")[:2] if p.isdigit())
+        return os_type.lower() == "linux" and api >= (1, 39)
 
     def image(self, ref: str) -> ImageInfo | None:
         try:

@@ -66,7 +66,7 @@ class HealthReport:
 
 
 def get(url: str, *, timeout: float = 2.0) -> Probe:
-    answer = httpclient.get(url, timeout=timeout, limit=_BODY_LIMIT)
+    answer = httpclient.probe(url, timeout=timeout, limit=_BODY_LIMIT)
     return Probe(answer.status, answer.text, answer.error)
 
 

@@ -1,17 +1,32 @@
-"""The one HTTP client inside the package: health and /version probes, and the registry's manifest API.
+"""The one HTTP client inside the package: probes of the apps it runs (health, /version, the proxy's
+takeover), and the registry's manifest API and notification webhooks.
 
 Every answer comes back as a ``Response``, an HTTP error status included (a 503 from a health path is
 an answer worth reporting, not an exception), and "nothing answered" as ``status=None`` with the cause.
 Redirects are followed only where the caller allows it: the registry refuses them (registry.py says why).
 scripts/staging_check.py keeps a copy of its own on purpose: it runs standalone, without this package.
+
+Two ways out, one answer type:
+
+- ``probe``: plain ``http://`` straight to the app's port with ``http.client``, which every process that
+  talks to a local engine has loaded already (docker_wire.py). Never through an HTTP proxy named in the
+  environment: a CI runner's ``HTTP_PROXY`` without ``NO_PROXY`` would otherwise send the health check
+  of 127.0.0.1:8501 to the proxy, which cannot reach the runner's loopback. And ``urllib.request`` (with
+  ``ssl``, about 10 ms of every `advance --to deploy`, issue 12) is not imported for it.
+- ``request``: anything else (https, a webhook behind the runner's proxy) through ``urllib.request``,
+  which honours the environment's proxies, loaded when first needed.
 """
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
+import http.client
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+# As urllib's HTTPRedirectHandler: more hops than this is a loop.
+MAX_REDIRECTS = 10
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
@@ -35,15 +50,34 @@ class Response:
         return self.body.decode(errors="replace")
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """Returning None makes urllib raise the 3xx as an HTTPError instead of following it."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        return None
-
-
-_FOLLOWING = urllib.request.build_opener()
-_REFUSING = urllib.request.build_opener(_RefuseRedirects)
+def probe(
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 2.0,
+    limit: int | None = None,
+) -> Response:
+    """One GET to an app this orchestrator runs, following redirects on ``http://`` as ``request`` does;
+    at most ``limit`` bytes of the body are read. Not ``http://``: through ``request``."""
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            return request(url, headers=headers, timeout=timeout, limit=limit)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+        try:
+            conn.request("GET", target, headers={"User-Agent": "orchestrator", **(headers or {})})
+            resp = conn.getresponse()
+            location = resp.getheader("Location")
+            if resp.status in _REDIRECTS and location:
+                url = urllib.parse.urljoin(url, location)
+                continue
+            return Response(resp.status, resp.read(limit), dict(resp.getheaders()))
+        except (OSError, http.client.HTTPException) as exc:
+            return Response(None, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+    return Response(None, error=f"RedirectLoop: more than {MAX_REDIRECTS} redirects from {url}")
 
 
 def request(
@@ -57,10 +91,19 @@ def request(
     follow_redirects: bool = True,
 ) -> Response:
     """One request; at most ``limit`` bytes of the body are read (all of it without a limit)."""
+    import urllib.error
+    import urllib.request
+
     req = urllib.request.Request(
         url, data=data, method=method, headers={"User-Agent": "orchestrator", **(headers or {})}
     )
-    opener = _FOLLOWING if follow_redirects else _REFUSING
+    redirects = urllib.request.HTTPRedirectHandler()
+    if not follow_redirects:
+        # Returning None makes urllib raise the 3xx as an HTTPError instead of following it.
+        redirects.redirect_request = lambda *args: None  # type: ignore[method-assign]
+    # Made per call, reading the environment's proxies then: requests here are few (a registry, a
+    # webhook), and a kept opener would keep proxies the environment no longer names.
+    opener = urllib.request.build_opener(redirects)
     try:
         with opener.open(req, timeout=timeout) as resp:
             return Response(resp.status, resp.read(limit), dict(resp.headers.items()))
@@ -70,7 +113,3 @@ def request(
     except (urllib.error.URLError, OSError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         return Response(None, error=f"{type(reason).__name__}: {reason}")
-
-
-def get(url: str, *, timeout: float = 2.0, limit: int | None = None) -> Response:
-    return request(url, timeout=timeout, limit=limit)

@@ -285,7 +285,7 @@ class ProxiedRuntime(_Containers):
         passed its health check. Any answer (a 503 while no backend is up, a refused connection while
         haproxy starts) proves the forward; only the host's refusal fails."""
         url = proxy.host.url(env_port(self.app, env), self.app.health_path)
-        if httpclient.request(url, timeout=2.0, limit=0).status is None:
+        if httpclient.probe(url, timeout=2.0, limit=0).status is None:
             time.sleep(0.1)  # the master logs a refusal as it closes the channel: read it after that
         if refused := proxy.host.refused():
             raise DockerError(f"{env} on {proxy.engine.where}: {refused}; nothing was started")
@@ -325,7 +325,7 @@ class ProxiedRuntime(_Containers):
                     )
                 tries += 1
                 if answers < _TAKEOVER_ANSWERS:
-                    answer = httpclient.request(url, headers={PROBE_HEADER: "1"}, timeout=2.0, limit=0)
+                    answer = httpclient.probe(url, headers={PROBE_HEADER: "1"}, timeout=2.0, limit=0)
                     seen = answer.header(BACKEND_HEADER) or (answer.error or f"HTTP {answer.status}")
                     if answer.ok and answer.header(BACKEND_HEADER) == address:
                         answers += 1

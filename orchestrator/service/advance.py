@@ -63,16 +63,16 @@ class EdgeRunner:
 
     def preflight(self, app: AppConfig, sha: str, edge: Edge) -> None:
         """What the edge's runtime and build would refuse anyway (exit 2 or 4), before anything is
-        recorded. The builder is looked for (a docker CLI probed per process) only on the edge that
-        always builds: the deploy edge rebuilds only when staging went stale, and its build step then
-        refuses what it cannot build as a failed gate."""
+        recorded. The builder and the Dockerfile are looked at only on the edge that always builds: the
+        deploy edge rebuilds only when staging went stale, and its build step then refuses what it
+        cannot build as a failed gate."""
         from orchestrator.runtimes import preflight
 
         preflight(app, sha)
         if any(g.needs_docker for g in gates_for(edge)):
             from orchestrator.steps.build import preflight as build_preflight
 
-            build_preflight(app, self.config.settings, sha, detect_builder=edge == TO_STAGING)
+            build_preflight(app, self.config.settings, sha, always_builds=edge == TO_STAGING)
 
     def advance(
         self,

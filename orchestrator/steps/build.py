@@ -159,30 +159,33 @@ def _refuse_on_legacy(
     raise InfraUnavailable(f"{what}, and this machine has only the {choice.why}: {builders.INSTALL_BUILDKIT}")
 
 
-def preflight(app: AppConfig, settings: Settings, sha: str, *, detect_builder: bool = True) -> None:
+def preflight(app: AppConfig, settings: Settings, sha: str, *, always_builds: bool = True) -> None:
     """Before an edge that builds starts (nothing recorded yet): what the build would refuse anyway.
     Build secrets the builder cannot take or whose source is missing are the config's or the caller's
     to fix (exit 2); a Dockerfile only BuildKit builds, on a machine with only the legacy builder, is
     the runner's (exit 4). Whether the engine itself runs BuildKit is known only once it is connected:
     the build step checks again.
 
-    Without ``detect_builder`` (an edge that builds only sometimes) the docker CLIs are not probed: that
-    costs tens of milliseconds of subprocesses, and the build step, if one runs, refuses the same
-    things as a failed gate."""
-    choice: BuilderChoice | None = None
-    if settings.builder == BuilderKind.LEGACY or (
-        detect_builder and builders.find_buildkit_cli(settings.docker_cli) is None
-    ):
-        # Without a CLI: ``buildkit`` raises (exit 4, saying what to install); ``auto`` falls back.
-        choice = builders.choose(settings.builder, settings.docker_cli, lambda: False)
-    if choice is not None:
-        try:
-            dockerfile = resolve_dockerfile(app, sha)
-        except GateFailed:
-            dockerfile = None  # the build gate fails on it, with the evidence
-        text = b"" if dockerfile is None else gitrepo.file_at(app.source, sha, dockerfile) or b""
-        _refuse_on_legacy(app, settings, choice, dockerfile or app.dockerfile, text.decode(errors="replace"))
+    An edge that builds only sometimes (not ``always_builds``: the deploy edge rebuilds only when staging
+    went stale) neither probes the docker CLIs nor reads the Dockerfile: tens of milliseconds of
+    subprocesses before its first request to the engine, for what the staging edge already refused
+    before this commit got there, and what the build step, if one runs, refuses as a failed gate."""
+    if always_builds:
+        _refuse_what_no_builder_here_builds(app, settings, sha)
     _secrets(app)
+
+
+def _refuse_what_no_builder_here_builds(app: AppConfig, settings: Settings, sha: str) -> None:
+    if settings.builder != BuilderKind.LEGACY and builders.find_buildkit_cli(settings.docker_cli) is not None:
+        return  # BuildKit builds what the Dockerfile asks; the engine's side is checked once connected
+    # Without a CLI: ``buildkit`` raises (exit 4, saying what to install); ``auto`` falls back.
+    choice = builders.choose(settings.builder, settings.docker_cli, lambda: False)
+    try:
+        dockerfile = resolve_dockerfile(app, sha)
+    except GateFailed:
+        dockerfile = None  # the build gate fails on it, with the evidence
+    text = b"" if dockerfile is None else gitrepo.file_at(app.source, sha, dockerfile) or b""
+    _refuse_on_legacy(app, settings, choice, dockerfile or app.dockerfile, text.decode(errors="replace"))
 
 
 def _explain_failure(

@@ -127,3 +127,27 @@ def test_a_promotion_to_prod_in_its_own_process_imports_no_docker_sdk(
     assert "SDK=False" in proc.stderr, proc.stderr[-3000:]
     staged = app.running("prod")
     assert staged is not None and staged.status == "running"
+
+
+def test_the_api_version_is_negotiated_by_a_ping_and_buildkit_support_asks_nothing_more() -> None:
+    """Each CLI process connects once: ``/version`` costs the engine 7-8 ms, a ping 0.6 ms (issue 12).
+    What the ping's headers say must be what ``/version`` says, and the builder choice must not ask
+    the engine again."""
+    engine = DockerEngine.connect(timeout=30)
+    try:
+        api = engine._api
+        assert isinstance(api, EngineApi)
+        full = api.version()
+        assert api.api_version == full["ApiVersion"] and api.os_type == full["Os"]
+        asked: list[str] = []
+        exchange = api._exchange
+
+        def counted(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+            asked.append(f"{method} {path}")
+            return exchange(method, path, *args, **kwargs)
+
+        api._exchange = counted  # type: ignore[method-assign]
+        assert engine.supports_buildkit() is (full["Os"] == "linux")
+        assert asked == [], asked
+    finally:
+        engine.close()

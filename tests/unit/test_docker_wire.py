@@ -249,6 +249,7 @@ def test_a_kept_connection_the_engine_closed_is_not_reused(
         def do_GET(self) -> None:
             body = json.dumps({"ApiVersion": "1.41", "Path": self.path}).encode()
             self.send_response(200)
+            self.send_header("Api-Version", "1.41")  # as an engine answers its ping
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -281,6 +282,53 @@ def test_a_kept_connection_the_engine_closed_is_not_reused(
             closed.wait(5)
             closed.clear()
             assert api.version()["Path"] == "/v1.41/version"
+        api.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_engine_whose_ping_names_no_api_version_is_asked_its_version(tmp_path: Path) -> None:
+    """Engines before API 1.25 say their API version only in ``/version``: negotiating by ping (issue 12)
+    must still find it there, and never guess."""
+    import http.server
+    import socketserver
+    import threading
+
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = (
+                b"OK" if self.path == "/_ping" else json.dumps({"ApiVersion": "1.24", "Os": "linux"}).encode()
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain" if self.path == "/_ping" else "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self) -> tuple[object, tuple[str, int]]:
+            conn, _ = super().get_request()
+            return conn, ("local", 0)
+
+    path = str(tmp_path / "engine.sock")
+    server = Server(path, Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = EngineApi(path, timeout=5)
+        assert (api.api_version, api.os_type) == ("1.24", "linux")
+        assert asked == ["/_ping", "/version"]
         api.close()
     finally:
         server.shutdown()
