@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -365,6 +364,8 @@ class _ProbeCache:
         data[key] = {"path": found.path, "buildx": found.buildx} if found else {"path": None}
         data = dict(list(data.items())[-self.ENTRIES :])
         folder = os.path.dirname(self.path)
+        import tempfile
+
         try:
             os.makedirs(folder, mode=0o700, exist_ok=True)
             fd, temp = tempfile.mkstemp(dir=folder, prefix=".docker-cli-")
@@ -464,6 +465,8 @@ def buildkit_build(
     the build in the engine) and StepTimeout is raised with the end of the output. ``engine_args`` are
     the CLI's global flags that reach the build engine (``--host ssh://...``; none for this machine's),
     so the build lands on the engine the image is then read from."""
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="orchestrator-build-") as scratch:
         iidfile = Path(scratch) / "iid"
         argv, env = buildkit_argv(

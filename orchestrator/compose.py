@@ -17,13 +17,10 @@ deployments made before that (under the folder's name) are carried over.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,6 +46,8 @@ def compose_command() -> tuple[str, ...]:
     """`docker compose` (the CLI plugin) where it answers, else a standalone `docker-compose`. Asked
     once per process (a failure is not remembered): every compose project handle of an advance (prod's,
     staging's own, the preflight's) would otherwise run `docker compose version` again."""
+    import shutil
+
     for cmd in (("docker", "compose"), ("docker-compose",)):
         if shutil.which(cmd[0]) is None:
             continue
@@ -68,6 +67,8 @@ def file_digest(path: Path | None) -> str | None:
     """sha256 of the compose file a release ran with, so history says which file each release used."""
     if path is None or not path.is_file():
         return None
+    import hashlib
+
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -86,6 +87,8 @@ def render_override(pins: Mapping[str, str]) -> str:
 def write_atomically(path: Path, text: str) -> None:
     """A crash mid-write must never leave compose a half-written override to apply."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -107,6 +110,8 @@ def project_name(app: str) -> str:
     ``shop.eu`` and ``shop-eu`` share a project, so such names also get a short hash of the app name."""
     name = re.sub(r"[^a-z0-9_-]", "-", app.lower())
     if name != app or not _PROJECT.match(name):
+        import hashlib
+
         name = f"{name.strip('-_') or 'app'}-{hashlib.sha256(app.encode()).hexdigest()[:8]}"
     return name
 

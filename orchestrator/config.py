@@ -6,7 +6,6 @@ value is checked and every unknown key or variable is an error (exit 2) that nam
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import posixpath
@@ -591,6 +590,8 @@ def _legacy_database(default: Path, cfg_path: Path | None) -> tuple[str, ...]:
 def _unknown_variables(stray: list[str]) -> str:
     """The message names the variable each typo most resembles and lists the real ones in full: the
     reference file of the source repository (.env.example) is not installed with the package."""
+    import difflib  # only for this message
+
     hints = [
         f"{name}: did you mean {close[0]}?"
         for name in stray

@@ -15,7 +15,6 @@ import io
 import math
 import os
 import sys
-import tarfile
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1079,6 +1078,8 @@ def _container_config(
 
 def _tar(files: Mapping[str, bytes]) -> bytes:
     """A tar archive of ``files`` (absolute paths), with their parent directories, for put_archive."""
+    import tarfile  # with shutil, bz2 and lzma: only for a container given files (a proxy's config)
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         made: set[str] = set()

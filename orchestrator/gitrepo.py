@@ -8,8 +8,6 @@ commit.
 from __future__ import annotations
 
 import subprocess
-import tarfile
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -94,6 +92,8 @@ def archive(repo: Path, sha: str) -> IO[bytes]:
     """The committed tree at ``sha`` as a tar stream: exactly what was validated, never the working tree,
     so an uncommitted file can never leak into an image. Spooled to disk past 64 MiB."""
     ensure_repository(repo)
+    import tempfile
+
     out = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115 - returned open to the caller
     try:
         proc = subprocess.run(
@@ -115,6 +115,8 @@ def archive(repo: Path, sha: str) -> IO[bytes]:
 def unpack(repo: Path, sha: str, folder: Path) -> None:
     """``git archive`` of ``sha`` unpacked into ``folder`` (which exists). The ``tar`` filter keeps every
     path inside the folder whatever the tree holds."""
+    import tarfile  # with shutil, bz2 and lzma: only where a tree is unpacked
+
     with archive(repo, sha) as stream:
         try:
             with tarfile.open(fileobj=stream, mode="r:") as tar:
@@ -127,6 +129,8 @@ def unpack(repo: Path, sha: str, folder: Path) -> None:
 def extracted(repo: Path, sha: str) -> Iterator[Path]:
     """The committed tree of ``sha`` (``unpack``) in a private temporary directory, removed afterwards: a
     build context on disk that holds exactly the commit (for the docker CLI, which reads a directory)."""
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="orchestrator-context-") as folder:
         unpack(repo, sha, Path(folder))
         yield Path(folder)

@@ -29,7 +29,6 @@ later `run start`, once older than any build may take.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -88,6 +87,8 @@ def root(environ: Mapping[str, str] = os.environ) -> Path:
 
 def key(database_url: str, run_id: int) -> str:
     """A park's name: run ids repeat across databases (two configs on one runner, test suites)."""
+    import hashlib  # with OpenSSL: not for the processes that only name park types
+
     return f"run-{run_id}-{hashlib.sha256(database_url.encode()).hexdigest()[:16]}"
 
 

@@ -17,7 +17,6 @@ come from the apps, and an escape sequence in them must not reach the operator's
 from __future__ import annotations
 
 import re
-import shutil
 import threading
 import time
 from typing import Protocol, TextIO
@@ -61,6 +60,8 @@ class TerminalProgress:
         self._status = ""
 
     def _width(self) -> int:
+        import shutil  # with bz2 and lzma: only when progress is drawn
+
         return max(20, shutil.get_terminal_size((100, 24)).columns - 1)
 
     def _redraw(self) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import os
 import shlex
 import shutil
@@ -171,6 +170,8 @@ def render(spec: ProxySpec) -> str:
 def config_hash(text: str, address: str = LOOPBACK) -> str:
     """What CONFIG_LABEL holds: a proxy whose configuration or published address differs is recreated.
     The default address adds nothing, so the proxies made before it was configurable are kept."""
+    import hashlib  # with OpenSSL: only where a proxy is used
+
     extra = "" if address == LOOPBACK else f"\n# bind {address}"
     return hashlib.sha256(f"{text}{extra}".encode()).hexdigest()[:16]
 

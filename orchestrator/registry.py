@@ -22,7 +22,6 @@ what every later ``pull <repo>:latest`` runs. Two rules keep that the manifest w
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -73,12 +72,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _hex_digest(algorithm: str, body: bytes) -> str:
+    import hashlib  # OpenSSL's: loaded only by what talks to a registry (issue 12)
+
+    return hashlib.new(algorithm, body).hexdigest()
+
+
 def manifest_matches(digest: str, body: bytes) -> bool:
     """Whether ``body`` is the content ``digest`` addresses (``sha256:<hex>`` or ``sha512:<hex>``)."""
     if not _DIGEST.match(digest):
         return False
     algorithm, _, expected = digest.partition(":")
-    return hashlib.new(algorithm, body).hexdigest() == expected
+    return _hex_digest(algorithm, body) == expected
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,7 @@ class Registry:
         status, headers, body = self._open(self._url(app, digest), what, headers={"Accept": _MANIFEST_TYPES})
         if not manifest_matches(digest, body):
             algorithm = digest.partition(":")[0]
-            got = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
+            got = f"{algorithm}:{_hex_digest(algorithm, body)}"
             raise RegistryError(
                 f"{what}: registry {self.host} answered {self._path(app)}@{digest} with a manifest whose "
                 f"content is {got}; refused to write it under {tag!r} (the registry, or something "

@@ -38,8 +38,6 @@ removed on close, and one left by a killed process is removed by the next one th
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import hashlib
 import math
 import os
 import shlex
@@ -51,7 +49,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,26 +142,37 @@ _FORWARD_ATTEMPTS = 3
 
 
 def _libc_prctl() -> Any:
+    import ctypes  # only in a process that starts ssh: about 3 ms of every other one's start-up
+
     try:
         return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):  # not Linux: the processes are still ended by close()
         return None
 
 
-# Looked up here, not in the child: between fork and exec only the call itself should run.
-_PRCTL = _libc_prctl()
+# libc's prctl (False: there is none), looked up in the parent before the first fork (``_death_signal``):
+# between fork and exec only the call itself should run.
+_PRCTL: Any = None
+
+
+def _death_signal() -> Callable[[], None]:
+    """The ``preexec_fn`` that makes a child die with us, its lookup done here, before the fork."""
+    global _PRCTL
+    if _PRCTL is None:
+        _PRCTL = _libc_prctl() or False
+    return _die_with_parent
 
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the thread that started it ends (the process killed,
     even by SIGKILL, or the bridge's thread gone), so no ssh outlives us."""
-    if _PRCTL is not None:
+    if _PRCTL:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     # Its own session: a Ctrl-C at the terminal goes to the CLI, whose undo still needs the connection.
-    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_death_signal(), **kwargs)
 
 
 def _alive(pid: int) -> bool:
@@ -304,7 +313,7 @@ class SshBridge:
                 capture_output=True,
                 timeout=timeout,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_death_signal(),
                 check=False,
             )
         except subprocess.TimeoutExpired:
@@ -342,6 +351,8 @@ class SshBridge:
         with self._lock:
             if (known := self._forwards.get(path)) is not None:
                 return Path(known)
+        import hashlib
+
         local = self.dir / f"fwd-{hashlib.sha256(path.encode()).hexdigest()[:12]}.sock"
         local.unlink(missing_ok=True)
         self._forward(f"{local}:{path}")

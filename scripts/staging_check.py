@@ -12,16 +12,45 @@ anywhere the orchestrator (or a plain python3) does.
 from __future__ import annotations
 
 import argparse
+import http.client
 import re
 import sys
-import urllib.error
-import urllib.request
+import urllib.parse
 from typing import TextIO
 
 MODES = ("stub",)
 
 
 def fetch(url: str, timeout: float) -> tuple[int | None, str, str | None]:
+    """GET ``url``: (status, start of the body, None), or (None, "", why) when nothing answered.
+
+    Plain http goes straight to the app with http.client, following redirects as a browser would: never
+    through a proxy the environment names, since a CI runner's HTTP_PROXY cannot reach the runner's own
+    loopback, where staging listens. Anything else (https) goes through urllib, which honours proxies."""
+    for _ in range(10):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            return _fetch_urllib(url, timeout)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+        try:
+            conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+            resp = conn.getresponse()
+            location = resp.getheader("Location")
+            if resp.status in (301, 302, 303, 307, 308) and location:
+                url = urllib.parse.urljoin(url, location)
+                continue
+            return resp.status, resp.read(4096).decode(errors="replace"), None
+        except (OSError, http.client.HTTPException) as exc:
+            return None, "", f"{type(exc).__name__}: {exc}"
+        finally:
+            conn.close()
+    return None, "", f"more than 10 redirects from {url}"
+
+
+def _fetch_urllib(url: str, timeout: float) -> tuple[int | None, str, str | None]:
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status, resp.read(4096).decode(errors="replace"), None

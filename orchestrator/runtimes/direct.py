@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 import socket
 import time
 
@@ -229,7 +229,7 @@ class ProxiedRuntime(_Containers):
     def start(self, env: str, published: Published, *, run_id: int | None) -> ContainerInfo:
         """Start the release beside what serves ``env`` (which keeps serving); not yet handed over."""
         self._ensure_proxy(env)
-        name = f"{self.label(env)}-{published.image_id.removeprefix('sha256:')[:12]}-{secrets.token_hex(2)}"
+        name = f"{self.label(env)}-{published.image_id.removeprefix('sha256:')[:12]}-{os.urandom(2).hex()}"
         with self.steps.step(f"{env}_start", env) as step:
             self.engines.of(env).ensure_network(
                 self.waiting_network(env), labels={ROLE_LABEL: "waiting-network"}

@@ -106,7 +106,9 @@ def test_a_promotion_to_prod_in_its_own_process_imports_no_docker_sdk(
     busybox_app: BusyboxApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`advance --to deploy` as CI runs it (its own process, the console script's entry): promoted,
-    verified, and the SDK never imported."""
+    verified, and the SDK never imported; nor what only other paths need (issue 12: each is milliseconds
+    of a process CI starts for every commit): urllib.request (registry, webhooks), OpenSSL's hashes
+    (hashlib: parks, proxies, forwards) and ctypes (an ssh master)."""
     monkeypatch.setenv("ORCH_BUILDER", "legacy")
     app = busybox_app
     app.configure()
@@ -118,6 +120,8 @@ def test_a_promotion_to_prod_in_its_own_process_imports_no_docker_sdk(
         f"sys.argv = ['orchestrator', 'advance', '{run_id}', '--to', 'deploy', '--json']\n"
         "try:\n    main()\n"
         "finally:\n    print('SDK=' + str('docker' in sys.modules), file=sys.stderr)\n"
+        "    unneeded = ('urllib.request', '_hashlib', 'ctypes')\n"
+        "    print('LOADED=' + ','.join(m for m in unneeded if m in sys.modules), file=sys.stderr)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", probe], cwd=app.workspace.path, capture_output=True, text=True, timeout=300
@@ -125,6 +129,7 @@ def test_a_promotion_to_prod_in_its_own_process_imports_no_docker_sdk(
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert json.loads(proc.stdout)["state"] == "deploy"
     assert "SDK=False" in proc.stderr, proc.stderr[-3000:]
+    assert "LOADED=\n" in proc.stderr, proc.stderr[-3000:]
     staged = app.running("prod")
     assert staged is not None and staged.status == "running"
 

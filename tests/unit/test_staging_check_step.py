@@ -86,3 +86,19 @@ def test_a_crashing_check_fails(server: str, tmp_path: Path, monkeypatch: pytest
     found = step.run_staging_check(app(tmp_path), Settings(database_url="sqlite://"), StepLog(), server, SHA)
     assert (found.ok, found.exit_code) == (False, 1)
     assert "ValueError: the check itself broke" in found.output
+
+
+def test_the_check_reaches_staging_directly_whatever_proxy_the_environment_names(server: str) -> None:
+    """A CI runner's HTTP_PROXY without NO_PROXY: urllib sent the check of the runner's own loopback to
+    the proxy (here a closed port), and a healthy staging failed its check."""
+    import os
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+        env.update({"HTTP_PROXY": proxy, "http_proxy": proxy})
+        argv = [sys.executable, str(step.staging_check_script()), "--base-url", server]
+        argv += ["--expected-revision", SHA, "--version-path", "/version"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
