@@ -22,7 +22,18 @@ from orchestrator.store.repository import Store
 if TYPE_CHECKING:
     from conftest import Workspace
 
-HEAVY = ("sqlalchemy", "docker", "transitions", "alembic", "structlog", "rich", "paramiko")
+# importlib.metadata: the installed package's metadata (with email, csv and zipfile), which `--version`
+# asked for its version until it read the package's own.
+HEAVY = (
+    "sqlalchemy",
+    "docker",
+    "transitions",
+    "alembic",
+    "structlog",
+    "rich",
+    "paramiko",
+    "importlib.metadata",
+)
 
 # The console script's own import, then the command line, then what was loaded by the time it exited.
 _PROBE = """
@@ -34,7 +45,7 @@ try:
     main()
 except SystemExit:
     pass
-heavy = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
+heavy = sorted(m for m in HEAVY if m in sys.modules)
 print("\\nLOADED=" + json.dumps(heavy), file=sys.stderr)
 """
 
