@@ -330,8 +330,8 @@ def deploy_cmd(
 
 
 def _print_advance(result: AdvanceResult) -> None:
-    from orchestrator.gates import first_line
     from orchestrator.service import FAILED
+    from orchestrator.verdict import first_line
 
     for check in result.checks:
         # One line per check; the evidence a reason carries (a container's log) is printed once, below.
@@ -391,9 +391,9 @@ def runs_list(
     as_json: bool,
 ) -> None:
     """List runs, newest first, with the outcome and reason of each one's last transition."""
-    from orchestrator.gates import first_line
     from orchestrator.machine import State
     from orchestrator.store.listing import RunFilter, parse_when
+    from orchestrator.verdict import first_line
 
     if state is not None:
         state = State.parse(state).value
@@ -451,7 +451,7 @@ def runs_list(
 @command
 def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
     """Show RUN_ID with every transition, gate result (with its evidence), step and release."""
-    from orchestrator.gates import first_line
+    from orchestrator.verdict import first_line
 
     history = inv.service().run_history(run_id)
     if as_json:
@@ -495,9 +495,9 @@ def _print_run_tables(history: RunHistory) -> None:
     """`runs show` for a person at a terminal: the edges as a table (how long each took, how it ended),
     each edge's gates with the revision expected and found, and the whole reason of every failed gate
     (the evidence: a container's log) below its table, where a table cell would cut it to one line."""
-    from orchestrator.gates import GateStatus, first_line
     from orchestrator.store.listing import revision_evidence
     from orchestrator.tables import Column, render, took, when
+    from orchestrator.verdict import GateStatus, first_line
 
     record, transitions, releases = history.run, history.transitions, history.releases
     _echo(

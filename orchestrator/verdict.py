@@ -80,3 +80,8 @@ class TransitionOutcome(StrEnum):
     INTERRUPTED = "interrupted"  # stopped and could not be undone: left with its locks for `recover`
     SUPERSEDED = "superseded"  # a newer run of the app overtook this one while it waited
     REJECTED = "rejected"  # a person refused the edge (`orchestrator reject`): the run ends
+
+
+def first_line(text: str) -> str:
+    """A reason's summary: evidence (a container's log) may follow it on further lines."""
+    return text.partition("\n")[0]

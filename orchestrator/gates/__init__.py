@@ -20,9 +20,14 @@ from orchestrator.errors import InfraUnavailable
 from orchestrator.logging import get_logger
 from orchestrator.machine import Edge
 from orchestrator.steps import StepLog
-from orchestrator.verdict import GateResult, GateStatus, Verdict
+from orchestrator.verdict import GateResult, GateStatus, Verdict, first_line
 
-__all__ = ["GateResult", "GateStatus", "Verdict"]  # defined in verdict.py, the gates' vocabulary
+__all__ = [
+    "GateResult",
+    "GateStatus",
+    "Verdict",
+    "first_line",
+]  # defined in verdict.py, the gates' vocabulary
 
 if TYPE_CHECKING:
     from orchestrator.deploy import Deployer
@@ -68,11 +73,6 @@ def prod_outcome(checks: Sequence[GateResult]) -> ProdOutcome:
         f"unknown: the restore ended {undo.status.value} ({first_line(undo.reason)}); "
         "check 'orchestrator status'",
     )
-
-
-def first_line(text: str) -> str:
-    """A reason's summary: evidence (a container's log) may follow it on further lines."""
-    return text.partition("\n")[0]
 
 
 @dataclass(frozen=True)
