@@ -115,13 +115,15 @@ def test_a_promotion_to_prod_in_its_own_process_imports_no_docker_sdk(
     run_id = app.start(app.commit("promote without the sdk"))
     app.advance(run_id, "deploy-staging").ok()
     probe = (
-        "import sys\n"
-        "from orchestrator.entry import main\n"
-        f"sys.argv = ['orchestrator', 'advance', '{run_id}', '--to', 'deploy', '--json']\n"
-        "try:\n    main()\n"
-        "finally:\n    print('SDK=' + str('docker' in sys.modules), file=sys.stderr)\n"
+        "import atexit, sys\n"
+        "def report():\n"
+        "    print('SDK=' + str('docker' in sys.modules), file=sys.stderr)\n"
         "    unneeded = ('urllib.request', '_hashlib', 'ctypes')\n"
         "    print('LOADED=' + ','.join(m for m in unneeded if m in sys.modules), file=sys.stderr)\n"
+        "atexit.register(report)\n"
+        "from orchestrator.entry import main\n"
+        f"sys.argv = ['orchestrator', 'advance', '{run_id}', '--to', 'deploy', '--json']\n"
+        "main()\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", probe], cwd=app.workspace.path, capture_output=True, text=True, timeout=300

@@ -35,18 +35,17 @@ HEAVY = (
     "importlib.metadata",
 )
 
-# The console script's own import, then the command line, then what was loaded by the time it exited.
+# The console script's own import, then the command line, then what was loaded by the time it exited
+# (an exit handler: the console script leaves by os._exit once they have run, orchestrator/entry.py).
 _PROBE = """
-import json, sys
+import atexit, json, sys
 HEAVY = {heavy}
+atexit.register(
+    lambda: print("\\nLOADED=" + json.dumps(sorted(m for m in HEAVY if m in sys.modules)), file=sys.stderr)
+)
 from orchestrator.entry import main
 sys.argv = ["orchestrator", *json.loads(sys.argv[1])]
-try:
-    main()
-except SystemExit:
-    pass
-heavy = sorted(m for m in HEAVY if m in sys.modules)
-print("\\nLOADED=" + json.dumps(heavy), file=sys.stderr)
+main()
 """
 
 
@@ -208,13 +207,11 @@ for name in ("send", "park"):
         seen[_name] = sorted(m for m in EDGE_MODULES if m in sys.modules)
         return _orig(self, *args, **kwargs)
     setattr(StagingBuilds, name, wrapped)
+import atexit
+atexit.register(lambda: print("\\nSENT=" + json.dumps(seen), file=sys.stderr))
 from orchestrator.entry import main
 sys.argv = ["orchestrator", *json.loads(sys.argv[1])]
-try:
-    main()
-except SystemExit:
-    pass
-print("\\nSENT=" + json.dumps(seen), file=sys.stderr)
+main()
 """
 
 # What `deploy` and `run start` load only after their staging build is on its way (issue 12).
@@ -250,3 +247,48 @@ def test_the_staging_build_is_decided_before_the_edges_modules_are_imported(
     seen, proc = run_probe(code, argv, workspace.path, "SENT")
     assert sent_by in seen, f"{args[0]} never asked whether to send its build: {proc.stderr[-2000:]}"
     assert seen[sent_by] == [], f"{args[0]} imported {seen[sent_by]} before sending its build"
+
+
+_EXIT_PROBE = """
+import atexit, sys, threading, time
+from pathlib import Path
+out = Path(sys.argv[1])
+atexit.register(lambda: out.with_suffix(".atexit").write_text("ran"))
+if sys.argv[2] == "worker":
+    def work():
+        time.sleep(0.3)
+        out.write_text("finished")
+    threading.Thread(target=work, daemon=False).start()
+sys.argv = ["orchestrator", *sys.argv[3:]]
+from orchestrator.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize("worker", ["worker", "alone"])
+@pytest.mark.parametrize(
+    ("args", "code"), [(["--version"], 0), (["runs", "show", "999999"], 2)], ids=["ok", "error"]
+)
+def test_the_console_scripts_fast_exit_keeps_the_exit_code_the_handlers_and_the_threads(
+    tmp_path: Path, worker: str, args: list[str], code: int
+) -> None:
+    """The console script leaves by os._exit, skipping the interpreter's teardown (entry.py): its exit
+    code, its output and every exit handler are as before, and a thread Python would wait for is waited
+    for (then by the ordinary exit)."""
+    (tmp_path / "orchestrator.toml").write_text("")
+    out = tmp_path / "thread"
+    proc = subprocess.run(
+        [sys.executable, "-c", _EXIT_PROBE, str(out), worker, *args],
+        cwd=tmp_path,
+        env={**os.environ, "ORCH_DATABASE_URL": f"sqlite:///{tmp_path / 'o.db'}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert (tmp_path / "thread.atexit").read_text() == "ran"
+    if code == 0:
+        assert proc.stdout.startswith("orchestrator, version"), proc.stdout
+    else:
+        assert "unknown run 999999" in proc.stderr, proc.stderr
+    assert (out.read_text() == "finished") if worker == "worker" else not out.exists()
