@@ -121,3 +121,18 @@ def test_the_console_script_keeps_its_generated_code_between_calls(tmp_path: Pat
     assert GeneratedCode(str(path)).known, "the first call compiled dataclasses and kept their code"
     version()
     assert path.stat().st_mtime_ns == written, "the second call found every text and wrote nothing"
+
+
+def test_an_entry_that_does_not_unmarshal_is_compiled_again(tmp_path: Path) -> None:
+    path = str(tmp_path / "code")
+    first = GeneratedCode(path)
+    make_point(first, "x")
+    first.save()
+    damaged = GeneratedCode(path)
+    damaged.known = {key: b"\x00not code" for key in damaged.known}
+    damaged.added = 1  # make save() write the damaged entries back
+    damaged.save()
+
+    cache = GeneratedCode(path)
+    point = make_point(cache, "x")
+    assert cache.added > 0 and point(1) == point(1)
