@@ -185,19 +185,10 @@ class EngineApi:
             conn.close()
 
     def _request(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, str] | None = None,
-        *,
-        body: bytes | None = None,
-        json_body: Any = None,
-        versioned: bool = True,
-        timeout: float | None = None,
+        self, method: str, path: str, params: Mapping[str, str] | None = None, **options: Any
     ) -> Any:
-        response, data = self._exchange(
-            method, path, params, body=body, json_body=json_body, versioned=versioned, timeout=timeout
-        )
+        """``_exchange``'s answer decoded: JSON as Python values, anything else as bytes."""
+        response, data = self._exchange(method, path, params, **options)
         if data and response.getheader("Content-Type", "").startswith("application/json"):
             return json.loads(data)
         return data
