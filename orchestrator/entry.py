@@ -18,8 +18,9 @@ The same reasoning for the exit itself: once the command has its exit code, the 
 operating system does at once when the process ends. So a command that exits with a code leaves by
 ``os._exit`` after what a normal exit does that can matter: every ``atexit`` handler (logging's flush,
 the generated-code cache, weakref finalizers, then the freeze), and stdout and stderr flushed. Only when
-no other thread is still running that Python would wait for (a non-daemon thread); otherwise, and for an
-exit with a message, the ordinary exit. Tests import cli.py directly and keep the interpreter's defaults.
+no other thread is still running that Python would wait for (a non-daemon thread) and no profiler or
+tracer waits for the exit; otherwise, and for an exit with a message, the ordinary exit. Tests import
+cli.py directly and keep the interpreter's defaults.
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ def main() -> None:
 
 
 def _nothing_else_running() -> bool:
-    """No thread Python's own exit would wait for: daemon threads it would not wait for either."""
+    """No thread Python's own exit would wait for (daemon threads it would not wait for either), and no
+    profiler or tracer (``python -m cProfile``, a debugger), which writes its results after the script
+    returns, in the interpreter's own exit."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return False
     main_thread = threading.main_thread()
     return all(t is main_thread or t.daemon for t in threading.enumerate())
 
