@@ -100,12 +100,13 @@ class GeneratedCode:
         """Write what this process compiled anew (nothing to do when every text was known)."""
         if not self.added:
             return
-        keep = self.known
+        import tempfile
+
+        # A copy first: a daemon thread may still be making a class while the process exits.
+        keep = dict(self.known)
         if len(keep) > MAX_ENTRIES:
             keep = {k: v for k, v in keep.items() if k in self.used}
         folder = os.path.dirname(self.path)
-        import tempfile
-
         try:
             os.makedirs(folder, mode=0o700, exist_ok=True)
             fd, temp = tempfile.mkstemp(dir=folder, prefix=".generated-code-")
