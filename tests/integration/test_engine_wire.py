@@ -107,8 +107,8 @@ def test_a_promotion_to_prod_in_its_own_process_imports_no_docker_sdk(
 ) -> None:
     """`advance --to deploy` as CI runs it (its own process, the console script's entry): promoted,
     verified, and the SDK never imported; nor what only other paths need (issue 12: each is milliseconds
-    of a process CI starts for every commit): urllib.request (registry, webhooks), OpenSSL's hashes
-    (hashlib: parks, proxies, forwards) and ctypes (an ssh master)."""
+    of a process CI starts for every commit): urllib.request (registry, webhooks) and OpenSSL's hashes
+    (hashlib: parks, proxies, forwards). Not ctypes: psycopg loads libpq with it on PostgreSQL."""
     monkeypatch.setenv("ORCH_BUILDER", "legacy")
     app = busybox_app
     app.configure()
@@ -118,7 +118,7 @@ def test_a_promotion_to_prod_in_its_own_process_imports_no_docker_sdk(
         "import atexit, sys\n"
         "def report():\n"
         "    print('SDK=' + str('docker' in sys.modules), file=sys.stderr)\n"
-        "    unneeded = ('urllib.request', '_hashlib', 'ctypes')\n"
+        "    unneeded = ('urllib.request', '_hashlib')\n"
         "    print('LOADED=' + ','.join(m for m in unneeded if m in sys.modules), file=sys.stderr)\n"
         "atexit.register(report)\n"
         "from orchestrator.entry import main\n"
