@@ -79,7 +79,7 @@ def layer_label(unique_name: Callable[[str], str], docker_client: docker.DockerC
     yield value
     selector = {"label": f"{LAYER_LABEL}={value}"}
     errors: list[str] = []
-    for container in docker_client.containers.list(all=True, filters=selector):
+    for container in docker_client.containers.list(all=True, filters=selector, sparse=True):
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True, v=True)
     for _ in range(5):  # children before parents: a parent goes on a later pass
@@ -98,8 +98,10 @@ def layer_label(unique_name: Callable[[str], str], docker_client: docker.DockerC
 
 
 def step_containers(docker_client: docker.DockerClient, label: str) -> list[str]:
+    """Sparse: the engine removes a cancelled build's step containers while this polls, and a full
+    listing inspects each container it found (a 404 for one removed in between)."""
     selector = {"label": f"{LAYER_LABEL}={label}"}
-    return [c.name for c in docker_client.containers.list(all=True, filters=selector)]
+    return [c.id for c in docker_client.containers.list(all=True, filters=selector, sparse=True)]
 
 
 def wait_until_gone(docker_client: docker.DockerClient, label: str, within_s: float = 5.0) -> list[str]:
