@@ -923,7 +923,10 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
             if e.engine != "local":
                 _echo(f"    engine: {e.engine}")
             if o.runtime is not None:
-                _echo(f"    {o.runtime.kind} {o.runtime.name}: pinned {o.runtime.pinned or 'none'}")
+                published = f", published by {o.runtime.published}" if o.runtime.published else ""
+                _echo(
+                    f"    {o.runtime.kind} {o.runtime.name}: pinned {o.runtime.pinned or 'none'}{published}"
+                )
                 for task in o.runtime.tasks:
                     _echo(f"      task {task}")
             if e.problem:

@@ -167,6 +167,11 @@ class AppConfig:
     # file, like compose); every other service runs as the stack file says.
     stack_file: Path | None = None
     stack_service: str | None = None
+    # How a swarm environment's port reaches its tasks: "proxy" (a kept haproxy container on the manager
+    # publishes it and finds the tasks by DNS; works on one node, where the routing mesh may not answer)
+    # or "ingress" (the service publishes it through Swarm's routing mesh, on every node, no proxy: for
+    # clusters where the mesh works). A string means every swarm environment; a table names them.
+    swarm_publish: Mapping[str, str] = field(default_factory=dict)
     # Zero-downtime promotion (runtimes/direct.py ProxiedRuntime): a kept haproxy container owns each
     # environment's port and the release's containers sit behind it on a Docker network, so a new
     # release starts, is checked and takes traffic before the old one stops. Needs container_port.
@@ -201,6 +206,10 @@ class AppConfig:
         if self.is_compose:
             return "compose"
         return self.runtime.get(env, "direct")
+
+    def publish_of(self, env: str) -> str:
+        """ "proxy" or "ingress": how a swarm environment's port reaches its tasks."""
+        return self.swarm_publish.get(env, "proxy")
 
     @property
     def swarm_environments(self) -> frozenset[str]:
@@ -735,7 +744,15 @@ def _parse_app(
 
 _APPROVAL_ENVIRONMENTS = ("staging", "prod")
 RUNTIMES = ("direct", "swarm")
-_SWARM_ONLY = ("replicas", "swarm_network", "update_monitor_s", "stack_file", "stack_service")
+SWARM_PUBLISH = ("proxy", "ingress")
+_SWARM_ONLY = (
+    "replicas",
+    "swarm_network",
+    "update_monitor_s",
+    "stack_file",
+    "stack_service",
+    "swarm_publish",
+)
 # Docker network names: what `docker network create` accepts, kept to a safe subset.
 _NETWORK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
@@ -793,7 +810,45 @@ def _parse_swarm(
         values["swarm_network"] = name
     if "stack_file" in table or "stack_service" in table:
         values.update(_parse_stack(where, table, base, source))
+    if "swarm_publish" in table:
+        values["swarm_publish"] = _parse_publish(
+            where, table["swarm_publish"], kinds, stack="stack_file" in values
+        )
     return values
+
+
+def _parse_publish(where: str, raw: object, kinds: Mapping[str, str], *, stack: bool) -> dict[str, str]:
+    """``swarm_publish``: "proxy" | "ingress", or a table per swarm environment. Ingress is refused for a
+    stack app (its stack file says what its services publish; ours would be a second, conflicting say)
+    and for an environment that is not on swarm (nothing there to publish through the mesh)."""
+    swarm = [env for env in _APPROVAL_ENVIRONMENTS if kinds.get(env) == "swarm"]
+    if isinstance(raw, str):
+        chosen = dict.fromkeys(swarm, raw)
+    elif isinstance(raw, dict) and set(raw) <= set(_APPROVAL_ENVIRONMENTS):
+        chosen = dict(raw)
+    else:
+        raise BadInput(
+            f'{where}.swarm_publish = {raw!r} must be "proxy", "ingress", or a table per environment, '
+            'e.g. { prod = "ingress" }'
+        )
+    bad = sorted({v for v in chosen.values() if v not in SWARM_PUBLISH}, key=str)
+    if bad:
+        raise BadInput(
+            f"{where}.swarm_publish: {', '.join(map(repr, bad))} is not one of {', '.join(SWARM_PUBLISH)}"
+        )
+    not_swarm = sorted(env for env in chosen if env not in swarm)
+    if not_swarm:
+        raise BadInput(
+            f"{where}.swarm_publish names {', '.join(not_swarm)}, which does not run on swarm "
+            f'(runtime = {{ {not_swarm[0]} = "swarm" }} would make it)'
+        )
+    if stack and "ingress" in chosen.values():
+        raise BadInput(
+            f'{where}: swarm_publish = "ingress" cannot be combined with stack_file yet: a stack app\'s '
+            "service is published by its proxy (the override that pins it names no ports); leave "
+            "swarm_publish out"
+        )
+    return chosen
 
 
 def _parse_stack(where: str, table: Mapping[str, Any], base: Path, source: Path) -> dict[str, Any]:

@@ -1151,6 +1151,9 @@ class ServiceSpec:
     # How long a task told to stop may take before it is killed: the drain time (Settings.drain_s),
     # so an app that finishes what it is answering before it exits is not cut mid-request.
     stop_grace_s: float = 5.0
+    # Ports published through the routing mesh (published -> target, tcp, ingress mode); empty: none
+    # (a proxy on the service's network publishes the environment's port instead).
+    ingress_ports: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -1170,6 +1173,9 @@ class ServiceInfo:
     # update status older than the spec belongs to an earlier update, not to the spec now in force.
     updated_at: str | None = None
     update_started_at: str | None = None
+    # What the service publishes (published -> target), as its spec asks: a published port is held on
+    # every node of the swarm, so a proxy cannot take it until an update has left it out.
+    published_ports: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -1210,6 +1216,11 @@ def _service(attrs: Mapping[str, Any]) -> ServiceInfo:
         previous_image=previous.get("Image") or None,
         updated_at=attrs.get("UpdatedAt") or None,
         update_started_at=status.get("StartedAt") or None,
+        published_ports={
+            int(p["PublishedPort"]): int(p.get("TargetPort") or 0)
+            for p in (spec.get("EndpointSpec") or {}).get("Ports") or ()
+            if p.get("PublishedPort")
+        },
     )
 
 
@@ -1369,9 +1380,17 @@ class SwarmEngine:
             "mode": types.ServiceMode("replicated", replicas=spec.replicas),
             "update_config": update,
             "rollback_config": rollback,
-            # No published port: the ingress mesh does not answer everywhere, and two tasks cannot
-            # publish one host port on one node; a proxy on the same network publishes it instead.
-            "endpoint_spec": types.EndpointSpec(mode="vip"),
+            # Published through the routing mesh only when asked (swarm_publish = "ingress"): the mesh
+            # does not answer everywhere, and two tasks cannot publish one host port on one node, so by
+            # default a proxy on the same network publishes it instead. Sent every time, so an update
+            # without ingress_ports takes a port the service published off it.
+            "endpoint_spec": types.EndpointSpec(
+                mode="vip",
+                ports={
+                    published: (target, "tcp", "ingress") for published, target in spec.ingress_ports.items()
+                }
+                or None,
+            ),
         }
 
     def remove_service(self, name: str) -> bool:

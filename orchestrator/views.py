@@ -357,6 +357,7 @@ def runtime_view(view: RuntimeView) -> Json:
         "replicas": view.replicas,
         "update_state": view.update_state,
         "tasks": list(view.tasks),
+        "published": view.published,
     }
 
 

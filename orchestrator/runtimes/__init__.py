@@ -48,6 +48,9 @@ class RuntimeView:
     update_state: str | None = None
     tasks: tuple[str, ...] = ()
     task_images: tuple[str, ...] = ()
+    # How the environment's port reaches the tasks: "ingress :8500 -> 8080" (the routing mesh) or
+    # "proxy <name>"; None before the service exists.
+    published: str | None = None
 
 
 def env_port(app: AppConfig, env: str) -> int:

@@ -197,9 +197,12 @@ class SwarmRuntime:
             return self.direct.label(env)
         return f"service {self.service_name(env)}"
 
+    def proxy_name(self, env: str) -> str:
+        return f"{self.app.name}-{env}-proxy"
+
     def proxy(self, env: str) -> Proxy:
         spec = ProxySpec(
-            name=f"{self.app.name}-{env}-proxy",
+            name=self.proxy_name(env),
             network=self.app.network,
             backend=f"tasks.{self.service_name(env)}",
             backend_port=self.app.task_port,
@@ -312,7 +315,16 @@ class SwarmRuntime:
                 for t in sorted(tasks, key=lambda t: (t.slot or 0, t.updated_at or ""))
             ),
             task_images=tuple(t.image for t in tasks if t.running),
+            published=self._published(env, service),
         )
+
+    def _published(self, env: str, service: ServiceInfo) -> str:
+        """What publishes the port now, read from the service (not from the config: a switch that has
+        not been deployed yet is not in force)."""
+        port = env_port(self.app, env)
+        if port in service.published_ports:
+            return f"ingress :{port} -> {service.published_ports[port]}"
+        return f"proxy {self.proxy_name(env)}"
 
     # changing -------------------------------------------------------------------------------------
 
@@ -329,6 +341,9 @@ class SwarmRuntime:
             container_labels={**labels, **({TASK_REVISION_LABEL: revision} if revision else {})},
             monitor_s=self.app.update_monitor_s,
             stop_grace_s=self.settings.drain_s,
+            ingress_ports=(
+                {env_port(self.app, env): self.app.task_port} if self.app.publish_of(env) == "ingress" else {}
+            ),
         )
 
     def start(self, env: str, published: Published, *, run_id: int | None) -> ContainerInfo:
@@ -347,15 +362,29 @@ class SwarmRuntime:
         name = self.service_name(env)
         revision = self._revision(env, published.image_id)
         spec = self._spec(env, published, run_id, revision)
-        with self.steps.step(f"{env}_proxy", env) as step:
-            proxy = self.proxy(env).ensure()
-            step.changed(proxy=proxy.name, proxy_id=proxy.id, network=self.app.network)
+        # The port has one owner at a time: the mesh (the service's spec) or the proxy. Switching to the
+        # mesh removes the proxy before the update publishes the port; switching back, the update that
+        # leaves the port out comes before the proxy takes it (both are one-off moves: the environment's
+        # port does not answer between the two).
+        through_mesh = bool(spec.ingress_ports)
+        before = self.engines.of(env).swarm.service(name)
+        port = env_port(self.app, env)
+        proxy_after = not through_mesh and before is not None and port in before.published_ports
+        if through_mesh:
+            with self.steps.step(f"{env}_proxy", env) as step:
+                step.changed(
+                    publish="ingress", ports=dict(spec.ingress_ports), proxy_removed=self.proxy(env).remove()
+                )
+        elif not proxy_after:
+            self._ensure_proxy(env)
         stack = self.stack(env)
         if stack is not None:
-            self._deploy_stack(env, stack, spec)
+            self._deploy_stack(env, stack, spec, before)
         else:
-            self._submit(env, spec)
+            self._submit(env, spec, before)
         self.pins[env] = published.ref
+        if proxy_after:
+            self._ensure_proxy(env, unpublished=port)
         with self.steps.step(f"{env}_converge", env) as step:
             progress = self.converge(env, published.ref)
             step.changed(converged=progress.converged, errors=list(progress.errors))
@@ -369,10 +398,18 @@ class SwarmRuntime:
             raise DockerError(f"{name} converged on {published.ref} but no task of it is running any more")
         return found
 
-    def _submit(self, env: str, spec: ServiceSpec) -> None:
-        """Create the service on the first deploy, update its whole spec after."""
+    def _ensure_proxy(self, env: str, unpublished: int | None = None) -> None:
+        """``unpublished``: the port the update just took off the service's mesh, recorded beside the
+        proxy that takes it over."""
+        with self.steps.step(f"{env}_proxy", env) as step:
+            proxy = self.proxy(env).ensure()
+            step.changed(publish="proxy", proxy=proxy.name, proxy_id=proxy.id, network=self.app.network)
+            if unpublished is not None:
+                step.changed(unpublished_from_mesh=unpublished)
+
+    def _submit(self, env: str, spec: ServiceSpec, before: ServiceInfo | None) -> None:
+        """Create the service on the first deploy (``before`` None), update its whole spec after."""
         with self.steps.step(f"{env}_update", env) as step:
-            before = self.engines.of(env).swarm.service(spec.name)
             step.changed(
                 service=spec.name,
                 image=spec.image,
@@ -386,7 +423,7 @@ class SwarmRuntime:
                 if warnings:
                     step.changed(warnings=warnings)
 
-    def _deploy_stack(self, env: str, stack: Stack, spec: ServiceSpec) -> None:
+    def _deploy_stack(self, env: str, stack: Stack, spec: ServiceSpec, before: ServiceInfo | None) -> None:
         """Pin the app's service in the stack's override, then `docker stack deploy` (recorded as the
         steps ``<env>_pin`` and ``<env>_update``, so recovery knows the environment was touched)."""
         assert self.app.stack_service is not None
@@ -403,7 +440,6 @@ class SwarmRuntime:
             self._override = stack.pin(pin)
             step.changed(override_file=str(stack.override_file), pins={self.app.stack_service: spec.image})
         with self.steps.step(f"{env}_update", env) as step:
-            before = self.engines.of(env).swarm.service(spec.name)
             step.changed(
                 stack=stack.name,
                 service=spec.name,

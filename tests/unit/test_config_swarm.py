@@ -34,6 +34,19 @@ def test_swarm_for_prod_only_and_its_keys(tmp_path: Path) -> None:
     assert (app.replicas, app.network, app.update_monitor_s, app.task_port) == (3, "shop-net", 1.5, 9000)
 
 
+def test_swarm_publish_is_the_proxy_unless_ingress_is_named(tmp_path: Path) -> None:
+    """The proxy by default (the mesh does not answer everywhere); "ingress" for every swarm environment,
+    or a table for some of them."""
+    app = load(tmp_path, APP + 'runtime = "swarm"\n')
+    assert app.publish_of("staging") == app.publish_of("prod") == "proxy"
+    app = load(tmp_path, APP + 'runtime = "swarm"\nswarm_publish = "ingress"\n')
+    assert app.publish_of("staging") == app.publish_of("prod") == "ingress"
+    app = load(tmp_path, APP + 'runtime = "swarm"\nswarm_publish = { prod = "ingress" }\n')
+    assert (app.publish_of("staging"), app.publish_of("prod")) == ("proxy", "ingress")
+    app = load(tmp_path, APP + 'runtime = { prod = "swarm" }\nswarm_publish = "ingress"\n')
+    assert (app.publish_of("staging"), app.publish_of("prod")) == ("proxy", "ingress")
+
+
 def test_a_direct_app_keeps_its_default(tmp_path: Path) -> None:
     app = load(tmp_path, APP)
     assert app.runtime_of("prod") == "direct" and not app.swarm_environments
@@ -60,6 +73,18 @@ def test_the_registry_may_come_from_the_environment(tmp_path: Path) -> None:
         (
             APP + 'runtime = "swarm"\ncompose_file = "c.yml"\nstaging_service = "a"\nprod_service = "b"\n',
             "cannot be combined",
+        ),
+        (APP + 'swarm_publish = "ingress"\n', "only applies to swarm environments"),
+        (APP + 'runtime = "swarm"\nswarm_publish = "mesh"\n', "'mesh' is not one of proxy, ingress"),
+        (APP + 'runtime = "swarm"\nswarm_publish = { production = "ingress" }\n', "a table per environment"),
+        (
+            APP + 'runtime = { prod = "swarm" }\nswarm_publish = { staging = "ingress" }\n',
+            "names staging, which does not run on swarm",
+        ),
+        (
+            APP
+            + 'runtime = "swarm"\nswarm_publish = "ingress"\nstack_file = "s.yml"\nstack_service = "web"\n',
+            "cannot be combined with stack_file",
         ),
     ],
 )

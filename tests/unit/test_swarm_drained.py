@@ -387,7 +387,7 @@ def test_a_promotion_that_converged_with_no_task_here_goes_on_to_its_health_chec
             return ContainerInfo("p1", "shop-prod-proxy", "sha256:" + "f" * 64, "running")
 
     monkeypatch.setattr(runtime, "proxy", lambda env: _Proxy())
-    monkeypatch.setattr(runtime, "_submit", lambda env, spec: None)
+    monkeypatch.setattr(runtime, "_submit", lambda env, spec, before: None)
     monkeypatch.setattr(runtime, "converge", lambda env, ref: Progress(converged=True))
     started = runtime.start("prod", Published(IMAGE_ID, NEW, "sha256:" + "b" * 64), run_id=3)  # type: ignore[attr-defined]
     assert started.id == "c2"
