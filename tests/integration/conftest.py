@@ -383,17 +383,19 @@ def sweep_app(client: docker.DockerClient, app: str) -> list[str]:
     every layer carrying the app's label (a failed build leaves its finished steps behind). Returns
     what could not be removed."""
     errors: list[str] = []
-    containers = {c.id: c for c in client.containers.list(all=True, filters={"name": f"^/{app}-"})}
-    containers.update(
-        {c.id: c for c in client.containers.list(all=True, filters={"label": f"orchestrator.app={app}"})}
-    )
+    # Sparse: a full listing inspects each container it found, and one removed meanwhile is a 404.
+    containers = {
+        c.id: c
+        for selector in ({"name": f"^/{app}-"}, {"label": f"orchestrator.app={app}"})
+        for c in client.containers.list(all=True, filters=selector, sparse=True)
+    }
     for container in containers.values():
         try:
             container.remove(force=True, v=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
-            errors.append(f"container {container.name}: {exc}")
+            errors.append(f"container {container.id[:12]}: {exc}")
     # Children before parents; a parent still shared with another child is retried on the next pass.
     for _ in range(5):
         images = {i.id: i for i in client.images.list(name=app)}

@@ -13,12 +13,14 @@ Before this, ``zero_downtime`` with a remote ``docker_host`` was refused at load
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import docker
+import docker.errors
 import pytest
 from client_loop import client_loop, slow_client_loop
 from remote_support import copy_image, routed_network
@@ -54,8 +56,9 @@ def remote_client(remote_engine: RemoteEngine) -> Iterator[docker.DockerClient]:
 def sweep_zero_downtime(client: docker.DockerClient, app: str) -> None:
     """Every container and network of ``app`` on one engine, and the proxies' admin directories (the
     remote host is this machine: both engines' directories are under this machine's /run)."""
-    for container in client.containers.list(all=True, filters={"name": f"^/{app}-"}):
-        container.remove(force=True)
+    for container in client.containers.list(all=True, filters={"name": f"^/{app}-"}, sparse=True):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
     for network in client.networks.list():
         if network.name.startswith(f"{app}-"):
             network.remove()

@@ -12,9 +12,11 @@ rollback loops see refused connections and the failing release takes prod down b
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import docker.errors
 import pytest
 from client_loop import SLOW_CGI, SLOW_S, client_loop, slow_client_loop
 from faults_support import Orchestrator
@@ -109,8 +111,10 @@ def app(
     zero_downtime(busybox_app, haproxy_image)
     yield busybox_app
     # The networks are the app's too (the fixture's sweep, later, removes containers and images only).
-    for container in docker_client.containers.list(all=True, filters={"name": f"^/{busybox_app.name}-"}):
-        container.remove(force=True)
+    mine = {"name": f"^/{busybox_app.name}-"}
+    for container in docker_client.containers.list(all=True, filters=mine, sparse=True):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
     forget_admin_dirs(f"{busybox_app.name}-")
     for env in ("staging", "prod"):
         for suffix in ("", "-new"):
