@@ -43,9 +43,13 @@ def ensure_repository(repo: Path) -> None:
 
 
 def commit_exists(repo: Path, sha: str) -> bool:
-    """True only for a full sha naming a commit object (not a tree, blob or tag) in ``repo``."""
+    """True only for a full sha naming a commit object (not a tree, blob or tag) in ``repo``. A source
+    that is not a readable repository is an error, not a missing commit: asked only when git said no
+    (one git process, not two, on every deploy's path)."""
+    if _git(repo, "cat-file", "-e", f"{sha}^{{commit}}", check=False).returncode == 0:
+        return True
     ensure_repository(repo)
-    return _git(repo, "cat-file", "-e", f"{sha}^{{commit}}", check=False).returncode == 0
+    return False
 
 
 def commit_subject(repo: Path, sha: str) -> str:
@@ -91,7 +95,6 @@ def file_at(repo: Path, sha: str, path: str) -> bytes | None:
 def archive(repo: Path, sha: str) -> IO[bytes]:
     """The committed tree at ``sha`` as a tar stream: exactly what was validated, never the working tree,
     so an uncommitted file can never leak into an image. Spooled to disk past 64 MiB."""
-    ensure_repository(repo)
     import tempfile
 
     out = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115 - returned open to the caller
@@ -107,6 +110,7 @@ def archive(repo: Path, sha: str) -> IO[bytes]:
         raise GitError(f"git archive of {sha} in {repo} did not finish within 300 s") from None
     if proc.returncode != 0:
         out.close()
+        ensure_repository(repo)  # a source that is no repository says so, not "archive failed"
         raise GitError(f"git archive {sha} failed in {repo}: {proc.stderr.decode(errors='replace').strip()}")
     out.seek(0)
     return out  # type: ignore[return-value]

@@ -131,6 +131,10 @@ class RunService(Operations):
             # recording the run) runs while it is prepared and built. A refusal cancels it
             # (engine.close).
             engine.build_ahead = self._builds.send(config, sha)
+            if engine.build_ahead is not None:
+                # Until it is going out: the preflight's imports and git reads would hold the interpreter
+                # lock that unpacking the tree and making the context's tar need (they fit in the build).
+                engine.build_ahead.wait_sent(LazyEngine.AHEAD_FIRST_S)
             self._edges.preflight(config, sha, TO_STAGING)
             engine.connect_for(config, ENVIRONMENTS)
             run = self.start_run(config.name, sha, who)
