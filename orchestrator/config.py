@@ -13,7 +13,7 @@ import re
 import shlex
 import tomllib
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -764,18 +764,8 @@ def _parse_swarm(
     is pinned by registry digest (every node pulls it by that reference), so swarm without a registry is
     refused here, before anything runs, rather than failing on the first update."""
     raw = table.get("runtime", "direct")
-    if isinstance(raw, str):
-        kinds = dict.fromkeys(_APPROVAL_ENVIRONMENTS, raw)
-    elif isinstance(raw, dict) and set(raw) <= set(_APPROVAL_ENVIRONMENTS):
-        kinds = {"staging": "direct", "prod": "direct", **raw}
-    else:
-        raise BadInput(
-            f'{where}.runtime = {raw!r} must be "direct", "swarm", or a table per environment, e.g. '
-            '{ prod = "swarm" } (staging and prod)'
-        )
-    bad = sorted({k for k in kinds.values() if k not in RUNTIMES}, key=str)
-    if bad:
-        raise BadInput(f"{where}.runtime: {', '.join(map(repr, bad))} is not one of {', '.join(RUNTIMES)}")
+    chosen = _per_environment(where, "runtime", raw, RUNTIMES, _APPROVAL_ENVIRONMENTS, '{ prod = "swarm" }')
+    kinds = {"staging": "direct", "prod": "direct", **chosen}
     swarm = any(k == "swarm" for k in kinds.values())
     if not swarm:
         for key in _SWARM_ONLY:
@@ -817,25 +807,33 @@ def _parse_swarm(
     return values
 
 
+def _per_environment(
+    where: str, key: str, raw: object, choices: Sequence[str], envs: Sequence[str], example: str
+) -> dict[str, str]:
+    """A setting given once (a string: every one of ``envs``) or per environment (a table naming staging,
+    prod or both), each value one of ``choices``; only the environments it names."""
+    if isinstance(raw, str):
+        chosen = dict.fromkeys(envs, raw)
+    elif isinstance(raw, dict) and set(raw) <= set(_APPROVAL_ENVIRONMENTS):
+        chosen = dict(raw)
+    else:
+        quoted = ", ".join(f'"{c}"' for c in choices)
+        raise BadInput(
+            f"{where}.{key} = {raw!r} must be {quoted}, or a table per environment, e.g. {example} "
+            "(staging and prod)"
+        )
+    bad = sorted({v for v in chosen.values() if v not in choices}, key=str)
+    if bad:
+        raise BadInput(f"{where}.{key}: {', '.join(map(repr, bad))} is not one of {', '.join(choices)}")
+    return chosen
+
+
 def _parse_publish(where: str, raw: object, kinds: Mapping[str, str], *, stack: bool) -> dict[str, str]:
     """``swarm_publish``: "proxy" | "ingress", or a table per swarm environment. Ingress is refused for a
     stack app (its stack file says what its services publish; ours would be a second, conflicting say)
     and for an environment that is not on swarm (nothing there to publish through the mesh)."""
     swarm = [env for env in _APPROVAL_ENVIRONMENTS if kinds.get(env) == "swarm"]
-    if isinstance(raw, str):
-        chosen = dict.fromkeys(swarm, raw)
-    elif isinstance(raw, dict) and set(raw) <= set(_APPROVAL_ENVIRONMENTS):
-        chosen = dict(raw)
-    else:
-        raise BadInput(
-            f'{where}.swarm_publish = {raw!r} must be "proxy", "ingress", or a table per environment, '
-            'e.g. { prod = "ingress" }'
-        )
-    bad = sorted({v for v in chosen.values() if v not in SWARM_PUBLISH}, key=str)
-    if bad:
-        raise BadInput(
-            f"{where}.swarm_publish: {', '.join(map(repr, bad))} is not one of {', '.join(SWARM_PUBLISH)}"
-        )
+    chosen = _per_environment(where, "swarm_publish", raw, SWARM_PUBLISH, swarm, '{ prod = "ingress" }')
     not_swarm = sorted(env for env in chosen if env not in swarm)
     if not_swarm:
         raise BadInput(
