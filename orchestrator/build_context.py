@@ -141,6 +141,9 @@ def _regex(pattern: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True)
 class _Pattern:
+    """One ``.dockerignore`` line, parsed once: whether it is a ``!`` exception, its cleaned path elements and
+    the regex the SDK would match paths with (ignoring case), for ``_Ignore`` to apply in order."""
+
     exclusion: bool
     dirs: tuple[str, ...]
     regex: re.Pattern[str]

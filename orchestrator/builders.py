@@ -53,6 +53,9 @@ INSTALL_BUILDKIT = (
 
 @dataclass(frozen=True)
 class Instruction:
+    """One Dockerfile instruction as ``instructions`` reads it, continuation lines joined: enough to find the
+    BuildKit-only features it uses and the base images it pulls, named by the line it starts on."""
+
     keyword: str  # upper case: RUN, FROM, COPY, ...
     flags: tuple[str, ...]  # the leading --flags, as written (``--mount=type=cache,target=/x``)
     rest: str  # what follows the flags

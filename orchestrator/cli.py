@@ -40,6 +40,9 @@ STATUS_NOT_OK = 5
 
 @dataclass
 class Invocation:
+    """What one CLI call's commands share (``ctx.obj``): the config, the store and the notifier, each loaded
+    or opened on first use, so a command pays only for what it touches, and closed by ``close``."""
+
     config_path: str | None
     verbose: bool = False
     quiet: bool = False

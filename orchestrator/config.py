@@ -109,6 +109,9 @@ LOCAL_ENGINE = EngineTarget()
 
 @dataclass(frozen=True)
 class AppConfig:
+    """One app of ``[apps.<name>]``, validated: where its source and Dockerfile are, its ports and health
+    path, and how each environment runs it (a container, a compose service or a swarm service) and where."""
+
     name: str
     source: Path
     # The build context: a directory of the repository (``app`` in a monorepo); "." is the whole tree.
@@ -234,6 +237,9 @@ class AppConfig:
 
 @dataclass(frozen=True)
 class Settings:
+    """The ``[orchestrator]`` table with the ORCH_* variables over it (a variable wins), validated: what holds
+    for every app, such as the database, logging, timeouts, leases and the builder."""
+
     database_url: str
     log_format: str = "auto"
     log_level: str = "info"
@@ -291,6 +297,9 @@ class Settings:
 
 @dataclass(frozen=True)
 class Config:
+    """What ``load_config`` returns: the settings, every app by name, and how the config file and the database
+    were chosen; ``app`` looks an app up, refusing an unknown name with the ones it knows."""
+
     settings: Settings
     apps: Mapping[str, AppConfig] = field(default_factory=dict)
     path: Path | None = None
@@ -436,6 +445,9 @@ def _parse_choice(name: str, raw: Any, choices: tuple[str, ...]) -> str:
 
 @dataclass(frozen=True)
 class _Database:
+    """The database URL ``_database`` settled on, how it was chosen (for ``Config.database_source``), and
+    warnings about a history left where earlier versions kept it."""
+
     url: str
     source: str
     warnings: tuple[str, ...] = ()

@@ -101,6 +101,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ImageInfo:
+    """An image as the engine describes it (inspected or listed), as a plain value: its id, tags, labels,
+    registry digests and size, so deploy logic never reads the SDK's objects."""
+
     id: str
     tags: tuple[str, ...]
     labels: Mapping[str, str]
@@ -113,6 +116,9 @@ class ImageInfo:
 
 @dataclass(frozen=True)
 class ContainerInfo:
+    """A container as the engine describes it (a listing fills in less than an inspect), as a plain value:
+    what it runs, its state and labels, and how it is reached on its networks and published ports."""
+
     id: str
     name: str
     image_id: str
@@ -1158,6 +1164,9 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class ServiceInfo:
+    """A swarm service as the engine inspects it: the spec in force (image, replicas, labels, published ports)
+    and Swarm's own account of its last update, which ``runtimes.swarm.judge`` weighs with the tasks."""
+
     id: str
     name: str
     version: int
@@ -1180,6 +1189,9 @@ class ServiceInfo:
 
 @dataclass(frozen=True)
 class TaskInfo:
+    """One task Swarm keeps for a service (running, starting, or from its recent history): the image its spec
+    names, its desired and actual state, its container and node, and what Swarm said about it."""
+
     id: str
     slot: int | None
     image: str  # the task spec's image reference (repo@sha256:...)

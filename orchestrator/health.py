@@ -23,6 +23,9 @@ _BODY_LIMIT = 512
 
 @dataclass(frozen=True)
 class Probe:
+    """One GET of a health URL: the status it answered (None when nothing answered, with the error), and the
+    start of its body; ``ok`` is a 2xx."""
+
     status: int | None
     body: str = ""
     error: str | None = None
@@ -34,6 +37,9 @@ class Probe:
 
 @dataclass(frozen=True)
 class HealthReport:
+    """How a health wait ended and what it saw on the way (attempts, time taken, the last answer, how many
+    polls ended each way): ``details`` is the evidence a deploy records with its verdict."""
+
     url: str
     healthy: bool
     attempts: int

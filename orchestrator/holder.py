@@ -38,6 +38,9 @@ def _start_time(pid: int) -> str | None:
 
 @dataclass(frozen=True)
 class Holder:
+    """A process that holds a lock or runs a transition: host, pid and the pid's start time, so that a reused
+    pid is not taken for it; ``liveness`` asks /proc when it is on this host."""
+
     host: str
     pid: int
     start: str | None

@@ -31,6 +31,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 @dataclass(frozen=True)
 class Response:
+    """The one answer type of ``probe`` and ``request``: an HTTP status (an error status too) with its body
+    and headers, or ``status`` None and the cause when nothing answered."""
+
     status: int | None  # None: nothing answered (refused, reset, timed out, no such host)
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)

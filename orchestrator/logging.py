@@ -35,6 +35,9 @@ _context: ContextVar[Mapping[str, object]] = ContextVar("orchestrator_log_contex
 
 @dataclass
 class _Output:
+    """Where and how lines are written, as ``configure`` last set it: the lowest level written, JSON or
+    console, the stream, and the console renderer (made on the first console line)."""
+
     level: int = INFO
     use_json: bool = True
     # None: whatever sys.stderr is when the line is written (a logger used before configure()).

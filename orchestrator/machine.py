@@ -38,6 +38,9 @@ class State(StrEnum):
 
 @dataclass(frozen=True)
 class Edge:
+    """A forward move of a run between two states (``TO_STAGING``, ``TO_PROD``): its gates (``gates_for``)
+    and the environments it holds (``EDGE_ENVIRONMENTS``) are looked up by it; ``trigger`` names it."""
+
     source: State
     dest: State
 

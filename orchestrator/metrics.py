@@ -54,6 +54,9 @@ def parse_since(raw: str, now: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class Dora:
+    """The four keys of one group of promotions (an app, or every app) over a window or a day, as the module
+    docstring defines them, with the counts behind them (samples, promotions with no commit time)."""
+
     deployments: int
     deploys_per_day: float
     deploy_days: int
@@ -75,6 +78,9 @@ class Dora:
 
 @dataclass(frozen=True)
 class MetricsReport:
+    """What `metrics` and ``/metrics`` report: the window, the keys of each app asked for (zeros for one with
+    no history) and of all of them together."""
+
     since: datetime
     until: datetime
     apps: dict[str, Dora]

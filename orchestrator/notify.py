@@ -70,6 +70,9 @@ def _utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class Notification:
+    """One outcome to announce (``event`` is one of ``EVENTS``), sent once it is recorded; ``payload`` is the
+    JSON every URL gets, with the actor, reason and text details redacted of the app's secrets."""
+
     event: str
     app: str
     environment: str | None

@@ -45,6 +45,9 @@ def lock(
 
 @dataclass(frozen=True)
 class Unlocked:
+    """What `unlock` did: the lock as it was held, and how it went (``released``, ``recovered: ...`` or
+    ``forced``)."""
+
     lock: LockRecord
     how: str
 

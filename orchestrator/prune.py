@@ -91,6 +91,9 @@ class ImageRemoval:
 
 @dataclass(frozen=True)
 class ContainerRemoval:
+    """A stopped container the app's runtime left that may go: neither the newest stopped one of its
+    environment nor the environment's own ``<app>-<env>`` (``_containers_to_remove``)."""
+
     id: str
     name: str
     environment: str
@@ -101,6 +104,9 @@ class ContainerRemoval:
 
 @dataclass(frozen=True)
 class AnchorRemoval:
+    """A compose override kept as a rollback anchor (``<env>-release-<id>.yml``) of a release older than the
+    ones its environment keeps: no rollback can need it any more."""
+
     path: Path
     environment: str
     release_id: int
@@ -117,6 +123,9 @@ class Kept:
 
 @dataclass(frozen=True)
 class Plan:
+    """What ``decide`` says may go (images, stopped containers, anchors), what stays and why, and the
+    releases kept per environment: a dry run shows it, ``prune`` carries it out."""
+
     app: str
     keep_releases: int
     kept_releases: Mapping[str, tuple[int, ...]]
@@ -278,12 +287,18 @@ def anchor_files(app: AppConfig) -> list[Path]:
 
 @dataclass(frozen=True)
 class Skipped:
+    """Something the prune left in place because the engine (or the file system) refused to remove it, and
+    the refusal: reported and recorded, not an error."""
+
     what: str
     reason: str
 
 
 @dataclass(frozen=True)
 class PruneResult:
+    """What `prune` of one app reports: its plan and, unless it was a dry run, what was actually removed,
+    the bytes reclaimed and what was skipped."""
+
     plan: Plan
     dry_run: bool
     images: tuple[ImageRemoval, ...] = ()
@@ -295,6 +310,9 @@ class PruneResult:
 
 @dataclass
 class PruneProgress:
+    """What the prune has removed so far, over every engine: filled in as it goes, so that a prune cut short
+    (an engine gone away) still records what is already gone."""
+
     images: list[ImageRemoval] = field(default_factory=list)
     containers: list[ContainerRemoval] = field(default_factory=list)
     anchors: list[AnchorRemoval] = field(default_factory=list)
@@ -333,6 +351,9 @@ def _plans(store: Store, engine: Callable[[EngineTarget], DockerEngine], app: Ap
 
 @dataclass(frozen=True)
 class _OnEngine:
+    """One engine the app uses and the plan decided from what it holds: each engine keeps its own copies of
+    the app's images and its own stopped containers, so each is pruned by its own plan."""
+
     engine: DockerEngine
     plan: Plan
 

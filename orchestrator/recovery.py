@@ -51,6 +51,9 @@ class Action(StrEnum):
 
 @dataclass(frozen=True)
 class EnvFacts:
+    """What is known of one environment after an edge stopped half-way, gathered from the recorded steps
+    and the engine: the input of the pure ``decide``, which turns it into one ``Action``."""
+
     env: str
     touched: bool
     new_image: str | None

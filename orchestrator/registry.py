@@ -88,6 +88,9 @@ def manifest_matches(digest: str, body: bytes) -> bool:
 
 @dataclass(frozen=True)
 class Registry:
+    """A configured registry (``host[:port][/namespace]``): the repository an app's images go by there, and
+    its manifest API, asked for a tag's digest and to move a tag without a local image."""
+
     address: str  # host[:port][/namespace], as configured
 
     @property

@@ -41,6 +41,9 @@ def latest_releases(store: Store, app: str) -> dict[str, ReleaseRecord | None]:
 
 @dataclass(frozen=True)
 class RollbackResult:
+    """What a finished `rollback` reports: the release the environment left, the one it went back to, the
+    release recorded for that, and the redeploy's details."""
+
     app: str
     environment: str
     from_release: ReleaseRecord
@@ -347,6 +350,9 @@ CAUSES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class EnvStatus:
+    """One environment as `status` sees it: its last recorded release, what was observed running, and every
+    difference between them; ``cause`` names the first thing wrong, None when all is well."""
+
     app: str
     environment: str
     release: ReleaseRecord | None

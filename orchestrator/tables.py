@@ -45,6 +45,9 @@ def took(start: datetime | None, end: datetime | None) -> str:
 
 @dataclass(frozen=True)
 class Column:
+    """One column of a history table: its header on a terminal, its width and alignment in plain output,
+    and whether its cells are coloured by outcome (``OUTCOME_STYLE``)."""
+
     header: str
     width: int = 0  # plain output pads to this; 0: no padding (last column, free text)
     align: str = "left"

@@ -183,12 +183,17 @@ class RunHistory:
 
 @dataclass(frozen=True)
 class Holds:
+    """The locks and freezes that stop promotions of an app (or of every app), as `locks` lists them."""
+
     locks: list[LockRecord]
     freezes: list[FreezeRecord]
 
 
 @dataclass(frozen=True)
 class PruneReport:
+    """What `prune` of one app or every app reports: each pruned app's result, and the apps left alone
+    because they were held."""
+
     dry_run: bool
     results: list[PruneResult]
     # Apps not pruned because another run or an operator held them, with why.

@@ -39,6 +39,9 @@ def edge_reason(parts: Sequence[tuple[str, str]]) -> str:
 
 @dataclass(frozen=True)
 class AdvanceResult:
+    """One edge a run moved along: the transition recorded for it, the edge, the state the run landed in,
+    the outcome and every check's result; ``failure`` says why a failed edge failed."""
+
     run_id: int
     transition_id: int
     from_state: State

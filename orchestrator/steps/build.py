@@ -35,6 +35,9 @@ if TYPE_CHECKING:  # the SDK is imported by whoever connects an engine, not by t
 
 @dataclass(frozen=True)
 class Build:
+    """The image the build step made from the run's sha, tagged ``<app>:<sha>``, with how long it took and
+    which builder built it: what the edge's later gates guard and run."""
+
     image: ImageInfo
     tag: str
     duration_s: float

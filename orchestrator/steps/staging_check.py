@@ -27,6 +27,9 @@ from orchestrator.steps import StepLog
 
 @dataclass(frozen=True)
 class StagingCheck:
+    """How the staging check ended: its exit code (0 passes) and output, raw (the caller redacts it), and
+    ``command``, the same check run as a process (scripts/staging_check.py with the same arguments)."""
+
     ok: bool
     exit_code: int
     output: str

@@ -306,6 +306,9 @@ def _assemble(since: datetime, until: datetime, groups: Iterable[Any], *, by_day
 
 @dataclass
 class _Sums:
+    """Running totals of one group (an app and day, an app, every app): counts add up, and durations are
+    kept as lists, since medians and percentiles are ranked over all of them (``counts``)."""
+
     attempts: int = 0
     deployments: int = 0
     rolled_back: int = 0

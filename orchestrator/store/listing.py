@@ -100,6 +100,9 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class AuditEntry:
+    """One line of `audit`: a run started, a transition and its outcome, or a recorded event, in one shape
+    saying who did what, when, and to which app and environment."""
+
     at: datetime
     kind: str
     app: str | None
@@ -113,6 +116,9 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class ReleasePeriod:
+    """A release as `releases` lists it: what ran in its environment from ``since`` until the next release
+    there, and who made it (the transition's actor, or a rollback's)."""
+
     release: ReleaseRecord
     actor: str | None
     since: datetime

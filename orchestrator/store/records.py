@@ -58,6 +58,9 @@ def _aware(value: datetime | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class RunRecord:
+    """One commit of an app on its way through the line, from `run start`: the state it is in now, who
+    started it and from which CI job."""
+
     id: int
     app: str
     sha: str
@@ -83,6 +86,9 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class StepRecord:
+    """One step of a transition (a build, a tag, a container started...) with what it ``changes``: what
+    recovery reads to know how far an edge got before it stopped."""
+
     id: int
     position: int
     name: str
@@ -110,6 +116,9 @@ def _step(row: StepRow) -> StepRecord:
 
 @dataclass(frozen=True)
 class TransitionRecord:
+    """One attempt to move a run along an edge: its outcome, gate results and steps, and, while it is
+    unfinished, the process running it (``holder``) and its lease, for recovery to judge."""
+
     id: int
     run_id: int
     from_state: str
@@ -129,6 +138,9 @@ class TransitionRecord:
 
 @dataclass(frozen=True)
 class ReleaseRecord:
+    """What an environment was made to run: the image by id (and registry digest when pushed), its revision,
+    and how it got there (``kind``: a deploy or a rollback); status and rollback go by it."""
+
     id: int
     app: str
     environment: str
@@ -221,6 +233,9 @@ class Superseded(Conflict):
 
 @dataclass(frozen=True)
 class LockRecord:
+    """An environment held by a run, an operator action or a person by hand (``kind``); ``liveness`` tells
+    whether its holder is still there, so a dead runner's lock can be freed."""
+
     app: str
     environment: str
     kind: str
@@ -300,6 +315,9 @@ class LockHeld(Conflict):
 
 @dataclass(frozen=True)
 class FreezeRecord:
+    """A stopped line: no promotion of ``app`` (of every app for ``ALL_APPS``) until `unfreeze`, with who
+    stopped it, when and why."""
+
     app: str
     actor: str
     reason: str
@@ -317,6 +335,9 @@ class FreezeRecord:
 
 @dataclass(frozen=True)
 class EventRecord:
+    """Something done outside a run's transitions (a lock, a freeze, a rollback, a prune, a failed
+    notification...): the audit trail's account of who did it, when and why."""
+
     id: int
     at: datetime
     app: str | None

@@ -52,6 +52,9 @@ def configured_token(environ: Mapping[str, str] | None = None) -> str | None:
 
 @dataclass(frozen=True)
 class Refusal:
+    """Why ``authorize`` turns a state-changing request away: the HTTP status and error to answer with, a
+    message saying what to do, and the ``WWW-Authenticate`` challenge of a 401."""
+
     status: int
     error: str
     message: str

@@ -24,6 +24,9 @@ TOP = 8
 
 @dataclass(frozen=True)
 class Bar:
+    """One day's bar, its geometry already worked out (templates/charts.html only writes it out), with the
+    words its ``<title>`` says."""
+
     day: date
     value: float
     label: str  # what the bar says in words ("2026-11-20: 2 deploys")
@@ -35,6 +38,9 @@ class Bar:
 
 @dataclass(frozen=True)
 class Chart:
+    """One key of one app per day, laid out for templates/charts.html: its bars, the title and description
+    it is drawn with, and the same numbers as a table (``rows``) for those who cannot see it."""
+
     key: str  # deploys | lead-time | failure-rate
     title: str
     description: str
