@@ -1,5 +1,5 @@
-"""What a build sends, and to which engine, decided without the docker SDK or an HTTP client, and the
-one request that sends it ahead: part of the Docker adapter (docker_wire.py speaks to the engine
+"""What a build sends, and to which engine, decided without the docker SDK, and the one request that
+sends it ahead: part of the Docker adapter (docker_wire.py speaks to the engine
 otherwise, and parses what it answers to this request).
 
 - Which engine: the local unix socket DOCKER_HOST names (or the default), and whether the docker client
@@ -8,11 +8,10 @@ otherwise, and parses what it answers to this request).
 - What a build sends: the context's files as ``.dockerignore`` leaves them in, by docker's rules as the
   SDK applies them (``context_files``; ``sdk_context_files`` asks the SDK itself, to compare), their tar
   as the SDK makes it, and the query of the SDK's build call less the tag.
-- ``post_build``: the one request written by hand, so that the process sending a build ahead does not
-  import ``http.client`` before it (7-10 ms, on the critical path of `deploy` and `run start`, issue 12).
-  A parked build's answer is read by ``cat`` and parsed later, in another process
-  (parking.ParkedEngineBuild); a build sent ahead in this process is read as it comes (``PendingBuild``),
-  parsed by docker_wire.py once the request is out.
+- ``post_build``: the request sent on a connection of its own, which the engine closes after the build,
+  so that whoever holds the socket can read the answer to its end. A parked build's answer is read by
+  ``cat`` and parsed later, in another process (parking.ParkedEngineBuild); a build sent ahead in this
+  process is read as it comes (``PendingBuild``), parsed by docker_wire.py once the request is out.
 """
 
 from __future__ import annotations
@@ -33,6 +32,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from orchestrator.http1 import request_head
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 
@@ -284,18 +285,18 @@ def post_build(
         body.seek(0, os.SEEK_END)
         size = body.tell()
         body.seek(0)
-        head = (
-            f"POST /build?{urllib.parse.urlencode(query)} HTTP/1.1\r\n"
-            "Host: docker\r\n"
-            "Content-Type: application/tar\r\n"
-            f"Content-Length: {size}\r\n"
-            "Connection: close\r\n\r\n"
+        head = request_head(
+            "POST",
+            f"/build?{urllib.parse.urlencode(query)}",
+            "docker",
+            {"Content-Type": "application/tar", "Connection": "close"},
+            size,
         )
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout_s)
             sock.connect(socket_path)
-            sock.sendall(head.encode("ascii"))
+            sock.sendall(head)
             while block := body.read(1 << 20):
                 sock.sendall(block)
             sock.settimeout(None)
@@ -325,7 +326,7 @@ class PendingBuild:
 
     def _read(self) -> None:
         try:
-            # Here, not at the top: the request is out by now (http.client is not on its critical path).
+            # Here, not at the top: the request is out by now (parsing is not on its critical path).
             from orchestrator.docker_wire import answer_messages
 
             for message in answer_messages(self._sock.makefile("rb", buffering=0)):

@@ -21,27 +21,15 @@ Only a local engine (a unix socket) is spoken to here; a remote one goes through
 from __future__ import annotations
 
 import contextlib
-import http.client
 import io
 import json
 import select
-import socket
 import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
+from orchestrator.http1 import Answer, Connection, ProtocolError, unix_connection
 
 
 def _engine_message(body: bytes) -> str:
@@ -56,7 +44,7 @@ class BuildRefused(RuntimeError):
     """The engine refused the build request itself (a status other than 200), in its words."""
 
 
-def build_messages(response: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
+def build_messages(response: Answer) -> Iterator[dict[str, Any]]:
     """The engine's JSON messages answering a POST /build, in order, as they arrive (each chunk decoded
     as soon as it is whole). A refusal is BuildRefused; a broken connection raises what the socket
     raised."""
@@ -75,25 +63,13 @@ def build_messages(response: http.client.HTTPResponse) -> Iterator[dict[str, Any
                 yield message
 
 
-class _Socketlike:
-    """What http.client.HTTPResponse reads an answer from: a socket's ``makefile``."""
-
-    def __init__(self, raw: io.RawIOBase) -> None:
-        self._raw = raw
-
-    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BufferedReader:
-        return io.BufferedReader(self._raw)  # type: ignore[arg-type]
-
-
 def answer_messages(raw: io.RawIOBase) -> Iterator[dict[str, Any]]:
     """``build_messages`` of an answer to POST /build read from ``raw``: the socket it was sent on
     (build_context.PendingBuild), or a parked build's copy of it (parking.py). An answer that ends before
     it is whole is ConnectionError."""
     try:
-        response = http.client.HTTPResponse(_Socketlike(raw), method="POST")  # type: ignore[arg-type]
-        response.begin()
-        yield from build_messages(response)
-    except http.client.HTTPException as exc:
+        yield from build_messages(Answer.read_from(raw, "POST"))
+    except ProtocolError as exc:
         raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
 
 
@@ -133,7 +109,7 @@ class EngineApi:
     def __init__(self, socket_path: str, timeout: float, version: str | None = None) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
-        self._idle: list[_UnixConnection] = []
+        self._idle: list[Connection] = []
         self._lock = threading.Lock()
         # The engine's OS, when its ping said it (supports_buildkit needs no /version then).
         self.os_type: str | None = None
@@ -160,7 +136,7 @@ class EngineApi:
 
     def _send(
         self,
-        conn: _UnixConnection,
+        conn: Connection,
         timeout: float | None,
         method: str,
         url: str,
@@ -172,13 +148,13 @@ class EngineApi:
             conn.sock.settimeout(conn.timeout)
         conn.request(method, url, body=body, headers=dict(headers))
 
-    def _connection(self) -> _UnixConnection:
+    def _connection(self) -> Connection:
         """A kept connection the engine has not closed meanwhile (an engine restart closes them all;
         a closed one reads as ready: its end of stream), else a new one."""
         while True:
             with self._lock:
                 if not self._idle:
-                    return _UnixConnection(self.socket_path, self.timeout)
+                    return unix_connection(self.socket_path, self.timeout)
                 conn = self._idle.pop()
             if conn.sock is not None and not select.select([conn.sock], [], [], 0)[0]:
                 return conn
@@ -203,7 +179,7 @@ class EngineApi:
         json_body: Any = None,
         versioned: bool = True,
         timeout: float | None = None,
-    ) -> tuple[http.client.HTTPResponse, bytes]:
+    ) -> tuple[Answer, bytes]:
         """One request and its whole answer; an error status is raised as the engine's words."""
         url = (f"/v{self.api_version}" if versioned else "") + path
         if params:
@@ -225,11 +201,11 @@ class EngineApi:
                 # A kept connection the engine closed after it was checked, before it read this
                 # request: nothing was done, so the request goes once more on a new connection.
                 conn.close()
-                conn = _UnixConnection(self.socket_path, self.timeout)
+                conn = unix_connection(self.socket_path, self.timeout)
                 self._send(conn, timeout, method, url, body, headers)
             response = conn.getresponse()
             data = response.read()
-        except (http.client.HTTPException, OSError) as exc:
+        except (ProtocolError, OSError) as exc:
             conn.close()
             if isinstance(exc, TimeoutError | ConnectionError):
                 raise

@@ -8,21 +8,23 @@ scripts/staging_check.py keeps a copy of its own on purpose: it runs standalone,
 
 Two ways out, one answer type:
 
-- ``probe``: plain ``http://`` straight to the app's port with ``http.client``, which every process that
-  talks to a local engine has loaded already (docker_wire.py). Never through an HTTP proxy named in the
-  environment: a CI runner's ``HTTP_PROXY`` without ``NO_PROXY`` would otherwise send the health check
-  of 127.0.0.1:8501 to the proxy, which cannot reach the runner's loopback. And ``urllib.request`` (with
-  ``ssl``, about 10 ms of every `advance --to deploy`, issue 12) is not imported for it.
+- ``probe``: plain ``http://`` straight to the app's port with http1.py, the HTTP/1.1 client a local
+  engine is spoken to with too (docker_wire.py). Never through an HTTP proxy named in the environment:
+  a CI runner's ``HTTP_PROXY`` without ``NO_PROXY`` would otherwise send the health check of
+  127.0.0.1:8501 to the proxy, which cannot reach the runner's loopback. And neither ``urllib.request``
+  nor ``http.client`` (with ``email`` and ``ssl``: 20-28 ms of every `advance --to deploy`, issue 12)
+  is imported for it.
 - ``request``: anything else (https, a webhook behind the runner's proxy) through ``urllib.request``,
   which honours the environment's proxies, loaded when first needed.
 """
 
 from __future__ import annotations
 
-import http.client
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from orchestrator import http1
 
 # As urllib's HTTPRedirectHandler: more hops than this is a loop.
 MAX_REDIRECTS = 10
@@ -67,7 +69,7 @@ def probe(
         if parts.scheme != "http" or not parts.hostname:
             return request(url, headers=headers, timeout=timeout, limit=limit)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+        conn = http1.tcp_connection(parts.hostname, parts.port or 80, timeout)
         try:
             conn.request("GET", target, headers={"User-Agent": "orchestrator", **(headers or {})})
             resp = conn.getresponse()
@@ -75,8 +77,8 @@ def probe(
             if resp.status in _REDIRECTS and location:
                 url = urllib.parse.urljoin(url, location)
                 continue
-            return Response(resp.status, resp.read(limit), dict(resp.getheaders()))
-        except (OSError, http.client.HTTPException) as exc:
+            return Response(resp.status, resp.read(limit), dict(resp.headers))
+        except (OSError, http1.ProtocolError) as exc:
             return Response(None, error=f"{type(exc).__name__}: {exc}")
         finally:
             conn.close()
