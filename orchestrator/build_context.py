@@ -23,8 +23,6 @@ import posixpath
 import queue
 import re
 import socket
-import tarfile
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -227,6 +225,11 @@ def sdk_context_files(context: Path, dockerfile: str) -> list[str]:
 
 def context_tar(context: Path, files: Sequence[str]) -> IO[bytes]:
     """The build context as the SDK makes it: each path's own tar header, in the given order."""
+    # Here, not at the top: tarfile brings shutil, bz2 and lzma, which a process that builds nothing
+    # (a promotion to prod, whose engine connection reads local_socket) does not need.
+    import tarfile
+    import tempfile
+
     out = tempfile.SpooledTemporaryFile(max_size=32 << 20)  # noqa: SIM115 - the request's body, closed by it
     with tarfile.open(mode="w", fileobj=out) as tar:
         for path in files:

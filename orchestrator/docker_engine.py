@@ -93,10 +93,11 @@ from orchestrator.build_context import (  # noqa: E402
 )
 from orchestrator.docker_wire import EngineApi, EngineNotFound, EngineRefused  # noqa: E402
 from orchestrator.errors import DockerError, InfraUnavailable, StepTimeout  # noqa: E402
-from orchestrator.ssh import SshBridge, SshOptions, SshUnreachable  # noqa: E402
 
 if TYPE_CHECKING:
     import docker
+
+    from orchestrator.ssh import SshBridge
 
 
 @dataclass(frozen=True)
@@ -514,6 +515,9 @@ class DockerEngine:
         bounds the connection and the first answer: a host that drops packets is unreachable after it,
         not after TCP's minutes. ``host`` names the engine in messages: never a key or a certificate,
         only where it is."""
+        # Here, with the SDK: a local engine's process never loads ssh.py (with shutil and tempfile).
+        from orchestrator.ssh import SshBridge, SshOptions, SshUnreachable
+
         docker = _sdk()
         over_ssh = url.startswith("ssh://")
         bridge: SshBridge | None = None

@@ -33,12 +33,9 @@ Where a cluster has a working routing mesh, services can publish through it inst
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import shlex
-import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -195,6 +192,8 @@ def _admin_base() -> Path:
     if os.geteuid() == 0:
         base = Path("/run/orchestrator/proxy")
     else:
+        import tempfile
+
         runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
         base = Path(runtime) / f"orchestrator-{os.geteuid()}" / "proxy"
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -234,6 +233,11 @@ class EngineHost:
         removed by other means (``docker rm -f``) are removed first: the proxy is being (re)created, so
         none of them is in use."""
         if self.ssh is None:
+            # Here, not at the top: shutil and tempfile (with bz2, lzma, random) only where a proxy
+            # is made; a plain runtime imports this module for its names (issue 12).
+            import shutil
+            import tempfile
+
             base = _admin_base()
             for stale in base.glob(f"{name}-{_ADMIN_SUFFIX}"):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -268,6 +272,8 @@ class EngineHost:
     def remove_dir(self, path: str) -> None:
         """Remove an admin directory and end the forward to its socket (best effort: the proxy is gone)."""
         if self.ssh is None:
+            import shutil
+
             shutil.rmtree(path, ignore_errors=True)
             return
         self.ssh.cancel(f"{path}/{ADMIN_SOCKET}")
@@ -295,6 +301,8 @@ class EngineHost:
 def forget_admin_dirs(prefix: str) -> list[Path]:
     """Remove the admin directories of proxies named ``prefix``* that were removed by other means than
     ``Proxy.remove`` (``docker rm -f``, a test's or benchmark's sweep); returns what it removed."""
+    import shutil
+
     gone = sorted(_admin_base().glob(f"{prefix}*-*"))
     for path in gone:
         shutil.rmtree(path, ignore_errors=True)
@@ -468,6 +476,8 @@ class Proxy:
 
     def in_flight(self, servers: Iterable[str]) -> int:
         """Requests on ``servers`` now: being answered (scur) or queued for them (qcur)."""
+        import csv
+
         wanted = set(servers)
         text = self.admin("show stat").removeprefix("# ")
         total = 0

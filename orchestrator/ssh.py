@@ -41,11 +41,9 @@ import contextlib
 import math
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -187,6 +185,11 @@ def _alive(pid: int) -> bool:
 
 def sweep_stale(tmp: Path | None = None) -> list[Path]:
     """Remove what SIGKILLed processes left (``orch-ssh-<pid>-*`` of a pid that is gone, owned by us)."""
+    # shutil and tempfile here and below, not at the top: only a remote engine's process uses this
+    # module, and docker_engine's import of it was 5 ms of every local promotion's start (issue 12).
+    import shutil
+    import tempfile
+
     removed = []
     root = Path(tmp or tempfile.gettempdir())
     for path in root.glob(f"{_DIR_PREFIX}*-*"):
@@ -257,6 +260,8 @@ class SshBridge:
         self.options = options or SshOptions()
         self._ssh = ssh
         sweep_stale()
+        import tempfile
+
         self.dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))  # 0700
         self.control = self.dir / "master"
         self.socket_path = self.dir / "docker.sock"
@@ -498,6 +503,8 @@ class SshBridge:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        import shutil
+
         shutil.rmtree(self.dir, ignore_errors=True)
         _TermRaises.leave()
 

@@ -9,10 +9,10 @@ if prod was touched and anything fails, the compensation restores the previous r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import health, views
-from orchestrator.deploy import Build, Deployed, Deployer
+from orchestrator.deploy import Deployed, Deployer
 from orchestrator.errors import DockerError, GateFailed
 from orchestrator.gates import (
     PROD_OUTCOME,
@@ -28,6 +28,9 @@ from orchestrator.gates import (
     register,
 )
 from orchestrator.machine import PROD, STAGING, TO_PROD, TO_STAGING
+
+if TYPE_CHECKING:
+    from orchestrator.steps.build import Build
 
 
 def _build(ctx: GateContext) -> Build | Verdict:

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 
-from orchestrator import httpclient
+from orchestrator import http1, httpclient
 from orchestrator.config import AppConfig, Settings
 from orchestrator.docker_engine import ContainerInfo, DockerError
 from orchestrator.engines import AppEngines
@@ -36,7 +35,7 @@ ALL_INTERFACES = "0.0.0.0"
 
 def port_answers(port: int, address: str = LOOPBACK) -> bool:
     try:
-        with socket.create_connection((address, port), timeout=0.5):
+        with http1.connect_tcp(address, port, 0.5):
             return True
     except OSError:
         return False

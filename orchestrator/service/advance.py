@@ -69,7 +69,9 @@ class EdgeRunner:
         from orchestrator.runtimes import preflight
 
         preflight(app, sha)
-        if any(g.needs_docker for g in gates_for(edge)):
+        # The deploy edge's build preflight looks only at build secrets: without any, the build step
+        # (with the builders and the parks, 5-9 ms) is not even imported (issue 12).
+        if any(g.needs_docker for g in gates_for(edge)) and (edge == TO_STAGING or app.secrets):
             from orchestrator.steps.build import preflight as build_preflight
 
             build_preflight(app, self.config.settings, sha, always_builds=edge == TO_STAGING)
