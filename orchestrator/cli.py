@@ -265,7 +265,10 @@ def run() -> None:
 @command
 def run_start(inv: Invocation, *, app: str, sha: str, actor: str | None, as_json: bool) -> None:
     """Start a run for APP at SHA in development."""
-    record = inv.service().start_run(app, sha, actor, send_build=True)
+    from orchestrator.service.builds import source_read_early
+
+    with source_read_early(inv.config, app, sha, at_run_start=True):  # git reads while the database opens
+        record = inv.service().start_run(app, sha, actor, send_build=True)
     if as_json:
         _print_json(views.run(record))
     else:
@@ -320,8 +323,10 @@ def deploy_cmd(
     an edge failed (a failed staging edge stops there, prod untouched), 3 when an environment is locked,
     4 when the engine or database does not answer. With --json: the run id and each edge's result."""
     from orchestrator.service import FAILED
+    from orchestrator.service.builds import source_read_early
 
-    result = inv.service().deploy(app, sha, actor, wait_s=wait_s)
+    with source_read_early(inv.config, app, sha, at_run_start=False):  # git reads while the database opens
+        result = inv.service().deploy(app, sha, actor, wait_s=wait_s)
     if as_json:
         _print_json(views.deploy(result))
     else:

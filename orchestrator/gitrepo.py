@@ -7,14 +7,27 @@ commit.
 
 from __future__ import annotations
 
+import re
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from orchestrator.errors import GitError
+from orchestrator.errors import BadInput, GitError
+
+_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def parse_sha(raw: str) -> str:
+    """A full commit sha, lowercased: the only form a run records, and the only one handed to git (never
+    a ref, a range, or anything git could read as an option)."""
+    sha = raw.strip().lower()
+    if not _SHA.fullmatch(sha):
+        raise BadInput(f"sha {raw!r} is not a full commit sha (40 hex characters); use 'git rev-parse HEAD'")
+    return sha
 
 
 def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -92,9 +105,78 @@ def file_at(repo: Path, sha: str, path: str) -> bytes | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+# Archives started ahead (``start_archive``) by (repository, sha): the running git and its output file.
+_started: dict[tuple[str, str], tuple[subprocess.Popen[bytes], IO[bytes]]] = {}
+_started_lock = threading.Lock()
+
+
+def start_archive(repo: Path, sha: str) -> None:
+    """Start ``git archive`` of ``sha`` now, for ``archive`` to take later in this process. `run start`
+    and `deploy` send their staging build as soon as they can (issue 12); the archive is the first thing
+    that build needs and depends on nothing else, so it runs in its own process while this one imports
+    and opens its database (about 20 ms of git, for a small app, off the critical path). Best effort:
+    a git that cannot start here is met again, with its error, by ``archive``."""
+    import atexit
+    import tempfile
+
+    key = (str(repo), sha)
+    with _started_lock:
+        if key in _started:
+            return
+        out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to ``archive``'s caller, or closed at exit
+        try:
+            proc = subprocess.Popen(
+                ["git", "-C", str(repo), "archive", "--format=tar", sha],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            out.close()
+            return
+        if not _started:
+            atexit.register(discard_started)
+        _started[key] = (proc, out)
+
+
+def discard_started() -> None:
+    """End the archives started and not taken (the command sent no build, or was refused): by the
+    command that started them when it ends, and at the latest with the process."""
+    with _started_lock:
+        left = list(_started.values())
+        _started.clear()
+    for proc, out in left:
+        proc.kill()
+        proc.wait()
+        out.close()
+
+
+def _take_started(repo: Path, sha: str) -> IO[bytes] | None:
+    with _started_lock:
+        taken = _started.pop((str(repo), sha), None)
+    if taken is None:
+        return None
+    proc, out = taken
+    try:
+        code = proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = None
+    if code != 0:  # asked again below, for git's own words
+        out.close()
+        return None
+    out.seek(0)
+    return out
+
+
 def archive(repo: Path, sha: str) -> IO[bytes]:
     """The committed tree at ``sha`` as a tar stream: exactly what was validated, never the working tree,
-    so an uncommitted file can never leak into an image. Spooled to disk past 64 MiB."""
+    so an uncommitted file can never leak into an image. Spooled to disk past 64 MiB; the one
+    ``start_archive`` began, if it did."""
+    started = _take_started(repo, sha)
+    if started is not None:
+        return started
     import tempfile
 
     out = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115 - returned open to the caller

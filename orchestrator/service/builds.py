@@ -4,7 +4,8 @@ deciding half of steps/ahead.py, which does the sending.
 It imports nothing but the config and the store, which every command has open anyway, so that `deploy`
 and `run start` can send the build before the edges' modules (gates, records, runtimes, claims) are
 imported: the build is on the critical path of both, and the engine builds while the rest of the
-process gets ready. Three questions, one method each:
+process gets ready. Even earlier, before the database is opened, ``source_read_early`` starts the
+``git archive`` that build reads. Three questions, one method each:
 
 - ``send``: the build this process sends and its own build step takes (`deploy`; `advance` when `run
   start` parked nothing);
@@ -14,6 +15,8 @@ process gets ready. Three questions, one method each:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from orchestrator.config import AppConfig, Config
@@ -22,6 +25,37 @@ from orchestrator.machine import ENVIRONMENTS, STAGING
 if TYPE_CHECKING:
     from orchestrator.steps.ahead import BuildAhead, ParkedAhead
     from orchestrator.store.repository import Store
+
+
+@contextmanager
+def source_read_early(config: Config, app: str, sha: str, *, at_run_start: bool) -> Iterator[None]:
+    """Around `run start` or `deploy`: ``git archive`` of the commit the staging build will read starts
+    first (gitrepo.start_archive), before the database is opened and the build's modules are imported,
+    and runs in its own process meanwhile. Only where a build is likely to be sent ahead (StagingBuilds
+    decides, once the database is open); anything this cannot make sense of is left to the command,
+    which says what is wrong. An archive the command did not take (it sent no build) ends with it."""
+    import os
+
+    from orchestrator import build_context, gitrepo
+    from orchestrator.errors import OrchestratorError
+
+    try:
+        found, sha = config.app(app), gitrepo.parse_sha(sha)
+    except OrchestratorError:
+        found = None
+    if (
+        found is not None
+        and not (at_run_start and not config.settings.build_at_run_start)
+        and STAGING not in found.require_approval
+        and not found.secrets
+        and found.builds_on.is_local
+        and build_context.local_socket(os.environ) is not None
+    ):
+        gitrepo.start_archive(found.source, sha)
+    try:
+        yield
+    finally:
+        gitrepo.discard_started()
 
 
 def recorded_images(store: Store, app: AppConfig) -> list[str]:

@@ -4,7 +4,6 @@ use."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from orchestrator import identity, views
 from orchestrator.config import LOCAL_ENGINE, AppConfig, Config, EngineTarget, Settings
 from orchestrator.engines import AppEngines
 from orchestrator.errors import BadInput, Conflict, InfraUnavailable
+from orchestrator.gitrepo import parse_sha as parse_sha  # the service layer's name for it too
 from orchestrator.holder import Holder
 from orchestrator.lifecycle import Heartbeat
 from orchestrator.machine import PROD, STAGING, Edge, State
@@ -60,8 +60,6 @@ def connect_target(
     )
 
 
-_SHA = re.compile(r"^[0-9a-f]{40}$")
-
 # How an edge ends (the short names are the enum's members).
 SUCCEEDED, FAILED, ABORTED = TransitionOutcome.SUCCEEDED, TransitionOutcome.FAILED, TransitionOutcome.ABORTED
 
@@ -79,13 +77,6 @@ def parse_actor(raw: str | None) -> str:
     if not actor or len(actor) > MAX_ACTOR:
         raise BadInput(f"--actor must be 1 to {MAX_ACTOR} characters (got {len(actor)})")
     return actor
-
-
-def parse_sha(raw: str) -> str:
-    sha = raw.strip().lower()
-    if not _SHA.match(sha):
-        raise BadInput(f"sha {raw!r} is not a full commit sha (40 hex characters); use 'git rev-parse HEAD'")
-    return sha
 
 
 def check_wait(wait_s: float) -> None:

@@ -70,7 +70,7 @@ def test_twenty_cli_processes_at_once_on_a_fresh_database(workspace: Workspace, 
         for _ in range(20)
     ]
     outcomes = [(p.wait(timeout=120), *p.communicate()) for p in procs]
-    failed = [(code, err[-2000:]) for code, _, err in outcomes if code != 0]
+    failed = [(code, out[-2000:], err[-2000:]) for code, out, err in outcomes if code != 0]  # --json: stdout
     assert failed == [], f"{len(failed)} of 20 failed; the first: {failed[0]}"
     assert len({json.loads(out)["run_id"] for _, out, _ in outcomes}) == 20
     store = Store(fresh_db_url, upgrade=False)

@@ -68,7 +68,8 @@ def _chunked(body: bytes, sizes: list[int]) -> bytes:
 
 
 ANSWERS = {
-    "content-length": b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}',
+    "content-length": b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1'
+    b"}",
     "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunked(b"hello world", [3, 5]),
     "to the end of the connection": b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nall of it",
     "interim 100 first": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
@@ -249,7 +250,8 @@ def test_probing_an_app_imports_no_http_library() -> None:
         "from orchestrator import docker_wire, httpclient\n"
         "r = httpclient.probe('http://127.0.0.1:9/health', timeout=0.5)\n"
         "assert r.status is None, r\n"
-        "print(sorted(m for m in ('http', 'http.client', 'email', 'ssl', 'urllib.request') if m in sys.modules))\n"
+        "names = ('http', 'http.client', 'email', 'ssl', 'urllib.request')\n"
+        "print(sorted(m for m in names if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

@@ -105,3 +105,36 @@ def test_not_parked_when_build_at_run_start_is_off(
     assert sender.park(app, workspace.repo.sha) is None
     assert started == []
     assert sender.send(app, workspace.repo.sha) is not None  # `deploy` sends its own build still
+
+
+@pytest.mark.parametrize(
+    "extra,sha,reads",
+    [
+        ("", None, True),
+        ("", "not-a-sha", False),
+        ("ORCH_BUILD_AT_RUN_START=false", None, False),
+        ('require_approval = ["staging"]', None, False),
+    ],
+    ids=["sent", "no sha", "build_at_run_start off", "staging waits for approval"],
+)
+def test_the_source_is_read_early_only_for_a_build_likely_sent(
+    workspace: Workspace, extra: str, sha: str | None, reads: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run start` starts ``git archive`` before its database is open (source_read_early): only where
+    StagingBuilds would then send the build, and never with anything but a full sha."""
+    from orchestrator import build_context, gitrepo
+    from orchestrator.service.builds import source_read_early
+
+    begun: list[tuple[Path, str]] = []
+    monkeypatch.setattr(gitrepo, "start_archive", lambda repo, sha: begun.append((repo, sha)))
+    monkeypatch.setattr(build_context, "local_socket", lambda environ: "/var/run/docker.sock")
+    if extra.startswith("ORCH_"):
+        monkeypatch.setenv(*extra.split("=", 1))
+    elif extra:
+        text = workspace.config_path.read_text(encoding="utf-8")
+        workspace.write_config(text.rstrip("\n") + f"\n{extra}\n")
+    config = load_config(str(workspace.config_path))
+    with source_read_early(config, workspace.app, sha or workspace.repo.sha, at_run_start=True):
+        pass
+    app = config.app(workspace.app)
+    assert begun == ([(app.source, workspace.repo.sha)] if reads else [])
