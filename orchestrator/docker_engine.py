@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 
 def _defer_paramiko() -> None:
@@ -77,6 +77,24 @@ def _unreachable() -> tuple[type[BaseException], ...]:
     if (urllib3 := sys.modules.get("urllib3.exceptions")) is not None:
         found.append(urllib3.ProtocolError)
     return tuple(found)
+
+
+class ContainerOptions(TypedDict, total=False):
+    """How ``run`` and ``create`` make a container (``_container_config`` holds the defaults)."""
+
+    environment: Mapping[str, str] | None
+    command: list[str] | None
+    host_network: bool
+    publish: Mapping[int, tuple[str, int | None]] | None
+    labels: Mapping[str, str] | None
+    restart: bool
+    network: str | None
+    aliases: Sequence[str]
+    user: str | None
+    binds: Mapping[str, str] | None
+
+
+_T = TypeVar("_T")
 
 
 def _sdk_error(exc: BaseException, name: str) -> bool:
@@ -141,6 +159,9 @@ class ContainerInfo:
     def running(self) -> bool:
         return self.status == "running"
 
+
+# A container in one of these states runs nothing and will not by itself (no restart under way).
+STOPPED_STATUSES = frozenset({"created", "exited", "dead"})
 
 # The oldest API the SDK speaks: enough to ask the engine which version it speaks.
 _PROBE_API = "1.24"
@@ -868,17 +889,8 @@ class DockerEngine:
         name: str,
         image: str,
         *,
-        environment: Mapping[str, str] | None = None,
-        command: list[str] | None = None,
-        host_network: bool = True,
-        publish: Mapping[int, tuple[str, int | None]] | None = None,
-        labels: Mapping[str, str] | None = None,
-        restart: bool = False,
-        network: str | None = None,
-        aliases: Sequence[str] = (),
         files: Mapping[str, bytes] | None = None,
-        user: str | None = None,
-        binds: Mapping[str, str] | None = None,
+        **options: Unpack[ContainerOptions],
     ) -> ContainerInfo:
         """Start a detached container. With ``host_network`` the app binds PORT itself; otherwise
         ``publish`` maps container ports to (host ip, host port; None: one the engine picks, read it
@@ -888,21 +900,13 @@ class DockerEngine:
         bind mount would name a path on the engine's host, which for a remote engine is not ours.
         ``binds`` (host directory -> path inside) are for what only this machine's engine can use (a
         unix socket shared with the container); ``user`` is ``uid:gid`` to run it as (None: the image's)."""
-        if network is not None and host_network:
+        return self.start_created(self.create(name, image, **options), name, files=files)
+
+    def create(self, name: str, image: str, **options: Unpack[ContainerOptions]) -> str:
+        """The first half of ``run``: the container made, not started; returns its id."""
+        if options.get("network") is not None and options.get("host_network", True):
             raise ValueError("a container on the host network cannot join another network")
-        config = _container_config(
-            image,
-            environment=environment,
-            command=command,
-            host_network=host_network,
-            publish=publish,
-            labels=labels,
-            restart=restart,
-            network=network,
-            aliases=aliases,
-            user=user,
-            binds=binds,
-        )
+        config = _container_config(image, **options)
         try:
             created = self._call(
                 f"create container {name}", self._api.create_container_from_config, config, name=name
@@ -917,25 +921,114 @@ class DockerEngine:
                 f"create container {name}: image {image[:19]} is not on this engine (pruned or never "
                 "pulled); 'docker image ls' there shows what it has"
             ) from None
+        return str(created["Id"])
+
+    def start_created(
+        self, container_id: str, name: str, *, files: Mapping[str, bytes] | None = None
+    ) -> ContainerInfo:
+        """The second half of ``run``: ``files`` written in, the container started and inspected. One
+        that does not start is removed, so that no half-made container stands under its name."""
         try:
             if files:
                 archive = _tar(files)
                 if not self._call(
-                    f"write files into {name}", self._api.put_archive, created["Id"], "/", archive
+                    f"write files into {name}", self._api.put_archive, container_id, "/", archive
                 ):
                     raise DockerError(f"write files into {name}: the engine refused the archive")
-            self._call(f"start container {name}", self._api.start, created["Id"])
+            self._call(f"start container {name}", self._api.start, container_id)
         except (DockerError, EngineNotFound) as exc:
-            # Created but never started (a network the engine lacks, a port taken): removed, so that
-            # no half-made container stands under the environment's name.
-            with contextlib.suppress(DockerError, EngineNotFound, InfraUnavailable):
-                self._call(f"remove container {name}", self._api.remove_container, created["Id"], force=True)
+            # Created but never started (a network the engine lacks, a port taken): removed.
+            self.discard_created(container_id, name)
             if isinstance(exc, EngineNotFound):
                 raise DockerError(f"start container {name}: {exc}") from None
             raise
         return _container_from(
-            self._call(f"inspect container {name}", self._api.inspect_container, created["Id"])
+            self._call(f"inspect container {name}", self._api.inspect_container, container_id)
         )
+
+    def discard_created(self, container_id: str, name: str) -> None:
+        """Remove a container made and never started (best effort: what is left, prune removes)."""
+        with contextlib.suppress(DockerError, EngineNotFound, InfraUnavailable):
+            self._call(f"remove container {name}", self._api.remove_container, container_id, force=True)
+
+    def kill_container(self, name: str) -> bool:
+        """SIGKILL and wait until it has stopped, as ``remove_container`` does before removing (its
+        restart policy does not bring it back: the engine counts it as stopped by hand). True when
+        there was such a container."""
+        try:
+            self._call(f"kill container {name}", self._api.kill, name)
+            return True
+        except EngineNotFound:
+            return False
+        except DockerError:
+            found = self.container(name)  # it stopped on its own meanwhile: what was asked is so
+            if found is None:
+                return False
+            if found.status in STOPPED_STATUSES:
+                return True
+            raise  # restarting, paused: not stopped
+
+    def rename_container(self, name: str, new_name: str) -> bool:
+        """True when there was such a container to rename."""
+        try:
+            self._call(f"rename container {name} to {new_name}", self._api.rename, name, new_name)
+            return True
+        except EngineNotFound:
+            return False
+
+    @property
+    def takes_concurrent_calls(self) -> bool:
+        """Whether two calls at once go out at once (EngineApi, a local engine: one connection per call);
+        through the SDK ``together`` makes them one after the other."""
+        return isinstance(self._api, EngineApi)
+
+    def together(self, first: Callable[[], Any], second: Callable[[], _T]) -> _T:
+        """``first()`` and ``second()`` at once, on two connections, when this engine's client takes
+        concurrent calls (EngineApi: one connection per call); one after the other through the SDK. Both
+        always run to their end; then ``first``'s error is raised if it failed, else ``second``'s."""
+        failed: list[BaseException] = []
+
+        def run_first() -> None:
+            try:
+                first()
+            except BaseException as exc:  # raised below, once ``second`` has ended too
+                failed.append(exc)
+
+        thread = None
+        if self.takes_concurrent_calls:
+            import threading
+
+            thread = threading.Thread(target=run_first, name="engine-together", daemon=True)
+            thread.start()
+        else:
+            run_first()
+        try:
+            result = second()
+        finally:
+            if thread is not None:
+                thread.join()
+            if failed:
+                raise failed[0]
+        return result
+        failed: list[BaseException] = []
+
+        def run_first() -> None:
+            try:
+                first()
+            except BaseException as exc:  # handed to the caller below
+                failed.append(exc)
+
+        import threading
+
+        thread = threading.Thread(target=run_first, name="engine-together", daemon=True)
+        thread.start()
+        try:
+            result = second()
+        finally:
+            thread.join()
+            if failed:
+                raise failed[0]
+        return result
 
     def remove_container(self, name: str) -> bool:
         """Force-remove; True when something was removed."""

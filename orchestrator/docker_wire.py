@@ -267,6 +267,13 @@ class EngineApi:
         wait = self.timeout + (10 if timeout is None else timeout)  # the engine answers after the stop
         self._request("POST", f"/containers/{_quote(container)}/stop", params, timeout=wait)
 
+    def kill(self, container: str, signal: str | None = None) -> None:
+        params = {"signal": signal} if signal else None
+        self._request("POST", f"/containers/{_quote(container)}/kill", params)
+
+    def rename(self, container: str, name: str) -> None:
+        self._request("POST", f"/containers/{_quote(container)}/rename", {"name": name})
+
     def remove_container(self, container: str, v: bool = False, force: bool = False) -> None:
         params = {"v": _flag(v), "force": _flag(force)}
         self._request("DELETE", f"/containers/{_quote(container)}", params)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from orchestrator import views
 from orchestrator.config import AppConfig, Config, EngineTarget
+from orchestrator.docker_engine import STOPPED_STATUSES
 from orchestrator.engines import AppEngines
 from orchestrator.errors import Conflict
 from orchestrator.holder import Holder
@@ -55,8 +56,6 @@ ENV_LABEL = "orchestrator.environment"
 # Tags the environments and compose files name (`image: app:latest`); status compares them with the
 # releases. They normally sit on the kept releases' images anyway; an image still carrying one stays.
 MOVING_TAGS = frozenset({"staging", "prod", "latest"})
-# Only containers that cannot be serving anything: never running, restarting or paused ones.
-STOPPED = frozenset({"exited", "dead", "created"})
 _ANCHOR = re.compile(r"^(?P<env>[a-z]+)-release-(?P<id>[0-9]+)\.yml$")
 
 
@@ -216,7 +215,8 @@ def _containers_to_remove(app: str, containers: Sequence[ListedContainer]) -> tu
     stopped: dict[str, list[ListedContainer]] = {}
     for listed in containers:
         info = listed.info
-        if info.labels.get(APP_LABEL) != app or info.status not in STOPPED:
+        # Only containers that cannot be serving anything: never running, restarting or paused ones.
+        if info.labels.get(APP_LABEL) != app or info.status not in STOPPED_STATUSES:
             continue
         stopped.setdefault(info.labels.get(ENV_LABEL, ""), []).append(listed)
     going: list[ContainerRemoval] = []

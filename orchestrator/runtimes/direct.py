@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 import time
+from typing import Any
 
 from orchestrator import http1, httpclient
 from orchestrator.config import AppConfig, Settings
-from orchestrator.docker_engine import ContainerInfo, DockerError
+from orchestrator.docker_engine import STOPPED_STATUSES, ContainerInfo, DockerError
 from orchestrator.engines import AppEngines
 from orchestrator.machine import PROD
 from orchestrator.proxy import BACKEND_HEADER, PROBE_HEADER, ROLE_LABEL, Proxy, ProxySpec
@@ -74,29 +76,97 @@ class DirectRuntime(_Containers):
 
     def start(self, env: str, published: Published, *, run_id: int | None) -> ContainerInfo:
         """Run by image id, never by tag, so a tag moved by someone else between build and run cannot
-        change what starts."""
+        change what starts.
+
+        On a local engine, the container it replaces is killed while the new one is created (under a
+        name of its own: the old one still holds ``<app>-<env>``), and removed while the new one starts,
+        renamed out of the way first: creating and removing are not on the way from one container to
+        the next (about 40 ms of every promotion, issue 12). Through the SDK (a remote engine), where
+        calls go one at a time, it is removed first, in one round trip. Killed, the old one has let go
+        of the port before the new one starts, as when it was removed first. A process killed in
+        between leaves a stopped container under another name (``-next-`` or ``-retired-``), which
+        nothing looks up by name and prune removes."""
         name = self.label(env)
         engine = self.engines.of(env)
         with self.steps.step(f"{env}_stop", env) as step:
             old = engine.container(name)
+            created = None
             if old is not None:
                 step.changed(container_id=old.id, image_id=old.image_id, status=old.status)
-            engine.remove_container(name)
+                if engine.takes_concurrent_calls and (old.running or old.status in STOPPED_STATUSES):
+                    created = self._replace(env, old, published.image_id, run_id)
+                else:  # one call at a time (a remote engine), or restarting, paused: force-removed
+                    engine.remove_container(old.id)
+        try:
+            self._refuse_a_taken_port(env)
+        except BaseException:
+            if old is not None and created is not None:
+                engine.discard_created(created, name)
+                engine.remove_container(old.id)
+            raise
+        with self.steps.step(f"{env}_start", env) as step:
+            if old is None or created is None:
+                started = self._run(env, name, published.image_id, run_id=run_id)
+            else:
+                new, retired = created, old.id
+                try:
+                    if not engine.rename_container(new, name):
+                        raise DockerError(f"container {new[:12]}, made to become {name}, is gone")
+                except BaseException:
+                    engine.discard_created(new, name)
+                    raise
+                started = engine.together(
+                    lambda: engine.remove_container(retired), lambda: engine.start_created(new, name)
+                )
+            step.changed(container_id=started.id, image_id=started.image_id)
+        return started
+
+    def _replace(self, env: str, old: ContainerInfo, image_id: str, run_id: int | None) -> str:
+        """Kill ``old`` while its successor is created under a name of its own, then rename ``old``
+        out of the way; returns the successor's id (a container made, not started)."""
+        engine, name = self.engines.of(env), self.label(env)
+
+        def kill() -> None:
+            if not old.running:
+                return
+            try:
+                engine.kill_container(old.id)
+            except DockerError:  # it crashed into a restart meanwhile: force-removed, which ends that
+                engine.remove_container(old.id)
+
+        made: list[str] = []
+
+        def create() -> str:
+            made.append(self._create(env, f"{name}-next-{secrets.token_hex(4)}", image_id, run_id))
+            return made[-1]
+
+        try:
+            created = engine.together(kill, create)
+            engine.rename_container(old.id, f"{name}-retired-{old.id[:12]}")  # False: gone already
+        except BaseException:
+            for each in made:  # made while the kill failed, or before the rename did
+                engine.discard_created(each, name)
+            raise
+        return created
+
+    def _refuse_a_taken_port(self, env: str) -> None:
         port = env_port(self.app, env)
         address = self.app.engine(env).address
         if port_answers(port, address):
             # Otherwise the health check would be answered by whatever holds the port while our
             # container dies on "address already in use", and a dead deploy would look green.
             raise DockerError(
-                f"port {port} on {address} is already in use by something other than {name}: "
+                f"port {port} on {address} is already in use by something other than {self.label(env)}: "
                 f"stop it or give {self.app.name} another {env}_port"
             )
-        with self.steps.step(f"{env}_start", env) as step:
-            started = self._run(env, name, published.image_id, run_id=run_id)
-            step.changed(container_id=started.id, image_id=started.image_id)
-        return started
+
+    def _create(self, env: str, name: str, image_id: str, run_id: int | None) -> str:
+        return self.engines.of(env).create(name, image_id, **self._container_spec(env, run_id))
 
     def _run(self, env: str, name: str, image_id: str, *, run_id: int | None) -> ContainerInfo:
+        return self.engines.of(env).run(name, image_id, **self._container_spec(env, run_id))
+
+    def _container_spec(self, env: str, run_id: int | None) -> dict[str, Any]:
         port = env_port(self.app, env)
         publish = None
         container_port = port
@@ -105,15 +175,13 @@ class DirectRuntime(_Containers):
             container_port = self.app.container_port
             bind = LOOPBACK if self.app.engine(env).is_local else ALL_INTERFACES
             publish = {container_port: (bind, port)}
-        return self.engines.of(env).run(
-            name,
-            image_id,
-            environment={"PORT": str(container_port), "ORCH_ENVIRONMENT": env, **self.app.env},
-            host_network=publish is None,
-            publish=publish,
-            labels={APP_LABEL: self.app.name, ENV_LABEL: env, RUN_LABEL: str(run_id or "")},
-            restart=env == PROD,
-        )
+        return {
+            "environment": {"PORT": str(container_port), "ORCH_ENVIRONMENT": env, **self.app.env},
+            "host_network": publish is None,
+            "publish": publish,
+            "labels": {APP_LABEL: self.app.name, ENV_LABEL: env, RUN_LABEL: str(run_id or "")},
+            "restart": env == PROD,
+        }
 
     def stop(self, env: str) -> bool:
         with self.steps.step(f"{env}_stop", env) as step:

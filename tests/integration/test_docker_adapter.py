@@ -181,3 +181,61 @@ def test_unreachable_engine_is_infra_unavailable() -> None:
     assert exc.exit_code == 4
     assert exc.message.startswith("Docker engine is unreachable at unix:///nonexistent/docker.sock")
     assert "Start it" in exc.message and "try again" in exc.message
+
+
+def test_a_container_killed_while_its_successor_is_made_hands_over_its_name(
+    engine: DockerEngine,
+    busybox_image: BuildImage,
+    unique_name: Callable[[str], str],
+    docker_cleanup: Callable[..., None],
+    busybox_command: Callable[[str], Sequence[str]],
+) -> None:
+    """The steps a direct promotion replaces a container with (runtimes/direct.py): the old one is killed
+    while the new one is created under another name, renamed away, and removed while the new one starts
+    under its name. A killed container with a restart policy stays stopped (the engine counts it as
+    stopped by hand), so it cannot take the port back."""
+    image = busybox_image(SHA)
+    name, successor, retired = unique_name("handover"), unique_name("next"), unique_name("retired")
+    for each in (name, successor, retired):
+        docker_cleanup(container=each)
+    sleep = list(busybox_command("exec /bin/busybox sleep 60"))
+    old = engine.run(name, image.id, command=sleep, restart=True)
+    assert old.running
+
+    created = engine.together(
+        lambda: engine.kill_container(name), lambda: engine.create(successor, image.id, command=sleep)
+    )
+    killed = engine.container(name)
+    assert killed is not None and not killed.running, "kill returns once the container has stopped"
+    time.sleep(1.5)
+    killed = engine.container(name)
+    assert killed is not None and not killed.running, "the restart policy brought a killed container back"
+    assert engine.kill_container(name) is True, "killing a stopped container is what was asked"
+
+    assert engine.rename_container(old.id, retired) is True
+    assert engine.rename_container(created, name) is True
+    started = engine.together(
+        lambda: engine.remove_container(retired), lambda: engine.start_created(created, name)
+    )
+    assert (started.id, started.name, started.running) == (created, name, True)
+    assert engine.container(retired) is None
+    assert engine.kill_container(retired) is False and engine.rename_container(retired, successor) is False
+
+
+def test_both_halves_run_to_their_end_and_the_first_error_is_raised(
+    engine: DockerEngine,
+    busybox_image: BuildImage,
+    unique_name: Callable[[str], str],
+    docker_cleanup: Callable[..., None],
+) -> None:
+    image = busybox_image(SHA)
+    name = unique_name("together")
+    docker_cleanup(container=name)
+
+    def refused() -> None:
+        raise DockerError("first refused")
+
+    with pytest.raises(DockerError, match="first refused"):
+        engine.together(refused, lambda: engine.create(name, image.id))
+    made = engine.container(name)
+    assert made is not None and made.status == "created", "the second half ran although the first failed"

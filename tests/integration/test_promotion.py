@@ -91,6 +91,11 @@ def test_second_release_replaces_prod(busybox_app: BusyboxApp) -> None:
         ("deploy", second.image_id, second_sha)
     ]
     assert app.tagged(first_sha) == first.image_id, "the previous release's image is kept for rollback"
+    # The old container is killed while its successor is made under another name, then renamed away
+    # and removed (runtimes/direct.py): nothing of either name is left, and the old one is gone.
+    names = sorted(c.info.name for c in app.engine.containers(labels={"orchestrator.app": app.name}))
+    assert names == [f"{app.name}-prod", f"{app.name}-staging"], names
+    assert app.engine.container(first.container_id) is None
 
 
 def test_build_context_is_the_committed_tree(busybox_app: BusyboxApp) -> None:
