@@ -107,8 +107,10 @@ def test_a_promotion_to_prod_in_its_own_process_imports_no_docker_sdk(
 ) -> None:
     """`advance --to deploy` as CI runs it (its own process, the console script's entry): promoted,
     verified, and the SDK never imported; nor what only other paths need (issue 12: each is milliseconds
-    of a process CI starts for every commit): urllib.request (registry, webhooks) and OpenSSL's hashes
-    (hashlib: parks, proxies, forwards). Not ctypes: psycopg loads libpq with it on PostgreSQL."""
+    of a process CI starts for every commit): urllib.request (registry, webhooks), OpenSSL's hashes
+    (hashlib: parks, proxies, forwards), http.client (with email and ssl: http1.py speaks to the engine
+    and the apps) and tarfile (a build's context). Not ctypes: psycopg loads libpq with it on
+    PostgreSQL."""
     monkeypatch.setenv("ORCH_BUILDER", "legacy")
     app = busybox_app
     app.configure()
@@ -118,7 +120,7 @@ def test_a_promotion_to_prod_in_its_own_process_imports_no_docker_sdk(
         "import atexit, sys\n"
         "def report():\n"
         "    print('SDK=' + str('docker' in sys.modules), file=sys.stderr)\n"
-        "    unneeded = ('urllib.request', '_hashlib')\n"
+        "    unneeded = ('urllib.request', '_hashlib', 'http.client', 'tarfile')\n"
         "    print('LOADED=' + ','.join(m for m in unneeded if m in sys.modules), file=sys.stderr)\n"
         "atexit.register(report)\n"
         "from orchestrator.entry import main\n"
