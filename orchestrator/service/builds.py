@@ -45,7 +45,7 @@ def source_read_early(config: Config, app: str, sha: str, *, at_run_start: bool)
         found = None
     if (
         found is not None
-        and not (at_run_start and not config.settings.build_at_run_start)
+        and (config.settings.build_at_run_start or not at_run_start)  # `deploy` always sends its own
         and STAGING not in found.require_approval
         and not found.secrets
         and found.builds_on.is_local
