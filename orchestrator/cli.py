@@ -111,12 +111,12 @@ def describe_database(config: Config) -> str:
 
 # C0 and C1 control characters other than newline and tab: an actor name or a reason carrying an
 # escape sequence (OSC, CSI) could rewrite an operator's terminal, title or clipboard when printed.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = r"[\x00-\x08\x0b-\x1f\x7f-\x9f]"
 
 
 def printable(text: str) -> str:
     """Text from users and apps as it may reach a terminal: control characters shown escaped."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return re.sub(_CONTROL, lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _echo(text: str = "", *, err: bool = False) -> None:

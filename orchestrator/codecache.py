@@ -64,7 +64,7 @@ class GeneratedCode:
         if not data.startswith(_HEADER):
             return {}
         try:
-            loaded = marshal.loads(data[len(_HEADER) :])
+            loaded = marshal.loads(memoryview(data)[len(_HEADER) :])  # no copy of the whole file
         except (EOFError, ValueError, TypeError):
             return {}
         if not isinstance(loaded, dict):

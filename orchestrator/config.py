@@ -26,8 +26,11 @@ ENV_PREFIX = "ORCH_"
 
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
+# The patterns of this module are kept as text and matched by ``re.match(pattern, text)``: ``re`` compiles a
+# pattern on its first use and keeps it, so a command pays only for the ones it uses (compiling all of them
+# at import cost every command about a millisecond).
 # App names become image repositories and container names, which Docker only accepts in lowercase.
-_APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_APP_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 
 
 @dataclass(frozen=True)
@@ -632,7 +635,7 @@ def _parse_app_names(name: str, raw: Any) -> frozenset[str]:
     that cannot be an app name at all is a typo, and an error."""
     items = raw if isinstance(raw, list) else str(raw).split(",")
     names = [str(i).strip() for i in items if str(i).strip()]
-    malformed = [n for n in names if not _APP_NAME.match(n)]
+    malformed = [n for n in names if not re.match(_APP_NAME, n)]
     if malformed:
         raise BadInput(
             f"{name}={raw!r}: {', '.join(repr(n) for n in malformed)} cannot be app name(s) "
@@ -651,19 +654,19 @@ def _parse_int(name: str, raw: Any, *, minimum: int) -> int:
     return value
 
 
-_REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._/-][a-z0-9]+)*)?$")
+_REGISTRY = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._/-][a-z0-9]+)*)?$"
 
 
 def _parse_registry(name: str, raw: Any) -> str:
     text = str(raw).strip().rstrip("/")
-    if text and not _REGISTRY.match(text):
+    if text and not re.match(_REGISTRY, text):
         raise BadInput(
             f"{name}={raw!r} must be host[:port][/namespace] without a scheme, e.g. 127.0.0.1:5000"
         )
     return text
 
 
-_SERVICE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_SERVICE = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
 
 
 def _parse_app(
@@ -674,7 +677,7 @@ def _parse_app(
     host_overrides: Mapping[str, tuple[str, str]] | None = None,
 ) -> AppConfig:
     where = f"[apps.{name}]"
-    if not _APP_NAME.match(name):
+    if not re.match(_APP_NAME, name):
         raise BadInput(f"{where}: app names must be lowercase letters, digits, '.', '_' or '-'")
     if not isinstance(table, dict):
         raise BadInput(f"{where} must be a table")
@@ -699,7 +702,7 @@ def _parse_app(
             f"{where}.dockerfile", table["dockerfile"], values.get("context", ".")
         )
     if "target" in table:
-        if not isinstance(table["target"], str) or not _STAGE.match(table["target"]):
+        if not isinstance(table["target"], str) or not re.match(_STAGE, table["target"]):
             raise BadInput(f"{where}.target = {table['target']!r} must name a stage of the Dockerfile")
         values["target"] = table["target"]
     if "secrets" in table:
@@ -766,7 +769,7 @@ _SWARM_ONLY = (
     "swarm_publish",
 )
 # Docker network names: what `docker network create` accepts, kept to a safe subset.
-_NETWORK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_NETWORK = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
 
 
 def _parse_swarm(
@@ -804,7 +807,7 @@ def _parse_swarm(
         )
     if "swarm_network" in table:
         name = table["swarm_network"]
-        if not isinstance(name, str) or not _NETWORK.match(name):
+        if not isinstance(name, str) or not re.match(_NETWORK, name):
             raise BadInput(
                 f"{where}.swarm_network = {name!r} must be a Docker network name (letters, digits, "
                 "'.', '_' or '-')"
@@ -876,7 +879,7 @@ def _parse_stack(where: str, table: Mapping[str, Any], base: Path, source: Path)
             f"({base}) and the app's source ({source}): keep it inside one of them"
         )
     service = table.get("stack_service")
-    if not isinstance(service, str) or not _SERVICE.match(service):
+    if not isinstance(service, str) or not re.match(_SERVICE, service):
         raise BadInput(f"{where}.stack_service must name the app's service in the stack file")
     return {
         "stack_file": path,
@@ -889,10 +892,11 @@ def _parse_stack(where: str, table: Mapping[str, Any], base: Path, source: Path)
 _ENGINE_KEYS = ("docker_host", "tls_ca", "tls_cert", "tls_key", "health_host")
 _ENGINE_APP_KEYS = frozenset({*_ENGINE_KEYS, "build_host", "staging", "prod"})
 _DOCKER_HOST_SCHEMES = ("ssh", "tcp", "unix")
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+_HOSTNAME = (
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
-_SSH_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
+_SSH_USER = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$"
 
 
 def docker_host_variable(env: str) -> str:
@@ -965,14 +969,14 @@ def parse_docker_host(name: str, raw: Any, *, tls: bool) -> str:
             raise BadInput(f"{name}: tls_ca/tls_cert/tls_key apply to tcp:// engines only")
         return text
     host = parts.hostname or ""
-    if not host or not (_HOSTNAME.match(host) or _is_ip(host)):
+    if not host or not (re.match(_HOSTNAME, host) or _is_ip(host)):
         raise BadInput(f"{name} must name a host: {scheme}://{'user@' if scheme == 'ssh' else ''}host[:port]")
     if parts.path not in ("", "/"):
         raise BadInput(f"{name} must not have a path ({scheme}://host[:port])")
     if port == 0:
         raise BadInput(f"{name}: the port must be a number from 1 to 65535")
     if scheme == "ssh":
-        if parts.username is not None and not _SSH_USER.match(parts.username):
+        if parts.username is not None and not re.match(_SSH_USER, parts.username):
             raise BadInput(f"{name}: the ssh user must be a plain user name")
         if tls:
             raise BadInput(
@@ -1009,7 +1013,7 @@ def _parse_tls(where: str, table: Mapping[str, Any], base: Path) -> TlsFiles | N
 
 def _parse_health_host(name: str, raw: Any) -> str:
     text = raw.strip() if isinstance(raw, str) else ""
-    if not (_HOSTNAME.match(text) or _is_ip(text)):
+    if not (re.match(_HOSTNAME, text) or _is_ip(text)):
         raise BadInput(f"{name} must be a host name or IP address (where the environment's port answers)")
     return text
 
@@ -1168,9 +1172,9 @@ _COMPOSE_ONLY = ("pin_digests", "staging_project")
 STAGING_PROJECTS = ("own", "prod")
 
 
-_STAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SECRET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_STAGE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_SECRET_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 def _parse_context(name: str, raw: Any) -> str:
@@ -1195,10 +1199,10 @@ def _parse_secrets(name: str, raw: Any, base: Path) -> dict[str, BuildSecret]:
     found: dict[str, BuildSecret] = {}
     for key, source in raw.items():
         where = f"{name}.{key}"
-        if not _SECRET_ID.match(str(key)):
+        if not re.match(_SECRET_ID, str(key)):
             raise BadInput(f"{where}: secret ids are letters, digits, '.', '_' or '-'")
         kind, _, ref = str(source).partition(":") if isinstance(source, str) else ("", "", "")
-        if kind == "env" and _ENV_NAME.match(ref):
+        if kind == "env" and re.match(_ENV_NAME, ref):
             found[str(key)] = BuildSecret(str(key), env=ref)
         elif kind == "file" and ref:
             found[str(key)] = BuildSecret(str(key), file=(base / ref).resolve())
@@ -1238,7 +1242,7 @@ def _parse_compose(where: str, table: Mapping[str, Any], base: Path, source: Pat
             values[key] = (base / table[key]).resolve()
     for key in ("staging_service", "prod_service"):
         raw = table.get(key)
-        if not isinstance(raw, str) or not _SERVICE.match(raw):
+        if not isinstance(raw, str) or not re.match(_SERVICE, raw):
             raise BadInput(f"{where}.{key} must name the compose service that runs the app's {key[:-8]}")
         values[key] = raw
     if values["staging_service"] == values["prod_service"]:

@@ -8,7 +8,6 @@ host, pid and the pid's start time from /proc.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -63,7 +62,9 @@ class Holder:
 
 @cache
 def _hostname() -> str:
-    return socket.gethostname()
+    # What socket.gethostname() returns on Linux (glibc asks uname too), without loading the socket module
+    # into every command that only reads the history.
+    return os.uname().nodename
 
 
 @cache

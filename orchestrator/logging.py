@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -124,6 +123,8 @@ class Logger:
             exc_info = sys.exc_info()
         if out.use_json:
             if isinstance(exc_info, tuple) and exc_info[0] is not None:
+                import traceback  # only when there is one to format: it costs every process 1-2 ms to load
+
                 line["exception"] = "".join(traceback.format_exception(*exc_info)).rstrip()
             text = json.dumps(line, default=repr)
         else:

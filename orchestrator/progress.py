@@ -23,11 +23,11 @@ from typing import Protocol, TextIO
 
 # C0 and C1 control characters other than tab (the set cli.printable escapes, newline included: one
 # report is one line).
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL = r"[\x00-\x08\x0a-\x1f\x7f-\x9f]"
 
 
 def _safe(text: str) -> str:
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text.rstrip("\r\n"))
+    return re.sub(_CONTROL, lambda m: f"\\x{ord(m.group()):02x}", text.rstrip("\r\n"))
 
 
 class Listener(Protocol):

@@ -10,20 +10,27 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import identity, views
 from orchestrator.config import LOCAL_ENGINE, AppConfig, Config, EngineTarget, Settings
-from orchestrator.engines import AppEngines
 from orchestrator.errors import BadInput, Conflict, InfraUnavailable
-from orchestrator.gitrepo import parse_sha as parse_sha  # the service layer's name for it too
 from orchestrator.holder import Holder
 from orchestrator.lifecycle import Heartbeat
 from orchestrator.machine import PROD, STAGING, Edge, State
 from orchestrator.notify import Notification, Notifier
-from orchestrator.steps import StepLog, StepStatus
 from orchestrator.store.repository import RunRecord, Store
 from orchestrator.verdict import TransitionOutcome
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
+    from orchestrator.engines import AppEngines
+    from orchestrator.steps import StepLog, StepStatus
     from orchestrator.steps.ahead import BuildAhead, ParkedAhead
+
+
+def parse_sha(raw: str) -> str:
+    """The service layer's name for ``gitrepo.parse_sha``; gitrepo (and subprocess with it) loads when a
+    sha is parsed, not in commands that only read the history."""
+    from orchestrator import gitrepo
+
+    return gitrepo.parse_sha(raw)
 
 
 def connect_engine() -> DockerEngine:
@@ -147,6 +154,8 @@ class LazyEngine:
 
     def for_app(self, app: AppConfig) -> AppEngines:
         """The engines of ``app``'s build and environments, each connected when first asked for."""
+        from orchestrator.engines import AppEngines
+
         return AppEngines(app, self.get, self.build_ahead)
 
     def connect_for(self, app: AppConfig, environments: Sequence[str]) -> None:
@@ -194,6 +203,8 @@ class Shared:
         )
 
     def step_log(self, transition_id: int, position: int = 0) -> StepLog:
+        from orchestrator.steps import StepLog
+
         def begin(pos: int, name: str, env: str | None) -> int:
             return self.store.begin_step(transition_id, pos, name, env)
 

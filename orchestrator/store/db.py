@@ -47,7 +47,7 @@ def migrations_dir() -> Path:
     )
 
 
-_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|sslpassword)=)[^&]*", re.IGNORECASE)
+_QUERY_SECRET = r"(?i)([?&](?:password|passwd|sslpassword)=)[^&]*"
 
 
 def safe_url(url: str) -> str:
@@ -64,7 +64,7 @@ def safe_url(url: str) -> str:
         userinfo, at, hostpart = rest.rpartition("@")
         if at and ":" in userinfo:
             rest = f"{userinfo.split(':', 1)[0]}:***@{hostpart}"
-    return _QUERY_SECRET.sub(r"\1***", scheme + sep + rest)
+    return re.sub(_QUERY_SECRET, r"\1***", scheme + sep + rest)
 
 
 SQLITE_TIMEOUT_S = 30

@@ -43,14 +43,14 @@ MAX_PAGE_SIZE = 10_000
 # instead of testing the newest runs one by one (see _conditions).
 RARE_OUTCOME = 5_000
 
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_DURATION = r"^(\d+)([smhdw])$"
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_when(raw: str, *, now: datetime | None = None) -> datetime:
     """``30d``, ``12h``, ``15m`` (that long ago) or an ISO date/time (UTC unless it says otherwise)."""
     text = raw.strip()
-    match = _DURATION.match(text)
+    match = re.match(_DURATION, text)
     if match:
         return (now or utcnow()) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
     try:

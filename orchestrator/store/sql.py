@@ -192,7 +192,7 @@ class Row(SimpleNamespace):
 
 # -- the connection -----------------------------------------------------------------------------------
 
-_NAMED = re.compile(r"(?<![:\w]):(\w+)")
+_NAMED = r"(?<![:\w]):(\w+)"
 
 
 class Database:
@@ -329,7 +329,7 @@ class Database:
             return sql
         found = self._statements.get(sql)
         if found is None:
-            found = self._statements[sql] = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
+            found = self._statements[sql] = re.sub(_NAMED, r"%(\1)s", sql.replace("%", "%%"))
         return found
 
     def adapt(self, params: Mapping[str, Any]) -> dict[str, Any]:

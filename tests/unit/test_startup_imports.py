@@ -113,6 +113,33 @@ def test_store_command_imports_no_sqlalchemy_once_the_schema_is_current(tmp_path
     assert heavy == [], proc.stderr[-2000:]
 
 
+# What reading the history has no use for, each 1-3 ms to load on a 2-core runner: the socket module (the
+# holder's host name comes from uname), git's subprocess, a traceback formatter with nothing to format, and
+# the edges' step and engine modules.
+NOT_FOR_HISTORY = (
+    "socket",
+    "subprocess",
+    "traceback",
+    "orchestrator.gitrepo",
+    "orchestrator.steps",
+    "orchestrator.engines",
+)
+
+
+def test_reading_the_history_loads_only_what_it_uses(tmp_path: Path) -> None:
+    (tmp_path / "orchestrator.toml").write_text("")
+    probe = _PROBE.replace("{heavy}", repr(NOT_FOR_HISTORY))
+    run_probe(probe, ["runs", "list", "--json"], tmp_path, "LOADED")  # creates the database
+    loaded, proc = run_probe(probe, ["runs", "list", "--json"], tmp_path, "LOADED")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert loaded == [], f"runs list loaded {loaded}"
+    # The same probe sees them where they are used: a run start parses its sha with gitrepo.
+    loaded, proc = run_probe(
+        probe, ["run", "start", "--app", "nope", "--sha", "0" * 40, "--json"], tmp_path, "LOADED"
+    )
+    assert "orchestrator.gitrepo" in loaded, proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [
