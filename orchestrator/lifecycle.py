@@ -8,7 +8,6 @@ transition, and only then does the process exit (128 + signal number, as shells 
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +15,8 @@ from typing import Any
 
 from orchestrator.logging import get_logger
 
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# ``signal`` is imported where an edge uses it: every command imports this module for ``Interrupted``,
+# and a command that only reads the history would pay about a millisecond for it.
 
 
 class Interrupted(BaseException):
@@ -24,6 +24,8 @@ class Interrupted(BaseException):
     turns a crashing gate into a recorded error never swallows a cancellation."""
 
     def __init__(self, signum: int) -> None:
+        import signal
+
         self.signum = signum
         self.signal_name = signal.Signals(signum).name
         super().__init__(f"interrupted by {self.signal_name}")
@@ -41,10 +43,12 @@ def _in_main_thread() -> bool:
 def _handling(handler: Callable[[int, Any], None]) -> Iterator[None]:
     """SIGTERM and SIGINT go to ``handler`` while inside (main thread only: elsewhere Python cannot
     install handlers, and there is nothing to do); the previous handlers come back after."""
+    import signal
+
     if not _in_main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
@@ -67,6 +71,8 @@ def interruptible() -> Iterator[None]:
 def signals_deferred() -> Iterator[list[int]]:
     """While undoing, a second SIGTERM must not cut the undo short: note it and carry on. The list
     of signals received is yielded so the caller can report them."""
+    import signal
+
     received: list[int] = []
 
     def handler(signum: int, _frame: Any) -> None:

@@ -113,10 +113,11 @@ def test_store_command_imports_no_sqlalchemy_once_the_schema_is_current(tmp_path
     assert heavy == [], proc.stderr[-2000:]
 
 
-# What reading the history has no use for, each 1-3 ms to load on a 2-core runner: the socket module (the
-# holder's host name comes from uname), git's subprocess, a traceback formatter with nothing to format, and
-# the edges' step and engine modules.
+# What reading the history has no use for, each 1-3 ms to load on a 2-core runner: signal handling (edges
+# only), the socket module (the holder's host name comes from uname), git's subprocess, a traceback
+# formatter with nothing to format, and the edges' step and engine modules.
 NOT_FOR_HISTORY = (
+    "signal",
     "socket",
     "subprocess",
     "traceback",
