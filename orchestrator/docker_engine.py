@@ -1010,25 +1010,6 @@ class DockerEngine:
             if failed:
                 raise failed[0]
         return result
-        failed: list[BaseException] = []
-
-        def run_first() -> None:
-            try:
-                first()
-            except BaseException as exc:  # handed to the caller below
-                failed.append(exc)
-
-        import threading
-
-        thread = threading.Thread(target=run_first, name="engine-together", daemon=True)
-        thread.start()
-        try:
-            result = second()
-        finally:
-            thread.join()
-            if failed:
-                raise failed[0]
-        return result
 
     def remove_container(self, name: str) -> bool:
         """Force-remove; True when something was removed."""

@@ -9,7 +9,6 @@ trigger are.
 
 from __future__ import annotations
 
-import getpass
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -89,6 +88,8 @@ def ci_job(env: Mapping[str, str] | None = None) -> CiJob | None:
 
 
 def os_user() -> str:
+    import getpass  # with termios: only where no --actor and no CI names who acts
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):

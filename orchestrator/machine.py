@@ -99,32 +99,40 @@ class _Run:
 
 class RunMachine:
     def __init__(self, state: State) -> None:
-        # Imported here: the states and edges above are read by every command, the machine itself only
-        # by those that move a run, and `run start` or `runs list` need not pay for the library.
-        from transitions import Machine
-
+        # The transitions machine is made when a move is fired, not here: the states and edges above are
+        # read by every command, the machine itself only by one that moves a run, and an edge asks
+        # ``edge_to`` first and fires only once its gates are done, by when ``load_ahead`` (service/
+        # advance.py) has imported the library while the edge waited on the engine (issue 12).
         self._model = _Run()
-        self._machine: Machine = Machine(
-            model=self._model,
-            states=[s.value for s in State],
-            transitions=[
-                *({"trigger": e.trigger, "source": e.source.value, "dest": e.dest.value} for e in EDGES),
-                # A failed edge always lands in development, whichever edge it was.
-                {
-                    "trigger": _FAIL_TRIGGER,
-                    "source": [e.source.value for e in EDGES],
-                    "dest": State.DEVELOPMENT.value,
-                },
-                # A refused approval ends the run where it waited, whichever edge it waited at.
-                {
-                    "trigger": _REJECT_TRIGGER,
-                    "source": [e.source.value for e in EDGES],
-                    "dest": State.REJECTED.value,
-                },
-            ],
-            initial=state.value,
-            auto_transitions=False,
-        )
+        self._model.state = state.value
+        self._machine: Machine | None = None
+
+    def _built(self) -> Machine:
+        if self._machine is None:
+            from transitions import Machine
+
+            self._machine = Machine(
+                model=self._model,
+                states=[s.value for s in State],
+                transitions=[
+                    *({"trigger": e.trigger, "source": e.source.value, "dest": e.dest.value} for e in EDGES),
+                    # A failed edge always lands in development, whichever edge it was.
+                    {
+                        "trigger": _FAIL_TRIGGER,
+                        "source": [e.source.value for e in EDGES],
+                        "dest": State.DEVELOPMENT.value,
+                    },
+                    # A refused approval ends the run where it waited, whichever edge it waited at.
+                    {
+                        "trigger": _REJECT_TRIGGER,
+                        "source": [e.source.value for e in EDGES],
+                        "dest": State.REJECTED.value,
+                    },
+                ],
+                initial=self._model.state,
+                auto_transitions=False,
+            )
+        return self._machine
 
     @property
     def state(self) -> State:
@@ -157,6 +165,7 @@ class RunMachine:
         return self.state
 
     def _fire(self, trigger: str) -> None:
+        self._built()
         from transitions import MachineError
 
         try:

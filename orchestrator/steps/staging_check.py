@@ -45,8 +45,24 @@ def staging_check_script() -> Path:
     raise RuntimeError("scripts/staging_check.py is missing from this installation of orchestrator")
 
 
-@functools.cache
+# The stub is loaded once per process, by whichever thread asks first: the check itself, or the edge
+# loading it ahead while it waits on the engine (service/advance.py ``load_ahead``).
+_stub_lock = threading.Lock()
+
+
 def _stub() -> ModuleType:
+    with _stub_lock:
+        return _load_stub()
+
+
+def load_stub() -> None:
+    """Load the stub and what it imports (argparse, http.client with email and ssl: 15-25 ms on a 2-core
+    runner) before the check needs it."""
+    _stub()
+
+
+@functools.cache
+def _load_stub() -> ModuleType:
     path = staging_check_script()
     spec = importlib.util.spec_from_file_location("orchestrator_staging_check_stub", path)
     if spec is None or spec.loader is None:

@@ -70,7 +70,7 @@ def test_run_start_normalises_the_sha(cli: Cli, workspace: Workspace) -> None:
 def test_run_start_defaults_the_actor_to_the_os_user(
     cli: Cli, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("orchestrator.identity.getpass.getuser", lambda: "alice")
+    monkeypatch.setattr("getpass.getuser", lambda: "alice")
     assert start(cli, workspace)["actor"] == "alice"
 
 

@@ -320,3 +320,44 @@ def test_the_console_scripts_fast_exit_keeps_the_exit_code_the_handlers_and_the_
     else:
         assert "unknown run 999999" in proc.stderr, proc.stderr
     assert (out.read_text() == "finished") if worker == "worker" else not out.exists()
+
+
+# An edge's imports of what it needs only after its gates, done ahead in a thread (service/advance.py).
+_LOAD_AHEAD = """
+import json, sys
+from orchestrator.config import Settings
+from orchestrator.machine import TO_PROD, TO_STAGING, RunMachine, State
+from orchestrator.service.advance import load_ahead
+
+args = json.loads(sys.argv[1])
+edge = {"staging": TO_STAGING, "prod": TO_PROD}[args[0]]
+machine = RunMachine(State(edge.source))
+before = "transitions" in sys.modules
+load_ahead(edge, Settings("sqlite://", prune_after_deploy=args[1] == "prune")).join(30)
+from orchestrator.steps import staging_check
+
+loaded = {m: m in sys.modules for m in ("transitions", "http.client", "orchestrator.prune")}
+loaded["staging check stub"] = staging_check._load_stub.cache_info().currsize == 1
+moved = machine.succeed(edge).value
+print("LOADED=" + json.dumps({"before": before, **loaded, "moved": moved}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("edge", "prune", "expected"),
+    [
+        ("staging", "prune", {"transitions", "staging check stub", "http.client"}),
+        ("prod", "prune", {"transitions", "orchestrator.prune"}),
+        ("prod", "keep", {"transitions"}),
+    ],
+)
+def test_an_edge_loads_what_it_needs_after_its_gates_while_they_run(
+    edge: str, prune: str, expected: set[str], tmp_path: Path
+) -> None:
+    """Making the run's machine imports nothing (an edge fires it only when its gates are done); the
+    thread loads the library for that, the staging check's stub on the staging edge, prune on a prod
+    edge that prunes after the deploy, and nothing else; the move then fires as before."""
+    found, proc = run_probe(_LOAD_AHEAD, [edge, prune], tmp_path, "LOADED")
+    assert found.pop("before") is False, proc.stderr[-2000:]
+    assert found.pop("moved") == ("deploy-staging" if edge == "staging" else "deploy")
+    assert {m for m, present in found.items() if present} == expected, proc.stderr[-2000:]
