@@ -45,20 +45,15 @@ def staging_check_script() -> Path:
     raise RuntimeError("scripts/staging_check.py is missing from this installation of orchestrator")
 
 
-# The stub is loaded once per process, by whichever thread asks first: the check itself, or the edge
-# loading it ahead while it waits on the engine (service/advance.py ``load_ahead``).
 _stub_lock = threading.Lock()
 
 
-def _stub() -> ModuleType:
+def load_stub() -> ModuleType:
+    """The stub, with what it imports (argparse, http.client with email and ssl: 15-25 ms on a 2-core
+    runner), loaded once per process by whichever thread asks first: the check itself, or the edge
+    loading it ahead while it waits on the engine (service/advance.py ``load_ahead``)."""
     with _stub_lock:
         return _load_stub()
-
-
-def load_stub() -> None:
-    """Load the stub and what it imports (argparse, http.client with email and ssl: 15-25 ms on a 2-core
-    runner) before the check needs it."""
-    _stub()
 
 
 @functools.cache
@@ -102,7 +97,7 @@ def run_staging_check(
 
         def check() -> None:
             try:
-                code.append(_stub().main(args, out=out))
+                code.append(load_stub().main(args, out=out))
             except SystemExit as exc:  # argparse refusing an argument
                 code.append(exc.code if isinstance(exc.code, int) else 2)
             except Exception:

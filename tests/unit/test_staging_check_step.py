@@ -82,7 +82,7 @@ def test_a_crashing_check_fails(server: str, tmp_path: Path, monkeypatch: pytest
     def boom(*args: object, **kwargs: object) -> tuple[int, str, str]:
         raise ValueError("the check itself broke")
 
-    monkeypatch.setattr(step._stub(), "fetch", boom)
+    monkeypatch.setattr(step.load_stub(), "fetch", boom)
     found = step.run_staging_check(app(tmp_path), Settings(database_url="sqlite://"), StepLog(), server, SHA)
     assert (found.ok, found.exit_code) == (False, 1)
     assert "ValueError: the check itself broke" in found.output
