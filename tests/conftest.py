@@ -6,7 +6,8 @@ what a test sees.
 
 ``--db=postgresql`` runs the suite against a real PostgreSQL server (ORCHESTRATOR_TEST_PG_URL, default
 the cluster scripts/bootstrap.sh starts): every ``workspace`` then gets a database of its own, created
-from a template migrated once per session. Tests that build their own ``sqlite:///`` URLs stay on SQLite.
+from a template migrated once per session. Tests that build their own ``sqlite:///`` URLs stay on SQLite;
+``--only-db-dependent`` leaves them (and every test that opens no database) out.
 """
 
 from __future__ import annotations
@@ -180,6 +181,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"database backend for workspaces and fresh_db_url (postgresql: ${PG_URL_VARIABLE}, "
         f"default {DEFAULT_PG_URL})",
     )
+    parser.addoption(
+        "--only-db-dependent",
+        action="store_true",
+        help="run only the tests whose outcome can depend on --db (those using db_backend, directly or "
+        "through fixtures such as workspace, store and fresh_db_url): scripts/test.sh's second pass, "
+        "after the first ran everything",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that never asks for ``db_backend`` runs the same on every backend (a test making its own
+    ``sqlite:///`` URL stays on SQLite whatever --db says), so a second pass on PostgreSQL would only
+    repeat it. The fixture closure decides, so a new database fixture is covered by depending on
+    ``db_backend``, as every one does today."""
+    if not config.getoption("--only-db-dependent"):
+        return
+    kept: list[pytest.Item] = []
+    same_everywhere: list[pytest.Item] = []
+    for item in items:
+        uses_db = "db_backend" in getattr(item, "fixturenames", ())
+        (kept if uses_db else same_everywhere).append(item)
+    if same_everywhere:
+        config.hook.pytest_deselected(items=same_everywhere)
+        items[:] = kept
 
 
 def _unavailable(reason: str) -> None:
