@@ -225,12 +225,7 @@ class Store:
     def list_runs(
         self, *, app: str | None = None, state: str | None = None, limit: int = 20
     ) -> list[RunRecord]:
-        where, params = _where(app=app, state=state)
-        with self.reading() as tx:
-            rows = tx.rows(
-                f"SELECT * FROM runs{where} ORDER BY id DESC LIMIT :limit", {**params, "limit": limit}
-            )
-        return [RunRecord.of(r) for r in rows]  # type: ignore[arg-type]
+        return [RunRecord.of(r) for r in self._newest("runs", limit, app=app, state=state)]  # type: ignore[arg-type]
 
     def transitions(self, run_id: int) -> list[TransitionRecord]:
         with self.reading() as tx:
@@ -735,12 +730,15 @@ class Store:
     def events(
         self, *, app: str | None = None, run_id: int | None = None, limit: int = 50
     ) -> list[EventRecord]:
-        where, params = _where(app=app, run_id=run_id)
+        return [EventRecord.of(r) for r in self._newest("events", limit, app=app, run_id=run_id)]  # type: ignore[arg-type]
+
+    def _newest(self, table: str, limit: int, **equal: Any) -> list[Row]:
+        """The newest ``limit`` rows of ``table`` (a name of ours, never input) matching ``equal``."""
+        where, params = _where(**equal)
         with self.reading() as tx:
-            rows = tx.rows(
-                f"SELECT * FROM events{where} ORDER BY id DESC LIMIT :limit", {**params, "limit": limit}
+            return tx.rows(
+                f"SELECT * FROM {table}{where} ORDER BY id DESC LIMIT :limit", {**params, "limit": limit}
             )
-        return [EventRecord.of(r) for r in rows]  # type: ignore[arg-type]
 
     # approvals ------------------------------------------------------------------------------------
 
