@@ -1,5 +1,5 @@
 """The console script's entry: how this process uses the garbage collector, set before anything else is
-imported (cli.py and the commands import the rest).
+imported (orchestrator/cli/ and the commands import the rest).
 
 Why: the orchestrator is a short-lived process that CI starts three times per commit (issue 12), and
 the cyclic garbage collector cost each call about 20-35 ms that bought nothing:
@@ -20,7 +20,7 @@ operating system does at once when the process ends. So a command that exits wit
 the generated-code cache, weakref finalizers, then the freeze), and stdout and stderr flushed. Only when
 no other thread is still running that Python would wait for (a non-daemon thread) and no profiler or
 tracer waits for the exit; otherwise, and for an exit with a message, the ordinary exit. Tests import
-cli.py directly and keep the interpreter's defaults.
+orchestrator.cli directly and keep the interpreter's defaults.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
     atexit.register(gc.freeze)
-    # Before the first dataclass is made (cli.py's imports make dozens): see codecache.py.
+    # Before the first dataclass is made (the CLI's imports make dozens): see codecache.py.
     from orchestrator import codecache
 
     codecache.install()

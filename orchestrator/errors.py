@@ -3,7 +3,7 @@
 Each error carries its kind and the exit code the CLI promises for it (README, "Exit codes"), so a CI
 pipeline can tell a rejected deploy (1) from a typo (2), a busy environment (3) and a broken runner (4)
 without parsing text. They are plain exceptions: nothing here prints or knows about click; the CLI alone
-turns them into output and an exit status (cli.py, ``fail``).
+turns them into output and an exit status (cli/base.py, ``fail``).
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def check_command(argv: list[str]) -> str:
     while isinstance(group, click.Group):
         assert argv, f"orchestrator {' '.join(path)}: no subcommand"
         name, argv = argv[0], argv[1:]
-        sub = group.commands.get(name)
+        sub = group.get_command(click.Context(group), name)
         assert sub is not None, f"orchestrator {' '.join(path)} has no command {name!r}"
         group, path = sub, [*path, name]
     options = {opt: p for p in group.params if isinstance(p, click.Option) for opt in p.opts}

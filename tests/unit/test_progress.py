@@ -19,7 +19,7 @@ from tty_support import run_argv_on_tty
 
 from orchestrator import progress
 
-# The CLI's choice of listener for stderr (cli.py), then a health wait.
+# The CLI's choice of listener for stderr (cli/base.py), then a health wait.
 WAIT = """
 import sys
 from orchestrator import progress

@@ -2,7 +2,7 @@
 `--version` or a mistyped option must not pay for SQLAlchemy's ORM, the docker SDK, transitions, Alembic or
 structlog (issue 12); a command reading the store pays for SQLAlchemy alone once the schema is current.
 Each case runs the real entry point in a fresh interpreter and reads ``sys.modules`` as the process ends,
-so an import added anywhere on the way (cli.py, or a module it pulls in) fails here.
+so an import added anywhere on the way (orchestrator/cli/, or a module it pulls in) fails here.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def test_store_command_imports_no_sqlalchemy_once_the_schema_is_current(tmp_path
 
 # What reading the history has no use for, each 1-3 ms to load on a 2-core runner: signal handling (edges
 # only), the socket module (the holder's host name comes from uname), git's subprocess, a traceback
-# formatter with nothing to format, and the edges' step and engine modules.
+# formatter with nothing to format, and the edges' step and engine modules; and the other commands'
+# definitions (the root group imports the module of the command it runs, orchestrator/cli/base.py).
 NOT_FOR_HISTORY = (
     "signal",
     "socket",
@@ -124,6 +125,10 @@ NOT_FOR_HISTORY = (
     "orchestrator.gitrepo",
     "orchestrator.steps",
     "orchestrator.engines",
+    "orchestrator.cli.edges",
+    "orchestrator.cli.operations",
+    "orchestrator.cli.environments",
+    "orchestrator.cli.admin",
 )
 
 
@@ -134,11 +139,12 @@ def test_reading_the_history_loads_only_what_it_uses(tmp_path: Path) -> None:
     loaded, proc = run_probe(probe, ["runs", "list", "--json"], tmp_path, "LOADED")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert loaded == [], f"runs list loaded {loaded}"
-    # The same probe sees them where they are used: a run start parses its sha with gitrepo.
+    # The same probe sees them where they are used: a run start parses its sha with gitrepo, and its
+    # command is defined with the edges'.
     loaded, proc = run_probe(
         probe, ["run", "start", "--app", "nope", "--sha", "0" * 40, "--json"], tmp_path, "LOADED"
     )
-    assert "orchestrator.gitrepo" in loaded, proc.stdout + proc.stderr
+    assert {"orchestrator.gitrepo", "orchestrator.cli.edges"} <= set(loaded), proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -201,7 +207,7 @@ print("after", "paramiko.transport" in sys.modules)
 def test_the_console_script_collects_less_often_and_freezes_the_heap_at_exit(tmp_path: Path) -> None:
     """The console script (and ``python -m orchestrator``) go through entry.main, which sets the young
     generation's threshold for a short-lived process and freezes the heap as the last exit handler
-    (orchestrator/entry.py); a test importing cli.py keeps the interpreter's defaults."""
+    (orchestrator/entry.py); a test importing orchestrator.cli keeps the interpreter's defaults."""
     import tomllib
 
     scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
