@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from orchestrator import views
-from orchestrator.cli.base import Invocation, _echo, _print_json, command
+from orchestrator.cli.base import Invocation, command, echo, print_json
 
 
 @click.command()
@@ -57,8 +57,8 @@ def db_upgrade(inv: Invocation, *, as_json: bool) -> None:
     before, after = inv.service(upgrade=False).upgrade_database()
     url = db.safe_url(inv.config.settings.database_url)
     if as_json:
-        _print_json(views.database_upgrade(url, before, after))
+        print_json(views.database_upgrade(url, before, after))
     elif before == after:
-        _echo(f"{url} is at {after}: nothing to do")
+        echo(f"{url} is at {after}: nothing to do")
     else:
-        _echo(f"{url} upgraded from {before or 'empty'} to {after}")
+        echo(f"{url} upgraded from {before or 'empty'} to {after}")

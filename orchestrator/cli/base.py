@@ -64,7 +64,7 @@ class Invocation:
             for warning in self._config.warnings:
                 orch_logging.get_logger().warning("config_warning", message=warning)
             if self.verbose:
-                _echo(f"config: {describe_config(self._config)}", err=True)
+                echo(f"config: {describe_config(self._config)}", err=True)
         return self._config
 
     def _open_store(self, *, upgrade: bool) -> Store:
@@ -72,7 +72,7 @@ class Invocation:
             from orchestrator.store.repository import Store
 
             if self.verbose:
-                _echo(f"database: {describe_database(self.config)}", err=True)
+                echo(f"database: {describe_database(self.config)}", err=True)
             self._store = Store(self.config.settings.database_url, upgrade=upgrade, ci_url=identity.ci_url())
         return self._store
 
@@ -119,18 +119,18 @@ def printable(text: str) -> str:
     return re.sub(_CONTROL, lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-def _echo(text: str = "", *, err: bool = False) -> None:
+def echo(text: str = "", *, err: bool = False) -> None:
     """Every human-readable line goes through here; JSON output is escaped by json.dumps instead."""
     click.echo(printable(text), err=err)
 
 
-def _echo_table(rendered: str) -> None:
+def echo_table(rendered: str) -> None:
     """A table from tables.render, as it was drawn: every cell was made safe there (tables.clean), and
-    on a terminal the text holds rich's own colour codes, which ``_echo`` would print as text."""
+    on a terminal the text holds rich's own colour codes, which ``echo`` would print as text."""
     click.echo(rendered)
 
 
-def _print_json(payload: dict[str, Any]) -> None:
+def print_json(payload: dict[str, Any]) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
 
 
@@ -140,9 +140,9 @@ def fail(
     """The one place an error becomes output and an exit status: with --json, one object on stdout
     saying its kind, message and code (and its details); otherwise ``error: ...`` on stderr."""
     if as_json:
-        _print_json(views.error(kind, message, exit_code, details))
+        print_json(views.error(kind, message, exit_code, details))
     else:
-        _echo(f"error: {message}", err=True)
+        echo(f"error: {message}", err=True)
     sys.exit(exit_code)
 
 
@@ -234,7 +234,7 @@ class _Cli(click.Group):
         except click.UsageError as exc:
             fail_with(BadInput(exc.format_message()), as_json=True)
         except click.Abort:
-            _echo("Aborted!", err=True)
+            echo("Aborted!", err=True)
             sys.exit(1)
 
 
@@ -294,7 +294,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool, quiet: bool)
     ctx.obj = Invocation(config_path, verbose, quiet)
 
 
-def _hanging(label: str, text: str, indent: int | None = None) -> str:
+def hanging(label: str, text: str, indent: int | None = None) -> str:
     """``label`` then ``text``, its further lines indented (under the first, by default)."""
     return label + text.replace("\n", "\n" + " " * (len(label) if indent is None else indent))
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from orchestrator import views
-from orchestrator.cli.base import Invocation, _echo, _hanging, _print_json, actor_option, command
+from orchestrator.cli.base import Invocation, actor_option, command, echo, hanging, print_json
 
 if TYPE_CHECKING:
     from orchestrator.service import AdvanceResult
@@ -31,9 +31,9 @@ def run_start(inv: Invocation, *, app: str, sha: str, actor: str | None, as_json
     with source_read_early(inv.config, app, sha, at_run_start=True):  # git reads while the database opens
         record = inv.service().start_run(app, sha, actor, send_build=True)
     if as_json:
-        _print_json(views.run(record))
+        print_json(views.run(record))
     else:
-        _echo(f"run {record.id} started: {record.app} @ {record.sha} in {record.state}")
+        echo(f"run {record.id} started: {record.app} @ {record.sha} in {record.state}")
 
 
 # One definition for every command that can meet a locked environment (advance, deploy).
@@ -62,7 +62,7 @@ def advance(
 
     result = inv.service().advance(run_id, to, actor, wait_s=wait_s)
     if as_json:
-        _print_json(views.advance(result))
+        print_json(views.advance(result))
     else:
         _print_advance(result)
     if result.outcome == FAILED:
@@ -89,9 +89,9 @@ def deploy_cmd(
     with source_read_early(inv.config, app, sha, at_run_start=False):  # git reads while the database opens
         result = inv.service().deploy(app, sha, actor, wait_s=wait_s)
     if as_json:
-        _print_json(views.deploy(result))
+        print_json(views.deploy(result))
     else:
-        _echo(f"run {result.run.id} started: {result.run.app} @ {result.run.sha}")
+        echo(f"run {result.run.id} started: {result.run.app} @ {result.run.sha}")
         for edge in result.edges:
             _print_advance(edge)
     if result.outcome == FAILED:
@@ -105,11 +105,11 @@ def _print_advance(result: AdvanceResult) -> None:
     for check in result.checks:
         # One line per check; the evidence a reason carries (a container's log) is printed once, below.
         summary = first_line(check.reason)
-        _echo(f"  {check.status.value:<8} {check.name:<32} {check.duration_s:7.3f}s  {summary}")
+        echo(f"  {check.status.value:<8} {check.name:<32} {check.duration_s:7.3f}s  {summary}")
     if result.outcome != FAILED:
-        _echo(f"run {result.run_id}: {result.from_state} -> {result.to_state} ok, now in {result.state}")
+        echo(f"run {result.run_id}: {result.from_state} -> {result.to_state} ok, now in {result.state}")
         return
-    _echo(
+    echo(
         f"run {result.run_id}: {result.from_state} -> {result.to_state} FAILED, back in "
         f"{result.state}: {first_line(result.reason or '')}"
     )
@@ -117,6 +117,6 @@ def _print_advance(result: AdvanceResult) -> None:
     if failure is None:
         return
     # Plain lines an operator (or a CI log) reads first: which gate, why, and what became of prod.
-    _echo(f"  gate:   {failure.gate}")
-    _echo(_hanging("  reason: ", failure.reason))
-    _echo(f"  prod:   {failure.prod.summary}")
+    echo(f"  gate:   {failure.gate}")
+    echo(hanging("  reason: ", failure.reason))
+    echo(f"  prod:   {failure.prod.summary}")

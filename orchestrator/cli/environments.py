@@ -11,13 +11,13 @@ from orchestrator import views
 from orchestrator.cli.base import (
     STATUS_NOT_OK,
     Invocation,
-    _echo,
-    _print_json,
     actor_option,
     command,
     describe_config,
     describe_database,
+    echo,
     env_option,
+    print_json,
 )
 from orchestrator.errors import Conflict, InfraUnavailable
 
@@ -48,9 +48,9 @@ def rollback_cmd(
     """Redeploy APP's previous (or --to) release in --env by its pinned reference and verify it."""
     result = inv.service().rollback(app, environment, to=to, actor=actor, reason=reason)
     if as_json:
-        _print_json(views.rollback(result))
+        print_json(views.rollback(result))
         return
-    _echo(
+    echo(
         f"{result.app} {result.environment}: rolled back from release {result.from_release.id} "
         f"({result.from_release.revision[:12]}) to release {result.to_release.id} "
         f"({result.to_release.revision[:12]}), verified; recorded as release {result.release.id}"
@@ -73,10 +73,10 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
     found = inv.service().status(app)
     ok = all(e.ok for e in found)
     if as_json:
-        _print_json(views.status(inv.config, found))
+        print_json(views.status(inv.config, found))
     else:
-        _echo(f"config:   {describe_config(inv.config)}")
-        _echo(f"database: {describe_database(inv.config)}")
+        echo(f"config:   {describe_config(inv.config)}")
+        echo(f"database: {describe_database(inv.config)}")
         for e in found:
             o = e.observed
             rel = f"release {e.release.id} ({e.release.revision[:12]})" if e.release else "no release"
@@ -89,20 +89,18 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
             health_text = (
                 "" if o.healthy is None else ("healthy" if o.healthy else f"UNHEALTHY ({o.health_detail})")
             )
-            _echo(f"{e.app:<20} {e.environment:<8} {running:<50} {rel:<26} {health_text}")
+            echo(f"{e.app:<20} {e.environment:<8} {running:<50} {rel:<26} {health_text}")
             if e.engine != "local":
-                _echo(f"    engine: {e.engine}")
+                echo(f"    engine: {e.engine}")
             if o.runtime is not None:
                 published = f", published by {o.runtime.published}" if o.runtime.published else ""
-                _echo(
-                    f"    {o.runtime.kind} {o.runtime.name}: pinned {o.runtime.pinned or 'none'}{published}"
-                )
+                echo(f"    {o.runtime.kind} {o.runtime.name}: pinned {o.runtime.pinned or 'none'}{published}")
                 for task in o.runtime.tasks:
-                    _echo(f"      task {task}")
+                    echo(f"      task {task}")
             if e.problem:
-                _echo(f"    problem: {e.problem}")
+                echo(f"    problem: {e.problem}")
             for diff in e.differences:
-                _echo(f"    drift: {diff}")
+                echo(f"    drift: {diff}")
     if any(e.unreachable is not None for e in found):
         # After the report, not instead of it: what could be seen was printed.
         sys.exit(InfraUnavailable.exit_code)
@@ -120,7 +118,7 @@ def prune_cmd(inv: Invocation, app: str | None, *, dry_run: bool, actor: str | N
     release (keep_releases per environment) references."""
     report = inv.service().prune(app, dry_run=dry_run, actor=actor)
     if as_json:
-        _print_json(views.prune(report))
+        print_json(views.prune(report))
     else:
         _print_prune_report(report)
     if report.locked:
@@ -131,13 +129,13 @@ def _print_prune_report(report: PruneReport) -> None:
     for result in report.results:
         _print_prune(result)
     for name, exc in report.locked.items():
-        _echo(f"{name}: not pruned: {exc.message}")
+        echo(f"{name}: not pruned: {exc.message}")
 
 
 def _print_prune(result: PruneResult) -> None:
     plan = result.plan
     kept = ", ".join(f"{env} {list(ids)}" for env, ids in plan.kept_releases.items())
-    _echo(f"{plan.app}: keeping the newest {plan.keep_releases} release(s) per environment ({kept})")
+    echo(f"{plan.app}: keeping the newest {plan.keep_releases} release(s) per environment ({kept})")
     if result.dry_run:
         images, containers, anchors, size = plan.images, plan.containers, plan.anchors, plan.bytes
         verb = "would remove"
@@ -145,16 +143,16 @@ def _print_prune(result: PruneResult) -> None:
         images, containers, anchors = result.images, result.containers, result.anchors
         size, verb = result.bytes_reclaimed, "removed"
     for c in containers:
-        _echo(f"  {verb} container {c.name} ({c.environment}, {c.status}) {c.id[:12]}")
+        echo(f"  {verb} container {c.name} ({c.environment}, {c.status}) {c.id[:12]}")
     for i in images:
-        _echo(f"  {verb} image {i.image_id[:19]} {' '.join(i.refs)} ({i.size} bytes)")
+        echo(f"  {verb} image {i.image_id[:19]} {' '.join(i.refs)} ({i.size} bytes)")
     for a in anchors:
-        _echo(f"  {verb} anchor {a.path}")
+        echo(f"  {verb} anchor {a.path}")
     for skip in result.skipped:
-        _echo(f"  skipped {skip.what}: {skip.reason}")
+        echo(f"  skipped {skip.what}: {skip.reason}")
     if not (images or containers or anchors):
-        _echo(f"  nothing to prune ({len(plan.kept)} image(s) kept)")
+        echo(f"  nothing to prune ({len(plan.kept)} image(s) kept)")
     elif result.dry_run:
-        _echo(f"  {size} bytes would be reclaimed (the images' sizes on the engine)")
+        echo(f"  {size} bytes would be reclaimed (the images' sizes on the engine)")
     else:
-        _echo(f"  {size} bytes reclaimed (the removed images' sizes on the engine)")
+        echo(f"  {size} bytes reclaimed (the removed images' sizes on the engine)")

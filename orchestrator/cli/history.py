@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from orchestrator import views
-from orchestrator.cli.base import Invocation, _echo, _echo_table, _hanging, _print_json, command
+from orchestrator.cli.base import Invocation, command, echo, echo_table, hanging, print_json
 
 if TYPE_CHECKING:
     from orchestrator.service import RunHistory
@@ -65,10 +65,10 @@ def runs_list(
     history = inv.service().history()
     records = history.runs(found, limit=limit, offset=(page - 1) * limit)
     if as_json:
-        _print_json(views.runs(records))
+        print_json(views.runs(records))
         return
     if not records:
-        _echo("no runs")
+        echo("no runs")
         return
     from orchestrator.tables import Column, render, took, when
 
@@ -97,9 +97,9 @@ def runs_list(
         Column("took", 6, "right"),
         Column("reason"),
     ]
-    _echo_table(render(columns, rows, tty=sys.stdout.isatty()))
+    echo_table(render(columns, rows, tty=sys.stdout.isatty()))
     if len(records) == limit:
-        _echo(f"(page {page}; --page {page + 1} for older runs)", err=True)
+        echo(f"(page {page}; --page {page + 1} for older runs)", err=True)
 
 
 @runs.command("show")
@@ -111,7 +111,7 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
 
     history = inv.service().run_history(run_id)
     if as_json:
-        _print_json(views.run_history(history))
+        print_json(views.run_history(history))
         return
     if sys.stdout.isatty():
         _print_run_tables(history)
@@ -120,26 +120,26 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
     from orchestrator.tables import took
 
     record, transitions, releases = history.run, history.transitions, history.releases
-    _echo(
+    echo(
         f"run {record.id}: {record.app} @ {record.sha}  state={record.state}  actor={record.actor}"
         + (f"  ci={record.ci_url}" if record.ci_url else "")
     )
     for t in transitions:
-        _echo(
+        echo(
             f"  #{t.id} {t.from_state} -> {t.to_state}  {t.outcome}  by {t.actor}  "
             f"{t.started_at:%Y-%m-%d %H:%M:%S}  took {took(t.started_at, t.finished_at)}"
             + (f"  ({first_line(t.reason)})" if t.reason else "")
         )
         for c in t.checks:
             # The whole reason, evidence included, under its check (the transition line has its summary).
-            _echo(_hanging(f"      {c.status:<8} {c.name:<32} {c.duration_s:7.3f}s  ", c.reason, indent=10))
+            echo(hanging(f"      {c.status:<8} {c.name:<32} {c.duration_s:7.3f}s  ", c.reason, indent=10))
             expected, found = revision_evidence(c.details)
             if expected or found:
-                _echo(f"          revision: expected {expected or '-'}, found {found or '-'}")
+                echo(f"          revision: expected {expected or '-'}, found {found or '-'}")
         if t.steps:
-            _echo("      steps: " + ", ".join(_step_text(st) for st in t.steps))
+            echo("      steps: " + ", ".join(_step_text(st) for st in t.steps))
     for rel in releases:
-        _echo(
+        echo(
             f"  release {rel.id}: {rel.environment:<8} {rel.kind:<8} {rel.image_id[:19]}  "
             f"revision {rel.revision[:12]}  {rel.created_at:%Y-%m-%d %H:%M:%S}"
             + (f"  compose {rel.compose_sha256[7:19]}" if rel.compose_sha256 else "")
@@ -156,12 +156,12 @@ def _print_run_tables(history: RunHistory) -> None:
     from orchestrator.verdict import GateStatus, first_line
 
     record, transitions, releases = history.run, history.transitions, history.releases
-    _echo(
+    echo(
         f"run {record.id}: {record.app} @ {record.sha}  state={record.state}  actor={record.actor}"
         + (f"  ci={record.ci_url}" if record.ci_url else "")
     )
     if not transitions:
-        _echo("no transitions yet: 'orchestrator advance' moves it")
+        echo("no transitions yet: 'orchestrator advance' moves it")
     edges = [
         (
             f"#{t.id}",
@@ -184,7 +184,7 @@ def _print_run_tables(history: RunHistory) -> None:
             Column("took", align="right"),
             Column("reason"),
         ]
-        _echo_table(render(columns, edges, tty=True, title="transitions"))
+        echo_table(render(columns, edges, tty=True, title="transitions"))
     for t in transitions:
         if not t.checks and not t.steps:
             continue
@@ -209,15 +209,15 @@ def _print_run_tables(history: RunHistory) -> None:
             f"#{t.id} {t.from_state} -> {t.to_state}: {t.outcome}, took {took(t.started_at, t.finished_at)}"
         )
         if gates:
-            _echo_table(render(columns, gates, tty=True, title=title))
+            echo_table(render(columns, gates, tty=True, title=title))
         else:
-            _echo(title)
+            echo(title)
         if t.steps:
-            _echo("  steps: " + ", ".join(_step_text(st) for st in t.steps))
+            echo("  steps: " + ", ".join(_step_text(st) for st in t.steps))
         for c in t.checks:
             if c.status == GateStatus.FAIL and "\n" in c.reason.strip():
-                _echo(f"  evidence of {c.name}:")
-                _echo(_hanging("    ", c.reason.strip()))
+                echo(f"  evidence of {c.name}:")
+                echo(hanging("    ", c.reason.strip()))
     if releases:
         rows = [
             (
@@ -242,7 +242,7 @@ def _print_run_tables(history: RunHistory) -> None:
             Column("compose"),
             Column("reason"),
         ]
-        _echo_table(render(columns, rows, tty=True, title="releases"))
+        echo_table(render(columns, rows, tty=True, title="releases"))
 
 
 @click.command("audit")
@@ -257,10 +257,10 @@ def audit_cmd(inv: Invocation, app: str | None, *, since: str | None, limit: int
 
     entries = inv.service().history().audit(app, parse_when(since) if since else None, limit)
     if as_json:
-        _print_json(views.audit(entries))
+        print_json(views.audit(entries))
         return
     if not entries:
-        _echo("nothing recorded")
+        echo("nothing recorded")
         return
     from orchestrator.tables import Column, render, when
 
@@ -277,7 +277,7 @@ def audit_cmd(inv: Invocation, app: str | None, *, since: str | None, limit: int
         Column("message", 0),
         Column("ci job"),
     ]
-    _echo_table(render(columns, rows, tty=sys.stdout.isatty()))
+    echo_table(render(columns, rows, tty=sys.stdout.isatty()))
 
 
 @click.command("releases")
@@ -293,10 +293,10 @@ def releases_cmd(inv: Invocation, app: str, *, environment: str | None, limit: i
         environment = parse_environment(environment)
     periods = inv.service().history().release_periods(app, environment, limit)
     if as_json:
-        _print_json(views.releases(app, periods))
+        print_json(views.releases(app, periods))
         return
     if not periods:
-        _echo(f"no releases of {app}")
+        echo(f"no releases of {app}")
         return
     from orchestrator.tables import Column, render, when
 
@@ -325,7 +325,7 @@ def releases_cmd(inv: Invocation, app: str, *, environment: str | None, limit: i
         Column("actor", 16),
         Column("reason"),
     ]
-    _echo_table(render(columns, rows, tty=sys.stdout.isatty()))
+    echo_table(render(columns, rows, tty=sys.stdout.isatty()))
 
 
 def _step_text(step: Any) -> str:
@@ -343,9 +343,9 @@ def metrics_cmd(inv: Invocation, app: str | None, *, since: str, as_json: bool) 
     changes, change failure rate, time to restore."""
     found = inv.service().metrics(app, since)
     if as_json:
-        _print_json(views.metrics(found))
+        print_json(views.metrics(found))
         return
-    _echo(f"since {found.since:%Y-%m-%d %H:%M} UTC ({(found.until - found.since).days} days)")
+    echo(f"since {found.since:%Y-%m-%d %H:%M} UTC ({(found.until - found.since).days} days)")
     rows = [("all apps", found.total)] if app is None else []
     rows += sorted(found.apps.items())
     for name, m in rows:
@@ -357,20 +357,20 @@ def _print_dora(name: str, m: Any) -> None:
 
     rate = "n/a" if m.change_failure_rate is None else f"{m.change_failure_rate:.0%}"
     missing = f", {m.lead_time_missing} without commit time" if m.lead_time_missing else ""
-    _echo(f"{name}:")
-    _echo(
+    echo(f"{name}:")
+    echo(
         f"  deployment frequency   {m.deployments} to prod ({m.deploys_per_day:.2f}/day, "
         f"on {m.deploy_days} day(s))"
     )
-    _echo(
+    echo(
         f"  lead time for changes  median {human_duration(m.lead_time_median_s)}, "
         f"p90 {human_duration(m.lead_time_p90_s)} ({m.lead_time_samples} change(s){missing})"
     )
-    _echo(
+    echo(
         f"  change failure rate    {rate} ({m.failures} of {m.attempts}: {m.failed_in_prod} failed in prod, "
         f"{m.rolled_back} rolled back)"
     )
-    _echo(
+    echo(
         f"  time to restore        median {human_duration(m.time_to_restore_median_s)} "
         f"({m.time_to_restore_samples} restore(s))"
     )

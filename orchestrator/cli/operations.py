@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from orchestrator import views
-from orchestrator.cli.base import Invocation, _echo, _print_json, actor_option, command, env_option
+from orchestrator.cli.base import Invocation, actor_option, command, echo, env_option, print_json
 
 
 @click.command("approve")
@@ -22,9 +22,9 @@ def approve_cmd(
 
     result = inv.service().decide(run_id, Decision.APPROVED, actor=actor, reason=reason)
     if as_json:
-        _print_json(views.decision(result))
+        print_json(views.decision(result))
     else:
-        _echo(
+        echo(
             f"run {result.run_id} ({result.app} @ {result.sha[:12]}) {result.approval.describe()}; "
             f"'orchestrator advance {result.run_id} --to {result.edge.dest}' promotes it"
         )
@@ -41,9 +41,9 @@ def reject_cmd(inv: Invocation, run_id: int, *, reason: str, actor: str | None, 
 
     result = inv.service().decide(run_id, Decision.REJECTED, actor=actor, reason=reason)
     if as_json:
-        _print_json(views.decision(result))
+        print_json(views.decision(result))
     else:
-        _echo(
+        echo(
             f"run {result.run_id} ({result.app} @ {result.sha[:12]}) {result.approval.describe()}; "
             f"it is now {result.state} and will not be promoted"
         )
@@ -57,13 +57,13 @@ def recover_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json:
     """Reconcile transitions and locks left by dead runners with what really runs, and free them."""
     reports = inv.service().recover(app, actor)
     if as_json:
-        _print_json(views.recovered(reports))
+        print_json(views.recovered(reports))
         return
     if not reports:
-        _echo("nothing to recover: no transition or lock was left by a dead runner")
+        echo("nothing to recover: no transition or lock was left by a dead runner")
     for r in reports:
         what = f"transition {r.transition_id} (run {r.run_id})" if r.transition_id else "environment"
-        _echo(f"{r.app}: {what} -> {r.outcome}: {r.reason}")
+        echo(f"{r.app}: {what} -> {r.outcome}: {r.reason}")
 
 
 @click.command("locks")
@@ -73,15 +73,15 @@ def locks_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
     """List environment locks and freezes, with whether each holder is still alive."""
     found = inv.service().holds(app)
     if as_json:
-        _print_json(views.holds(found))
+        print_json(views.holds(found))
         return
     held, freezes = found.locks, found.freezes
     if not held and not freezes:
-        _echo("no locks, no freezes")
+        echo("no locks, no freezes")
     for lk in held:
-        _echo(f"{lk.describe()}  [{lk.kind}, holder {lk.liveness()}]")
+        echo(f"{lk.describe()}  [{lk.kind}, holder {lk.liveness()}]")
     for f in freezes:
-        _echo(f.describe())
+        echo(f.describe())
 
 
 @click.command("lock")
@@ -96,9 +96,9 @@ def lock_cmd(
     """Hold APP's --env by hand: promotions and rollbacks of it exit 3 until 'orchestrator unlock'."""
     held = inv.service().lock(app, environment, reason=reason, actor=actor)
     if as_json:
-        _print_json(views.lock(held))
+        print_json(views.lock(held))
     else:
-        _echo(held.describe())
+        echo(held.describe())
 
 
 @click.command("unlock")
@@ -113,9 +113,9 @@ def unlock_cmd(
     """Release APP's --env lock: a hand-held one, one whose holder died (recovering first), or --force."""
     done = inv.service().unlock(app, environment, force=force, actor=actor)
     if as_json:
-        _print_json(views.unlocked(done))
+        print_json(views.unlocked(done))
     else:
-        _echo(f"unlocked {app} {environment} ({done.how}); it was: {done.lock.describe()}")
+        echo(f"unlocked {app} {environment} ({done.how}); it was: {done.lock.describe()}")
 
 
 @click.command("freeze")
@@ -127,9 +127,9 @@ def freeze_cmd(inv: Invocation, app: str | None, *, reason: str, actor: str | No
     """Stop the line: no run of APP (or of any app) may advance until unfrozen. Rollback still works."""
     frozen = inv.service().freeze(app, reason=reason, actor=actor)
     if as_json:
-        _print_json(views.freeze(frozen))
+        print_json(views.freeze(frozen))
     else:
-        _echo(frozen.describe())
+        echo(frozen.describe())
 
 
 @click.command("unfreeze")
@@ -140,6 +140,6 @@ def unfreeze_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json
     """Let runs of APP (or, without APP, of every app) advance again."""
     was = inv.service().unfreeze(app, actor=actor)
     if as_json:
-        _print_json(views.unfrozen(was))
+        print_json(views.unfrozen(was))
     else:
-        _echo(f"unfrozen; it was: {was.describe()}")
+        echo(f"unfrozen; it was: {was.describe()}")
