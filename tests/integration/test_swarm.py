@@ -345,6 +345,9 @@ def test_a_broken_health_check_leaves_the_previous_digest_and_says_why(
     health check through the proxy fails, so the orchestrator puts the service back. Either way the
     service ends on A's digest with both tasks, A answers, and the recorded gate says why."""
     app = swarm_app
+    # Without a HEALTHCHECK, B's health check waits out the whole timeout: a healthy release answers
+    # within a second of converging (every task running, behind the proxy), so 5 s is ample for A.
+    app.configure(health_timeout_s=5)
     good = prod_release(app, app.app.deploy(app.commit("good", healthcheck=healthcheck)))
     run_id = app.app.start(app.commit("broken", healthcheck=healthcheck, broken=True))
     app.app.advance(run_id, "deploy-staging").ok()
