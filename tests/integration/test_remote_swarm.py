@@ -262,7 +262,7 @@ def test_a_stack_app_wholly_on_the_remote_manager_never_uses_this_machines_engin
     the stack's other service as its stack file says."""
     app = remote_swarm
     cache = busybox_image(revision=None, tag=f"{app.name}-cache:1")
-    app.use_stack(cache.tags[0])
+    app.use_stack(cache.tags[0], drain_s=None)  # the default drain time, as the grace period below
     config = app.app.workspace.config_path
     config.write_text(config.read_text() + f'docker_host = "{manager_over_ssh.url}"\n', encoding="utf-8")
     monkeypatch.delenv("ORCH_DOCKER_HOST_PROD")

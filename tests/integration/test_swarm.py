@@ -53,6 +53,11 @@ EXIT_ON_SIGTERM = 'trap "exit 0" TERM\n$bb httpd -f -p "0.0.0.0:$PORT" -h /www &
 # SIGTERM), shorter than the default drain time (ORCH_DRAIN_S, 5 s) that the stop grace period adds.
 LONG_S = 5
 LONG_CGI = SLOW_CGI.replace(f"sleep {SLOW_S}", f"sleep {LONG_S}")
+# The drain time a test app is configured with, unless its test is about draining: it is each task's
+# stop grace period, which these apps (busybox httpd as PID 1, deaf to SIGTERM) sit out whole, so with
+# the default (5 s) each update waits 4 s more for its old tasks to stop. Not less: the engine counts a
+# task's grace period in whole seconds (a fraction is dropped), and 0 kills it right after SIGTERM.
+QUICK_DRAIN_S = 1
 HEALTHCHECK = (
     'HEALTHCHECK --interval=1s --timeout=1s --retries=2 CMD ["/bin/busybox", "wget", '
     '"-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"]\n'
@@ -117,11 +122,19 @@ class SwarmApp:
     def service(self, env: str) -> str:
         return f"{self.name}-{env}"
 
-    def configure(self, *, runtime: str = '"swarm"', health_timeout_s: float = 15) -> None:
+    def configure(
+        self,
+        *,
+        runtime: str = '"swarm"',
+        health_timeout_s: float = 15,
+        drain_s: float | None = QUICK_DRAIN_S,
+    ) -> None:
+        """``drain_s`` None: the default drain time (for a test about it)."""
         self.app.workspace.write_config(
             "[orchestrator]\n"
             f"health_timeout_s = {health_timeout_s}\n"
-            "swarm_timeout_s = 120\n\n"
+            + ("" if drain_s is None else f"drain_s = {drain_s}\n")
+            + "swarm_timeout_s = 120\n\n"
             f"[apps.{self.name}]\n"
             f"proxy_image = {json.dumps(self.proxy_image)}\n"
             f"source = {json.dumps(Path(self.app.repo.path).as_posix())}\n"
@@ -173,7 +186,7 @@ class SwarmApp:
             time.sleep(0.2)
         pytest.fail(f"{self.service(env)} still {state} after {timeout}s")
 
-    def use_stack(self, cache_image: str) -> tuple[Path, str]:
+    def use_stack(self, cache_image: str, *, drain_s: float | None = QUICK_DRAIN_S) -> tuple[Path, str]:
         """Commit a stack file (the app's `web`, and a `cache` the orchestrator must leave as written)
         and point the config at it, prod on swarm; returns the file and its text."""
         repo = self.registry.repository(self.name)
@@ -195,7 +208,7 @@ class SwarmApp:
         )
         self.app.repo.commit("stack file", {"stack.yml": stack_text})
         stack_file = Path(self.app.repo.path) / "stack.yml"
-        self.configure(runtime='{ prod = "swarm" }')
+        self.configure(runtime='{ prod = "swarm" }', drain_s=drain_s)
         config = self.app.workspace.config_path
         config.write_text(
             config.read_text() + f"container_port = 8080\nstack_file = {json.dumps(stack_file.as_posix())}\n"
@@ -332,6 +345,9 @@ def test_a_broken_health_check_leaves_the_previous_digest_and_says_why(
     health check through the proxy fails, so the orchestrator puts the service back. Either way the
     service ends on A's digest with both tasks, A answers, and the recorded gate says why."""
     app = swarm_app
+    # Without a HEALTHCHECK, B's health check waits out the whole timeout: a healthy release answers
+    # within a second of converging (every task running, behind the proxy), so 5 s is ample for A.
+    app.configure(health_timeout_s=5)
     good = prod_release(app, app.app.deploy(app.commit("good", healthcheck=healthcheck)))
     run_id = app.app.start(app.commit("broken", healthcheck=healthcheck, broken=True))
     app.app.advance(run_id, "deploy-staging").ok()
@@ -438,6 +454,7 @@ def test_no_request_fails_during_a_promotion_and_a_rollback(swarm_app: SwarmApp)
     flight: each completes on the task that began it, though the app exits at once on SIGTERM (Swarm
     takes a task out of the service's DNS 2 s before it stops it; the proxy re-resolves every 200 ms)."""
     app = swarm_app
+    app.configure(drain_s=None)  # in-flight requests while tasks stop: the default drain time
     first = prod_release(app, app.app.deploy(app.commit("A", exits_on_sigterm=True)))
     run_id = app.app.start(app.commit("B", exits_on_sigterm=True))
     app.app.advance(run_id, "deploy-staging").ok()
@@ -467,6 +484,7 @@ def test_a_request_longer_than_swarms_dns_delay_finishes_during_a_promotion(swar
     staggered threads across the promotion, so both old tasks are answering some when they are stopped,
     all complete, answered by the old release and then by the new one."""
     app = swarm_app
+    app.configure(drain_s=None)  # the default drain time is what is under test
     app.app.deploy(app.commit("A"))
     run_id = app.app.start(app.commit("B"))
     app.app.advance(run_id, "deploy-staging").ok()
