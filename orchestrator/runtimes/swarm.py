@@ -11,6 +11,7 @@ not on swarm (``runtime = { prod = "swarm" }``) run as direct containers.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -340,7 +341,9 @@ class SwarmRuntime:
             labels={**labels, RUN_LABEL: str(run_id or "")},
             container_labels={**labels, **({TASK_REVISION_LABEL: revision} if revision else {})},
             monitor_s=self.app.update_monitor_s,
-            stop_grace_s=self.settings.drain_s,
+            # Whole seconds, rounded up: a task's engine stops it with its grace period's whole seconds
+            # (moby's swarm executor drops the fraction), so 0.5 s would be a kill right after SIGTERM.
+            stop_grace_s=float(math.ceil(self.settings.drain_s)),
             ingress_ports=(
                 {env_port(self.app, env): self.app.task_port} if self.app.publish_of(env) == "ingress" else {}
             ),

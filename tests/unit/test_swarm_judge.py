@@ -232,8 +232,24 @@ def test_the_stop_grace_period_is_the_drain_time() -> None:
 
     app = AppConfig(name="shop", source=Path("."), registry="reg:5000", runtime={"prod": "swarm"})
     engines = AppEngines.single(app, _FakeEngine(service(), [], {}))  # type: ignore[arg-type]
-    runtime = SwarmRuntime(engines, app, Settings("sqlite://", drain_s=7.5), StepLog(), {})
-    spec = runtime._spec("prod", Published(IMAGE_ID, NEW, "sha256:" + "b" * 64), 3, SHA)
-    assert spec.stop_grace_s == 7.5
+    published = Published(IMAGE_ID, NEW, "sha256:" + "b" * 64)
+    runtime = SwarmRuntime(engines, app, Settings("sqlite://", drain_s=7.0), StepLog(), {})
+    spec = runtime._spec("prod", published, 3, SHA)
+    assert spec.stop_grace_s == 7.0
     pin = StackPin("web", NEW, "orch-shop", 1, {}, {}, stop_grace_s=spec.stop_grace_s)
-    assert "    stop_grace_period: 7500ms\n" in render_override(pin)
+    assert "    stop_grace_period: 7000ms\n" in render_override(pin)
+
+
+@pytest.mark.parametrize(("drain_s", "grace_s"), [(0.5, 1.0), (7.2, 8.0), (0.0, 0.0)])
+def test_a_fraction_of_a_second_of_drain_time_rounds_the_grace_period_up(
+    drain_s: float, grace_s: float
+) -> None:
+    """Hazard: the engine stops a task after its grace period's whole seconds, so drain_s = 0.5 gave a
+    task no time at all after SIGTERM."""
+    from orchestrator.runtimes import Published
+
+    app = AppConfig(name="shop", source=Path("."), registry="reg:5000", runtime={"prod": "swarm"})
+    engines = AppEngines.single(app, _FakeEngine(service(), [], {}))  # type: ignore[arg-type]
+    runtime = SwarmRuntime(engines, app, Settings("sqlite://", drain_s=drain_s), StepLog(), {})
+    spec = runtime._spec("prod", Published(IMAGE_ID, NEW, "sha256:" + "b" * 64), 3, SHA)
+    assert spec.stop_grace_s == grace_s
