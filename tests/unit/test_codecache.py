@@ -4,10 +4,13 @@ compiled afresh, a changed class compiles anew, and a file that is not plainly o
 from __future__ import annotations
 
 import dataclasses
+import marshal
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import CodeType
 
 import pytest
 
@@ -59,10 +62,10 @@ def test_a_file_others_may_write_is_not_read(tmp_path: Path) -> None:
     first = GeneratedCode(str(path))
     make_point(first, "x")
     first.save()
-    assert GeneratedCode(str(path)).known
+    assert GeneratedCode(str(path)).stored()
 
     path.chmod(0o666)
-    assert GeneratedCode(str(path)).known == {}
+    assert GeneratedCode(str(path)).stored() == {}
 
 
 @pytest.mark.parametrize("content", [b"", b"not a cache at all", b"\x00" * 64])
@@ -70,11 +73,11 @@ def test_a_file_of_another_python_or_garbage_costs_only_the_compile(tmp_path: Pa
     path = tmp_path / "code"
     path.write_bytes(content)
     cache = GeneratedCode(str(path))
-    assert cache.known == {}
+    assert cache.stored() == {}
     point = make_point(cache, "x")
     assert point(1) == point(1)
     cache.save()  # and the next process reads a good file again
-    assert GeneratedCode(str(path)).known.keys() == cache.known.keys()
+    assert GeneratedCode(str(path)).stored().keys() == keys_of(cache)
 
 
 def test_past_the_limit_a_save_keeps_only_what_this_process_used(
@@ -89,9 +92,8 @@ def test_past_the_limit_a_save_keeps_only_what_this_process_used(
     new = GeneratedCode(path)
     make_point(new, "new_field")
     new.save()
-    kept = GeneratedCode(path).known
-    assert kept and all("old_field" not in source for _, source in kept)
-    assert any("new_field" in source for _, source in kept)
+    kept = GeneratedCode(path).stored().keys()
+    assert kept == keys_of(new) and not kept & keys_of(old)
 
 
 def test_an_unwritable_folder_is_only_a_slower_start(tmp_path: Path) -> None:
@@ -118,9 +120,28 @@ def test_the_console_script_keeps_its_generated_code_between_calls(tmp_path: Pat
     version()
     assert path.is_file() and path.stat().st_mode & 0o077 == 0, "private to this user"
     written = path.stat().st_mtime_ns
-    assert GeneratedCode(str(path)).known, "the first call compiled dataclasses and kept their code"
+    assert GeneratedCode(str(path)).stored(), "the first call compiled dataclasses and kept their code"
     version()
     assert path.stat().st_mtime_ns == written, "the second call found every text and wrote nothing"
+
+
+def keys_of(cache: GeneratedCode) -> set[codecache.Key]:
+    """How the file names the texts ``cache`` used."""
+    return {codecache._key(mode, text) for mode, text in cache.known}
+
+
+def _rewrite_entries(path: str, entry: Callable[[CodeType], bytes]) -> None:
+    """The file with every entry replaced by ``entry(code)``, under the same index keys (a file written
+    by hand, as damage would leave it)."""
+    entries = {key: entry(code) for key, code in GeneratedCode(path).stored().items()}
+    index, offset = {}, 0
+    for key, blob in entries.items():
+        index[key] = (offset, len(blob))
+        offset += len(blob)
+    head = marshal.dumps(index)
+    with open(path, "wb") as f:
+        f.write(codecache._HEADER + len(head).to_bytes(codecache._LENGTH, "little") + head)
+        f.writelines(entries.values())
 
 
 def test_an_entry_that_does_not_unmarshal_is_compiled_again(tmp_path: Path) -> None:
@@ -128,11 +149,41 @@ def test_an_entry_that_does_not_unmarshal_is_compiled_again(tmp_path: Path) -> N
     first = GeneratedCode(path)
     make_point(first, "x")
     first.save()
-    damaged = GeneratedCode(path)
-    damaged.known = {key: b"\x00not code" for key in damaged.known}
-    damaged.added = 1  # make save() write the damaged entries back
-    damaged.save()
+    _rewrite_entries(path, lambda code: b"\x00not code")
 
     cache = GeneratedCode(path)
     point = make_point(cache, "x")
     assert cache.added > 0 and point(1) == point(1)
+    cache.save()
+    assert GeneratedCode(path).stored().keys() == keys_of(cache), "the damaged entries were replaced"
+
+
+def test_an_entry_that_is_not_code_is_compiled_again(tmp_path: Path) -> None:
+    path = str(tmp_path / "code")
+    first = GeneratedCode(path)
+    make_point(first, "x")
+    first.save()
+    _rewrite_entries(path, lambda code: marshal.dumps("a string, not code"))
+
+    cache = GeneratedCode(path)
+    point = make_point(cache, "x")
+    assert cache.added > 0 and point(1) == point(1)
+
+
+def test_a_process_unmarshals_only_the_entries_it_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "code")
+    first = GeneratedCode(path)
+    make_point(first, "x")
+    make_point(first, "a", "b", "c")
+    first.save()
+    sizes: list[int] = []
+    real_loads = marshal.loads
+    monkeypatch.setattr(codecache.marshal, "loads", lambda data: sizes.append(len(data)) or real_loads(data))
+
+    cache = GeneratedCode(path)
+    assert len(sizes) == 1 and sizes[0] * 4 < os.path.getsize(path), "opening reads the small index alone"
+    make_point(cache, "x")
+    assert cache.added == 0
+    assert 0 < len(sizes) - 1 < len(first.known), "only the entries of the class made were unmarshalled"
