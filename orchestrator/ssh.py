@@ -44,6 +44,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -169,8 +170,37 @@ def _die_with_parent() -> None:
 
 
 def _spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    # Its own session: a Ctrl-C at the terminal goes to the CLI, whose undo still needs the connection.
-    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_death_signal(), **kwargs)
+    """Start ``argv`` in its own session (a Ctrl-C at the terminal goes to the CLI, whose undo still needs
+    the connection), dying with us.
+
+    A ``preexec_fn`` makes Python run its after-fork callbacks in the parent (``logging`` registers one).
+    A SIGTERM handled there (an edge's, or ``_TermRaises``) raises ``Interrupted`` inside the callback,
+    where Python prints it ("Exception ignored in ...") and drops it: the cancelled command went on
+    waiting. Such an exception is kept and raised again once the child is started, after ending it."""
+    from orchestrator.lifecycle import Interrupted
+
+    main = threading.current_thread() is threading.main_thread()  # where signal handlers run
+    dropped: list[BaseException] = []
+    previous = sys.unraisablehook
+
+    def keep(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            dropped.append(unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    if main:
+        sys.unraisablehook = keep
+    try:
+        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=_death_signal(), **kwargs)
+    finally:
+        if main:
+            sys.unraisablehook = previous
+    if dropped:
+        proc.kill()
+        proc.wait()
+        raise dropped[0]
+    return proc
 
 
 def _alive(pid: int) -> bool:
@@ -311,22 +341,26 @@ class SshBridge:
         """``command`` (run by the host's shell) as a session on the master; its stdout. A failure raises
         SshUnreachable with the host's last word (e.g. ``mkdir: cannot create directory``)."""
         timeout = timeout_s if timeout_s is not None else max(5.0, self.options.connect_timeout_s)
+        proc = _spawn(
+            [*self._argv(), command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
-            done = subprocess.run(
-                [*self._argv(), command],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout,
-                start_new_session=True,
-                preexec_fn=_death_signal(),
-                check=False,
-            )
+            stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
             raise SshUnreachable(f"a command on {self.dest.host} did not end within {timeout:g} s") from None
-        if done.returncode != 0:
-            reason = _reason(done.stderr.decode(errors="replace"))
-            raise SshUnreachable(reason or f"a command on {self.dest.host} exited with {done.returncode}")
-        return done.stdout.decode(errors="replace")
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            reason = _reason(stderr.decode(errors="replace"))
+            raise SshUnreachable(reason or f"a command on {self.dest.host} exited with {proc.returncode}")
+        return stdout.decode(errors="replace")
 
     def forward_port(self, port: int) -> int:
         """A port on this machine's loopback whose connections reach ``127.0.0.1:<port>`` on the host,

@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,3 +187,56 @@ def test_a_host_that_never_answers_is_given_up_within_the_timeout(
     reason = caught.value.reason
     assert "within 1 s" in reason or "timed out" in reason, reason
     assert leftovers(before) == ([], [])
+
+
+SIGTERM_IN_AFTER_FORK = """
+import os, signal, subprocess, sys
+import logging  # registers an after-fork callback, as in the CLI
+from orchestrator import ssh
+from orchestrator.lifecycle import Interrupted
+
+armed = [True]
+
+def after_fork_in_parent():
+    if armed[0]:
+        armed[0] = False
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # Python code after the signal: its handler runs here, inside the callback
+            pass
+
+os.register_at_fork(after_in_parent=after_fork_in_parent)
+
+def handler(signum, frame):
+    raise Interrupted(signum)
+
+signal.signal(signal.SIGTERM, handler)
+try:
+    proc = ssh._spawn(["sleep", sys.argv[1]], stdin=subprocess.DEVNULL)
+except Interrupted as exc:
+    print("interrupted", exc.exit_code)
+else:
+    print("went on")
+    proc.kill()
+"""
+
+
+def test_a_sigterm_during_the_spawn_of_ssh_is_not_dropped() -> None:
+    """Hazard: SIGTERM (a cancelled CI job) handled inside the fork's after-fork callbacks, where Python
+    prints the exception and drops it: `status` went on waiting for a host that never answered. The
+    exception is raised once ssh is started, and that ssh is ended."""
+    marker = "30.4711"  # a sleep of our own, to find it among the machine's processes
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_IN_AFTER_FORK, marker], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "interrupted 143", done.stdout + done.stderr
+    assert "Exception ignored" not in done.stderr
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if _read(p) == f"sleep\0{marker}\0"]
+    assert not left, "the ssh started while the signal was handled still runs"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
