@@ -131,7 +131,8 @@ class GeneratedCode:
 
     def save(self) -> None:
         """Write what this process compiled anew (nothing to do when every text was known), with the
-        file's other entries copied as they are, unless that would pass ``MAX_ENTRIES``."""
+        file's other entries that still unmarshal to code, unless keeping them would pass
+        ``MAX_ENTRIES``."""
         if not self.added:
             return
         import tempfile
