@@ -18,6 +18,11 @@ entries it uses, and the pages of the others are never touched. Reading and unma
 Only a file owned by this user and writable by no one else is read, since what it holds is run; a file
 that cannot be read or written only costs the compile. Installed by the console script alone
 (entry.py): tests and library users keep the stock behaviour.
+
+The config file is kept the same way, parsed (``toml``): every command reads it, and importing the TOML
+parser (``tomllib``, whose module compiles a dozen regular expressions) took 4-8 ms of each start on a
+2-core runner, against a few microseconds to unmarshal the tables it gave for the same text. A config
+holding a date or time (which ``marshal`` cannot write, and which no setting takes) is parsed each time.
 """
 
 from __future__ import annotations
@@ -42,8 +47,13 @@ MAX_ENTRIES = 3000
 # object marshalled on its own.
 _HEADER = importlib.util.MAGIC_NUMBER + b"orchestrator-codecache-3\n"
 _LENGTH = 8
+# What an entry must unmarshal to, by its mode: anything else (a damaged entry) is made again.
+_KINDS: dict[str, type] = {"exec": CodeType, "eval": CodeType, "toml": dict}
 
 Key = tuple[str, bytes]
+
+# The cache ``install`` made for this process, if it did (``installed``).
+_installed: GeneratedCode | None = None
 
 
 def _key(mode: str, source: str) -> Key:
@@ -57,14 +67,15 @@ def default_path(environ: Mapping[str, str] = os.environ) -> str:
 
 
 class GeneratedCode:
-    """Compiled code by source text: ``exec`` and ``eval`` that look there before compiling."""
+    """Compiled code by source text: ``exec`` and ``eval`` that look there before compiling; and parsed
+    TOML by its text (``toml``)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         # The file's entries, still marshalled: where each one is in ``_entries`` (a view of the mapping).
         self._index, self._entries = self._open()
-        # The code this process used, by (mode, text): found in the file or compiled anew.
-        self.known: dict[tuple[str, str], CodeType] = {}
+        # The code (and tables) this process used, by (mode, text): found in the file or made anew.
+        self.known: dict[tuple[str, str], Any] = {}
         self.added = 0
 
     def _open(self) -> tuple[dict[Key, tuple[int, int]], memoryview]:
@@ -92,18 +103,19 @@ class GeneratedCode:
             return nothing
         return index, data[end:]
 
-    def _stored(self, key: Key) -> CodeType | None:
+    def _stored(self, key: Key) -> Any:
         where = self._index.get(key)
-        if where is None:
+        kind = _KINDS.get(key[0]) if isinstance(key, tuple) and key else None
+        if where is None or kind is None:
             return None
         try:
             offset, size = where
-            code = marshal.loads(self._entries[offset : offset + size])
+            value = marshal.loads(self._entries[offset : offset + size])
         except (EOFError, ValueError, TypeError):
             return None
-        return code if isinstance(code, CodeType) else None
+        return value if isinstance(value, kind) else None
 
-    def stored(self) -> dict[Key, CodeType]:
+    def stored(self) -> dict[Key, Any]:
         """Every entry of the file that would be used, unmarshalled, by (mode, hash of its text): to
         inspect the file (a process only unmarshals the entries it asks for)."""
         found = {key: self._stored(key) for key in self._index}
@@ -119,6 +131,24 @@ class GeneratedCode:
             self.known[(mode, source)] = found
         return found
 
+    def toml(self, text: str) -> dict[str, Any]:
+        """``tomllib.loads(text)``, from the file when this text was parsed before. Each call returns
+        tables of its own (a caller may change them). Raises ``tomllib.TOMLDecodeError`` as it does."""
+        found = self.known.get(("toml", text))
+        if found is None:
+            found = self._stored(_key("toml", text))
+            if found is None:
+                import tomllib
+
+                found = tomllib.loads(text)
+                try:
+                    marshal.dumps(found)
+                except ValueError:  # a date or time: parsed again next time
+                    return found
+                self.added += 1
+            self.known[("toml", text)] = found
+        return marshal.loads(marshal.dumps(found))
+
     def exec(self, source: Any, globals: Any = None, locals: Any = None, /) -> None:
         if isinstance(source, str):
             source = self.code(source, "exec")
@@ -130,9 +160,9 @@ class GeneratedCode:
         return eval(source, globals, locals)
 
     def save(self) -> None:
-        """Write what this process compiled anew (nothing to do when every text was known), with the
-        file's other entries that still unmarshal to code, unless keeping them would pass
-        ``MAX_ENTRIES``."""
+        """Write what this process compiled or parsed anew (nothing to do when every text was known), with
+        the file's other entries that still unmarshal to what their mode makes, unless keeping them would
+        pass ``MAX_ENTRIES``."""
         if not self.added:
             return
         import tempfile
@@ -142,9 +172,9 @@ class GeneratedCode:
         entries: dict[Key, bytes] = {}
         if len(set(self._index) | set(used)) <= MAX_ENTRIES:
             for key in self._index:
-                code = self._stored(key)  # a damaged entry is left out, not copied again
-                if code is not None:
-                    entries[key] = marshal.dumps(code)
+                value = self._stored(key)  # a damaged entry is left out, not copied again
+                if value is not None:
+                    entries[key] = marshal.dumps(value)
         for key, code in used.items():
             entries[key] = marshal.dumps(code)
         index, offset = {}, 0
@@ -173,10 +203,18 @@ def install(
     path: str | None = None, modules: tuple[ModuleType, ...] = (dataclasses, collections)
 ) -> GeneratedCode:
     """Route the ``exec``/``eval`` of ``modules`` through the cache (a module-level name shadows the
-    builtin), and save what was compiled anew at exit. Call before the first dataclass is made."""
+    builtin), offer it to the config's parser (``installed``), and save what was made anew at exit.
+    Call before the first dataclass is made."""
+    global _installed
     cache = GeneratedCode(path or default_path())
     for module in modules:
         module.exec = cache.exec  # type: ignore[attr-defined]
         module.eval = cache.eval  # type: ignore[attr-defined]
     atexit.register(cache.save)
+    _installed = cache
     return cache
+
+
+def installed() -> GeneratedCode | None:
+    """The cache of this process, when its console script installed one (never in tests that did not)."""
+    return _installed

@@ -11,7 +11,6 @@ import os
 import posixpath
 import re
 import shlex
-import tomllib
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -1391,9 +1390,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     cfg_path = found
     if cfg_path.is_file():
         try:
-            data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise BadInput(f"{cfg_path} is not valid TOML: {exc}") from None
+            data = _parse_toml(cfg_path, cfg_path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as exc:
             raise BadInput(f"{cfg_path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
         except OSError as exc:
@@ -1431,6 +1428,22 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         config_source=config_source,
         database_source=database.source,
     )
+
+
+def _parse_toml(cfg_path: Path, text: str) -> dict[str, Any]:
+    """The file's tables; through the console script's cache when it has one (codecache.py: the parser
+    costs more to import than the file to parse)."""
+    from orchestrator import codecache
+
+    cache = codecache.installed()
+    try:
+        if cache is not None:
+            return cache.toml(text)
+        import tomllib
+
+        return tomllib.loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError, without importing tomllib to name it
+        raise BadInput(f"{cfg_path} is not valid TOML: {exc}") from None
 
 
 def _secret_build_arg_warnings(apps: Mapping[str, AppConfig]) -> tuple[str, ...]:

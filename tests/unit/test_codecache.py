@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import CodeType
+from typing import Any
 
 import pytest
 
@@ -130,8 +130,8 @@ def keys_of(cache: GeneratedCode) -> set[codecache.Key]:
     return {codecache._key(mode, text) for mode, text in cache.known}
 
 
-def _rewrite_entries(path: str, entry: Callable[[CodeType], bytes]) -> None:
-    """The file with every entry replaced by ``entry(code)``, under the same index keys (a file written
+def _rewrite_entries(path: str, entry: Callable[[Any], bytes]) -> None:
+    """The file with every entry replaced by ``entry(value)``, under the same index keys (a file written
     by hand, as damage would leave it)."""
     entries = {key: entry(code) for key, code in GeneratedCode(path).stored().items()}
     index, offset = {}, 0
@@ -187,3 +187,69 @@ def test_a_process_unmarshals_only_the_entries_it_uses(
     make_point(cache, "x")
     assert cache.added == 0
     assert 0 < len(sizes) - 1 < len(first.known), "only the entries of the class made were unmarshalled"
+
+
+# The config's parsed tables (GeneratedCode.toml) ---------------------------------------------------
+
+CONFIG = '[apps."demo"]\nsource = "."\nstaging_port = 18501\nprod_port = 18500\nlimits = { cpus = 0.5 }\n'
+
+
+def test_a_config_parsed_once_is_read_from_the_file_without_the_parser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tomllib
+
+    path = str(tmp_path / "code")
+    first = GeneratedCode(path)
+    tables = first.toml(CONFIG)
+    assert tables == tomllib.loads(CONFIG) and first.added == 1
+    first.save()
+
+    def no_parse(text: str) -> dict[str, object]:
+        raise AssertionError("parsed again, though the file had this text's tables")
+
+    monkeypatch.setattr(tomllib, "loads", no_parse)
+    second = GeneratedCode(path)
+    assert second.toml(CONFIG) == tables and second.added == 0
+    # Each call gets tables of its own: what one caller changes, the next does not see.
+    second.toml(CONFIG)["apps"].clear()
+    assert second.toml(CONFIG) == tables
+
+
+def test_a_changed_config_is_parsed_anew(tmp_path: Path) -> None:
+    path = str(tmp_path / "code")
+    first = GeneratedCode(path)
+    first.toml(CONFIG)
+    first.save()
+
+    second = GeneratedCode(path)
+    changed = CONFIG.replace("18501", "18601")
+    assert second.toml(changed)["apps"]["demo"]["staging_port"] == 18601 and second.added == 1
+
+
+def test_invalid_toml_raises_as_the_parser_does_and_is_not_kept(tmp_path: Path) -> None:
+    import tomllib
+
+    cache = GeneratedCode(str(tmp_path / "code"))
+    with pytest.raises(tomllib.TOMLDecodeError):
+        cache.toml("bad = [")
+    assert cache.added == 0 and not cache.known
+
+
+def test_a_config_with_a_date_is_parsed_each_time(tmp_path: Path) -> None:
+    """marshal cannot write a date: such tables are returned as parsed and never stored."""
+    cache = GeneratedCode(str(tmp_path / "code"))
+    tables = cache.toml("when = 2026-11-27\n")
+    assert str(tables["when"]) == "2026-11-27"
+    assert cache.added == 0 and not cache.known
+
+
+def test_a_damaged_config_entry_is_parsed_again(tmp_path: Path) -> None:
+    path = str(tmp_path / "code")
+    first = GeneratedCode(path)
+    first.toml(CONFIG)
+    first.save()
+    _rewrite_entries(path, lambda tables: marshal.dumps(["a list, not tables"]))
+
+    cache = GeneratedCode(path)
+    assert cache.toml(CONFIG)["apps"]["demo"]["prod_port"] == 18500 and cache.added == 1

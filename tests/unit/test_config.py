@@ -231,6 +231,23 @@ def test_malformed_toml(write_config: WriteConfig) -> None:
     assert message.startswith(f"{path} is not valid TOML")
 
 
+def test_the_console_scripts_cache_gives_the_same_config_and_the_same_errors(
+    write_config: WriteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console script parses the file through its cache (codecache.py); what a command sees must not
+    depend on whether the file's tables came from the cache or from the parser."""
+    from orchestrator import codecache
+
+    text = '[apps.shop]\nsource = "."\nstaging_port = 18501\nprod_port = 18500\n'
+    path = write_config(text)
+    parsed = load_config(str(path), env={})
+    monkeypatch.setattr(codecache, "_installed", codecache.GeneratedCode(str(tmp_path / "code")))
+    assert load_config(str(path), env={}) == parsed  # parsed, and kept
+    assert codecache.installed().added == 1  # type: ignore[union-attr]
+    assert load_config(str(path), env={}) == parsed  # from what was kept
+    assert bad(write_config("[apps.shop\nsource = \n")).startswith(f"{path} is not valid TOML")
+
+
 def test_config_that_is_not_utf8_is_bad_input_not_a_traceback(write_config: WriteConfig) -> None:
     """A config saved as UTF-16 (some editors' default) must be exit 2 naming the file; a traceback
     exits 1, which CI reads as 'a gate failed and the run was rolled back'."""
