@@ -617,6 +617,13 @@ class DockerEngine:
             _collect_ssh_pools()
 
     @property
+    def calls_in_parallel(self) -> bool:
+        """Whether two threads may call this engine at once: the local wire (docker_wire.EngineApi) keeps
+        one connection per concurrent call. The SDK's client, whose transports include ssh, is left to one
+        thread at a time."""
+        return isinstance(self._api, EngineApi)
+
+    @property
     def swarm(self) -> SwarmEngine:
         """Swarm services and overlay networks on this engine (see SwarmEngine)."""
         return SwarmEngine(self)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from orchestrator.config import AppConfig, Settings
 from orchestrator.errors import Conflict, InfraUnavailable
@@ -25,6 +26,8 @@ from orchestrator.logging import bound_context, get_logger
 from orchestrator.machine import (
     EDGE_ENVIRONMENTS,
     ENVIRONMENTS,
+    PROD,
+    TO_PROD,
     TO_STAGING,
     Edge,
     RunMachine,
@@ -46,6 +49,9 @@ from orchestrator.service.common import (
 )
 from orchestrator.service.results import AdvanceResult, edge_reason
 from orchestrator.store.repository import RunRecord
+
+if TYPE_CHECKING:
+    from orchestrator.prune import ImagesAhead
 
 
 def load_ahead(edge: Edge, settings: Settings) -> threading.Thread:
@@ -73,6 +79,20 @@ def load_ahead(edge: Edge, settings: Settings) -> threading.Thread:
     thread = threading.Thread(target=load, name="load-ahead", daemon=True)
     thread.start()
     return thread
+
+
+def list_images_ahead(app: AppConfig, engine: LazyEngine) -> list[ImagesAhead]:
+    """Prod's engine starts listing its images for the prune after the deploy (prune.ImagesAhead), when it
+    is one several threads may call (the local wire); else nothing is read ahead and the prune lists
+    them itself. Called once prod's tag step is done, when prod's engine is connected; it must not raise
+    into the promotion, whatever goes wrong."""
+    from orchestrator.prune import ImagesAhead
+
+    try:
+        prod = engine.get(app.engine(PROD))
+        return [ImagesAhead(prod)] if prod.calls_in_parallel else []
+    except Exception:  # nothing read ahead: the prune lists the images itself, and reports what fails
+        return []
 
 
 class EdgeRunner:
@@ -169,6 +189,9 @@ class EdgeRunner:
             self.store.record_gate_result(transition_id, position, result)
 
         steps = self.shared.step_log(transition_id)
+        images_ahead: list[ImagesAhead] = []
+        if edge == TO_PROD and self.config.settings.prune_after_deploy:
+            steps.when_done(f"{PROD}_tag", lambda: images_ahead.extend(list_images_ahead(app, engine)))
 
         def release_now(intent: ReleaseIntent) -> None:
             with steps.step("record_release", intent.environment) as step:
@@ -265,12 +288,14 @@ class EdgeRunner:
             and self.config.settings.prune_after_deploy
             and engine.connected is not None  # an edge that never reached the engine built nothing
         ):
-            self._prune_after_deploy(run, actor, engine)
+            self._prune_after_deploy(run, actor, engine, images_ahead[0] if images_ahead else None)
         return AdvanceResult(
             run.id, transition_id, edge.source, edge.dest, state, outcome, reason, tuple(checks)
         )
 
-    def _prune_after_deploy(self, run: RunRecord, actor: str, engine: LazyEngine) -> None:
+    def _prune_after_deploy(
+        self, run: RunRecord, actor: str, engine: LazyEngine, ahead: ImagesAhead | None
+    ) -> None:
         """Housekeeping once the promotion is recorded as succeeded (so nothing here can change its
         verdict), under a lock of its own: a run that took the environments in between wins, and this
         prune is skipped (the next one catches up). Whatever goes wrong, including a signal, is logged
@@ -287,6 +312,7 @@ class EdgeRunner:
                 actor=actor,
                 holder=f"prune after run {run.id} by {actor}",
                 run_id=run.id,
+                ahead=ahead,
             )
         except (Exception, Interrupted) as exc:
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__

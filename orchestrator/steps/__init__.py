@@ -78,6 +78,16 @@ class StepLog:
         self._position = position
         self._prefix = ""
         self.recorded: list[StepHandle] = []
+        # Callbacks waiting for a step to be done, by its full name (when_done).
+        self._waiting: dict[str, list[Callable[[], None]]] = {}
+
+    def when_done(self, name: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the step ``name`` is recorded done (not when it fails): work that
+        may start only once that step is done, and then runs alongside the steps after it (advance.py
+        lists prod's images for the prune after a deploy once prod's tags have moved, while its
+        containers are swapped). It runs in the caller's thread, between two steps: it should start
+        work, not do it, and must not raise."""
+        self._waiting.setdefault(name, []).append(callback)
 
     @contextmanager
     def phase(self, prefix: str) -> Iterator[None]:
@@ -112,3 +122,6 @@ class StepLog:
         if step_id is not None and self._finish is not None:
             status = StepStatus.FAILED if handle.failure else StepStatus.DONE
             self._finish(step_id, status, handle.changes, handle.failure)
+        if not handle.failure:
+            for callback in self._waiting.pop(full, ()):
+                callback()

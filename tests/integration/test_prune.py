@@ -156,6 +156,36 @@ def test_prune_runs_after_each_successful_promotion(
     assert store.locks(app.name) == [], "the prune's own lock is released"
 
 
+def test_the_prune_after_a_deploy_decides_from_the_images_listed_while_prod_was_swapped(
+    busybox_app: BusyboxApp, engine: DockerEngine, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's image list (40-50 ms on a busy engine) is asked for once prod's tags have moved, in a
+    thread of its own, while prod's containers are swapped (prune.ImagesAhead): the prune after the deploy
+    lists none itself, and removes what it removed when it listed them after the verdict."""
+    import threading
+
+    listed_by: list[str] = []
+    real_images = DockerEngine.images
+
+    def images(self: DockerEngine) -> list[ImageInfo]:
+        listed_by.append(threading.current_thread().name)
+        return real_images(self)
+
+    monkeypatch.setattr(DockerEngine, "images", images)
+    app = busybox_app
+    monkeypatch.setenv("ORCH_KEEP_RELEASES", "1")
+    first, second = app.commit("one"), app.commit("two")
+    app.deploy(first)
+    first_image = app.running("prod").image_id  # type: ignore[union-attr]
+    assert listed_by == ["prune-images-ahead"], "one list per deploy, read ahead"
+    run_id = app.deploy(second)
+    assert listed_by == ["prune-images-ahead"] * 2
+    assert engine.image(first_image) is None
+    (event,) = [e for e in store.events(app=app.name) if e.kind == "pruned"]
+    assert event.run_id == run_id
+    assert [i["image_id"] for i in event.details["images"]] == [first_image]
+
+
 @pytest.mark.parametrize(
     ("failure", "kind"), [("error", "prune_failed"), ("signal", "prune_failed"), ("locked", "prune_skipped")]
 )
