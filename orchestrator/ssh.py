@@ -341,22 +341,24 @@ class SshBridge:
         """``command`` (run by the host's shell) as a session on the master; its stdout. A failure raises
         SshUnreachable with the host's last word (e.g. ``mkdir: cannot create directory``)."""
         timeout = timeout_s if timeout_s is not None else max(5.0, self.options.connect_timeout_s)
-        proc = _spawn(
+        # As subprocess.run, whose shape this is (through _spawn): leaving ``with`` closes the pipes and
+        # waits for the killed child, on every path.
+        with _spawn(
             [*self._argv(), command],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-        )
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise SshUnreachable(f"a command on {self.dest.host} did not end within {timeout:g} s") from None
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+        ) as proc:
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise SshUnreachable(
+                    f"a command on {self.dest.host} did not end within {timeout:g} s"
+                ) from None
+            except BaseException:
+                proc.kill()
+                raise
         if proc.returncode != 0:
             reason = _reason(stderr.decode(errors="replace"))
             raise SshUnreachable(reason or f"a command on {self.dest.host} exited with {proc.returncode}")
