@@ -590,7 +590,10 @@ def test_runs_locks_and_recovery_keep_their_invariants(world: World) -> None:
     run_state_machine_as_test(
         Line,
         settings=settings(
-            max_examples=80,
+            # Recovery is reached only on a line with an abandoned transition and no release yet (see
+            # ``recover``): about 2% of examples. With 80, the REACHED check below failed 3 runs in 15
+            # (before and after session 15's changes); with 200, about 2 runs in 100 would.
+            max_examples=200,
             stateful_step_count=40,
             deadline=None,
             database=None,
