@@ -1449,6 +1449,8 @@ def _parse_toml(cfg_path: Path, text: str) -> dict[str, Any]:
 def _secret_build_arg_warnings(apps: Mapping[str, AppConfig]) -> tuple[str, ...]:
     """Build args are baked into the image's history and pushed with it (``docker history --no-trunc``
     shows them to anyone who can pull): a credential passed that way leaks for the image's lifetime."""
+    if not any(app.build_args for app in apps.values()):
+        return ()  # nothing to look at: redact.py is not imported
     from orchestrator.redact import looks_secret
 
     return tuple(

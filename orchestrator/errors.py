@@ -90,3 +90,22 @@ class DockerError(Exception):
         super().__init__(message)
         self.message = message
         self.log = log
+
+
+class Interrupted(BaseException):
+    """Raised by SIGTERM/SIGINT during an edge (lifecycle.py turns the signals into it). A BaseException,
+    so that the ``except Exception`` that turns a crashing gate into a recorded error never swallows a
+    cancellation. Exits as a shell reports a process ended by that signal: 128 + its number."""
+
+    def __init__(self, signum: int) -> None:
+        # ``signal`` here, not at the top: every command imports this module, and one that only reads the
+        # history would pay about a millisecond for it.
+        import signal
+
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.signal_name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -13,26 +13,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from orchestrator.errors import Interrupted
 from orchestrator.logging import get_logger
 
-# ``signal`` is imported where an edge uses it: every command imports this module for ``Interrupted``,
-# and a command that only reads the history would pay about a millisecond for it.
-
-
-class Interrupted(BaseException):
-    """Raised by SIGTERM/SIGINT during an edge. A BaseException, so that the ``except Exception`` that
-    turns a crashing gate into a recorded error never swallows a cancellation."""
-
-    def __init__(self, signum: int) -> None:
-        import signal
-
-        self.signum = signum
-        self.signal_name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {self.signal_name}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
+# ``Interrupted`` (raised here, and imported from here by the edges) lives with the other errors the CLI
+# maps to an exit code (errors.py): a command that never runs an edge need not import this module to name
+# it in its ``except``.
 
 
 def _in_main_thread() -> bool:

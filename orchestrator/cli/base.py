@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from orchestrator import __version__, identity, progress, views
-from orchestrator.errors import BadInput, OrchestratorError
+from orchestrator.errors import BadInput, Interrupted, OrchestratorError
 
 # Everything else is imported inside the commands that need it: `--help`, `--version` and a usage error
 # must not pay for SQLAlchemy, the docker SDK, transitions or Alembic (tests/unit/test_startup_imports.py).
@@ -27,7 +27,7 @@ from orchestrator.errors import BadInput, OrchestratorError
 if TYPE_CHECKING:
     from orchestrator.config import Config
     from orchestrator.notify import Notifier
-    from orchestrator.service import RunService
+    from orchestrator.service import Reads, RunService
     from orchestrator.store.repository import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,6 +80,13 @@ class Invocation:
         from orchestrator.service import RunService
 
         return RunService(self.config, self._open_store(upgrade=upgrade), notifier=self.notifier)
+
+    def reads(self) -> Reads:
+        """The history commands' service: the config and the store, without what the edges and the
+        operator actions load (the notifier, the engine)."""
+        from orchestrator.service import Reads
+
+        return Reads(self.config, self._open_store(upgrade=True))
 
     @property
     def notifier(self) -> Notifier:
@@ -157,8 +164,6 @@ def command(fn: F) -> F:
     @click.pass_obj
     @functools.wraps(fn)
     def wrapper(inv: Invocation, *args: Any, as_json: bool, **kwargs: Any) -> None:
-        from orchestrator.lifecycle import Interrupted
-
         try:
             fn(inv, *args, as_json=as_json, **kwargs)
         except OrchestratorError as exc:

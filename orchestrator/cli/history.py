@@ -47,11 +47,12 @@ def runs_list(
     as_json: bool,
 ) -> None:
     """List runs, newest first, with the outcome and reason of each one's last transition."""
-    from orchestrator.machine import State
     from orchestrator.store.listing import RunFilter, parse_when
     from orchestrator.verdict import first_line
 
     if state is not None:
+        from orchestrator.machine import State
+
         state = State.parse(state).value
     found = RunFilter(
         app=app,
@@ -62,7 +63,7 @@ def runs_list(
         since=parse_when(since) if since else None,
         until=parse_when(until) if until else None,
     )
-    history = inv.service().history()
+    history = inv.reads().history()
     records = history.runs(found, limit=limit, offset=(page - 1) * limit)
     if as_json:
         print_json(views.runs(records))
@@ -109,7 +110,7 @@ def runs_show(inv: Invocation, run_id: int, *, as_json: bool) -> None:
     """Show RUN_ID with every transition, gate result (with its evidence), step and release."""
     from orchestrator.verdict import first_line
 
-    history = inv.service().run_history(run_id)
+    history = inv.reads().run_history(run_id)
     if as_json:
         print_json(views.run_history(history))
         return
@@ -255,7 +256,7 @@ def audit_cmd(inv: Invocation, app: str | None, *, since: str | None, limit: int
     CI job each came from."""
     from orchestrator.store.listing import parse_when
 
-    entries = inv.service().history().audit(app, parse_when(since) if since else None, limit)
+    entries = inv.reads().history().audit(app, parse_when(since) if since else None, limit)
     if as_json:
         print_json(views.audit(entries))
         return
@@ -291,7 +292,7 @@ def releases_cmd(inv: Invocation, app: str, *, environment: str | None, limit: i
         from orchestrator.machine import parse_environment
 
         environment = parse_environment(environment)
-    periods = inv.service().history().release_periods(app, environment, limit)
+    periods = inv.reads().history().release_periods(app, environment, limit)
     if as_json:
         print_json(views.releases(app, periods))
         return
@@ -341,7 +342,7 @@ def _step_text(step: Any) -> str:
 def metrics_cmd(inv: Invocation, app: str | None, *, since: str, as_json: bool) -> None:
     """DORA keys of APP (or every app) from the recorded history: deployment frequency, lead time for
     changes, change failure rate, time to restore."""
-    found = inv.service().metrics(app, since)
+    found = inv.reads().metrics(app, since)
     if as_json:
         print_json(views.metrics(found))
         return

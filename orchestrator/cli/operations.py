@@ -71,7 +71,7 @@ def recover_cmd(inv: Invocation, app: str | None, *, actor: str | None, as_json:
 @command
 def locks_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
     """List environment locks and freezes, with whether each holder is still alive."""
-    found = inv.service().holds(app)
+    found = inv.reads().holds(app)
     if as_json:
         print_json(views.holds(found))
         return

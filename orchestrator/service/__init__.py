@@ -12,6 +12,7 @@ Where things are:
   claims.py       taking the run and its environments: recovery on the way, waiting, supersede
   recover.py      recovery from dead runners: abandoned transitions and locks, stopped environments
   operations.py   the operator façade the CLI and the dashboard call (lock, rollback, prune, ...)
+  reads.py        its base: the history commands' reads, config and store only (runs, locks, metrics)
   results.py      what advance, deploy and recover return
   builds.py       whether the staging build is sent early, and from where (steps/ahead.py sends it)
   common.py       input parsing, the engine connected on first use, what every part shares
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
         parse_actor,
         parse_sha,
     )
-    from orchestrator.service.operations import Holds, PruneReport, RunHistory
+    from orchestrator.service.operations import PruneReport
+    from orchestrator.service.reads import Holds, Reads, RunHistory
     from orchestrator.service.results import (
         AdvanceResult,
         DeployResult,
@@ -65,7 +67,8 @@ _HOME = {
         ],
         "common",
     ),
-    **dict.fromkeys(["Holds", "PruneReport", "RunHistory"], "operations"),
+    "PruneReport": "operations",
+    **dict.fromkeys(["Holds", "Reads", "RunHistory"], "reads"),
     **dict.fromkeys(
         ["AdvanceResult", "DeployResult", "FailureSummary", "RecoveryReport", "edge_reason"], "results"
     ),
@@ -84,6 +87,7 @@ __all__ = [
     "FailureSummary",
     "Holds",
     "PruneReport",
+    "Reads",
     "RecoveryReport",
     "RunHistory",
     "RunService",

@@ -1,6 +1,6 @@
-"""What the CLI reads and the operator actions it runs: every command goes through here, none reaches
-the store on its own. Each method is the service's door to a module that does the work
-(orchestrator/operator.py, releases.py, approvals.py, metrics.py, prune.py, store/history.py), imported
+"""The operator actions the CLI and the dashboard run; the reads are reads.py's, its base class. Every
+command goes through the service, none reaches the store on its own. Each method is the service's door
+to a module that does the work (orchestrator/operator.py, releases.py, approvals.py, prune.py), imported
 when called so that a command pays only for what it uses."""
 
 from __future__ import annotations
@@ -12,31 +12,22 @@ from typing import TYPE_CHECKING
 
 from orchestrator.config import Config
 from orchestrator.errors import BadInput, Conflict
-from orchestrator.machine import State
 from orchestrator.notify import Notifier
 from orchestrator.service.common import LazyEngine, parse_actor
-from orchestrator.store.repository import (
-    FreezeRecord,
-    LockRecord,
-    ReleaseRecord,
-    RunRecord,
-    Store,
-    TransitionRecord,
-)
+from orchestrator.service.reads import Reads
+from orchestrator.store.repository import FreezeRecord, LockRecord, Store
 
 if TYPE_CHECKING:
     from orchestrator.approvals import Decision, DecisionResult
     from orchestrator.docker_engine import DockerEngine
-    from orchestrator.metrics import MetricsReport
     from orchestrator.operator import Unlocked
     from orchestrator.prune import PruneResult
     from orchestrator.releases import EnvStatus, RollbackResult
-    from orchestrator.store.listing import Listing
 
 
-class Operations:
+class Operations(Reads):
     """The operator-facing half of RunService (its base class, so the CLI calls ``service.lock(...)``
-    as before): reads and hand-run actions, none of which crosses an edge of a run."""
+    as before): hand-run actions, none of which crosses an edge of a run, and the reads."""
 
     def __init__(
         self,
@@ -45,8 +36,7 @@ class Operations:
         engine_factory: Callable[[], DockerEngine],
         notifier: Notifier,
     ) -> None:
-        self.config = config
-        self.store = store
+        super().__init__(config, store)
         self.engine_factory = engine_factory
         self.notifier = notifier
 
@@ -58,22 +48,6 @@ class Operations:
             yield engine
         finally:
             engine.close()
-
-    def list_runs(self, *, app: str | None, state: str | None, limit: int) -> list[RunRecord]:
-        wanted = State.parse(state).value if state is not None else None
-        return self.store.list_runs(app=app, state=wanted, limit=limit)
-
-    def run_history(self, run_id: int) -> RunHistory:
-        return RunHistory(
-            self.store.get_run(run_id), self.store.transitions(run_id), self.store.releases_of_run(run_id)
-        )
-
-    def holds(self, app: str | None) -> Holds:
-        """The locks and freezes that stop promotions of ``app`` (of every app without one)."""
-        if app is not None:
-            self.config.app(app)
-        freezes = [f for f in self.store.freezes() if app is None or f.app in (app, "*")]
-        return Holds(self.store.locks(app), freezes)
 
     def lock(self, app: str, env: str, *, reason: str | None, actor: str | None) -> LockRecord:
         from orchestrator import operator
@@ -124,19 +98,6 @@ class Operations:
             self.config, self.store, run_id, decision, actor=actor, reason=reason, notifier=self.notifier
         )
 
-    def metrics(self, app: str | None, since: str) -> MetricsReport:
-        """The DORA keys of ``app`` (or every app) from the recorded history."""
-        from orchestrator.metrics import metrics
-
-        return metrics(self.config, self.store, app, since)
-
-    def history(self) -> Listing:
-        """The read-only history queries the CLI lists (runs with filters, audit, release periods),
-        without SQLAlchemy; the dashboard's reports are store/history.py's."""
-        from orchestrator.store.listing import Listing
-
-        return Listing(self.store)
-
     def status(self, app: str | None) -> list[EnvStatus]:
         from orchestrator.releases import status
 
@@ -170,23 +131,6 @@ class Operations:
         from orchestrator.store import db
 
         return db.upgrade(self.store.engine)
-
-
-@dataclass(frozen=True)
-class RunHistory:
-    """A run with every transition (its gate results and steps) and every release it made."""
-
-    run: RunRecord
-    transitions: list[TransitionRecord]
-    releases: list[ReleaseRecord]
-
-
-@dataclass(frozen=True)
-class Holds:
-    """The locks and freezes that stop promotions of an app (or of every app), as `locks` lists them."""
-
-    locks: list[LockRecord]
-    freezes: list[FreezeRecord]
 
 
 @dataclass(frozen=True)
