@@ -70,7 +70,7 @@ def status_cmd(inv: Invocation, app: str | None, *, as_json: bool) -> None:
     printing them all; when no environment's engine answers, it is the engine's error alone (exit 4).
     Other errors keep their codes (4: database unreachable).
     """
-    found = inv.service().status(app)
+    found = inv.reads().status(app)
     ok = all(e.ok for e in found)
     if as_json:
         print_json(views.status(inv.config, found))

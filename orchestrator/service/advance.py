@@ -351,7 +351,7 @@ class EdgeRunner:
         about the commit, so put every environment it touched back as it was, then close the transition
         with the run where it started. If the engine cannot be reached to do that, leave the transition
         ``interrupted`` with its locks for `recover`, and say so."""
-        from orchestrator.recovery import Mode, Reconciler, touched
+        from orchestrator.recovery import Mode, touched
 
         if ctx.compensations:
             # The undos gates registered for their own side effects run first, as on a failed gate.
@@ -367,16 +367,9 @@ class EdgeRunner:
             )
             return why
         try:
-            outcome = Reconciler(
-                self.store,
-                engine.for_app(app),
-                app,
-                self.config.settings,
-                transition,
-                run.sha,
-                ctx.steps,
-                record,
-            ).reconcile(Mode.UNDO, envs, reason=f"undo of transition {transition_id}: {why}")
+            outcome = self.shared.reconciler(engine, app, transition, run.sha, ctx.steps, record).reconcile(
+                Mode.UNDO, envs, reason=f"undo of transition {transition_id}: {why}"
+            )
         except InfraUnavailable as exc:
             return self._leave_for_recovery(transition_id, edge, app, why, exc.message)
         reason = f"{why}; undone: {outcome.summary()}"

@@ -15,12 +15,13 @@ from orchestrator.holder import Holder
 from orchestrator.lifecycle import Heartbeat
 from orchestrator.machine import PROD, STAGING, Edge, State
 from orchestrator.notify import Notification, Notifier
-from orchestrator.store.repository import RunRecord, Store
-from orchestrator.verdict import TransitionOutcome
+from orchestrator.store.repository import RunRecord, Store, TransitionRecord
+from orchestrator.verdict import GateResult, TransitionOutcome
 
 if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
     from orchestrator.engines import AppEngines
+    from orchestrator.recovery import Reconciler
     from orchestrator.steps import StepLog, StepStatus
     from orchestrator.steps.ahead import BuildAhead, ParkedAhead
 
@@ -212,3 +213,20 @@ class Shared:
             self.store.finish_step(step_id, status=status.value, changes=changes, error=error)
 
         return StepLog(begin, finish, position=position)
+
+    def reconciler(
+        self,
+        engine: LazyEngine,
+        app: AppConfig,
+        transition: TransitionRecord,
+        sha: str,
+        steps: StepLog,
+        record: Callable[[GateResult], None],
+    ) -> Reconciler:
+        """What puts the environments ``transition`` touched back in order: for the undo of an edge that
+        stopped without a verdict (advance.py) and for `recover` (recover.py)."""
+        from orchestrator.recovery import Reconciler
+
+        return Reconciler(
+            self.store, engine.for_app(app), app, self.config.settings, transition, sha, steps, record
+        )

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from orchestrator.docker_engine import DockerEngine
     from orchestrator.operator import Unlocked
     from orchestrator.prune import PruneResult
-    from orchestrator.releases import EnvStatus, RollbackResult
+    from orchestrator.releases import RollbackResult
 
 
 class Operations(Reads):
@@ -36,7 +36,7 @@ class Operations(Reads):
         engine_factory: Callable[[], DockerEngine],
         notifier: Notifier,
     ) -> None:
-        super().__init__(config, store)
+        super().__init__(config, store, engine_factory)
         self.engine_factory = engine_factory
         self.notifier = notifier
 
@@ -97,11 +97,6 @@ class Operations(Reads):
         return decide(
             self.config, self.store, run_id, decision, actor=actor, reason=reason, notifier=self.notifier
         )
-
-    def status(self, app: str | None) -> list[EnvStatus]:
-        from orchestrator.releases import status
-
-        return status(self.config, self.store, self.engine_factory, app)
 
     def prune(self, app: str | None, *, dry_run: bool, actor: str | None) -> PruneReport:
         """Prune ``app`` (or every app). One busy app must not stop the housekeeping of the others: its

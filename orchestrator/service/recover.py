@@ -101,7 +101,7 @@ class Recovery:
         return self._recover(transition, engine, actor) is not None
 
     def _recover(self, transition: TransitionRecord, engine: LazyEngine, actor: str) -> RecoveryReport | None:
-        from orchestrator.recovery import Mode, Reconciler, abandoned
+        from orchestrator.recovery import Mode, abandoned
 
         if not abandoned(transition):
             return None
@@ -136,16 +136,8 @@ class Recovery:
                 app = self.config.app(run.app)
                 steps = self.shared.step_log(transition.id, position=len(transition.steps))
                 with self.shared.heartbeat(transition.id, f"recovery of transition {transition.id}"):
-                    result = Reconciler(
-                        self.store,
-                        engine.for_app(app),
-                        app,
-                        self.config.settings,
-                        transition,
-                        run.sha,
-                        steps,
-                        record,
-                    ).reconcile(
+                    reconciler = self.shared.reconciler(engine, app, transition, run.sha, steps, record)
+                    result = reconciler.reconcile(
                         Mode.UNDO if rejected is not None else Mode.RECOVER,
                         EDGE_ENVIRONMENTS[edge],
                         reason=f"recovery of transition {transition.id}",

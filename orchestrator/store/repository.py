@@ -188,6 +188,29 @@ class Store:
         values.setdefault("details", {})
         return self._insert(tx, "events", values)
 
+    def _insert_transition(
+        self, tx: Transaction, run_id: int, from_state: str, to_state: str, actor: str, **values: Any
+    ) -> int:
+        return self._insert(
+            tx,
+            "transitions",
+            {"run_id": run_id, "from_state": from_state, "to_state": to_state, "actor": actor, **values},
+        )
+
+    @staticmethod
+    def _hold_run_in(tx: Transaction, run_id: int, from_state: str, *, mover: str) -> datetime:
+        """The compare-and-set a write about a run starts with: the run must still be in ``from_state``,
+        and touching its row takes the row (PostgreSQL) or database (SQLite) lock for the rest of the
+        transaction. Returns the time written, for the rows that follow."""
+        now = utcnow()
+        held = tx.update(
+            "UPDATE runs SET updated_at = :now WHERE id = :id AND state = :from_state",
+            {"now": now, "id": run_id, "from_state": from_state},
+        )
+        if held != 1:
+            raise Conflict(f"run {run_id} is no longer in {from_state}: {mover} moved it")
+        return now
+
     @staticmethod
     def _unfinished(tx: Transaction, run_id: int) -> Row | None:
         return tx.one(
@@ -255,13 +278,7 @@ class Store:
         """
         try:
             with self._write() as tx:
-                now = utcnow()
-                claimed = tx.update(
-                    "UPDATE runs SET updated_at = :now WHERE id = :id AND state = :from_state",
-                    {"now": now, "id": run_id, "from_state": from_state},
-                )
-                if claimed != 1:
-                    raise Conflict(f"run {run_id} is no longer in {from_state}: another runner moved it")
+                self._hold_run_in(tx, run_id, from_state, mover="another runner")
                 unfinished = self._unfinished(tx, run_id)
                 if unfinished is not None:
                     raise UnfinishedTransition(transition_records(tx, [unfinished])[0])
@@ -277,18 +294,15 @@ class Store:
                     "holder_start": holder.start,
                     "lease_expires_at": expires,
                 }
-                transition_id = self._insert(
+                transition_id = self._insert_transition(
                     tx,
-                    "transitions",
-                    {
-                        "run_id": run_id,
-                        "from_state": from_state,
-                        "to_state": to_state,
-                        "actor": actor,
-                        "started_at": utcnow(),
-                        "outcome": IN_PROGRESS,
-                        **process,
-                    },
+                    run_id,
+                    from_state,
+                    to_state,
+                    actor,
+                    started_at=utcnow(),
+                    outcome=IN_PROGRESS,
+                    **process,
                 )
                 for env in environments:
                     self._insert(
@@ -762,13 +776,7 @@ class Store:
         meanwhile is not approved) and nobody approved it first (the unique constraint decides)."""
         try:
             with self._write() as tx:
-                now = utcnow()
-                still = tx.update(
-                    "UPDATE runs SET updated_at = :now WHERE id = :id AND state = :from_state",
-                    {"now": now, "id": run_id, "from_state": from_state},
-                )
-                if still != 1:
-                    raise Conflict(f"run {run_id} is no longer in {from_state}: another command moved it")
+                now = self._hold_run_in(tx, run_id, from_state, mover="another command")
                 approval = ApprovalRecord(0, run_id, environment, "approved", actor, reason, now)
                 approval_id = self._approval(tx, approval)
                 app = tx.scalar("SELECT app FROM runs WHERE id = :id", {"id": run_id})
@@ -969,20 +977,17 @@ class Store:
         unfinished = self._unfinished(tx, run_id)
         if unfinished is not None:
             raise under_way(transition_records(tx, [unfinished])[0])
-        return self._insert(
+        return self._insert_transition(
             tx,
-            "transitions",
-            {
-                "run_id": run_id,
-                "from_state": from_state,
-                "to_state": to_state,
-                "actor": actor,
-                "outcome": ending,
-                "reason": reason,
-                "result_state": ending,
-                "started_at": now,
-                "finished_at": now,
-            },
+            run_id,
+            from_state,
+            to_state,
+            actor,
+            outcome=ending,
+            reason=reason,
+            result_state=ending,
+            started_at=now,
+            finished_at=now,
         )
 
 

@@ -26,8 +26,8 @@ from orchestrator.config import Config, load_config
 from orchestrator.errors import BadInput, OrchestratorError
 from orchestrator.machine import State
 from orchestrator.metrics import DoraHistory, human_duration
-from orchestrator.store import db
-from orchestrator.store.history import OUTCOMES, History, RunFilter, parse_when, revision_evidence
+from orchestrator.service.reads import Reads
+from orchestrator.store.history import OUTCOMES, RunFilter, parse_when, revision_evidence
 from orchestrator.store.repository import RunRecord, Store
 from orchestrator.web import actions
 from orchestrator.web.actions import configured_token
@@ -49,7 +49,8 @@ METRICS_WINDOW = "30d"
 
 @dataclass
 class Backend:
-    """Where the dashboard reads from; built on first use and shared by the server's threads."""
+    """Where the dashboard reads from (the service layer's reads, service/reads.py) and acts through
+    (the run service, for web/actions.py); built on first use and shared by the server's threads."""
 
     config_path: str | None = None
     engine_factory: Callable[[], DockerEngine] | None = None
@@ -68,19 +69,19 @@ class Backend:
                 self._config = load_config(self.config_path)
             return self._config
 
-    @property
-    def store(self) -> Store:
+    def _open_store(self) -> Store:
         config = self.config
         with self._lock:
             if self._store is None:
                 self._store = Store(config.settings.database_url)
             return self._store
 
-    def status(self, app: str | None = None) -> list[EnvStatus]:
-        from orchestrator.releases import status
-        from orchestrator.service import connect_engine
+    @property
+    def reads(self) -> Reads:
+        return Reads(self.config, self._open_store(), self.engine_factory)
 
-        return status(self.config, self.store, self.engine_factory or connect_engine, app)
+    def status(self, app: str | None = None) -> list[EnvStatus]:
+        return self.reads.status(app)
 
     @contextmanager
     def service(self) -> Iterator[RunService]:
@@ -89,7 +90,7 @@ class Backend:
         from orchestrator.notify import Notifier, record_failures
         from orchestrator.service import RunService, connect_engine
 
-        config, store = self.config, self.store
+        config, store = self.config, self._open_store()
         notifier = Notifier.from_config(config)
         try:
             yield RunService(config, store, self.engine_factory or connect_engine, notifier)
@@ -98,40 +99,29 @@ class Backend:
 
     def dora_history(self) -> DoraHistory:
         """Every app's keys over the metrics window, and per day for the charts, read now."""
-        from orchestrator.metrics import load
-
-        return load(self.config, self.store, None, self.metrics_window, by_day=True)
+        return self.reads.dora(self.metrics_window, by_day=True)
 
     def snapshot(self) -> Snapshot:
         """What one /metrics scrape reports, read now (orchestrator/web/prometheus.py)."""
         from datetime import UTC, datetime
 
-        from orchestrator.metrics import load
         from orchestrator.web import revision
 
-        config, store = self.config, self.store
-        history = History(store)
+        reads = self.reads
+        reports = reads.reports()
+        holds = reads.holds(None)
         now = datetime.now(UTC)
         return Snapshot(
             window=self.metrics_window,
-            report=load(config, store, None, self.metrics_window, now=now).report(),
-            runs=history.run_counts(),
-            transitions=history.transition_counts(),
-            awaiting_approval=history.awaiting_approval(),
-            locks=store.locks(),
-            freezes=store.freezes(),
+            report=reads.dora(self.metrics_window, now=now).report(),
+            runs=reports.run_counts(),
+            transitions=reports.transition_counts(),
+            awaiting_approval=reports.awaiting_approval(),
+            locks=holds.locks,
+            freezes=holds.freezes,
             now=now,
             revision=revision(),
         )
-
-    def sources(self) -> dict[str, Any]:
-        config = self.config
-        return {
-            "config": str(config.path) if config.path else None,
-            "config_source": config.config_source,
-            "database": db.safe_url(config.settings.database_url),
-            "database_source": config.database_source,
-        }
 
 
 def _filter_from_query() -> tuple[RunFilter, int, int]:
@@ -175,7 +165,7 @@ def _slug(name: str) -> str:
 
 def _app_names(backend: Backend) -> list[str]:
     """Configured apps and any the history knows (a dashboard may run without the apps' config)."""
-    return sorted(set(backend.config.apps) | set(History(backend.store).apps()))
+    return sorted(set(backend.config.apps) | set(backend.reads.history().apps()))
 
 
 def _awaiting_decision(backend: Backend, run: RunRecord) -> str | None:
@@ -188,29 +178,9 @@ def _awaiting_decision(backend: Backend, run: RunRecord) -> str | None:
     app = backend.config.apps.get(run.app)
     if edge is None or app is None:
         return None
-    if standing(app.require_approval, edge, backend.store.approvals(run.id)) != Standing.AWAITING:
+    if standing(app.require_approval, edge, backend.reads.approvals(run.id)) != Standing.AWAITING:
         return None
     return target_environment(edge)
-
-
-def run_detail(store: Store, run_id: int) -> dict[str, Any]:
-    """`orchestrator runs show RUN --json`."""
-    record = store.get_run(run_id)
-    return {
-        **views.run(record),
-        "transitions": [views.transition(t) for t in store.transitions(run_id)],
-        "releases": [views.release(r) for r in store.releases_of_run(run_id)],
-    }
-
-
-def status_payload(backend: Backend, found: list[EnvStatus]) -> dict[str, Any]:
-    """`orchestrator status --json`."""
-    return {
-        **backend.sources(),
-        "ok": all(e.ok for e in found),
-        "drift": any(e.drift for e in found),
-        "environments": [views.env_status(e) for e in found],
-    }
 
 
 def create_app(backend: Backend | None = None) -> Flask:
@@ -280,22 +250,22 @@ def create_app(backend: Backend | None = None) -> Flask:
     @app.get("/api/runs")
     def api_runs() -> Response:
         found, limit, page = _filter_from_query()
-        runs = History(backend.store).runs(found, limit=limit, offset=(page - 1) * limit)
+        runs = backend.reads.history().runs(found, limit=limit, offset=(page - 1) * limit)
         return jsonify({"runs": [views.run(r) for r in runs]})
 
     @app.get("/api/runs/<int:run_id>")
     def api_run(run_id: int) -> Response:
-        return jsonify(run_detail(backend.store, run_id))
+        return jsonify(views.run_history(backend.reads.run_history(run_id)))
 
     @app.get("/api/status")
     def api_status() -> Response:
-        return jsonify(status_payload(backend, backend.status(request.args.get("app") or None)))
+        return jsonify(views.status(backend.config, backend.status(request.args.get("app") or None)))
 
     @app.get("/api/releases")
     def api_releases() -> Response:
         app_name = request.args.get("app")
         env = request.args.get("env") or None
-        history = History(backend.store)
+        history = backend.reads.history()
         if app_name:
             return jsonify(views.releases(app_name, history.release_periods(app_name, env)))
         names = _app_names(backend)
@@ -305,18 +275,18 @@ def create_app(backend: Backend | None = None) -> Flask:
 
     @app.get("/api/locks")
     def api_locks() -> Response:
-        store = backend.store
+        holds = backend.reads.holds(None)
         return jsonify(
             {
-                "locks": [views.lock_record(lk) for lk in store.locks()],
-                "freezes": [views.freeze_record(f) for f in store.freezes()],
+                "locks": [views.lock_record(lk) for lk in holds.locks],
+                "freezes": [views.freeze_record(f) for f in holds.freezes],
             }
         )
 
     @app.get("/api/audit")
     def api_audit() -> Response:
         since = request.args.get("since") or None
-        entries = History(backend.store).audit(
+        entries = backend.reads.history().audit(
             request.args.get("app") or None, parse_when(since) if since else None
         )
         return jsonify(views.audit(entries))
@@ -328,13 +298,14 @@ def create_app(backend: Backend | None = None) -> Flask:
     @app.get("/")
     def index() -> str:
         found, limit, page = _filter_from_query()
-        history = History(backend.store)
+        reads = backend.reads
+        history = reads.history()
         runs = history.summaries(history.runs(found, limit=limit, offset=(page - 1) * limit))
         try:
             environments, status_error = backend.status(), None
         except OrchestratorError as exc:  # no engine: the history is still worth showing
             environments, status_error = [], exc.message
-        store = backend.store
+        holds = reads.holds(None)
         dora = backend.dora_history()
         return render_template(
             "index.html",
@@ -347,26 +318,25 @@ def create_app(backend: Backend | None = None) -> Flask:
             more=len(runs) == limit,
             environments=environments,
             status_error=status_error,
-            locks=store.locks(),
-            freezes=store.freezes(),
+            locks=holds.locks,
+            freezes=holds.freezes,
             apps=_app_names(backend),
         )
 
     @app.get("/runs/<int:run_id>")
     def run_page(run_id: int) -> str:
-        store = backend.store
-        record = store.get_run(run_id)
+        found = backend.reads.run_history(run_id)
         return render_template(
             "run.html",
-            run=record,
-            transitions=store.transitions(run_id),
-            releases=store.releases_of_run(run_id),
-            awaiting_env=_awaiting_decision(backend, record),
+            run=found.run,
+            transitions=found.transitions,
+            releases=found.releases,
+            awaiting_env=_awaiting_decision(backend, found.run),
         )
 
     @app.get("/releases")
     def releases_page() -> str:
-        history = History(backend.store)
+        history = backend.reads.history()
         names = [request.args["app"]] if request.args.get("app") else _app_names(backend)
         env = request.args.get("env") or None
         return render_template(
@@ -376,7 +346,7 @@ def create_app(backend: Backend | None = None) -> Flask:
     @app.get("/audit")
     def audit_page() -> str:
         since = request.args.get("since") or None
-        entries = History(backend.store).audit(
+        entries = backend.reads.history().audit(
             request.args.get("app") or None, parse_when(since) if since else None
         )
         return render_template("audit.html", entries=list(reversed(entries)))
