@@ -30,7 +30,6 @@ from orchestrator.runtimes import (
 )
 from orchestrator.steps import StepLog
 from orchestrator.steps.publish import Publisher
-from orchestrator.steps.staging_check import run_staging_check
 from orchestrator.verdict import Verdict
 
 if TYPE_CHECKING:  # the engine arrives connected; importing the SDK is the connecting code's cost
@@ -511,6 +510,10 @@ class Deployer:
     def staging_check(self, sha: str) -> Verdict:
         """The stub staging check against staging, as a verdict: its exit code and its (redacted) output
         are the evidence, and a failure says the output's last line."""
+        # Here, not at the top: a promotion to prod runs no staging check (its module and traceback, about
+        # 3 ms of every `advance --to deploy`, issue 12). The staging edge loads it ahead, in a thread.
+        from orchestrator.steps.staging_check import run_staging_check
+
         check = run_staging_check(self.app, self.settings, self.steps, self.base_url(STAGING), sha)
         output = self.redact(check.output)[-2000:]
         evidence = {"staging_check_exit_code": check.exit_code, "staging_check_output": output}

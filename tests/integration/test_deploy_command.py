@@ -7,7 +7,10 @@ an error that still tells CI which run it was and what each edge did.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -119,3 +122,51 @@ def test_bad_input_is_refused_before_a_run_exists(busybox_app: BusyboxApp) -> No
     app.cli("freeze", app.name, "--reason", "release freeze", as_json=True).ok()
     deploy(app, app.commit("release")).error(3, "conflict")
     assert app.cli("runs", "list", "--app", app.name, as_json=True).ok()["runs"] == []
+
+
+# Which of ``watch`` a console-script call loaded, printed as it exits (after the command's own output).
+_LOADED_AT_EXIT = """
+import atexit, json, sys
+watch = json.loads(sys.argv[2])
+def report():
+    print("\\nLOADED=" + json.dumps(sorted(m for m in watch if m in sys.modules)), file=sys.stderr)
+atexit.register(report)
+from orchestrator.entry import main
+sys.argv = ["orchestrator", *json.loads(sys.argv[1])]
+main()
+"""
+
+# What a promotion to prod of a container app never uses (issue 12): git (gitrepo, with subprocess),
+# compose (compose.py, with subprocess) and the staging check (with traceback), about 8-10 ms of the third
+# CI call when it imported them.
+NOT_FOR_PROD = ["orchestrator.gitrepo", "orchestrator.compose", "orchestrator.steps.staging_check"]
+
+
+def advance_loading(app: BusyboxApp, run_id: int, to: str) -> tuple[list[str], dict[str, Any]]:
+    argv = ["advance", str(run_id), "--to", to, "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOADED_AT_EXIT, json.dumps(argv), json.dumps(NOT_FOR_PROD)],
+        cwd=app.workspace.path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    loaded = proc.stderr.rpartition("LOADED=")[2].strip()
+    assert loaded, f"the probe did not finish: {proc.stderr[-2000:]}"
+    return json.loads(loaded), json.loads(proc.stdout)
+
+
+def test_a_promotion_to_prod_loads_neither_git_nor_compose_nor_the_staging_check(
+    busybox_app: BusyboxApp,
+) -> None:
+    app = busybox_app
+    run_id = app.start(app.commit("imports"))
+    loaded, result = advance_loading(app, run_id, "deploy-staging")
+    assert result["outcome"] == "succeeded", result
+    # The probe sees them where they are used: the staging edge checks the commit and runs the check.
+    assert {"orchestrator.gitrepo", "orchestrator.steps.staging_check"} <= set(loaded), loaded
+    loaded, result = advance_loading(app, run_id, "deploy")
+    assert result["outcome"] == "succeeded", result
+    assert loaded == [], f"advance --to deploy loaded {loaded}"
