@@ -10,7 +10,6 @@ import math
 import os
 import posixpath
 import re
-import shlex
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -594,6 +593,8 @@ def _legacy_database(default: Path, cfg_path: Path | None) -> tuple[str, ...]:
     if not legacy.is_file() or legacy.resolve() == default.resolve():
         return ()
     if not default.exists():
+        import shlex  # for this message alone: every command loads this module
+
         quoted_dir = shlex.quote(str(default.parent))
         raise BadInput(
             f"run history found at {legacy}, where earlier versions kept the default database (the "

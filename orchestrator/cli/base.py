@@ -82,8 +82,8 @@ class Invocation:
         return RunService(self.config, self._open_store(upgrade=upgrade), notifier=self.notifier)
 
     def reads(self) -> Reads:
-        """The history commands' service: the config and the store, without what the edges and the
-        operator actions load (the notifier, the engine)."""
+        """The service of the commands that only read (the history's, `locks`, `status`): without what
+        the edges and the operator actions load (the notifier, the run's heartbeat, the builds)."""
         from orchestrator.service import Reads
 
         return Reads(self.config, self._open_store(upgrade=True))

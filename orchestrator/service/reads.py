@@ -45,12 +45,6 @@ class Reads:
         # For `status` alone, which asks the engines what runs; the local engine when not given.
         self._status_engines = engine_factory
 
-    def list_runs(self, *, app: str | None, state: str | None, limit: int) -> list[RunRecord]:
-        from orchestrator.machine import State
-
-        wanted = State.parse(state).value if state is not None else None
-        return self.store.list_runs(app=app, state=wanted, limit=limit)
-
     def run_history(self, run_id: int) -> RunHistory:
         return RunHistory(
             self.store.get_run(run_id), self.store.transitions(run_id), self.store.releases_of_run(run_id)
