@@ -199,9 +199,10 @@ class Store:
 
     @staticmethod
     def _hold_run_in(tx: Transaction, run_id: int, from_state: str, *, mover: str) -> datetime:
-        """The compare-and-set a write about a run starts with: the run must still be in ``from_state``,
-        and touching its row takes the row (PostgreSQL) or database (SQLite) lock for the rest of the
-        transaction. Returns the time written, for the rows that follow."""
+        """The compare-and-set a write about a run starts with: the run must still be in ``from_state``.
+        On PostgreSQL, touching its row takes the row's lock for the rest of the transaction (SQLite's
+        write transaction holds the whole database from its BEGIN IMMEDIATE). Returns the time written,
+        for the rows that follow."""
         now = utcnow()
         held = tx.update(
             "UPDATE runs SET updated_at = :now WHERE id = :id AND state = :from_state",
