@@ -37,7 +37,6 @@ class Operations(Reads):
         notifier: Notifier,
     ) -> None:
         super().__init__(config, store, engine_factory)
-        self.engine_factory = engine_factory
         self.notifier = notifier
 
     @contextmanager

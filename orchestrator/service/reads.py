@@ -42,8 +42,9 @@ class Reads:
     ) -> None:
         self.config = config
         self.store = store
-        # For `status` alone, which asks the engines what runs; the local engine when not given.
-        self._status_engines = engine_factory
+        # For `status`, which asks the engines what runs (and for the operator actions of the subclass);
+        # the local engine when not given.
+        self.engine_factory = engine_factory or _connect_engine
 
     def run_history(self, run_id: int) -> RunHistory:
         return RunHistory(
@@ -91,12 +92,15 @@ class Reads:
         """What runs in each environment of ``app`` (of every app), against its recorded release."""
         from orchestrator.releases import status
 
-        engines = self._status_engines
-        if engines is None:
-            from orchestrator.service.common import connect_engine
+        return status(self.config, self.store, self.engine_factory, app)
 
-            engines = connect_engine
-        return status(self.config, self.store, engines, app)
+
+def _connect_engine() -> DockerEngine:
+    """service/common.py's ``connect_engine``, imported when an engine is first asked for: a read that
+    never asks need not load what the edges share."""
+    from orchestrator.service.common import connect_engine
+
+    return connect_engine()
 
 
 @dataclass(frozen=True)
