@@ -510,8 +510,8 @@ class Deployer:
     def staging_check(self, sha: str) -> Verdict:
         """The stub staging check against staging, as a verdict: its exit code and its (redacted) output
         are the evidence, and a failure says the output's last line."""
-        # Here, not at the top: a promotion to prod runs no staging check (its module and traceback, about
-        # 3 ms of every `advance --to deploy`, issue 12). The staging edge loads it ahead, in a thread.
+        # Here, not at the top: a promotion to prod runs no staging check and need not load its module
+        # (issue 12). The staging edge loads it ahead, in a thread.
         from orchestrator.steps.staging_check import run_staging_check
 
         check = run_staging_check(self.app, self.settings, self.steps, self.base_url(STAGING), sha)

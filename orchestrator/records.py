@@ -17,8 +17,8 @@ def record_release(
     """Persist a release and, for compose apps, keep the override it applied as a rollback anchor."""
     compose_sha256 = None
     if app.compose_file is not None:
-        # Only for a compose app: compose.py (with subprocess) is about 5 ms of every other app's
-        # `advance --to deploy` (issue 12).
+        # Only for a compose app: every other app's `advance --to deploy` need not load compose.py
+        # (issue 12).
         from orchestrator.compose import file_digest
 
         compose_sha256 = file_digest(app.compose_file)

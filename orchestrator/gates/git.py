@@ -17,7 +17,7 @@ class CommitExists(Gate):
 
     def run(self, ctx: GateContext) -> Verdict:
         # Here, not at the top: the gates register with their package, and a promotion to prod, which
-        # runs no git, would load gitrepo with subprocess (about 5 ms, issue 12).
+        # runs no git, need not load gitrepo (issue 12).
         from orchestrator import gitrepo
 
         repo = ctx.app.source

@@ -8,11 +8,10 @@ an error that still tells CI which run it was and what each edge did.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from probe_support import LOADED_PROBE, run_probe
 
 if TYPE_CHECKING:
     from conftest import BusyboxApp
@@ -124,38 +123,18 @@ def test_bad_input_is_refused_before_a_run_exists(busybox_app: BusyboxApp) -> No
     assert app.cli("runs", "list", "--app", app.name, as_json=True).ok()["runs"] == []
 
 
-# Which of ``watch`` a console-script call loaded, printed as it exits (after the command's own output).
-_LOADED_AT_EXIT = """
-import atexit, json, sys
-watch = json.loads(sys.argv[2])
-def report():
-    print("\\nLOADED=" + json.dumps(sorted(m for m in watch if m in sys.modules)), file=sys.stderr)
-atexit.register(report)
-from orchestrator.entry import main
-sys.argv = ["orchestrator", *json.loads(sys.argv[1])]
-main()
-"""
-
-# What a promotion to prod of a container app never uses (issue 12): git (gitrepo, with subprocess),
-# compose (compose.py, with subprocess) and the staging check (with traceback), about 8-10 ms of the third
-# CI call when it imported them.
+# What a promotion to prod of a container app never uses (issue 12): git (gitrepo), compose (compose.py)
+# and the staging check; about 2.4 ms of the third CI call when it imported them.
 NOT_FOR_PROD = ["orchestrator.gitrepo", "orchestrator.compose", "orchestrator.steps.staging_check"]
 
 
 def advance_loading(app: BusyboxApp, run_id: int, to: str) -> tuple[list[str], dict[str, Any]]:
+    """Which of NOT_FOR_PROD the console script's `advance --to` loaded, and its result."""
+    probe = LOADED_PROBE.replace("{heavy}", repr(NOT_FOR_PROD))
     argv = ["advance", str(run_id), "--to", to, "--json"]
-    proc = subprocess.run(
-        [sys.executable, "-c", _LOADED_AT_EXIT, json.dumps(argv), json.dumps(NOT_FOR_PROD)],
-        cwd=app.workspace.path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    loaded, proc = run_probe(probe, argv, app.workspace.path, "LOADED", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    loaded = proc.stderr.rpartition("LOADED=")[2].strip()
-    assert loaded, f"the probe did not finish: {proc.stderr[-2000:]}"
-    return json.loads(loaded), json.loads(proc.stdout)
+    return loaded, json.loads(proc.stdout)
 
 
 def test_a_promotion_to_prod_loads_neither_git_nor_compose_nor_the_staging_check(

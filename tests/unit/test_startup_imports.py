@@ -7,14 +7,14 @@ so an import added anywhere on the way (orchestrator/cli/, or a module it pulls 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
+from probe_support import LOADED_PROBE, run_probe
 
 from orchestrator.entry import YOUNG_THRESHOLD
 from orchestrator.store.repository import Store
@@ -35,41 +35,9 @@ HEAVY = (
     "importlib.metadata",
 )
 
-# The console script's own import, then the command line, then what was loaded by the time it exited
-# (an exit handler: the console script leaves by os._exit once they have run, orchestrator/entry.py).
-_PROBE = """
-import atexit, json, sys
-HEAVY = {heavy}
-atexit.register(
-    lambda: print("\\nLOADED=" + json.dumps(sorted(m for m in HEAVY if m in sys.modules)), file=sys.stderr)
-)
-from orchestrator.entry import main
-sys.argv = ["orchestrator", *json.loads(sys.argv[1])]
-main()
-"""
-
-
-def run_probe(
-    code: str, args: list[str], cwd: Path, marker: str
-) -> tuple[Any, subprocess.CompletedProcess[str]]:
-    """Run ``code`` with the command line ``args`` in a fresh interpreter; the JSON it printed after
-    ``marker=`` on stderr, as it exited."""
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(args)],
-        cwd=cwd,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    found = proc.stderr.rpartition(f"{marker}=")[2].strip()
-    assert found, f"the probe did not finish: {proc.stderr[-2000:]}"
-    return json.loads(found), proc
-
 
 def loaded_heavy_modules(args: list[str], cwd: Path) -> tuple[list[str], subprocess.CompletedProcess[str]]:
-    return run_probe(_PROBE.replace("{heavy}", repr(HEAVY)), args, cwd, "LOADED")
+    return run_probe(LOADED_PROBE.replace("{heavy}", repr(HEAVY)), args, cwd, "LOADED")
 
 
 @pytest.mark.parametrize(
@@ -150,7 +118,7 @@ NOT_FOR_HISTORY = (
 def test_reading_the_history_loads_only_what_it_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the first call fills a cache of its own
     (tmp_path / "orchestrator.toml").write_text("")
-    probe = _PROBE.replace("{heavy}", repr(NOT_FOR_HISTORY))
+    probe = LOADED_PROBE.replace("{heavy}", repr(NOT_FOR_HISTORY))
     run_probe(probe, ["runs", "list", "--json"], tmp_path, "LOADED")  # creates the database
     loaded, proc = run_probe(probe, ["runs", "list", "--json"], tmp_path, "LOADED")
     assert proc.returncode == 0, proc.stdout + proc.stderr
